@@ -1,0 +1,196 @@
+//! Content-defined chunking (FastCDC) and hashing in one streaming pass.
+//!
+//! A file is cut into chunks whose boundaries depend on the content, with
+//! average size = the tracker's piece length, minimum avg/4 and maximum
+//! avg*4, so inserting bytes in a large file changes only the chunks around
+//! the insertion. One pass over a `Read` yields the chunk list
+//! (`[(offset, len, blake3)]`), the whole-file blake3 and the blake3 of the
+//! chunk list; nothing but the current chunk is held in memory.
+//!
+//! This module does no file-system work of its own (no stat, no retry on a
+//! file that changes while read): callers own that.
+
+use std::io::Read;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::ContentHash;
+use crate::limits::{MAX_PIECE_LEN, MIN_PIECE_LEN};
+
+/// One chunk of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChunkInfo {
+    /// Offset of the chunk in the file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u32,
+    /// blake3 of the chunk bytes.
+    pub hash: ContentHash,
+}
+
+/// FastCDC size parameters derived from a piece length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkParams {
+    /// Minimum chunk size (avg / 4).
+    pub min: u32,
+    /// Average chunk size (the piece length).
+    pub avg: u32,
+    /// Maximum chunk size (avg * 4).
+    pub max: u32,
+}
+
+impl ChunkParams {
+    /// Parameters for `piece_len`, clamped to the protocol's limits.
+    pub fn for_piece_len(piece_len: u32) -> Self {
+        let avg = piece_len.clamp(MIN_PIECE_LEN, MAX_PIECE_LEN);
+        ChunkParams { min: avg / 4, avg, max: avg * 4 }
+    }
+}
+
+impl Default for ChunkParams {
+    fn default() -> Self {
+        Self::for_piece_len(crate::limits::DEFAULT_PIECE_LEN)
+    }
+}
+
+/// The result of chunking one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkedFile {
+    /// Total bytes read.
+    pub size: u64,
+    /// blake3 of all bytes.
+    pub content: ContentHash,
+    /// The chunks in file order.
+    pub chunks: Vec<ChunkInfo>,
+    /// blake3 of the chunk list ([`chunk_list_hash`]).
+    pub chunks_hash: ContentHash,
+}
+
+/// Hash of a chunk list: blake3 over `offset (u64 LE) || len (u32 LE) ||
+/// hash (32 bytes)` of every chunk in order. Independent of the wire
+/// encoding, so it is stable across format changes.
+pub fn chunk_list_hash(chunks: &[ChunkInfo]) -> ContentHash {
+    let mut hasher = blake3::Hasher::new();
+    for chunk in chunks {
+        hasher.update(&chunk.offset.to_le_bytes());
+        hasher.update(&chunk.len.to_le_bytes());
+        hasher.update(&chunk.hash.0);
+    }
+    hasher.finalize().into()
+}
+
+/// True when `chunks` tile `[0, size)` exactly, in order, each within the
+/// size limits (the last one may be shorter than the minimum).
+pub fn chunk_list_is_well_formed(chunks: &[ChunkInfo], size: u64, params: ChunkParams) -> bool {
+    let mut expected = 0u64;
+    for chunk in chunks {
+        if chunk.offset != expected || chunk.len == 0 || chunk.len > params.max {
+            return false;
+        }
+        expected += u64::from(chunk.len);
+    }
+    expected == size
+}
+
+/// Chunks and hashes everything `reader` yields, in one pass.
+pub fn chunk_reader<R: Read>(reader: R, params: ChunkParams) -> std::io::Result<ChunkedFile> {
+    let mut whole = blake3::Hasher::new();
+    let mut chunks = Vec::new();
+    let mut size = 0u64;
+    let stream = fastcdc::v2020::StreamCDC::new(reader, params.min, params.avg, params.max);
+    for item in stream {
+        let chunk = item.map_err(|e| match e {
+            fastcdc::v2020::Error::IoError(io) => io,
+            other => std::io::Error::other(other.to_string()),
+        })?;
+        whole.update(&chunk.data);
+        let len = u32::try_from(chunk.length).map_err(|_| std::io::Error::other("chunk longer than u32"))?;
+        chunks.push(ChunkInfo { offset: chunk.offset, len, hash: ContentHash::of(&chunk.data) });
+        size += u64::from(len);
+    }
+    let chunks_hash = chunk_list_hash(&chunks);
+    Ok(ChunkedFile { size, content: whole.finalize().into(), chunks, chunks_hash })
+}
+
+/// Chunks an in-memory buffer.
+pub fn chunk_bytes(bytes: &[u8], params: ChunkParams) -> ChunkedFile {
+    chunk_reader(bytes, params).expect("reading from a slice cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngCore, SeedableRng};
+
+    fn random(len: usize, seed: u64) -> Vec<u8> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut buf = vec![0u8; len];
+        rng.fill_bytes(&mut buf);
+        buf
+    }
+
+    /// Boundary sizes around the default parameters: empty, one byte, just
+    /// under/at the minimum, the average, the maximum and one past it, and a
+    /// size spanning many chunks.
+    const KIB: usize = 1024;
+    const INTERESTING_SIZES: [usize; 9] =
+        [0, 1, 64 * KIB - 1, 64 * KIB, 256 * KIB, 1024 * KIB, 1024 * KIB + 1, 3 * 1024 * KIB + 7, 9 * 1024 * KIB];
+
+    #[test]
+    fn chunk_lists_tile_the_file_and_hash_correctly() {
+        let params = ChunkParams::default();
+        for (i, size) in INTERESTING_SIZES.into_iter().enumerate() {
+            let data = random(size, i as u64);
+            let f = chunk_bytes(&data, params);
+            assert_eq!(f.size, size as u64);
+            assert_eq!(f.content, ContentHash::of(&data));
+            assert!(chunk_list_is_well_formed(&f.chunks, f.size, params), "size {size}");
+            assert_eq!(f.chunks_hash, chunk_list_hash(&f.chunks));
+            for c in &f.chunks {
+                let bytes = &data[c.offset as usize..c.offset as usize + c.len as usize];
+                assert_eq!(c.hash, ContentHash::of(bytes));
+                assert!(c.len <= params.max);
+            }
+            if size == 0 {
+                assert!(f.chunks.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn chunking_is_deterministic() {
+        let data = random(5 * 1024 * KIB, 42);
+        let params = ChunkParams::default();
+        assert_eq!(chunk_bytes(&data, params), chunk_bytes(&data, params));
+    }
+
+    #[test]
+    fn one_byte_insertion_changes_at_most_three_chunks() {
+        let params = ChunkParams::default();
+        let data = random(8 * 1024 * KIB, 7);
+        let mut edited = data.clone();
+        edited.insert(data.len() / 2, 0x5A);
+        let before = chunk_bytes(&data, params);
+        let after = chunk_bytes(&edited, params);
+        let old: std::collections::HashSet<_> = before.chunks.iter().map(|c| c.hash).collect();
+        let changed = after.chunks.iter().filter(|c| !old.contains(&c.hash)).count();
+        assert!(before.chunks.len() >= 8, "too few chunks to mean anything");
+        assert!(changed <= 3, "{changed} chunks changed");
+    }
+
+    #[test]
+    fn malformed_lists_are_detected() {
+        let params = ChunkParams::default();
+        let f = chunk_bytes(&random(2 * 1024 * KIB, 1), params);
+        assert!(!chunk_list_is_well_formed(&f.chunks, f.size + 1, params));
+        let mut gap = f.chunks.clone();
+        gap[1].offset += 1;
+        assert!(!chunk_list_is_well_formed(&gap, f.size, params));
+    }
+
+    #[test]
+    fn piece_len_is_clamped() {
+        assert_eq!(ChunkParams::for_piece_len(1).avg, MIN_PIECE_LEN);
+        assert_eq!(ChunkParams::for_piece_len(u32::MAX).avg, MAX_PIECE_LEN);
+    }
+}

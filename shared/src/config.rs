@@ -1,0 +1,367 @@
+//! The configuration file and the resolved settings of each role.
+//!
+//! The file is TOML with every field optional; unknown fields are an error
+//! (a typo must not be silently ignored). The binary merges it with the
+//! command-line flags (flags win) into a [`TrackerConfig`] or a
+//! [`PeerConfig`]; nothing past that merge sees raw flags.
+//!
+//! ```toml
+//! key_file = "/etc/dartsync/cluster.key"   # default: ~/.config/dartsync/cluster.key
+//!
+//! [tracker]
+//! listen = "0.0.0.0:7373"       # address the tracker listens on
+//! data_dir = "/var/lib/dartsync" # default: ~/.local/share/dartsync/tracker
+//! interval_secs = 10             # keep-alive interval; expiry after 3 x interval
+//! piece_len = 262144             # average chunk size in bytes
+//! max_peers = 256
+//! tombstone_max_age_days = 30
+//!
+//! [peer]
+//! folder = "/home/me/DartSync"   # default: ~/DartSync
+//! tracker_addr = "pi.local:7373"
+//! listen = "0.0.0.0:0"           # piece server; port 0 picks a free port
+//! rescan_secs = 600              # periodic full rescan
+//! versions_keep = 5              # old versions kept per path
+//! upload_slots_per_peer = 4
+//! upload_slots_total = 16
+//! max_parallel_downloads = 4
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::limits::{DEFAULT_PIECE_LEN, MAX_PIECE_LEN, MIN_PIECE_LEN};
+
+/// The tracker's default TCP port.
+pub const DEFAULT_TRACKER_PORT: u16 = 7373;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("invalid setting {field}: {why}")]
+    Invalid {
+        /// The setting.
+        field: &'static str,
+        /// Why.
+        why: String,
+    },
+}
+
+/// The configuration file as written (every field optional).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Path of the cluster key file.
+    pub key_file: Option<PathBuf>,
+    /// Tracker settings.
+    #[serde(default)]
+    pub tracker: TrackerSection,
+    /// Peer settings.
+    #[serde(default)]
+    pub peer: PeerSection,
+}
+
+/// The `[tracker]` table.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TrackerSection {
+    /// Listen address.
+    pub listen: Option<SocketAddr>,
+    /// State directory.
+    pub data_dir: Option<PathBuf>,
+    /// Keep-alive interval in seconds.
+    pub interval_secs: Option<u64>,
+    /// Average chunk size in bytes.
+    pub piece_len: Option<u32>,
+    /// Most peers online at once.
+    pub max_peers: Option<usize>,
+    /// Age after which tombstones are dropped, in days.
+    pub tombstone_max_age_days: Option<u64>,
+}
+
+/// The `[peer]` table.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// The synced folder.
+    pub folder: Option<PathBuf>,
+    /// The tracker, `host:port`.
+    pub tracker_addr: Option<String>,
+    /// Piece server listen address.
+    pub listen: Option<SocketAddr>,
+    /// Full rescan period in seconds.
+    pub rescan_secs: Option<u64>,
+    /// Old versions kept per path.
+    pub versions_keep: Option<usize>,
+    /// Upload slots per requesting peer.
+    pub upload_slots_per_peer: Option<usize>,
+    /// Upload slots in total.
+    pub upload_slots_total: Option<usize>,
+    /// Files downloaded at once.
+    pub max_parallel_downloads: Option<usize>,
+}
+
+impl ConfigFile {
+    /// Parses TOML text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), source: Box::new(e) })
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.to_owned(), source: e })?;
+        Self::parse(&text, path)
+    }
+}
+
+/// The user's home directory (`$HOME`), or `.` when unset.
+pub fn home_dir() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).filter(|p| p.is_absolute()).unwrap_or_else(|| home_dir().join(fallback))
+}
+
+/// Default cluster key path: `$XDG_CONFIG_HOME/dartsync/cluster.key`.
+pub fn default_key_file() -> PathBuf {
+    xdg_dir("XDG_CONFIG_HOME", ".config").join("dartsync").join("cluster.key")
+}
+
+/// Default tracker state directory: `$XDG_DATA_HOME/dartsync/tracker`.
+pub fn default_tracker_data_dir() -> PathBuf {
+    xdg_dir("XDG_DATA_HOME", ".local/share").join("dartsync").join("tracker")
+}
+
+/// Default synced folder: `~/DartSync`.
+pub fn default_peer_folder() -> PathBuf {
+    home_dir().join("DartSync")
+}
+
+/// Resolved tracker settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackerConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// State directory (redb database, identity).
+    pub data_dir: PathBuf,
+    /// Keep-alive interval; a peer silent for 3 x interval is expired.
+    pub interval: Duration,
+    /// Average chunk size handed to peers.
+    pub piece_len: u32,
+    /// Most peers online at once.
+    pub max_peers: usize,
+    /// Tombstones older than this are dropped even if not every holder saw them.
+    pub tombstone_max_age: Duration,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_TRACKER_PORT)),
+            data_dir: default_tracker_data_dir(),
+            interval: Duration::from_secs(10),
+            piece_len: DEFAULT_PIECE_LEN,
+            max_peers: 256,
+            tombstone_max_age: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+impl TrackerConfig {
+    /// Applies the file's `[tracker]` table on top of the defaults.
+    pub fn from_section(section: &TrackerSection) -> Result<Self, ConfigError> {
+        let mut cfg = TrackerConfig::default();
+        if let Some(v) = section.listen {
+            cfg.listen = v;
+        }
+        if let Some(v) = &section.data_dir {
+            cfg.data_dir = v.clone();
+        }
+        if let Some(v) = section.interval_secs {
+            cfg.interval = Duration::from_secs(v);
+        }
+        if let Some(v) = section.piece_len {
+            cfg.piece_len = v;
+        }
+        if let Some(v) = section.max_peers {
+            cfg.max_peers = v;
+        }
+        if let Some(v) = section.tombstone_max_age_days {
+            cfg.tombstone_max_age = Duration::from_secs(v.saturating_mul(24 * 3600));
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.interval.is_zero() || self.interval > Duration::from_secs(3600) {
+            return Err(ConfigError::Invalid { field: "interval", why: "must be between 1 ms and 1 hour".into() });
+        }
+        if !(MIN_PIECE_LEN..=MAX_PIECE_LEN).contains(&self.piece_len) {
+            return Err(ConfigError::Invalid {
+                field: "piece_len",
+                why: format!("must be between {MIN_PIECE_LEN} and {MAX_PIECE_LEN} bytes"),
+            });
+        }
+        if self.max_peers == 0 {
+            return Err(ConfigError::Invalid { field: "max_peers", why: "must be at least 1".into() });
+        }
+        Ok(())
+    }
+}
+
+/// Resolved peer settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The synced folder.
+    pub folder: PathBuf,
+    /// The tracker, `host:port`.
+    pub tracker_addr: Option<String>,
+    /// Piece server listen address.
+    pub listen: SocketAddr,
+    /// Full rescan period.
+    pub rescan: Duration,
+    /// Old versions kept per path.
+    pub versions_keep: usize,
+    /// Upload slots per requesting peer.
+    pub upload_slots_per_peer: usize,
+    /// Upload slots in total.
+    pub upload_slots_total: usize,
+    /// Files downloaded at once.
+    pub max_parallel_downloads: usize,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        PeerConfig {
+            folder: default_peer_folder(),
+            tracker_addr: None,
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            rescan: Duration::from_secs(600),
+            versions_keep: 5,
+            upload_slots_per_peer: 4,
+            upload_slots_total: 16,
+            max_parallel_downloads: 4,
+        }
+    }
+}
+
+impl PeerConfig {
+    /// Applies the file's `[peer]` table on top of the defaults.
+    pub fn from_section(section: &PeerSection) -> Result<Self, ConfigError> {
+        let mut cfg = PeerConfig::default();
+        if let Some(v) = &section.folder {
+            cfg.folder = v.clone();
+        }
+        if let Some(v) = &section.tracker_addr {
+            cfg.tracker_addr = Some(v.clone());
+        }
+        if let Some(v) = section.listen {
+            cfg.listen = v;
+        }
+        if let Some(v) = section.rescan_secs {
+            cfg.rescan = Duration::from_secs(v);
+        }
+        if let Some(v) = section.versions_keep {
+            cfg.versions_keep = v;
+        }
+        if let Some(v) = section.upload_slots_per_peer {
+            cfg.upload_slots_per_peer = v;
+        }
+        if let Some(v) = section.upload_slots_total {
+            cfg.upload_slots_total = v;
+        }
+        if let Some(v) = section.max_parallel_downloads {
+            cfg.max_parallel_downloads = v;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.rescan.is_zero() {
+            return Err(ConfigError::Invalid { field: "rescan_secs", why: "must be at least 1".into() });
+        }
+        for (field, value) in [
+            ("upload_slots_per_peer", self.upload_slots_per_peer),
+            ("upload_slots_total", self.upload_slots_total),
+            ("max_parallel_downloads", self.max_parallel_downloads),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid { field, why: "must be at least 1".into() });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let file = ConfigFile::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(TrackerConfig::from_section(&file.tracker).unwrap(), TrackerConfig::default());
+        assert_eq!(PeerConfig::from_section(&file.peer).unwrap(), PeerConfig::default());
+    }
+
+    #[test]
+    fn fields_override_defaults() {
+        let text = r#"
+            key_file = "/k"
+            [tracker]
+            listen = "127.0.0.1:9000"
+            interval_secs = 2
+            piece_len = 65536
+            [peer]
+            folder = "/f"
+            tracker_addr = "pi:7373"
+            versions_keep = 9
+        "#;
+        let file = ConfigFile::parse(text, Path::new("x.toml")).unwrap();
+        assert_eq!(file.key_file.as_deref(), Some(Path::new("/k")));
+        let t = TrackerConfig::from_section(&file.tracker).unwrap();
+        assert_eq!(t.listen.port(), 9000);
+        assert_eq!(t.interval, Duration::from_secs(2));
+        assert_eq!(t.piece_len, 65536);
+        let p = PeerConfig::from_section(&file.peer).unwrap();
+        assert_eq!(p.folder, PathBuf::from("/f"));
+        assert_eq!(p.tracker_addr.as_deref(), Some("pi:7373"));
+        assert_eq!(p.versions_keep, 9);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        let typo = ConfigFile::parse("[tracker]\nlisten_addr = \"x\"\n", Path::new("c.toml"));
+        let msg = typo.unwrap_err().to_string();
+        assert!(msg.contains("c.toml"), "{msg}");
+        let file = ConfigFile::parse("[tracker]\npiece_len = 1\n", Path::new("c.toml")).unwrap();
+        assert!(TrackerConfig::from_section(&file.tracker).is_err());
+        let file = ConfigFile::parse("[peer]\nupload_slots_total = 0\n", Path::new("c.toml")).unwrap();
+        assert!(PeerConfig::from_section(&file.peer).is_err());
+    }
+}

@@ -1,0 +1,270 @@
+//! Key material on disk: the cluster key and a node's static identity.
+//!
+//! The **cluster key** is 32 random bytes shared by every tracker and peer
+//! of one cluster (the Noise pre-shared key); `dartsync init` creates it.
+//! An **identity** is a node's x25519 static keypair; its public half is
+//! the node's [`PublicKey`] and so its [`crate::id::PeerId`].
+//!
+//! Both are stored as lowercase hex text, written atomically with mode
+//! 0600 and never overwritten silently. Reading checks the format and
+//! refuses files that other users can read.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+
+use crate::id::PublicKey;
+
+/// Why key material could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file does not hold what it should.
+    #[error("{path}: {what}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// The file exists and would be overwritten.
+    #[error("{0} already exists; refusing to overwrite it")]
+    Exists(PathBuf),
+    /// The file is readable by other users.
+    #[error("{path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`")]
+    TooOpen {
+        /// The file.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
+    move |source| KeyError::Io { path: path.to_owned(), source }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn from_hex32(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Writes `contents` to `path` atomically with mode 0600, failing if the
+/// file already exists.
+fn write_secret_file(path: &Path, contents: &str) -> Result<(), KeyError> {
+    if path.exists() {
+        return Err(KeyError::Exists(path.to_owned()));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let tmp = path.with_extension("tmp-new");
+    let mut file =
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io_err(&tmp))?;
+    file.write_all(contents.as_bytes()).map_err(io_err(&tmp))?;
+    file.sync_all().map_err(io_err(&tmp))?;
+    drop(file);
+    // hard_link fails if the target exists: no race with a concurrent init.
+    fs::hard_link(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            KeyError::Exists(path.to_owned())
+        } else {
+            KeyError::Io { path: path.to_owned(), source: e }
+        }
+    })?;
+    fs::remove_file(&tmp).map_err(io_err(&tmp))?;
+    Ok(())
+}
+
+fn read_secret_file(path: &Path) -> Result<String, KeyError> {
+    let meta = fs::metadata(path).map_err(io_err(path))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::TooOpen { path: path.to_owned(), mode });
+    }
+    if meta.len() > 4096 {
+        return Err(KeyError::Malformed { path: path.to_owned(), what: "file too large for a key" });
+    }
+    fs::read_to_string(path).map_err(io_err(path))
+}
+
+/// The 32-byte pre-shared key of a cluster.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterKey([u8; 32]);
+
+impl ClusterKey {
+    /// A new random key.
+    pub fn generate() -> Self {
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        ClusterKey(key)
+    }
+
+    /// A key from raw bytes (tests).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        ClusterKey(bytes)
+    }
+
+    /// The raw bytes, for the Noise handshake.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A short, non-secret fingerprint (first 8 hex digits of blake3 of the
+    /// key), for logs and for checking two machines share a key.
+    pub fn fingerprint(&self) -> String {
+        let hash = blake3::hash(&self.0);
+        hash.to_hex()[..8].to_owned()
+    }
+
+    /// Reads a key file.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let text = read_secret_file(path)?;
+        from_hex32(&text).map(ClusterKey).ok_or_else(|| KeyError::Malformed {
+            path: path.to_owned(),
+            what: "expected 64 hex digits (a key written by `dartsync init`)",
+        })
+    }
+
+    /// Writes the key to a new file with mode 0600.
+    pub fn save_new(&self, path: &Path) -> Result<(), KeyError> {
+        write_secret_file(path, &format!("{}\n", to_hex(&self.0)))
+    }
+}
+
+impl fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClusterKey(fingerprint {})", self.fingerprint())
+    }
+}
+
+/// A node's static x25519 keypair.
+#[derive(Clone)]
+pub struct Identity {
+    secret: [u8; 32],
+    public: PublicKey,
+}
+
+impl Identity {
+    /// A new random identity.
+    pub fn generate() -> Self {
+        let builder = snow::Builder::new(crate::channel::NOISE_PARAMS.parse().expect("static noise params are valid"));
+        let pair = builder.generate_keypair().expect("x25519 key generation cannot fail with the default resolver");
+        let mut secret = [0u8; 32];
+        secret.copy_from_slice(&pair.private);
+        let public = PublicKey::from_slice(&pair.public).expect("x25519 public keys are 32 bytes");
+        Identity { secret, public }
+    }
+
+    /// The public half.
+    pub fn public(&self) -> PublicKey {
+        self.public
+    }
+
+    /// The secret half, for the Noise handshake.
+    pub(crate) fn secret(&self) -> &[u8; 32] {
+        &self.secret
+    }
+
+    /// The peer id of this identity.
+    pub fn peer_id(&self) -> crate::id::PeerId {
+        self.public.peer_id()
+    }
+
+    /// Reads an identity file.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let text = read_secret_file(path)?;
+        let malformed = || KeyError::Malformed { path: path.to_owned(), what: "expected two lines of 64 hex digits" };
+        let mut lines = text.lines();
+        let secret = lines.next().and_then(from_hex32).ok_or_else(malformed)?;
+        let public = lines.next().and_then(from_hex32).ok_or_else(malformed)?;
+        Ok(Identity { secret, public: PublicKey(public) })
+    }
+
+    /// Writes the identity to a new file with mode 0600.
+    pub fn save_new(&self, path: &Path) -> Result<(), KeyError> {
+        write_secret_file(path, &format!("{}\n{}\n", to_hex(&self.secret), to_hex(&self.public.0)))
+    }
+
+    /// Loads the identity at `path`, creating it first if it does not exist.
+    pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
+        if path.exists() {
+            return Self::load(path);
+        }
+        let identity = Self::generate();
+        match identity.save_new(path) {
+            Ok(()) => Ok(identity),
+            // Someone else created it in between: use theirs.
+            Err(KeyError::Exists(_)) => Self::load(path),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Identity({})", self.peer_id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_key_round_trips_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/cluster.key");
+        let key = ClusterKey::generate();
+        key.save_new(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(ClusterKey::load(&path).unwrap(), key);
+        assert!(matches!(key.save_new(&path), Err(KeyError::Exists(_))));
+    }
+
+    #[test]
+    fn malformed_or_open_key_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        fs::write(&path, "not hex").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(ClusterKey::load(&path), Err(KeyError::Malformed { .. })));
+        fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(ClusterKey::load(&path), Err(KeyError::TooOpen { .. })));
+    }
+
+    #[test]
+    fn identity_is_created_once_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity");
+        let a = Identity::load_or_create(&path).unwrap();
+        let b = Identity::load_or_create(&path).unwrap();
+        assert_eq!(a.public(), b.public());
+        assert_eq!(a.secret(), b.secret());
+    }
+}

@@ -1,0 +1,33 @@
+//! `dartsync-shared`: everything the tracker and the peers must agree on.
+//!
+//! This crate is the API boundary of DartSync. It owns the wire messages
+//! ([`proto`]), their encoding ([`codec`]), the encrypted transport
+//! ([`channel`]), the record and version-vector types ([`record`],
+//! [`version`]), identities ([`id`]), the only gate from wire paths to disk
+//! paths ([`path`]), content-defined chunking ([`chunk`]), the cluster key
+//! ([`key`]) and the configuration file ([`config`]).
+//!
+//! The pure parts (records, versions, ids, paths, chunking over a `Read`)
+//! know nothing about tokio; only [`codec`] and [`channel`] are async. The
+//! crate knows nothing about redb, notify or the file tree of a peer.
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod channel;
+pub mod chunk;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod id;
+pub mod key;
+pub mod limits;
+pub mod path;
+pub mod proto;
+pub mod record;
+pub mod version;
+
+pub use chunk::{ChunkInfo, ChunkParams, ChunkedFile};
+pub use id::{ContentHash, PeerId, ShortId};
+pub use path::RelPath;
+pub use record::{FileKind, FileRecord};
+pub use version::{Causality, VersionVector};

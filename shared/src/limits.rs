@@ -1,0 +1,52 @@
+//! Hard size limits shared by every decoder and every validator.
+//!
+//! One place for every bound, so the frame codec, the bincode decoder and
+//! the message validators can never disagree. Each limit is checked before
+//! the corresponding allocation happens.
+
+/// Largest encoded message (one frame) accepted from the network, in bytes.
+///
+/// The biggest legitimate messages are a `Chunk` (at most
+/// [`MAX_CHUNK_LEN`] bytes of payload) and an `Announce` / `Delta` batch of
+/// [`MAX_RECORDS_PER_MESSAGE`] records; 32 MiB leaves room for both.
+pub const MAX_FRAME_LEN: usize = 32 * 1024 * 1024;
+
+/// Largest piece length (average chunk size) a tracker may hand out.
+pub const MAX_PIECE_LEN: u32 = 4 * 1024 * 1024;
+
+/// Smallest piece length a tracker may hand out (FastCDC needs min >= 64).
+pub const MIN_PIECE_LEN: u32 = 4 * 1024;
+
+/// Default piece length: the average chunk size, 256 KiB.
+pub const DEFAULT_PIECE_LEN: u32 = 256 * 1024;
+
+/// Largest single chunk: the FastCDC maximum for the largest piece length.
+pub const MAX_CHUNK_LEN: u32 = MAX_PIECE_LEN * 4;
+
+/// Most records in one `Announce` or one `Delta` message. Larger sets are
+/// split over several messages.
+pub const MAX_RECORDS_PER_MESSAGE: usize = 4096;
+
+/// Most entries in one chunk list. At the smallest chunk size (1 KiB with
+/// the minimum piece length) this covers a 1 GiB file; at the default piece
+/// length (64 KiB minimum chunks) it covers files of 64 GiB and more.
+pub const MAX_CHUNKS_PER_LIST: usize = 1 << 20;
+
+/// Longest relative path in bytes (Linux `PATH_MAX`).
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Longest single path component in bytes (Linux `NAME_MAX`).
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Most entries in one version vector (one per peer that ever edited the
+/// path).
+pub const MAX_VERSION_ENTRIES: usize = 1024;
+
+/// Most holders listed for one entry in a `Delta`.
+pub const MAX_HOLDERS_PER_ENTRY: usize = 256;
+
+/// Longest symlink target carried in a record.
+pub const MAX_LINK_TARGET_LEN: usize = 4096;
+
+/// Longest free-text reason in an error message on the wire.
+pub const MAX_REASON_LEN: usize = 1024;

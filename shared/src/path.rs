@@ -1,0 +1,301 @@
+//! [`RelPath`]: the only way a path from the network becomes a path on disk.
+//!
+//! A `RelPath` is a normalised, `/`-separated, UTF-8 path relative to a
+//! synced folder. Construction validates every component, and decoding from
+//! the wire goes through the same validation (`serde(try_from)`), so a
+//! `RelPath` that exists is safe to join onto the folder root: it cannot be
+//! absolute, cannot climb out with `..`, cannot contain NUL or a backslash,
+//! cannot name anything under `.dartsync`, and respects the length limits
+//! of [`crate::limits`].
+
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{MAX_NAME_LEN, MAX_PATH_LEN};
+
+/// The name of the per-folder state directory; never synced.
+pub const STATE_DIR: &str = ".dartsync";
+
+/// Why a path was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The path is empty.
+    #[error("empty path")]
+    Empty,
+    /// The path starts with `/` (or is otherwise absolute).
+    #[error("absolute path {0:?}")]
+    Absolute(String),
+    /// A component is empty (`a//b`, trailing `/`).
+    #[error("empty component in {0:?}")]
+    EmptyComponent(String),
+    /// A component is `.` or `..`.
+    #[error("path {0:?} contains a `.` or `..` component")]
+    DotComponent(String),
+    /// The path contains a NUL byte.
+    #[error("path {0:?} contains NUL")]
+    Nul(String),
+    /// The path contains a backslash.
+    #[error("path {0:?} contains a backslash")]
+    Backslash(String),
+    /// The path contains a control character.
+    #[error("path {0:?} contains a control character")]
+    Control(String),
+    /// The path names something under `.dartsync`.
+    #[error("path {0:?} is inside the {STATE_DIR} state directory")]
+    StateDir(String),
+    /// The whole path is longer than [`MAX_PATH_LEN`].
+    #[error("path of {0} bytes exceeds {MAX_PATH_LEN}")]
+    TooLong(usize),
+    /// A component is longer than [`MAX_NAME_LEN`].
+    #[error("component of {0} bytes exceeds {MAX_NAME_LEN}")]
+    NameTooLong(usize),
+    /// A local path is not valid UTF-8.
+    #[error("path {0:?} is not valid UTF-8")]
+    NotUtf8(PathBuf),
+    /// A local path is not inside the folder it was made relative to.
+    #[error("path {path:?} is not inside {root:?}")]
+    OutsideRoot {
+        /// The path.
+        path: PathBuf,
+        /// The folder root.
+        root: PathBuf,
+    },
+}
+
+/// A validated path relative to a synced folder, `/`-separated.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RelPath(String);
+
+impl RelPath {
+    /// Validates `text` as a relative path.
+    pub fn new(text: &str) -> Result<Self, PathError> {
+        Self::validate(text)?;
+        Ok(RelPath(text.to_owned()))
+    }
+
+    fn validate(text: &str) -> Result<(), PathError> {
+        if text.is_empty() {
+            return Err(PathError::Empty);
+        }
+        if text.len() > MAX_PATH_LEN {
+            return Err(PathError::TooLong(text.len()));
+        }
+        if text.starts_with('/') {
+            return Err(PathError::Absolute(text.to_owned()));
+        }
+        if text.contains('\0') {
+            return Err(PathError::Nul(text.to_owned()));
+        }
+        if text.contains('\\') {
+            return Err(PathError::Backslash(text.to_owned()));
+        }
+        if text.chars().any(char::is_control) {
+            return Err(PathError::Control(text.to_owned()));
+        }
+        for component in text.split('/') {
+            match component {
+                "" => return Err(PathError::EmptyComponent(text.to_owned())),
+                "." | ".." => return Err(PathError::DotComponent(text.to_owned())),
+                STATE_DIR => return Err(PathError::StateDir(text.to_owned())),
+                c if c.len() > MAX_NAME_LEN => return Err(PathError::NameTooLong(c.len())),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The relative path of `path` inside `root` (both local paths).
+    pub fn from_local(root: &Path, path: &Path) -> Result<Self, PathError> {
+        let rel = path
+            .strip_prefix(root)
+            .map_err(|_| PathError::OutsideRoot { path: path.to_owned(), root: root.to_owned() })?;
+        let mut parts = Vec::new();
+        for component in rel.components() {
+            match component {
+                Component::Normal(part) => {
+                    parts.push(part.to_str().ok_or_else(|| PathError::NotUtf8(path.to_owned()))?)
+                }
+                Component::CurDir => {}
+                _ => return Err(PathError::DotComponent(rel.display().to_string())),
+            }
+        }
+        Self::new(&parts.join("/"))
+    }
+
+    /// The path as `/`-separated text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The path on disk inside the folder `root`.
+    pub fn to_local(&self, root: &Path) -> PathBuf {
+        let mut out = root.to_path_buf();
+        out.extend(self.0.split('/'));
+        out
+    }
+
+    /// The components, first to last.
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/')
+    }
+
+    /// The last component.
+    pub fn file_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+
+    /// The parent path, `None` for a top-level entry.
+    pub fn parent(&self) -> Option<RelPath> {
+        self.0.rsplit_once('/').map(|(parent, _)| RelPath(parent.to_owned()))
+    }
+
+    /// Every proper ancestor, outermost first (`a`, `a/b` for `a/b/c`).
+    pub fn ancestors(&self) -> Vec<RelPath> {
+        let mut out = Vec::new();
+        let mut current = self.parent();
+        while let Some(p) = current {
+            current = p.parent();
+            out.push(p);
+        }
+        out.reverse();
+        out
+    }
+
+    /// `self/name`, validated.
+    pub fn join(&self, name: &str) -> Result<RelPath, PathError> {
+        RelPath::new(&format!("{}/{}", self.0, name))
+    }
+
+    /// A sibling of this path with the last component replaced, validated.
+    pub fn with_file_name(&self, name: &str) -> Result<RelPath, PathError> {
+        match self.parent() {
+            Some(parent) => parent.join(name),
+            None => RelPath::new(name),
+        }
+    }
+
+    /// True when `self` is `ancestor` or lies inside it.
+    pub fn starts_with(&self, ancestor: &RelPath) -> bool {
+        self.0 == ancestor.0
+            || (self.0.starts_with(&ancestor.0) && self.0.as_bytes().get(ancestor.0.len()) == Some(&b'/'))
+    }
+}
+
+impl TryFrom<String> for RelPath {
+    type Error = PathError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Self::validate(&text)?;
+        Ok(RelPath(text))
+    }
+}
+
+impl From<RelPath> for String {
+    fn from(path: RelPath) -> String {
+        path.0
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, want_ok: bool) {
+        let got = RelPath::new(input);
+        assert_eq!(got.is_ok(), want_ok, "{input:?} -> {got:?}");
+        // The wire path must agree with the constructor.
+        let wire: Result<RelPath, _> = RelPath::try_from(input.to_owned());
+        assert_eq!(wire.is_ok(), want_ok, "wire {input:?}");
+    }
+
+    #[test]
+    fn hostile_inputs_are_rejected() {
+        let long_name = "x".repeat(MAX_NAME_LEN + 1);
+        let long_path = ["y"; 3000].join("/");
+        let hostile = [
+            "",
+            "/",
+            "/etc/passwd",
+            "../../etc/passwd",
+            "a/../../b",
+            "a/..",
+            "..",
+            ".",
+            "./a",
+            "a/./b",
+            "a//b",
+            "a/",
+            "a\\b",
+            "..\\..\\windows",
+            "a\0b",
+            ".dartsync",
+            ".dartsync/identity",
+            "sub/.dartsync/index.redb",
+            "a\nb",
+            "tab\there",
+            long_name.as_str(),
+            long_path.as_str(),
+        ];
+        for input in hostile {
+            check(input, false);
+        }
+    }
+
+    #[test]
+    fn ordinary_names_are_accepted() {
+        let max_name = "n".repeat(MAX_NAME_LEN);
+        let fine = [
+            "a",
+            "a/b/c.txt",
+            "with space/file name.md",
+            "ünïcödé/日本語.txt",
+            ".hidden",
+            "..dots..",
+            "a/.dartsyncignore",
+            ".dartsyncignore",
+            "...",
+            max_name.as_str(),
+        ];
+        for input in fine {
+            check(input, true);
+        }
+    }
+
+    #[test]
+    fn local_paths_are_normalised() {
+        let root = Path::new("/home/u/DartSync");
+        let p = RelPath::from_local(root, Path::new("/home/u/DartSync/a/b.txt")).unwrap();
+        assert_eq!(p.as_str(), "a/b.txt");
+        assert_eq!(p.to_local(root), PathBuf::from("/home/u/DartSync/a/b.txt"));
+        assert!(RelPath::from_local(root, Path::new("/elsewhere/x")).is_err());
+        assert!(RelPath::from_local(root, root).is_err());
+    }
+
+    #[test]
+    fn structure_helpers() {
+        let p = RelPath::new("a/b/c").unwrap();
+        assert_eq!(p.file_name(), "c");
+        assert_eq!(p.parent().unwrap().as_str(), "a/b");
+        let anc: Vec<_> = p.ancestors().iter().map(|a| a.to_string()).collect();
+        assert_eq!(anc, ["a", "a/b"]);
+        assert!(p.starts_with(&RelPath::new("a/b").unwrap()));
+        assert!(!RelPath::new("a/bc").unwrap().starts_with(&RelPath::new("a/b").unwrap()));
+        assert_eq!(p.with_file_name("d").unwrap().as_str(), "a/b/d");
+        assert!(RelPath::new("top").unwrap().parent().is_none());
+    }
+}

@@ -1,0 +1,205 @@
+//! [`FileRecord`]: what the tracker and the peers know about one path.
+//!
+//! A record describes one version of one path: its kind, size, mtime,
+//! permission bits, content hash, chunk-list hash and version vector. A
+//! deletion is a record with `deleted = true` (a tombstone) that keeps the
+//! version vector, so a stale re-announcement of the old file loses to it.
+//! Records travel in `Announce` and `Delta`; anything decoded from the wire
+//! must pass [`FileRecord::validate`] before it is used.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::ContentHash;
+use crate::limits::MAX_LINK_TARGET_LEN;
+use crate::path::RelPath;
+use crate::version::VersionVector;
+
+/// What kind of filesystem entry a record describes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FileKind {
+    /// A regular file; its bytes are described by `content` and `chunks`.
+    File,
+    /// A directory (records keep empty folders alive).
+    Dir,
+    /// A symbolic link to a path inside the folder, relative to the link's
+    /// own directory.
+    Symlink {
+        /// The link target as stored in the link.
+        target: String,
+    },
+}
+
+/// One version of one path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// The path, relative to the synced folder.
+    pub path: RelPath,
+    /// File, folder or symlink.
+    pub kind: FileKind,
+    /// Size in bytes (0 for folders, symlinks and tombstones).
+    pub size: u64,
+    /// Modification time in nanoseconds since the Unix epoch. Data, not
+    /// causality: restored on download, used only to break conflict ties.
+    pub mtime_ns: i64,
+    /// Unix permission bits (`0o7777` mask).
+    pub mode: u32,
+    /// blake3 of the file bytes ([`ContentHash::empty`] for non-files).
+    pub content: ContentHash,
+    /// blake3 of the chunk list ([`crate::chunk::ChunkedFile::chunks_hash`]).
+    pub chunks: ContentHash,
+    /// Causal history of this path.
+    pub version: VersionVector,
+    /// True for a tombstone.
+    pub deleted: bool,
+}
+
+/// Why a record from the wire was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// The version vector is empty, too long, or has zero counters.
+    #[error("record {path}: malformed version vector")]
+    BadVersion {
+        /// The record's path.
+        path: RelPath,
+    },
+    /// A folder, symlink or tombstone claims a size or content.
+    #[error("record {path}: {what}")]
+    Inconsistent {
+        /// The record's path.
+        path: RelPath,
+        /// What is inconsistent.
+        what: &'static str,
+    },
+    /// A symlink target is absolute, too long or climbs out of the folder.
+    #[error("record {path}: symlink target {target:?} leaves the folder")]
+    BadLinkTarget {
+        /// The record's path.
+        path: RelPath,
+        /// The offending target.
+        target: String,
+    },
+}
+
+impl FileRecord {
+    /// True for a live regular file.
+    pub fn is_file(&self) -> bool {
+        !self.deleted && self.kind == FileKind::File
+    }
+
+    /// True for a live folder.
+    pub fn is_dir(&self) -> bool {
+        !self.deleted && self.kind == FileKind::Dir
+    }
+
+    /// True when `other` describes the same bytes and metadata (ignoring the
+    /// version vector): the same file reached by two histories.
+    pub fn same_content(&self, other: &FileRecord) -> bool {
+        self.deleted == other.deleted
+            && self.kind == other.kind
+            && (self.deleted || (self.content == other.content && self.size == other.size))
+    }
+
+    /// Checks a record received from the network. The path was already
+    /// validated when it was decoded.
+    pub fn validate(&self) -> Result<(), RecordError> {
+        let path = || self.path.clone();
+        if self.version.is_empty() || !self.version.is_well_formed() {
+            return Err(RecordError::BadVersion { path: path() });
+        }
+        let non_file = self.deleted || self.kind != FileKind::File;
+        if non_file && self.size != 0 {
+            return Err(RecordError::Inconsistent {
+                path: path(),
+                what: "a folder, symlink or tombstone must have size 0",
+            });
+        }
+        if let FileKind::Symlink { target } = &self.kind
+            && !link_target_stays_inside(&self.path, target)
+        {
+            return Err(RecordError::BadLinkTarget { path: path(), target: target.clone() });
+        }
+        Ok(())
+    }
+}
+
+/// True when a symlink at `link` pointing to `target` resolves (lexically)
+/// to a path inside the folder, and `target` is a plain relative path.
+pub fn link_target_stays_inside(link: &RelPath, target: &str) -> bool {
+    if target.is_empty()
+        || target.len() > MAX_LINK_TARGET_LEN
+        || target.starts_with('/')
+        || target.contains('\0')
+        || target.contains('\\')
+    {
+        return false;
+    }
+    // Depth of the directory holding the link.
+    let mut depth: i64 = link.components().count() as i64 - 1;
+    for component in target.split('/') {
+        match component {
+            "" | "." => {}
+            ".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            crate::path::STATE_DIR if depth == 0 => return false,
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::ShortId;
+
+    fn file(path: &str) -> FileRecord {
+        FileRecord {
+            path: RelPath::new(path).unwrap(),
+            kind: FileKind::File,
+            size: 3,
+            mtime_ns: 1,
+            mode: 0o644,
+            content: ContentHash::of(b"abc"),
+            chunks: ContentHash::of(b"list"),
+            version: VersionVector::from_entries([(ShortId(1), 1)]),
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn validation_table() {
+        assert!(file("a").validate().is_ok());
+        let mut no_version = file("a");
+        no_version.version = VersionVector::new();
+        assert!(no_version.validate().is_err());
+        let mut dir_with_size = file("d");
+        dir_with_size.kind = FileKind::Dir;
+        assert!(dir_with_size.validate().is_err());
+        let mut tomb = file("t");
+        tomb.deleted = true;
+        assert!(tomb.validate().is_err(), "tombstone with size");
+        tomb.size = 0;
+        assert!(tomb.validate().is_ok());
+    }
+
+    #[test]
+    fn symlink_targets() {
+        let link = RelPath::new("a/b/link").unwrap();
+        for (target, inside) in [
+            ("c", true),
+            ("../c", true),
+            ("../../c", true),
+            ("../../../c", false),
+            ("/etc/passwd", false),
+            ("", false),
+            ("./x/../y", true),
+            ("../../.dartsync/identity", false),
+        ] {
+            assert_eq!(link_target_stays_inside(&link, target), inside, "{target}");
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The command line as typed: clap's derive structs, nothing resolved.
+//!
+//! [`crate::settings`] merges these flags with the config file into the
+//! resolved settings; nothing else reads them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Parser, Subcommand};
+
+/// DartSync: LAN file sync with no cloud.
+///
+/// A small always-on tracker (a Raspberry Pi is plenty) knows which peer
+/// holds the newest version of every file; peers watch a folder, tell the
+/// tracker what changed and fetch file pieces directly from each other,
+/// from several peers at once, over an encrypted channel keyed by a shared
+/// cluster key.
+///
+/// Typical set-up:
+///   dartsync init                                  # once: create the cluster key
+///   dartsync --tracker                             # on the always-on machine
+///   dartsync --peer ~/DartSync --tracker-addr pi:7373   # on every laptop
+#[derive(Debug, Parser)]
+#[command(name = "dartsync", version, about, long_about, verbatim_doc_comment)]
+#[command(group(ArgGroup::new("mode").args(["tracker", "peer"])))]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Run the tracker: keeps the global file table and the peer table.
+    #[arg(long)]
+    pub tracker: bool,
+
+    /// Run a peer syncing DIR (default: ~/DartSync, created if missing).
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    pub peer: Option<Option<PathBuf>>,
+
+    /// Address to listen on. Tracker: peers connect here (default
+    /// 0.0.0.0:7373). Peer: the piece server other peers fetch from
+    /// (default 0.0.0.0:0, a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Peer: the tracker to register with, HOST:PORT (port defaults to 7373).
+    #[arg(long, value_name = "ADDR")]
+    pub tracker_addr: Option<String>,
+
+    /// Tracker: state directory for the file table database
+    /// (default ~/.local/share/dartsync/tracker).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+
+    /// Cluster key file (default ~/.config/dartsync/cluster.key). Every
+    /// tracker and peer of one cluster must use the same key.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub key_file: Option<PathBuf>,
+
+    /// TOML configuration file; command-line flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Tracker: keep-alive interval in seconds; a peer silent for three
+    /// intervals is expired (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub interval: Option<u64>,
+
+    /// Tracker: average chunk size in bytes handed to peers (default 262144).
+    #[arg(long, value_name = "BYTES")]
+    pub piece_len: Option<u32>,
+
+    /// Peer: seconds between full rescans of the folder (default 600).
+    #[arg(long, value_name = "SECS")]
+    pub rescan: Option<u64>,
+
+    /// Peer: old versions kept per file in .dartsync/versions (default 5).
+    #[arg(long, value_name = "N")]
+    pub versions_keep: Option<usize>,
+
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
+    pub quiet: u8,
+
+    /// A subcommand instead of a mode.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new cluster key (mode 0600) and print where it is.
+    ///
+    /// Copy the file to every peer (same path, or pass --key-file). The
+    /// key never leaves your machines; anyone holding it can join the
+    /// cluster.
+    Init {
+        /// Replace an existing key file (peers with the old key can no
+        /// longer connect).
+        #[arg(long)]
+        force: bool,
+    },
+}

@@ -1,0 +1,17 @@
+//! Log set-up: human-readable lines on stderr, filtered by `RUST_LOG` or
+//! by the -v / -q counts.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber.
+pub fn init(verbose: u8, quiet: u8) {
+    let level = match (verbose, quiet) {
+        (0, 0) => "info",
+        (1, _) => "debug",
+        (v, _) if v >= 2 => "trace",
+        (_, 1) => "warn",
+        _ => "error",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}

@@ -1,0 +1,109 @@
+//! The `dartsync` binary: parses the command line, sets up logging and
+//! signals, and starts the tracker or a peer. All logic lives in the
+//! library crates; this file only wires them up and reports errors.
+
+mod cli;
+mod logging;
+mod settings;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use dartsync_shared::key::{ClusterKey, KeyError};
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::Mode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    logging::init(cli.verbose, cli.quiet);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    match settings::resolve(cli)? {
+        Mode::Init { key_file, force } => init(&key_file, force),
+        Mode::Tracker { config, key_file } => {
+            let key = tracker_key(&key_file)?;
+            runtime()?.block_on(async {
+                let shutdown = shutdown_on_signal()?;
+                dartsync_tracker::run(config, key, shutdown).await.context("tracker failed")
+            })
+        }
+        Mode::Peer { config, key_file } => {
+            let key = ClusterKey::load(&key_file).map_err(|e| match e {
+                KeyError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => anyhow::anyhow!(
+                    "no cluster key at {}: copy the tracker's key file there, or pass --key-file \
+                     (create a new cluster with `dartsync init`)",
+                    key_file.display()
+                ),
+                other => anyhow::Error::new(other).context("cannot load the cluster key"),
+            })?;
+            runtime()?.block_on(async {
+                let shutdown = shutdown_on_signal()?;
+                dartsync_peer::run(config, key, shutdown).await.context("peer failed")
+            })
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn init(key_file: &Path, force: bool) -> anyhow::Result<()> {
+    if key_file.exists() {
+        if !force {
+            bail!(
+                "{} already exists; pass --force to replace it (peers using the old key will be locked out)",
+                key_file.display()
+            );
+        }
+        std::fs::remove_file(key_file).with_context(|| format!("cannot remove {}", key_file.display()))?;
+    }
+    let key = ClusterKey::generate();
+    key.save_new(key_file).context("cannot write the cluster key")?;
+    println!("wrote a new cluster key to {} (fingerprint {})", key_file.display(), key.fingerprint());
+    println!("copy this file to every peer (mode 0600), or point them at it with --key-file");
+    Ok(())
+}
+
+/// The tracker creates a key when none exists, and says how to share it.
+fn tracker_key(key_file: &Path) -> anyhow::Result<ClusterKey> {
+    if key_file.exists() {
+        return ClusterKey::load(key_file).context("cannot load the cluster key");
+    }
+    let key = ClusterKey::generate();
+    key.save_new(key_file).context("cannot create a cluster key")?;
+    tracing::warn!(
+        "no cluster key found: created {} (fingerprint {}); copy it to every peer and start them with --key-file",
+        key_file.display(),
+        key.fingerprint()
+    );
+    Ok(key)
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+        }
+        cancel.cancel();
+    });
+    Ok(token)
+}

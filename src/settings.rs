@@ -1,0 +1,147 @@
+//! Merges the command line with the config file into resolved settings.
+//!
+//! Precedence: flag > config file > default. This is the only place that
+//! reads [`crate::cli::Cli`]; the rest of the program sees [`Mode`].
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use dartsync_shared::config::{self, ConfigFile, PeerConfig, TrackerConfig};
+
+use crate::cli::{Cli, Command};
+
+/// What to run, fully resolved.
+#[derive(Debug)]
+pub enum Mode {
+    /// `dartsync init`.
+    Init {
+        /// Where to write the key.
+        key_file: PathBuf,
+        /// Overwrite an existing key.
+        force: bool,
+    },
+    /// `dartsync --tracker`.
+    Tracker {
+        /// Tracker settings.
+        config: TrackerConfig,
+        /// Cluster key path.
+        key_file: PathBuf,
+    },
+    /// `dartsync --peer`.
+    Peer {
+        /// Peer settings.
+        config: PeerConfig,
+        /// Cluster key path.
+        key_file: PathBuf,
+    },
+}
+
+/// Accepts `host`, `host:port`, `[v6]:port`; adds the default port.
+fn with_default_port(addr: &str) -> String {
+    let has_port = match addr.rsplit_once(':') {
+        Some((host, port)) => port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']')),
+        None => false,
+    };
+    if has_port { addr.to_owned() } else { format!("{addr}:{}", config::DEFAULT_TRACKER_PORT) }
+}
+
+/// Resolves the command line (and the config file it names).
+pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
+    let file = match &cli.config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let key_file = cli.key_file.clone().or(file.key_file.clone()).unwrap_or_else(config::default_key_file);
+
+    if let Some(Command::Init { force }) = cli.command {
+        return Ok(Mode::Init { key_file, force });
+    }
+    if cli.tracker {
+        let mut cfg = TrackerConfig::from_section(&file.tracker)?;
+        if let Some(v) = cli.listen {
+            cfg.listen = v;
+        }
+        if let Some(v) = cli.data {
+            cfg.data_dir = v;
+        }
+        if let Some(v) = cli.interval {
+            cfg.interval = std::time::Duration::from_secs(v);
+        }
+        if let Some(v) = cli.piece_len {
+            cfg.piece_len = v;
+        }
+        cfg.validate()?;
+        return Ok(Mode::Tracker { config: cfg, key_file });
+    }
+    if let Some(dir) = cli.peer {
+        let mut cfg = PeerConfig::from_section(&file.peer)?;
+        if let Some(dir) = dir {
+            cfg.folder = dir;
+        }
+        if let Some(v) = cli.listen {
+            cfg.listen = v;
+        }
+        if let Some(v) = cli.tracker_addr {
+            cfg.tracker_addr = Some(v);
+        }
+        cfg.tracker_addr = cfg.tracker_addr.as_deref().map(with_default_port);
+        if let Some(v) = cli.rescan {
+            cfg.rescan = std::time::Duration::from_secs(v);
+        }
+        if let Some(v) = cli.versions_keep {
+            cfg.versions_keep = v;
+        }
+        cfg.folder = absolute(&cfg.folder)?;
+        cfg.validate()?;
+        return Ok(Mode::Peer { config: cfg, key_file });
+    }
+    bail!("nothing to do: pass --tracker, --peer [DIR] or a subcommand such as `init` (see `dartsync --help`)")
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot resolve folder {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> anyhow::Result<Mode> {
+        resolve(Cli::try_parse_from(std::iter::once("dartsync").chain(args.iter().copied()))?)
+    }
+
+    #[test]
+    fn default_port_is_added() {
+        assert_eq!(with_default_port("pi.local"), "pi.local:7373");
+        assert_eq!(with_default_port("pi.local:9"), "pi.local:9");
+        assert_eq!(with_default_port("[::1]:9"), "[::1]:9");
+        assert_eq!(with_default_port("::1"), "::1:7373");
+    }
+
+    #[test]
+    fn modes_resolve() {
+        match parse(&["--tracker", "--listen", "127.0.0.1:1", "--interval", "2"]).unwrap() {
+            Mode::Tracker { config, .. } => {
+                assert_eq!(config.listen.port(), 1);
+                assert_eq!(config.interval.as_secs(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["--peer", "/tmp/x", "--tracker-addr", "h"]).unwrap() {
+            Mode::Peer { config, .. } => {
+                assert_eq!(config.folder, PathBuf::from("/tmp/x"));
+                assert_eq!(config.tracker_addr.as_deref(), Some("h:7373"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["--peer"]).unwrap() {
+            Mode::Peer { config, .. } => assert!(config.folder.ends_with("DartSync")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse(&["init", "--key-file", "/k"]).unwrap(), Mode::Init { .. }));
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--tracker", "--peer"]).is_err());
+        assert!(parse(&["--tracker", "--piece-len", "3"]).is_err());
+    }
+}

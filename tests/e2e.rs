@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `dartsync` binary, as separate processes on
+//! 127.0.0.1, each in its own temp folder. One test binary, one module per
+//! area, shared plumbing in `util`.
+
+mod cli;
+mod tidy;
+mod util;

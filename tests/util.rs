@@ -1,0 +1,130 @@
+//! Plumbing for end-to-end tests: spawning `dartsync` processes, reading
+//! their logs, waiting on conditions with deadlines, killing by PID.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Path of the binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dartsync"))
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `dartsync` to completion with `args`; returns (status, stdout, stderr).
+pub fn run(args: &[&str], env: &[(&str, &Path)]) -> (std::process::ExitStatus, String, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("spawn dartsync");
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A running `dartsync` process whose stderr is collected line by line.
+/// Killed (SIGKILL, by PID) on drop if still running.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Spawns `dartsync args...` with `RUST_LOG` set to `log`.
+    pub fn spawn(name: &str, args: &[&str], log: &str) -> Proc {
+        let mut child = Command::new(bin())
+            .args(args)
+            .env("RUST_LOG", log)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn dartsync");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let tag = name.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("E2E_ECHO").is_some() {
+                    eprintln!("[{tag}] {line}");
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Proc { name: name.to_owned(), child, lines }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// A copy of every stderr line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits for a stderr line containing `needle`; returns it.
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> String {
+        let mut found = None;
+        wait_until(timeout, &format!("{} to log {needle:?}", self.name), || {
+            found = self.lines().into_iter().find(|l| l.contains(needle));
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// Waits for "listening on ADDR" and returns ADDR.
+    pub fn listen_addr(&self) -> std::net::SocketAddr {
+        let line = self.wait_for_line("listening on ", Duration::from_secs(20));
+        let rest = line.split("listening on ").nth(1).unwrap();
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    /// Sends `sig` to the process.
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(self.pid(), sig);
+    }
+
+    /// Waits for exit and returns the exit code (None if killed by a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let mut status = None;
+        let child = &mut self.child;
+        wait_until(timeout, "process exit", || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap().code()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
