@@ -74,6 +74,14 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub versions_keep: Option<usize>,
 
+    /// Test only: serve corrupted chunks (a lying holder).
+    #[arg(long, hide = true)]
+    pub test_corrupt_chunks: bool,
+
+    /// Test only: delay every served chunk by this many milliseconds.
+    #[arg(long, hide = true, value_name = "MS")]
+    pub test_serve_delay_ms: Option<u64>,
+
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,

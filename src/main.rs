@@ -38,7 +38,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 dartsync_tracker::run(config, key, shutdown).await.context("tracker failed")
             })
         }
-        Mode::Peer { config, key_file } => {
+        Mode::Peer { config, key_file, hooks } => {
             let key = ClusterKey::load(&key_file).map_err(|e| match e {
                 KeyError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => anyhow::anyhow!(
                     "no cluster key at {}: copy the tracker's key file there, or pass --key-file \
@@ -49,7 +49,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             })?;
             runtime()?.block_on(async {
                 let shutdown = shutdown_on_signal()?;
-                dartsync_peer::run(config, key, shutdown).await.context("peer failed")
+                dartsync_peer::run(config, key, hooks, shutdown).await.context("peer failed")
             })
         }
     }

@@ -31,6 +31,8 @@ pub enum Mode {
     Peer {
         /// Peer settings.
         config: PeerConfig,
+        /// Hidden test switches.
+        hooks: dartsync_peer::TestHooks,
         /// Cluster key path.
         key_file: PathBuf,
     },
@@ -93,7 +95,11 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         }
         cfg.folder = absolute(&cfg.folder)?;
         cfg.validate()?;
-        return Ok(Mode::Peer { config: cfg, key_file });
+        let hooks = dartsync_peer::TestHooks {
+            corrupt_chunks: cli.test_corrupt_chunks,
+            serve_delay: std::time::Duration::from_millis(cli.test_serve_delay_ms.unwrap_or(0)),
+        };
+        return Ok(Mode::Peer { config: cfg, key_file, hooks });
     }
     bail!("nothing to do: pass --tracker, --peer [DIR] or a subcommand such as `init` (see `dartsync --help`)")
 }

@@ -3,5 +3,10 @@
 //! area, shared plumbing in `util`.
 
 mod cli;
+mod cluster;
+mod faults;
+mod pi;
+mod sync;
 mod tidy;
+mod tracker_restart;
 mod util;

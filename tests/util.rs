@@ -48,15 +48,20 @@ pub struct Proc {
 impl Proc {
     /// Spawns `dartsync args...` with `RUST_LOG` set to `log`.
     pub fn spawn(name: &str, args: &[&str], log: &str) -> Proc {
-        let mut child = Command::new(bin())
-            .args(args)
-            .env("RUST_LOG", log)
-            .env("NO_COLOR", "1")
+        let mut cmd = Command::new(bin());
+        cmd.args(args).env("RUST_LOG", log).env("NO_COLOR", "1");
+        Proc::spawn_command(name, cmd)
+    }
+
+    /// Spawns any prepared command (an emulated `dartsync`, an `sshd`),
+    /// collecting its stderr like [`Proc::spawn`] does.
+    pub fn spawn_command(name: &str, mut cmd: Command) -> Proc {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn dartsync");
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let stderr = child.stderr.take().expect("piped stderr");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();

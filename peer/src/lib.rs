@@ -5,29 +5,20 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-use dartsync_shared::config::PeerConfig;
-use dartsync_shared::key::ClusterKey;
-use tokio_util::sync::CancellationToken;
+pub mod apply;
+pub mod chunk_source;
+pub mod daemon;
+pub mod dirs;
+pub mod download;
+pub mod engine;
+pub mod history;
+pub mod ignore;
+pub mod index;
+pub mod local;
+pub mod scan;
+pub mod serve;
+pub mod source;
+pub mod tracker_client;
+pub mod watch;
 
-/// Why the peer stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum PeerError {
-    /// The synced folder could not be created or opened.
-    #[error("cannot use folder {path}: {source}")]
-    Folder {
-        /// The folder.
-        path: std::path::PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-}
-
-/// Runs the peer until `shutdown` is cancelled.
-pub async fn run(config: PeerConfig, key: ClusterKey, shutdown: CancellationToken) -> Result<(), PeerError> {
-    std::fs::create_dir_all(&config.folder)
-        .map_err(|source| PeerError::Folder { path: config.folder.clone(), source })?;
-    tracing::info!(folder = %config.folder.display(), key = key.fingerprint(), "peer started");
-    shutdown.cancelled().await;
-    tracing::info!("peer stopped");
-    Ok(())
-}
+pub use daemon::{PeerError, TestHooks, run};

@@ -343,6 +343,17 @@ impl<W: AsyncWrite + Unpin> ChannelWriter<W> {
         self.send_plain(&plain).await
     }
 
+    /// Sends `bytes` as channel plaintext without a frame header.
+    ///
+    /// Only for tests that play a hostile peer (a forged frame length such as
+    /// a 4 GiB prefix, a frame cut short): the bytes are encrypted and
+    /// authenticated as usual, and the receiver's frame decoder sees them as
+    /// the next bytes of its frame stream. Well-behaved code always uses
+    /// [`Self::send`] or [`Self::send_frame`].
+    pub async fn send_unframed(&mut self, bytes: &[u8]) -> Result<(), ChannelError> {
+        self.send_plain(bytes).await
+    }
+
     async fn send_plain(&mut self, plain: &[u8]) -> Result<(), ChannelError> {
         let mut buf = vec![0u8; MAX_NOISE_MSG];
         for piece in plain.chunks(MAX_PLAINTEXT) {
@@ -456,6 +467,24 @@ mod tests {
             assert_eq!(sr.recv::<PeerMessage>().await.unwrap().unwrap(), m);
             assert_eq!(cr.recv::<PeerMessage>().await.unwrap().unwrap(), m);
         }
+    }
+
+    #[tokio::test]
+    async fn unframed_bytes_reach_the_frame_decoder() {
+        let key = ClusterKey::generate();
+        let (a, b) = pair();
+        let k2 = key.clone();
+        let server = tokio::spawn(async move { accept(b, &k2, &Identity::generate()).await.unwrap() });
+        let client = connect(a, &key, &Identity::generate()).await.unwrap();
+        let mut server = server.await.unwrap();
+        let (_r, mut w) = client.split();
+        // A hand-made frame holding `KeepAlive` (one byte, variant 3) ...
+        w.send_unframed(&[0, 0, 0, 1, 3]).await.unwrap();
+        assert_eq!(server.recv::<PeerMessage>().await.unwrap(), Some(PeerMessage::KeepAlive));
+        // ... and a forged 4 GiB length prefix.
+        w.send_unframed(&[0xFF, 0xFF, 0xFF, 0xFF]).await.unwrap();
+        let err = server.recv::<PeerMessage>().await.unwrap_err();
+        assert!(matches!(err, ChannelError::Codec(CodecError::Oversized { .. })), "{err}");
     }
 
     #[tokio::test]

@@ -22,9 +22,9 @@
 //! listen = "0.0.0.0:0"           # piece server; port 0 picks a free port
 //! rescan_secs = 600              # periodic full rescan
 //! versions_keep = 5              # old versions kept per path
-//! upload_slots_per_peer = 4
-//! upload_slots_total = 16
-//! max_parallel_downloads = 4
+//! upload_slots_per_peer = 8
+//! upload_slots_total = 32
+//! max_parallel_downloads = 16
 //! ```
 
 use std::net::SocketAddr;
@@ -261,9 +261,9 @@ impl Default for PeerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             rescan: Duration::from_secs(600),
             versions_keep: 5,
-            upload_slots_per_peer: 4,
-            upload_slots_total: 16,
-            max_parallel_downloads: 4,
+            upload_slots_per_peer: 8,
+            upload_slots_total: 32,
+            max_parallel_downloads: 16,
         }
     }
 }

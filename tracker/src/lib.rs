@@ -1,36 +1,196 @@
 //! `dartsync-tracker`: the tracker of a DartSync cluster.
 //!
 //! Owns the global file table, the peer table with heartbeat expiry, the
-//! conflict rules and their persistence. It never stores file content.
-//! Entry point: [`run`].
+//! conflict rules and their persistence. It never stores or relays file
+//! content. Entry point: [`run`] (or [`Tracker::bind`] + [`Tracker::run`]
+//! when the caller needs the bound address first).
+//!
+//! # Tasks
+//! - `server`: the accept loop; one `session` task per connection in a
+//!   `JoinSet`, at most `max_peers` of them.
+//! - `session`: handshake, `Register`, then the peer's messages in and
+//!   delta pages out.
+//! - `actor`: the one task that owns the `state` (table, peers, seq, epoch,
+//!   expiry, tombstone GC) and commits every change to the `store` (redb in
+//!   `data_dir`) before any peer can see it.
+//!
+//! Shutdown: cancelling the token stops the accept loop, every session and
+//! the actor. A failed database commit stops the tracker with an error.
+//!
+//! # Files in `data_dir`
+//! - `identity`: the tracker's Noise static keypair (mode 0600).
+//! - `tracker.redb`: the table, known peers, epoch, seq ceiling.
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-use dartsync_shared::config::TrackerConfig;
-use dartsync_shared::key::ClusterKey;
+mod actor;
+mod compact;
+mod conflict;
+mod server;
+mod session;
+mod state;
+mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dartsync_shared::PeerId;
+use dartsync_shared::config::{ConfigError, TrackerConfig};
+use dartsync_shared::key::{ClusterKey, Identity, KeyError};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+pub use store::{DB_FILE, StoreError};
+
+use crate::actor::Actor;
+use crate::session::SessionCtx;
+use crate::state::{State, StateConfig};
+use crate::store::Store;
+
+/// File name of the tracker's identity inside the data directory.
+pub const IDENTITY_FILE: &str = "identity";
 
 /// Why the tracker stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum TrackerError {
+    /// The configuration is out of range.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory could not be created.
+    #[error("cannot create the tracker data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The tracker's identity could not be loaded or created.
+    #[error("cannot load the tracker identity: {0}")]
+    Identity(#[from] KeyError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The address.
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
         /// The cause.
         source: std::io::Error,
     },
+    /// A database write was cancelled because the runtime is shutting down.
+    #[error("a database write was interrupted by shutdown")]
+    Interrupted,
+}
+
+/// A tracker whose state is loaded and whose socket is bound, not yet serving.
+#[derive(Debug)]
+pub struct Tracker {
+    config: TrackerConfig,
+    key: ClusterKey,
+    identity: Identity,
+    listener: TcpListener,
+    addr: SocketAddr,
+    store: Arc<Store>,
+    state: State,
+    ceiling: u64,
+}
+
+impl Tracker {
+    /// Creates `data_dir`, loads (or creates) the identity and the database,
+    /// binds `listen`, and logs `tracker listening on ADDR`.
+    pub async fn bind(config: TrackerConfig, key: ClusterKey) -> Result<Tracker, TrackerError> {
+        config.validate()?;
+        let dir = config.data_dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> Result<_, TrackerError> {
+            std::fs::create_dir_all(&dir).map_err(|source| TrackerError::DataDir { path: dir.clone(), source })?;
+            let identity = Identity::load_or_create(&dir.join(IDENTITY_FILE))?;
+            let (store, loaded) = Store::open(&dir)?;
+            Ok((identity, store, loaded))
+        })
+        .await;
+        let (identity, store, loaded) = match loaded {
+            Ok(result) => result?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return Err(TrackerError::Interrupted),
+        };
+        let state_config = StateConfig { interval: config.interval, tombstone_max_age: config.tombstone_max_age };
+        let ceiling = loaded.seq_ceiling;
+        let state = State::restore(
+            state_config,
+            identity.peer_id().short(),
+            loaded.epoch,
+            loaded.seq_ceiling,
+            loaded.entries,
+            loaded.known,
+        );
+        let (records, tombstones) = state.counts();
+        tracing::info!(
+            "tracker state: {records} records ({tombstones} tombstones), epoch {:016x}, seq {}{}",
+            state.epoch(),
+            state.seq(),
+            if loaded.created { " (new database)" } else { "" }
+        );
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| TrackerError::Bind { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| TrackerError::Bind { addr: config.listen, source })?;
+        tracing::info!(key = key.fingerprint(), id = %identity.peer_id(), "tracker listening on {addr}");
+        Ok(Tracker { config, key, identity, listener, addr, store: Arc::new(store), state, ceiling })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The tracker's own id (from its identity file).
+    pub fn peer_id(&self) -> PeerId {
+        self.identity.peer_id()
+    }
+
+    /// The tracker's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.state.epoch()
+    }
+
+    /// Serves peers until `shutdown` is cancelled or the database fails.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), TrackerError> {
+        let token = shutdown.child_token();
+        let (actor, handle) =
+            Actor::new(self.state, self.store, self.ceiling, self.config.interval, self.config.piece_len);
+        let mut actor = AbortOnDropHandle::new(tokio::spawn(actor.run(token.clone())));
+        let ctx =
+            Arc::new(SessionCtx { key: self.key, identity: self.identity, actor: handle, shutdown: token.clone() });
+        let serve = server::serve(self.listener, ctx, self.config.max_peers, token.clone());
+        tokio::pin!(serve);
+        let joined = tokio::select! {
+            joined = &mut actor => {
+                token.cancel();
+                serve.await;
+                joined
+            }
+            () = &mut serve => {
+                token.cancel();
+                actor.await
+            }
+        };
+        let result = match joined {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(TrackerError::Interrupted),
+        };
+        if result.is_ok() {
+            tracing::info!("tracker stopped");
+        }
+        result
+    }
 }
 
 /// Runs the tracker until `shutdown` is cancelled.
 pub async fn run(config: TrackerConfig, key: ClusterKey, shutdown: CancellationToken) -> Result<(), TrackerError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| TrackerError::Bind { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| TrackerError::Bind { addr: config.listen, source })?;
-    tracing::info!(%addr, key = key.fingerprint(), "tracker listening on {addr}");
-    shutdown.cancelled().await;
-    tracing::info!("tracker stopped");
-    Ok(())
+    Tracker::bind(config, key).await?.run(shutdown).await
 }

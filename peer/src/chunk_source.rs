@@ -1,0 +1,264 @@
+//! Where local content can be found: the [`ChunkSource`] trait the piece
+//! server and the downloader read through, plus verified chunk reads.
+//!
+//! The transfer layer never walks the synced folder itself. It asks a
+//! `ChunkSource` (the local index, implemented by the peer's index module;
+//! [`MemoryChunkSource`] here for tests and tools) for the chunk list of a
+//! content hash and for *candidate* places where a chunk might be read.
+//!
+//! # Invariants
+//! - A candidate is only a hint: the file may have changed since it was
+//!   indexed. Every read goes through [`read_verified`], which re-hashes the
+//!   bytes and returns them only when they hash to the requested chunk hash.
+//!   No caller ever sends or writes unverified local bytes.
+//! - Reads are bounded by the requested length, which callers have already
+//!   checked against [`dartsync_shared::limits::MAX_CHUNK_LEN`].
+//!
+//! # Not here
+//! No indexing policy (what is indexed, when it is refreshed), no async:
+//! everything in this module blocks and is called from `spawn_blocking`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use dartsync_shared::chunk::{ChunkParams, ChunkedFile, chunk_reader};
+use dartsync_shared::{ChunkInfo, ContentHash};
+
+/// Where local content can be found. Implementations must be cheap to call
+/// from `spawn_blocking`.
+pub trait ChunkSource: Send + Sync + 'static {
+    /// The chunk list of a file whose whole-file hash is `content`, if any
+    /// local file has it.
+    fn chunk_list(&self, content: &ContentHash) -> Option<Vec<ChunkInfo>>;
+
+    /// Absolute local paths + offsets where a chunk with this hash may be
+    /// read (candidates; the caller verifies the hash after reading).
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)>;
+}
+
+/// Reads `len` bytes at `offset` of `path` and returns them only if they
+/// hash to `hash`. `Ok(None)` when the file is too short, is not a regular
+/// file or holds other bytes there (changed since indexing); `Err` only for
+/// other I/O errors (callers usually treat both as "not here").
+pub fn read_at_verified(path: &Path, offset: u64, len: u32, hash: &ContentHash) -> std::io::Result<Option<Vec<u8>>> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    let end = offset.checked_add(u64::from(len));
+    if !meta.is_file() || end.is_none_or(|end| end > meta.len()) {
+        return Ok(None);
+    }
+    let mut bytes = vec![0u8; len as usize];
+    match file.read_exact_at(&mut bytes, offset) {
+        Ok(()) => {}
+        // Truncated between the stat and the read.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    Ok((ContentHash::of(&bytes) == *hash).then_some(bytes))
+}
+
+/// Tries each candidate in turn and returns the first bytes that hash to
+/// `hash`. I/O errors on one candidate are logged at debug and skipped.
+pub fn read_verified(candidates: &[(PathBuf, u64)], len: u32, hash: &ContentHash) -> Option<Vec<u8>> {
+    for (path, offset) in candidates {
+        match read_at_verified(path, *offset, len, hash) {
+            Ok(Some(bytes)) => return Some(bytes),
+            Ok(None) => {
+                tracing::debug!(path = %path.display(), offset, chunk = %hash.fmt_short(), "chunk candidate is stale");
+            }
+            Err(e) => {
+                tracing::debug!(path = %path.display(), offset, chunk = %hash.fmt_short(), error = %e, "chunk candidate unreadable");
+            }
+        }
+    }
+    None
+}
+
+/// An in-memory [`ChunkSource`] built by chunking files: for tests, tools
+/// and benchmarks. Not the peer's index (that one persists and tracks file
+/// changes); this one trusts what it was told until told otherwise, which
+/// is exactly what makes it useful to test stale candidates.
+#[derive(Debug, Default)]
+pub struct MemoryChunkSource {
+    inner: RwLock<MemoryInner>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryInner {
+    /// Whole-file hash -> chunk list.
+    lists: HashMap<ContentHash, Vec<ChunkInfo>>,
+    /// Chunk hash -> places it was seen.
+    places: HashMap<ContentHash, Vec<(PathBuf, u64)>>,
+    /// Path -> what was recorded for it, so a path can be forgotten.
+    files: HashMap<PathBuf, ChunkedFile>,
+}
+
+impl MemoryChunkSource {
+    /// An empty source.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Chunks the file at `path` (absolute) with `params` and records it,
+    /// replacing whatever was recorded for that path. Returns the result.
+    pub fn add_file(&self, path: &Path, params: ChunkParams) -> std::io::Result<ChunkedFile> {
+        let chunked = chunk_reader(std::io::BufReader::new(File::open(path)?), params)?;
+        self.add_chunked(path, chunked.clone());
+        Ok(chunked)
+    }
+
+    /// Records `path` as holding `chunked` without reading it.
+    pub fn add_chunked(&self, path: &Path, chunked: ChunkedFile) {
+        let mut inner = self.inner.write().expect("memory chunk source lock poisoned");
+        inner.forget(path);
+        for chunk in &chunked.chunks {
+            inner.places.entry(chunk.hash).or_default().push((path.to_owned(), chunk.offset));
+        }
+        inner.lists.insert(chunked.content, chunked.chunks.clone());
+        inner.files.insert(path.to_owned(), chunked);
+    }
+
+    /// Forgets everything recorded for `path`.
+    pub fn remove_file(&self, path: &Path) {
+        self.inner.write().expect("memory chunk source lock poisoned").forget(path);
+    }
+
+    /// Chunks every regular file under `dir` (recursively, skipping
+    /// symlinks) and records it. Returns how many files were added.
+    pub fn add_dir(&self, dir: &Path, params: ChunkParams) -> std::io::Result<usize> {
+        let mut count = 0;
+        let mut stack = vec![dir.to_owned()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                let kind = entry.file_type()?;
+                if kind.is_dir() {
+                    stack.push(entry.path());
+                } else if kind.is_file() {
+                    self.add_file(&entry.path(), params)?;
+                    count += 1;
+                }
+            }
+        }
+        Ok(count)
+    }
+}
+
+impl MemoryInner {
+    fn forget(&mut self, path: &Path) {
+        let Some(old) = self.files.remove(path) else { return };
+        for chunk in &old.chunks {
+            if let Some(places) = self.places.get_mut(&chunk.hash) {
+                places.retain(|(p, o)| !(p == path && *o == chunk.offset));
+                if places.is_empty() {
+                    self.places.remove(&chunk.hash);
+                }
+            }
+        }
+        if !self.files.values().any(|f| f.content == old.content) {
+            self.lists.remove(&old.content);
+        }
+    }
+}
+
+impl ChunkSource for MemoryChunkSource {
+    fn chunk_list(&self, content: &ContentHash) -> Option<Vec<ChunkInfo>> {
+        self.inner.read().expect("memory chunk source lock poisoned").lists.get(content).cloned()
+    }
+
+    fn locate(&self, hash: &ContentHash, _len: u32) -> Vec<(PathBuf, u64)> {
+        self.inner.read().expect("memory chunk source lock poisoned").places.get(hash).cloned().unwrap_or_default()
+    }
+}
+
+/// Streams a whole file through blake3 (the final check of a download).
+pub(crate) fn hash_file(path: &Path) -> std::io::Result<ContentHash> {
+    let mut file = File::open(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> ChunkParams {
+        ChunkParams::for_piece_len(4096)
+    }
+
+    fn data(len: usize, seed: u8) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        blake3::Hasher::new().update(&[seed]).finalize_xof().fill(&mut out);
+        out
+    }
+
+    #[test]
+    fn files_are_located_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, data(100_000, 1)).unwrap();
+        let src = MemoryChunkSource::new();
+        let f = src.add_file(&a, params()).unwrap();
+        assert!(f.chunks.len() > 3);
+        assert_eq!(src.chunk_list(&f.content).unwrap(), f.chunks);
+        let c = f.chunks[2];
+        let places = src.locate(&c.hash, c.len);
+        assert_eq!(places, vec![(a.clone(), c.offset)]);
+        assert_eq!(read_verified(&places, c.len, &c.hash).unwrap().len(), c.len as usize);
+        src.remove_file(&a);
+        assert!(src.chunk_list(&f.content).is_none());
+        assert!(src.locate(&c.hash, c.len).is_empty());
+    }
+
+    #[test]
+    fn stale_candidates_are_never_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, data(50_000, 2)).unwrap();
+        let src = MemoryChunkSource::new();
+        let f = src.add_file(&a, params()).unwrap();
+        let c = f.chunks[1];
+        // Same length, other bytes: the hash check must reject it.
+        std::fs::write(&a, data(50_000, 3)).unwrap();
+        assert!(read_verified(&src.locate(&c.hash, c.len), c.len, &c.hash).is_none());
+        // Shorter file: no read past the end.
+        std::fs::write(&a, b"short").unwrap();
+        assert_eq!(read_at_verified(&a, c.offset, c.len, &c.hash).unwrap(), None);
+        // Gone.
+        std::fs::remove_file(&a).unwrap();
+        assert_eq!(read_at_verified(&a, c.offset, c.len, &c.hash).unwrap(), None);
+        // A directory is not a file.
+        assert_eq!(read_at_verified(dir.path(), 0, 1, &c.hash).unwrap(), None);
+        // Offset overflow is not a panic.
+        assert_eq!(read_at_verified(&a, u64::MAX, 10, &c.hash).unwrap(), None);
+    }
+
+    #[test]
+    fn add_dir_is_recursive_and_hash_file_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("x/y")).unwrap();
+        let bytes = data(20_000, 4);
+        std::fs::write(dir.path().join("x/y/z"), &bytes).unwrap();
+        std::fs::write(dir.path().join("top"), b"hi").unwrap();
+        let src = MemoryChunkSource::new();
+        assert_eq!(src.add_dir(dir.path(), params()).unwrap(), 2);
+        assert!(src.chunk_list(&ContentHash::of(&bytes)).is_some());
+        assert_eq!(hash_file(&dir.path().join("x/y/z")).unwrap(), ContentHash::of(&bytes));
+    }
+}

@@ -1,0 +1,115 @@
+//! The on-disk layout of one synced folder: the folder itself and its
+//! `.dartsync/` state directory.
+//!
+//! `DIR/.dartsync/` holds the node identity (`identity`, mode 0600), the
+//! redb index (`index.redb`), downloads in progress (`tmp/`) and replaced or
+//! deleted files (`versions/`). It is created on first start, never synced
+//! and never announced: [`dartsync_shared::RelPath`] cannot name anything
+//! under it, and the scanner never descends into it.
+//!
+//! Invariant: every path in [`PeerDirs`] is absolute and built from the
+//! canonical form of the folder root, so paths reported by the watcher
+//! (which are the watched path joined with names) strip cleanly against
+//! [`PeerDirs::root`].
+//!
+//! This module only creates folders and the identity file; it does not read
+//! or write the index (see [`crate::index`]).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use dartsync_shared::key::Identity;
+use dartsync_shared::path::STATE_DIR;
+
+use crate::local::LocalError;
+
+/// Name of the identity file inside `.dartsync/`.
+pub const IDENTITY_FILE: &str = "identity";
+/// Name of the index database inside `.dartsync/`.
+pub const INDEX_FILE: &str = "index.redb";
+/// Name of the download folder inside `.dartsync/`.
+pub const TMP_DIR: &str = "tmp";
+/// Name of the version-history folder inside `.dartsync/`.
+pub const VERSIONS_DIR: &str = "versions";
+
+/// The paths of one synced folder and its state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerDirs {
+    /// The synced folder (canonical, absolute).
+    pub root: PathBuf,
+    /// `root/.dartsync`: never synced.
+    pub state: PathBuf,
+    /// `root/.dartsync/tmp`: partial downloads.
+    pub tmp: PathBuf,
+    /// `root/.dartsync/versions`: replaced and deleted files.
+    pub versions: PathBuf,
+    /// `root/.dartsync/identity`: the node's x25519 keypair (mode 0600).
+    pub identity: PathBuf,
+    /// `root/.dartsync/index.redb`: the local index.
+    pub index: PathBuf,
+}
+
+impl PeerDirs {
+    /// Creates (if needed) the folder, `.dartsync/` (mode 0700) with `tmp/`
+    /// and `versions/`, and the identity file. Idempotent.
+    pub fn create(root: &Path) -> Result<PeerDirs, LocalError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LocalError::Io { path, source }
+        };
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        let root = root.canonicalize().map_err(io(root))?;
+        let state = root.join(STATE_DIR);
+        let dirs = PeerDirs {
+            tmp: state.join(TMP_DIR),
+            versions: state.join(VERSIONS_DIR),
+            identity: state.join(IDENTITY_FILE),
+            index: state.join(INDEX_FILE),
+            state,
+            root,
+        };
+        std::fs::create_dir_all(&dirs.state).map_err(io(&dirs.state))?;
+        std::fs::set_permissions(&dirs.state, std::fs::Permissions::from_mode(0o700)).map_err(io(&dirs.state))?;
+        for dir in [&dirs.tmp, &dirs.versions] {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        Identity::load_or_create(&dirs.identity)?;
+        Ok(dirs)
+    }
+
+    /// Loads this node's identity (created by [`PeerDirs::create`]).
+    pub fn load_identity(&self) -> Result<Identity, LocalError> {
+        Ok(Identity::load_or_create(&self.identity)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn layout_is_created_once_and_identity_is_stable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("nested/folder");
+        let dirs = PeerDirs::create(&root).unwrap();
+        assert!(dirs.root.is_absolute());
+        for dir in [&dirs.state, &dirs.tmp, &dirs.versions] {
+            assert!(dir.is_dir(), "{dir:?}");
+        }
+        assert_eq!(std::fs::metadata(&dirs.state).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(&dirs.identity).unwrap().mode() & 0o777, 0o600);
+        let first = dirs.load_identity().unwrap().peer_id();
+        let again = PeerDirs::create(&root).unwrap();
+        assert_eq!(again, dirs);
+        assert_eq!(again.load_identity().unwrap().peer_id(), first);
+    }
+
+    #[test]
+    fn a_file_in_the_way_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("f");
+        std::fs::write(&root, b"x").unwrap();
+        assert!(matches!(PeerDirs::create(&root), Err(LocalError::Io { .. })));
+    }
+}

@@ -1,0 +1,896 @@
+//! The multi-source downloader: turns a [`FileRecord`] plus its holders
+//! into a verified, fsynced temp file ready to be renamed into place.
+//!
+//! # Steps of [`Downloader::download`]
+//! 1. **Chunk list**: from the local [`ChunkSource`] if some local file has
+//!    the same content (a rename or copy: no network at all), else from the
+//!    holders in turn. A list is accepted only if its hash equals the
+//!    record's `chunks` and it tiles `[0, size)`; a holder sending another
+//!    list is dropped as a liar.
+//! 2. **Local** (blocking pool): open `<content>.part`; if a valid state
+//!    file from an earlier run exists, re-hash every chunk it marks done and
+//!    keep those that verify (the bitmap is a hint, never trusted alone);
+//!    then copy every missing chunk the `ChunkSource` can produce (old
+//!    version of the file, any other file) after verifying it, and chunks
+//!    that repeat inside the file. This is the delta sync and the rename
+//!    handling.
+//! 3. **Network** ([`worker`]): one connection per holder, several requests
+//!    in flight each, one shared queue of missing chunks; lying, failing or
+//!    `NotAvailable` holders are dropped and their chunks requeued, `Busy`
+//!    holders back off. Progress is persisted every
+//!    [`DownloadLimits::persist_every_bytes`] and whenever the phase ends,
+//!    so a killed peer resumes where it stopped.
+//! 4. **Finish**: fsync, re-hash the whole file against the record's
+//!    `content`, rename `<content>.part` to a unique `<content>.<n>.done`,
+//!    drop the state file. The caller owns the `.done` file from then on.
+//!
+//! File names and the state format are described in [`part`].
+//!
+//! # Invariants
+//! - One download per content at a time in one `Downloader` (a second one
+//!   for the same content waits), so a `.part` has one writer.
+//! - Nothing is written to the `.part` before it is verified against its
+//!   chunk hash, and the returned file hashes to `record.content`.
+//! - Cancel or failure leaves `.part` + state for a later resume; only a
+//!   whole-file mismatch (the record is inconsistent) deletes them.
+//!
+//! # Not here
+//! Renaming into the synced folder, mtime and mode, the index, `Have`, and
+//! which downloads to run (the apply engine owns those).
+
+pub(crate) mod part;
+mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dartsync_shared::channel::ChannelError;
+use dartsync_shared::chunk::{ChunkParams, chunk_list_hash, chunk_list_is_well_formed};
+use dartsync_shared::error::Retry;
+use dartsync_shared::key::{ClusterKey, Identity};
+use dartsync_shared::limits::{MAX_CHUNKS_PER_LIST, MAX_PIECE_LEN};
+use dartsync_shared::proto::ProtocolError;
+use dartsync_shared::proto::p2p::{P2pRequest, P2pResponse};
+use dartsync_shared::proto::ptp::Holder;
+use dartsync_shared::{ChunkInfo, ContentHash, FileRecord, PeerId, RelPath};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::chunk_source::{ChunkSource, hash_file, read_verified};
+use part::{Bitmap, PartState};
+use worker::{Conn, Group, Work, WorkerCtx, WorkerEnd};
+
+/// One file to fetch.
+#[derive(Debug, Clone)]
+pub struct DownloadJob {
+    /// The version to fetch; must be a live regular file
+    /// ([`FileRecord::is_file`]).
+    pub record: FileRecord,
+    /// Peers that hold exactly this version.
+    pub holders: Vec<Holder>,
+}
+
+/// Knobs of the downloader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadLimits {
+    /// Requests kept in flight on each holder connection. Keep it at most
+    /// the holders' `upload_slots_per_peer` (default 4) or they answer the
+    /// extra ones `Busy`.
+    pub in_flight_per_holder: usize,
+    /// TCP connect deadline per holder (the handshake has its own).
+    pub connect_timeout: Duration,
+    /// Longest wait for one answer before the holder is dropped.
+    pub request_timeout: Duration,
+    /// Pause after a `Busy` answer; doubles while answers stay `Busy`.
+    pub busy_backoff: Duration,
+    /// Longest pause after `Busy`.
+    pub busy_backoff_max: Duration,
+    /// A holder that has answered only `Busy` for this long is dropped.
+    pub busy_give_up: Duration,
+    /// Progress is made durable (fsync + state file) after this many new
+    /// bytes; a killed peer re-fetches at most about this much.
+    pub persist_every_bytes: u64,
+}
+
+impl Default for DownloadLimits {
+    fn default() -> Self {
+        DownloadLimits {
+            in_flight_per_holder: 4,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            busy_backoff: Duration::from_millis(20),
+            busy_backoff_max: Duration::from_secs(1),
+            busy_give_up: Duration::from_secs(120),
+            persist_every_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// What one holder did for one download.
+#[derive(Debug)]
+pub struct HolderStats {
+    /// The holder.
+    pub peer_id: PeerId,
+    /// Where it was reached.
+    pub addr: SocketAddr,
+    /// Chunks accepted from it (verified and written).
+    pub chunks: u64,
+    /// Bytes accepted from it.
+    pub bytes: u64,
+    /// `Busy` answers it gave.
+    pub busy: u64,
+    /// Why it was dropped, if it was.
+    pub dropped: Option<HolderError>,
+}
+
+impl HolderStats {
+    fn new(holder: &Holder) -> Self {
+        HolderStats { peer_id: holder.peer_id, addr: holder.addr, chunks: 0, bytes: 0, busy: 0, dropped: None }
+    }
+}
+
+/// A finished download.
+#[derive(Debug)]
+pub struct DownloadOutcome {
+    /// The verified, fsynced file (`<tmp_dir>/<content>.<n>.done`), ready
+    /// to be renamed into place. The caller owns it.
+    pub temp_path: PathBuf,
+    /// The file's chunk list (verified against the record).
+    pub chunks: Vec<ChunkInfo>,
+    /// Bytes copied from local files (other files, the old version, chunks
+    /// repeated inside this file) without network.
+    pub bytes_local: u64,
+    /// Bytes found verified in the partial file of an earlier run.
+    pub bytes_resumed: u64,
+    /// Bytes received from holders and accepted.
+    /// `bytes_local + bytes_resumed + bytes_fetched == record.size`.
+    pub bytes_fetched: u64,
+    /// Accepted bytes per holder, every holder listed (0 for unused or
+    /// dropped ones), in the job's order.
+    pub fetched_by_holder: Vec<(PeerId, u64)>,
+    /// Per-holder details, same order.
+    pub holders: Vec<HolderStats>,
+    /// Wall time of the whole download.
+    pub elapsed: Duration,
+}
+
+/// Why a holder was dropped from one download. Lies (see
+/// [`HolderError::is_lie`]) are logged at warn; the rest at debug.
+#[derive(Debug, thiserror::Error)]
+pub enum HolderError {
+    /// TCP connect failed.
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    /// TCP connect did not finish in time.
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    /// Handshake or channel failure.
+    #[error("{0}")]
+    Channel(ChannelError),
+    /// Someone else answered at the holder's address.
+    #[error("the peer at that address is {actual}, not the holder")]
+    WrongPeer {
+        /// Who answered.
+        actual: PeerId,
+    },
+    /// A response failed validation.
+    #[error("invalid response: {0}")]
+    Protocol(ProtocolError),
+    /// A response of the wrong kind.
+    #[error("protocol breach: {0}")]
+    Unexpected(&'static str),
+    /// The chunk list does not match the record.
+    #[error("bad chunk list: {0}")]
+    BadChunkList(&'static str),
+    /// A chunk failed its hash check.
+    #[error("chunk at offset {offset} failed its hash check")]
+    HashMismatch {
+        /// Offset of the chunk in the file.
+        offset: u64,
+    },
+    /// The holder does not have the content (any more).
+    #[error("does not have the content")]
+    NotAvailable,
+    /// `Busy` to a chunk-list request.
+    #[error("busy")]
+    Busy,
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The holder closed the connection.
+    #[error("closed the connection")]
+    Closed,
+    /// Only `Busy` answers for too long.
+    #[error("answered only Busy for {0:?}")]
+    BusyTooLong(Duration),
+}
+
+impl HolderError {
+    /// True when the holder sent data that contradicts the record (a liar
+    /// or a broken peer), as opposed to being unreachable or out of date.
+    pub fn is_lie(&self) -> bool {
+        matches!(
+            self,
+            HolderError::HashMismatch { .. }
+                | HolderError::BadChunkList(_)
+                | HolderError::Unexpected(_)
+                | HolderError::Protocol(_)
+        )
+    }
+}
+
+fn fmt_failures(failures: &[(PeerId, HolderError)]) -> String {
+    if failures.is_empty() {
+        return "no holders to ask".into();
+    }
+    let mut out = String::new();
+    for (i, (peer, e)) in failures.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "; " };
+        let _ = write!(out, "{sep}{}: {e}", peer.fmt_short());
+    }
+    out
+}
+
+/// Why a download failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// The record is not a live regular file.
+    #[error("{path}: not a regular file record")]
+    NotAFile {
+        /// The record's path.
+        path: RelPath,
+    },
+    /// No local file and no holder produced a chunk list matching the
+    /// record.
+    #[error("{path}: no chunk list ({})", fmt_failures(.failures))]
+    NoChunkList {
+        /// The record's path.
+        path: RelPath,
+        /// Each holder tried and why it failed.
+        failures: Vec<(PeerId, HolderError)>,
+    },
+    /// Every holder was dropped while chunks were still missing. The
+    /// partial file is kept for a later resume.
+    #[error("{path}: {missing_chunks} chunks ({missing_bytes} bytes) missing and no holder left ({})", fmt_failures(.failures))]
+    NoHoldersLeft {
+        /// The record's path.
+        path: RelPath,
+        /// Chunks still missing.
+        missing_chunks: usize,
+        /// Their bytes.
+        missing_bytes: u64,
+        /// Each dropped holder and why.
+        failures: Vec<(PeerId, HolderError)>,
+    },
+    /// Every chunk verified but the whole file does not hash to the
+    /// record's content: the record is inconsistent. The partial file is
+    /// deleted.
+    #[error("{path}: assembled file hashes to {actual}, record says {expected}")]
+    ContentMismatch {
+        /// The record's path.
+        path: RelPath,
+        /// The record's content hash.
+        expected: ContentHash,
+        /// What the assembled bytes hash to.
+        actual: ContentHash,
+    },
+    /// The cancel token fired; the partial file is kept.
+    #[error("{path}: download cancelled")]
+    Cancelled {
+        /// The record's path.
+        path: RelPath,
+    },
+    /// Local disk trouble in the temp folder.
+    #[error("{path}: {source}")]
+    Io {
+        /// The temp file or folder.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl DownloadError {
+    /// Whether trying again later may succeed.
+    pub fn retry(&self) -> Retry {
+        match self {
+            DownloadError::NotAFile { .. } | DownloadError::ContentMismatch { .. } => Retry::Permanent,
+            _ => Retry::Temporary,
+        }
+    }
+}
+
+/// Fetches files from holders. Share one per peer (behind an `Arc`): it
+/// keeps the set of contents being downloaded so two downloads never write
+/// the same `.part`.
+pub struct Downloader {
+    ctx: Arc<WorkerCtx>,
+    source: Arc<dyn ChunkSource>,
+    tmp_dir: PathBuf,
+    active: Active,
+}
+
+impl std::fmt::Debug for Downloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downloader").field("tmp_dir", &self.tmp_dir).field("limits", &self.ctx.limits).finish()
+    }
+}
+
+/// Sequence for `.done` names, unique within the process.
+static NEXT_DONE: AtomicU64 = AtomicU64::new(0);
+
+/// The chunk-size bound for checking received lists: the protocol maximum,
+/// not the tracker's current piece length, so files chunked before a
+/// piece-length change still download (the list hash is the authority).
+fn list_params() -> ChunkParams {
+    ChunkParams::for_piece_len(MAX_PIECE_LEN)
+}
+
+/// Checks a chunk list against the record it should describe.
+fn check_list(list: &[ChunkInfo], record: &FileRecord) -> Result<(), &'static str> {
+    if list.len() > MAX_CHUNKS_PER_LIST {
+        return Err("too many chunks");
+    }
+    if chunk_list_hash(list) != record.chunks {
+        return Err("its hash differs from the record's");
+    }
+    if !chunk_list_is_well_formed(list, record.size, list_params()) {
+        return Err("it does not tile the file");
+    }
+    Ok(())
+}
+
+/// Groups chunks by (hash, len), in order of first appearance.
+fn group_chunks(chunks: &[ChunkInfo]) -> Vec<Group> {
+    let mut index: HashMap<(ContentHash, u32), usize> = HashMap::new();
+    let mut groups: Vec<Group> = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        let g = *index.entry((c.hash, c.len)).or_insert_with(|| {
+            groups.push(Group { hash: c.hash, len: c.len, members: Vec::new() });
+            groups.len() - 1
+        });
+        groups[g].members.push(i);
+    }
+    groups
+}
+
+impl Downloader {
+    /// A downloader writing temp files into `tmp_dir` (the peer's
+    /// `.dartsync/tmp`, created on demand) and copying local chunks found
+    /// through `source`.
+    pub fn new(
+        key: ClusterKey,
+        identity: Identity,
+        source: Arc<dyn ChunkSource>,
+        tmp_dir: PathBuf,
+        limits: DownloadLimits,
+    ) -> Self {
+        Downloader { ctx: Arc::new(WorkerCtx { key, identity, limits }), source, tmp_dir, active: Active::default() }
+    }
+
+    /// The temp folder.
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp_dir
+    }
+
+    /// Downloads `job.record` (see the module docs for the steps). Stops
+    /// promptly when `cancel` fires, keeping the partial file.
+    pub async fn download(
+        &self,
+        job: DownloadJob,
+        cancel: CancellationToken,
+    ) -> Result<DownloadOutcome, DownloadError> {
+        let started = Instant::now();
+        let record = job.record;
+        let path = record.path.clone();
+        if !record.is_file() {
+            return Err(DownloadError::NotAFile { path });
+        }
+        let cancelled = || DownloadError::Cancelled { path: record.path.clone() };
+        let _active = self.active.acquire(record.content, &cancel).await.ok_or_else(cancelled)?;
+        let me = self.ctx.identity.peer_id();
+        let mut seen = HashSet::new();
+        let holders: Vec<Holder> =
+            job.holders.into_iter().filter(|h| h.peer_id != me && seen.insert(h.peer_id)).collect();
+        let mut stats: Vec<HolderStats> = holders.iter().map(HolderStats::new).collect();
+        tracing::debug!(%path, size = record.size, content = %record.content.fmt_short(), holders = holders.len(), "download starting");
+
+        if record.size == 0 {
+            let temp_path = self.finish_empty(&record).await?;
+            return Ok(outcome(temp_path, Vec::new(), (0, 0, 0), stats, started));
+        }
+
+        let (chunks, conn) = self.chunk_list(&record, &holders, &mut stats, &cancel).await?;
+        let chunks: Arc<[ChunkInfo]> = chunks.into();
+        let groups: Arc<[Group]> = group_chunks(&chunks).into();
+
+        let prepared = {
+            let (tmp_dir, source, chunks, groups, cancel) =
+                (self.tmp_dir.clone(), self.source.clone(), chunks.clone(), groups.clone(), cancel.clone());
+            let header = PartState {
+                content: record.content,
+                chunks_hash: record.chunks,
+                size: record.size,
+                done: Bitmap::new(chunks.len()),
+            };
+            tokio::task::spawn_blocking(move || prepare(&tmp_dir, header, &chunks, &groups, source.as_ref(), &cancel))
+                .await
+                .map_err(|e| self.io_err(&self.tmp_dir, std::io::Error::other(e)))?
+                .map_err(|(p, e)| self.io_err(&p, e))?
+        };
+        let part = part::part_path(&self.tmp_dir, &record.content);
+        let state_path = part::state_path(&self.tmp_dir, &record.content);
+        let (bytes_resumed, bytes_local) = (prepared.bytes_resumed, prepared.bytes_local);
+        tracing::debug!(
+            %path, chunks = chunks.len(), bytes_resumed, bytes_local, missing_groups = prepared.missing.len(),
+            "local chunks in place"
+        );
+        let work = Arc::new(Work::new(
+            prepared.file.clone(),
+            chunks.clone(),
+            groups,
+            prepared.missing,
+            prepared.header,
+            state_path,
+            self.ctx.limits.persist_every_bytes,
+        ));
+
+        if !work.finished() {
+            self.persist(&work, &part).await?;
+            if cancel.is_cancelled() {
+                return Err(cancelled());
+            }
+            self.fetch(&record, &work, &holders, conn, &mut stats, &cancel).await?;
+        }
+
+        let temp_path = {
+            let (file, tmp_dir, content) = (prepared.file, self.tmp_dir.clone(), record.content);
+            tokio::task::spawn_blocking(move || finish(&file, &tmp_dir, &content))
+                .await
+                .map_err(|e| self.io_err(&part, std::io::Error::other(e)))?
+                .map_err(|e| match e {
+                    FinishError::Io(p, source) => DownloadError::Io { path: p, source },
+                    FinishError::Mismatch(actual) => {
+                        DownloadError::ContentMismatch { path: record.path.clone(), expected: record.content, actual }
+                    }
+                })?
+        };
+        let bytes_fetched: u64 = stats.iter().map(|s| s.bytes).sum();
+        let bytes_local = bytes_local + work.duplicate_bytes();
+        debug_assert_eq!(bytes_local + bytes_resumed + bytes_fetched, record.size);
+        let outcome = outcome(temp_path, chunks.to_vec(), (bytes_local, bytes_resumed, bytes_fetched), stats, started);
+        tracing::debug!(
+            %path, bytes_local, bytes_resumed, bytes_fetched, elapsed = ?outcome.elapsed, "download verified"
+        );
+        Ok(outcome)
+    }
+
+    fn io_err(&self, path: &Path, source: std::io::Error) -> DownloadError {
+        DownloadError::Io { path: path.to_owned(), source }
+    }
+
+    async fn persist(&self, work: &Arc<Work>, part: &Path) -> Result<(), DownloadError> {
+        let w = work.clone();
+        tokio::task::spawn_blocking(move || w.persist(true))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|e| self.io_err(part, e))
+    }
+
+    /// An empty file: nothing to fetch, only a file to create.
+    async fn finish_empty(&self, record: &FileRecord) -> Result<PathBuf, DownloadError> {
+        if record.content != ContentHash::empty() {
+            return Err(DownloadError::ContentMismatch {
+                path: record.path.clone(),
+                expected: record.content,
+                actual: ContentHash::empty(),
+            });
+        }
+        let tmp_dir = self.tmp_dir.clone();
+        let done = part::done_path(&tmp_dir, &record.content, NEXT_DONE.fetch_add(1, Ordering::Relaxed));
+        let target = done.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::create_dir_all(&tmp_dir)?;
+            File::create(&target)?.sync_all()?;
+            part::sync_dir(&tmp_dir)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| self.io_err(&done, e))?;
+        Ok(done)
+    }
+
+    /// Step 1: a verified chunk list, from the local source or a holder
+    /// (whose connection is returned for reuse).
+    async fn chunk_list(
+        &self,
+        record: &FileRecord,
+        holders: &[Holder],
+        stats: &mut [HolderStats],
+        cancel: &CancellationToken,
+    ) -> Result<(Vec<ChunkInfo>, Option<(usize, Conn)>), DownloadError> {
+        let (source, content) = (self.source.clone(), record.content);
+        let local = tokio::task::spawn_blocking(move || source.chunk_list(&content)).await.ok().flatten();
+        if let Some(list) = local {
+            match check_list(&list, record) {
+                Ok(()) => {
+                    tracing::debug!(path = %record.path, "chunk list from a local file");
+                    return Ok((list, None));
+                }
+                Err(why) => tracing::debug!(path = %record.path, why, "local chunk list does not fit the record"),
+            }
+        }
+        for (i, holder) in holders.iter().enumerate() {
+            let fetched = tokio::select! {
+                () = cancel.cancelled() => return Err(DownloadError::Cancelled { path: record.path.clone() }),
+                r = self.fetch_list(holder, record) => r,
+            };
+            match fetched {
+                Ok((list, conn)) => return Ok((list, Some((i, conn)))),
+                Err(e) => {
+                    if e.is_lie() {
+                        tracing::warn!(peer = %holder.peer_id.fmt_short(), addr = %holder.addr, error = %e, "holder dropped: it sent bad data");
+                    } else {
+                        tracing::debug!(peer = %holder.peer_id.fmt_short(), addr = %holder.addr, error = %e, "holder dropped");
+                    }
+                    stats[i].dropped = Some(e);
+                }
+            }
+        }
+        let failures = stats.iter_mut().filter_map(|s| s.dropped.take().map(|e| (s.peer_id, e))).collect();
+        Err(DownloadError::NoChunkList { path: record.path.clone(), failures })
+    }
+
+    async fn fetch_list(&self, holder: &Holder, record: &FileRecord) -> Result<(Vec<ChunkInfo>, Conn), HolderError> {
+        let limits = &self.ctx.limits;
+        let mut conn = worker::connect(holder, &self.ctx.key, &self.ctx.identity, limits.connect_timeout).await?;
+        let request = P2pRequest::GetChunkList { path: record.path.clone(), content: record.content };
+        conn.send(&request).await.map_err(HolderError::Channel)?;
+        let response = tokio::time::timeout(limits.request_timeout, conn.recv::<P2pResponse>())
+            .await
+            .map_err(|_| HolderError::Timeout(limits.request_timeout))?
+            .map_err(HolderError::Channel)?
+            .ok_or(HolderError::Closed)?;
+        response.validate().map_err(HolderError::Protocol)?;
+        match response {
+            P2pResponse::ChunkList { content, chunks } => {
+                if content != record.content {
+                    return Err(HolderError::BadChunkList("it describes another content"));
+                }
+                check_list(&chunks, record).map_err(HolderError::BadChunkList)?;
+                Ok((chunks, conn))
+            }
+            P2pResponse::NotAvailable => Err(HolderError::NotAvailable),
+            P2pResponse::Busy => Err(HolderError::Busy),
+            P2pResponse::Chunk { .. } => Err(HolderError::Unexpected("a chunk instead of a chunk list")),
+        }
+    }
+
+    /// Step 3: every usable holder fetches from the shared queue until it is
+    /// empty, or every holder is gone, or `cancel` fires.
+    async fn fetch(
+        &self,
+        record: &FileRecord,
+        work: &Arc<Work>,
+        holders: &[Holder],
+        mut conn: Option<(usize, Conn)>,
+        stats: &mut [HolderStats],
+        cancel: &CancellationToken,
+    ) -> Result<(), DownloadError> {
+        let part = part::part_path(&self.tmp_dir, &record.content);
+        let workers_cancel = cancel.child_token();
+        let mut workers = JoinSet::new();
+        for (i, holder) in holders.iter().enumerate() {
+            if stats[i].dropped.is_some() {
+                continue;
+            }
+            let reuse = match conn.take() {
+                Some((j, c)) if j == i => Some(c),
+                other => {
+                    conn = other;
+                    None
+                }
+            };
+            let run = worker::run_holder(work.clone(), holder.clone(), reuse, self.ctx.clone(), workers_cancel.clone());
+            workers.spawn(async move { (i, run.await) });
+        }
+        let mut local_error = None;
+        while let Some(joined) = workers.join_next().await {
+            let (i, report) = match joined {
+                Ok(done) => done,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => continue,
+            };
+            let s = &mut stats[i];
+            s.chunks += report.stats.chunks;
+            s.bytes += report.stats.bytes;
+            s.busy += report.stats.busy;
+            s.dropped = report.stats.dropped;
+            if let WorkerEnd::Local(e) = report.end {
+                local_error.get_or_insert(e);
+                workers_cancel.cancel();
+            }
+        }
+        self.persist(work, &part).await?;
+        if let Some(source) = local_error {
+            return Err(DownloadError::Io { path: part, source });
+        }
+        if work.finished() {
+            return Ok(());
+        }
+        if cancel.is_cancelled() {
+            tracing::debug!(path = %record.path, done = work.done().count(), "download cancelled; partial file kept");
+            return Err(DownloadError::Cancelled { path: record.path.clone() });
+        }
+        let (missing_chunks, missing_bytes) = work.missing();
+        let failures = stats.iter_mut().filter_map(|s| s.dropped.take().map(|e| (s.peer_id, e))).collect();
+        Err(DownloadError::NoHoldersLeft { path: record.path.clone(), missing_chunks, missing_bytes, failures })
+    }
+
+    /// Removes temp files whose content is neither in `keep` nor being
+    /// downloaded now: `.part` and its state files, and `.done` files (which
+    /// a crash between download and rename can leave behind). Unknown names
+    /// are left alone. Returns how many files were removed.
+    pub fn cleanup_stale(&self, keep: &HashSet<ContentHash>) -> std::io::Result<usize> {
+        let entries = match std::fs::read_dir(&self.tmp_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            let Some((content, kind)) = part::parse_temp_name(&name) else { continue };
+            if keep.contains(&content) || self.active.contains(&content) {
+                continue;
+            }
+            tracing::debug!(file = %name, kind = ?kind, "removing stale temp file");
+            part::remove_if_exists(&entry.path())?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+fn outcome(
+    temp_path: PathBuf,
+    chunks: Vec<ChunkInfo>,
+    (bytes_local, bytes_resumed, bytes_fetched): (u64, u64, u64),
+    holders: Vec<HolderStats>,
+    started: Instant,
+) -> DownloadOutcome {
+    DownloadOutcome {
+        temp_path,
+        chunks,
+        bytes_local,
+        bytes_resumed,
+        bytes_fetched,
+        fetched_by_holder: holders.iter().map(|h| (h.peer_id, h.bytes)).collect(),
+        holders,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// The result of step 2.
+struct Prepared {
+    file: Arc<File>,
+    /// `done` = every chunk in place after resume and local copies.
+    header: PartState,
+    /// Groups still to fetch.
+    missing: Vec<usize>,
+    bytes_resumed: u64,
+    bytes_local: u64,
+}
+
+/// Reads chunk `c` from the open `.part` and returns it if it verifies.
+fn read_part_chunk(file: &File, c: &ChunkInfo) -> std::io::Result<Option<Vec<u8>>> {
+    let mut bytes = vec![0u8; c.len as usize];
+    match file.read_exact_at(&mut bytes, c.offset) {
+        Ok(()) => Ok((ContentHash::of(&bytes) == c.hash).then_some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Step 2 (blocking): open the `.part`, keep verified chunks of an earlier
+/// run, copy what local files hold. Errors carry the path they concern.
+fn prepare(
+    tmp_dir: &Path,
+    mut header: PartState,
+    chunks: &[ChunkInfo],
+    groups: &[Group],
+    source: &dyn ChunkSource,
+    cancel: &CancellationToken,
+) -> Result<Prepared, (PathBuf, std::io::Error)> {
+    std::fs::create_dir_all(tmp_dir).map_err(|e| (tmp_dir.to_owned(), e))?;
+    let part = part::part_path(tmp_dir, &header.content);
+    let at_part = |e| (part.clone(), e);
+    let file = part::open_part(&part).map_err(at_part)?;
+    let current_len = file.metadata().map_err(at_part)?.len();
+    let previous = part::load_state(&part::state_path(tmp_dir, &header.content)).filter(|s| {
+        s.content == header.content
+            && s.chunks_hash == header.chunks_hash
+            && s.size == header.size
+            && s.done.len() == chunks.len()
+            && current_len == header.size
+    });
+    let mut done = match previous {
+        Some(state) => state.done,
+        None => {
+            // Unknown contents: start from a clean, sparse file.
+            file.set_len(0).map_err(at_part)?;
+            Bitmap::new(chunks.len())
+        }
+    };
+    file.set_len(header.size).map_err(at_part)?;
+
+    let mut bytes_resumed = 0;
+    let marked = done.count();
+    for (i, c) in chunks.iter().enumerate() {
+        if done.get(i) {
+            if read_part_chunk(&file, c).map_err(at_part)?.is_some() {
+                bytes_resumed += u64::from(c.len);
+            } else {
+                done.set(i, false);
+            }
+        }
+    }
+    if marked > 0 {
+        tracing::debug!(part = %part.display(), marked, verified = done.count(), bytes_resumed, "resuming partial download");
+    }
+
+    let mut bytes_local = 0;
+    let mut missing = Vec::new();
+    for (g, group) in groups.iter().enumerate() {
+        if group.members.iter().all(|&i| done.get(i)) {
+            continue;
+        }
+        if cancel.is_cancelled() {
+            missing.push(g);
+            continue;
+        }
+        let bytes = match group.members.iter().find(|&&i| done.get(i)) {
+            Some(&i) => read_part_chunk(&file, &chunks[i]).map_err(at_part)?,
+            None => read_verified(&source.locate(&group.hash, group.len), group.len, &group.hash),
+        };
+        let Some(bytes) = bytes else {
+            missing.push(g);
+            continue;
+        };
+        for &i in &group.members {
+            if !done.get(i) {
+                file.write_all_at(&bytes, chunks[i].offset).map_err(at_part)?;
+                done.set(i, true);
+                bytes_local += u64::from(group.len);
+            }
+        }
+    }
+    header.done = done;
+    Ok(Prepared { file: Arc::new(file), header, missing, bytes_resumed, bytes_local })
+}
+
+enum FinishError {
+    Io(PathBuf, std::io::Error),
+    Mismatch(ContentHash),
+}
+
+/// Step 4 (blocking): fsync, verify the whole file, hand it out under a
+/// unique `.done` name, drop the state file.
+fn finish(file: &File, tmp_dir: &Path, content: &ContentHash) -> Result<PathBuf, FinishError> {
+    let part = part::part_path(tmp_dir, content);
+    let state = part::state_path(tmp_dir, content);
+    let at = |p: &Path| {
+        let p = p.to_owned();
+        move |e| FinishError::Io(p, e)
+    };
+    file.sync_all().map_err(at(&part))?;
+    let actual = hash_file(&part).map_err(at(&part))?;
+    if actual != *content {
+        part::remove_if_exists(&part).map_err(at(&part))?;
+        part::remove_if_exists(&state).map_err(at(&state))?;
+        return Err(FinishError::Mismatch(actual));
+    }
+    let done = part::done_path(tmp_dir, content, NEXT_DONE.fetch_add(1, Ordering::Relaxed));
+    std::fs::rename(&part, &done).map_err(at(&done))?;
+    part::remove_if_exists(&state).map_err(at(&state))?;
+    part::sync_dir(tmp_dir).map_err(at(tmp_dir))?;
+    Ok(done)
+}
+
+/// Contents being downloaded now, so one content has one writer.
+#[derive(Debug, Default)]
+struct Active {
+    /// std Mutex: a set lookup, never held across an await.
+    set: Mutex<HashSet<ContentHash>>,
+    released: Notify,
+}
+
+impl Active {
+    /// Waits until no other download of `content` runs, then claims it.
+    /// `None` if `cancel` fires first.
+    async fn acquire(&self, content: ContentHash, cancel: &CancellationToken) -> Option<ActiveGuard<'_>> {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.set.lock().expect("active downloads lock poisoned").insert(content) {
+                return Some(ActiveGuard { active: self, content });
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return None,
+                () = released => {}
+            }
+        }
+    }
+
+    fn contains(&self, content: &ContentHash) -> bool {
+        self.set.lock().expect("active downloads lock poisoned").contains(content)
+    }
+}
+
+struct ActiveGuard<'a> {
+    active: &'a Active,
+    content: ContentHash,
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.active.set.lock().expect("active downloads lock poisoned").remove(&self.content);
+        self.active.released.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_merge_repeated_chunks() {
+        let a = ContentHash::of(b"a");
+        let b = ContentHash::of(b"b");
+        let chunks = [
+            ChunkInfo { offset: 0, len: 1, hash: a },
+            ChunkInfo { offset: 1, len: 1, hash: b },
+            ChunkInfo { offset: 2, len: 1, hash: a },
+            ChunkInfo { offset: 3, len: 2, hash: a },
+        ];
+        let groups = group_chunks(&chunks);
+        let members: Vec<_> = groups.iter().map(|g| g.members.clone()).collect();
+        assert_eq!(members, vec![vec![0, 2], vec![1], vec![3]]);
+    }
+
+    #[tokio::test]
+    async fn a_second_download_of_the_same_content_waits() {
+        let active = Active::default();
+        let c = ContentHash::of(b"x");
+        let cancel = CancellationToken::new();
+        let first = active.acquire(c, &cancel).await.unwrap();
+        assert!(active.contains(&c));
+        let other = CancellationToken::new();
+        let waiting = active.acquire(c, &other);
+        tokio::pin!(waiting);
+        // Not available while the first holds it.
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        drop(first);
+        let second = waiting.await.unwrap();
+        assert!(active.contains(&c));
+        drop(second);
+        assert!(!active.contains(&c));
+        // A cancelled wait gives up.
+        let _held = active.acquire(c, &cancel).await.unwrap();
+        let gone = CancellationToken::new();
+        gone.cancel();
+        assert!(active.acquire(c, &gone).await.is_none());
+    }
+}

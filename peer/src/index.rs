@@ -1,0 +1,636 @@
+//! The local index: what this peer knows about every path of its folder,
+//! persisted in redb under `.dartsync/index.redb`.
+//!
+//! Per path the index stores the last [`FileRecord`] (tombstones included,
+//! so a path's version-vector history survives its deletion), the file's
+//! chunk list, and the [`StatKey`] of the disk entry the record describes:
+//! a re-stat that yields the same key means "unchanged", with no read.
+//!
+//! Tables (all values go through [`dartsync_shared::codec::encode_stored`]
+//! with versioned storage structs private to this module; the wire types are
+//! converted at this edge, never stored as is):
+//! - `entries`: path -> record + stat;
+//! - `chunk_lists`: path -> chunk list (live files only);
+//! - `by_content`: (content hash, path) -> () for live files, so a chunk
+//!   list can be found by content;
+//! - `by_chunk`: (chunk hash, path, offset) -> length for live files, so a
+//!   chunk can be copied from any local file holding it.
+//!
+//! Invariant: the two secondary tables are updated in the same write
+//! transaction as `entries`, so they always describe exactly the live files
+//! of `entries`. Everything read back is validated (paths, version vectors,
+//! record consistency); a corrupt value is a [`LocalError::Corrupt`], never
+//! a panic.
+//!
+//! All methods are synchronous and may block on disk I/O: async callers use
+//! `spawn_blocking`. The index compares nothing with the disk; the scanner
+//! ([`crate::scan`]) does that.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dartsync_shared::chunk::ChunkInfo;
+use dartsync_shared::codec::{decode_stored, encode_stored};
+use dartsync_shared::{ContentHash, FileKind, FileRecord, RelPath, ShortId, VersionVector};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::local::LocalError;
+
+type Hash32 = [u8; 32];
+
+const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+const CHUNK_LISTS: TableDefinition<&str, &[u8]> = TableDefinition::new("chunk_lists");
+const BY_CONTENT: TableDefinition<(Hash32, &str), ()> = TableDefinition::new("by_content");
+const BY_CHUNK: TableDefinition<(Hash32, &str, u64), u32> = TableDefinition::new("by_chunk");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const META_SCHEMA: &str = "schema";
+const META_PIECE_LEN: &str = "piece_len";
+/// redb page cache. The default (1 GiB) would let a large index grow the
+/// peer's memory far beyond what a scan needs; 64 MiB holds the hot pages
+/// of an index of ~100,000 files.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Layout version of this database; bumped on incompatible changes.
+const SCHEMA_VERSION: u64 = 1;
+
+/// What a re-stat of a path is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StatKey {
+    /// Size in bytes (as `lstat` reports it; not 0 for folders).
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Inode number.
+    pub inode: u64,
+    /// Permission bits (`& 0o7777`).
+    pub mode: u32,
+}
+
+impl StatKey {
+    /// The key of an `lstat` result.
+    pub fn of(meta: &std::fs::Metadata) -> StatKey {
+        StatKey { size: meta.len(), mtime_ns: mtime_ns(meta), inode: meta.ino(), mode: meta.mode() & 0o7777 }
+    }
+
+    /// True when size, mtime and inode are the same: the content needs no
+    /// re-read (permission bits are compared separately).
+    pub fn same_content_stamp(&self, other: &StatKey) -> bool {
+        self.size == other.size && self.mtime_ns == other.mtime_ns && self.inode == other.inode
+    }
+}
+
+/// Modification time of `meta` in nanoseconds since the Unix epoch.
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
+}
+
+/// True when `meta`'s file changed (mtime or ctime, whichever is later)
+/// less than `quiet` ago: it may still be being written. A writer can set
+/// mtime into the past (`cp -p`, `touch -d`), but every write moves ctime.
+pub(crate) fn changed_within(meta: &std::fs::Metadata, quiet: Duration) -> bool {
+    let ctime_ns = meta.ctime().saturating_mul(1_000_000_000).saturating_add(meta.ctime_nsec());
+    let changed = ctime_ns.max(mtime_ns(meta));
+    let now =
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let age = now.saturating_sub(changed);
+    age >= 0 && (age as u128) < quiet.as_nanos()
+}
+
+/// Everything the index knows about one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// The last record (a tombstone after a deletion).
+    pub record: FileRecord,
+    /// The chunk list of a live file (empty otherwise).
+    pub chunks: Vec<ChunkInfo>,
+    /// The disk entry the record describes; `None` for tombstones (and for
+    /// records whose disk entry was not there when they were stored).
+    pub stat: Option<StatKey>,
+}
+
+/// Where a chunk can be read locally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkLocation {
+    /// A live file holding the chunk.
+    pub path: RelPath,
+    /// Offset of the chunk in that file.
+    pub offset: u64,
+    /// Length of the chunk.
+    pub len: u32,
+}
+
+/// A record and its stat, without the chunk list (what scans compare).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub(crate) record: FileRecord,
+    pub(crate) stat: Option<StatKey>,
+}
+
+// ---- storage types (a boundary of their own: append variants only) ----
+
+#[derive(Serialize, Deserialize)]
+enum StoredEntry {
+    V1(EntryV1),
+}
+
+#[derive(Serialize, Deserialize)]
+struct EntryV1 {
+    kind: StoredKind,
+    size: u64,
+    mtime_ns: i64,
+    mode: u32,
+    content: Hash32,
+    chunks: Hash32,
+    version: Vec<(u64, u64)>,
+    deleted: bool,
+    stat: Option<StoredStat>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum StoredKind {
+    File,
+    Dir,
+    Symlink(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredStat {
+    size: u64,
+    mtime_ns: i64,
+    inode: u64,
+    mode: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+enum StoredChunks {
+    V1(Vec<(u64, u32, Hash32)>),
+}
+
+fn encode_head(head: &Head) -> Result<Vec<u8>, LocalError> {
+    let r = &head.record;
+    let entry = StoredEntry::V1(EntryV1 {
+        kind: match &r.kind {
+            FileKind::File => StoredKind::File,
+            FileKind::Dir => StoredKind::Dir,
+            FileKind::Symlink { target } => StoredKind::Symlink(target.clone()),
+        },
+        size: r.size,
+        mtime_ns: r.mtime_ns,
+        mode: r.mode,
+        content: r.content.0,
+        chunks: r.chunks.0,
+        version: r.version.iter().map(|(peer, counter)| (peer.0, counter)).collect(),
+        deleted: r.deleted,
+        stat: head.stat.map(|s| StoredStat { size: s.size, mtime_ns: s.mtime_ns, inode: s.inode, mode: s.mode }),
+    });
+    encode_stored(&entry).map_err(|source| LocalError::Encode { path: r.path.clone(), source })
+}
+
+fn corrupt(key: &str, what: impl Into<String>) -> LocalError {
+    LocalError::Corrupt { key: key.to_owned(), what: what.into() }
+}
+
+fn decode_head(key: &str, bytes: &[u8]) -> Result<Head, LocalError> {
+    let path = RelPath::new(key).map_err(|e| corrupt(key, format!("bad path: {e}")))?;
+    let StoredEntry::V1(e) = decode_stored(bytes).map_err(|e| corrupt(key, e.to_string()))?;
+    let version = VersionVector::from_entries(e.version.iter().map(|&(peer, counter)| (ShortId(peer), counter)));
+    if version.len() != e.version.len() {
+        return Err(corrupt(key, "version vector has zero or repeated entries"));
+    }
+    let record = FileRecord {
+        path,
+        kind: match e.kind {
+            StoredKind::File => FileKind::File,
+            StoredKind::Dir => FileKind::Dir,
+            StoredKind::Symlink(target) => FileKind::Symlink { target },
+        },
+        size: e.size,
+        mtime_ns: e.mtime_ns,
+        mode: e.mode,
+        content: ContentHash(e.content),
+        chunks: ContentHash(e.chunks),
+        version,
+        deleted: e.deleted,
+    };
+    record.validate().map_err(|err| corrupt(key, err.to_string()))?;
+    let stat = e.stat.map(|s| StatKey { size: s.size, mtime_ns: s.mtime_ns, inode: s.inode, mode: s.mode });
+    Ok(Head { record, stat })
+}
+
+fn encode_chunks(path: &RelPath, chunks: &[ChunkInfo]) -> Result<Vec<u8>, LocalError> {
+    let stored = StoredChunks::V1(chunks.iter().map(|c| (c.offset, c.len, c.hash.0)).collect());
+    encode_stored(&stored).map_err(|source| LocalError::Encode { path: path.clone(), source })
+}
+
+fn decode_chunks(key: &str, bytes: &[u8]) -> Result<Vec<ChunkInfo>, LocalError> {
+    let StoredChunks::V1(list) = decode_stored(bytes).map_err(|e| corrupt(key, e.to_string()))?;
+    Ok(list.into_iter().map(|(offset, len, hash)| ChunkInfo { offset, len, hash: ContentHash(hash) }).collect())
+}
+
+/// Exclusive upper bound of the keys strictly inside `prefix/`: `/` + 1 is `0`.
+fn subtree_bounds(prefix: &RelPath) -> (String, String) {
+    (format!("{prefix}/"), format!("{prefix}0"))
+}
+
+/// The local index (a cheap-to-clone handle on one redb database).
+#[derive(Clone)]
+pub struct Index {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Index {
+    /// Opens (creating if needed) the index at `path`. Fails if another
+    /// process (or another `Index` in this one) has it open, or if it was
+    /// written by a newer, incompatible version.
+    pub fn open(path: &Path) -> Result<Index, LocalError> {
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| LocalError::IndexOpen { path: path.to_owned(), source: Box::new(e.into()) })?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(ENTRIES)?;
+            txn.open_table(CHUNK_LISTS)?;
+            txn.open_table(BY_CONTENT)?;
+            txn.open_table(BY_CHUNK)?;
+            let mut meta = txn.open_table(META)?;
+            let schema = meta.get(META_SCHEMA)?.map(|v| v.value());
+            match schema {
+                None => {
+                    meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(found) => {
+                    return Err(LocalError::Schema { path: path.to_owned(), found, supported: SCHEMA_VERSION });
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(Index { db: Arc::new(db), path: path.to_owned() })
+    }
+
+    /// The index entry of `path`, tombstones included.
+    pub fn get(&self, path: &RelPath) -> Result<Option<IndexEntry>, LocalError> {
+        let txn = self.db.begin_read()?;
+        let entries = txn.open_table(ENTRIES)?;
+        let Some(bytes) = entries.get(path.as_str())? else { return Ok(None) };
+        let head = decode_head(path.as_str(), bytes.value())?;
+        let chunks = match txn.open_table(CHUNK_LISTS)?.get(path.as_str())? {
+            Some(list) if head.record.is_file() => decode_chunks(path.as_str(), list.value())?,
+            _ => Vec::new(),
+        };
+        Ok(Some(IndexEntry { record: head.record, chunks, stat: head.stat }))
+    }
+
+    /// Every entry, tombstones included, in path order.
+    pub fn all(&self) -> Result<Vec<IndexEntry>, LocalError> {
+        let txn = self.db.begin_read()?;
+        let entries = txn.open_table(ENTRIES)?;
+        let lists = txn.open_table(CHUNK_LISTS)?;
+        let mut out = Vec::new();
+        for item in entries.iter()? {
+            let (key, value) = item?;
+            let head = decode_head(key.value(), value.value())?;
+            let chunks = match lists.get(key.value())? {
+                Some(list) if head.record.is_file() => decode_chunks(key.value(), list.value())?,
+                _ => Vec::new(),
+            };
+            out.push(IndexEntry { record: head.record, chunks, stat: head.stat });
+        }
+        Ok(out)
+    }
+
+    /// Every record, tombstones included, in path order (without chunk
+    /// lists: the cheap form of [`Index::all`] for the `Register` summary).
+    pub fn records(&self) -> Result<Vec<FileRecord>, LocalError> {
+        Ok(self.heads(None)?.into_values().map(|h| h.record).collect())
+    }
+
+    /// The chunk list of any live file whose content is `content`.
+    pub fn chunk_list(&self, content: &ContentHash) -> Result<Option<Vec<ChunkInfo>>, LocalError> {
+        let txn = self.db.begin_read()?;
+        let by_content = txn.open_table(BY_CONTENT)?;
+        let lists = txn.open_table(CHUNK_LISTS)?;
+        for item in by_content.range::<(Hash32, &str)>((content.0, "")..)? {
+            let (key, _) = item?;
+            let (hash, path) = key.value();
+            if hash != content.0 {
+                break;
+            }
+            if let Some(list) = lists.get(path)? {
+                return Ok(Some(decode_chunks(path, list.value())?));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every live file location holding a chunk with hash `hash`.
+    pub fn locate_chunk(&self, hash: &ContentHash) -> Result<Vec<ChunkLocation>, LocalError> {
+        let txn = self.db.begin_read()?;
+        let by_chunk = txn.open_table(BY_CHUNK)?;
+        let mut out = Vec::new();
+        for item in by_chunk.range::<(Hash32, &str, u64)>((hash.0, "", 0)..)? {
+            let (key, len) = item?;
+            let (h, path, offset) = key.value();
+            if h != hash.0 {
+                break;
+            }
+            let path = RelPath::new(path).map_err(|e| corrupt(path, format!("bad path: {e}")))?;
+            out.push(ChunkLocation { path, offset, len: len.value() });
+        }
+        Ok(out)
+    }
+
+    /// The piece length the stored chunk lists were cut with.
+    pub fn piece_len(&self) -> Result<Option<u32>, LocalError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        match meta.get(META_PIECE_LEN)? {
+            None => Ok(None),
+            Some(v) => u32::try_from(v.value()).map(Some).map_err(|_| corrupt(META_PIECE_LEN, "out of range")),
+        }
+    }
+
+    /// Remembers the piece length the chunk lists are cut with.
+    pub fn set_piece_len(&self, v: u32) -> Result<(), LocalError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?.insert(META_PIECE_LEN, u64::from(v))?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Stores one entry (replacing what was there) in its own transaction.
+    pub fn put(&self, entry: &IndexEntry) -> Result<(), LocalError> {
+        self.write(|w| w.put(&entry.record, &entry.chunks, entry.stat))
+    }
+
+    /// Records and stats of `prefix` and everything under it (the whole
+    /// index for `None`), keyed by path.
+    pub(crate) fn heads(&self, prefix: Option<&RelPath>) -> Result<BTreeMap<RelPath, Head>, LocalError> {
+        let txn = self.db.begin_read()?;
+        let entries = txn.open_table(ENTRIES)?;
+        let mut out = BTreeMap::new();
+        let mut add = |key: &str, value: &[u8]| -> Result<(), LocalError> {
+            let head = decode_head(key, value)?;
+            out.insert(head.record.path.clone(), head);
+            Ok(())
+        };
+        match prefix {
+            None => {
+                for item in entries.iter()? {
+                    let (k, v) = item?;
+                    add(k.value(), v.value())?;
+                }
+            }
+            Some(prefix) => {
+                if let Some(v) = entries.get(prefix.as_str())? {
+                    add(prefix.as_str(), v.value())?;
+                }
+                let (lo, hi) = subtree_bounds(prefix);
+                for item in entries.range::<&str>(lo.as_str()..hi.as_str())? {
+                    let (k, v) = item?;
+                    add(k.value(), v.value())?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The record and stat of one path.
+    pub(crate) fn head(&self, path: &RelPath) -> Result<Option<Head>, LocalError> {
+        let txn = self.db.begin_read()?;
+        let entries = txn.open_table(ENTRIES)?;
+        entries.get(path.as_str())?.map(|v| decode_head(path.as_str(), v.value())).transpose()
+    }
+
+    /// Runs `f` inside one write transaction, committed durably if `f`
+    /// succeeds and rolled back otherwise.
+    pub(crate) fn write<R>(
+        &self,
+        f: impl FnOnce(&mut IndexWriter<'_>) -> Result<R, LocalError>,
+    ) -> Result<R, LocalError> {
+        let txn = self.db.begin_write()?;
+        let result = {
+            let mut writer = IndexWriter {
+                entries: txn.open_table(ENTRIES)?,
+                chunk_lists: txn.open_table(CHUNK_LISTS)?,
+                by_content: txn.open_table(BY_CONTENT)?,
+                by_chunk: txn.open_table(BY_CHUNK)?,
+            };
+            f(&mut writer)?
+        };
+        txn.commit()?;
+        Ok(result)
+    }
+}
+
+/// The tables of one write transaction.
+pub(crate) struct IndexWriter<'t> {
+    entries: Table<'t, &'static str, &'static [u8]>,
+    chunk_lists: Table<'t, &'static str, &'static [u8]>,
+    by_content: Table<'t, (Hash32, &'static str), ()>,
+    by_chunk: Table<'t, (Hash32, &'static str, u64), u32>,
+}
+
+impl IndexWriter<'_> {
+    /// The record and stat of `path` as this transaction sees them.
+    pub(crate) fn head(&self, path: &RelPath) -> Result<Option<Head>, LocalError> {
+        self.entries.get(path.as_str())?.map(|v| decode_head(path.as_str(), v.value())).transpose()
+    }
+
+    /// Stores `record` (under its own path) with its chunk list and stat,
+    /// keeping the secondary tables in step. Values are encoded before
+    /// anything is changed, so an [`LocalError::Encode`] leaves the
+    /// transaction untouched (the caller may skip the entry and go on).
+    pub(crate) fn put(
+        &mut self,
+        record: &FileRecord,
+        chunks: &[ChunkInfo],
+        stat: Option<StatKey>,
+    ) -> Result<(), LocalError> {
+        let key = record.path.as_str();
+        let head_bytes = encode_head(&Head { record: record.clone(), stat })?;
+        let chunk_bytes = if record.is_file() { Some(encode_chunks(&record.path, chunks)?) } else { None };
+        let old = self.head(&record.path)?;
+        let old_chunks = match &old {
+            Some(h) if h.record.is_file() => match self.chunk_lists.get(key)? {
+                Some(list) => decode_chunks(key, list.value())?,
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        let same_live_content =
+            old.as_ref().is_some_and(|h| h.record.is_file() && record.is_file() && h.record.content == record.content)
+                && old_chunks == chunks;
+        if !same_live_content {
+            if let Some(h) = old.as_ref().filter(|h| h.record.is_file()) {
+                self.by_content.remove((h.record.content.0, key))?;
+                for c in &old_chunks {
+                    self.by_chunk.remove((c.hash.0, key, c.offset))?;
+                }
+            }
+            if let Some(bytes) = &chunk_bytes {
+                self.chunk_lists.insert(key, bytes.as_slice())?;
+                self.by_content.insert((record.content.0, key), ())?;
+                for c in chunks {
+                    self.by_chunk.insert((c.hash.0, key, c.offset), c.len)?;
+                }
+            } else {
+                self.chunk_lists.remove(key)?;
+            }
+        }
+        self.entries.insert(key, head_bytes.as_slice())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dartsync_shared::chunk::{ChunkParams, chunk_bytes};
+
+    fn file(path: &str, bytes: &[u8], counter: u64) -> (FileRecord, Vec<ChunkInfo>) {
+        let chunked = chunk_bytes(bytes, ChunkParams::for_piece_len(4096));
+        let record = FileRecord {
+            path: RelPath::new(path).unwrap(),
+            kind: FileKind::File,
+            size: chunked.size,
+            mtime_ns: 1_700_000_000_000_000_000,
+            mode: 0o644,
+            content: chunked.content,
+            chunks: chunked.chunks_hash,
+            version: VersionVector::from_entries([(ShortId(7), counter)]),
+            deleted: false,
+        };
+        (record, chunked.chunks)
+    }
+
+    fn stat(inode: u64) -> Option<StatKey> {
+        Some(StatKey { size: 1, mtime_ns: 2, inode, mode: 0o644 })
+    }
+
+    fn data(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 8) as u8)).collect()
+    }
+
+    #[test]
+    fn entries_round_trip_and_survive_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("index.redb");
+        let (rec, chunks) = file("dir/a b.txt", &data(20_000, 1), 1);
+        {
+            let index = Index::open(&db).unwrap();
+            assert_eq!(index.piece_len().unwrap(), None);
+            index.set_piece_len(4096).unwrap();
+            index.put(&IndexEntry { record: rec.clone(), chunks: chunks.clone(), stat: stat(5) }).unwrap();
+        }
+        let index = Index::open(&db).unwrap();
+        assert_eq!(index.piece_len().unwrap(), Some(4096));
+        let got = index.get(&rec.path).unwrap().unwrap();
+        assert_eq!(got, IndexEntry { record: rec.clone(), chunks, stat: stat(5) });
+        assert_eq!(index.all().unwrap().len(), 1);
+        assert_eq!(index.records().unwrap(), vec![rec]);
+        assert!(index.get(&RelPath::new("missing").unwrap()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_database_fails() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("index.redb");
+        let _first = Index::open(&db).unwrap();
+        assert!(matches!(Index::open(&db), Err(LocalError::IndexOpen { .. })));
+    }
+
+    #[test]
+    fn secondary_tables_follow_the_live_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = Index::open(&tmp.path().join("i.redb")).unwrap();
+        let bytes = data(50_000, 3);
+        let (a, a_chunks) = file("a", &bytes, 1);
+        let (b, b_chunks) = file("sub/b", &bytes, 1);
+        assert!(a_chunks.len() > 2, "want several chunks");
+        index.put(&IndexEntry { record: a.clone(), chunks: a_chunks.clone(), stat: stat(1) }).unwrap();
+        index.put(&IndexEntry { record: b.clone(), chunks: b_chunks.clone(), stat: stat(2) }).unwrap();
+        assert_eq!(index.chunk_list(&a.content).unwrap(), Some(a_chunks.clone()));
+        let first = a_chunks[1];
+        let locs = index.locate_chunk(&first.hash).unwrap();
+        let paths: Vec<_> = locs.iter().map(|l| l.path.as_str().to_owned()).collect();
+        assert_eq!(paths, ["a", "sub/b"]);
+        assert!(locs.iter().all(|l| l.offset == first.offset && l.len == first.len));
+
+        // Tombstoning `a` removes it from the secondary tables only.
+        let mut tomb = a.clone();
+        tomb.deleted = true;
+        tomb.kind = FileKind::File;
+        tomb.size = 0;
+        tomb.content = ContentHash::empty();
+        tomb.chunks = ContentHash::empty();
+        tomb.version = a.version.bumped(ShortId(7));
+        index.put(&IndexEntry { record: tomb.clone(), chunks: vec![], stat: None }).unwrap();
+        assert_eq!(index.locate_chunk(&first.hash).unwrap().len(), 1);
+        assert_eq!(index.get(&a.path).unwrap().unwrap().record, tomb);
+
+        // Rewriting `sub/b` with other content drops its old chunks.
+        let (b2, b2_chunks) = file("sub/b", &data(9_000, 9), 2);
+        index.put(&IndexEntry { record: b2.clone(), chunks: b2_chunks.clone(), stat: stat(3) }).unwrap();
+        assert!(index.locate_chunk(&first.hash).unwrap().is_empty());
+        assert_eq!(index.chunk_list(&a.content).unwrap(), None);
+        assert_eq!(index.chunk_list(&b2.content).unwrap(), Some(b2_chunks.clone()));
+        assert_eq!(index.locate_chunk(&b2_chunks[0].hash).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn empty_files_have_an_empty_chunk_list() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = Index::open(&tmp.path().join("i.redb")).unwrap();
+        assert_eq!(index.chunk_list(&ContentHash::empty()).unwrap(), None);
+        let (e, chunks) = file("empty", b"", 1);
+        assert!(chunks.is_empty());
+        index.put(&IndexEntry { record: e, chunks, stat: stat(1) }).unwrap();
+        assert_eq!(index.chunk_list(&ContentHash::empty()).unwrap(), Some(vec![]));
+    }
+
+    #[test]
+    fn subtree_heads_do_not_leak_siblings() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = Index::open(&tmp.path().join("i.redb")).unwrap();
+        for p in ["a", "a/x", "a/y/z", "a b", "a.txt", "ab", "a0", "b"] {
+            let (r, c) = file(p, p.as_bytes(), 1);
+            index.put(&IndexEntry { record: r, chunks: c, stat: stat(1) }).unwrap();
+        }
+        let got: Vec<_> =
+            index.heads(Some(&RelPath::new("a").unwrap())).unwrap().keys().map(|k| k.to_string()).collect();
+        assert_eq!(got, ["a", "a/x", "a/y/z"]);
+        assert_eq!(index.heads(None).unwrap().len(), 8);
+    }
+
+    #[test]
+    fn corrupt_values_are_errors_not_panics() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("i.redb");
+        {
+            let index = Index::open(&db).unwrap();
+            let txn = index.db.begin_write().unwrap();
+            {
+                let mut entries = txn.open_table(ENTRIES).unwrap();
+                entries.insert("garbage", &[0xFFu8, 1, 2][..]).unwrap();
+                entries.insert("../escape", &[0u8][..]).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let index = Index::open(&db).unwrap();
+        assert!(matches!(index.all(), Err(LocalError::Corrupt { .. })));
+        assert!(matches!(index.get(&RelPath::new("garbage").unwrap()), Err(LocalError::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,1082 @@
+//! The scanner: compares the disk with the index and turns differences into
+//! new records.
+//!
+//! A scan walks a subtree (or the whole folder), `lstat`s every entry once
+//! and re-reads a file only when its size, mtime or inode differ from the
+//! index's [`StatKey`] (or when the piece length changed, which forces a
+//! re-chunk). Differences become new versions: this peer's counter is set
+//! to one more than the largest counter of the vector last known for the
+//! path ([`VersionVector::bumped`]); a vanished path becomes a tombstone,
+//! bumped the same way. Index entries under the scanned subtree that were
+//! not seen on disk are tombstoned, children before parents; new entries
+//! are recorded parents before children.
+//!
+//! Invariants:
+//! - **Nothing half-written is announced.** A file is hashed only once its
+//!   last change (mtime or ctime) is older than the quiet period; its stat
+//!   is taken before opening, from the open file before and after hashing,
+//!   and again just before the commit. Any movement defers the path (it is
+//!   retried later).
+//! - **Echo suppression by state comparison.** Planning runs without locks
+//!   against a snapshot of the index; the commit takes the commit lock and
+//!   re-reads each entry inside the write transaction: if another writer
+//!   (`record_applied`, `adopt_version`) changed it in between, the plan is
+//!   dropped and the path re-checked. Records the peer wrote itself
+//!   therefore never come back as local changes.
+//! - Symlinks are never followed; one pointing outside the folder is
+//!   skipped with one warning per path. Special files are skipped. Ignored
+//!   paths are never recorded, and existing entries of paths that became
+//!   ignored are left alone (not tombstoned).
+//!
+//! Everything here is synchronous and blocking (stat, read, redb): the
+//! async side ([`crate::local`]) runs it in `spawn_blocking`. This module
+//! does not watch anything and owns no task; it does not decide when to
+//! scan.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs::Metadata;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use dartsync_shared::chunk::{ChunkInfo, ChunkParams, ChunkedFile, chunk_list_hash, chunk_reader};
+use dartsync_shared::record::link_target_stays_inside;
+use dartsync_shared::{ContentHash, FileKind, FileRecord, RelPath, ShortId, VersionVector};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::ignore::{IGNORE_FILE, IgnoreRules, Reload, is_state_dir_name};
+use crate::index::{Head, Index, IndexEntry, StatKey, changed_within};
+use crate::local::LocalError;
+
+/// Plans committed per write transaction during a scan.
+const BATCH_RECORDS: usize = 512;
+/// Bytes hashed after which a batch is committed early (bounds the memory
+/// held in pending chunk lists and the latency of big files).
+const BATCH_BYTES: u64 = 64 * 1024 * 1024;
+/// Most distinct paths remembered for warn-once messages.
+const MAX_WARNED: usize = 10_000;
+
+/// What one scan operation found that the caller must act on.
+#[derive(Debug, Default)]
+pub(crate) struct ScanReport {
+    /// Records committed and sent as local changes.
+    pub(crate) emitted: usize,
+    /// Paths to check again after the quiet period (still being written, or
+    /// changed while the scan looked at them).
+    pub(crate) retry: Vec<RelPath>,
+    /// The scan stopped early because of shutdown.
+    pub(crate) interrupted: bool,
+}
+
+/// One `lstat` of a path, classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Disk {
+    Missing,
+    File(StatKey),
+    Dir(StatKey),
+    Symlink(StatKey, String),
+    /// Present but not synced: special file, symlink leaving the folder,
+    /// non-UTF-8 link target.
+    Unsyncable(StatKey),
+}
+
+/// What must not move between planning and committing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stamp {
+    Missing,
+    File(StatKey),
+    // Folder mtimes move with every child; only identity and mode count.
+    Dir { inode: u64, mode: u32 },
+    Other { inode: u64, mtime_ns: i64, size: u64 },
+}
+
+fn stamp_of(meta: Option<&Metadata>) -> Stamp {
+    match meta {
+        None => Stamp::Missing,
+        Some(m) if m.is_file() => Stamp::File(StatKey::of(m)),
+        Some(m) if m.is_dir() => Stamp::Dir { inode: m.ino(), mode: m.mode() & 0o7777 },
+        Some(m) => Stamp::Other { inode: m.ino(), mtime_ns: crate::index::mtime_ns(m), size: m.len() },
+    }
+}
+
+/// A record to store, with what it was planned against.
+#[derive(Debug)]
+struct Pending {
+    expected: Option<Head>,
+    seen: Stamp,
+    entry: IndexEntry,
+    emit: bool,
+}
+
+enum Plan {
+    Nothing,
+    Store(Box<Pending>),
+    Defer,
+}
+
+/// Plans accumulated across the subtrees of one scan operation.
+#[derive(Default)]
+struct Batch {
+    pending: Vec<Pending>,
+    bytes: u64,
+    report: ScanReport,
+}
+
+/// Counts bytes read, for [`Scanner::bytes_hashed`].
+struct Counting<'a, R> {
+    inner: R,
+    counter: &'a AtomicU64,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Compares one folder with its index (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Scanner {
+    root: PathBuf,
+    index: Index,
+    rules: Mutex<IgnoreRules>,
+    me: ShortId,
+    params: ChunkParams,
+    /// A file modified less than this long ago may still be being written.
+    quiet: Duration,
+    bytes_hashed: AtomicU64,
+    /// Held while committing to the index, by the scanner and by every
+    /// writer of applied records; never held while hashing during scans.
+    commit_lock: Mutex<()>,
+    warned: Mutex<HashSet<String>>,
+    changes: mpsc::Sender<FileRecord>,
+    shutdown: CancellationToken,
+}
+
+/// Settings of a [`Scanner`].
+#[derive(Debug)]
+pub(crate) struct ScannerConfig {
+    pub(crate) root: PathBuf,
+    pub(crate) me: ShortId,
+    pub(crate) piece_len: u32,
+    pub(crate) quiet: Duration,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The protected data stays consistent across a panic (a set, the rules,
+    // or nothing), so a poisoned lock is still usable.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn lstat(path: &Path) -> Result<Option<Metadata>, LocalError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => Ok(Some(meta)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        // A component is a file now (`a` replaced `a/`): the path is gone.
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Ok(None),
+        Err(source) => Err(LocalError::Io { path: path.to_owned(), source }),
+    }
+}
+
+fn tombstone(path: &RelPath, previous: &FileRecord, version: VersionVector) -> FileRecord {
+    FileRecord {
+        path: path.clone(),
+        kind: previous.kind.clone(),
+        size: 0,
+        mtime_ns: previous.mtime_ns,
+        mode: previous.mode,
+        content: ContentHash::empty(),
+        chunks: ContentHash::empty(),
+        version,
+        deleted: true,
+    }
+}
+
+fn non_file(path: &RelPath, kind: FileKind, stat: &StatKey, version: VersionVector) -> FileRecord {
+    FileRecord {
+        path: path.clone(),
+        kind,
+        size: 0,
+        mtime_ns: stat.mtime_ns,
+        mode: stat.mode,
+        content: ContentHash::empty(),
+        chunks: ContentHash::empty(),
+        version,
+        deleted: false,
+    }
+}
+
+impl Scanner {
+    pub(crate) fn new(
+        config: ScannerConfig,
+        index: Index,
+        rules: IgnoreRules,
+        changes: mpsc::Sender<FileRecord>,
+        shutdown: CancellationToken,
+    ) -> Scanner {
+        Scanner {
+            root: config.root,
+            index,
+            rules: Mutex::new(rules),
+            me: config.me,
+            params: ChunkParams::for_piece_len(config.piece_len),
+            quiet: config.quiet,
+            bytes_hashed: AtomicU64::new(0),
+            commit_lock: Mutex::new(()),
+            warned: Mutex::new(HashSet::new()),
+            changes,
+            shutdown,
+        }
+    }
+
+    /// Bytes read for hashing since this scanner was created.
+    pub(crate) fn bytes_hashed(&self) -> u64 {
+        self.bytes_hashed.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads `.dartsyncignore` if it changed and settled; true when the
+    /// rules changed. A file still within the quiet period is retried.
+    fn reload_ignore(&self, report: &mut ScanReport) -> bool {
+        match lock(&self.rules).reload_if_changed(self.quiet) {
+            Reload::Unchanged => false,
+            Reload::Reloaded => true,
+            Reload::Pending => {
+                report.retry.push(RelPath::new(IGNORE_FILE).expect("the ignore file name is a valid path"));
+                false
+            }
+        }
+    }
+
+    fn is_ignored(&self, path: &RelPath, is_dir: bool) -> bool {
+        lock(&self.rules).is_ignored(path, is_dir)
+    }
+
+    fn warn_once(&self, key: &str, what: &str, detail: &dyn std::fmt::Display) {
+        let mut warned = lock(&self.warned);
+        if warned.len() < MAX_WARNED && warned.insert(key.to_owned()) {
+            tracing::warn!(path = key, "{what}: {detail}");
+        }
+    }
+
+    fn local(&self, path: &RelPath) -> PathBuf {
+        path.to_local(&self.root)
+    }
+
+    /// Classifies an `lstat` result (reads the target of a symlink).
+    fn classify(&self, path: &RelPath, meta: Option<&Metadata>) -> Disk {
+        let Some(meta) = meta else { return Disk::Missing };
+        let stat = StatKey::of(meta);
+        let kind = meta.file_type();
+        if kind.is_file() {
+            Disk::File(stat)
+        } else if kind.is_dir() {
+            Disk::Dir(stat)
+        } else if kind.is_symlink() {
+            let target = match std::fs::read_link(self.local(path)) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Disk::Missing,
+                Err(e) => {
+                    self.warn_once(path.as_str(), "cannot read symlink; skipped", &e);
+                    return Disk::Unsyncable(stat);
+                }
+            };
+            match target.to_str() {
+                Some(t) if link_target_stays_inside(path, t) => Disk::Symlink(stat, t.to_owned()),
+                _ => {
+                    self.warn_once(path.as_str(), "symlink points outside the folder; skipped", &target.display());
+                    Disk::Unsyncable(stat)
+                }
+            }
+        } else {
+            tracing::debug!(%path, "special file skipped");
+            Disk::Unsyncable(stat)
+        }
+    }
+
+    /// Hashes a file whose `lstat` gave `before`; `None` when the file moved
+    /// (size, mtime or inode) while it was read.
+    fn hash_file(&self, path: &RelPath, before: &StatKey) -> std::io::Result<Option<ChunkedFile>> {
+        let file = std::fs::File::open(self.local(path))?;
+        let stable = |meta: &Metadata| meta.is_file() && StatKey::of(meta).same_content_stamp(before);
+        if !stable(&file.metadata()?) {
+            return Ok(None);
+        }
+        let chunked = chunk_reader(Counting { inner: &file, counter: &self.bytes_hashed }, self.params)?;
+        if !stable(&file.metadata()?) || chunked.size != before.size {
+            return Ok(None);
+        }
+        Ok(Some(chunked))
+    }
+
+    fn next_version(&self, expected: Option<&Head>) -> VersionVector {
+        expected.map(|h| h.record.version.bumped(self.me)).unwrap_or_else(|| VersionVector::new().bumped(self.me))
+    }
+
+    /// Decides what to store for `path`, given the index's view and one
+    /// `lstat` of the disk. Hashes the file if its stat moved (or `force`).
+    fn plan(
+        &self,
+        path: &RelPath,
+        expected: Option<&Head>,
+        meta: Option<&Metadata>,
+        force: bool,
+    ) -> Result<Plan, LocalError> {
+        let seen = stamp_of(meta);
+        let live = expected.filter(|h| !h.record.deleted);
+        let store = |record: FileRecord, chunks: Vec<ChunkInfo>, stat: Option<StatKey>, emit: bool| {
+            Plan::Store(Box::new(Pending {
+                expected: expected.cloned(),
+                seen,
+                entry: IndexEntry { record, chunks, stat },
+                emit,
+            }))
+        };
+        let plan = match self.classify(path, meta) {
+            Disk::Missing | Disk::Unsyncable(_) => match live {
+                Some(h) => store(tombstone(path, &h.record, self.next_version(expected)), Vec::new(), None, true),
+                None => Plan::Nothing,
+            },
+            Disk::Dir(stat) => match live {
+                Some(h) if h.record.kind == FileKind::Dir && h.stat.map_or(h.record.mode, |s| s.mode) == stat.mode => {
+                    Plan::Nothing
+                }
+                _ => store(
+                    non_file(path, FileKind::Dir, &stat, self.next_version(expected)),
+                    Vec::new(),
+                    Some(stat),
+                    true,
+                ),
+            },
+            Disk::Symlink(stat, target) => match live {
+                Some(h) if matches!(&h.record.kind, FileKind::Symlink { target: t } if *t == target) => Plan::Nothing,
+                _ => {
+                    let record = non_file(path, FileKind::Symlink { target }, &stat, self.next_version(expected));
+                    store(record, Vec::new(), Some(stat), true)
+                }
+            },
+            Disk::File(stat) => {
+                let known = live.filter(|h| h.record.kind == FileKind::File);
+                let same_stamp = known.and_then(|h| h.stat).is_some_and(|s| s.same_content_stamp(&stat));
+                match known {
+                    Some(h) if same_stamp && !force => {
+                        if h.stat.is_some_and(|s| s.mode == stat.mode) {
+                            Plan::Nothing
+                        } else {
+                            // Permission change only: a new version, no read.
+                            let chunks = self.index.get(path)?.map(|e| e.chunks).unwrap_or_default();
+                            let mut record = h.record.clone();
+                            record.mode = stat.mode;
+                            record.version = self.next_version(expected);
+                            store(record, chunks, Some(stat), true)
+                        }
+                    }
+                    _ if meta.is_some_and(|m| changed_within(m, self.quiet)) => Plan::Defer,
+                    _ => match self.hash_file(path, &stat) {
+                        Ok(None) => Plan::Defer,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Plan::Defer,
+                        Err(e) => {
+                            self.warn_once(path.as_str(), "cannot read file; skipped", &e);
+                            Plan::Nothing
+                        }
+                        Ok(Some(chunked)) => self.plan_hashed(path, expected, known, stat, chunked, &store),
+                    },
+                }
+            }
+        };
+        Ok(plan)
+    }
+
+    fn plan_hashed(
+        &self,
+        path: &RelPath,
+        expected: Option<&Head>,
+        known: Option<&Head>,
+        stat: StatKey,
+        chunked: ChunkedFile,
+        store: &dyn Fn(FileRecord, Vec<ChunkInfo>, Option<StatKey>, bool) -> Plan,
+    ) -> Plan {
+        let mode_same = known.and_then(|h| h.stat).is_some_and(|s| s.mode == stat.mode);
+        match known {
+            Some(h) if h.record.content == chunked.content && mode_same => {
+                // Same bytes (a touch, or a re-chunk after a piece-length
+                // change): keep the version. A new chunk list is announced
+                // with the unchanged vector so the global record matches it.
+                let rechunked = h.record.chunks != chunked.chunks_hash;
+                let mut record = h.record.clone();
+                record.chunks = chunked.chunks_hash;
+                store(record, chunked.chunks, Some(stat), rechunked)
+            }
+            _ => {
+                let record = FileRecord {
+                    path: path.clone(),
+                    kind: FileKind::File,
+                    size: chunked.size,
+                    mtime_ns: stat.mtime_ns,
+                    mode: stat.mode,
+                    content: chunked.content,
+                    chunks: chunked.chunks_hash,
+                    version: self.next_version(expected),
+                    deleted: false,
+                };
+                store(record, chunked.chunks, Some(stat), true)
+            }
+        }
+    }
+
+    fn add(&self, plan: Plan, path: &RelPath, batch: &mut Batch) -> Result<(), LocalError> {
+        match plan {
+            Plan::Nothing => {}
+            Plan::Defer => batch.report.retry.push(path.clone()),
+            Plan::Store(pending) => {
+                batch.bytes += pending.entry.record.size;
+                batch.pending.push(*pending);
+                if batch.pending.len() >= BATCH_RECORDS || batch.bytes >= BATCH_BYTES {
+                    self.flush(batch)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the pending plans that still hold, then sends the new
+    /// records as local changes.
+    fn flush(&self, batch: &mut Batch) -> Result<(), LocalError> {
+        batch.bytes = 0;
+        if batch.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut batch.pending);
+        let retry = &mut batch.report.retry;
+        let committed = {
+            let _guard = lock(&self.commit_lock);
+            self.index.write(|w| {
+                let mut out = Vec::new();
+                for p in pending {
+                    let path = &p.entry.record.path;
+                    if w.head(path)? != p.expected || stamp_of(lstat(&self.local(path))?.as_ref()) != p.seen {
+                        retry.push(path.clone());
+                        continue;
+                    }
+                    match w.put(&p.entry.record, &p.entry.chunks, p.entry.stat) {
+                        Ok(()) => {}
+                        // Only this entry is unstorable (e.g. a chunk list
+                        // beyond the codec limit); the transaction is intact.
+                        Err(err @ LocalError::Encode { .. }) => {
+                            self.warn_once(path.as_str(), "cannot index; skipped", &err);
+                            continue;
+                        }
+                        Err(err) => return Err(err),
+                    }
+                    if p.emit {
+                        out.push(p.entry.record);
+                    }
+                }
+                Ok(out)
+            })?
+        };
+        batch.report.emitted += committed.len();
+        for record in committed {
+            self.emit(record);
+        }
+        Ok(())
+    }
+
+    /// Sends one local change, waiting for room (backpressure) unless the
+    /// peer is shutting down or nobody listens any more.
+    fn emit(&self, record: FileRecord) {
+        tracing::debug!(path = %record.path, deleted = record.deleted, "local change");
+        let sent = futures::executor::block_on(async {
+            tokio::select! {
+                biased;
+                res = self.changes.send(record) => res.is_ok(),
+                () = self.shutdown.cancelled() => false,
+            }
+        });
+        if !sent {
+            tracing::debug!("local change not delivered (receiver gone or shutting down); the index keeps it");
+        }
+    }
+
+    /// Scans the whole folder. `force` re-hashes every file (the piece
+    /// length changed).
+    pub(crate) fn full_scan(&self, force: bool) -> Result<ScanReport, LocalError> {
+        let mut batch = Batch::default();
+        self.reload_ignore(&mut batch.report);
+        self.scan_subtree(None, force, &mut batch)?;
+        self.flush(&mut batch)?;
+        Ok(batch.report)
+    }
+
+    /// Re-checks dirty paths: each path's subtree, or that of its outermost
+    /// ancestor not known as a folder (so a new tree is recorded whole).
+    /// A changed `.dartsyncignore` turns this into a full scan (paths may
+    /// have become ignored or visible anywhere).
+    pub(crate) fn check_paths(&self, paths: impl IntoIterator<Item = RelPath>) -> Result<ScanReport, LocalError> {
+        let mut early = ScanReport::default();
+        if self.reload_ignore(&mut early) {
+            let mut report = self.full_scan(false)?;
+            report.retry.extend(early.retry);
+            return Ok(report);
+        }
+        let mut bases = BTreeSet::new();
+        for path in paths {
+            let mut base = path.clone();
+            for ancestor in path.ancestors() {
+                if !self.index.head(&ancestor)?.is_some_and(|h| h.record.is_dir()) {
+                    base = ancestor;
+                    break;
+                }
+            }
+            bases.insert(base);
+        }
+        let mut batch = Batch { report: early, ..Batch::default() };
+        for base in &bases {
+            if base.ancestors().iter().any(|a| bases.contains(a)) {
+                continue; // covered by the ancestor's subtree
+            }
+            if self.shutdown.is_cancelled() {
+                batch.report.interrupted = true;
+                break;
+            }
+            self.scan_subtree(Some(base), false, &mut batch)?;
+        }
+        self.flush(&mut batch)?;
+        Ok(batch.report)
+    }
+
+    /// Walks `base` (the whole folder for `None`) and plans every entry;
+    /// then tombstones index entries of the subtree not seen on disk.
+    fn scan_subtree(&self, base: Option<&RelPath>, force: bool, batch: &mut Batch) -> Result<(), LocalError> {
+        let heads = self.index.heads(base)?;
+        let mut seen: HashSet<RelPath> = HashSet::new();
+        // Folders that could not be listed: their entries are left alone.
+        let mut unreadable: Vec<Option<RelPath>> = Vec::new();
+        let mut stack: Vec<(PathBuf, Option<RelPath>)> = Vec::new();
+        match base {
+            None => stack.push((self.root.clone(), None)),
+            Some(base) => {
+                let meta = lstat(&self.local(base))?;
+                let is_dir = meta
+                    .as_ref()
+                    .map_or_else(|| heads.get(base).is_some_and(|h| h.record.kind == FileKind::Dir), |m| m.is_dir());
+                if self.is_ignored(base, is_dir) {
+                    return Ok(());
+                }
+                seen.insert(base.clone());
+                let plan = self.plan(base, heads.get(base), meta.as_ref(), force)?;
+                self.add(plan, base, batch)?;
+                if meta.as_ref().is_some_and(|m| m.is_dir()) {
+                    stack.push((self.local(base), Some(base.clone())));
+                }
+            }
+        }
+        while let Some((dir, dir_rel)) = stack.pop() {
+            if self.shutdown.is_cancelled() {
+                batch.report.interrupted = true;
+                return Ok(());
+            }
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        self.warn_once(&dir.to_string_lossy(), "cannot list folder", &e);
+                    }
+                    unreadable.push(dir_rel);
+                    continue;
+                }
+            };
+            for entry in entries {
+                let entry = match entry {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        self.warn_once(&dir.to_string_lossy(), "cannot list folder", &e);
+                        unreadable.push(dir_rel.clone());
+                        break;
+                    }
+                };
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else {
+                    self.warn_once(&entry.path().to_string_lossy(), "name is not UTF-8; skipped", &"");
+                    continue;
+                };
+                if is_state_dir_name(name) {
+                    continue;
+                }
+                let rel = match &dir_rel {
+                    None => RelPath::new(name),
+                    Some(d) => d.join(name),
+                };
+                let rel = match rel {
+                    Ok(rel) => rel,
+                    Err(e) => {
+                        self.warn_once(&entry.path().to_string_lossy(), "name cannot be synced; skipped", &e);
+                        continue;
+                    }
+                };
+                let meta = match entry.metadata() {
+                    Ok(meta) => meta,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        self.warn_once(rel.as_str(), "cannot stat; skipped", &e);
+                        // Not seen, but not known to be gone either.
+                        unreadable.push(Some(rel));
+                        continue;
+                    }
+                };
+                if self.is_ignored(&rel, meta.is_dir()) {
+                    continue;
+                }
+                seen.insert(rel.clone());
+                let plan = self.plan(&rel, heads.get(&rel), Some(&meta), force)?;
+                self.add(plan, &rel, batch)?;
+                if meta.is_dir() {
+                    stack.push((entry.path(), Some(rel)));
+                }
+            }
+        }
+        // Known live paths that were not seen: gone (children first).
+        let under_unreadable = |p: &RelPath| unreadable.iter().any(|u| u.as_ref().is_none_or(|u| p.starts_with(u)));
+        let missing: Vec<&Head> = heads
+            .values()
+            .rev()
+            .filter(|h| !h.record.deleted && !seen.contains(&h.record.path))
+            .filter(|h| !under_unreadable(&h.record.path))
+            .filter(|h| !self.is_ignored(&h.record.path, h.record.kind == FileKind::Dir))
+            .collect();
+        for head in missing {
+            let path = &head.record.path;
+            match lstat(&self.local(path))? {
+                // It appeared after the walk passed its folder.
+                Some(_) => batch.report.retry.push(path.clone()),
+                None => {
+                    let plan = self.plan(path, Some(head), None, false)?;
+                    self.add(plan, path, batch)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the disk differs from the index for `path`: an unannounced
+    /// edit, or something that appeared or vanished. Reads the file only if
+    /// its stat moved.
+    pub(crate) fn differs(&self, path: &RelPath) -> Result<bool, LocalError> {
+        let head = self.index.head(path)?;
+        let meta = lstat(&self.local(path))?;
+        let live = head.as_ref().filter(|h| !h.record.deleted);
+        let differs = match (live, self.classify(path, meta.as_ref())) {
+            (None, Disk::Missing) => false,
+            (None, _) => true,
+            (Some(_), Disk::Missing | Disk::Unsyncable(_)) => true,
+            (Some(h), Disk::Dir(_)) => h.record.kind != FileKind::Dir,
+            (Some(h), Disk::Symlink(_, target)) => {
+                !matches!(&h.record.kind, FileKind::Symlink { target: t } if *t == target)
+            }
+            (Some(h), Disk::File(stat)) => {
+                if h.record.kind != FileKind::File {
+                    true
+                } else if let Some(known) = h.stat.filter(|s| s.same_content_stamp(&stat)) {
+                    known.mode != stat.mode
+                } else {
+                    match self.hash_file(path, &stat) {
+                        Ok(Some(chunked)) => {
+                            chunked.content != h.record.content || h.stat.is_some_and(|s| s.mode != stat.mode)
+                        }
+                        // Being written: certainly not what the index says.
+                        Ok(None) => true,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                        Err(source) => return Err(LocalError::Io { path: self.local(path), source }),
+                    }
+                }
+            }
+        };
+        Ok(differs)
+    }
+
+    /// Stores a record the peer wrote itself, with a fresh stat of the disk.
+    /// Returns false when the disk does not hold what the record describes
+    /// (the entry is stored without a stat, so the next check re-examines
+    /// it).
+    fn store_applied_locked(&self, record: &FileRecord, chunks: &[ChunkInfo]) -> Result<bool, LocalError> {
+        let meta = lstat(&self.local(&record.path))?;
+        let matching = match (&record.kind, &meta) {
+            _ if record.deleted => None,
+            (FileKind::File, Some(m)) if m.is_file() => Some(StatKey::of(m)),
+            (FileKind::Dir, Some(m)) if m.is_dir() => Some(StatKey::of(m)),
+            (FileKind::Symlink { .. }, Some(m)) if m.file_type().is_symlink() => Some(StatKey::of(m)),
+            _ => None,
+        };
+        let agrees = if record.deleted { meta.is_none() } else { matching.is_some() };
+        let chunks = if record.is_file() { chunks } else { &[] };
+        self.index.write(|w| w.put(record, chunks, matching))?;
+        Ok(agrees)
+    }
+
+    /// Checks a record handed in by the rest of the peer.
+    fn check_record(path: &RelPath, record: &FileRecord, chunks: &[ChunkInfo]) -> Result<(), LocalError> {
+        let bad = |what: String| LocalError::InvalidRecord { path: path.clone(), what };
+        if record.path != *path {
+            return Err(bad(format!("record is for {}", record.path)));
+        }
+        record.validate().map_err(|e| bad(e.to_string()))?;
+        if record.is_file() {
+            let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+            if chunk_list_hash(chunks) != record.chunks || total != record.size {
+                return Err(bad("chunk list does not match the record".to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    /// See [`crate::local::LocalState::record_applied`]. Returns whether the
+    /// disk matched the record.
+    pub(crate) fn record_applied(
+        &self,
+        path: &RelPath,
+        record: &FileRecord,
+        chunks: &[ChunkInfo],
+    ) -> Result<bool, LocalError> {
+        Self::check_record(path, record, chunks)?;
+        let _guard = lock(&self.commit_lock);
+        self.store_applied_locked(record, chunks)
+    }
+
+    /// See [`crate::local::LocalState::apply_if_unmodified`].
+    pub(crate) fn apply_if_unmodified(
+        &self,
+        path: &RelPath,
+        record: &FileRecord,
+        chunks: &[ChunkInfo],
+        op: impl FnOnce() -> std::io::Result<()>,
+    ) -> Result<Option<bool>, LocalError> {
+        Self::check_record(path, record, chunks)?;
+        let _guard = lock(&self.commit_lock);
+        if self.differs(path)? {
+            return Ok(None);
+        }
+        // Never replace a version the incoming one does not supersede (a
+        // local edit indexed since the caller decided).
+        if let Some(known) = self.index.get(path)?
+            && !matches!(
+                record.version.compare(&known.record.version),
+                dartsync_shared::Causality::Dominates | dartsync_shared::Causality::Equal
+            )
+        {
+            return Ok(None);
+        }
+        op().map_err(|source| LocalError::Io { path: self.local(path), source })?;
+        self.store_applied_locked(record, chunks).map(Some)
+    }
+
+    /// See [`crate::local::LocalState::adopt_version`].
+    pub(crate) fn adopt_version(&self, record: &FileRecord) -> Result<bool, LocalError> {
+        record.validate().map_err(|e| LocalError::InvalidRecord { path: record.path.clone(), what: e.to_string() })?;
+        let path = &record.path;
+        let _guard = lock(&self.commit_lock);
+        let meta = lstat(&self.local(path))?;
+        let (chunks, stat) = match (self.classify(path, meta.as_ref()), &record.kind) {
+            (Disk::Missing | Disk::Unsyncable(_), _) if record.deleted => (Vec::new(), None),
+            _ if record.deleted => return Ok(false),
+            (Disk::Dir(stat), FileKind::Dir) => (Vec::new(), Some(stat)),
+            (Disk::Symlink(stat, target), FileKind::Symlink { target: want }) if target == *want => {
+                (Vec::new(), Some(stat))
+            }
+            (Disk::File(stat), FileKind::File) => {
+                let known = self.index.get(path)?.filter(|e| e.record.is_file());
+                match known {
+                    Some(e)
+                        if e.stat.is_some_and(|s| s.same_content_stamp(&stat))
+                            && e.record.content == record.content
+                            && e.record.chunks == record.chunks =>
+                    {
+                        (e.chunks, Some(stat))
+                    }
+                    _ => match self.hash_file(path, &stat) {
+                        Ok(Some(c)) if c.content == record.content && c.chunks_hash == record.chunks => {
+                            (c.chunks, Some(stat))
+                        }
+                        Ok(_) => return Ok(false),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                        Err(source) => return Err(LocalError::Io { path: self.local(path), source }),
+                    },
+                }
+            }
+            _ => return Ok(false),
+        };
+        self.index.write(|w| w.put(record, &chunks, stat))?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Synchronous scanner tests (no watcher, no runtime tasks): the
+    //! end-to-end behaviour with the watcher is tested in `local.rs`.
+    use super::*;
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        root: PathBuf,
+        scanner: Scanner,
+        rx: mpsc::Receiver<FileRecord>,
+    }
+
+    fn fixture() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let root = root.canonicalize().unwrap();
+        let index = Index::open(&tmp.path().join("index.redb")).unwrap();
+        let (tx, rx) = mpsc::channel(10_000);
+        let config = ScannerConfig { root: root.clone(), me: ShortId(1), piece_len: 4096, quiet: Duration::ZERO };
+        let scanner = Scanner::new(config, index, IgnoreRules::load(&root), tx, CancellationToken::new());
+        Fixture { _tmp: tmp, root, scanner, rx }
+    }
+
+    impl Fixture {
+        fn changes(&mut self) -> Vec<FileRecord> {
+            let mut out = Vec::new();
+            while let Ok(r) = self.rx.try_recv() {
+                out.push(r);
+            }
+            out
+        }
+    }
+
+    fn summary(records: &[FileRecord]) -> Vec<String> {
+        records.iter().map(|r| format!("{}{}", if r.deleted { "-" } else { "+" }, r.path)).collect()
+    }
+
+    #[test]
+    fn full_scan_records_parents_first_and_tombstones_children_first() {
+        let mut f = fixture();
+        std::fs::create_dir_all(f.root.join("a/b")).unwrap();
+        std::fs::write(f.root.join("a/b/c.txt"), b"hello").unwrap();
+        f.scanner.full_scan(false).unwrap();
+        let added = f.changes();
+        assert_eq!(summary(&added), ["+a", "+a/b", "+a/b/c.txt"]);
+        assert!(added.iter().all(|r| r.version == VersionVector::from_entries([(ShortId(1), 1)])));
+        assert!(added.iter().all(|r| r.validate().is_ok()));
+
+        std::fs::remove_dir_all(f.root.join("a")).unwrap();
+        f.scanner.full_scan(false).unwrap();
+        let removed = f.changes();
+        assert_eq!(summary(&removed), ["-a/b/c.txt", "-a/b", "-a"]);
+        assert!(removed.iter().all(|r| r.version.get(ShortId(1)) == 2 && r.validate().is_ok()));
+    }
+
+    #[test]
+    fn bump_uses_the_largest_counter_known() {
+        let mut f = fixture();
+        std::fs::write(f.root.join("x"), b"v1").unwrap();
+        // The index knows a global version from other peers.
+        let global = VersionVector::from_entries([(ShortId(9), 5), (ShortId(1), 2)]);
+        let chunked = dartsync_shared::chunk::chunk_bytes(b"v1", ChunkParams::for_piece_len(4096));
+        let record = FileRecord {
+            path: RelPath::new("x").unwrap(),
+            kind: FileKind::File,
+            size: 2,
+            mtime_ns: 0,
+            mode: 0o644,
+            content: chunked.content,
+            chunks: chunked.chunks_hash,
+            version: global.clone(),
+            deleted: false,
+        };
+        assert!(f.scanner.record_applied(&record.path, &record, &chunked.chunks).unwrap());
+        f.scanner.full_scan(false).unwrap();
+        assert!(f.changes().is_empty(), "applied record echoed");
+        std::fs::write(f.root.join("x"), b"v2 longer").unwrap();
+        f.scanner.full_scan(false).unwrap();
+        let got = f.changes();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].version, VersionVector::from_entries([(ShortId(9), 5), (ShortId(1), 6)]));
+        assert!(got[0].version.dominates(&global));
+    }
+
+    #[test]
+    fn a_touch_is_not_a_new_version_and_a_chmod_is() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut f = fixture();
+        let p = f.root.join("t");
+        std::fs::write(&p, b"same").unwrap();
+        f.scanner.full_scan(false).unwrap();
+        assert_eq!(f.changes().len(), 1);
+        let file = std::fs::File::options().write(true).open(&p).unwrap();
+        file.set_modified(std::time::SystemTime::now() + Duration::from_secs(5)).unwrap();
+        f.scanner.full_scan(false).unwrap();
+        assert!(f.changes().is_empty(), "mtime alone is not a change");
+        let before = f.scanner.bytes_hashed();
+        f.scanner.full_scan(false).unwrap();
+        assert_eq!(f.scanner.bytes_hashed(), before, "the new stat was stored");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        f.scanner.full_scan(false).unwrap();
+        let got = f.changes();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].mode, 0o600);
+        assert_eq!(f.scanner.bytes_hashed(), before, "a chmod needs no read");
+    }
+
+    #[test]
+    fn check_paths_escalates_to_unknown_ancestors_and_catches_folder_renames() {
+        let mut f = fixture();
+        std::fs::create_dir_all(f.root.join("new/deep/er")).unwrap();
+        std::fs::write(f.root.join("new/deep/er/f"), b"1").unwrap();
+        std::fs::write(f.root.join("new/g"), b"2").unwrap();
+        // Only the deepest file is reported dirty; the whole new tree is found.
+        f.scanner.check_paths([RelPath::new("new/deep/er/f").unwrap()]).unwrap();
+        let mut got = summary(&f.changes());
+        got.sort();
+        assert_eq!(got, ["+new", "+new/deep", "+new/deep/er", "+new/deep/er/f", "+new/g"]);
+
+        std::fs::rename(f.root.join("new"), f.root.join("moved")).unwrap();
+        f.scanner.check_paths([RelPath::new("new").unwrap(), RelPath::new("moved").unwrap()]).unwrap();
+        let got = f.changes();
+        let mut names = summary(&got);
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "+moved",
+                "+moved/deep",
+                "+moved/deep/er",
+                "+moved/deep/er/f",
+                "+moved/g",
+                "-new",
+                "-new/deep",
+                "-new/deep/er",
+                "-new/deep/er/f",
+                "-new/g"
+            ]
+        );
+        let content = |p: &str| got.iter().find(|r| r.path.as_str() == p).unwrap().content;
+        assert_eq!(content("moved/g"), ContentHash::of(b"2"));
+    }
+
+    #[test]
+    fn a_file_replacing_a_folder_tombstones_its_children() {
+        let mut f = fixture();
+        std::fs::create_dir_all(f.root.join("x/y")).unwrap();
+        f.scanner.full_scan(false).unwrap();
+        f.changes();
+        std::fs::remove_dir_all(f.root.join("x")).unwrap();
+        std::fs::write(f.root.join("x"), b"now a file").unwrap();
+        f.scanner.check_paths([RelPath::new("x").unwrap()]).unwrap();
+        let got = f.changes();
+        assert_eq!(summary(&got), ["+x", "-x/y"]);
+        assert_eq!(got[0].kind, FileKind::File);
+        assert_eq!(got[0].version.get(ShortId(1)), 2, "bumped from the folder's vector");
+    }
+
+    #[test]
+    fn a_recent_file_is_deferred_not_announced() {
+        let mut f = fixture();
+        f.scanner.quiet = Duration::from_secs(3600);
+        std::fs::write(f.root.join("busy"), b"partial").unwrap();
+        let report = f.scanner.full_scan(false).unwrap();
+        assert!(f.changes().is_empty());
+        assert_eq!(report.retry, [RelPath::new("busy").unwrap()]);
+        assert_eq!(f.scanner.bytes_hashed(), 0);
+    }
+
+    #[test]
+    fn a_concurrent_index_write_cancels_a_stale_plan() {
+        let mut f = fixture();
+        let path = RelPath::new("raced").unwrap();
+        std::fs::write(f.root.join("raced"), b"remote content").unwrap();
+        let meta = std::fs::symlink_metadata(f.root.join("raced")).unwrap();
+        let Plan::Store(pending) = f.scanner.plan(&path, None, Some(&meta), false).unwrap() else {
+            panic!("expected a plan")
+        };
+        // The apply engine records the file between plan and commit.
+        let chunked = dartsync_shared::chunk::chunk_bytes(b"remote content", ChunkParams::for_piece_len(4096));
+        let mut record = pending.entry.record.clone();
+        record.version = VersionVector::from_entries([(ShortId(42), 3)]);
+        assert!(f.scanner.record_applied(&path, &record, &chunked.chunks).unwrap());
+        let mut batch = Batch::default();
+        batch.pending.push(*pending);
+        f.scanner.flush(&mut batch).unwrap();
+        assert!(f.changes().is_empty(), "stale plan committed");
+        assert_eq!(batch.report.retry, std::slice::from_ref(&path));
+        f.scanner.check_paths([path.clone()]).unwrap();
+        assert!(f.changes().is_empty(), "echo after re-check");
+        assert_eq!(f.scanner.index.get(&path).unwrap().unwrap().record.version, record.version);
+    }
+
+    #[test]
+    fn differs_and_adopt() {
+        let mut f = fixture();
+        let path = RelPath::new("d").unwrap();
+        assert!(!f.scanner.differs(&path).unwrap());
+        std::fs::write(f.root.join("d"), b"abc").unwrap();
+        assert!(f.scanner.differs(&path).unwrap(), "appeared");
+        f.scanner.full_scan(false).unwrap();
+        let rec = f.changes().pop().unwrap();
+        assert!(!f.scanner.differs(&path).unwrap());
+        std::fs::write(f.root.join("d"), b"abd").unwrap();
+        assert!(f.scanner.differs(&path).unwrap(), "edited");
+        std::fs::write(f.root.join("d"), b"abc").unwrap();
+        assert!(!f.scanner.differs(&path).unwrap(), "same bytes again");
+
+        let mut merged = rec.clone();
+        merged.version = rec.version.merge(&VersionVector::from_entries([(ShortId(5), 4)])).bumped(ShortId(5));
+        assert!(f.scanner.adopt_version(&merged).unwrap());
+        assert_eq!(f.scanner.index.get(&path).unwrap().unwrap().record.version, merged.version);
+        let mut other = merged.clone();
+        other.content = ContentHash::of(b"zzz");
+        assert!(!f.scanner.adopt_version(&other).unwrap());
+        f.scanner.full_scan(false).unwrap();
+        assert!(f.changes().is_empty());
+
+        std::fs::remove_file(f.root.join("d")).unwrap();
+        assert!(f.scanner.differs(&path).unwrap(), "vanished");
+    }
+
+    #[test]
+    fn bad_records_are_refused() {
+        let f = fixture();
+        let chunked = dartsync_shared::chunk::chunk_bytes(b"abc", ChunkParams::for_piece_len(4096));
+        let record = FileRecord {
+            path: RelPath::new("a").unwrap(),
+            kind: FileKind::File,
+            size: 3,
+            mtime_ns: 0,
+            mode: 0o644,
+            content: chunked.content,
+            chunks: chunked.chunks_hash,
+            version: VersionVector::from_entries([(ShortId(2), 1)]),
+            deleted: false,
+        };
+        let other = RelPath::new("b").unwrap();
+        assert!(matches!(
+            f.scanner.record_applied(&other, &record, &chunked.chunks),
+            Err(LocalError::InvalidRecord { .. })
+        ));
+        assert!(matches!(f.scanner.record_applied(&record.path, &record, &[]), Err(LocalError::InvalidRecord { .. })));
+        let mut no_version = record.clone();
+        no_version.version = VersionVector::new();
+        assert!(f.scanner.adopt_version(&no_version).is_err());
+    }
+
+    #[test]
+    fn piece_length_change_rechunks_without_bumping() {
+        let mut f = fixture();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        std::fs::write(f.root.join("big"), &data).unwrap();
+        f.scanner.full_scan(false).unwrap();
+        let first = f.changes().pop().unwrap();
+        f.scanner.params = ChunkParams::for_piece_len(16 * 1024);
+        f.scanner.full_scan(true).unwrap();
+        let again = f.changes();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].version, first.version);
+        assert_eq!(again[0].content, first.content);
+        assert_ne!(again[0].chunks, first.chunks);
+    }
+}

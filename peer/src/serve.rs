@@ -1,0 +1,445 @@
+//! The piece server: answers other peers' `GetChunkList` and `GetChunk`
+//! requests (P2P protocol, [`dartsync_shared::proto::p2p`]) from local
+//! content.
+//!
+//! # Shape
+//! [`serve`] runs an accept loop (cancel token first, then reaping finished
+//! connections, then `accept`), one task per connection in a `JoinSet`, at
+//! most [`MAX_CONNECTIONS`] at once. A connection runs the Noise handshake
+//! ([`dartsync_shared::channel::accept`]), then a reader and a writer side
+//! by side: the reader validates each request and starts its disk work on
+//! the blocking pool at once; the writer awaits those results **in request
+//! order** and sends them, so a client may pipeline several requests while
+//! several disk reads run concurrently. At most [`PIPELINE_DEPTH`] answers
+//! wait per connection; beyond that the reader stops reading (TCP
+//! backpressure).
+//!
+//! # Upload slots
+//! Every `GetChunk` needs one slot of its requesting [`PeerId`] (shared by
+//! all connections of that peer) and one of the server's total; a request
+//! that finds either full is answered `Busy` at once, never queued (the
+//! brief's BUSY/READY). A slot is held from the request until its answer
+//! is about to be written, so a client that keeps at most
+//! `slots_per_peer` requests in flight never sees `Busy` from its own
+//! requests. `GetChunkList` needs no slot (one per download, cheap).
+//!
+//! # Invariants
+//! - Only verified bytes leave: a chunk is read from each candidate the
+//!   [`ChunkSource`] names, or from the downloader's partial file
+//!   `<content>.part` in `tmp_dir`, and sent only if it hashes to the
+//!   requested hash. A file changed since indexing answers `NotAvailable`,
+//!   never wrong bytes. (The hidden `corrupt_for_tests` switch breaks this on
+//!   purpose, after verification, so downloaders can be tested against a
+//!   liar.)
+//! - Nothing under `.dartsync/` is reachable by name: requests carry hashes,
+//!   the only path built from a request is `tmp_dir/<64 hex>.part`.
+//! - A request that fails [`P2pRequest::validate`], a malformed frame or a
+//!   failed handshake ends that connection only, with one warn line.
+//!
+//! # Not here
+//! No knowledge of records, the tracker or the index's freshness: the
+//! [`ChunkSource`] decides what may be a candidate.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dartsync_shared::channel::{self, ChannelError, ChannelWriter};
+use dartsync_shared::codec::CodecError;
+use dartsync_shared::key::{ClusterKey, Identity};
+use dartsync_shared::limits::MAX_CHUNKS_PER_LIST;
+use dartsync_shared::proto::ProtocolError;
+use dartsync_shared::proto::p2p::{P2pRequest, P2pResponse};
+use dartsync_shared::{ContentHash, PeerId};
+use tokio::io::WriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::chunk_source::{ChunkSource, read_at_verified, read_verified};
+use crate::download::part::part_path;
+
+/// Most connections served at once; more are closed right after accept.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Most answers queued per connection before the server stops reading it.
+pub const PIPELINE_DEPTH: usize = 16;
+
+/// A connection with no request for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Accept errors back off from 1 ms, doubling; past this the server gives up.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(64);
+
+/// Piece server settings.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Concurrent `GetChunk` requests served to one peer (all its
+    /// connections together); more are answered `Busy`.
+    pub slots_per_peer: usize,
+    /// Concurrent `GetChunk` requests served in total; more are answered
+    /// `Busy`.
+    pub slots_total: usize,
+    /// Test-only: flip one byte of every chunk sent (after verification),
+    /// to test downloaders against a lying holder. Never set in production.
+    pub corrupt_for_tests: bool,
+    /// The downloader's temp folder (`.dartsync/tmp`): chunks of
+    /// `<content>.part` files there may be served too.
+    pub tmp_dir: PathBuf,
+}
+
+/// Why the piece server stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listen address could not be bound.
+    #[error("cannot listen for peers on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// `accept` kept failing with backoff exhausted.
+    #[error("piece server cannot accept connections on {addr}: {source}")]
+    Accept {
+        /// The listen address.
+        addr: String,
+        /// The last error.
+        source: std::io::Error,
+    },
+}
+
+/// Binds the piece server's listener.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Serves peers on `listener` until `shutdown` is cancelled. Returns an
+/// error only when accepting keeps failing; every per-connection problem
+/// ends that connection alone.
+pub async fn serve(
+    listener: TcpListener,
+    key: ClusterKey,
+    identity: Identity,
+    source: Arc<dyn ChunkSource>,
+    cfg: ServeConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+    tracing::debug!(addr = %local, slots_per_peer = cfg.slots_per_peer, slots_total = cfg.slots_total, "piece server listening");
+    if cfg.corrupt_for_tests {
+        tracing::warn!("piece server corrupts every chunk it sends (test mode)");
+    }
+    let ctx = Arc::new(Ctx {
+        key,
+        identity,
+        source,
+        total: Arc::new(Semaphore::new(cfg.slots_total.max(1))),
+        per_peer: Mutex::new(HashMap::new()),
+        cfg,
+    });
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut tasks = JoinSet::new();
+    let mut backoff = Duration::from_millis(1);
+    let result = loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break Ok(()),
+            Some(joined) = tasks.join_next() => {
+                if let Err(e) = joined
+                    && e.is_panic()
+                {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    backoff = Duration::from_millis(1);
+                    let Ok(permit) = connections.clone().try_acquire_owned() else {
+                        tracing::debug!(%addr, "too many peer connections; closing a new one");
+                        continue;
+                    };
+                    let ctx = ctx.clone();
+                    let span = tracing::debug_span!("p2p", %addr);
+                    tasks.spawn(
+                        async move {
+                            connection(stream, ctx).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
+                }
+                Err(source) => {
+                    if backoff > MAX_ACCEPT_BACKOFF {
+                        break Err(ServeError::Accept { addr: local.clone(), source });
+                    }
+                    tracing::warn!(error = %source, retry_in = ?backoff, "piece server accept failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break Ok(()),
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff *= 2;
+                }
+            },
+        }
+    };
+    tasks.shutdown().await;
+    tracing::debug!(addr = %local, "piece server stopped");
+    result
+}
+
+/// State shared by every connection.
+struct Ctx {
+    key: ClusterKey,
+    identity: Identity,
+    source: Arc<dyn ChunkSource>,
+    cfg: ServeConfig,
+    /// Upload slots in total.
+    total: Arc<Semaphore>,
+    /// Upload slots per peer, with the number of open connections of that
+    /// peer so the entry goes away with its last connection (the map stays
+    /// bounded by [`MAX_CONNECTIONS`]). std Mutex: held for a lookup only.
+    per_peer: Mutex<HashMap<PeerId, PeerSlots>>,
+}
+
+struct PeerSlots {
+    connections: usize,
+    slots: Arc<Semaphore>,
+}
+
+impl Ctx {
+    /// Registers a connection of `peer` and returns its slot semaphore plus
+    /// a guard that unregisters it.
+    fn register(self: &Arc<Self>, peer: PeerId) -> PeerGuard {
+        let mut map = self.per_peer.lock().expect("per-peer slot map lock poisoned");
+        let entry = map.entry(peer).or_insert_with(|| PeerSlots {
+            connections: 0,
+            slots: Arc::new(Semaphore::new(self.cfg.slots_per_peer.max(1))),
+        });
+        entry.connections += 1;
+        PeerGuard { ctx: self.clone(), peer, slots: entry.slots.clone() }
+    }
+
+    /// Starts the work for one request; the result is awaited in order by
+    /// the writer.
+    fn start(&self, request: P2pRequest, slots: &Arc<Semaphore>) -> Pending {
+        match request {
+            P2pRequest::GetChunkList { content, .. } => {
+                let source = self.source.clone();
+                let job = tokio::task::spawn_blocking(move || match source.chunk_list(&content) {
+                    Some(chunks) if chunks.len() <= MAX_CHUNKS_PER_LIST => P2pResponse::ChunkList { content, chunks },
+                    _ => P2pResponse::NotAvailable,
+                });
+                Pending::Work { job, slots: None }
+            }
+            P2pRequest::GetChunk { content, offset, len, hash } => {
+                let Ok(mine) = slots.clone().try_acquire_owned() else {
+                    return Pending::Ready(P2pResponse::Busy);
+                };
+                let Ok(all) = self.total.clone().try_acquire_owned() else {
+                    return Pending::Ready(P2pResponse::Busy);
+                };
+                let source = self.source.clone();
+                let part = part_path(&self.cfg.tmp_dir, &content);
+                let corrupt = self.cfg.corrupt_for_tests;
+                let job = tokio::task::spawn_blocking(move || {
+                    read_chunk(source.as_ref(), &part, offset, len, &hash, corrupt)
+                });
+                Pending::Work { job, slots: Some((mine, all)) }
+            }
+        }
+    }
+}
+
+/// Drops a connection's registration in the per-peer slot map.
+struct PeerGuard {
+    ctx: Arc<Ctx>,
+    peer: PeerId,
+    slots: Arc<Semaphore>,
+}
+
+impl Drop for PeerGuard {
+    fn drop(&mut self) {
+        let mut map = self.ctx.per_peer.lock().expect("per-peer slot map lock poisoned");
+        if let Some(entry) = map.get_mut(&self.peer) {
+            entry.connections -= 1;
+            if entry.connections == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// One answer in the making.
+enum Pending {
+    /// Known at once (`Busy`).
+    Ready(P2pResponse),
+    /// Disk work on the blocking pool, with the upload slots it holds.
+    Work { job: JoinHandle<P2pResponse>, slots: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> },
+}
+
+impl Pending {
+    /// Waits for the answer and releases the slots before it is sent.
+    async fn finish(self) -> P2pResponse {
+        match self {
+            Pending::Ready(response) => response,
+            Pending::Work { job, slots } => {
+                let response = job.await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "chunk read task failed");
+                    P2pResponse::NotAvailable
+                });
+                drop(slots);
+                response
+            }
+        }
+    }
+}
+
+/// Reads one chunk from the first candidate that verifies: the source's
+/// candidates, then the partial temp file of `content`.
+fn read_chunk(
+    source: &dyn ChunkSource,
+    part: &std::path::Path,
+    offset: u64,
+    len: u32,
+    hash: &ContentHash,
+    corrupt: bool,
+) -> P2pResponse {
+    let found = read_verified(&source.locate(hash, len), len, hash)
+        .or_else(|| read_at_verified(part, offset, len, hash).ok().flatten());
+    match found {
+        Some(mut bytes) => {
+            if corrupt && let Some(first) = bytes.first_mut() {
+                *first ^= 0xFF;
+            }
+            P2pResponse::Chunk { hash: *hash, bytes }
+        }
+        None => P2pResponse::NotAvailable,
+    }
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("handshake failed: {0}")]
+    Handshake(ChannelError),
+    #[error("bad request stream: {0}")]
+    Channel(ChannelError),
+    #[error("invalid request: {0}")]
+    Invalid(ProtocolError),
+    #[error("cannot send an answer: {0}")]
+    Send(ChannelError),
+    #[error("idle for {0:?}")]
+    Idle(Duration),
+}
+
+/// What a connection did, for its closing debug line.
+#[derive(Debug, Default)]
+struct Served {
+    chunks: u64,
+    bytes: u64,
+    busy: u64,
+    not_available: u64,
+}
+
+async fn connection(stream: TcpStream, ctx: Arc<Ctx>) {
+    match connection_inner(stream, ctx).await {
+        Ok((peer, served)) => tracing::debug!(
+            peer = %peer.fmt_short(),
+            chunks = served.chunks,
+            bytes = served.bytes,
+            busy = served.busy,
+            not_available = served.not_available,
+            "peer connection closed"
+        ),
+        Err(ConnError::Idle(after)) => tracing::debug!(?after, "idle peer connection closed"),
+        Err(ConnError::Send(e)) => tracing::debug!(error = %e, "peer went away"),
+        Err(e) => tracing::warn!(error = %e, "dropping peer connection"),
+    }
+}
+
+async fn connection_inner(stream: TcpStream, ctx: Arc<Ctx>) -> Result<(PeerId, Served), ConnError> {
+    // Latency matters more than packet count for pipelined small answers.
+    let _ = stream.set_nodelay(true);
+    let channel = channel::accept(stream, &ctx.key, &ctx.identity).await.map_err(ConnError::Handshake)?;
+    let peer = channel.remote_peer_id();
+    tracing::debug!(peer = %peer.fmt_short(), "peer connected");
+    let guard = ctx.register(peer);
+    let (mut reader, mut writer) = channel.split();
+    let (tx, mut rx) = mpsc::channel::<Pending>(PIPELINE_DEPTH);
+    // Ends the reader when the writer fails (the client went away).
+    let writer_failed = CancellationToken::new();
+
+    let read_side = {
+        let ctx = ctx.clone();
+        let writer_failed = writer_failed.clone();
+        async move {
+            loop {
+                let received = tokio::select! {
+                    () = writer_failed.cancelled() => return Ok(()),
+                    r = tokio::time::timeout(IDLE_TIMEOUT, reader.recv::<P2pRequest>()) => r,
+                };
+                let request = match received {
+                    Err(_) => return Err(ConnError::Idle(IDLE_TIMEOUT)),
+                    Ok(Err(e)) => return Err(ConnError::Channel(e)),
+                    Ok(Ok(None)) => return Ok(()),
+                    Ok(Ok(Some(request))) => request,
+                };
+                request.validate().map_err(ConnError::Invalid)?;
+                let pending = ctx.start(request, &guard.slots);
+                if tx.send(pending).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    };
+
+    let write_side = async move {
+        let result = write_answers(&mut writer, &mut rx).await;
+        if result.is_err() {
+            writer_failed.cancel();
+        } else {
+            let _ = writer.shutdown().await;
+        }
+        result
+    };
+
+    let (read, write) = tokio::join!(read_side, write_side);
+    // The reader's verdict (garbage, idle) is the interesting one; the
+    // writer drained what was already accepted before the close.
+    read?;
+    Ok((peer, write?))
+}
+
+/// Sends the answers in request order until the reader side is done.
+async fn write_answers(
+    writer: &mut ChannelWriter<WriteHalf<TcpStream>>,
+    rx: &mut mpsc::Receiver<Pending>,
+) -> Result<Served, ConnError> {
+    let mut served = Served::default();
+    while let Some(pending) = rx.recv().await {
+        let response = pending.finish().await;
+        match &response {
+            P2pResponse::Chunk { bytes, .. } => {
+                served.chunks += 1;
+                served.bytes += bytes.len() as u64;
+            }
+            P2pResponse::Busy => served.busy += 1,
+            P2pResponse::NotAvailable => served.not_available += 1,
+            P2pResponse::ChunkList { .. } => {}
+        }
+        match writer.send(&response).await {
+            Ok(()) => {}
+            // A chunk list too large for one frame: nothing was written.
+            Err(ChannelError::Codec(CodecError::Oversized { .. })) => {
+                writer.send(&P2pResponse::NotAvailable).await.map_err(ConnError::Send)?;
+            }
+            Err(e) => return Err(ConnError::Send(e)),
+        }
+    }
+    Ok(served)
+}

@@ -1,0 +1,82 @@
+//! [`IndexSource`]: the [`ChunkSource`] of a running peer, backed by the
+//! local index, plus the files this peer moved into its version history
+//! while running (so content replaced a moment ago, such as the losing side
+//! of a conflict, can still be copied locally or served by hash).
+//!
+//! Every location is a hint; readers verify hashes
+//! ([`crate::chunk_source::read_verified`]).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use dartsync_shared::{ChunkInfo, ContentHash};
+
+use crate::chunk_source::ChunkSource;
+use crate::index::Index;
+
+/// History chunk locations remembered at most (older ones are forgotten).
+const MAX_HISTORY_CHUNKS: usize = 200_000;
+
+/// Chunks of files moved into the version history.
+#[derive(Debug, Default)]
+struct HistoryChunks {
+    lists: HashMap<ContentHash, Vec<ChunkInfo>>,
+    chunks: HashMap<ContentHash, Vec<(PathBuf, u64, u32)>>,
+    count: usize,
+}
+
+/// Local content lookup for the piece server and the downloader.
+#[derive(Debug)]
+pub struct IndexSource {
+    index: Index,
+    root: PathBuf,
+    history: Mutex<HistoryChunks>,
+}
+
+impl IndexSource {
+    /// A source over `index` for the folder `root`.
+    pub fn new(index: Index, root: PathBuf) -> Self {
+        IndexSource { index, root, history: Mutex::new(HistoryChunks::default()) }
+    }
+
+    /// Remembers that a file with `content` and `chunks` now lives at
+    /// `saved` (inside the version history).
+    pub fn remember_history(&self, saved: PathBuf, content: ContentHash, chunks: &[ChunkInfo]) {
+        let mut h = self.history.lock().expect("history lock is never poisoned: no panics while held");
+        if h.count + chunks.len() > MAX_HISTORY_CHUNKS {
+            *h = HistoryChunks::default();
+        }
+        h.lists.insert(content, chunks.to_vec());
+        for c in chunks {
+            h.chunks.entry(c.hash).or_default().push((saved.clone(), c.offset, c.len));
+        }
+        h.count += chunks.len();
+    }
+}
+
+impl ChunkSource for IndexSource {
+    fn chunk_list(&self, content: &ContentHash) -> Option<Vec<ChunkInfo>> {
+        if let Ok(Some(list)) = self.index.chunk_list(content) {
+            return Some(list);
+        }
+        let h = self.history.lock().expect("history lock is never poisoned");
+        h.lists.get(content).cloned()
+    }
+
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
+        let mut out: Vec<(PathBuf, u64)> = self
+            .index
+            .locate_chunk(hash)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|l| l.len == len)
+            .map(|l| (l.path.to_local(&self.root), l.offset))
+            .collect();
+        let h = self.history.lock().expect("history lock is never poisoned");
+        if let Some(found) = h.chunks.get(hash) {
+            out.extend(found.iter().filter(|(_, _, l)| *l == len).map(|(p, o, _)| (p.clone(), *o)));
+        }
+        out
+    }
+}

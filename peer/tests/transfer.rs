@@ -1,0 +1,1004 @@
+//! Transfer layer over real TCP on 127.0.0.1: piece servers as tasks (each
+//! with its own identity, one cluster key) and the multi-source downloader.
+//! Local content comes from `MemoryChunkSource`s over temp folders, so these
+//! tests do not depend on the peer's index.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use dartsync_peer::chunk_source::{ChunkSource, MemoryChunkSource};
+use dartsync_peer::download::{DownloadError, DownloadJob, DownloadLimits, DownloadOutcome, Downloader, HolderError};
+use dartsync_peer::serve::{ServeConfig, ServeError, serve};
+use dartsync_shared::channel::{self, SecureChannel};
+use dartsync_shared::chunk::{ChunkParams, ChunkedFile, chunk_bytes};
+use dartsync_shared::key::{ClusterKey, Identity};
+use dartsync_shared::limits::MAX_CHUNK_LEN;
+use dartsync_shared::proto::p2p::{P2pRequest, P2pResponse};
+use dartsync_shared::proto::ptp::Holder;
+use dartsync_shared::{ChunkInfo, ContentHash, FileKind, FileRecord, PeerId, RelPath, ShortId, VersionVector};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Small pieces so a few MiB make many chunks. (Debug builds move about
+/// 1 MB/s through the Noise channel, so the files stay small.)
+const PIECE: u32 = 16 * 1024;
+const MIB: usize = 1024 * 1024;
+const KIB: usize = 1024;
+/// Deadline for every poll and every "promptly".
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn params() -> ChunkParams {
+    ChunkParams::for_piece_len(PIECE)
+}
+
+/// Deterministic pseudo-random bytes.
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut out);
+    out
+}
+
+fn record(path: &str, chunked: &ChunkedFile) -> FileRecord {
+    FileRecord {
+        path: RelPath::new(path).unwrap(),
+        kind: FileKind::File,
+        size: chunked.size,
+        mtime_ns: 1,
+        mode: 0o644,
+        content: chunked.content,
+        chunks: chunked.chunks_hash,
+        version: VersionVector::from_entries([(ShortId(1), 1)]),
+        deleted: false,
+    }
+}
+
+/// A folder with files, indexed by a `MemoryChunkSource`.
+struct Site {
+    dir: TempDir,
+    source: Arc<MemoryChunkSource>,
+}
+
+impl Site {
+    fn new(files: &[(&str, &[u8])]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Arc::new(MemoryChunkSource::new());
+        let site = Site { dir, source };
+        for (name, bytes) in files {
+            site.put(name, bytes);
+        }
+        site
+    }
+
+    fn put(&self, name: &str, bytes: &[u8]) -> ChunkedFile {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        self.source.add_file(&path, params()).unwrap()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A piece server running as a task.
+struct Server {
+    addr: SocketAddr,
+    peer_id: PeerId,
+    stop: CancellationToken,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
+    _tmp: TempDir,
+}
+
+impl Server {
+    async fn start(key: &ClusterKey, source: Arc<dyn ChunkSource>, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg =
+            ServeConfig { slots_per_peer: 4, slots_total: 16, corrupt_for_tests: false, tmp_dir: tmp.path().into() };
+        tweak(&mut cfg);
+        Self::start_with(key, source, cfg, tmp).await
+    }
+
+    async fn start_with(key: &ClusterKey, source: Arc<dyn ChunkSource>, cfg: ServeConfig, tmp: TempDir) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let identity = Identity::generate();
+        let peer_id = identity.peer_id();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, key.clone(), identity, source, cfg, stop.clone()));
+        Server { addr, peer_id, stop, task: Some(task), _tmp: tmp }
+    }
+
+    fn holder(&self) -> Holder {
+        Holder { peer_id: self.peer_id, addr: self.addr }
+    }
+
+    async fn client(&self, key: &ClusterKey, identity: &Identity) -> SecureChannel<TcpStream> {
+        let stream = TcpStream::connect(self.addr).await.unwrap();
+        channel::connect(stream, key, identity).await.unwrap()
+    }
+
+    /// Stops the server and checks it stopped cleanly and promptly.
+    async fn stop(mut self) {
+        self.stop.cancel();
+        let task = self.task.take().unwrap();
+        let result = tokio::time::timeout(DEADLINE, task).await.expect("server did not stop").unwrap();
+        assert!(result.is_ok(), "{result:?}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn downloader(key: &ClusterKey, source: Arc<dyn ChunkSource>, tmp: &Path) -> Downloader {
+    Downloader::new(key.clone(), Identity::generate(), source, tmp.to_owned(), DownloadLimits::default())
+}
+
+fn empty_source() -> Arc<dyn ChunkSource> {
+    Arc::new(MemoryChunkSource::new())
+}
+
+async fn download(d: &Downloader, record: &FileRecord, holders: Vec<Holder>) -> Result<DownloadOutcome, DownloadError> {
+    let job = DownloadJob { record: record.clone(), holders };
+    tokio::time::timeout(Duration::from_secs(120), d.download(job, CancellationToken::new()))
+        .await
+        .expect("download hung")
+}
+
+fn check_outcome(outcome: &DownloadOutcome, expected: &[u8]) {
+    assert_eq!(std::fs::read(&outcome.temp_path).unwrap(), expected, "downloaded bytes differ");
+    assert_eq!(outcome.bytes_local + outcome.bytes_resumed + outcome.bytes_fetched, expected.len() as u64);
+    assert_eq!(outcome.fetched_by_holder.iter().map(|(_, b)| b).sum::<u64>(), outcome.bytes_fetched);
+}
+
+/// Names in `dir` (sorted), for checking temp-file leftovers.
+fn names(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => Vec::new(),
+    };
+    out.sort();
+    out
+}
+
+async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An address nothing listens on.
+async fn dead_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A gate test sources can block on, so a test decides when a read
+/// finishes. Opens on drop so no blocking thread outlives the test.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    cv: Condvar,
+    calls: AtomicUsize,
+}
+
+impl Gate {
+    fn wait(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.cv.wait(open).unwrap();
+        }
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+struct GateGuard(Arc<Gate>);
+
+impl Drop for GateGuard {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+/// Blocks every chunk lookup on a gate.
+struct GatedSource {
+    inner: Arc<MemoryChunkSource>,
+    gate: Arc<Gate>,
+}
+
+impl ChunkSource for GatedSource {
+    fn chunk_list(&self, content: &ContentHash) -> Option<Vec<ChunkInfo>> {
+        self.inner.chunk_list(content)
+    }
+
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
+        self.gate.wait();
+        self.inner.locate(hash, len)
+    }
+}
+
+/// Serves only the first `left` chunk lookups, then nothing.
+struct LimitedSource {
+    inner: Arc<MemoryChunkSource>,
+    left: AtomicUsize,
+}
+
+impl ChunkSource for LimitedSource {
+    fn chunk_list(&self, content: &ContentHash) -> Option<Vec<ChunkInfo>> {
+        self.inner.chunk_list(content)
+    }
+
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
+        match self.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+            Ok(_) => self.inner.locate(hash, len),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// Holds the first chunk lookup of each of several servers until every one
+/// of them has had its first lookup: each holder is then certain to get
+/// requests before any chunk is served, whatever the speed of the build.
+struct RendezvousSource {
+    inner: Arc<MemoryChunkSource>,
+    all: Arc<std::sync::Barrier>,
+    waited: std::sync::atomic::AtomicBool,
+}
+
+impl RendezvousSource {
+    fn group(sources: &[Arc<MemoryChunkSource>]) -> Vec<Arc<dyn ChunkSource>> {
+        let all = Arc::new(std::sync::Barrier::new(sources.len()));
+        sources
+            .iter()
+            .map(|inner| {
+                Arc::new(RendezvousSource { inner: inner.clone(), all: all.clone(), waited: Default::default() })
+                    as Arc<dyn ChunkSource>
+            })
+            .collect()
+    }
+}
+
+impl ChunkSource for RendezvousSource {
+    fn chunk_list(&self, content: &ContentHash) -> Option<Vec<ChunkInfo>> {
+        self.inner.chunk_list(content)
+    }
+
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
+        if !self.waited.swap(true, Ordering::SeqCst) {
+            self.all.wait();
+        }
+        self.inner.locate(hash, len)
+    }
+}
+
+/// Serves the first `free` chunk lookups, then blocks the rest on a gate
+/// (and finds nothing once it opens).
+struct GatedAfter {
+    inner: Arc<MemoryChunkSource>,
+    free: AtomicUsize,
+    gate: Arc<Gate>,
+}
+
+impl ChunkSource for GatedAfter {
+    fn chunk_list(&self, content: &ContentHash) -> Option<Vec<ChunkInfo>> {
+        self.inner.chunk_list(content)
+    }
+
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
+        match self.free.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+            Ok(_) => self.inner.locate(hash, len),
+            Err(_) => {
+                self.gate.wait();
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Answers chunk lists with one chunk hash altered.
+struct ListLiar(Arc<MemoryChunkSource>);
+
+impl ChunkSource for ListLiar {
+    fn chunk_list(&self, content: &ContentHash) -> Option<Vec<ChunkInfo>> {
+        let mut list = self.0.chunk_list(content)?;
+        list[0].hash = ContentHash::of(b"lie");
+        Some(list)
+    }
+
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
+        self.0.locate(hash, len)
+    }
+}
+
+/// Claims `list` for every content.
+struct AnyContent {
+    inner: Arc<MemoryChunkSource>,
+    list: Vec<ChunkInfo>,
+}
+
+impl ChunkSource for AnyContent {
+    fn chunk_list(&self, _content: &ContentHash) -> Option<Vec<ChunkInfo>> {
+        Some(self.list.clone())
+    }
+
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
+        self.inner.locate(hash, len)
+    }
+}
+
+// ---------------------------------------------------------------- downloader
+
+#[tokio::test]
+async fn a_file_held_by_three_servers_comes_from_all_three() {
+    let key = ClusterKey::generate();
+    let bytes = data(2 * MIB, 1);
+    let sites: Vec<Site> = (0..3).map(|_| Site::new(&[("big", &bytes)])).collect();
+    let chunked = chunk_bytes(&bytes, params());
+    assert!(chunked.chunks.len() >= 64, "{} chunks", chunked.chunks.len());
+    let mut servers = Vec::new();
+    let sources: Vec<_> = sites.iter().map(|s| s.source.clone()).collect();
+    for source in RendezvousSource::group(&sources) {
+        servers.push(Server::start(&key, source, |_| {}).await);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let d = downloader(&key, empty_source(), tmp.path());
+    let outcome = download(&d, &record("big", &chunked), servers.iter().map(Server::holder).collect()).await.unwrap();
+    check_outcome(&outcome, &bytes);
+    assert_eq!(outcome.bytes_fetched, bytes.len() as u64);
+    assert_eq!(outcome.chunks, chunked.chunks);
+    assert_eq!(outcome.fetched_by_holder.len(), 3);
+    for (server, (peer, fetched)) in servers.iter().zip(&outcome.fetched_by_holder) {
+        assert_eq!(*peer, server.peer_id);
+        assert!(*fetched > 0, "holder {peer:?} sent nothing: {:?}", outcome.fetched_by_holder);
+    }
+    assert!(outcome.holders.iter().all(|h| h.dropped.is_none()), "{:?}", outcome.holders);
+    // Nothing left behind but the handed-out file.
+    let left = names(tmp.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].ends_with(".done"), "{left:?}");
+    for server in servers {
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_small_edit_fetches_only_the_changed_chunks() {
+    let key = ClusterKey::generate();
+    let old = data(MIB, 2);
+    let mut new = old.clone();
+    new.insert(old.len() / 2, 0x5A);
+    let remote = Site::new(&[("f", &new)]);
+    let server = Server::start(&key, remote.source.clone(), |_| {}).await;
+    let local = Site::new(&[("f", &old)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = downloader(&key, local.source.clone(), tmp.path());
+    let new_chunked = chunk_bytes(&new, params());
+    let outcome = download(&d, &record("f", &new_chunked), vec![server.holder()]).await.unwrap();
+    check_outcome(&outcome, &new);
+    let old_hashes: HashSet<_> = chunk_bytes(&old, params()).chunks.iter().map(|c| c.hash).collect();
+    let changed: u64 =
+        new_chunked.chunks.iter().filter(|c| !old_hashes.contains(&c.hash)).map(|c| u64::from(c.len)).sum();
+    assert!(changed > 0);
+    assert_eq!(outcome.bytes_fetched, changed);
+    assert!(outcome.bytes_fetched <= 4 * u64::from(params().max), "{}", outcome.bytes_fetched);
+    assert_eq!(outcome.bytes_local, new.len() as u64 - changed);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_rename_needs_no_network_even_with_dead_holders() {
+    let key = ClusterKey::generate();
+    let bytes = data(MIB, 3);
+    let local = Site::new(&[("old-name", &bytes)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = downloader(&key, local.source.clone(), tmp.path());
+    let chunked = chunk_bytes(&bytes, params());
+    let dead = Holder { peer_id: Identity::generate().peer_id(), addr: dead_addr().await };
+    let outcome = download(&d, &record("new-name", &chunked), vec![dead]).await.unwrap();
+    check_outcome(&outcome, &bytes);
+    assert_eq!(outcome.bytes_fetched, 0);
+    assert_eq!(outcome.bytes_local, bytes.len() as u64);
+    assert!(outcome.holders[0].dropped.is_none(), "the dead holder was contacted: {:?}", outcome.holders);
+}
+
+#[tokio::test]
+async fn repeated_chunks_are_fetched_once() {
+    let key = ClusterKey::generate();
+    // The same 256 KiB block three times: content-defined chunking repeats
+    // the inner chunks.
+    let block = data(256 * KIB, 4);
+    let bytes: Vec<u8> = [&block[..], &block[..], &block[..]].concat();
+    let remote = Site::new(&[("rep", &bytes)]);
+    let server = Server::start(&key, remote.source.clone(), |_| {}).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = downloader(&key, empty_source(), tmp.path());
+    let chunked = chunk_bytes(&bytes, params());
+    let distinct: u64 = {
+        let mut seen = HashSet::new();
+        chunked.chunks.iter().filter(|c| seen.insert((c.hash, c.len))).map(|c| u64::from(c.len)).sum()
+    };
+    assert!(distinct < bytes.len() as u64 * 2 / 3, "test data does not repeat chunks");
+    let outcome = download(&d, &record("rep", &chunked), vec![server.holder()]).await.unwrap();
+    check_outcome(&outcome, &bytes);
+    assert_eq!(outcome.bytes_fetched, distinct);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_lying_holder_is_dropped_and_the_file_still_arrives() {
+    let key = ClusterKey::generate();
+    let bytes = data(MIB, 5);
+    let sites: Vec<Site> = (0..3).map(|_| Site::new(&[("f", &bytes)])).collect();
+    // The rendezvous makes sure the liar gets chunk requests too.
+    let sources: Vec<_> = sites.iter().map(|s| s.source.clone()).collect();
+    let mut sources = RendezvousSource::group(&sources).into_iter();
+    let liar = Server::start(&key, sources.next().unwrap(), |c| c.corrupt_for_tests = true).await;
+    let honest1 = Server::start(&key, sources.next().unwrap(), |_| {}).await;
+    let honest2 = Server::start(&key, sources.next().unwrap(), |_| {}).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = downloader(&key, empty_source(), tmp.path());
+    let chunked = chunk_bytes(&bytes, params());
+    let holders = vec![liar.holder(), honest1.holder(), honest2.holder()];
+    let outcome = download(&d, &record("f", &chunked), holders).await.unwrap();
+    check_outcome(&outcome, &bytes);
+    let liar_stats = &outcome.holders[0];
+    assert_eq!(liar_stats.peer_id, liar.peer_id);
+    assert_eq!(liar_stats.bytes, 0);
+    assert!(
+        matches!(liar_stats.dropped, Some(HolderError::HashMismatch { .. })),
+        "liar not dropped: {:?}",
+        liar_stats.dropped
+    );
+    assert!(liar_stats.dropped.as_ref().unwrap().is_lie());
+    assert!(outcome.holders[1..].iter().all(|h| h.dropped.is_none()));
+    for s in [liar, honest1, honest2] {
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_liar_as_only_holder_fails_the_download_without_writing_its_bytes() {
+    let key = ClusterKey::generate();
+    let bytes = data(256 * KIB, 6);
+    let site = Site::new(&[("f", &bytes)]);
+    let liar = Server::start(&key, site.source.clone(), |c| c.corrupt_for_tests = true).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = downloader(&key, empty_source(), tmp.path());
+    let chunked = chunk_bytes(&bytes, params());
+    let err = download(&d, &record("f", &chunked), vec![liar.holder()]).await.unwrap_err();
+    match &err {
+        DownloadError::NoHoldersLeft { missing_chunks, failures, .. } => {
+            assert_eq!(*missing_chunks, chunked.chunks.len());
+            assert!(matches!(failures[..], [(p, HolderError::HashMismatch { .. })] if p == liar.peer_id));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(err.to_string().contains("failed its hash check"), "{err}");
+    liar.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_chunk_list_drops_that_holder_and_the_next_one_is_used() {
+    let key = ClusterKey::generate();
+    let bytes = data(256 * KIB, 7);
+    let (a, b) = (Site::new(&[("f", &bytes)]), Site::new(&[("f", &bytes)]));
+    let liar = Server::start(&key, Arc::new(ListLiar(a.source.clone())), |_| {}).await;
+    let honest = Server::start(&key, b.source.clone(), |_| {}).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = downloader(&key, empty_source(), tmp.path());
+    let chunked = chunk_bytes(&bytes, params());
+    let outcome = download(&d, &record("f", &chunked), vec![liar.holder(), honest.holder()]).await.unwrap();
+    check_outcome(&outcome, &bytes);
+    assert!(matches!(outcome.holders[0].dropped, Some(HolderError::BadChunkList(_))), "{:?}", outcome.holders[0]);
+    assert_eq!(outcome.fetched_by_holder[1].1, bytes.len() as u64);
+}
+
+#[tokio::test]
+async fn holders_that_cannot_help_give_a_clear_error() {
+    let key = ClusterKey::generate();
+    let bytes = data(256 * KIB, 8);
+    let site = Site::new(&[("f", &bytes)]);
+    let server = Server::start(&key, site.source.clone(), |_| {}).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = downloader(&key, empty_source(), tmp.path());
+    let chunked = chunk_bytes(&bytes, params());
+    let rec = record("f", &chunked);
+
+    // No holders at all.
+    let err = download(&d, &rec, vec![]).await.unwrap_err();
+    assert!(matches!(&err, DownloadError::NoChunkList { failures, .. } if failures.is_empty()), "{err:?}");
+    // The right address, the wrong peer id.
+    let impostor = Holder { peer_id: Identity::generate().peer_id(), addr: server.addr };
+    // Nobody listening.
+    let dead = Holder { peer_id: Identity::generate().peer_id(), addr: dead_addr().await };
+    // A holder without that content.
+    let other = Site::new(&[("g", b"other bytes")]);
+    let without = Server::start(&key, other.source.clone(), |_| {}).await;
+    let err = download(&d, &rec, vec![impostor, dead, without.holder()]).await.unwrap_err();
+    let DownloadError::NoChunkList { failures, .. } = &err else { panic!("unexpected {err:?}") };
+    assert!(matches!(failures[0].1, HolderError::WrongPeer { actual } if actual == server.peer_id), "{err}");
+    assert!(matches!(failures[1].1, HolderError::Connect(_)), "{err}");
+    assert!(matches!(failures[2].1, HolderError::NotAvailable), "{err}");
+    assert!(err.to_string().contains("no chunk list"), "{err}");
+    assert_eq!(err.retry(), dartsync_shared::error::Retry::Temporary);
+
+    // A directory record is refused.
+    let mut dir = rec.clone();
+    dir.kind = FileKind::Dir;
+    dir.size = 0;
+    assert!(matches!(download(&d, &dir, vec![]).await, Err(DownloadError::NotAFile { .. })));
+    server.stop().await;
+    without.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_file_needs_no_holder() {
+    let key = ClusterKey::generate();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = downloader(&key, empty_source(), &tmp.path().join("not-yet"));
+    let chunked = chunk_bytes(b"", params());
+    let outcome = download(&d, &record("empty", &chunked), vec![]).await.unwrap();
+    assert_eq!(std::fs::metadata(&outcome.temp_path).unwrap().len(), 0);
+    assert_eq!((outcome.bytes_local, outcome.bytes_fetched), (0, 0));
+    // An "empty" record that claims content is inconsistent.
+    let mut bad = record("empty", &chunked);
+    bad.content = ContentHash::of(b"x");
+    assert!(matches!(download(&d, &bad, vec![]).await, Err(DownloadError::ContentMismatch { .. })));
+}
+
+#[tokio::test]
+async fn a_whole_file_mismatch_deletes_the_partial_file() {
+    let key = ClusterKey::generate();
+    let bytes = data(256 * KIB, 9);
+    let local = Site::new(&[("f", &bytes)]);
+    let chunked = chunk_bytes(&bytes, params());
+    let source = Arc::new(AnyContent { inner: local.source.clone(), list: chunked.chunks.clone() });
+    let tmp = tempfile::tempdir().unwrap();
+    let d = downloader(&key, source, tmp.path());
+    let mut rec = record("f", &chunked);
+    rec.content = ContentHash::of(b"something else");
+    let err = download(&d, &rec, vec![]).await.unwrap_err();
+    assert!(matches!(&err, DownloadError::ContentMismatch { actual, .. } if *actual == chunked.content), "{err:?}");
+    assert_eq!(err.retry(), dartsync_shared::error::Retry::Permanent);
+    assert!(names(tmp.path()).is_empty(), "{:?}", names(tmp.path()));
+}
+
+#[tokio::test]
+async fn a_failed_download_resumes_and_fetches_only_the_rest() {
+    let key = ClusterKey::generate();
+    let bytes = data(MIB, 10);
+    let chunked = chunk_bytes(&bytes, params());
+    let rec = record("f", &chunked);
+    const SERVED: usize = 10;
+    let site = Site::new(&[("f", &bytes)]);
+    let flaky = Server::start(
+        &key,
+        Arc::new(LimitedSource { inner: site.source.clone(), left: AtomicUsize::new(SERVED) }),
+        |_| {},
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = downloader(&key, empty_source(), tmp.path());
+    let err = download(&d, &rec, vec![flaky.holder()]).await.unwrap_err();
+    let DownloadError::NoHoldersLeft { missing_chunks, failures, .. } = &err else { panic!("unexpected {err:?}") };
+    assert_eq!(*missing_chunks, chunked.chunks.len() - SERVED);
+    assert!(matches!(failures[..], [(_, HolderError::NotAvailable)]), "{err}");
+    let hex = chunked.content.to_hex();
+    assert_eq!(names(tmp.path()), vec![format!("{hex}.part"), format!("{hex}.part.state")]);
+    flaky.stop().await;
+
+    // A new downloader (as after a restart) with an honest holder.
+    let honest = Server::start(&key, site.source.clone(), |_| {}).await;
+    let d = downloader(&key, empty_source(), tmp.path());
+    let outcome = download(&d, &rec, vec![honest.holder()]).await.unwrap();
+    check_outcome(&outcome, &bytes);
+    let first: u64 = chunked.chunks[..SERVED].iter().map(|c| u64::from(c.len)).sum();
+    assert_eq!(outcome.bytes_resumed, first);
+    assert_eq!(outcome.bytes_fetched, bytes.len() as u64 - first);
+    assert!(outcome.bytes_fetched < bytes.len() as u64);
+    let left = names(tmp.path());
+    assert!(left.len() == 1 && left[0].ends_with(".done"), "{left:?}");
+    honest.stop().await;
+}
+
+#[tokio::test]
+async fn a_damaged_partial_file_is_reverified_on_resume() {
+    let key = ClusterKey::generate();
+    let bytes = data(512 * KIB, 11);
+    let chunked = chunk_bytes(&bytes, params());
+    let rec = record("f", &chunked);
+    let site = Site::new(&[("f", &bytes)]);
+    let flaky =
+        Server::start(&key, Arc::new(LimitedSource { inner: site.source.clone(), left: AtomicUsize::new(6) }), |_| {})
+            .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = downloader(&key, empty_source(), tmp.path());
+    download(&d, &rec, vec![flaky.holder()]).await.unwrap_err();
+    // Flip a byte of the first chunk behind the state file's back.
+    let part = tmp.path().join(format!("{}.part", chunked.content.to_hex()));
+    let mut raw = std::fs::read(&part).unwrap();
+    raw[10] ^= 1;
+    std::fs::write(&part, raw).unwrap();
+    let honest = Server::start(&key, site.source.clone(), |_| {}).await;
+    let outcome = download(&d, &rec, vec![honest.holder()]).await.unwrap();
+    check_outcome(&outcome, &bytes);
+    let five: u64 = chunked.chunks[1..6].iter().map(|c| u64::from(c.len)).sum();
+    assert_eq!(outcome.bytes_resumed, five);
+}
+
+#[tokio::test]
+async fn a_killed_download_resumes_from_its_last_persisted_progress() {
+    let key = ClusterKey::generate();
+    let bytes = data(MIB, 15);
+    let chunked = chunk_bytes(&bytes, params());
+    let rec = record("f", &chunked);
+    let site = Site::new(&[("f", &bytes)]);
+    const SERVED: usize = 12;
+    let gate = Arc::new(Gate::default());
+    let _open_on_exit = GateGuard(gate.clone());
+    let source = GatedAfter { inner: site.source.clone(), free: AtomicUsize::new(SERVED), gate: gate.clone() };
+    let server = Server::start(&key, Arc::new(source), |_| {}).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = DownloadLimits { persist_every_bytes: 64 * 1024, ..DownloadLimits::default() };
+    let d = Arc::new(Downloader::new(
+        key.clone(),
+        Identity::generate(),
+        empty_source(),
+        tmp.path().to_owned(),
+        limits.clone(),
+    ));
+    let task = {
+        let (d, job) = (d.clone(), DownloadJob { record: rec.clone(), holders: vec![server.holder()] });
+        tokio::spawn(async move { d.download(job, CancellationToken::new()).await })
+    };
+    // Wait until the served chunks are on disk, then kill the download
+    // without letting it save its progress a last time.
+    let part = tmp.path().join(format!("{}.part", chunked.content.to_hex()));
+    let served_end = (chunked.chunks[SERVED - 1].offset + u64::from(chunked.chunks[SERVED - 1].len)) as usize;
+    wait_for("the served chunks to be written", || {
+        std::fs::read(&part).is_ok_and(|raw| raw.len() == bytes.len() && raw[..served_end] == bytes[..served_end])
+    })
+    .await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    gate.open();
+    server.stop().await;
+
+    let honest = Server::start(&key, site.source.clone(), |_| {}).await;
+    let d = Downloader::new(key.clone(), Identity::generate(), empty_source(), tmp.path().to_owned(), limits);
+    let outcome = download(&d, &rec, vec![honest.holder()]).await.unwrap();
+    check_outcome(&outcome, &bytes);
+    assert!(outcome.bytes_resumed > 0, "nothing was persisted before the kill");
+    assert!(outcome.bytes_resumed <= served_end as u64);
+    assert!(outcome.bytes_fetched < bytes.len() as u64);
+    honest.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_stops_promptly_and_keeps_the_partial_file() {
+    let key = ClusterKey::generate();
+    let bytes = data(512 * KIB, 12);
+    let chunked = chunk_bytes(&bytes, params());
+    let rec = record("f", &chunked);
+    let site = Site::new(&[("f", &bytes)]);
+    let gate = Arc::new(Gate::default());
+    let _open_on_exit = GateGuard(gate.clone());
+    let stuck =
+        Server::start(&key, Arc::new(GatedSource { inner: site.source.clone(), gate: gate.clone() }), |_| {}).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Arc::new(downloader(&key, empty_source(), tmp.path()));
+    let cancel = CancellationToken::new();
+    let task = {
+        let (d, rec, holder, cancel) = (d.clone(), rec.clone(), stuck.holder(), cancel.clone());
+        tokio::spawn(async move { d.download(DownloadJob { record: rec, holders: vec![holder] }, cancel).await })
+    };
+    wait_for("the server to start reading", || gate.calls() > 0).await;
+    cancel.cancel();
+    let result = tokio::time::timeout(DEADLINE, task).await.expect("cancel was not prompt").unwrap();
+    assert!(matches!(result, Err(DownloadError::Cancelled { .. })), "{result:?}");
+    let hex = chunked.content.to_hex();
+    assert_eq!(names(tmp.path()), vec![format!("{hex}.part"), format!("{hex}.part.state")]);
+    gate.open();
+    stuck.stop().await;
+
+    // Resumes (nothing was done yet, so everything is fetched) and cleans up.
+    let honest = Server::start(&key, site.source.clone(), |_| {}).await;
+    let outcome = download(&d, &rec, vec![honest.holder()]).await.unwrap();
+    check_outcome(&outcome, &bytes);
+    honest.stop().await;
+}
+
+#[tokio::test]
+async fn busy_holders_are_retried_and_both_clients_finish() {
+    let key = ClusterKey::generate();
+    let bytes = data(512 * KIB, 13);
+    let chunked = chunk_bytes(&bytes, params());
+    let rec = record("f", &chunked);
+    let site = Site::new(&[("f", &bytes)]);
+    let server = Server::start(&key, site.source.clone(), |c| c.slots_total = 1).await;
+    let (t1, t2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (d1, d2) = (downloader(&key, empty_source(), t1.path()), downloader(&key, empty_source(), t2.path()));
+    let (a, b) = tokio::join!(download(&d1, &rec, vec![server.holder()]), download(&d2, &rec, vec![server.holder()]));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    check_outcome(&a, &bytes);
+    check_outcome(&b, &bytes);
+    let busy = a.holders[0].busy + b.holders[0].busy;
+    assert!(busy > 0, "one slot for two clients never answered Busy");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn two_downloads_of_one_content_do_not_share_a_temp_file() {
+    let key = ClusterKey::generate();
+    let bytes = data(256 * KIB, 14);
+    let chunked = chunk_bytes(&bytes, params());
+    let site = Site::new(&[("f", &bytes)]);
+    let server = Server::start(&key, site.source.clone(), |_| {}).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = downloader(&key, empty_source(), tmp.path());
+    let (r1, r2) = (record("a", &chunked), record("b", &chunked));
+    let (a, b) = tokio::join!(download(&d, &r1, vec![server.holder()]), download(&d, &r2, vec![server.holder()]));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_ne!(a.temp_path, b.temp_path);
+    check_outcome(&a, &bytes);
+    check_outcome(&b, &bytes);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cleanup_removes_only_stale_temp_files() {
+    let key = ClusterKey::generate();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = downloader(&key, empty_source(), tmp.path());
+    let (keep, stale) = (ContentHash::of(b"keep"), ContentHash::of(b"stale"));
+    for c in [keep, stale] {
+        for suffix in [".part", ".part.state", ".3.done"] {
+            std::fs::write(tmp.path().join(format!("{}{suffix}", c.to_hex())), b"x").unwrap();
+        }
+    }
+    std::fs::write(tmp.path().join("unrelated.txt"), b"x").unwrap();
+    let removed = d.cleanup_stale(&HashSet::from([keep])).unwrap();
+    assert_eq!(removed, 3);
+    let left = names(tmp.path());
+    assert_eq!(left.len(), 4, "{left:?}");
+    assert!(left.iter().all(|n| n.starts_with(&keep.to_hex()) || n == "unrelated.txt"), "{left:?}");
+}
+
+// ------------------------------------------------------------------- server
+
+async fn recv(client: &mut SecureChannel<TcpStream>) -> P2pResponse {
+    tokio::time::timeout(DEADLINE, client.recv::<P2pResponse>()).await.expect("no answer").unwrap().expect("closed")
+}
+
+fn get(content: &ContentHash, c: &ChunkInfo) -> P2pRequest {
+    P2pRequest::GetChunk { content: *content, offset: c.offset, len: c.len, hash: c.hash }
+}
+
+/// Waits until the server closes `stream` (EOF or reset).
+async fn closed_by_server(stream: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await.expect("server kept the connection") {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The server still answers a well-behaved client.
+async fn still_serves(server: &Server, key: &ClusterKey, content: &ContentHash, chunk: &ChunkInfo) {
+    let mut client = server.client(key, &Identity::generate()).await;
+    client.send(&get(content, chunk)).await.unwrap();
+    assert!(matches!(recv(&mut client).await, P2pResponse::Chunk { .. }));
+}
+
+#[tokio::test]
+async fn answers_come_in_request_order() {
+    let key = ClusterKey::generate();
+    let bytes = data(MIB, 20);
+    let site = Site::new(&[("f", &bytes)]);
+    let f = chunk_bytes(&bytes, params());
+    let server = Server::start(&key, site.source.clone(), |_| {}).await;
+    let mut client = server.client(&key, &Identity::generate()).await;
+    let absent = ChunkInfo { offset: 0, len: 100, hash: ContentHash::of(b"absent") };
+    let path = RelPath::new("f").unwrap();
+    let requests = [
+        get(&f.content, &f.chunks[3]),
+        get(&f.content, &absent),
+        get(&f.content, &f.chunks[0]),
+        P2pRequest::GetChunkList { path: path.clone(), content: f.content },
+        P2pRequest::GetChunkList { path, content: ContentHash::of(b"nope") },
+        get(&f.content, &f.chunks[1]),
+    ];
+    for r in &requests {
+        client.send(r).await.unwrap();
+    }
+    let chunk_at = |c: &ChunkInfo| bytes[c.offset as usize..(c.offset + u64::from(c.len)) as usize].to_vec();
+    assert_eq!(recv(&mut client).await, P2pResponse::Chunk { hash: f.chunks[3].hash, bytes: chunk_at(&f.chunks[3]) });
+    assert_eq!(recv(&mut client).await, P2pResponse::NotAvailable);
+    assert_eq!(recv(&mut client).await, P2pResponse::Chunk { hash: f.chunks[0].hash, bytes: chunk_at(&f.chunks[0]) });
+    assert_eq!(recv(&mut client).await, P2pResponse::ChunkList { content: f.content, chunks: f.chunks.clone() });
+    assert_eq!(recv(&mut client).await, P2pResponse::NotAvailable);
+    assert_eq!(recv(&mut client).await, P2pResponse::Chunk { hash: f.chunks[1].hash, bytes: chunk_at(&f.chunks[1]) });
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_file_changed_after_indexing_answers_not_available() {
+    let key = ClusterKey::generate();
+    let bytes = data(MIB, 21);
+    let site = Site::new(&[("f", &bytes)]);
+    let f = chunk_bytes(&bytes, params());
+    let server = Server::start(&key, site.source.clone(), |_| {}).await;
+    let mut client = server.client(&key, &Identity::generate()).await;
+    // Same size, other bytes: the index still points at it.
+    std::fs::write(site.path("f"), data(MIB, 22)).unwrap();
+    client.send(&get(&f.content, &f.chunks[2])).await.unwrap();
+    assert_eq!(recv(&mut client).await, P2pResponse::NotAvailable);
+    // Truncated.
+    std::fs::write(site.path("f"), b"tiny").unwrap();
+    client.send(&get(&f.content, &f.chunks[2])).await.unwrap();
+    assert_eq!(recv(&mut client).await, P2pResponse::NotAvailable);
+    // Restored: served again.
+    std::fs::write(site.path("f"), &bytes).unwrap();
+    client.send(&get(&f.content, &f.chunks[2])).await.unwrap();
+    assert!(matches!(recv(&mut client).await, P2pResponse::Chunk { .. }));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn chunks_of_partial_temp_files_are_served() {
+    let key = ClusterKey::generate();
+    let bytes = data(MIB, 23);
+    let f = chunk_bytes(&bytes, params());
+    let tmp = tempfile::tempdir().unwrap();
+    // A half-written .part: the first half present, the rest zeros.
+    let mut partial = bytes.clone();
+    let half = f.chunks[f.chunks.len() / 2];
+    partial[half.offset as usize..].fill(0);
+    std::fs::write(tmp.path().join(format!("{}.part", f.content.to_hex())), &partial).unwrap();
+    let cfg =
+        ServeConfig { slots_per_peer: 4, slots_total: 16, corrupt_for_tests: false, tmp_dir: tmp.path().to_owned() };
+    let server = Server::start_with(&key, empty_source(), cfg, tempfile::tempdir().unwrap()).await;
+    let mut client = server.client(&key, &Identity::generate()).await;
+    client.send(&get(&f.content, &f.chunks[0])).await.unwrap();
+    assert!(matches!(recv(&mut client).await, P2pResponse::Chunk { hash, .. } if hash == f.chunks[0].hash));
+    client.send(&get(&f.content, &half)).await.unwrap();
+    assert_eq!(recv(&mut client).await, P2pResponse::NotAvailable);
+    // A chunk list is only served from the chunk source.
+    client.send(&P2pRequest::GetChunkList { path: RelPath::new("f").unwrap(), content: f.content }).await.unwrap();
+    assert_eq!(recv(&mut client).await, P2pResponse::NotAvailable);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_input_drops_only_that_connection() {
+    let key = ClusterKey::generate();
+    let bytes = data(MIB, 24);
+    let site = Site::new(&[("f", &bytes)]);
+    let f = chunk_bytes(&bytes, params());
+    let server = Server::start(&key, site.source.clone(), |_| {}).await;
+
+    // Garbage instead of a handshake.
+    let mut raw = TcpStream::connect(server.addr).await.unwrap();
+    raw.write_all(b"\x00\x10GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    closed_by_server(&mut raw).await;
+    still_serves(&server, &key, &f.content, &f.chunks[0]).await;
+
+    // A 4 GiB length prefix, then the client gives up writing.
+    let mut raw = TcpStream::connect(server.addr).await.unwrap();
+    raw.write_all(&[0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3]).await.unwrap();
+    raw.shutdown().await.unwrap();
+    closed_by_server(&mut raw).await;
+    still_serves(&server, &key, &f.content, &f.chunks[0]).await;
+
+    // A wrong cluster key.
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    assert!(channel::connect(stream, &ClusterKey::generate(), &Identity::generate()).await.is_err());
+
+    // Authenticated, then a frame that is not a request.
+    let client = server.client(&key, &Identity::generate()).await;
+    let (mut reader, mut writer) = client.split();
+    writer.send_frame(bytes::Bytes::from_static(&[0xEE, 1, 2, 3, 4])).await.unwrap();
+    let end = tokio::time::timeout(DEADLINE, reader.recv::<P2pResponse>()).await.expect("connection kept");
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    still_serves(&server, &key, &f.content, &f.chunks[0]).await;
+
+    // Authenticated, then a request that fails validation (oversized chunk);
+    // the answer to the valid request before it still arrives.
+    let mut client = server.client(&key, &Identity::generate()).await;
+    client.send(&get(&f.content, &f.chunks[1])).await.unwrap();
+    let huge = P2pRequest::GetChunk { content: f.content, offset: 0, len: MAX_CHUNK_LEN + 1, hash: f.chunks[0].hash };
+    client.send(&huge).await.unwrap();
+    assert!(matches!(recv(&mut client).await, P2pResponse::Chunk { .. }));
+    let end = tokio::time::timeout(DEADLINE, client.recv::<P2pResponse>()).await.expect("connection kept");
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    still_serves(&server, &key, &f.content, &f.chunks[0]).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn full_slots_answer_busy_at_once() {
+    let key = ClusterKey::generate();
+    let bytes = data(MIB, 25);
+    let site = Site::new(&[("f", &bytes)]);
+    let f = chunk_bytes(&bytes, params());
+    let gate = Arc::new(Gate::default());
+    let _open_on_exit = GateGuard(gate.clone());
+    let source = Arc::new(GatedSource { inner: site.source.clone(), gate: gate.clone() });
+    let server = Server::start(&key, source, |c| {
+        c.slots_per_peer = 1;
+        c.slots_total = 2;
+    })
+    .await;
+    let (x, y, z) = (Identity::generate(), Identity::generate(), Identity::generate());
+
+    // X's first request takes X's only slot and blocks on the gate.
+    let mut x1 = server.client(&key, &x).await;
+    x1.send(&get(&f.content, &f.chunks[0])).await.unwrap();
+    wait_for("x1's read", || gate.calls() == 1).await;
+    // X again, on a second connection: per-peer slots are full.
+    let mut x2 = server.client(&key, &x).await;
+    x2.send(&get(&f.content, &f.chunks[1])).await.unwrap();
+    assert_eq!(recv(&mut x2).await, P2pResponse::Busy);
+    // Y gets a slot (the second of the total) and blocks too.
+    let mut y1 = server.client(&key, &y).await;
+    y1.send(&get(&f.content, &f.chunks[2])).await.unwrap();
+    wait_for("y1's read", || gate.calls() == 2).await;
+    // Z: the total is full.
+    let mut z1 = server.client(&key, &z).await;
+    z1.send(&get(&f.content, &f.chunks[3])).await.unwrap();
+    assert_eq!(recv(&mut z1).await, P2pResponse::Busy);
+    // A chunk-list request needs no slot.
+    z1.send(&P2pRequest::GetChunkList { path: RelPath::new("f").unwrap(), content: f.content }).await.unwrap();
+    assert!(matches!(recv(&mut z1).await, P2pResponse::ChunkList { .. }));
+
+    gate.open();
+    assert!(matches!(recv(&mut x1).await, P2pResponse::Chunk { .. }));
+    assert!(matches!(recv(&mut y1).await, P2pResponse::Chunk { .. }));
+    // Slots are free again.
+    z1.send(&get(&f.content, &f.chunks[3])).await.unwrap();
+    assert!(matches!(recv(&mut z1).await, P2pResponse::Chunk { .. }));
+    x2.send(&get(&f.content, &f.chunks[1])).await.unwrap();
+    assert!(matches!(recv(&mut x2).await, P2pResponse::Chunk { .. }));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn corrupt_mode_flips_a_byte_of_every_chunk() {
+    let key = ClusterKey::generate();
+    let bytes = data(MIB, 26);
+    let site = Site::new(&[("f", &bytes)]);
+    let f = chunk_bytes(&bytes, params());
+    let server = Server::start(&key, site.source.clone(), |c| c.corrupt_for_tests = true).await;
+    let mut client = server.client(&key, &Identity::generate()).await;
+    for c in &f.chunks[..3] {
+        client.send(&get(&f.content, c)).await.unwrap();
+        let P2pResponse::Chunk { hash, bytes } = recv(&mut client).await else { panic!("no chunk") };
+        assert_eq!(hash, c.hash);
+        assert_eq!(bytes.len(), c.len as usize);
+        assert_ne!(ContentHash::of(&bytes), c.hash);
+    }
+    server.stop().await;
+}

@@ -1,0 +1,320 @@
+//! A test cluster: one tracker and N peers of the real `dartsync` binary,
+//! each a separate process on 127.0.0.1 with its own temp folder, plus
+//! helpers to compare the peers' trees and wait for convergence.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::util::{Proc, run, wait_until};
+
+/// Default time allowed for a cluster to converge.
+pub const CONVERGE: Duration = Duration::from_secs(60);
+
+/// One entry of a folder snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    /// A folder.
+    Dir,
+    /// A file and the blake3 of its bytes.
+    File(blake3::Hash, u64),
+    /// A symlink and its target.
+    Link(PathBuf),
+}
+
+/// Path (relative, `/`-separated) -> node, excluding `.dartsync`.
+pub type Tree = BTreeMap<String, Node>;
+
+/// Snapshots `root`, skipping `.dartsync`. Files that vanish mid-walk are skipped.
+pub fn snapshot(root: &Path) -> Tree {
+    fn walk(root: &Path, dir: &Path, out: &mut Tree) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+            if rel == ".dartsync" {
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+            if meta.file_type().is_symlink() {
+                if let Ok(target) = std::fs::read_link(&path) {
+                    out.insert(rel, Node::Link(target));
+                }
+            } else if meta.is_dir() {
+                out.insert(rel, Node::Dir);
+                walk(root, &path, out);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.insert(rel, Node::File(blake3::hash(&bytes), bytes.len() as u64));
+            }
+        }
+    }
+    let mut out = Tree::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Settings for a cluster.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Number of peers.
+    pub peers: usize,
+    /// Tracker keep-alive interval in seconds.
+    pub interval: u64,
+    /// Tracker piece length.
+    pub piece_len: Option<u32>,
+    /// `RUST_LOG` for every process.
+    pub log: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { peers: 4, interval: 1, piece_len: None, log: "info,dartsync_peer=debug".into() }
+    }
+}
+
+/// A running tracker and peers.
+pub struct Cluster {
+    // Field order matters: processes are killed (dropped) before their
+    // folders are removed.
+    pub tracker: Option<Proc>,
+    pub peers: Vec<Option<Proc>>,
+    pub dir: tempfile::TempDir,
+    pub key: PathBuf,
+    pub tracker_addr: SocketAddr,
+    pub opts: Options,
+}
+
+impl Cluster {
+    /// Creates the key, starts the tracker and `opts.peers` peers.
+    pub fn start(opts: Options) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("cluster.key");
+        let (status, _, err) = run(&["init", "--key-file", key.to_str().unwrap()], &[]);
+        assert!(status.success(), "init failed: {err}");
+        let mut cluster = Cluster {
+            dir,
+            key,
+            tracker: None,
+            tracker_addr: "127.0.0.1:1".parse().unwrap(),
+            peers: Vec::new(),
+            opts: opts.clone(),
+        };
+        cluster.start_tracker("127.0.0.1:0");
+        for i in 0..opts.peers {
+            std::fs::create_dir_all(cluster.folder(i)).unwrap();
+            cluster.peers.push(None);
+            cluster.start_peer(i);
+        }
+        cluster
+    }
+
+    /// Starts (or restarts) the tracker on `listen`.
+    pub fn start_tracker(&mut self, listen: &str) {
+        let data = self.dir.path().join("tracker-data");
+        let mut args = vec![
+            "--tracker".to_owned(),
+            "--listen".into(),
+            listen.into(),
+            "--key-file".into(),
+            self.key.to_str().unwrap().into(),
+            "--data".into(),
+            data.to_str().unwrap().into(),
+            "--interval".into(),
+            self.opts.interval.to_string(),
+        ];
+        if let Some(p) = self.opts.piece_len {
+            args.extend(["--piece-len".into(), p.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let proc = Proc::spawn("tracker", &args, &self.opts.log);
+        self.tracker_addr = proc.listen_addr();
+        self.tracker = Some(proc);
+    }
+
+    /// Restarts the tracker on the same port.
+    pub fn restart_tracker(&mut self) {
+        let addr = self.tracker_addr.to_string();
+        self.start_tracker(&addr);
+    }
+
+    /// SIGKILLs the tracker.
+    pub fn kill_tracker(&mut self) {
+        if let Some(mut t) = self.tracker.take() {
+            t.kill();
+        }
+    }
+
+    /// The folder of peer `i`.
+    pub fn folder(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("peer{i}"))
+    }
+
+    /// Starts (or restarts) peer `i` with extra arguments.
+    pub fn start_peer_with(&mut self, i: usize, extra: &[&str]) {
+        let folder = self.folder(i);
+        let addr = self.tracker_addr.to_string();
+        let mut args = vec![
+            "--peer",
+            folder.to_str().unwrap(),
+            "--tracker-addr",
+            &addr,
+            "--listen",
+            "127.0.0.1:0",
+            "--key-file",
+            self.key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn(&format!("peer{i}"), &args, &self.opts.log);
+        if i >= self.peers.len() {
+            self.peers.resize_with(i + 1, || None);
+        }
+        self.peers[i] = Some(proc);
+    }
+
+    /// Starts (or restarts) peer `i`.
+    pub fn start_peer(&mut self, i: usize) {
+        self.start_peer_with(i, &[]);
+    }
+
+    /// Waits until peer `i` has registered with the tracker `n` times in total.
+    pub fn wait_registered(&self, i: usize, n: usize) {
+        let peer = self.peer(i);
+        wait_until(CONVERGE, &format!("peer{i} to register"), || {
+            peer.lines().iter().filter(|l| l.contains("registered with tracker")).count() >= n
+        });
+    }
+
+    /// Peer `i`'s process.
+    pub fn peer(&self, i: usize) -> &Proc {
+        self.peers[i].as_ref().expect("peer running")
+    }
+
+    /// SIGKILLs peer `i`.
+    pub fn kill_peer(&mut self, i: usize) {
+        if let Some(mut p) = self.peers[i].take() {
+            p.kill();
+        }
+    }
+
+    /// Indices of running peers.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.peers.len()).filter(|i| self.peers[*i].is_some()).collect()
+    }
+
+    /// Waits until every running peer's tree equals `expected`.
+    pub fn wait_tree(&self, expected: &Tree, timeout: Duration) {
+        let peers = self.running();
+        let mut last = Vec::new();
+        let ok = poll(timeout, || {
+            last = peers.iter().map(|i| (*i, snapshot(&self.folder(*i)))).collect();
+            last.iter().all(|(_, t)| t == expected)
+        });
+        if !ok {
+            for (i, tree) in &last {
+                if tree != expected {
+                    eprintln!("peer{i} differs: {}", diff(expected, tree));
+                }
+            }
+            self.dump_logs();
+            panic!("peers did not converge to the expected tree within {timeout:?}");
+        }
+    }
+
+    /// Waits until every running peer has the same tree as peer `reference`,
+    /// and returns it.
+    pub fn wait_converged(&self, reference: usize, timeout: Duration) -> Tree {
+        let peers = self.running();
+        let mut trees = Vec::new();
+        let ok = poll(timeout, || {
+            trees = peers.iter().map(|i| (*i, snapshot(&self.folder(*i)))).collect();
+            trees.iter().all(|(_, t)| t == &trees[0].1)
+        });
+        if !ok {
+            for (i, tree) in &trees[1..] {
+                eprintln!("peer{i} vs peer{}: {}", trees[0].0, diff(&trees[0].1, tree));
+            }
+            self.dump_logs();
+            panic!("peers did not converge within {timeout:?}");
+        }
+        let _ = reference;
+        trees.swap_remove(0).1
+    }
+
+    /// Prints every process's log (on failure).
+    pub fn dump_logs(&self) {
+        if let Some(t) = &self.tracker {
+            for l in t.lines().iter().rev().take(60).rev() {
+                eprintln!("[tracker] {l}");
+            }
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            if let Some(p) = p {
+                for l in p.lines().iter().rev().take(60).rev() {
+                    eprintln!("[peer{i}] {l}");
+                }
+            }
+        }
+    }
+
+    /// Every "synced" log line of peer `i` mentioning `path`.
+    pub fn synced_lines(&self, i: usize, path: &str) -> Vec<String> {
+        self.peer(i).lines().into_iter().filter(|l| l.contains("synced ") && l.contains(path)).collect()
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds (true) or `timeout` passes (false).
+pub fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A short description of how `got` differs from `want`.
+pub fn diff(want: &Tree, got: &Tree) -> String {
+    let mut out = Vec::new();
+    for (k, v) in want {
+        match got.get(k) {
+            None => out.push(format!("missing {k}")),
+            Some(g) if g != v => out.push(format!("differs {k}")),
+            _ => {}
+        }
+    }
+    for k in got.keys() {
+        if !want.contains_key(k) {
+            out.push(format!("extra {k}"));
+        }
+    }
+    out.truncate(20);
+    out.join(", ")
+}
+
+/// Writes `bytes` to `root/rel`, creating parent folders.
+pub fn write(root: &Path, rel: &str, bytes: &[u8]) {
+    let path = root.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

@@ -1,0 +1,343 @@
+//! The one task that owns the tracker's state.
+//!
+//! Sessions talk to it through a cheap-clone [`ActorHandle`]: an `mpsc` of
+//! [`Command`]s, each query carrying a `oneshot` for its reply. The actor
+//! loop is a `biased` select over shutdown, the next heartbeat deadline,
+//! the tombstone-GC tick and the inbox, so every change gets one order and
+//! one `seq`.
+//!
+//! # Commit before anyone sees it
+//! After each event the actor takes the state's pending writes and commits
+//! them (plus a raised seq ceiling when needed, see `store`) on the blocking
+//! pool, awaiting the commit before it handles the next event. Only then
+//! does it publish the new global seq on a `watch` channel and answer
+//! deferred `Register`s. Sessions pull their delta pages with
+//! [`ActorHandle::next_page`], which the actor answers from committed state
+//! only, so no peer ever sees a change that a crash could take back.
+//! A failed commit stops the tracker (the memory state may be ahead of the
+//! disk); a restart reloads the disk.
+//!
+//! # Pull, not push
+//! The actor never queues deltas per peer. A session woken by the seq watch
+//! asks for "everything after what you handed me" and gets at most one page
+//! at a time, so a slow peer costs one page of memory and falls behind
+//! harmlessly, and changes of one entry in between are coalesced.
+//!
+//! Not here: the rules (`state`), sockets (`session`), the database (`store`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dartsync_shared::PeerId;
+use dartsync_shared::proto::ptp::{PeerMessage, Welcome};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::TrackerError;
+use crate::state::{Arrival, Outcome, Page, State};
+use crate::store::{SEQ_RESERVE, Store};
+
+/// Capacity of the actor's inbox; senders wait when it is full. Small on
+/// purpose: each queued `Announce` may carry 4096 records (~1.5 MiB
+/// decoded), and a waiting session stops reading its socket, which pushes
+/// back on the peer.
+const INBOX: usize = 32;
+
+/// How often tombstones are collected.
+const GC_PERIOD: Duration = Duration::from_secs(600);
+
+/// Why a session ended, as told to the actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeaveReason {
+    /// The peer said `Goodbye`.
+    Goodbye,
+    /// The peer closed the connection.
+    Closed,
+    /// The session dropped the peer (protocol breach, bad frame, I/O error).
+    Dropped,
+}
+
+impl std::fmt::Display for LeaveReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LeaveReason::Goodbye => "goodbye",
+            LeaveReason::Closed => "connection closed",
+            LeaveReason::Dropped => "dropped",
+        })
+    }
+}
+
+/// A request to the actor.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// A session completed `Register`.
+    Register {
+        peer: PeerId,
+        addr: SocketAddr,
+        session: u64,
+        seen_seq: u64,
+        epoch: u64,
+        /// Cancelled by the actor to close the session (expiry, replacement).
+        token: CancellationToken,
+        reply: oneshot::Sender<Welcome>,
+    },
+    /// `Announce`, `Have` or `KeepAlive` from a registered session.
+    Message { peer: PeerId, session: u64, msg: PeerMessage },
+    /// The session's next delta page.
+    NextPage { peer: PeerId, session: u64, reply: oneshot::Sender<Option<Page>> },
+    /// The session ended.
+    Left { peer: PeerId, session: u64, why: LeaveReason },
+}
+
+/// A cheap-clone handle for sessions.
+#[derive(Debug, Clone)]
+pub(crate) struct ActorHandle {
+    tx: mpsc::Sender<Command>,
+    seq: watch::Receiver<u64>,
+}
+
+impl ActorHandle {
+    /// Registers a peer; `None` when the actor is gone.
+    pub async fn register(
+        &self,
+        peer: PeerId,
+        addr: SocketAddr,
+        session: u64,
+        seen_seq: u64,
+        epoch: u64,
+        token: CancellationToken,
+    ) -> Option<Welcome> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Register { peer, addr, session, seen_seq, epoch, token, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Forwards a message; false when the actor is gone.
+    pub async fn message(&self, peer: PeerId, session: u64, msg: PeerMessage) -> bool {
+        self.tx.send(Command::Message { peer, session, msg }).await.is_ok()
+    }
+
+    /// The next page; `None` when the session is no longer current or the
+    /// actor is gone.
+    pub async fn next_page(&self, peer: PeerId, session: u64) -> Option<Page> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::NextPage { peer, session, reply }).await.ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Tells the actor a session ended.
+    pub async fn left(&self, peer: PeerId, session: u64, why: LeaveReason) {
+        let _ = self.tx.send(Command::Left { peer, session, why }).await;
+    }
+
+    /// A receiver of the committed global seq.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.seq.clone()
+    }
+}
+
+/// The state-owning task.
+#[derive(Debug)]
+pub(crate) struct Actor {
+    state: State,
+    store: Arc<Store>,
+    /// The seq ceiling on disk.
+    ceiling: u64,
+    inbox: mpsc::Receiver<Command>,
+    seq_tx: watch::Sender<u64>,
+    /// Cancels each online peer's session (expiry, replacement, shutdown).
+    links: HashMap<PeerId, CancellationToken>,
+    /// `Register` replies held until the registration is committed.
+    deferred: Vec<oneshot::Sender<Welcome>>,
+    interval_ms: u64,
+    piece_len: u32,
+}
+
+/// Seconds since the Unix epoch by the wall clock (0 if it is before 1970).
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The monotonic clock, through tokio so paused-time tests control it.
+fn mono_now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Actor {
+    /// An actor over `state`, whose persisted seq ceiling is `ceiling`.
+    pub fn new(
+        state: State,
+        store: Arc<Store>,
+        ceiling: u64,
+        interval: Duration,
+        piece_len: u32,
+    ) -> (Actor, ActorHandle) {
+        let (tx, inbox) = mpsc::channel(INBOX);
+        let (seq_tx, seq) = watch::channel(state.seq());
+        let actor = Actor {
+            state,
+            store,
+            ceiling,
+            inbox,
+            seq_tx,
+            links: HashMap::new(),
+            deferred: Vec::new(),
+            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            piece_len,
+        };
+        (actor, ActorHandle { tx, seq })
+    }
+
+    /// Runs until `shutdown` is cancelled or a commit fails.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), TrackerError> {
+        let mut gc = tokio::time::interval(GC_PERIOD);
+        gc.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let result = loop {
+            let deadline = self.state.next_deadline();
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break Ok(()),
+                () = sleep_until(deadline) => self.expire(),
+                _ = gc.tick() => self.collect_tombstones(),
+                cmd = self.inbox.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => break Ok(()),
+                },
+            }
+            if let Err(e) = self.settle().await {
+                break Err(e);
+            }
+        };
+        for token in self.links.values() {
+            token.cancel();
+        }
+        result
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Register { peer, addr, session, seen_seq, epoch, token, reply } => {
+                let arrival = Arrival { peer, addr, session, seen_seq, epoch };
+                let reg = self.state.register(arrival, mono_now(), unix_now());
+                if let Some(old) = self.links.insert(peer, token) {
+                    old.cancel();
+                    tracing::info!("peer {peer} reconnected: its old session is closed");
+                }
+                tracing::info!(seen_seq, epoch, full = reg.full, "peer {peer} registered from {addr}");
+                self.deferred.push(reply);
+            }
+            Command::Message { peer, session, msg } => {
+                if !self.state.is_current(peer, session) {
+                    return;
+                }
+                self.state.touch(peer, mono_now());
+                match msg {
+                    PeerMessage::Announce { records } => {
+                        for outcome in self.state.announce(peer, records, unix_now()) {
+                            log_outcome(peer, &outcome);
+                        }
+                    }
+                    PeerMessage::Have { path, version } => {
+                        if self.state.have(peer, &path, &version) {
+                            tracing::trace!("peer {peer} now holds {path}");
+                        }
+                    }
+                    PeerMessage::KeepAlive | PeerMessage::Register(_) | PeerMessage::Goodbye => {}
+                }
+            }
+            Command::NextPage { peer, session, reply } => {
+                let _ = reply.send(self.state.next_page(peer, session));
+            }
+            Command::Left { peer, session, why } => {
+                if self.state.is_current(peer, session) {
+                    self.state.remove_peer(peer, unix_now());
+                    if let Some(token) = self.links.remove(&peer) {
+                        token.cancel();
+                    }
+                    tracing::info!("peer {peer} left ({why})");
+                }
+            }
+        }
+    }
+
+    fn expire(&mut self) {
+        let silent = self.state.expiry_after();
+        for peer in self.state.expire(mono_now(), unix_now()) {
+            if let Some(token) = self.links.remove(&peer) {
+                token.cancel();
+            }
+            tracing::info!("peer {peer} expired: no message for {silent:?}");
+        }
+    }
+
+    fn collect_tombstones(&mut self) {
+        let dropped = self.state.gc_tombstones(unix_now());
+        if !dropped.is_empty() {
+            tracing::info!("collected {} tombstones", dropped.len());
+        }
+    }
+
+    /// Commits pending changes, then publishes them.
+    async fn settle(&mut self) -> Result<(), TrackerError> {
+        let write = self.state.take_dirty();
+        let seq = self.state.seq();
+        let raise = (seq > self.ceiling).then(|| seq.saturating_add(SEQ_RESERVE));
+        if !write.is_empty() || raise.is_some() {
+            let store = self.store.clone();
+            let epoch = self.state.epoch();
+            match tokio::task::spawn_blocking(move || store.commit(epoch, &write, raise)).await {
+                Ok(result) => result.map_err(TrackerError::Store)?,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => return Err(TrackerError::Interrupted),
+            }
+            if let Some(ceiling) = raise {
+                self.ceiling = ceiling;
+            }
+        }
+        self.seq_tx.send_if_modified(|current| {
+            let changed = *current != seq;
+            *current = seq;
+            changed
+        });
+        for reply in self.deferred.drain(..) {
+            let _ = reply.send(Welcome {
+                interval_ms: self.interval_ms,
+                piece_len: self.piece_len,
+                epoch: self.state.epoch(),
+                seq,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn log_outcome(peer: PeerId, outcome: &Outcome) {
+    match outcome {
+        Outcome::Accepted { path, seq } => tracing::debug!("accepted {path} from peer {peer} at seq {seq}"),
+        Outcome::Merged { path, seq } => {
+            tracing::debug!("merged concurrent equal versions of {path} from peer {peer} at seq {seq}")
+        }
+        Outcome::Conflict { path, seq, winner, copy: Some(copy), .. } => {
+            tracing::info!("conflict on {path} (seq {seq}): peer {winner}'s version stays, the other is kept as {copy}")
+        }
+        Outcome::Conflict { path, seq, winner, copy: None, loser_deleted: true } => {
+            tracing::info!("conflict on {path} (seq {seq}): peer {winner}'s edit wins over a concurrent deletion")
+        }
+        Outcome::Conflict { path, winner, copy: None, loser_deleted: false, .. } => {
+            tracing::warn!("conflict on {path}: peer {winner}'s version stays; no free name to keep the other one")
+        }
+        Outcome::Holder { path, .. } => tracing::trace!("peer {peer} holds {path}"),
+        Outcome::Unchanged { .. } => {}
+        Outcome::Stale { path } => tracing::debug!("ignored stale {path} from peer {peer}"),
+    }
+}

@@ -1,0 +1,439 @@
+//! Persistence of the tracker's table in redb (`DATA_DIR/tracker.redb`).
+//!
+//! What survives a restart: every record (tombstones included) with the seq
+//! of its last record change, its author and tombstone time; the known-peer
+//! table (for tombstone GC); the epoch; and a `seq` ceiling. Holders and the
+//! peer table are soft state and are never written.
+//!
+//! # Invariants
+//! - Every write is one redb transaction committed with immediate
+//!   durability, and the actor lets nobody see a change before its commit
+//!   returned, so a change acknowledged to any peer survives `kill -9`.
+//! - `seq_ceiling` on disk is at least every seq ever handed out. Holder
+//!   changes take new seqs without a write of their own; instead the
+//!   ceiling is raised in steps of [`SEQ_RESERVE`] before a seq beyond it is
+//!   used, and a restarted tracker resumes at the ceiling. So a peer's
+//!   `seen_seq` never exceeds the restarted tracker's seq for the same epoch.
+//! - A fresh database gets a new random non-zero epoch; an existing one keeps
+//!   its epoch.
+//! - Values are this module's own versioned types (`Stored*`, an enum per
+//!   value, variant `V1` today), encoded with
+//!   [`dartsync_shared::codec::encode_stored`]; they are converted to and
+//!   from the state's types at this edge, and everything read back is
+//!   validated as if it came from the network (paths through `RelPath`,
+//!   records through `FileRecord::validate`). A corrupt value is an error
+//!   naming its key, never a panic.
+//!
+//! Not here: deciding what to write (the state's `take_dirty`) or when (the
+//! actor). All calls block; the actor runs them on the blocking pool.
+
+use std::path::{Path, PathBuf};
+
+use dartsync_shared::codec::{CodecError, decode_stored, encode_stored};
+use dartsync_shared::path::PathError;
+use dartsync_shared::record::RecordError;
+use dartsync_shared::{ContentHash, FileKind, FileRecord, PeerId, RelPath, ShortId, VersionVector};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::state::{KnownPeer, PendingWrite, PersistedEntry};
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "tracker.redb";
+
+/// How far the persisted seq ceiling runs ahead of the current seq.
+pub(crate) const SEQ_RESERVE: u64 = 4096;
+
+/// redb page cache: the table is small and the host is a Pi.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+const PEERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("peers");
+const META_KEY: &str = "meta";
+
+/// Why the tracker's database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// redb failed (open, transaction, table, commit, storage).
+    #[error("tracker database {path}: {source}")]
+    Db {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        source: redb::Error,
+    },
+    /// A stored value does not decode.
+    #[error("tracker database {path}: corrupt {what} {key:?}: {source}")]
+    Decode {
+        /// The database file.
+        path: PathBuf,
+        /// Which table.
+        what: &'static str,
+        /// The key of the value.
+        key: String,
+        /// The cause.
+        source: CodecError,
+    },
+    /// A stored path is not a valid relative path.
+    #[error("tracker database {path}: invalid stored path: {source}")]
+    Path {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        source: PathError,
+    },
+    /// A stored record is inconsistent.
+    #[error("tracker database {path}: invalid stored record: {source}")]
+    Record {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        source: RecordError,
+    },
+    /// A stored peer id has the wrong length.
+    #[error("tracker database {path}: invalid stored peer id of {len} bytes")]
+    PeerId {
+        /// The database file.
+        path: PathBuf,
+        /// Its length.
+        len: usize,
+    },
+    /// A value could not be encoded (a bug: stored values are small).
+    #[error("tracker database {path}: cannot encode a value: {source}")]
+    Encode {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        source: CodecError,
+    },
+}
+
+/// The tracker's global values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum StoredMeta {
+    V1 { epoch: u64, seq_ceiling: u64 },
+}
+
+/// Kind of a stored record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum StoredKind {
+    File,
+    Dir,
+    Symlink(String),
+}
+
+/// One entry; its path is the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum StoredEntry {
+    V1 {
+        kind: StoredKind,
+        size: u64,
+        mtime_ns: i64,
+        mode: u32,
+        content: [u8; 32],
+        chunks: [u8; 32],
+        version: Vec<(u64, u64)>,
+        deleted: bool,
+        seq: u64,
+        author: [u8; 16],
+        deleted_at: Option<u64>,
+    },
+}
+
+/// One known peer; its id is the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum StoredPeer {
+    V1 { acked_seq: u64, last_seen_unix: u64 },
+}
+
+/// Everything read at start-up.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    /// The epoch (new if the database was created).
+    pub epoch: u64,
+    /// Every seq handed out so far is at most this.
+    pub seq_ceiling: u64,
+    /// True when the database was created now.
+    pub created: bool,
+    /// The table.
+    pub entries: Vec<PersistedEntry>,
+    /// The known peers.
+    pub known: Vec<(PeerId, KnownPeer)>,
+}
+
+/// The open database.
+#[derive(Debug)]
+pub(crate) struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir` and reads it whole.
+    pub fn open(dir: &Path) -> Result<(Store, Loaded), StoreError> {
+        let path = dir.join(DB_FILE);
+        let db_err = |e: redb::Error| StoreError::Db { path: path.clone(), source: e };
+        let db = Database::builder().set_cache_size(CACHE_BYTES).create(&path).map_err(|e| db_err(e.into()))?;
+        let store = Store { db, path: path.clone() };
+        let loaded = store.load()?;
+        Ok((store, loaded))
+    }
+
+    fn db_err(&self, e: impl Into<redb::Error>) -> StoreError {
+        StoreError::Db { path: self.path.clone(), source: e.into() }
+    }
+
+    fn load(&self) -> Result<Loaded, StoreError> {
+        // Create the tables and, for a fresh database, the epoch.
+        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        let created;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
+            tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
+            tx.open_table(PEERS).map_err(|e| self.db_err(e))?;
+            created = meta.get(META_KEY).map_err(|e| self.db_err(e))?.is_none();
+            if created {
+                let epoch = rand::random::<u64>().max(1);
+                let value = self.encode(&StoredMeta::V1 { epoch, seq_ceiling: 0 })?;
+                meta.insert(META_KEY, value.as_slice()).map_err(|e| self.db_err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.db_err(e))?;
+
+        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
+        let raw = meta.get(META_KEY).map_err(|e| self.db_err(e))?;
+        let raw = raw.as_ref().map(|v| v.value()).unwrap_or_default();
+        let StoredMeta::V1 { epoch, seq_ceiling } = self.decode("meta", META_KEY, raw)?;
+
+        let mut entries = Vec::new();
+        let table = tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
+        for item in table.iter().map_err(|e| self.db_err(e))? {
+            let (key, value) = item.map_err(|e| self.db_err(e))?;
+            let stored: StoredEntry = self.decode("entry", key.value(), value.value())?;
+            entries.push(self.entry_from_stored(key.value(), stored)?);
+        }
+
+        let mut known = Vec::new();
+        let table = tx.open_table(PEERS).map_err(|e| self.db_err(e))?;
+        for item in table.iter().map_err(|e| self.db_err(e))? {
+            let (key, value) = item.map_err(|e| self.db_err(e))?;
+            let bytes: [u8; 16] = key
+                .value()
+                .try_into()
+                .map_err(|_| StoreError::PeerId { path: self.path.clone(), len: key.value().len() })?;
+            let id = PeerId(bytes);
+            let StoredPeer::V1 { acked_seq, last_seen_unix } = self.decode("peer", &id.to_string(), value.value())?;
+            known.push((id, KnownPeer { acked_seq, last_seen_unix }));
+        }
+        Ok(Loaded { epoch, seq_ceiling, created, entries, known })
+    }
+
+    /// Writes `write` and, if given, a new seq ceiling, in one transaction.
+    pub fn commit(&self, epoch: u64, write: &PendingWrite, seq_ceiling: Option<u64>) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut table = tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
+            for entry in &write.put_entries {
+                let value = self.encode(&entry_to_stored(entry))?;
+                table.insert(entry.record.path.as_str(), value.as_slice()).map_err(|e| self.db_err(e))?;
+            }
+            for path in &write.delete_entries {
+                table.remove(path.as_str()).map_err(|e| self.db_err(e))?;
+            }
+            let mut table = tx.open_table(PEERS).map_err(|e| self.db_err(e))?;
+            for (id, k) in &write.put_peers {
+                let value =
+                    self.encode(&StoredPeer::V1 { acked_seq: k.acked_seq, last_seen_unix: k.last_seen_unix })?;
+                table.insert(id.0.as_slice(), value.as_slice()).map_err(|e| self.db_err(e))?;
+            }
+            for id in &write.delete_peers {
+                table.remove(id.0.as_slice()).map_err(|e| self.db_err(e))?;
+            }
+            if let Some(seq_ceiling) = seq_ceiling {
+                let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
+                let value = self.encode(&StoredMeta::V1 { epoch, seq_ceiling })?;
+                meta.insert(META_KEY, value.as_slice()).map_err(|e| self.db_err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.db_err(e))
+    }
+
+    fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, StoreError> {
+        encode_stored(value).map_err(|source| StoreError::Encode { path: self.path.clone(), source })
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<T, StoreError> {
+        decode_stored(bytes).map_err(|source| StoreError::Decode {
+            path: self.path.clone(),
+            what,
+            key: key.to_owned(),
+            source,
+        })
+    }
+
+    fn entry_from_stored(&self, key: &str, stored: StoredEntry) -> Result<PersistedEntry, StoreError> {
+        let StoredEntry::V1 { kind, size, mtime_ns, mode, content, chunks, version, deleted, seq, author, deleted_at } =
+            stored;
+        let path = RelPath::new(key).map_err(|source| StoreError::Path { path: self.path.clone(), source })?;
+        let kind = match kind {
+            StoredKind::File => FileKind::File,
+            StoredKind::Dir => FileKind::Dir,
+            StoredKind::Symlink(target) => FileKind::Symlink { target },
+        };
+        let record = FileRecord {
+            path,
+            kind,
+            size,
+            mtime_ns,
+            mode,
+            content: ContentHash(content),
+            chunks: ContentHash(chunks),
+            version: VersionVector::from_entries(version.into_iter().map(|(p, c)| (ShortId(p), c))),
+            deleted,
+        };
+        record.validate().map_err(|source| StoreError::Record { path: self.path.clone(), source })?;
+        Ok(PersistedEntry { record, seq, author: PeerId(author), deleted_at })
+    }
+}
+
+fn entry_to_stored(e: &PersistedEntry) -> StoredEntry {
+    let r = &e.record;
+    StoredEntry::V1 {
+        kind: match &r.kind {
+            FileKind::File => StoredKind::File,
+            FileKind::Dir => StoredKind::Dir,
+            FileKind::Symlink { target } => StoredKind::Symlink(target.clone()),
+        },
+        size: r.size,
+        mtime_ns: r.mtime_ns,
+        mode: r.mode,
+        content: r.content.0,
+        chunks: r.chunks.0,
+        version: r.version.iter().map(|(p, c)| (p.0, c)).collect(),
+        deleted: r.deleted,
+        seq: e.seq,
+        author: e.author.0,
+        deleted_at: e.deleted_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Arrival, State, StateConfig};
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    fn config() -> StateConfig {
+        StateConfig { interval: Duration::from_secs(10), tombstone_max_age: Duration::from_secs(86_400) }
+    }
+
+    fn record(path: &str, deleted: bool, version: VersionVector) -> FileRecord {
+        FileRecord {
+            path: RelPath::new(path).unwrap(),
+            kind: if path.ends_with("link") { FileKind::Symlink { target: "x".into() } } else { FileKind::File },
+            size: if deleted || path.ends_with("link") { 0 } else { 3 },
+            mtime_ns: -5,
+            mode: 0o755,
+            content: ContentHash::of(path.as_bytes()),
+            chunks: ContentHash::of(b"c"),
+            version,
+            deleted,
+        }
+    }
+
+    #[test]
+    fn a_fresh_database_gets_a_new_epoch_and_keeps_it() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let (store, loaded) = Store::open(a.path()).unwrap();
+        assert!(loaded.created && loaded.epoch != 0 && loaded.entries.is_empty());
+        drop(store);
+        let (_, again) = Store::open(a.path()).unwrap();
+        assert!(!again.created);
+        assert_eq!(again.epoch, loaded.epoch);
+        let (_, other) = Store::open(b.path()).unwrap();
+        assert_ne!(other.epoch, loaded.epoch);
+    }
+
+    #[test]
+    fn a_state_restarted_from_the_database_equals_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        let tracker = ShortId(99);
+        let mut state = State::new(config(), tracker, loaded.epoch);
+        let (p1, p2) = (PeerId([1; 16]), PeerId([2; 16]));
+        let now = Instant::now();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        state.register(Arrival { peer: p1, addr, session: 1, seen_seq: 0, epoch: 0 }, now, 1000);
+        state.register(Arrival { peer: p2, addr, session: 2, seen_seq: 0, epoch: 0 }, now, 1000);
+        let v1 = VersionVector::new().bumped(p1.short());
+        let v2 = VersionVector::new().bumped(p2.short());
+        state.announce(p1, vec![record("a/file", false, v1.clone()), record("b/link", false, v1.clone())], 1000);
+        state.announce(p2, vec![record("gone", true, v2.clone())], 1001);
+        // A conflict: a merged vector and a conflict copy.
+        let mut theirs = record("a/file", false, v2.clone());
+        theirs.content = ContentHash::of(b"peer 2's bytes");
+        state.announce(p2, vec![theirs], 1002);
+        // Holder-only changes advance seq without record writes.
+        state.have(p2, &RelPath::new("b/link").unwrap(), &v1);
+        let mut ceiling = 0;
+        let write = state.take_dirty();
+        let raise = (state.seq() > ceiling).then(|| state.seq() + SEQ_RESERVE);
+        store.commit(state.epoch(), &write, raise).unwrap();
+        ceiling = raise.unwrap_or(ceiling);
+        // One record dropped (tombstone GC) and persisted as a delete.
+        state.have(p1, &RelPath::new("gone").unwrap(), &v2);
+        assert_eq!(state.gc_tombstones(1003).len(), 1);
+        state.announce(p1, vec![record("late", true, v1.clone())], 1004);
+        store.commit(state.epoch(), &state.take_dirty(), None).unwrap();
+        assert!(state.seq() <= ceiling);
+        drop(store);
+
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        assert!(!loaded.created);
+        assert_eq!(loaded.seq_ceiling, ceiling);
+        let restored =
+            State::restore(config(), tracker, loaded.epoch, loaded.seq_ceiling, loaded.entries, loaded.known);
+        restored.check_invariants();
+        let before = state.persisted_view();
+        assert_eq!(restored.persisted_view(), before);
+        assert_eq!(before.1.len(), 4, "a/file, its conflict copy, b/link, the tombstone `late`");
+        assert!(restored.seq() >= state.seq());
+    }
+
+    #[test]
+    fn corrupt_values_are_errors_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let tx = store.db.begin_write().unwrap();
+        tx.open_table(ENTRIES).unwrap().insert("bad", [0xFFu8, 0xFF].as_slice()).unwrap();
+        tx.commit().unwrap();
+        drop(store);
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(&err, StoreError::Decode { key, .. } if key == "bad"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let v = VersionVector::new().bumped(ShortId(1));
+        let value = encode_stored(&entry_to_stored(&PersistedEntry {
+            record: record("x", false, v),
+            seq: 1,
+            author: PeerId([0; 16]),
+            deleted_at: None,
+        }))
+        .unwrap();
+        let tx = store.db.begin_write().unwrap();
+        tx.open_table(ENTRIES).unwrap().insert("../../etc/passwd", value.as_slice()).unwrap();
+        tx.commit().unwrap();
+        drop(store);
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::Path { .. })));
+    }
+}

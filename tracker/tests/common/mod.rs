@@ -1,0 +1,237 @@
+//! Plumbing for the tracker's integration tests: a tracker on 127.0.0.1:0
+//! in a temp dir, and hand-driven fake peers speaking PTP over the real
+//! secure channel with their own identities.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dartsync_shared::channel::{self, ChannelReader, ChannelWriter};
+use dartsync_shared::config::TrackerConfig;
+use dartsync_shared::key::{ClusterKey, Identity};
+use dartsync_shared::limits::DEFAULT_PIECE_LEN;
+use dartsync_shared::proto::ptp::{Delta, DeltaEntry, PeerMessage, Register, TrackerMessage, Welcome};
+use dartsync_shared::{ContentHash, FileKind, FileRecord, PeerId, RelPath, VersionVector};
+use dartsync_tracker::{Tracker, TrackerError};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Longest wait for anything the tracker should do promptly.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Shows tracker logs with `--nocapture` (`RUST_LOG` filters).
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+/// A tracker running in this process.
+pub struct TestTracker {
+    pub addr: SocketAddr,
+    pub key: ClusterKey,
+    pub epoch: u64,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), TrackerError>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestTracker {
+    pub async fn start(interval: Duration, max_peers: usize) -> TestTracker {
+        init_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let config = TrackerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("data"),
+            interval,
+            piece_len: DEFAULT_PIECE_LEN,
+            max_peers,
+            tombstone_max_age: Duration::from_secs(30 * 86_400),
+        };
+        let key = ClusterKey::generate();
+        let tracker = Tracker::bind(config, key.clone()).await.unwrap();
+        let (addr, epoch) = (tracker.local_addr(), tracker.epoch());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(tracker.run(shutdown.clone()));
+        TestTracker { addr, key, epoch, shutdown, task: Some(task), _dir: dir }
+    }
+
+    /// Stops the tracker and checks it stopped cleanly.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap().unwrap();
+    }
+
+    /// A new peer identity, registered as a brand-new peer.
+    pub async fn peer(&self, listen_port: u16) -> FakePeer {
+        FakePeer::register(self.addr, &self.key, Identity::generate(), listen_port, 0, 0).await
+    }
+
+    /// The whole table as a fresh peer sees it.
+    pub async fn table(&self) -> BTreeMap<String, DeltaEntry> {
+        full_table(self.addr, &self.key).await
+    }
+}
+
+impl Drop for TestTracker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A hand-driven peer.
+pub struct FakePeer {
+    pub identity: Identity,
+    pub reader: ChannelReader<ReadHalf<TcpStream>>,
+    pub writer: ChannelWriter<WriteHalf<TcpStream>>,
+    pub welcome: Welcome,
+    pub listen_port: u16,
+}
+
+/// Connects and completes the Noise handshake.
+pub async fn handshake(
+    addr: SocketAddr,
+    key: &ClusterKey,
+    identity: &Identity,
+) -> (ChannelReader<ReadHalf<TcpStream>>, ChannelWriter<WriteHalf<TcpStream>>) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    channel::connect(stream, key, identity).await.unwrap().split()
+}
+
+impl FakePeer {
+    pub async fn register(
+        addr: SocketAddr,
+        key: &ClusterKey,
+        identity: Identity,
+        listen_port: u16,
+        seen_seq: u64,
+        epoch: u64,
+    ) -> FakePeer {
+        let (mut reader, mut writer) = handshake(addr, key, &identity).await;
+        let register = Register { peer_id: identity.peer_id(), listen_port, seen_seq, epoch };
+        writer.send(&PeerMessage::Register(register)).await.unwrap();
+        let welcome = match recv(&mut reader).await {
+            TrackerMessage::Welcome(w) => w,
+            other => panic!("expected Welcome, got {other:?}"),
+        };
+        FakePeer { identity, reader, writer, welcome, listen_port }
+    }
+
+    pub fn id(&self) -> PeerId {
+        self.identity.peer_id()
+    }
+
+    pub async fn send(&mut self, msg: &PeerMessage) {
+        self.writer.send(msg).await.unwrap();
+    }
+
+    pub async fn announce(&mut self, records: Vec<FileRecord>) {
+        self.send(&PeerMessage::Announce { records }).await;
+    }
+
+    /// The next message, which must be a `Delta`.
+    pub async fn delta(&mut self) -> Delta {
+        match recv(&mut self.reader).await {
+            TrackerMessage::Delta(d) => d,
+            other => panic!("expected Delta, got {other:?}"),
+        }
+    }
+
+    /// Reads deltas until one reaches `seq`; returns them all.
+    pub async fn deltas_until(&mut self, seq: u64) -> Vec<Delta> {
+        let mut out = Vec::new();
+        while out.last().is_none_or(|d: &Delta| d.to_seq < seq) {
+            out.push(self.delta().await);
+        }
+        out
+    }
+
+    pub async fn goodbye(mut self) {
+        self.send(&PeerMessage::Goodbye).await;
+        let _ = self.writer.shutdown().await;
+    }
+}
+
+/// One message, within [`PATIENCE`], checked like a real peer would.
+pub async fn recv(reader: &mut ChannelReader<ReadHalf<TcpStream>>) -> TrackerMessage {
+    let msg: TrackerMessage = tokio::time::timeout(PATIENCE, reader.recv())
+        .await
+        .expect("tracker silent")
+        .expect("channel error")
+        .expect("tracker closed the connection");
+    msg.validate().unwrap();
+    msg
+}
+
+/// Reads until the tracker closes the connection; returns the `Refused`
+/// reason if one came first. Panics if it stays open past [`PATIENCE`].
+pub async fn expect_closed(reader: &mut ChannelReader<ReadHalf<TcpStream>>) -> Option<String> {
+    let mut refused = None;
+    loop {
+        match tokio::time::timeout(PATIENCE, reader.recv::<TrackerMessage>()).await {
+            Err(_) => panic!("the tracker kept the connection open"),
+            Ok(Ok(Some(TrackerMessage::Refused { reason }))) => refused = Some(reason),
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) | Ok(Err(_)) => return refused,
+        }
+    }
+}
+
+/// The whole table, read by a fresh observer peer.
+pub async fn full_table(addr: SocketAddr, key: &ClusterKey) -> BTreeMap<String, DeltaEntry> {
+    let mut observer = FakePeer::register(addr, key, Identity::generate(), 1, 0, 0).await;
+    let mut table = BTreeMap::new();
+    if observer.welcome.seq > 0 {
+        for delta in observer.deltas_until(observer.welcome.seq).await {
+            assert!(delta.full, "a new peer gets the full table");
+            for entry in delta.entries {
+                table.insert(entry.record.path.as_str().to_owned(), entry);
+            }
+        }
+    }
+    observer.goodbye().await;
+    table
+}
+
+/// A file record.
+pub fn file(path: &str, body: &str, version: VersionVector, mtime_s: i64) -> FileRecord {
+    FileRecord {
+        path: RelPath::new(path).unwrap(),
+        kind: FileKind::File,
+        size: body.len() as u64,
+        mtime_ns: mtime_s * 1_000_000_000,
+        mode: 0o644,
+        content: ContentHash::of(body.as_bytes()),
+        chunks: ContentHash::of(format!("chunks of {body}").as_bytes()),
+        version,
+        deleted: false,
+    }
+}
+
+/// A tombstone.
+pub fn tombstone(path: &str, version: VersionVector, mtime_s: i64) -> FileRecord {
+    FileRecord { size: 0, content: ContentHash::empty(), deleted: true, ..file(path, "", version, mtime_s) }
+}
+
+/// The version after `peer` edits `known`.
+pub fn edit(known: &VersionVector, peer: PeerId) -> VersionVector {
+    known.bumped(peer.short())
+}
+
+/// Deterministic pseudo-random bytes (xorshift), no RNG crate needed.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
