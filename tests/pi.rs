@@ -74,7 +74,13 @@ fn skip(test: &str, missing: &[String]) -> bool {
     if missing.is_empty() {
         return false;
     }
-    let why = missing.join("; ");
+    let mut reasons: Vec<&str> = Vec::new();
+    for reason in missing {
+        if !reasons.contains(&reason.as_str()) {
+            reasons.push(reason);
+        }
+    }
+    let why = reasons.join("; ");
     assert!(std::env::var_os("DARTSYNC_PI_REQUIRE").is_none(), "{test}: DARTSYNC_PI_REQUIRE is set but {why}");
     eprintln!("skipping {test}: {why} (CI runs it through .ci/pi.sh)");
     true

@@ -300,8 +300,25 @@ impl Engine {
             if matches!(event, Event::Shutdown) {
                 break;
             }
+            let kind = match &event {
+                Event::Local(_) => "local",
+                Event::Tracker(_) => "tracker",
+                Event::Download(_) => "download",
+                Event::Tick => "tick",
+                Event::Shutdown => "shutdown",
+            };
+            let t0 = Instant::now();
             self.handle(event).await;
+            let t1 = Instant::now();
+            let n = self.dirty.len();
             self.reconcile_dirty().await;
+            tracing::trace!(
+                kind,
+                handle_us = (t1 - t0).as_micros() as u64,
+                reconcile_us = t1.elapsed().as_micros() as u64,
+                dirty = n,
+                "engine event"
+            );
         }
         for active in self.active.values() {
             active.cancel.cancel();
@@ -319,9 +336,7 @@ impl Engine {
                         Err(_) => break,
                     }
                 }
-                for rec in &batch {
-                    tracing::debug!(path = %rec.path, deleted = rec.deleted, "local change");
-                }
+                tracing::trace!(records = batch.len(), "announcing local changes");
                 // Sent even while disconnected: the client drops what it
                 // cannot send, and its next summary carries it.
                 self.parts.client.send(ClientCommand::Announce(batch)).await;
@@ -378,7 +393,8 @@ impl Engine {
 
     /// Moves queued downloads into the dirty set while slots are free.
     fn start_queued(&mut self) {
-        while self.active.len() < self.parts.max_parallel_downloads {
+        let free = self.parts.max_parallel_downloads.saturating_sub(self.active.len());
+        for _ in 0..free {
             let Some(path) = self.queued.pop_first() else { break };
             self.dirty.insert(path);
         }
