@@ -17,7 +17,7 @@ readonly TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
 readonly GLIBC_FLOOR=2.31
 # Versions this script was measured with; newer ones are fine too.
 readonly ZIGLANG_VERSION=0.17.1
-readonly ZIGBUILD_VERSION=0.24.1
+readonly ZIGBUILD_VERSION=0.24.0
 
 sudo=""
 if [[ "$(id -u)" != 0 ]]; then sudo="sudo"; fi
@@ -43,14 +43,20 @@ fi
 step "rust targets"
 rustup target add "${TARGETS[@]}"
 
-step "zig (PyPI ziglang) and cargo-zigbuild"
+step "zig and cargo-zigbuild (PyPI: ziglang, cargo-zigbuild)"
+# pip puts cargo-zigbuild in Python's scripts directory, which may not be on
+# PATH (pyenv shims, --user installs).
+PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
 if ! command -v zig >/dev/null 2>&1 && ! python3 -c 'import ziglang' >/dev/null 2>&1; then
     python3 -m pip install --quiet "ziglang==$ZIGLANG_VERSION"
 fi
 if ! command -v cargo-zigbuild >/dev/null 2>&1; then
-    cargo install --quiet --locked cargo-zigbuild --version "$ZIGBUILD_VERSION"
+    # The PyPI wheel is a prebuilt binary: seconds instead of a minute of
+    # compiling; crates.io is the fallback.
+    python3 -m pip install --quiet "cargo-zigbuild==$ZIGBUILD_VERSION" ||
+        cargo install --quiet --locked cargo-zigbuild --version "$ZIGBUILD_VERSION"
 fi
-echo "zig $(python3 -m ziglang version 2>/dev/null || zig version)"
+echo "zig $(python3 -m ziglang version 2>/dev/null || zig version), $(command -v cargo-zigbuild)"
 
 step "release build for ${TARGETS[*]} (glibc $GLIBC_FLOOR)"
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -65,14 +71,16 @@ for t in "${TARGETS[@]}"; do
     printf '%-32s %9d bytes, needs %s\n' "$t" "$(wc -c <"$bin")" "${glibc:-no glibc}"
 done
 
-step "shellcheck deploy/deploy.sh"
+step "shellcheck deploy/*.sh .ci/pi.sh"
 if command -v shellcheck >/dev/null 2>&1; then
-    shellcheck deploy/deploy.sh .ci/pi.sh
+    shellcheck deploy/deploy.sh deploy/tracker-rss.sh .ci/pi.sh
 else
     echo "shellcheck not installed: skipped"
 fi
 
 step "tests/pi.rs with the cross-built binaries"
-DARTSYNC_PI_BIN_DIR="$target_dir" DARTSYNC_PI_REQUIRE=1 cargo test --locked --test e2e pi::
+# --workspace: the same feature set as .ci/run's `cargo test --workspace`,
+# so the test binary it built is reused rather than rebuilt.
+DARTSYNC_PI_BIN_DIR="$target_dir" DARTSYNC_PI_REQUIRE=1 cargo test --workspace --locked --test e2e pi::
 
 step "done in $((SECONDS - started)) s"

@@ -237,8 +237,9 @@ async fn register(addr: SocketAddr, key: &ClusterKey) -> TrackerMessage {
     answer
 }
 
-/// Waits on the tracker helper's PTP session: until it lands the emulated
-/// tracker accepts the connection but never answers `Register`.
+/// Each Pi binary, run as a tracker under qemu, speaks PTP with a native
+/// peer: Noise handshake with the cluster key, `Register`, `Welcome` with
+/// the configured interval; then SIGTERM stops it cleanly.
 #[test]
 fn emulated_tracker_welcomes_a_native_peer() {
     for target in TARGETS {
