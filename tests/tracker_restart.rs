@@ -119,9 +119,13 @@ fn tracker_killed_with_sigkill_keeps_committed_records_and_tombstones() {
         let mut ours = record("dir/f39", "A's", va.bumped(a.peer_id().short()), false);
         ours.mtime_ns -= 1_000_000_000;
         pa.writer.send(&PeerMessage::Announce { records: vec![ours] }).await.unwrap();
-        pb.writer.send(&PeerMessage::Announce { records: vec![theirs] }).await.unwrap();
-        // Seen by a peer = committed: 40 files, 10 tombstones, one edit, the winner and its copy (seq 53).
+        // B's message travels on another connection: wait until A's three
+        // announcements are in (40 files, 10 tombstones, one edit: seq 51)
+        // so B's edit cannot overtake them.
         let mut table = BTreeMap::new();
+        read_until(&mut pa, 51, &mut table).await;
+        pb.writer.send(&PeerMessage::Announce { records: vec![theirs] }).await.unwrap();
+        // Seen by a peer = committed: the winner and its copy (seq 53).
         read_until(&mut pa, 53, &mut table).await;
         // A holder-only change takes seq 54 without a record write: the
         // restarted tracker must still never hand out 54 again.

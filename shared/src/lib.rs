@@ -24,6 +24,7 @@ pub mod limits;
 pub mod path;
 pub mod proto;
 pub mod record;
+pub mod time;
 pub mod version;
 
 pub use chunk::{ChunkInfo, ChunkParams, ChunkedFile};

@@ -70,26 +70,7 @@ fn truncate_at_char(s: &str, max: usize) -> &str {
 
 /// `YYYYMMDD-HHMMSS` in UTC for a time in nanoseconds since the Unix epoch.
 pub(crate) fn utc_stamp(mtime_ns: i64) -> String {
-    let secs = mtime_ns.div_euclid(1_000_000_000);
-    let days = secs.div_euclid(86_400);
-    let of_day = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", of_day / 3600, of_day % 3600 / 60, of_day % 60)
-}
-
-/// Gregorian (year, month, day) of a day count since 1970-01-01
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    dartsync_shared::time::utc_stamp(mtime_ns.div_euclid(1_000_000_000))
 }
 
 #[cfg(test)]
