@@ -24,7 +24,7 @@ use crate::index::Index;
 use crate::local::{LocalConfig, LocalError, LocalState};
 use crate::serve::{self, ServeConfig, ServeError};
 use crate::source::IndexSource;
-use crate::tracker_client::{ClientConfig, SummaryFn, TrackerClient};
+use crate::tracker_client::{ClientConfig, SummaryFn, TrackerClient, probe_welcome};
 
 /// Switches for end-to-end tests only; hidden from `--help`.
 #[derive(Debug, Clone, Default)]
@@ -84,9 +84,28 @@ pub async fn run(
 
     // The chunking granularity this folder was indexed with (the tracker's
     // default unless a previous run learnt another one).
-    let piece_len = {
+    let stored = {
         let index = Index::open(&dirs.index)?;
-        index.piece_len()?.unwrap_or(DEFAULT_PIECE_LEN)
+        index.piece_len()?
+    };
+    let piece_len = match stored {
+        Some(p) => p,
+        // A new folder: chunk with the cluster's piece length from the start.
+        None => {
+            let probe = ClientConfig {
+                tracker_addr: tracker_addr.clone(),
+                listen_port: 0,
+                key: key.clone(),
+                identity: identity.clone(),
+            };
+            match probe_welcome(&probe).await {
+                Ok(welcome) => welcome.piece_len,
+                Err(e) => {
+                    tracing::warn!("cannot ask the tracker for its piece length ({e}); using the default");
+                    DEFAULT_PIECE_LEN
+                }
+            }
+        }
     };
     let tasks = shutdown.child_token();
     let mut local_cfg = LocalConfig::new(dirs.root.clone(), me.short());

@@ -347,6 +347,15 @@ impl Engine {
                     self.global.clear();
                 }
                 self.epoch = Some(welcome.epoch);
+                let ours = self.parts.local.index().piece_len().ok().flatten();
+                if ours.is_some_and(|p| p != welcome.piece_len) {
+                    tracing::warn!(
+                        "the tracker's piece length is {} bytes but this folder is chunked with {:?}; \
+                         transfers still work, delta sync is less effective",
+                        welcome.piece_len,
+                        ours
+                    );
+                }
                 tracing::debug!(epoch = welcome.epoch, "connected to tracker");
             }
             Event::Tracker(TrackerEvent::Disconnected(_)) => {}

@@ -154,6 +154,65 @@ impl TrackerClient {
     }
 }
 
+/// Asks the tracker for its `Welcome` (keep-alive interval, piece length)
+/// and leaves at once. Used on a folder's first start, so it is chunked
+/// with the cluster's piece length from the beginning.
+pub async fn probe_welcome(cfg: &ClientConfig) -> Result<Welcome, SessionError> {
+    let (mut reader, mut writer) = open(cfg).await?;
+    writer
+        .send(&PeerMessage::Register(Register {
+            peer_id: cfg.identity.peer_id(),
+            listen_port: cfg.listen_port,
+            seen_seq: 0,
+            epoch: 0,
+        }))
+        .await?;
+    let welcome = read_welcome(&mut reader).await;
+    let _ = writer.send(&PeerMessage::Goodbye).await;
+    let _ = writer.shutdown().await;
+    welcome
+}
+
+type Reader = dartsync_shared::channel::ChannelReader<tokio::io::ReadHalf<TcpStream>>;
+type Writer = dartsync_shared::channel::ChannelWriter<tokio::io::WriteHalf<TcpStream>>;
+
+/// Resolves, connects and runs the handshake.
+async fn open(cfg: &ClientConfig) -> Result<(Reader, Writer), SessionError> {
+    let addr = tokio::net::lookup_host(&cfg.tracker_addr)
+        .await
+        .map_err(|source| SessionError::Resolve { addr: cfg.tracker_addr.clone(), source })?
+        .next()
+        .ok_or_else(|| SessionError::Resolve {
+            addr: cfg.tracker_addr.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+        })?;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| SessionError::Connect {
+            addr: cfg.tracker_addr.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+        })?
+        .map_err(|source| SessionError::Connect { addr: cfg.tracker_addr.clone(), source })?;
+    let _ = stream.set_nodelay(true);
+    Ok(channel::connect(stream, &cfg.key, &cfg.identity).await?.split())
+}
+
+/// Waits for the tracker's answer to `Register`.
+async fn read_welcome(reader: &mut Reader) -> Result<Welcome, SessionError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, reader.recv::<TrackerMessage>()).await {
+        Err(_) => Err(SessionError::Protocol("no Welcome within 5 s".into())),
+        Ok(msg) => match msg? {
+            Some(TrackerMessage::Welcome(w)) => {
+                TrackerMessage::Welcome(w.clone()).validate()?;
+                Ok(w)
+            }
+            Some(TrackerMessage::Refused { reason }) => Err(SessionError::Refused(reason)),
+            Some(other) => Err(SessionError::Protocol(format!("expected Welcome, got {other:?}"))),
+            None => Err(SessionError::Closed),
+        },
+    }
+}
+
 /// Where the peer is in the tracker's history.
 #[derive(Debug, Default, Clone, Copy)]
 struct Progress {
@@ -173,10 +232,12 @@ async fn run(
     let mut last_error = String::new();
     loop {
         let mut welcomed = false;
+        // The session first: on shutdown a connected session says Goodbye
+        // itself; one still connecting is dropped.
         let result = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return,
             r = session(&cfg, &summary, &events, &mut commands, &mut progress, &mut welcomed, &shutdown) => r,
+            _ = shutdown.cancelled() => return,
         };
         let msg = match result {
             Ok(()) => return,
@@ -222,24 +283,7 @@ async fn session(
     welcomed: &mut bool,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
-    let addr = tokio::net::lookup_host(&cfg.tracker_addr)
-        .await
-        .map_err(|source| SessionError::Resolve { addr: cfg.tracker_addr.clone(), source })?
-        .next()
-        .ok_or_else(|| SessionError::Resolve {
-            addr: cfg.tracker_addr.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
-        })?;
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| SessionError::Connect {
-            addr: cfg.tracker_addr.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
-        })?
-        .map_err(|source| SessionError::Connect { addr: cfg.tracker_addr.clone(), source })?;
-    let _ = stream.set_nodelay(true);
-    let channel = channel::connect(stream, &cfg.key, &cfg.identity).await?;
-    let (mut reader, mut writer) = channel.split();
+    let (mut reader, mut writer) = open(cfg).await?;
     writer
         .send(&PeerMessage::Register(Register {
             peer_id: cfg.identity.peer_id(),
@@ -248,25 +292,14 @@ async fn session(
             epoch: progress.epoch,
         }))
         .await?;
-    let welcome = match tokio::time::timeout(CONNECT_TIMEOUT, reader.recv::<TrackerMessage>()).await {
-        Err(_) => return Err(SessionError::Protocol("no Welcome within 5 s".into())),
-        Ok(msg) => match msg? {
-            Some(TrackerMessage::Welcome(w)) => {
-                TrackerMessage::Welcome(w.clone()).validate()?;
-                w
-            }
-            Some(TrackerMessage::Refused { reason }) => return Err(SessionError::Refused(reason)),
-            Some(other) => return Err(SessionError::Protocol(format!("expected Welcome, got {other:?}"))),
-            None => return Err(SessionError::Closed),
-        },
-    };
+    let welcome = read_welcome(&mut reader).await?;
     if welcome.epoch != progress.epoch {
         // A new tracker history: everything will be resent.
         progress.seen_seq = 0;
         progress.epoch = welcome.epoch;
     }
     *welcomed = true;
-    tracing::info!(tracker = %addr, epoch = welcome.epoch, seq = welcome.seq, "registered with tracker {addr}");
+    tracing::info!(epoch = welcome.epoch, seq = welcome.seq, "registered with tracker {}", cfg.tracker_addr);
     let interval = Duration::from_millis(welcome.interval_ms);
     if events.send(TrackerEvent::Connected(welcome)).await.is_err() {
         return Ok(());
