@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::util::{Proc, run};
+use crate::util::{run, spawn_tracker};
 
 #[test]
 fn help_explains_every_flag() {
@@ -57,19 +57,7 @@ fn tracker_starts_and_stops_cleanly_on_sigterm() {
     let data = dir.path().join("data");
     let (status, _, _) = run(&["init", "--key-file", key.to_str().unwrap()], &[]);
     assert!(status.success());
-    let mut tracker = Proc::spawn(
-        "tracker",
-        &[
-            "--tracker",
-            "--listen",
-            "127.0.0.1:0",
-            "--key-file",
-            key.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-        ],
-        "info",
-    );
+    let mut tracker = spawn_tracker(&key, &data);
     let addr = tracker.listen_addr();
     assert!(addr.ip().is_loopback());
     tracker.signal(Signal::SIGTERM);
@@ -93,19 +81,7 @@ fn peer_without_key_exits_with_a_clear_message() {
 fn tracker_without_key_creates_one() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("new.key");
-    let mut tracker = Proc::spawn(
-        "tracker",
-        &[
-            "--tracker",
-            "--listen",
-            "127.0.0.1:0",
-            "--key-file",
-            key.to_str().unwrap(),
-            "--data",
-            dir.path().join("d").to_str().unwrap(),
-        ],
-        "info",
-    );
+    let mut tracker = spawn_tracker(&key, &dir.path().join("d"));
     tracker.listen_addr();
     assert!(key.exists());
     tracker.wait_for_line("copy it to every peer", Duration::from_secs(5));

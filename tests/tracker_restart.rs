@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use dartsync_shared::channel::{self, ChannelReader, ChannelWriter};
@@ -15,7 +14,7 @@ use dartsync_shared::{ContentHash, FileKind, FileRecord, RelPath, VersionVector}
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
-use crate::util::{Proc, run};
+use crate::util::{run, spawn_tracker};
 
 type Reader = ChannelReader<ReadHalf<TcpStream>>;
 type Writer = ChannelWriter<WriteHalf<TcpStream>>;
@@ -71,22 +70,6 @@ fn record(path: &str, body: &str, version: VersionVector, deleted: bool) -> File
         version,
         deleted,
     }
-}
-
-fn spawn_tracker(key: &Path, data: &Path) -> Proc {
-    Proc::spawn(
-        "tracker",
-        &[
-            "--tracker",
-            "--listen",
-            "127.0.0.1:0",
-            "--key-file",
-            key.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-        ],
-        "info",
-    )
 }
 
 #[test]

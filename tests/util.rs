@@ -45,6 +45,13 @@ pub struct Proc {
     lines: Arc<Mutex<Vec<String>>>,
 }
 
+/// Spawns `dartsync --tracker` on 127.0.0.1 (free port) with `key` and `data`.
+pub fn spawn_tracker(key: &Path, data: &Path) -> Proc {
+    let args =
+        ["--tracker", "--listen", "127.0.0.1:0", "--key-file", key.to_str().unwrap(), "--data", data.to_str().unwrap()];
+    Proc::spawn("tracker", &args, "info")
+}
+
 impl Proc {
     /// Spawns `dartsync args...` with `RUST_LOG` set to `log`.
     pub fn spawn(name: &str, args: &[&str], log: &str) -> Proc {

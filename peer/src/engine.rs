@@ -438,9 +438,9 @@ impl Engine {
 
     async fn reconcile(&mut self, path: &RelPath) -> Result<(), ApplyError> {
         let Some(global) = self.global.get(path).cloned() else { return Ok(()) };
-        let indexed = self.parts.local.index().get(path).map_err(ApplyError::local)?.map(|e| e.record);
+        let before = self.parts.local.index().get(path).map_err(ApplyError::local)?;
         let modified = self.parts.local.is_locally_modified(path).await.map_err(ApplyError::local)?;
-        let action = plan(&global.record, indexed.as_ref(), modified);
+        let action = plan(&global.record, before.as_ref().map(|e| &e.record), modified);
         if action != Action::Download {
             self.cancel_download(path);
         }
@@ -480,7 +480,6 @@ impl Engine {
                         Ok(())
                     }
                 };
-                let before = local.index().get(path).map_err(ApplyError::local)?;
                 let applied =
                     local.apply_if_unmodified(path, record.clone(), Vec::new(), op).await.map_err(ApplyError::local)?;
                 if !applied {
