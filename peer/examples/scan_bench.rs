@@ -10,7 +10,7 @@ use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use dartsync_peer::local::{LocalConfig, LocalState};
+use dartsync_peer::{LocalConfig, LocalState, OpenFolder};
 use dartsync_shared::ShortId;
 use tokio_util::sync::CancellationToken;
 
@@ -55,11 +55,12 @@ fn peak_rss_kib() -> u64 {
 }
 
 async fn run_once(root: &Path) -> Result<Run, Box<dyn Error>> {
-    let mut cfg = LocalConfig::new(root, ShortId(1));
+    let mut cfg = LocalConfig::new(ShortId(1));
     cfg.rescan = Duration::from_secs(24 * 3600);
     let shutdown = CancellationToken::new();
     let t0 = Instant::now();
-    let (state, mut rx) = LocalState::start(cfg, shutdown.clone()).await?;
+    let folder = OpenFolder::open(root)?;
+    let (state, mut rx) = LocalState::start(folder, cfg, shutdown.clone()).await?;
     let start = t0.elapsed();
     let drain = tokio::spawn(async move {
         let mut n = 0u64;

@@ -2,9 +2,12 @@
 //! scanner and watcher, the piece server, the tracker client and the sync
 //! engine, and stops them all together.
 //!
-//! Every task is tied to one `CancellationToken`; when any essential task
-//! ends, the others are cancelled too, so a failure never leaves a
-//! half-running peer.
+//! Supervision: the engine, the tracker client, the piece server and the
+//! scanner task run under one child `CancellationToken`. If any of them
+//! ends before shutdown was asked for (an error, a panic, a task that
+//! returned), the daemon logs which one and why, cancels the rest, waits
+//! for them, and returns [`PeerError::TaskEnded`] so the process exits
+//! non-zero (and systemd restarts it) instead of limping on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,18 +16,15 @@ use dartsync_shared::config::PeerConfig;
 use dartsync_shared::key::ClusterKey;
 use dartsync_shared::limits::DEFAULT_PIECE_LEN;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::chunk_source::ChunkSource;
-use crate::dirs::PeerDirs;
-use crate::download::{DownloadLimits, Downloader};
-use crate::engine::{Engine, EngineParts};
-use crate::history::History;
-use crate::index::Index;
-use crate::local::{LocalConfig, LocalError, LocalState};
-use crate::serve::{self, ServeConfig, ServeError};
-use crate::source::IndexSource;
-use crate::tracker_client::{ClientConfig, SummaryFn, TrackerClient, probe_welcome};
+use crate::local::{LocalConfig, LocalError, LocalState, OpenFolder};
+use crate::sync::engine::{Engine, EngineParts};
+use crate::sync::history::History;
+use crate::sync::index_source::IndexSource;
+use crate::sync::tracker_client::{ClientConfig, SummaryFn, TrackerClient, probe_welcome};
+use crate::transfer::{self, ChunkSource, DownloadLimits, Downloader, ServeConfig, ServeError};
 
 /// Switches for end-to-end tests only; hidden from `--help`.
 #[derive(Debug, Clone, Default)]
@@ -64,10 +64,21 @@ pub enum PeerError {
     /// The folder's state could not be opened.
     #[error(transparent)]
     Local(#[from] LocalError),
-    /// The piece server could not start or stopped.
+    /// The piece server could not start.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// An essential task ended before shutdown was asked for.
+    #[error("the {task} stopped unexpectedly: {why}")]
+    TaskEnded {
+        /// Which task.
+        task: &'static str,
+        /// What it reported.
+        why: String,
+    },
 }
+
+/// How a supervised task ended.
+type TaskResult = (&'static str, Result<(), String>);
 
 /// Runs the peer until `shutdown` is cancelled.
 pub async fn run(
@@ -77,20 +88,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), PeerError> {
     let tracker_addr = config.tracker_addr.clone().ok_or(PeerError::NoTracker)?;
-    let dirs = PeerDirs::create(&config.folder)?;
-    let identity = dirs.load_identity()?;
+    let folder_path = config.folder.clone();
+    let folder = tokio::task::spawn_blocking(move || OpenFolder::open(&folder_path))
+        .await
+        .map_err(|e| PeerError::Local(LocalError::Task(e)))??;
+    let identity = folder.identity().clone();
     let me = identity.peer_id();
-    tracing::info!("peer id {me} syncing {}", dirs.root.display());
+    tracing::info!("peer id {me} syncing {}", folder.dirs().root.display());
 
-    // The chunking granularity this folder was indexed with (the tracker's
-    // default unless a previous run learnt another one).
-    let stored = {
-        let index = Index::open(&dirs.index)?;
-        index.piece_len()?
-    };
-    let piece_len = match stored {
+    // The chunking granularity this folder was indexed with; a new folder
+    // is chunked with the cluster's piece length from the start.
+    let piece_len = match folder.piece_len() {
         Some(p) => p,
-        // A new folder: chunk with the cluster's piece length from the start.
         None => {
             let probe = ClientConfig {
                 tracker_addr: tracker_addr.clone(),
@@ -107,13 +116,14 @@ pub async fn run(
             }
         }
     };
+
     let tasks = shutdown.child_token();
-    let mut local_cfg = LocalConfig::new(dirs.root.clone(), me.short());
+    let mut local_cfg = LocalConfig::new(me.short());
     local_cfg.piece_len = piece_len;
     local_cfg.rescan = config.rescan;
-    let (local, changes) = LocalState::start(local_cfg, tasks.clone()).await?;
+    let (local, changes) = LocalState::start(folder, local_cfg, tasks.clone()).await?;
 
-    let listener = serve::bind(config.listen).await?;
+    let listener = transfer::bind(config.listen).await?;
     let listen_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     tracing::info!("piece server listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
     let source = Arc::new(IndexSource::new(local.index().clone(), local.dirs().root.clone()));
@@ -128,9 +138,6 @@ pub async fn run(
     } else {
         Arc::new(SlowSource { inner: source.clone(), delay: hooks.serve_delay })
     };
-    let server =
-        tokio::spawn(serve::serve(listener, key.clone(), identity.clone(), served_source, serve_cfg, tasks.clone()));
-
     let downloader = Arc::new(Downloader::new(
         key.clone(),
         identity.clone(),
@@ -139,6 +146,14 @@ pub async fn run(
         DownloadLimits { in_flight_per_holder: config.upload_slots_per_peer.clamp(1, 4), ..DownloadLimits::default() },
     ));
 
+    let mut supervised: JoinSet<TaskResult> = JoinSet::new();
+    {
+        let (key, identity, cancel) = (key.clone(), identity.clone(), tasks.clone());
+        supervised.spawn(async move {
+            let served = transfer::serve(listener, key, identity, served_source, serve_cfg, cancel).await;
+            ("piece server", served.map_err(|e| e.to_string()))
+        });
+    }
     let (events_tx, events_rx) = mpsc::channel(64);
     let index = local.index().clone();
     let summary: SummaryFn = Arc::new(move || index.records().map_err(|e| e.to_string()));
@@ -148,7 +163,7 @@ pub async fn run(
         events_tx,
         tasks.clone(),
     );
-
+    supervised.spawn(async move { ("tracker client", client_task.await.map_err(|e| e.to_string())) });
     let engine = Engine::new(EngineParts {
         history: History::new(local.dirs().versions.clone(), config.versions_keep),
         local: local.clone(),
@@ -159,24 +174,45 @@ pub async fn run(
         source,
         me,
         max_parallel_downloads: config.max_parallel_downloads,
+        chunked_with: piece_len,
     });
-    let engine_task = tokio::spawn(engine.run(tasks.clone()));
+    let engine_cancel = tasks.clone();
+    supervised.spawn(async move {
+        engine.run(engine_cancel).await;
+        ("sync engine", Ok(()))
+    });
+    {
+        let local = local.clone();
+        supervised.spawn(async move {
+            local.stopped().await;
+            ("scanner", Ok(()))
+        });
+    }
 
-    // Run until shutdown, or until the piece server fails.
+    // Run until shutdown, or until a supervised task ends on its own.
     let mut result = Ok(());
     tokio::select! {
-        _ = tasks.cancelled() => {}
-        served = server => {
-            if let Ok(Err(e)) = served {
-                tracing::error!("{e}");
-                result = Err(PeerError::Serve(e));
+        () = tasks.cancelled() => {}
+        Some(joined) = supervised.join_next() => {
+            let (task, why) = match joined {
+                Ok((task, Ok(()))) => (task, "it returned".to_owned()),
+                Ok((task, Err(e))) => (task, e),
+                Err(e) => ("a peer task", e.to_string()),
+            };
+            if !tasks.is_cancelled() {
+                tracing::error!("the {task} stopped unexpectedly ({why}); stopping the peer");
+                result = Err(PeerError::TaskEnded { task, why });
             }
         }
     }
     tasks.cancel();
-    let _ = engine_task.await;
-    let _ = client_task.await;
-    local.stopped().await;
+    while let Some(joined) = supervised.join_next().await {
+        if let Err(e) = joined
+            && e.is_panic()
+        {
+            tracing::error!("a peer task panicked while stopping: {e}");
+        }
+    }
     tracing::info!("peer stopped");
     result
 }

@@ -1,24 +1,26 @@
 //! `dartsync-peer`: one synced folder on one device.
 //!
-//! Owns the local index, scanner, watcher, tracker client, piece server,
-//! downloader and apply engine. Entry point: [`run`].
+//! Three subsystems, one folder each, under [`daemon`] which wires them:
+//! - `local` — the peer's view of its own folder: layout, index, scanner,
+//!   watcher, ignore rules, and the write gate every write of the engine
+//!   passes through. No network code.
+//! - `transfer` — content between peers: the chunk-source trait, the piece
+//!   server and the multi-source downloader. Knows hashes and temp files,
+//!   not records' history or the tracker.
+//! - `sync` — the tracker client, the sync engine (plan, install, apply),
+//!   the version history and the index-backed chunk source.
+//!
+//! Imports point down: `daemon` -> `sync` -> `local`, `transfer`; `local`
+//! and `transfer` never import `sync`, and no module imports a module that
+//! imports it. Entry point: [`run`].
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-pub mod apply;
-pub mod chunk_source;
-pub mod daemon;
-pub mod dirs;
-pub mod download;
-pub mod engine;
-pub mod history;
-pub mod ignore;
-pub mod index;
-pub mod local;
-pub mod scan;
-pub mod serve;
-pub mod source;
-pub mod tracker_client;
-pub mod watch;
+mod daemon;
+mod deadlines;
+mod local;
+mod sync;
+pub mod transfer;
 
 pub use daemon::{PeerError, TestHooks, run};
+pub use local::{LocalConfig, LocalState, OpenFolder};

@@ -1,5 +1,5 @@
-//! The peer's local state: the facade over [`crate::dirs`], [`crate::index`],
-//! [`crate::scan`], [`crate::watch`] and [`crate::ignore`] that the sync
+//! The peer's local state: the facade over [`crate::local::dirs`], [`crate::local::index`],
+//! [`crate::local::scan`], [`crate::watch`] and [`crate::local::ignore`] that the sync
 //! engine uses.
 //!
 //! [`LocalState::start`] opens `.dartsync/` and the index, starts the
@@ -27,26 +27,39 @@
 //! No network code lives here; announcing the changes is the tracker
 //! client's job.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dartsync_shared::chunk::ChunkInfo;
-use dartsync_shared::codec::CodecError;
-use dartsync_shared::key::KeyError;
+use dartsync_shared::chunk::{ChunkInfo, ChunkParams};
+use dartsync_shared::key::Identity;
 use dartsync_shared::limits::DEFAULT_PIECE_LEN;
 use dartsync_shared::{FileRecord, RelPath, ShortId};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::dirs::PeerDirs;
-use crate::ignore::IgnoreRules;
-use crate::index::Index;
-use crate::scan::{ScanReport, Scanner, ScannerConfig};
-use crate::watch::{Wakeup, Watcher};
+pub(crate) mod commit;
+pub(crate) mod dirs;
+pub(crate) mod error;
+pub(crate) mod ignore;
+pub(crate) mod index;
+mod probe;
+mod scan;
+pub(crate) mod stat;
+mod watch;
+
+use crate::deadlines::Deadlines;
+use commit::{Gated, WriteGate};
+use dirs::PeerDirs;
+pub(crate) use error::LocalError;
+use ignore::IgnoreRules;
+use index::{Index, IndexEntry};
+use probe::Probe;
+use scan::{ScanReport, Scanner, ScannerConfig};
+use watch::{Wakeup, Watcher};
 
 /// Capacity of the channel of local changes.
 pub const CHANGES_CAPACITY: usize = 1024;
@@ -57,94 +70,9 @@ const COMMAND_CAPACITY: usize = 1024;
 /// into a full rescan.
 const WATCH_CAPACITY: usize = 256;
 
-/// Why an operation on the local state failed.
-#[derive(Debug, thiserror::Error)]
-pub enum LocalError {
-    /// A file or folder could not be read, written or created.
-    #[error("{path}: {source}")]
-    Io {
-        /// The path on disk.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The index database could not be opened (in use by another process,
-    /// unreadable, or not a redb file).
-    #[error("cannot open the index {path}: {source}")]
-    IndexOpen {
-        /// The database file.
-        path: PathBuf,
-        /// The cause.
-        source: Box<redb::Error>,
-    },
-    /// A read or write of the index failed.
-    #[error("index: {0}")]
-    Index(Box<redb::Error>),
-    /// The index was written by an incompatible version.
-    #[error("index {path} has schema {found}; this version reads schema {supported}")]
-    Schema {
-        /// The database file.
-        path: PathBuf,
-        /// Its schema version.
-        found: u64,
-        /// The schema this build understands.
-        supported: u64,
-    },
-    /// A stored value does not decode or does not validate.
-    #[error("index entry {key:?} is corrupt: {what}")]
-    Corrupt {
-        /// The key of the bad value.
-        key: String,
-        /// What is wrong.
-        what: String,
-    },
-    /// A value could not be encoded for storage (e.g. a chunk list beyond
-    /// the codec's size limit).
-    #[error("cannot store {path}: {source}")]
-    Encode {
-        /// The path whose entry failed.
-        path: RelPath,
-        /// The cause.
-        source: CodecError,
-    },
-    /// The node identity could not be read or created.
-    #[error("identity: {0}")]
-    Identity(#[from] KeyError),
-    /// The file watcher could not be started.
-    #[error("file watcher: {0}")]
-    Watch(#[from] notify::Error),
-    /// A record handed to [`LocalState`] is inconsistent.
-    #[error("record for {path} refused: {what}")]
-    InvalidRecord {
-        /// The path concerned.
-        path: RelPath,
-        /// What is wrong.
-        what: String,
-    },
-    /// The scanner task has stopped (shutdown).
-    #[error("the local state has stopped")]
-    Stopped,
-    /// A blocking task panicked or was cancelled.
-    #[error("blocking task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
-
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for LocalError {
-            fn from(e: $t) -> Self {
-                LocalError::Index(Box::new(e.into()))
-            }
-        }
-    )*};
-}
-from_redb!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
-
 /// How to run the local state of one folder.
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
-    /// The synced folder (created if missing).
-    pub root: PathBuf,
     /// Average chunk size (the tracker's piece length).
     pub piece_len: u32,
     /// Interval of the full rescan that catches missed events.
@@ -164,9 +92,8 @@ impl LocalConfig {
 
     /// A configuration with the default piece length, rescan interval and
     /// debounce.
-    pub fn new(root: impl Into<PathBuf>, me: ShortId) -> LocalConfig {
+    pub fn new(me: ShortId) -> LocalConfig {
         LocalConfig {
-            root: root.into(),
             piece_len: DEFAULT_PIECE_LEN,
             rescan: Self::DEFAULT_RESCAN,
             me,
@@ -184,11 +111,11 @@ enum Command {
 struct Inner {
     dirs: PeerDirs,
     index: Index,
-    scanner: Arc<Scanner>,
+    gate: Arc<WriteGate>,
     commands: mpsc::Sender<Command>,
     wakeup: Arc<Wakeup>,
     /// Number of full scans finished (successfully or not).
-    scans: watch::Receiver<u64>,
+    scans: tokio::sync::watch::Receiver<u64>,
     tasks: TaskTracker,
 }
 
@@ -207,30 +134,67 @@ pub struct LocalState {
     inner: Arc<Inner>,
 }
 
+/// A folder whose state directory and index are open, before its scanner
+/// and watcher start ([`LocalState::start`]). Lets the daemon learn the
+/// stored piece length without opening the index twice.
+#[derive(Debug)]
+pub struct OpenFolder {
+    dirs: PeerDirs,
+    index: Index,
+    identity: Identity,
+    piece_len: Option<u32>,
+}
+
+impl OpenFolder {
+    /// Creates (if needed) the folder and `.dartsync/`, loads the identity
+    /// and opens the index (blocking: call it from `spawn_blocking` or
+    /// before the runtime is busy).
+    pub fn open(root: &std::path::Path) -> Result<OpenFolder, LocalError> {
+        let dirs = PeerDirs::create(root)?;
+        let identity = dirs.load_identity()?;
+        let index = Index::open(&dirs.index)?;
+        let piece_len = index.piece_len()?;
+        Ok(OpenFolder { dirs, index, identity, piece_len })
+    }
+
+    /// The folder layout.
+    pub fn dirs(&self) -> &PeerDirs {
+        &self.dirs
+    }
+
+    /// This node's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The piece length the index was chunked with; `None` for a new
+    /// folder.
+    pub fn piece_len(&self) -> Option<u32> {
+        self.piece_len
+    }
+}
+
 impl LocalState {
-    /// Opens `.dartsync/` and the index, starts the watcher and the scanner
-    /// task, and returns the handle with the stream of local changes (new
-    /// versions with a bumped vector, tombstones, and re-chunked records
-    /// after a piece-length change). The startup scan runs in the
-    /// background; [`LocalState::initial_scan_done`] tells when it
-    /// finished. Everything stops when `shutdown` is cancelled.
+    /// Starts the watcher and the scanner task over an [`OpenFolder`], and
+    /// returns the handle with the stream of local changes (new versions
+    /// with a bumped vector, tombstones, and re-chunked records after a
+    /// piece-length change). The startup scan runs in the background;
+    /// [`LocalState::initial_scan_done`] tells when it finished. Everything
+    /// stops when `shutdown` is cancelled.
     pub async fn start(
+        folder: OpenFolder,
         cfg: LocalConfig,
         shutdown: CancellationToken,
     ) -> Result<(LocalState, mpsc::Receiver<FileRecord>), LocalError> {
-        let root = cfg.root.clone();
-        let (dirs, index, rules) = tokio::task::spawn_blocking(move || -> Result<_, LocalError> {
-            let dirs = PeerDirs::create(&root)?;
-            let index = Index::open(&dirs.index)?;
-            let rules = IgnoreRules::load(&dirs.root);
-            Ok((dirs, index, rules))
-        })
-        .await??;
+        let OpenFolder { dirs, index, piece_len: stored_piece_len, .. } = folder;
+        let root = dirs.root.clone();
+        let rules = tokio::task::spawn_blocking(move || IgnoreRules::load(&root)).await?;
 
         let (changes_tx, changes_rx) = mpsc::channel(CHANGES_CAPACITY);
-        let scanner_config =
-            ScannerConfig { root: dirs.root.clone(), me: cfg.me, piece_len: cfg.piece_len, quiet: cfg.debounce };
-        let scanner = Arc::new(Scanner::new(scanner_config, index.clone(), rules, changes_tx, shutdown.clone()));
+        let probe = Probe::new(dirs.root.clone(), ChunkParams::for_piece_len(cfg.piece_len));
+        let gate = Arc::new(WriteGate::new(index.clone(), probe));
+        let scanner_config = ScannerConfig { me: cfg.me, quiet: cfg.debounce };
+        let scanner = Arc::new(Scanner::new(scanner_config, gate.clone(), rules, changes_tx, shutdown.clone()));
 
         // The watcher starts before the startup scan so no change between
         // the two is lost.
@@ -249,12 +213,13 @@ impl LocalState {
             };
 
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
-        let (scans_tx, scans_rx) = watch::channel(0u64);
-        let actor = Actor {
-            scanner: scanner.clone(),
+        let (scans_tx, scans_rx) = tokio::sync::watch::channel(0u64);
+        let task = ScanTask {
+            scanner,
             index: index.clone(),
             root: dirs.root.clone(),
             piece_len: cfg.piece_len,
+            rechunk: stored_piece_len != Some(cfg.piece_len),
             rescan_every: cfg.rescan,
             retry_delay: cfg.debounce.max(Duration::from_millis(50)),
             commands: commands_rx,
@@ -263,16 +228,16 @@ impl LocalState {
             scans: scans_tx,
             shutdown,
             dirty: BTreeSet::new(),
-            retry: HashMap::new(),
+            retry: Deadlines::default(),
             waiters: Vec::new(),
             want_full: false,
             next_full: Instant::now() + cfg.rescan,
             _watcher: watcher,
         };
         let tasks = TaskTracker::new();
-        tasks.spawn(actor.run());
+        tasks.spawn(task.run());
         tasks.close();
-        let inner = Inner { dirs, index, scanner, commands: commands_tx, wakeup, scans: scans_rx, tasks };
+        let inner = Inner { dirs, index, gate, commands: commands_tx, wakeup, scans: scans_rx, tasks };
         Ok((LocalState { inner: Arc::new(inner) }, changes_rx))
     }
 
@@ -286,66 +251,43 @@ impl LocalState {
         &self.inner.index
     }
 
-    /// Records a file, folder, symlink or tombstone the peer itself wrote
-    /// (after the rename into place, or the delete): stores `record` (its
-    /// version vector is the global one) and `chunks` with a fresh stat of
-    /// the disk, so the scanner sees no local change. If the disk does not
-    /// hold what the record describes, the path is re-checked (and any
-    /// difference becomes a local change).
-    pub async fn record_applied(
-        &self,
-        path: &RelPath,
-        record: FileRecord,
-        chunks: Vec<ChunkInfo>,
-    ) -> Result<(), LocalError> {
-        let scanner = self.inner.scanner.clone();
+    /// The index entry of `path` and whether the disk differs from it (an
+    /// unannounced local edit, including a file that appeared or
+    /// vanished): what the engine plans with. Reads the file only if its
+    /// stat moved. An ignored file at a path the index does not know
+    /// counts as a difference (never overwritten silently).
+    pub(crate) async fn local_view(&self, path: &RelPath) -> Result<(Option<IndexEntry>, bool), LocalError> {
+        let gate = self.inner.gate.clone();
         let p = path.clone();
-        let agrees = tokio::task::spawn_blocking(move || scanner.record_applied(&p, &record, &chunks)).await??;
-        if !agrees {
-            self.mark_dirty(path);
-        }
-        Ok(())
+        tokio::task::spawn_blocking(move || Ok((gate.index.get(&p)?, gate.differs(&p)?))).await?
     }
 
-    /// The race-free form of "check [`is_locally_modified`](Self::is_locally_modified),
-    /// write, [`record_applied`](Self::record_applied)": under the commit
-    /// lock, refuses (returns `Ok(false)`, `op` not run) if the disk differs
-    /// from the index for `path`; otherwise runs `op` (the rename into
-    /// place, the delete, the mkdir) and records `record` with a fresh stat.
-    /// No scan can commit between the check and the record.
-    pub async fn apply_if_unmodified<F>(
+    /// Runs `op` — a write of `record.path` on behalf of the cluster — and
+    /// records `record` (with `chunks`) under the commit lock, unless the
+    /// disk differs from the index or the index holds a version `record`
+    /// does not supersede (see [`WriteGate::apply_if_unmodified`]). A path
+    /// refused, or written but not matching the record afterwards, is
+    /// re-checked by the scanner.
+    pub(crate) async fn apply_if_unmodified<T, E, F>(
         &self,
-        path: &RelPath,
         record: FileRecord,
         chunks: Vec<ChunkInfo>,
         op: F,
-    ) -> Result<bool, LocalError>
+    ) -> Result<Gated<T>, E>
     where
-        F: FnOnce() -> std::io::Result<()> + Send + 'static,
+        F: FnOnce() -> Result<Option<T>, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<LocalError> + Send + 'static,
     {
-        let scanner = self.inner.scanner.clone();
-        let p = path.clone();
-        let outcome =
-            tokio::task::spawn_blocking(move || scanner.apply_if_unmodified(&p, &record, &chunks, op)).await??;
-        match outcome {
-            None => Ok(false),
-            Some(agrees) => {
-                if !agrees {
-                    self.mark_dirty(path);
-                }
-                Ok(true)
-            }
+        let gate = self.inner.gate.clone();
+        let path = record.path.clone();
+        let outcome = tokio::task::spawn_blocking(move || gate.apply_if_unmodified(&record, &chunks, op))
+            .await
+            .map_err(|e| E::from(LocalError::Task(e)))??;
+        if matches!(outcome, Gated::Refused | Gated::Applied { agrees: false, .. }) {
+            self.mark_dirty(&path);
         }
-    }
-
-    /// True when the disk differs from the index for `path`: an unannounced
-    /// local edit, including a file that appeared or vanished. Reads the
-    /// file only if its stat moved. An ignored file at a path the index does
-    /// not know counts as a difference (never overwritten silently).
-    pub async fn is_locally_modified(&self, path: &RelPath) -> Result<bool, LocalError> {
-        let scanner = self.inner.scanner.clone();
-        let p = path.clone();
-        tokio::task::spawn_blocking(move || scanner.differs(&p)).await?
+        Ok(outcome)
     }
 
     /// Asks the scanner to re-check `path` (and its subtree) soon.
@@ -356,13 +298,11 @@ impl LocalState {
     }
 
     /// Stores `record` as the version of its path without a content change
-    /// (e.g. the tracker merged vectors and our file already has the
-    /// winner's content), if the disk holds exactly that content (or is
-    /// absent, for a tombstone). Returns whether it was stored.
-    pub async fn adopt_version(&self, record: &FileRecord) -> Result<bool, LocalError> {
-        let scanner = self.inner.scanner.clone();
+    /// (see [`WriteGate::adopt_version`]). Returns whether it was stored.
+    pub(crate) async fn adopt_version(&self, record: &FileRecord) -> Result<bool, LocalError> {
+        let gate = self.inner.gate.clone();
         let record = record.clone();
-        tokio::task::spawn_blocking(move || scanner.adopt_version(&record)).await?
+        tokio::task::spawn_blocking(move || gate.adopt_version(&record)).await?
     }
 
     /// Runs a full rescan now and waits for it to finish. Changes it finds
@@ -381,14 +321,9 @@ impl LocalState {
         let _ = scans.wait_for(|n| *n >= 1).await;
     }
 
-    /// Number of full scans finished so far.
-    pub fn full_scans(&self) -> u64 {
-        *self.inner.scans.borrow()
-    }
-
     /// Total bytes read for hashing since start.
     pub fn bytes_hashed(&self) -> u64 {
-        self.inner.scanner.bytes_hashed()
+        self.inner.gate.probe.bytes_hashed()
     }
 
     /// Waits until the scanner task and the watcher have stopped (after the
@@ -399,21 +334,24 @@ impl LocalState {
 }
 
 /// The scanner task: owns the dirty set, the retry timers and the watcher.
-struct Actor {
+struct ScanTask {
     scanner: Arc<Scanner>,
     index: Index,
     root: PathBuf,
     piece_len: u32,
+    /// The index was chunked with another piece length (or never): the
+    /// startup scan re-chunks every file.
+    rechunk: bool,
     rescan_every: Duration,
     retry_delay: Duration,
     commands: mpsc::Receiver<Command>,
     watch_rx: mpsc::Receiver<Vec<PathBuf>>,
     wakeup: Arc<Wakeup>,
-    scans: watch::Sender<u64>,
+    scans: tokio::sync::watch::Sender<u64>,
     shutdown: CancellationToken,
     dirty: BTreeSet<RelPath>,
-    /// Paths to re-check, with when.
-    retry: HashMap<RelPath, Instant>,
+    /// Paths to re-check, ordered by when.
+    retry: Deadlines<RelPath, Instant>,
     /// Callers of `rescan_now` waiting for the next full scan.
     waiters: Vec<oneshot::Sender<()>>,
     want_full: bool,
@@ -429,23 +367,11 @@ enum Wake {
     Timer,
 }
 
-impl Actor {
+impl ScanTask {
     async fn run(mut self) {
-        let index = self.index.clone();
-        let force = match tokio::task::spawn_blocking(move || index.piece_len()).await {
-            Ok(Ok(stored)) => stored != Some(self.piece_len),
-            Ok(Err(err)) => {
-                tracing::error!(%err, "cannot read the stored piece length; re-chunking everything");
-                true
-            }
-            Err(err) => {
-                tracing::error!(%err, "startup scan task failed");
-                return;
-            }
-        };
-        self.full_scan(force).await;
+        self.full_scan(self.rechunk).await;
         while !self.shutdown.is_cancelled() {
-            let next_retry = self.retry.values().min().copied();
+            let next_retry = self.retry.next();
             let wake = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => Wake::Stop,
@@ -503,10 +429,7 @@ impl Actor {
         if self.wakeup.take_rescan() {
             self.want_full = true;
         }
-        let now = Instant::now();
-        let due: Vec<RelPath> = self.retry.iter().filter(|(_, at)| **at <= now).map(|(p, _)| p.clone()).collect();
-        for path in due {
-            self.retry.remove(&path);
+        for path in self.retry.take_due(Instant::now()) {
             self.dirty.insert(path);
         }
         if self.want_full || !self.waiters.is_empty() {
@@ -550,7 +473,7 @@ impl Actor {
             Ok(Ok(report)) => {
                 let at = Instant::now() + self.retry_delay;
                 for path in report.retry {
-                    self.retry.entry(path).or_insert(at);
+                    self.retry.insert_if_absent(path, at);
                 }
                 if report.emitted > 0 {
                     tracing::debug!(changes = report.emitted, "{what} done");

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use dartsync_peer::chunk_source::{ChunkSource, MemoryChunkSource};
-use dartsync_peer::download::{DownloadError, DownloadJob, DownloadLimits, DownloadOutcome, Downloader, HolderError};
-use dartsync_peer::serve::{ServeConfig, ServeError, serve};
+use dartsync_peer::transfer::{ChunkSource, MemoryChunkSource};
+use dartsync_peer::transfer::{DownloadError, DownloadJob, DownloadLimits, DownloadOutcome, Downloader, HolderError};
+use dartsync_peer::transfer::{ServeConfig, ServeError, serve};
 use dartsync_shared::channel::{self, SecureChannel};
 use dartsync_shared::chunk::{ChunkParams, ChunkedFile, chunk_bytes};
 use dartsync_shared::key::{ClusterKey, Identity};

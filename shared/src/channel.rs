@@ -42,8 +42,9 @@ use crate::id::{PeerId, PublicKey};
 use crate::key::{ClusterKey, Identity};
 use crate::proto::PROTOCOL_VERSION;
 
-/// The Noise protocol name.
-pub const NOISE_PARAMS: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
+/// The Noise protocol name (defined in `noise`, below both this module and
+/// [`crate::key`]; re-exported here where it has always been).
+pub use crate::noise::NOISE_PARAMS;
 
 /// Bytes that open each side's first handshake payload.
 pub const MAGIC: &[u8; 8] = b"DARTSYNC";
@@ -187,9 +188,10 @@ async fn handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let params = NOISE_PARAMS.parse().expect("static noise params are valid");
-    let builder =
-        snow::Builder::new(params).local_private_key(identity.secret())?.psk(3, key.as_bytes())?.prologue(PROLOGUE)?;
+    let builder = snow::Builder::new(crate::noise::params())
+        .local_private_key(identity.secret())?
+        .psk(3, key.as_bytes())?
+        .prologue(PROLOGUE)?;
     let mut state = if initiator { builder.build_initiator()? } else { builder.build_responder()? };
     let (read, write) = tokio::io::split(stream);
     let mut frames = FramedRead::new(read, noise_codec());

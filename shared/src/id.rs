@@ -142,7 +142,14 @@ impl ContentHash {
 
     /// The full hash as 64 lowercase hex digits.
     pub fn to_hex(&self) -> String {
-        self.to_string()
+        crate::hex::encode(&self.0)
+    }
+
+    /// Parses exactly what [`Self::to_hex`] writes: 64 **lowercase** hex
+    /// digits, nothing around them. Uppercase is refused so one hash has
+    /// one spelling (temp file names map back to exactly one hash).
+    pub fn from_hex(text: &str) -> Option<ContentHash> {
+        crate::hex::decode32_lower(text).map(ContentHash)
     }
 }
 
@@ -154,10 +161,7 @@ impl From<blake3::Hash> for ContentHash {
 
 impl fmt::Display for ContentHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
+        crate::hex::write(&self.0, f)
     }
 }
 
@@ -202,5 +206,21 @@ mod tests {
         let h = ContentHash::empty();
         assert_eq!(h.to_string(), blake3::hash(&[]).to_hex().to_string());
         assert_eq!(h.fmt_short().len(), 12);
+        assert_eq!(h.to_hex(), h.to_string());
+    }
+
+    #[test]
+    fn content_hash_parses_only_its_own_hex() {
+        let h = ContentHash::of(b"x");
+        assert_eq!(ContentHash::from_hex(&h.to_hex()), Some(h));
+        for bad in [
+            h.to_hex().to_uppercase(),
+            h.to_hex()[..63].to_owned(),
+            format!("{}0", h.to_hex()),
+            format!(" {}", &h.to_hex()[1..]),
+            String::new(),
+        ] {
+            assert_eq!(ContentHash::from_hex(&bad), None, "{bad:?}");
+        }
     }
 }

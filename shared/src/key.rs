@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use rand::RngCore;
 
+use crate::hex;
 use crate::id::PublicKey;
 
 /// Why key material could not be read or written.
@@ -55,20 +56,10 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
     move |source| KeyError::Io { path: path.to_owned(), source }
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
+/// 64 hex digits of either case, surrounding whitespace ignored (key files
+/// may have been edited by hand).
 fn from_hex32(text: &str) -> Option<[u8; 32]> {
-    let text = text.trim();
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    hex::decode32(text.trim())
 }
 
 /// Writes `contents` to `path` atomically with mode 0600, failing if the
@@ -137,7 +128,7 @@ impl ClusterKey {
     /// key), for logs and for checking two machines share a key.
     pub fn fingerprint(&self) -> String {
         let hash = blake3::hash(&self.0);
-        hash.to_hex()[..8].to_owned()
+        hex::encode(&hash.as_bytes()[..4])
     }
 
     /// Reads a key file.
@@ -151,7 +142,7 @@ impl ClusterKey {
 
     /// Writes the key to a new file with mode 0600.
     pub fn save_new(&self, path: &Path) -> Result<(), KeyError> {
-        write_secret_file(path, &format!("{}\n", to_hex(&self.0)))
+        write_secret_file(path, &format!("{}\n", hex::encode(&self.0)))
     }
 }
 
@@ -171,7 +162,7 @@ pub struct Identity {
 impl Identity {
     /// A new random identity.
     pub fn generate() -> Self {
-        let builder = snow::Builder::new(crate::channel::NOISE_PARAMS.parse().expect("static noise params are valid"));
+        let builder = snow::Builder::new(crate::noise::params());
         let pair = builder.generate_keypair().expect("x25519 key generation cannot fail with the default resolver");
         let mut secret = [0u8; 32];
         secret.copy_from_slice(&pair.private);
@@ -206,7 +197,7 @@ impl Identity {
 
     /// Writes the identity to a new file with mode 0600.
     pub fn save_new(&self, path: &Path) -> Result<(), KeyError> {
-        write_secret_file(path, &format!("{}\n{}\n", to_hex(&self.secret), to_hex(&self.public.0)))
+        write_secret_file(path, &format!("{}\n{}\n", hex::encode(&self.secret), hex::encode(&self.public.0)))
     }
 
     /// Loads the identity at `path`, creating it first if it does not exist.
@@ -256,6 +247,15 @@ mod tests {
         fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(ClusterKey::load(&path), Err(KeyError::TooOpen { .. })));
+    }
+
+    #[test]
+    fn hand_edited_key_files_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        fs::write(&path, format!("  {}\r\n\n", "AB".repeat(32))).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(ClusterKey::load(&path).unwrap(), ClusterKey::from_bytes([0xab; 32]));
     }
 
     #[test]

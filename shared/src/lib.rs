@@ -5,7 +5,9 @@
 //! ([`channel`]), the record and version-vector types ([`record`],
 //! [`version`]), identities ([`id`]), the only gate from wire paths to disk
 //! paths ([`path`]), content-defined chunking ([`chunk`]), the cluster key
-//! ([`key`]) and the configuration file ([`config`]).
+//! ([`key`]) and the configuration file ([`config`]), plus two small
+//! helpers every crate uses: [`hex`] and [`backoff`]. With the `test-util`
+//! feature, `test_util` holds the helpers of every crate's tests.
 //!
 //! The pure parts (records, versions, ids, paths, chunking over a `Read`)
 //! know nothing about tokio; only [`codec`] and [`channel`] are async. The
@@ -13,17 +15,22 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod backoff;
 pub mod channel;
 pub mod chunk;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod hex;
 pub mod id;
 pub mod key;
 pub mod limits;
+mod noise;
 pub mod path;
 pub mod proto;
 pub mod record;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 pub mod time;
 pub mod version;
 

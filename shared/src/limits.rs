@@ -42,6 +42,14 @@ pub const MAX_NAME_LEN: usize = 255;
 /// path).
 pub const MAX_VERSION_ENTRIES: usize = 1024;
 
+/// Largest version-vector counter a valid record may carry: 2^62.
+///
+/// A counter grows by one per local edit, so no honest history comes near
+/// it; a record above it is invalid (forged or corrupt), and a bump that
+/// would pass it fails instead of saturating. The headroom up to `u64::MAX`
+/// keeps every `max + 1` on valid vectors free of overflow.
+pub const MAX_COUNTER: u64 = 1 << 62;
+
 /// Most holders listed for one entry in a `Delta`.
 pub const MAX_HOLDERS_PER_ENTRY: usize = 256;
 

@@ -7,6 +7,16 @@
 //! absolute, cannot climb out with `..`, cannot contain NUL or a backslash,
 //! cannot name anything under `.dartsync`, and respects the length limits
 //! of [`crate::limits`].
+//!
+//! # The state directory, in any spelling
+//! No component at any depth may be `.dartsync` **as a case-insensitive or
+//! normalising file system sees it** ([`is_state_dir_name`]): on macOS (APFS,
+//! HFS+) or a FAT/exFAT stick, `.DartSync/identity` *is* the state directory.
+//! Names are compared after Unicode case folding (so `.dartſync`, with a
+//! long s, counts too) and without the invisible code points HFS+ ignores
+//! (the check git does for `.git`). Paths that differ only in case are
+//! otherwise fine; [`case_fold_key`] lets a peer on a case-insensitive
+//! file system detect them.
 
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
@@ -42,8 +52,8 @@ pub enum PathError {
     /// The path contains a control character.
     #[error("path {0:?} contains a control character")]
     Control(String),
-    /// The path names something under `.dartsync`.
-    #[error("path {0:?} is inside the {STATE_DIR} state directory")]
+    /// A component is `.dartsync` in some spelling ([`is_state_dir_name`]).
+    #[error("path {0:?} names the {STATE_DIR} state directory (letter case and invisible characters do not matter)")]
     StateDir(String),
     /// The whole path is longer than [`MAX_PATH_LEN`].
     #[error("path of {0} bytes exceeds {MAX_PATH_LEN}")]
@@ -99,7 +109,7 @@ impl RelPath {
             match component {
                 "" => return Err(PathError::EmptyComponent(text.to_owned())),
                 "." | ".." => return Err(PathError::DotComponent(text.to_owned())),
-                STATE_DIR => return Err(PathError::StateDir(text.to_owned())),
+                c if is_state_dir_name(c) => return Err(PathError::StateDir(text.to_owned())),
                 c if c.len() > MAX_NAME_LEN => return Err(PathError::NameTooLong(c.len())),
                 _ => {}
             }
@@ -182,6 +192,42 @@ impl RelPath {
         self.0 == ancestor.0
             || (self.0.starts_with(&ancestor.0) && self.0.as_bytes().get(ancestor.0.len()) == Some(&b'/'))
     }
+}
+
+/// True when a file system that ignores letter case (or, like HFS+, some
+/// invisible code points) would take `name` for [`STATE_DIR`]: equal to
+/// `.dartsync` after Unicode case folding, ignoring the code points HFS+
+/// ignores. Cheap for ASCII names (one case-insensitive comparison).
+pub fn is_state_dir_name(name: &str) -> bool {
+    if name.is_ascii() {
+        return name.eq_ignore_ascii_case(STATE_DIR);
+    }
+    let mut folded = name.chars().filter(|c| !is_hfs_ignorable(*c)).flat_map(fold_char);
+    STATE_DIR.chars().all(|want| folded.next() == Some(want)) && folded.next().is_none()
+}
+
+/// A key equal for two paths exactly when they differ only in letter case
+/// (Unicode case folding, char by char): the path as a case-insensitive file
+/// system compares it. A peer uses it to find paths that would collide on
+/// such a file system (`A.txt` and `a.txt`). Unicode normalisation (NFC vs
+/// NFD) is not applied.
+pub fn case_fold_key(path: &RelPath) -> String {
+    path.0.chars().flat_map(fold_char).collect()
+}
+
+/// Case folding of one character: upper case, then lower case. Unlike
+/// `to_lowercase` alone it folds `ſ` to `s`, `ς` to `σ` and the Kelvin sign
+/// to `k`, and it is context-free (no final-sigma rule); it may fold a
+/// little more than the file system does (`ß` to `ss`), which only makes
+/// the checks stricter.
+fn fold_char(c: char) -> impl Iterator<Item = char> {
+    c.to_uppercase().flat_map(char::to_lowercase)
+}
+
+/// Code points HFS+ drops when comparing names (zero-width joiners,
+/// direction marks, the byte order mark), as git's `is_hfs_dotgit` lists.
+fn is_hfs_ignorable(c: char) -> bool {
+    matches!(c, '\u{200C}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{206A}'..='\u{206F}' | '\u{FEFF}')
 }
 
 impl TryFrom<String> for RelPath {
@@ -274,6 +320,59 @@ mod tests {
         for input in fine {
             check(input, true);
         }
+    }
+
+    #[test]
+    fn the_state_dir_is_refused_in_any_spelling_at_any_depth() {
+        let cases = [
+            // Refused: the state directory as some file system sees it.
+            (".dartsync", false),
+            (".DARTSYNC/x", false),
+            ("a/.DartSync/b", false),
+            ("a/.dartsync", false),
+            ("a/b/c/.dArTsYnC/identity", false),
+            (".dart\u{017F}ync", false),            // long s folds to s
+            (".DART\u{017F}YNC/index.redb", false), // both at once
+            (".dart\u{200C}sync", false),           // zero-width non-joiner (HFS+ ignores it)
+            ("a/\u{FEFF}.dartsync/b", false),       // byte order mark in front
+            (".darts\u{200D}ync\u{206A}", false),
+            // Fine: other names that merely look alike.
+            ("a/.dartsyncignore", true),
+            (".dartsyncx", true),
+            (".dartsync.bak", true),
+            ("x.dartsync", true),
+            ("dartsync", true),
+            (".dart sync", true),
+            (".dartsyn", true),
+            ("a/.DARTSYNCIGNORE", true),
+            (".dart\u{0455}ync", true), // Cyrillic dze: a look-alike, not a case variant
+            ("\u{FF0E}dartsync", true), // fullwidth full stop
+        ];
+        for (input, want_ok) in cases {
+            check(input, want_ok);
+            if !want_ok {
+                assert!(matches!(RelPath::new(input), Err(PathError::StateDir(_))), "{input:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn case_fold_keys_match_exactly_for_case_variants() {
+        let key = |p: &str| case_fold_key(&RelPath::new(p).unwrap());
+        let same = [
+            ("Docs/Readme.TXT", "docs/readme.txt"),
+            ("ÜBER/Ärger", "über/ärger"),
+            ("\u{017F}ign", "SIGN"),                                  // long s
+            ("\u{03A3}\u{0391}\u{03A3}", "\u{03C3}\u{03B1}\u{03C2}"), // ΣΑΣ vs σας (final sigma)
+            ("\u{212A}elvin", "kelvin"),                              // Kelvin sign
+        ];
+        for (a, b) in same {
+            assert_eq!(key(a), key(b), "{a:?} vs {b:?}");
+        }
+        for (a, b) in [("a/b", "a/c"), ("a/b", "ab"), ("é", "e")] {
+            assert_ne!(key(a), key(b), "{a:?} vs {b:?}");
+        }
+        assert_eq!(key("Docs/Readme.TXT"), "docs/readme.txt");
     }
 
     #[test]

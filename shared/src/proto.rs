@@ -50,6 +50,14 @@ pub enum ProtocolError {
     /// A record in the message is malformed.
     #[error(transparent)]
     Record(#[from] crate::record::RecordError),
+    /// A version vector outside a record is malformed.
+    #[error("{what}: {source}")]
+    Version {
+        /// Which message carried it.
+        what: &'static str,
+        /// What is wrong with it.
+        source: crate::version::VersionError,
+    },
     /// A field has a value outside its allowed range.
     #[error("{0}")]
     Invalid(&'static str),

@@ -12,7 +12,13 @@ use serde::{Deserialize, Serialize};
 use crate::id::ContentHash;
 use crate::limits::MAX_LINK_TARGET_LEN;
 use crate::path::RelPath;
-use crate::version::VersionVector;
+use crate::version::{VersionError, VersionVector};
+
+/// The only mode bits a record carries: read, write and execute for user,
+/// group and others. Setuid, setgid, sticky and file-type bits never travel
+/// (a peer must not be able to plant a setuid file on another machine), and
+/// a record with any of them is invalid.
+pub const PERMISSION_BITS: u32 = 0o777;
 
 /// What kind of filesystem entry a record describes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -41,7 +47,7 @@ pub struct FileRecord {
     /// Modification time in nanoseconds since the Unix epoch. Data, not
     /// causality: restored on download, used only to break conflict ties.
     pub mtime_ns: i64,
-    /// Unix permission bits (`0o7777` mask).
+    /// Unix permission bits, within [`PERMISSION_BITS`] (`0o777`).
     pub mode: u32,
     /// blake3 of the file bytes ([`ContentHash::empty`] for non-files).
     pub content: ContentHash,
@@ -56,11 +62,20 @@ pub struct FileRecord {
 /// Why a record from the wire was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
-    /// The version vector is empty, too long, or has zero counters.
-    #[error("record {path}: malformed version vector")]
+    /// The version vector is empty: every record has a history.
+    #[error("record {path}: empty version vector")]
+    NoVersion {
+        /// The record's path.
+        path: RelPath,
+    },
+    /// The version vector is malformed: too long, a zero counter, or a
+    /// counter above [`crate::limits::MAX_COUNTER`].
+    #[error("record {path}: {source}")]
     BadVersion {
         /// The record's path.
         path: RelPath,
+        /// What is wrong with the vector.
+        source: VersionError,
     },
     /// A folder, symlink or tombstone claims a size or content.
     #[error("record {path}: {what}")]
@@ -69,6 +84,15 @@ pub enum RecordError {
         path: RelPath,
         /// What is inconsistent.
         what: &'static str,
+    },
+    /// The mode has bits outside [`PERMISSION_BITS`] (setuid, setgid,
+    /// sticky or file-type bits).
+    #[error("record {path}: mode {mode:#o} has bits outside the permission bits 0o777")]
+    BadMode {
+        /// The record's path.
+        path: RelPath,
+        /// The offending mode.
+        mode: u32,
     },
     /// A symlink target is absolute, too long or climbs out of the folder.
     #[error("record {path}: symlink target {target:?} leaves the folder")]
@@ -103,8 +127,12 @@ impl FileRecord {
     /// validated when it was decoded.
     pub fn validate(&self) -> Result<(), RecordError> {
         let path = || self.path.clone();
-        if self.version.is_empty() || !self.version.is_well_formed() {
-            return Err(RecordError::BadVersion { path: path() });
+        if self.version.is_empty() {
+            return Err(RecordError::NoVersion { path: path() });
+        }
+        self.version.check().map_err(|source| RecordError::BadVersion { path: path(), source })?;
+        if self.mode & !PERMISSION_BITS != 0 {
+            return Err(RecordError::BadMode { path: path(), mode: self.mode });
         }
         let non_file = self.deleted || self.kind != FileKind::File;
         if non_file && self.size != 0 {
@@ -144,7 +172,9 @@ pub fn link_target_stays_inside(link: &RelPath, target: &str) -> bool {
                     return false;
                 }
             }
-            crate::path::STATE_DIR if depth == 0 => return false,
+            // At any depth: `a/.dartsync` can reach the state directory
+            // through a link `a` -> `.`, and no synced path is named so.
+            c if crate::path::is_state_dir_name(c) => return false,
             _ => depth += 1,
         }
     }
@@ -187,6 +217,29 @@ mod tests {
     }
 
     #[test]
+    fn only_permission_bits_travel() {
+        for (mode, ok) in [
+            (0o644, true),
+            (0o777, true),
+            (0o000, true),
+            (0o4755, false),   // setuid
+            (0o2755, false),   // setgid
+            (0o1777, false),   // sticky
+            (0o100644, false), // S_IFREG | 0644: a raw st_mode
+            (0o040755, false), // S_IFDIR | 0755
+            (u32::MAX, false),
+        ] {
+            let mut r = file("m");
+            r.mode = mode;
+            match r.validate() {
+                Ok(()) => assert!(ok, "{mode:#o} accepted"),
+                Err(RecordError::BadMode { mode: m, .. }) => assert!(!ok && m == mode, "{mode:#o} refused"),
+                Err(e) => panic!("{mode:#o}: {e}"),
+            }
+        }
+    }
+
+    #[test]
     fn symlink_targets() {
         let link = RelPath::new("a/b/link").unwrap();
         for (target, inside) in [
@@ -198,6 +251,9 @@ mod tests {
             ("", false),
             ("./x/../y", true),
             ("../../.dartsync/identity", false),
+            ("../../.DartSync/identity", false),
+            ("loop/.dartsync/identity", false),
+            ("../.dartsyncignore", true),
         ] {
             assert_eq!(link_target_stays_inside(&link, target), inside, "{target}");
         }

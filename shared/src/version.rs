@@ -7,6 +7,14 @@
 //! [`VersionVector::compare`]; neither dominating means the versions are
 //! concurrent (a conflict the tracker resolves). Zero counters are never
 //! stored, so equal histories have equal representations.
+//!
+//! # Counter limit
+//! Counters are at most [`MAX_COUNTER`] (2^62). A decoded vector is checked
+//! with [`VersionVector::check`] (record validation does it), and
+//! [`VersionVector::bump`] returns [`CounterExhausted`] rather than go past
+//! the limit: a counter never saturates or wraps silently. Merging never
+//! creates a counter that was not in one of its inputs, so merges of valid
+//! vectors stay valid.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -14,6 +22,44 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::id::ShortId;
+use crate::limits::{MAX_COUNTER, MAX_VERSION_ENTRIES};
+
+/// Why a version vector is not well formed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VersionError {
+    /// More entries than [`MAX_VERSION_ENTRIES`].
+    #[error("version vector has {len} entries, more than {MAX_VERSION_ENTRIES}")]
+    TooManyEntries {
+        /// The number of entries.
+        len: usize,
+    },
+    /// A zero counter is stored (not canonical: zero means absent).
+    #[error("version vector has a zero counter for peer {peer}")]
+    ZeroCounter {
+        /// The peer whose counter is zero.
+        peer: ShortId,
+    },
+    /// A counter above [`MAX_COUNTER`].
+    #[error("version vector counter {counter} of peer {peer} exceeds the limit {MAX_COUNTER} (2^62)")]
+    CounterTooLarge {
+        /// The peer.
+        peer: ShortId,
+        /// Its counter.
+        counter: u64,
+    },
+}
+
+/// A bump would take a counter past [`MAX_COUNTER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cannot record a change by peer {peer}: the vector's largest counter {max} leaves no room below {MAX_COUNTER} (2^62)"
+)]
+pub struct CounterExhausted {
+    /// The peer whose change could not be recorded.
+    pub peer: ShortId,
+    /// The largest counter of the vector.
+    pub max: u64,
+}
 
 /// How two version vectors relate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,16 +115,22 @@ impl VersionVector {
 
     /// Records a local change by `peer`: its counter becomes one more than
     /// the largest counter in the vector, so the result dominates `self`.
-    pub fn bump(&mut self, peer: ShortId) {
-        let next = self.max_counter().saturating_add(1);
+    ///
+    /// Fails, leaving `self` unchanged, when that counter would exceed
+    /// [`MAX_COUNTER`]: a change that cannot be ordered after `self` must
+    /// not be recorded as if it were.
+    pub fn bump(&mut self, peer: ShortId) -> Result<(), CounterExhausted> {
+        let max = self.max_counter();
+        let next = max.checked_add(1).filter(|n| *n <= MAX_COUNTER).ok_or(CounterExhausted { peer, max })?;
         self.0.insert(peer, next);
+        Ok(())
     }
 
     /// The vector after a local change by `peer` (see [`Self::bump`]).
-    pub fn bumped(&self, peer: ShortId) -> Self {
+    pub fn bumped(&self, peer: ShortId) -> Result<Self, CounterExhausted> {
         let mut next = self.clone();
-        next.bump(peer);
-        next
+        next.bump(peer)?;
+        Ok(next)
     }
 
     /// The least vector that dominates or equals both inputs.
@@ -134,11 +186,28 @@ impl VersionVector {
         self.0.iter().map(|(p, c)| (*p, *c))
     }
 
-    /// True when the vector is in canonical form (no zero counters) and
-    /// within [`crate::limits::MAX_VERSION_ENTRIES`]. Decoded vectors must be
-    /// checked with this before use.
+    /// Checks a decoded vector: canonical form (no zero counters), at most
+    /// [`MAX_VERSION_ENTRIES`] entries, every counter at most
+    /// [`MAX_COUNTER`]. Decoded vectors must pass this before use. The empty
+    /// vector passes (a record additionally needs one entry).
+    pub fn check(&self) -> Result<(), VersionError> {
+        if self.0.len() > MAX_VERSION_ENTRIES {
+            return Err(VersionError::TooManyEntries { len: self.0.len() });
+        }
+        for (&peer, &counter) in &self.0 {
+            if counter == 0 {
+                return Err(VersionError::ZeroCounter { peer });
+            }
+            if counter > MAX_COUNTER {
+                return Err(VersionError::CounterTooLarge { peer, counter });
+            }
+        }
+        Ok(())
+    }
+
+    /// True when [`Self::check`] passes.
     pub fn is_well_formed(&self) -> bool {
-        self.0.len() <= crate::limits::MAX_VERSION_ENTRIES && self.0.values().all(|c| *c > 0)
+        self.check().is_ok()
     }
 }
 
@@ -171,11 +240,50 @@ mod tests {
     #[test]
     fn bump_dominates_what_was_known() {
         let known = vv(&[(1, 5), (2, 3)]);
-        let next = known.bumped(ShortId(2));
+        let next = known.bumped(ShortId(2)).unwrap();
         assert_eq!(next.get(ShortId(2)), 6);
         assert!(next.dominates(&known));
-        let fresh = VersionVector::new().bumped(ShortId(9));
+        let fresh = VersionVector::new().bumped(ShortId(9)).unwrap();
         assert_eq!(fresh.get(ShortId(9)), 1);
+    }
+
+    #[test]
+    fn bump_stops_at_the_counter_limit() {
+        // One below the limit: the bump reaches it exactly.
+        let near = vv(&[(1, MAX_COUNTER - 1)]);
+        let at = near.bumped(ShortId(2)).unwrap();
+        assert_eq!(at.get(ShortId(2)), MAX_COUNTER);
+        assert!(at.check().is_ok());
+        // At the limit (or past it, never validated): an error, nothing changed.
+        for max in [MAX_COUNTER, MAX_COUNTER + 1, u64::MAX] {
+            let mut full = vv(&[(1, max), (2, 7)]);
+            let before = full.clone();
+            assert_eq!(full.bump(ShortId(2)), Err(CounterExhausted { peer: ShortId(2), max }));
+            assert_eq!(full, before);
+            assert!(full.bumped(ShortId(3)).is_err());
+        }
+    }
+
+    #[test]
+    fn check_table() {
+        let too_many = VersionVector::from_entries((1..=MAX_VERSION_ENTRIES as u64 + 1).map(|p| (ShortId(p), 1)));
+        let mut zero = vv(&[(1, 1)]);
+        zero.0.insert(ShortId(4), 0);
+        let cases = [
+            (vv(&[]), Ok(())),
+            (vv(&[(1, 1), (2, MAX_COUNTER)]), Ok(())),
+            (
+                vv(&[(1, MAX_COUNTER + 1)]),
+                Err(VersionError::CounterTooLarge { peer: ShortId(1), counter: MAX_COUNTER + 1 }),
+            ),
+            (vv(&[(3, u64::MAX)]), Err(VersionError::CounterTooLarge { peer: ShortId(3), counter: u64::MAX })),
+            (zero, Err(VersionError::ZeroCounter { peer: ShortId(4) })),
+            (too_many, Err(VersionError::TooManyEntries { len: MAX_VERSION_ENTRIES + 1 })),
+        ];
+        for (v, want) in cases {
+            assert_eq!(v.check(), want, "{v:?}");
+            assert_eq!(v.is_well_formed(), want.is_ok());
+        }
     }
 
     fn arb_vv() -> impl Strategy<Value = VersionVector> {

@@ -339,5 +339,8 @@ fn log_outcome(peer: PeerId, outcome: &Outcome) {
         Outcome::Holder { path, .. } => tracing::trace!("peer {peer} holds {path}"),
         Outcome::Unchanged { .. } => {}
         Outcome::Stale { path } => tracing::debug!("ignored stale {path} from peer {peer}"),
+        Outcome::Unresolvable { path, error } => {
+            tracing::warn!("ignored {path} from peer {peer}: concurrent with the global version, and {error}")
+        }
     }
 }

@@ -35,6 +35,11 @@
 //!   own content, vector, author and holders. Two concurrent versions with
 //!   the same content (two deletions, two identical files) just merge: no
 //!   copy, holders of both.
+//! - concurrent, but the merged vector's largest counter is already
+//!   [`MAX_COUNTER`](dartsync_shared::limits::MAX_COUNTER), so no vector
+//!   can dominate both: the announcement is ignored (`Unresolvable`) and
+//!   the table is unchanged. Only a forged history gets there: counters
+//!   grow by one per edit.
 //!
 //! # Peers
 //! A registered peer has a heartbeat deadline of `3 x interval` after its
@@ -71,6 +76,7 @@ use std::time::{Duration, Instant};
 
 use dartsync_shared::limits::{MAX_FRAME_LEN, MAX_HOLDERS_PER_ENTRY, MAX_RECORDS_PER_MESSAGE};
 use dartsync_shared::proto::ptp::{Delta, DeltaEntry, Holder};
+use dartsync_shared::version::CounterExhausted;
 use dartsync_shared::{Causality, FileRecord, PeerId, RelPath, ShortId, VersionVector};
 
 use crate::compact::CompactRecord;
@@ -186,6 +192,9 @@ pub(crate) enum Outcome {
     /// `path`; the loser was kept at `copy` (`None` when the loser was a
     /// deletion, or no free name was found).
     Conflict { path: RelPath, seq: u64, winner: PeerId, copy: Option<RelPath>, loser_deleted: bool },
+    /// Concurrent versions whose merged vector cannot be bumped (a counter
+    /// at the limit): ignored, nothing changed.
+    Unresolvable { path: RelPath, error: CounterExhausted },
 }
 
 /// A peer's `Register`, as the state needs it.
@@ -446,7 +455,10 @@ impl State {
         let entry = self.entries.get(&path).expect("resolve is called for a path in the table");
         let global = entry.record.to_record(&path);
         let (global_author, global_holders) = (entry.author, entry.holders.clone());
-        let merged: VersionVector = global.version.merge(&announced.version).bumped(self.tracker_short);
+        let merged: VersionVector = match global.version.merge(&announced.version).bumped(self.tracker_short) {
+            Ok(merged) => merged,
+            Err(error) => return Outcome::Unresolvable { path, error },
+        };
         let announced_wins = match (announced.deleted, global.deleted) {
             (false, true) => true,
             (true, false) => false,
@@ -878,10 +890,10 @@ mod tests {
         fx.announce(1, file("docs/r.txt", "base", base.clone(), 100));
         fx.state.have(id(3), &RelPath::new("docs/r.txt").unwrap(), &base);
         // Peers 1 and 2 edit concurrently; peer 2's mtime is later.
-        let ours = file("docs/r.txt", "edit by 1", base.bumped(id(1).short()), 200);
+        let ours = file("docs/r.txt", "edit by 1", base.bumped(id(1).short()).unwrap(), 200);
         fx.announce(1, ours.clone());
         fx.state.have(id(3), &RelPath::new("docs/r.txt").unwrap(), &ours.version);
-        let theirs = file("docs/r.txt", "edit by 2", base.bumped(id(2).short()), 300);
+        let theirs = file("docs/r.txt", "edit by 2", base.bumped(id(2).short()).unwrap(), 300);
         let out = fx.announce(2, theirs.clone());
         let copy_name = format!("docs/r.sync-conflict-19700101-000320-{}.txt", id(1).fmt_short());
         match &out {
@@ -895,7 +907,7 @@ mod tests {
         let (won, _, holders) = fx.global("docs/r.txt");
         assert_eq!(won.content, theirs.content);
         assert!(won.version.dominates(&ours.version) && won.version.dominates(&theirs.version));
-        assert_eq!(won.version, ours.version.merge(&theirs.version).bumped(TRACKER));
+        assert_eq!(won.version, ours.version.merge(&theirs.version).bumped(TRACKER).unwrap());
         assert_eq!(holders, vec![id(2)]);
         // The loser is kept with its content, vector and holders (peers 1 and 3).
         let (lost, _, holders) = fx.global(&copy_name);
@@ -904,7 +916,7 @@ mod tests {
         // Replaying either original version is now stale: no second copy.
         let seq = fx.state.seq();
         assert!(matches!(
-            fx.announce(1, file("docs/r.txt", "edit by 1", base.bumped(id(1).short()), 200)),
+            fx.announce(1, file("docs/r.txt", "edit by 1", base.bumped(id(1).short()).unwrap(), 200)),
             Outcome::Stale { .. }
         ));
         assert!(matches!(fx.announce(2, theirs), Outcome::Stale { .. }));
@@ -979,6 +991,29 @@ mod tests {
         let out = fx.announce(2, file("g", "b", vv(&[(1, 1)]), 2));
         assert!(matches!(out, Outcome::Conflict { copy: Some(_), .. }), "{out:?}");
         assert_eq!(fx.state.counts(), (3, 1));
+    }
+
+    #[test]
+    fn a_conflict_at_the_counter_limit_is_ignored_not_saturated() {
+        use dartsync_shared::limits::MAX_COUNTER;
+        let mut fx = Fixture::new();
+        fx.join(1);
+        fx.join(2);
+        // Valid, but nothing can dominate it and a concurrent version.
+        fx.announce(1, file("f", "a", vv(&[(1, MAX_COUNTER)]), 10));
+        let before = fx.global("f");
+        let seq = fx.state.seq();
+        fx.state.take_dirty();
+        let out = fx.announce(2, file("f", "b", vv(&[(2, 1)]), 20));
+        let Outcome::Unresolvable { path, error } = out else { panic!("{out:?}") };
+        assert_eq!((path.as_str(), error.peer, error.max), ("f", TRACKER, MAX_COUNTER));
+        assert_eq!(fx.global("f"), before);
+        assert_eq!((fx.state.seq(), fx.state.counts()), (seq, (1, 0)));
+        assert!(fx.state.take_dirty().is_empty());
+        // One below the limit still resolves, at exactly the limit.
+        fx.announce(1, file("g", "a", vv(&[(1, MAX_COUNTER - 1)]), 10));
+        assert!(matches!(fx.announce(2, file("g", "b", vv(&[(2, 1)]), 20)), Outcome::Conflict { .. }));
+        assert_eq!(fx.global("g").0.version.get(TRACKER), MAX_COUNTER);
     }
 
     #[test]

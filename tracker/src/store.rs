@@ -374,8 +374,8 @@ mod tests {
         let addr = SocketAddr::from(([127, 0, 0, 1], 1));
         state.register(Arrival { peer: p1, addr, session: 1, seen_seq: 0, epoch: 0 }, now, 1000);
         state.register(Arrival { peer: p2, addr, session: 2, seen_seq: 0, epoch: 0 }, now, 1000);
-        let v1 = VersionVector::new().bumped(p1.short());
-        let v2 = VersionVector::new().bumped(p2.short());
+        let v1 = VersionVector::new().bumped(p1.short()).unwrap();
+        let v2 = VersionVector::new().bumped(p2.short()).unwrap();
         state.announce(p1, vec![record("a/file", false, v1.clone()), record("b/link", false, v1.clone())], 1000);
         state.announce(p2, vec![record("gone", true, v2.clone())], 1001);
         // A conflict: a merged vector and a conflict copy.
@@ -422,7 +422,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(dir.path()).unwrap();
-        let v = VersionVector::new().bumped(ShortId(1));
+        let v = VersionVector::new().bumped(ShortId(1)).unwrap();
         let value = encode_stored(&entry_to_stored(&PersistedEntry {
             record: record("x", false, v),
             seq: 1,

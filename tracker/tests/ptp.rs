@@ -10,6 +10,7 @@ use common::*;
 use dartsync_shared::VersionVector;
 use dartsync_shared::codec;
 use dartsync_shared::key::Identity;
+use dartsync_shared::limits::MAX_COUNTER;
 use dartsync_shared::proto::ptp::{Delta, DeltaEntry, Holder, PeerMessage, Register, TrackerMessage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -294,5 +295,31 @@ async fn goodbye_removes_the_peer_from_the_holders_at_once() {
     assert_eq!((d.from_seq, d.to_seq), (1, 2));
     assert_eq!(d.entries.len(), 1);
     assert!(d.entries[0].holders.is_empty());
+    tracker.stop().await;
+}
+
+#[tokio::test]
+async fn a_record_with_a_counter_past_the_limit_is_refused_and_never_relayed() {
+    let tracker = TestTracker::start(SLOW, 16).await;
+    let mut a = tracker.peer(4001).await;
+    let mut b = tracker.peer(4002).await;
+    let mut evil = tracker.peer(4003).await;
+
+    // A forged counter, in a batch with an innocent record: the batch is
+    // refused whole and the connection dropped with a reason.
+    let forged = file("forged", "x", VersionVector::from_entries([(evil.id().short(), u64::MAX)]), 1);
+    let innocent = file("innocent", "y", edit(&VersionVector::new(), evil.id()), 1);
+    evil.announce(vec![innocent, forged]).await;
+    let reason = expect_closed(&mut evil.reader).await;
+    assert!(reason.as_deref().is_some_and(|r| r.contains("forged") && r.contains("exceeds the limit")), "{reason:?}");
+
+    // A counter exactly at the limit is valid.
+    let at_limit = VersionVector::from_entries([(a.id().short(), MAX_COUNTER)]);
+    a.announce(vec![file("edge", "e", at_limit, 1)]).await;
+    let seen: Vec<String> =
+        b.deltas_until(1).await.iter().flat_map(|d| d.entries.iter().map(|e| e.record.path.to_string())).collect();
+    assert_eq!(seen, ["edge"], "the first delta after the refusal carries only the valid record");
+    let table = tracker.table().await;
+    assert_eq!(table.keys().collect::<Vec<_>>(), ["edge"]);
     tracker.stop().await;
 }

@@ -15,9 +15,8 @@ const ME: ShortId = ShortId(1);
 const DEADLINE: Duration = Duration::from_secs(30);
 const PIECE_LEN: u32 = 64 * 1024;
 
-fn config(root: &Path) -> LocalConfig {
+fn config() -> LocalConfig {
     LocalConfig {
-        root: root.to_owned(),
         piece_len: PIECE_LEN,
         // Tests drive full scans through `rescan_now`, not the timer.
         rescan: Duration::from_secs(3600),
@@ -43,9 +42,10 @@ struct Peer {
 }
 
 impl Peer {
-    async fn start(cfg: LocalConfig) -> Peer {
+    async fn start(root: &Path, cfg: LocalConfig) -> Peer {
         let shutdown = CancellationToken::new();
-        let (state, rx) = LocalState::start(cfg, shutdown.clone()).await.unwrap();
+        let folder = OpenFolder::open(root).unwrap();
+        let (state, rx) = LocalState::start(folder, cfg, shutdown.clone()).await.unwrap();
         state.initial_scan_done().await;
         Peer { state, rx, shutdown, log: Vec::new() }
     }
@@ -130,7 +130,7 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_edit_delete_and_rename_a_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut peer = Peer::start(config(tmp.path())).await;
+    let mut peer = Peer::start(tmp.path(), config()).await;
     assert!(peer.log.is_empty());
 
     std::fs::write(peer.path("a.txt"), b"first").unwrap();
@@ -167,7 +167,7 @@ async fn create_edit_delete_and_rename_a_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn folders_empty_nested_renamed_and_deleted() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut peer = Peer::start(config(tmp.path())).await;
+    let mut peer = Peer::start(tmp.path(), config()).await;
 
     // A deep tree created at once, with an empty folder at the bottom.
     let mut dir = String::from("deep");
@@ -226,7 +226,7 @@ async fn folders_empty_nested_renamed_and_deleted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_unicode_and_spaced_names() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut peer = Peer::start(config(tmp.path())).await;
+    let mut peer = Peer::start(tmp.path(), config()).await;
     std::fs::write(peer.path("empty"), b"").unwrap();
     std::fs::create_dir(peer.path("with space")).unwrap();
     std::fs::write(peer.path("with space/file name.md"), b"# hi").unwrap();
@@ -242,7 +242,7 @@ async fn empty_unicode_and_spaced_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_50_mib_binary_file_is_announced_once_with_its_chunks() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut peer = Peer::start(config(tmp.path())).await;
+    let mut peer = Peer::start(tmp.path(), config()).await;
     let data = pseudo_random(50 * 1024 * 1024, 50);
     let expected = chunk_bytes(&data, ChunkParams::for_piece_len(PIECE_LEN));
     // Written elsewhere and moved in, as a finished file would be.
@@ -270,10 +270,10 @@ async fn a_50_mib_binary_file_is_announced_once_with_its_chunks() {
 async fn a_file_written_slowly_is_announced_once_whole() {
     use std::io::Write;
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config(tmp.path());
+    let mut cfg = config();
     // The quiet period must exceed the pauses between bursts by far.
     cfg.debounce = Duration::from_secs(1);
-    let mut peer = Peer::start(cfg).await;
+    let mut peer = Peer::start(tmp.path(), cfg).await;
     let path = peer.path("slow.bin");
     // Written over ~2.5 s, longer than the debounce, so the watcher reports
     // the file while it is still growing.
@@ -302,7 +302,7 @@ async fn a_file_written_slowly_is_announced_once_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ignored_files_are_never_announced() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut peer = Peer::start(config(tmp.path())).await;
+    let mut peer = Peer::start(tmp.path(), config()).await;
     for name in ["a.swp", ".b.swx", "notes~", ".#lock", ".DS_Store", "Thumbs.db", "movie.part", "x.tmp"] {
         std::fs::write(peer.path(name), b"junk").unwrap();
     }
@@ -319,7 +319,7 @@ async fn ignored_files_are_never_announced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dartsyncignore_is_honoured_reloaded_and_synced() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut peer = Peer::start(config(tmp.path())).await;
+    let mut peer = Peer::start(tmp.path(), config()).await;
     std::fs::write(peer.path(".dartsyncignore"), "secret/\n*.log\n").unwrap();
     peer.wait_for(&["+.dartsyncignore"]).await;
     // The reload is noticed before these events are checked.
@@ -347,7 +347,7 @@ async fn dartsyncignore_is_honoured_reloaded_and_synced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_without_changes_reads_nothing_and_offline_changes_are_found() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut peer = Peer::start(config(tmp.path())).await;
+    let mut peer = Peer::start(tmp.path(), config()).await;
     std::fs::create_dir(peer.path("dir")).unwrap();
     for name in ["dir/a", "dir/b", "c", "d"] {
         std::fs::write(peer.path(name), name.repeat(1000)).unwrap();
@@ -356,7 +356,7 @@ async fn restart_without_changes_reads_nothing_and_offline_changes_are_found() {
     peer.stop().await;
 
     // Restart, nothing changed: no change, not one byte read.
-    let mut peer = Peer::start(config(tmp.path())).await;
+    let mut peer = Peer::start(tmp.path(), config()).await;
     peer.settle().await;
     assert!(peer.log.is_empty(), "{:?}", peer.tags());
     assert_eq!(peer.state.bytes_hashed(), 0);
@@ -367,7 +367,7 @@ async fn restart_without_changes_reads_nothing_and_offline_changes_are_found() {
     std::fs::remove_file(tmp.path().join("d")).unwrap();
     std::fs::write(tmp.path().join("e"), b"new while down").unwrap();
     std::fs::remove_dir_all(tmp.path().join("dir")).unwrap();
-    let mut peer = Peer::start(config(tmp.path())).await;
+    let mut peer = Peer::start(tmp.path(), config()).await;
     peer.wait_for(&["+c", "-d", "+e", "-dir", "-dir/a", "-dir/b"]).await;
     assert_eq!(peer.last("c").version, vv(&[(1, 2)]));
     assert_eq!(peer.last("c").content, ContentHash::of(b"edited while down"));
@@ -382,9 +382,9 @@ async fn restart_without_changes_reads_nothing_and_offline_changes_are_found() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn record_applied_suppresses_the_echo() {
+async fn applied_writes_do_not_echo() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut peer = Peer::start(config(tmp.path())).await;
+    let mut peer = Peer::start(tmp.path(), config()).await;
     let global = vv(&[(99, 3)]);
 
     // What the apply engine does: write into tmp, rename into place, record.
@@ -403,8 +403,16 @@ async fn record_applied_suppresses_the_echo() {
     };
     let part = peer.state.dirs().tmp.join("applied.part");
     std::fs::write(&part, &bytes).unwrap();
-    std::fs::rename(&part, peer.path("applied.bin")).unwrap();
-    peer.state.record_applied(&rel("applied.bin"), record.clone(), chunked.chunks.clone()).await.unwrap();
+    let dest = peer.path("applied.bin");
+    let applied = peer
+        .state
+        .apply_if_unmodified(record.clone(), chunked.chunks.clone(), move || {
+            std::fs::rename(&part, &dest).map_err(|source| LocalError::Io { path: dest.clone(), source })?;
+            Ok::<_, LocalError>(Some(()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(applied, Gated::Applied { value: (), agrees: true });
 
     // A folder and its tombstone, the same way.
     let dir = FileRecord {
@@ -421,16 +429,19 @@ async fn record_applied_suppresses_the_echo() {
     let dir_path = peer.path("remote dir");
     let applied = peer
         .state
-        .apply_if_unmodified(&rel("remote dir"), dir.clone(), vec![], move || std::fs::create_dir(&dir_path))
+        .apply_if_unmodified(dir.clone(), vec![], move || {
+            std::fs::create_dir(&dir_path).map_err(|source| LocalError::Io { path: dir_path.clone(), source })?;
+            Ok::<_, LocalError>(Some(()))
+        })
         .await
         .unwrap();
-    assert!(applied);
+    assert_eq!(applied, Gated::Applied { value: (), agrees: true });
 
     std::fs::write(peer.path("sentinel"), b"s").unwrap();
     peer.wait_for(&["+sentinel"]).await;
     peer.settle().await;
     assert_eq!(peer.tags(), ["+sentinel"], "our own writes came back as local changes");
-    assert!(!peer.state.is_locally_modified(&rel("applied.bin")).await.unwrap());
+    assert!(!peer.state.local_view(&rel("applied.bin")).await.unwrap().1);
     assert_eq!(peer.state.index().get(&rel("applied.bin")).unwrap().unwrap().record.version, global);
 
     // A later local edit bumps from the global vector.
@@ -440,31 +451,32 @@ async fn record_applied_suppresses_the_echo() {
 
     // An unannounced edit blocks an apply (the op never runs).
     std::fs::write(peer.path("applied.bin"), b"another local edit!").unwrap();
-    assert!(peer.state.is_locally_modified(&rel("applied.bin")).await.unwrap());
+    assert!(peer.state.local_view(&rel("applied.bin")).await.unwrap().1);
     let mut remote = record.clone();
     remote.version = vv(&[(99, 9)]);
     let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ran2 = ran.clone();
     let applied = peer
         .state
-        .apply_if_unmodified(&rel("applied.bin"), remote, chunked.chunks.clone(), move || {
+        .apply_if_unmodified(remote, chunked.chunks.clone(), move || {
             ran2.store(true, std::sync::atomic::Ordering::SeqCst);
-            Ok(())
+            Ok::<_, LocalError>(Some(()))
         })
         .await
         .unwrap();
-    assert!(!applied && !ran.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(applied, Gated::Refused);
+    assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
     peer.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adopt_version_and_mark_dirty() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut peer = Peer::start(config(tmp.path())).await;
+    let mut peer = Peer::start(tmp.path(), config()).await;
     std::fs::write(peer.path("x"), b"content").unwrap();
     peer.wait_for(&["+x"]).await;
     let mut merged = peer.last("x").clone();
-    merged.version = merged.version.merge(&vv(&[(5, 7)])).bumped(ShortId(5));
+    merged.version = merged.version.merge(&vv(&[(5, 7)])).bumped(ShortId(5)).unwrap();
     assert!(peer.state.adopt_version(&merged).await.unwrap());
     let mut wrong = merged.clone();
     wrong.content = ContentHash::of(b"other");
@@ -475,14 +487,14 @@ async fn adopt_version_and_mark_dirty() {
     std::fs::write(peer.path("x"), b"changed").unwrap();
     peer.wait_for(&["+x"]).await;
     peer.wait_until("the edit", |log| log.len() == 2).await;
-    assert_eq!(peer.last("x").version, merged.version.bumped(ME));
+    assert_eq!(peer.last("x").version, merged.version.bumped(ME).unwrap());
     peer.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn symlinks_inside_are_recorded_and_outside_skipped() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut peer = Peer::start(config(tmp.path())).await;
+    let mut peer = Peer::start(tmp.path(), config()).await;
     std::fs::create_dir(peer.path("sub")).unwrap();
     std::fs::write(peer.path("target.txt"), b"t").unwrap();
     std::os::unix::fs::symlink("../target.txt", peer.path("sub/inside")).unwrap();

@@ -157,8 +157,11 @@ impl PeerMessage {
                 check_len("announce records", records.len(), MAX_RECORDS_PER_MESSAGE)?;
                 records.iter().try_for_each(|r| r.validate().map_err(Into::into))
             }
-            PeerMessage::Have { version, .. } if !version.is_well_formed() || version.is_empty() => {
-                Err(ProtocolError::Invalid("have: malformed version vector"))
+            PeerMessage::Have { version, .. } => {
+                if version.is_empty() {
+                    return Err(ProtocolError::Invalid("have: empty version vector"));
+                }
+                version.check().map_err(|source| ProtocolError::Version { what: "have", source })
             }
             _ => Ok(()),
         }
@@ -307,5 +310,36 @@ mod tests {
         assert!(PeerMessage::Announce { records }.validate().is_err());
         let bad = TrackerMessage::Welcome(Welcome { interval_ms: 0, piece_len: 262_144, epoch: 1, seq: 0 });
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn counters_past_the_limit_are_invalid_in_every_message() {
+        use crate::limits::MAX_COUNTER;
+        use crate::version::VersionError;
+        let forged = VersionVector::from_entries([(ShortId(7), u64::MAX)]);
+        let want = VersionError::CounterTooLarge { peer: ShortId(7), counter: u64::MAX };
+        let record = FileRecord { version: forged.clone(), ..sample_record() };
+        // It encodes and decodes fine: validation is what refuses it.
+        let announce =
+            decode::<PeerMessage>(&encode(&PeerMessage::Announce { records: vec![record.clone()] }).unwrap());
+        match announce.unwrap().validate() {
+            Err(ProtocolError::Record(crate::record::RecordError::BadVersion { source, .. })) => {
+                assert_eq!(source, want)
+            }
+            other => panic!("{other:?}"),
+        }
+        let have = PeerMessage::Have { path: RelPath::new("x").unwrap(), version: forged };
+        assert!(matches!(have.validate(), Err(ProtocolError::Version { source, .. }) if source == want));
+        let delta = TrackerMessage::Delta(Delta {
+            epoch: 1,
+            from_seq: 0,
+            to_seq: 1,
+            full: false,
+            entries: vec![DeltaEntry { record, seq: 1, holders: vec![] }],
+        });
+        assert!(delta.validate().is_err());
+        let at_limit =
+            FileRecord { version: VersionVector::from_entries([(ShortId(7), MAX_COUNTER)]), ..sample_record() };
+        PeerMessage::Announce { records: vec![at_limit] }.validate().unwrap();
     }
 }

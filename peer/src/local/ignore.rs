@@ -16,13 +16,14 @@
 //! inside an ignored folder is ignored too. This module does no walking and
 //! keeps no list of ignored paths; callers ask per path.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ::ignore::gitignore::{Gitignore, GitignoreBuilder};
 use dartsync_shared::RelPath;
 use dartsync_shared::path::STATE_DIR;
+
+use crate::local::stat::{StatKey, changed_within};
 
 /// The gitignore-style file at the folder root.
 pub const IGNORE_FILE: &str = ".dartsyncignore";
@@ -51,14 +52,6 @@ pub enum Reload {
     Pending,
 }
 
-/// What identifies one version of the ignore file on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    size: u64,
-    mtime_ns: i64,
-    inode: u64,
-}
-
 /// The ignore rules of one folder.
 #[derive(Debug)]
 pub struct IgnoreRules {
@@ -66,7 +59,7 @@ pub struct IgnoreRules {
     builtin: Gitignore,
     user: Gitignore,
     /// The ignore file as last loaded; `None` when it did not exist.
-    stamp: Option<FileStamp>,
+    stamp: Option<StatKey>,
 }
 
 impl IgnoreRules {
@@ -95,10 +88,10 @@ impl IgnoreRules {
     /// rules stay until it settles ([`Reload::Pending`]).
     pub fn reload_if_changed(&mut self, quiet: Duration) -> Reload {
         let meta = std::fs::symlink_metadata(self.root.join(IGNORE_FILE)).ok().filter(|m| m.is_file());
-        if meta.as_ref().map(stamp) == self.stamp {
+        if meta.as_ref().map(StatKey::of) == self.stamp {
             return Reload::Unchanged;
         }
-        if meta.as_ref().is_some_and(|m| crate::index::changed_within(m, quiet)) {
+        if meta.as_ref().is_some_and(|m| changed_within(m, quiet)) {
             return Reload::Pending;
         }
         let (user, stamp) = load_user(&self.root);
@@ -120,15 +113,11 @@ impl IgnoreRules {
     }
 }
 
-fn stamp(meta: &std::fs::Metadata) -> FileStamp {
-    FileStamp { size: meta.len(), mtime_ns: crate::index::mtime_ns(meta), inode: meta.ino() }
+fn stamp_of(path: &Path) -> Option<StatKey> {
+    std::fs::symlink_metadata(path).ok().filter(|m| m.is_file()).as_ref().map(StatKey::of)
 }
 
-fn stamp_of(path: &Path) -> Option<FileStamp> {
-    std::fs::symlink_metadata(path).ok().filter(|m| m.is_file()).as_ref().map(stamp)
-}
-
-fn load_user(root: &Path) -> (Gitignore, Option<FileStamp>) {
+fn load_user(root: &Path) -> (Gitignore, Option<StatKey>) {
     let path = root.join(IGNORE_FILE);
     let stamp = stamp_of(&path);
     if stamp.is_none() {

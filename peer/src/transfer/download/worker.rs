@@ -33,15 +33,75 @@ use dartsync_shared::channel::{self, ChannelReader, ChannelWriter, SecureChannel
 use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::proto::p2p::{P2pRequest, P2pResponse};
 use dartsync_shared::proto::ptp::Holder;
-use dartsync_shared::{ChunkInfo, ContentHash};
+use dartsync_shared::{ChunkInfo, ContentHash, PeerId};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::part::{Bitmap, PartState, save_state};
-use super::{DownloadLimits, HolderError, HolderStats};
+use super::error::HolderError;
+use crate::transfer::part::{Bitmap, PartState, save_state};
+
+/// Knobs of the downloader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadLimits {
+    /// Requests kept in flight on each holder connection. Keep it at most
+    /// the holders' `upload_slots_per_peer` (default 4) or they answer the
+    /// extra ones `Busy`.
+    pub in_flight_per_holder: usize,
+    /// TCP connect deadline per holder (the handshake has its own).
+    pub connect_timeout: Duration,
+    /// Longest wait for one answer before the holder is dropped.
+    pub request_timeout: Duration,
+    /// Pause after a `Busy` answer; doubles while answers stay `Busy`.
+    pub busy_backoff: Duration,
+    /// Longest pause after `Busy`.
+    pub busy_backoff_max: Duration,
+    /// A holder that has answered only `Busy` for this long is dropped.
+    pub busy_give_up: Duration,
+    /// Progress is made durable (fsync + state file) after this many new
+    /// bytes; a killed peer re-fetches at most about this much.
+    pub persist_every_bytes: u64,
+}
+
+impl Default for DownloadLimits {
+    fn default() -> Self {
+        DownloadLimits {
+            in_flight_per_holder: 4,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            busy_backoff: Duration::from_millis(20),
+            busy_backoff_max: Duration::from_secs(1),
+            busy_give_up: Duration::from_secs(120),
+            persist_every_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// What one holder did for one download.
+#[derive(Debug)]
+pub struct HolderStats {
+    /// The holder.
+    pub peer_id: PeerId,
+    /// Where it was reached.
+    pub addr: SocketAddr,
+    /// Chunks accepted from it (verified and written).
+    pub chunks: u64,
+    /// Bytes accepted from it.
+    pub bytes: u64,
+    /// `Busy` answers it gave.
+    pub busy: u64,
+    /// Why it was dropped, if it was.
+    pub dropped: Option<HolderError>,
+}
+
+impl HolderStats {
+    pub(super) fn new(holder: &Holder) -> Self {
+        HolderStats { peer_id: holder.peer_id, addr: holder.addr, chunks: 0, bytes: 0, busy: 0, dropped: None }
+    }
+}
+
 
 /// An established connection to a holder.
 pub(crate) type Conn = SecureChannel<TcpStream>;

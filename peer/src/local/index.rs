@@ -24,13 +24,11 @@
 //!
 //! All methods are synchronous and may block on disk I/O: async callers use
 //! `spawn_blocking`. The index compares nothing with the disk; the scanner
-//! ([`crate::scan`]) does that.
+//! ([`crate::local::scan`]) does that.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dartsync_shared::chunk::ChunkInfo;
 use dartsync_shared::codec::{decode_stored, encode_stored};
@@ -38,7 +36,8 @@ use dartsync_shared::{ContentHash, FileKind, FileRecord, RelPath, ShortId, Versi
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::local::LocalError;
+use crate::local::error::LocalError;
+use crate::local::stat::StatKey;
 
 type Hash32 = [u8; 32];
 
@@ -56,49 +55,6 @@ const META_PIECE_LEN: &str = "piece_len";
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Layout version of this database; bumped on incompatible changes.
 const SCHEMA_VERSION: u64 = 1;
-
-/// What a re-stat of a path is compared with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct StatKey {
-    /// Size in bytes (as `lstat` reports it; not 0 for folders).
-    pub size: u64,
-    /// Modification time, nanoseconds since the Unix epoch.
-    pub mtime_ns: i64,
-    /// Inode number.
-    pub inode: u64,
-    /// Permission bits (`& 0o7777`).
-    pub mode: u32,
-}
-
-impl StatKey {
-    /// The key of an `lstat` result.
-    pub fn of(meta: &std::fs::Metadata) -> StatKey {
-        StatKey { size: meta.len(), mtime_ns: mtime_ns(meta), inode: meta.ino(), mode: meta.mode() & 0o7777 }
-    }
-
-    /// True when size, mtime and inode are the same: the content needs no
-    /// re-read (permission bits are compared separately).
-    pub fn same_content_stamp(&self, other: &StatKey) -> bool {
-        self.size == other.size && self.mtime_ns == other.mtime_ns && self.inode == other.inode
-    }
-}
-
-/// Modification time of `meta` in nanoseconds since the Unix epoch.
-pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
-    meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
-}
-
-/// True when `meta`'s file changed (mtime or ctime, whichever is later)
-/// less than `quiet` ago: it may still be being written. A writer can set
-/// mtime into the past (`cp -p`, `touch -d`), but every write moves ctime.
-pub(crate) fn changed_within(meta: &std::fs::Metadata, quiet: Duration) -> bool {
-    let ctime_ns = meta.ctime().saturating_mul(1_000_000_000).saturating_add(meta.ctime_nsec());
-    let changed = ctime_ns.max(mtime_ns(meta));
-    let now =
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-    let age = now.saturating_sub(changed);
-    age >= 0 && (age as u128) < quiet.as_nanos()
-}
 
 /// Everything the index knows about one path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -576,7 +532,7 @@ mod tests {
         tomb.size = 0;
         tomb.content = ContentHash::empty();
         tomb.chunks = ContentHash::empty();
-        tomb.version = a.version.bumped(ShortId(7));
+        tomb.version = a.version.bumped(ShortId(7)).unwrap();
         index.put(&IndexEntry { record: tomb.clone(), chunks: vec![], stat: None }).unwrap();
         assert_eq!(index.locate_chunk(&first.hash).unwrap().len(), 1);
         assert_eq!(index.get(&a.path).unwrap().unwrap().record, tomb);

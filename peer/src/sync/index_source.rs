@@ -4,7 +4,7 @@
 //! of a conflict, can still be copied locally or served by hash).
 //!
 //! Every location is a hint; readers verify hashes
-//! ([`crate::chunk_source::read_verified`]).
+//! ([`crate::transfer::chunk_source::read_verified`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,8 +12,8 @@ use std::sync::Mutex;
 
 use dartsync_shared::{ChunkInfo, ContentHash};
 
-use crate::chunk_source::ChunkSource;
-use crate::index::Index;
+use crate::transfer::chunk_source::ChunkSource;
+use crate::local::index::Index;
 
 /// History chunk locations remembered at most (older ones are forgotten).
 const MAX_HISTORY_CHUNKS: usize = 200_000;

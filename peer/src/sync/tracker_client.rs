@@ -37,7 +37,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Why one session with the tracker ended.
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
+pub enum ClientError {
     /// The tracker address did not resolve.
     #[error("cannot resolve tracker address {addr}: {source}")]
     Resolve {
@@ -71,9 +71,9 @@ pub enum SessionError {
     Summary(String),
 }
 
-impl From<ProtocolError> for SessionError {
+impl From<ProtocolError> for ClientError {
     fn from(e: ProtocolError) -> Self {
-        SessionError::Protocol(e.to_string())
+        ClientError::Protocol(e.to_string())
     }
 }
 
@@ -157,7 +157,7 @@ impl TrackerClient {
 /// Asks the tracker for its `Welcome` (keep-alive interval, piece length)
 /// and leaves at once. Used on a folder's first start, so it is chunked
 /// with the cluster's piece length from the beginning.
-pub async fn probe_welcome(cfg: &ClientConfig) -> Result<Welcome, SessionError> {
+pub async fn probe_welcome(cfg: &ClientConfig) -> Result<Welcome, ClientError> {
     let (mut reader, mut writer) = open(cfg).await?;
     writer
         .send(&PeerMessage::Register(Register {
@@ -177,39 +177,39 @@ type Reader = dartsync_shared::channel::ChannelReader<tokio::io::ReadHalf<TcpStr
 type Writer = dartsync_shared::channel::ChannelWriter<tokio::io::WriteHalf<TcpStream>>;
 
 /// Resolves, connects and runs the handshake.
-async fn open(cfg: &ClientConfig) -> Result<(Reader, Writer), SessionError> {
+async fn open(cfg: &ClientConfig) -> Result<(Reader, Writer), ClientError> {
     let addr = tokio::net::lookup_host(&cfg.tracker_addr)
         .await
-        .map_err(|source| SessionError::Resolve { addr: cfg.tracker_addr.clone(), source })?
+        .map_err(|source| ClientError::Resolve { addr: cfg.tracker_addr.clone(), source })?
         .next()
-        .ok_or_else(|| SessionError::Resolve {
+        .ok_or_else(|| ClientError::Resolve {
             addr: cfg.tracker_addr.clone(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
         })?;
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
-        .map_err(|_| SessionError::Connect {
+        .map_err(|_| ClientError::Connect {
             addr: cfg.tracker_addr.clone(),
             source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
         })?
-        .map_err(|source| SessionError::Connect { addr: cfg.tracker_addr.clone(), source })?;
+        .map_err(|source| ClientError::Connect { addr: cfg.tracker_addr.clone(), source })?;
     let _ = stream.set_nodelay(true);
     Ok(channel::connect(stream, &cfg.key, &cfg.identity).await?.split())
 }
 
 /// Waits for the tracker's answer to `Register`.
-async fn read_welcome(reader: &mut Reader) -> Result<Welcome, SessionError> {
+async fn read_welcome(reader: &mut Reader) -> Result<Welcome, ClientError> {
     match tokio::time::timeout(CONNECT_TIMEOUT, reader.recv::<TrackerMessage>()).await {
-        Err(_) => Err(SessionError::Protocol("no Welcome within 5 s".into())),
-        Ok(msg) => match msg? {
-            Some(TrackerMessage::Welcome(w)) => {
-                TrackerMessage::Welcome(w.clone()).validate()?;
-                Ok(w)
+        Err(_) => Err(ClientError::Protocol("no Welcome within 5 s".into())),
+        Ok(msg) => {
+            let msg = msg?.ok_or(ClientError::Closed)?;
+            msg.validate()?;
+            match msg {
+                TrackerMessage::Welcome(w) => Ok(w),
+                TrackerMessage::Refused { reason } => Err(ClientError::Refused(reason)),
+                other => Err(ClientError::Protocol(format!("expected Welcome, got {other:?}"))),
             }
-            Some(TrackerMessage::Refused { reason }) => Err(SessionError::Refused(reason)),
-            Some(other) => Err(SessionError::Protocol(format!("expected Welcome, got {other:?}"))),
-            None => Err(SessionError::Closed),
-        },
+        }
     }
 }
 
@@ -282,7 +282,7 @@ async fn session(
     progress: &mut Progress,
     welcomed: &mut bool,
     shutdown: &CancellationToken,
-) -> Result<(), SessionError> {
+) -> Result<(), ClientError> {
     let (mut reader, mut writer) = open(cfg).await?;
     writer
         .send(&PeerMessage::Register(Register {
@@ -309,8 +309,8 @@ async fn session(
     let make_summary = summary.clone();
     let records = tokio::task::spawn_blocking(move || make_summary())
         .await
-        .map_err(|e| SessionError::Summary(e.to_string()))?
-        .map_err(SessionError::Summary)?;
+        .map_err(|e| ClientError::Summary(e.to_string()))?
+        .map_err(ClientError::Summary)?;
     for batch in records.chunks(MAX_RECORDS_PER_MESSAGE) {
         writer.send(&PeerMessage::Announce { records: batch.to_vec() }).await?;
     }
@@ -347,19 +347,21 @@ async fn session(
                 }
                 None => return Ok(()),
             },
-            msg = reader.recv::<TrackerMessage>(), if pending.len() < MAX_PENDING_DELTAS => match msg? {
-                Some(TrackerMessage::Delta(delta)) => {
-                    TrackerMessage::Delta(delta.clone()).validate()?;
-                    if delta.epoch != progress.epoch {
-                        return Err(SessionError::Protocol("delta from another epoch".into()));
+            msg = reader.recv::<TrackerMessage>(), if pending.len() < MAX_PENDING_DELTAS => {
+                let msg = msg?.ok_or(ClientError::Closed)?;
+                msg.validate()?;
+                match msg {
+                    TrackerMessage::Delta(delta) => {
+                        if delta.epoch != progress.epoch {
+                            return Err(ClientError::Protocol("delta from another epoch".into()));
+                        }
+                        progress.seen_seq = progress.seen_seq.max(delta.to_seq);
+                        pending.push_back(delta);
                     }
-                    progress.seen_seq = progress.seen_seq.max(delta.to_seq);
-                    pending.push_back(delta);
+                    TrackerMessage::Refused { reason } => return Err(ClientError::Refused(reason)),
+                    TrackerMessage::Welcome(_) => return Err(ClientError::Protocol("unexpected Welcome".into())),
                 }
-                Some(TrackerMessage::Refused { reason }) => return Err(SessionError::Refused(reason)),
-                Some(TrackerMessage::Welcome(_)) => return Err(SessionError::Protocol("unexpected Welcome".into())),
-                None => return Err(SessionError::Closed),
-            },
+            }
         }
     }
 }

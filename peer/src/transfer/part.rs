@@ -37,6 +37,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use dartsync_shared::ContentHash;
 use dartsync_shared::limits::MAX_CHUNKS_PER_LIST;
@@ -58,8 +59,13 @@ pub(crate) fn state_path(tmp_dir: &Path, content: &ContentHash) -> PathBuf {
     tmp_dir.join(format!("{}.part.state", content.to_hex()))
 }
 
-/// `<content>.<n>.done` in `tmp_dir`.
-pub(crate) fn done_path(tmp_dir: &Path, content: &ContentHash, n: u64) -> PathBuf {
+/// Sequence for `.done` names, unique within the process.
+static NEXT_DONE: AtomicU64 = AtomicU64::new(0);
+
+/// A `<content>.<n>.done` name in `tmp_dir` no other download of this
+/// process uses.
+pub(crate) fn fresh_done_path(tmp_dir: &Path, content: &ContentHash) -> PathBuf {
+    let n = NEXT_DONE.fetch_add(1, Ordering::Relaxed);
     tmp_dir.join(format!("{}.{n}.done", content.to_hex()))
 }
 
@@ -307,7 +313,7 @@ mod tests {
         let name = |p: PathBuf| p.file_name().unwrap().to_str().unwrap().to_owned();
         assert_eq!(parse_temp_name(&name(part_path(dir, &c))), Some((c, TempKind::Partial)));
         assert_eq!(parse_temp_name(&name(state_path(dir, &c))), Some((c, TempKind::Partial)));
-        assert_eq!(parse_temp_name(&name(done_path(dir, &c, 17))), Some((c, TempKind::Done)));
+        assert_eq!(parse_temp_name(&name(fresh_done_path(dir, &c))), Some((c, TempKind::Done)));
         for bad in ["", "x.part", &format!("{}.partx", c.to_hex()), &format!("{}..done", c.to_hex())] {
             assert_eq!(parse_temp_name(bad), None, "{bad}");
         }

@@ -26,7 +26,7 @@ use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer_opt};
 use tokio::sync::{Notify, mpsc};
 
-use crate::local::LocalError;
+use crate::local::error::LocalError;
 
 /// A request for a full rescan, raised from any thread, awaited by the
 /// scanner task.

@@ -38,34 +38,31 @@
 //! Renaming into the synced folder, mtime and mode, the index, `Have`, and
 //! which downloads to run (the apply engine owns those).
 
-pub(crate) mod part;
+mod assemble;
+mod error;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 use std::fs::File;
-use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dartsync_shared::channel::ChannelError;
 use dartsync_shared::chunk::{ChunkParams, chunk_list_hash, chunk_list_is_well_formed};
-use dartsync_shared::error::Retry;
 use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::limits::{MAX_CHUNKS_PER_LIST, MAX_PIECE_LEN};
-use dartsync_shared::proto::ProtocolError;
 use dartsync_shared::proto::p2p::{P2pRequest, P2pResponse};
 use dartsync_shared::proto::ptp::Holder;
-use dartsync_shared::{ChunkInfo, ContentHash, FileRecord, PeerId, RelPath};
+use dartsync_shared::{ChunkInfo, ContentHash, FileRecord, PeerId};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::chunk_source::{ChunkSource, hash_file, read_verified};
-use part::{Bitmap, PartState};
+use crate::transfer::chunk_source::ChunkSource;
+use crate::transfer::part::{self, Bitmap, PartState};
+use assemble::{FinishError, finish, prepare};
+pub use error::{DownloadError, HolderError};
+pub use worker::{DownloadLimits, HolderStats};
 use worker::{Conn, Group, Work, WorkerCtx, WorkerEnd};
 
 /// One file to fetch.
@@ -76,65 +73,6 @@ pub struct DownloadJob {
     pub record: FileRecord,
     /// Peers that hold exactly this version.
     pub holders: Vec<Holder>,
-}
-
-/// Knobs of the downloader.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DownloadLimits {
-    /// Requests kept in flight on each holder connection. Keep it at most
-    /// the holders' `upload_slots_per_peer` (default 4) or they answer the
-    /// extra ones `Busy`.
-    pub in_flight_per_holder: usize,
-    /// TCP connect deadline per holder (the handshake has its own).
-    pub connect_timeout: Duration,
-    /// Longest wait for one answer before the holder is dropped.
-    pub request_timeout: Duration,
-    /// Pause after a `Busy` answer; doubles while answers stay `Busy`.
-    pub busy_backoff: Duration,
-    /// Longest pause after `Busy`.
-    pub busy_backoff_max: Duration,
-    /// A holder that has answered only `Busy` for this long is dropped.
-    pub busy_give_up: Duration,
-    /// Progress is made durable (fsync + state file) after this many new
-    /// bytes; a killed peer re-fetches at most about this much.
-    pub persist_every_bytes: u64,
-}
-
-impl Default for DownloadLimits {
-    fn default() -> Self {
-        DownloadLimits {
-            in_flight_per_holder: 4,
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(30),
-            busy_backoff: Duration::from_millis(20),
-            busy_backoff_max: Duration::from_secs(1),
-            busy_give_up: Duration::from_secs(120),
-            persist_every_bytes: 8 * 1024 * 1024,
-        }
-    }
-}
-
-/// What one holder did for one download.
-#[derive(Debug)]
-pub struct HolderStats {
-    /// The holder.
-    pub peer_id: PeerId,
-    /// Where it was reached.
-    pub addr: SocketAddr,
-    /// Chunks accepted from it (verified and written).
-    pub chunks: u64,
-    /// Bytes accepted from it.
-    pub bytes: u64,
-    /// `Busy` answers it gave.
-    pub busy: u64,
-    /// Why it was dropped, if it was.
-    pub dropped: Option<HolderError>,
-}
-
-impl HolderStats {
-    fn new(holder: &Holder) -> Self {
-        HolderStats { peer_id: holder.peer_id, addr: holder.addr, chunks: 0, bytes: 0, busy: 0, dropped: None }
-    }
 }
 
 /// A finished download.
@@ -162,152 +100,6 @@ pub struct DownloadOutcome {
     pub elapsed: Duration,
 }
 
-/// Why a holder was dropped from one download. Lies (see
-/// [`HolderError::is_lie`]) are logged at warn; the rest at debug.
-#[derive(Debug, thiserror::Error)]
-pub enum HolderError {
-    /// TCP connect failed.
-    #[error("cannot connect: {0}")]
-    Connect(std::io::Error),
-    /// TCP connect did not finish in time.
-    #[error("connect timed out after {0:?}")]
-    ConnectTimeout(Duration),
-    /// Handshake or channel failure.
-    #[error("{0}")]
-    Channel(ChannelError),
-    /// Someone else answered at the holder's address.
-    #[error("the peer at that address is {actual}, not the holder")]
-    WrongPeer {
-        /// Who answered.
-        actual: PeerId,
-    },
-    /// A response failed validation.
-    #[error("invalid response: {0}")]
-    Protocol(ProtocolError),
-    /// A response of the wrong kind.
-    #[error("protocol breach: {0}")]
-    Unexpected(&'static str),
-    /// The chunk list does not match the record.
-    #[error("bad chunk list: {0}")]
-    BadChunkList(&'static str),
-    /// A chunk failed its hash check.
-    #[error("chunk at offset {offset} failed its hash check")]
-    HashMismatch {
-        /// Offset of the chunk in the file.
-        offset: u64,
-    },
-    /// The holder does not have the content (any more).
-    #[error("does not have the content")]
-    NotAvailable,
-    /// `Busy` to a chunk-list request.
-    #[error("busy")]
-    Busy,
-    /// No answer in time.
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    /// The holder closed the connection.
-    #[error("closed the connection")]
-    Closed,
-    /// Only `Busy` answers for too long.
-    #[error("answered only Busy for {0:?}")]
-    BusyTooLong(Duration),
-}
-
-impl HolderError {
-    /// True when the holder sent data that contradicts the record (a liar
-    /// or a broken peer), as opposed to being unreachable or out of date.
-    pub fn is_lie(&self) -> bool {
-        matches!(
-            self,
-            HolderError::HashMismatch { .. }
-                | HolderError::BadChunkList(_)
-                | HolderError::Unexpected(_)
-                | HolderError::Protocol(_)
-        )
-    }
-}
-
-fn fmt_failures(failures: &[(PeerId, HolderError)]) -> String {
-    if failures.is_empty() {
-        return "no holders to ask".into();
-    }
-    let mut out = String::new();
-    for (i, (peer, e)) in failures.iter().enumerate() {
-        let sep = if i == 0 { "" } else { "; " };
-        let _ = write!(out, "{sep}{}: {e}", peer.fmt_short());
-    }
-    out
-}
-
-/// Why a download failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DownloadError {
-    /// The record is not a live regular file.
-    #[error("{path}: not a regular file record")]
-    NotAFile {
-        /// The record's path.
-        path: RelPath,
-    },
-    /// No local file and no holder produced a chunk list matching the
-    /// record.
-    #[error("{path}: no chunk list ({})", fmt_failures(.failures))]
-    NoChunkList {
-        /// The record's path.
-        path: RelPath,
-        /// Each holder tried and why it failed.
-        failures: Vec<(PeerId, HolderError)>,
-    },
-    /// Every holder was dropped while chunks were still missing. The
-    /// partial file is kept for a later resume.
-    #[error("{path}: {missing_chunks} chunks ({missing_bytes} bytes) missing and no holder left ({})", fmt_failures(.failures))]
-    NoHoldersLeft {
-        /// The record's path.
-        path: RelPath,
-        /// Chunks still missing.
-        missing_chunks: usize,
-        /// Their bytes.
-        missing_bytes: u64,
-        /// Each dropped holder and why.
-        failures: Vec<(PeerId, HolderError)>,
-    },
-    /// Every chunk verified but the whole file does not hash to the
-    /// record's content: the record is inconsistent. The partial file is
-    /// deleted.
-    #[error("{path}: assembled file hashes to {actual}, record says {expected}")]
-    ContentMismatch {
-        /// The record's path.
-        path: RelPath,
-        /// The record's content hash.
-        expected: ContentHash,
-        /// What the assembled bytes hash to.
-        actual: ContentHash,
-    },
-    /// The cancel token fired; the partial file is kept.
-    #[error("{path}: download cancelled")]
-    Cancelled {
-        /// The record's path.
-        path: RelPath,
-    },
-    /// Local disk trouble in the temp folder.
-    #[error("{path}: {source}")]
-    Io {
-        /// The temp file or folder.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-}
-
-impl DownloadError {
-    /// Whether trying again later may succeed.
-    pub fn retry(&self) -> Retry {
-        match self {
-            DownloadError::NotAFile { .. } | DownloadError::ContentMismatch { .. } => Retry::Permanent,
-            _ => Retry::Temporary,
-        }
-    }
-}
-
 /// Fetches files from holders. Share one per peer (behind an `Arc`): it
 /// keeps the set of contents being downloaded so two downloads never write
 /// the same `.part`.
@@ -323,9 +115,6 @@ impl std::fmt::Debug for Downloader {
         f.debug_struct("Downloader").field("tmp_dir", &self.tmp_dir).field("limits", &self.ctx.limits).finish()
     }
 }
-
-/// Sequence for `.done` names, unique within the process.
-static NEXT_DONE: AtomicU64 = AtomicU64::new(0);
 
 /// The chunk-size bound for checking received lists: the protocol maximum,
 /// not the tracker's current piece length, so files chunked before a
@@ -496,7 +285,7 @@ impl Downloader {
             });
         }
         let tmp_dir = self.tmp_dir.clone();
-        let done = part::done_path(&tmp_dir, &record.content, NEXT_DONE.fetch_add(1, Ordering::Relaxed));
+        let done = part::fresh_done_path(&tmp_dir, &record.content);
         let target = done.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::create_dir_all(&tmp_dir)?;
@@ -680,132 +469,6 @@ fn outcome(
         holders,
         elapsed: started.elapsed(),
     }
-}
-
-/// The result of step 2.
-struct Prepared {
-    file: Arc<File>,
-    /// `done` = every chunk in place after resume and local copies.
-    header: PartState,
-    /// Groups still to fetch.
-    missing: Vec<usize>,
-    bytes_resumed: u64,
-    bytes_local: u64,
-}
-
-/// Reads chunk `c` from the open `.part` and returns it if it verifies.
-fn read_part_chunk(file: &File, c: &ChunkInfo) -> std::io::Result<Option<Vec<u8>>> {
-    let mut bytes = vec![0u8; c.len as usize];
-    match file.read_exact_at(&mut bytes, c.offset) {
-        Ok(()) => Ok((ContentHash::of(&bytes) == c.hash).then_some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Step 2 (blocking): open the `.part`, keep verified chunks of an earlier
-/// run, copy what local files hold. Errors carry the path they concern.
-fn prepare(
-    tmp_dir: &Path,
-    mut header: PartState,
-    chunks: &[ChunkInfo],
-    groups: &[Group],
-    source: &dyn ChunkSource,
-    cancel: &CancellationToken,
-) -> Result<Prepared, (PathBuf, std::io::Error)> {
-    std::fs::create_dir_all(tmp_dir).map_err(|e| (tmp_dir.to_owned(), e))?;
-    let part = part::part_path(tmp_dir, &header.content);
-    let at_part = |e| (part.clone(), e);
-    let file = part::open_part(&part).map_err(at_part)?;
-    let current_len = file.metadata().map_err(at_part)?.len();
-    let previous = part::load_state(&part::state_path(tmp_dir, &header.content)).filter(|s| {
-        s.content == header.content
-            && s.chunks_hash == header.chunks_hash
-            && s.size == header.size
-            && s.done.len() == chunks.len()
-            && current_len == header.size
-    });
-    let mut done = match previous {
-        Some(state) => state.done,
-        None => {
-            // Unknown contents: start from a clean, sparse file.
-            file.set_len(0).map_err(at_part)?;
-            Bitmap::new(chunks.len())
-        }
-    };
-    file.set_len(header.size).map_err(at_part)?;
-
-    let mut bytes_resumed = 0;
-    let marked = done.count();
-    for (i, c) in chunks.iter().enumerate() {
-        if done.get(i) {
-            if read_part_chunk(&file, c).map_err(at_part)?.is_some() {
-                bytes_resumed += u64::from(c.len);
-            } else {
-                done.set(i, false);
-            }
-        }
-    }
-    if marked > 0 {
-        tracing::debug!(part = %part.display(), marked, verified = done.count(), bytes_resumed, "resuming partial download");
-    }
-
-    let mut bytes_local = 0;
-    let mut missing = Vec::new();
-    for (g, group) in groups.iter().enumerate() {
-        if group.members.iter().all(|&i| done.get(i)) {
-            continue;
-        }
-        if cancel.is_cancelled() {
-            missing.push(g);
-            continue;
-        }
-        let bytes = match group.members.iter().find(|&&i| done.get(i)) {
-            Some(&i) => read_part_chunk(&file, &chunks[i]).map_err(at_part)?,
-            None => read_verified(&source.locate(&group.hash, group.len), group.len, &group.hash),
-        };
-        let Some(bytes) = bytes else {
-            missing.push(g);
-            continue;
-        };
-        for &i in &group.members {
-            if !done.get(i) {
-                file.write_all_at(&bytes, chunks[i].offset).map_err(at_part)?;
-                done.set(i, true);
-                bytes_local += u64::from(group.len);
-            }
-        }
-    }
-    header.done = done;
-    Ok(Prepared { file: Arc::new(file), header, missing, bytes_resumed, bytes_local })
-}
-
-enum FinishError {
-    Io(PathBuf, std::io::Error),
-    Mismatch(ContentHash),
-}
-
-/// Step 4 (blocking): fsync, verify the whole file, hand it out under a
-/// unique `.done` name, drop the state file.
-fn finish(file: &File, tmp_dir: &Path, content: &ContentHash) -> Result<PathBuf, FinishError> {
-    let part = part::part_path(tmp_dir, content);
-    let state = part::state_path(tmp_dir, content);
-    let at = |p: &Path| {
-        let p = p.to_owned();
-        move |e| FinishError::Io(p, e)
-    };
-    file.sync_all().map_err(at(&part))?;
-    let actual = hash_file(&part).map_err(at(&part))?;
-    if actual != *content {
-        part::remove_if_exists(&part).map_err(at(&part))?;
-        part::remove_if_exists(&state).map_err(at(&state))?;
-        return Err(FinishError::Mismatch(actual));
-    }
-    let done = part::done_path(tmp_dir, content, NEXT_DONE.fetch_add(1, Ordering::Relaxed));
-    std::fs::rename(&part, &done).map_err(at(&done))?;
-    part::remove_if_exists(&state).map_err(at(&state))?;
-    part::sync_dir(tmp_dir).map_err(at(tmp_dir))?;
-    Ok(done)
 }
 
 /// Contents being downloaded now, so one content has one writer.

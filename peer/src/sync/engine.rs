@@ -24,17 +24,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dartsync_shared::proto::ptp::{Delta, Holder};
-use dartsync_shared::{Causality, FileKind, FileRecord, PeerId, RelPath};
+use dartsync_shared::{FileRecord, PeerId, RelPath};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{self, ApplyError};
-use crate::download::{DownloadError, DownloadJob, DownloadOutcome, Downloader};
-use crate::history::History;
+use crate::deadlines::Deadlines;
 use crate::local::LocalState;
-use crate::source::IndexSource;
-use crate::tracker_client::{ClientCommand, TrackerClient, TrackerEvent};
+use crate::local::commit::Gated;
+use crate::sync::apply;
+use crate::sync::error::ApplyError;
+use crate::sync::history::History;
+use crate::sync::index_source::IndexSource;
+use crate::sync::install::{Installed, Installer};
+use crate::sync::plan::{Action, plan};
+use crate::sync::tracker_client::{ClientCommand, TrackerClient, TrackerEvent};
+use crate::transfer::{DownloadError, DownloadJob, DownloadOutcome, Downloader};
 
 /// How long a failed path waits before it is retried.
 const RETRY_EVERY: Duration = Duration::from_secs(2);
@@ -49,63 +54,11 @@ const ANNOUNCE_BATCH: usize = 1024;
 
 /// One entry of the global table as this peer knows it.
 #[derive(Debug, Clone)]
-pub struct GlobalEntry {
+struct GlobalEntry {
     /// The global record.
-    pub record: FileRecord,
+    record: FileRecord,
     /// Holders other than this peer.
-    pub holders: Vec<Holder>,
-}
-
-/// What to do about one path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Nothing: in sync, or our version is newer or concurrent (announced).
-    Nothing,
-    /// The disk has an unannounced edit: let the scanner announce it.
-    AnnounceLocal,
-    /// Our bytes already are the global content: adopt its version.
-    Adopt,
-    /// Create the folder.
-    MakeDir,
-    /// Create the symlink.
-    MakeLink,
-    /// Delete what is there (file, link or empty folder).
-    Delete,
-    /// Fetch the content.
-    Download,
-}
-
-/// Decides what to do about one path, from the global record, the index's
-/// record (`None` if the path was never indexed) and whether the disk
-/// differs from the index. Pure: no I/O.
-pub fn plan(global: &FileRecord, indexed: Option<&FileRecord>, locally_modified: bool) -> Action {
-    if let Some(local) = indexed {
-        match global.version.compare(&local.version) {
-            Causality::Equal if !locally_modified => return Action::Nothing,
-            Causality::Dominates => {}
-            // Ours is newer, concurrent, or equal but edited since: the
-            // scanner announces it and the tracker decides.
-            _ => return if locally_modified { Action::AnnounceLocal } else { Action::Nothing },
-        }
-        if locally_modified {
-            return Action::AnnounceLocal;
-        }
-        if global.same_content(local) && global.kind == local.kind {
-            return Action::Adopt;
-        }
-    } else if locally_modified {
-        // Something unindexed sits at that path: never overwrite or delete
-        // it blindly.
-        return Action::AnnounceLocal;
-    }
-    if global.deleted {
-        return Action::Delete;
-    }
-    match global.kind {
-        FileKind::Dir => Action::MakeDir,
-        FileKind::Symlink { .. } => Action::MakeLink,
-        FileKind::File => Action::Download,
-    }
+    holders: Vec<Holder>,
 }
 
 /// Every trigger of the main loop.
@@ -126,95 +79,9 @@ struct DownloadDone {
     result: Result<(DownloadOutcome, Installed), DownloadError>,
 }
 
-/// What became of a finished download.
-#[derive(Debug)]
-enum Installed {
-    /// In place, indexed.
-    Yes,
-    /// Not wanted any more, or the local file was edited meanwhile.
-    Skipped,
-    /// Installing failed.
-    Failed(ApplyError),
-}
-
-/// What a download task needs to move its result into place; cheap to
-/// clone, so installs run in the download tasks, concurrently.
-#[derive(Debug, Clone)]
-struct Installer {
-    root: PathBuf,
-    history: History,
-    local: LocalState,
-    source: Arc<IndexSource>,
-}
-
-impl Installer {
-    /// Moves a finished download into place unless the local file was
-    /// edited meanwhile or holds a version the record does not supersede.
-    async fn install(&self, record: &FileRecord, outcome: &DownloadOutcome) -> Installed {
-        match self.try_install(record, outcome).await {
-            Ok(true) => Installed::Yes,
-            Ok(false) => {
-                let _ = std::fs::remove_file(&outcome.temp_path);
-                Installed::Skipped
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&outcome.temp_path);
-                Installed::Failed(e)
-            }
-        }
-    }
-
-    async fn try_install(&self, record: &FileRecord, outcome: &DownloadOutcome) -> Result<bool, ApplyError> {
-        let path = &record.path;
-        let local = &self.local;
-        let before = local.index().get(path).map_err(ApplyError::local)?;
-        let modified = local.is_locally_modified(path).await.map_err(ApplyError::local)?;
-        if plan(record, before.as_ref().map(|e| &e.record), modified) != Action::Download {
-            if modified {
-                local.mark_dirty(path);
-            }
-            return Ok(false);
-        }
-        let saved = Arc::new(std::sync::Mutex::new(None));
-        let op = {
-            let (root, history, record, temp, saved) =
-                (self.root.clone(), self.history.clone(), record.clone(), outcome.temp_path.clone(), saved.clone());
-            move || {
-                let kept = apply::install_file(&root, &history, &record, &temp).map_err(std::io::Error::other)?;
-                *saved.lock().expect("not poisoned") = kept;
-                Ok(())
-            }
-        };
-        let applied = local
-            .apply_if_unmodified(path, record.clone(), outcome.chunks.clone(), op)
-            .await
-            .map_err(ApplyError::local)?;
-        if applied {
-            remember_saved(&self.source, saved, before);
-        } else {
-            local.mark_dirty(path);
-        }
-        Ok(applied)
-    }
-}
-
-/// Tells the chunk source where the previous content of a path went.
-fn remember_saved(
-    source: &IndexSource,
-    saved: Arc<std::sync::Mutex<Option<PathBuf>>>,
-    before: Option<crate::index::IndexEntry>,
-) {
-    let saved = saved.lock().expect("not poisoned").take();
-    if let (Some(saved), Some(before)) = (saved, before)
-        && before.record.is_file()
-    {
-        source.remember_history(saved, before.record.content, &before.chunks);
-    }
-}
-
 /// A download in progress.
 #[derive(Debug)]
-struct Active {
+struct Running {
     record: FileRecord,
     cancel: CancellationToken,
 }
@@ -240,6 +107,8 @@ pub struct EngineParts {
     pub me: PeerId,
     /// Files downloaded at once.
     pub max_parallel_downloads: usize,
+    /// The piece length this folder is chunked with.
+    pub chunked_with: u32,
 }
 
 /// The running engine.
@@ -248,16 +117,16 @@ pub struct Engine {
     parts: EngineParts,
     root: PathBuf,
     global: HashMap<RelPath, GlobalEntry>,
-    active: HashMap<RelPath, Active>,
+    active: HashMap<RelPath, Running>,
     jobs: JoinSet<DownloadDone>,
     /// Paths to reconsider on the next pass.
     dirty: BTreeSet<RelPath>,
-    /// Paths waiting to be retried, and when.
-    retry: HashMap<RelPath, Instant>,
+    /// Paths waiting to be retried, ordered by when.
+    retry: Deadlines<RelPath, Instant>,
     /// Paths waiting for a free download slot.
     queued: BTreeSet<RelPath>,
     /// Paths the engine wrote, to re-check once the watcher has settled.
-    recheck: Vec<(Instant, RelPath)>,
+    recheck: Deadlines<RelPath, Instant>,
     /// The tracker epoch the global table belongs to.
     epoch: Option<u64>,
 }
@@ -273,9 +142,9 @@ impl Engine {
             active: HashMap::new(),
             jobs: JoinSet::new(),
             dirty: BTreeSet::new(),
-            retry: HashMap::new(),
+            retry: Deadlines::default(),
             queued: BTreeSet::new(),
-            recheck: Vec::new(),
+            recheck: Deadlines::default(),
             epoch: None,
         }
     }
@@ -347,32 +216,25 @@ impl Engine {
                     self.global.clear();
                 }
                 self.epoch = Some(welcome.epoch);
-                let ours = self.parts.local.index().piece_len().ok().flatten();
-                if ours.is_some_and(|p| p != welcome.piece_len) {
+                let ours = self.parts.chunked_with;
+                if ours != welcome.piece_len {
                     tracing::warn!(
                         "the tracker's piece length is {} bytes but this folder is chunked with {:?}; \
                          transfers still work, delta sync is less effective",
-                        welcome.piece_len,
-                        ours
+                        welcome.piece_len, ours
                     );
                 }
                 tracing::debug!(epoch = welcome.epoch, "connected to tracker");
             }
-            Event::Tracker(TrackerEvent::Disconnected(_)) => {}
+            Event::Tracker(TrackerEvent::Disconnected(why)) => {
+                tracing::debug!(%why, "tracker away; the global table stays until it is back");
+            }
             Event::Tracker(TrackerEvent::Delta(delta)) => self.apply_delta(delta),
             Event::Download(done) => self.finish_download(*done).await,
             Event::Tick => {
                 let now = Instant::now();
-                let due: Vec<RelPath> =
-                    self.retry.iter().filter(|(_, at)| **at <= now).map(|(p, _)| p.clone()).collect();
-                for path in due {
-                    self.retry.remove(&path);
-                    self.dirty.insert(path);
-                }
-                let (due, later): (Vec<_>, Vec<_>) =
-                    std::mem::take(&mut self.recheck).into_iter().partition(|(at, _)| *at <= now);
-                self.recheck = later;
-                for (_, path) in due {
+                self.dirty.extend(self.retry.take_due(now));
+                for path in self.recheck.take_due(now) {
                     self.parts.local.mark_dirty(&path);
                 }
                 self.start_queued();
@@ -392,7 +254,7 @@ impl Engine {
             // reconsider the path only if its record changed, or if it is
             // waiting for holders.
             let record_changed = self.global.get(&path).is_none_or(|g| g.record != entry.record);
-            let waiting = self.retry.remove(&path).is_some();
+            let waiting = self.retry.remove(&path);
             self.global.insert(path.clone(), GlobalEntry { record: entry.record, holders });
             if record_changed || waiting {
                 self.dirty.insert(path);
@@ -438,8 +300,7 @@ impl Engine {
 
     async fn reconcile(&mut self, path: &RelPath) -> Result<(), ApplyError> {
         let Some(global) = self.global.get(path).cloned() else { return Ok(()) };
-        let before = self.parts.local.index().get(path).map_err(ApplyError::local)?;
-        let modified = self.parts.local.is_locally_modified(path).await.map_err(ApplyError::local)?;
+        let (before, modified) = self.parts.local.local_view(path).await?;
         let action = plan(&global.record, before.as_ref().map(|e| &e.record), modified);
         if action != Action::Download {
             self.cancel_download(path);
@@ -453,41 +314,31 @@ impl Engine {
                 Ok(())
             }
             Action::Adopt => {
-                local.adopt_version(&global.record).await.map_err(ApplyError::local)?;
+                local.adopt_version(&global.record).await?;
                 self.have(&global.record).await;
                 Ok(())
             }
             Action::MakeDir | Action::MakeLink | Action::Delete => {
                 let record = global.record.clone();
-                let disk = record.path.to_local(&self.root);
-                if record.deleted && std::fs::read_dir(&disk).is_ok_and(|mut d| d.next().is_some()) {
-                    tracing::debug!(%path, "folder deleted elsewhere still has content here; kept");
-                    return Ok(());
-                }
-                let saved = Arc::new(std::sync::Mutex::new(None));
                 let op = {
-                    let (root, history, record, saved) =
-                        (self.root.clone(), self.parts.history.clone(), record.clone(), saved.clone());
-                    move || {
-                        let out = apply::apply_metadata(&root, &history, &record).map_err(std::io::Error::other)?;
-                        *saved.lock().expect("not poisoned") = out.saved;
-                        if out.outcome == apply::MetaOutcome::NotEmpty {
-                            return Err(std::io::Error::new(
-                                std::io::ErrorKind::DirectoryNotEmpty,
-                                "folder still has content",
-                            ));
-                        }
-                        Ok(())
-                    }
+                    let (root, history, record) = (self.root.clone(), self.parts.history.clone(), record.clone());
+                    move || apply::apply_metadata(&root, &history, &record)
                 };
-                let applied =
-                    local.apply_if_unmodified(path, record.clone(), Vec::new(), op).await.map_err(ApplyError::local)?;
-                if !applied {
-                    local.mark_dirty(path);
-                    return Ok(());
+                match local.apply_if_unmodified(record.clone(), Vec::new(), op).await? {
+                    Gated::Refused => return Ok(()),
+                    Gated::Declined => {
+                        tracing::debug!(%path, "folder deleted elsewhere still has content here; kept");
+                        return Ok(());
+                    }
+                    Gated::Applied { value: saved, .. } => {
+                        if let (Some(saved), Some(before)) = (saved, before)
+                            && before.record.is_file()
+                        {
+                            self.parts.source.remember_history(saved, before.record.content, &before.chunks);
+                        }
+                    }
                 }
-                remember_saved(&self.parts.source, saved, before);
-                self.recheck.push((Instant::now() + RECHECK_AFTER, path.clone()));
+                self.recheck.insert(path.clone(), Instant::now() + RECHECK_AFTER);
                 if record.deleted
                     && let Some(parent) = path.parent()
                     && self.global.get(&parent).is_some_and(|g| g.record.deleted)
@@ -529,7 +380,7 @@ impl Engine {
             return;
         }
         let cancel = CancellationToken::new();
-        self.active.insert(path.clone(), Active { record: global.record.clone(), cancel: cancel.clone() });
+        self.active.insert(path.clone(), Running { record: global.record.clone(), cancel: cancel.clone() });
         let downloader = self.parts.downloader.clone();
         let installer = Installer {
             root: self.root.clone(),
@@ -589,7 +440,7 @@ impl Engine {
                     sources.join(", "),
                     outcome.bytes_resumed
                 );
-                self.recheck.push((Instant::now() + RECHECK_AFTER, path.clone()));
+                self.recheck.insert(path.clone(), Instant::now() + RECHECK_AFTER);
                 self.have(&record).await;
                 // A newer version may have arrived while this one downloaded.
                 if self.global.get(&path).is_some_and(|g| g.record.version != record.version) {
@@ -614,57 +465,3 @@ impl Engine {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use dartsync_shared::{ContentHash, ShortId, VersionVector};
-
-    fn rec(kind: FileKind, content: &[u8], vv: &[(u64, u64)], deleted: bool) -> FileRecord {
-        let file = kind == FileKind::File && !deleted;
-        FileRecord {
-            path: RelPath::new("p").unwrap(),
-            kind,
-            size: if file { content.len() as u64 } else { 0 },
-            mtime_ns: 0,
-            mode: 0o644,
-            content: if file { ContentHash::of(content) } else { ContentHash::empty() },
-            chunks: ContentHash::empty(),
-            version: VersionVector::from_entries(vv.iter().map(|(p, c)| (ShortId(*p), *c))),
-            deleted,
-        }
-    }
-
-    #[test]
-    fn plan_table() {
-        use Action::*;
-        let f = |c: &[u8], vv: &[(u64, u64)]| rec(FileKind::File, c, vv, false);
-        let tomb = |vv: &[(u64, u64)]| rec(FileKind::File, b"", vv, true);
-        let dir = |vv: &[(u64, u64)]| rec(FileKind::Dir, b"", vv, false);
-        let cases: Vec<(FileRecord, Option<FileRecord>, bool, Action)> = vec![
-            // New file, nothing here.
-            (f(b"a", &[(1, 1)]), None, false, Download),
-            // Same version: nothing.
-            (f(b"a", &[(1, 1)]), Some(f(b"a", &[(1, 1)])), false, Nothing),
-            // Newer global version with other bytes.
-            (f(b"b", &[(1, 2)]), Some(f(b"a", &[(1, 1)])), false, Download),
-            // Newer global version with our bytes (merged conflict): adopt.
-            (f(b"a", &[(1, 2), (2, 1)]), Some(f(b"a", &[(2, 1)])), false, Adopt),
-            // Our version is newer or concurrent: the tracker decides.
-            (f(b"a", &[(1, 1)]), Some(f(b"b", &[(1, 2)])), false, Nothing),
-            (f(b"a", &[(1, 1)]), Some(f(b"b", &[(2, 1)])), false, Nothing),
-            // Unannounced local edit: never overwritten.
-            (f(b"b", &[(1, 2)]), Some(f(b"a", &[(1, 1)])), true, AnnounceLocal),
-            (tomb(&[(1, 2)]), Some(f(b"a", &[(1, 1)])), true, AnnounceLocal),
-            // Unindexed local file where a global file wants to go.
-            (f(b"a", &[(1, 1)]), None, true, AnnounceLocal),
-            // Deletions, folders.
-            (tomb(&[(1, 2)]), Some(f(b"a", &[(1, 1)])), false, Delete),
-            (tomb(&[(1, 1)]), None, false, Delete),
-            (dir(&[(1, 1)]), None, false, MakeDir),
-            (dir(&[(1, 2)]), Some(dir(&[(1, 1)])), false, Adopt),
-        ];
-        for (i, (global, indexed, modified, want)) in cases.into_iter().enumerate() {
-            assert_eq!(plan(&global, indexed.as_ref(), modified), want, "case {i}");
-        }
-    }
-}

@@ -13,7 +13,7 @@
 //! [`PeerDirs::root`].
 //!
 //! This module only creates folders and the identity file; it does not read
-//! or write the index (see [`crate::index`]).
+//! or write the index (see [`crate::local::index`]).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use dartsync_shared::key::Identity;
 use dartsync_shared::path::STATE_DIR;
 
-use crate::local::LocalError;
+use crate::local::error::LocalError;
 
 /// Name of the identity file inside `.dartsync/`.
 pub const IDENTITY_FILE: &str = "identity";

@@ -35,30 +35,29 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::Metadata;
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use dartsync_shared::chunk::{ChunkInfo, ChunkParams, ChunkedFile, chunk_list_hash, chunk_reader};
-use dartsync_shared::record::link_target_stays_inside;
+use dartsync_shared::chunk::{ChunkInfo, ChunkedFile};
+use dartsync_shared::version::CounterExhausted;
 use dartsync_shared::{ContentHash, FileKind, FileRecord, RelPath, ShortId, VersionVector};
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::ignore::{IGNORE_FILE, IgnoreRules, Reload, is_state_dir_name};
-use crate::index::{Head, Index, IndexEntry, StatKey, changed_within};
-use crate::local::LocalError;
+use crate::local::commit::WriteGate;
+use crate::local::error::LocalError;
+use crate::local::ignore::{IGNORE_FILE, IgnoreRules, Reload, is_state_dir_name};
+use crate::local::index::{Head, IndexEntry};
+use crate::local::probe::{Disk, Observed};
+use crate::local::stat::{StatKey, changed_within};
 
 /// Plans committed per write transaction during a scan.
 const BATCH_RECORDS: usize = 512;
 /// Bytes hashed after which a batch is committed early (bounds the memory
 /// held in pending chunk lists and the latency of big files).
 const BATCH_BYTES: u64 = 64 * 1024 * 1024;
-/// Most distinct paths remembered for warn-once messages.
-const MAX_WARNED: usize = 10_000;
 
 /// What one scan operation found that the caller must act on.
 #[derive(Debug, Default)]
@@ -72,44 +71,31 @@ pub(crate) struct ScanReport {
     pub(crate) interrupted: bool,
 }
 
-/// One `lstat` of a path, classified.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Disk {
-    Missing,
-    File(StatKey),
-    Dir(StatKey),
-    Symlink(StatKey, String),
-    /// Present but not synced: special file, symlink leaving the folder,
-    /// non-UTF-8 link target.
-    Unsyncable(StatKey),
-}
-
-/// What must not move between planning and committing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stamp {
-    Missing,
-    File(StatKey),
-    // Folder mtimes move with every child; only identity and mode count.
-    Dir { inode: u64, mode: u32 },
-    Other { inode: u64, mtime_ns: i64, size: u64 },
-}
-
-fn stamp_of(meta: Option<&Metadata>) -> Stamp {
-    match meta {
-        None => Stamp::Missing,
-        Some(m) if m.is_file() => Stamp::File(StatKey::of(m)),
-        Some(m) if m.is_dir() => Stamp::Dir { inode: m.ino(), mode: m.mode() & 0o7777 },
-        Some(m) => Stamp::Other { inode: m.ino(), mtime_ns: crate::index::mtime_ns(m), size: m.len() },
-    }
-}
-
 /// A record to store, with what it was planned against.
 #[derive(Debug)]
 struct Pending {
     expected: Option<Head>,
-    seen: Stamp,
+    seen: Observed,
     entry: IndexEntry,
     emit: bool,
+}
+
+/// Why planning one path failed.
+enum PlanError {
+    Local(LocalError),
+    Exhausted(CounterExhausted),
+}
+
+impl From<LocalError> for PlanError {
+    fn from(e: LocalError) -> Self {
+        PlanError::Local(e)
+    }
+}
+
+impl From<CounterExhausted> for PlanError {
+    fn from(e: CounterExhausted) -> Self {
+        PlanError::Exhausted(e)
+    }
 }
 
 enum Plan {
@@ -126,35 +112,16 @@ struct Batch {
     report: ScanReport,
 }
 
-/// Counts bytes read, for [`Scanner::bytes_hashed`].
-struct Counting<'a, R> {
-    inner: R,
-    counter: &'a AtomicU64,
-}
-
-impl<R: Read> Read for Counting<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.counter.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
 /// Compares one folder with its index (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Scanner {
-    root: PathBuf,
-    index: Index,
+    /// The index, the disk reader and the commit lock shared with the
+    /// engine's writes.
+    gate: Arc<WriteGate>,
     rules: Mutex<IgnoreRules>,
     me: ShortId,
-    params: ChunkParams,
     /// A file modified less than this long ago may still be being written.
     quiet: Duration,
-    bytes_hashed: AtomicU64,
-    /// Held while committing to the index, by the scanner and by every
-    /// writer of applied records; never held while hashing during scans.
-    commit_lock: Mutex<()>,
-    warned: Mutex<HashSet<String>>,
     changes: mpsc::Sender<FileRecord>,
     shutdown: CancellationToken,
 }
@@ -162,26 +129,8 @@ pub(crate) struct Scanner {
 /// Settings of a [`Scanner`].
 #[derive(Debug)]
 pub(crate) struct ScannerConfig {
-    pub(crate) root: PathBuf,
     pub(crate) me: ShortId,
-    pub(crate) piece_len: u32,
     pub(crate) quiet: Duration,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The protected data stays consistent across a panic (a set, the rules,
-    // or nothing), so a poisoned lock is still usable.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn lstat(path: &Path) -> Result<Option<Metadata>, LocalError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) => Ok(Some(meta)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        // A component is a file now (`a` replaced `a/`): the path is gone.
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Ok(None),
-        Err(source) => Err(LocalError::Io { path: path.to_owned(), source }),
-    }
 }
 
 fn tombstone(path: &RelPath, previous: &FileRecord, version: VersionVector) -> FileRecord {
@@ -215,35 +164,25 @@ fn non_file(path: &RelPath, kind: FileKind, stat: &StatKey, version: VersionVect
 impl Scanner {
     pub(crate) fn new(
         config: ScannerConfig,
-        index: Index,
+        gate: Arc<WriteGate>,
         rules: IgnoreRules,
         changes: mpsc::Sender<FileRecord>,
         shutdown: CancellationToken,
     ) -> Scanner {
         Scanner {
-            root: config.root,
-            index,
+            gate,
             rules: Mutex::new(rules),
             me: config.me,
-            params: ChunkParams::for_piece_len(config.piece_len),
             quiet: config.quiet,
-            bytes_hashed: AtomicU64::new(0),
-            commit_lock: Mutex::new(()),
-            warned: Mutex::new(HashSet::new()),
             changes,
             shutdown,
         }
     }
 
-    /// Bytes read for hashing since this scanner was created.
-    pub(crate) fn bytes_hashed(&self) -> u64 {
-        self.bytes_hashed.load(Ordering::Relaxed)
-    }
-
     /// Re-reads `.dartsyncignore` if it changed and settled; true when the
     /// rules changed. A file still within the quiet period is retried.
     fn reload_ignore(&self, report: &mut ScanReport) -> bool {
-        match lock(&self.rules).reload_if_changed(self.quiet) {
+        match self.rules.lock().reload_if_changed(self.quiet) {
             Reload::Unchanged => false,
             Reload::Reloaded => true,
             Reload::Pending => {
@@ -254,72 +193,17 @@ impl Scanner {
     }
 
     fn is_ignored(&self, path: &RelPath, is_dir: bool) -> bool {
-        lock(&self.rules).is_ignored(path, is_dir)
+        self.rules.lock().is_ignored(path, is_dir)
     }
 
-    fn warn_once(&self, key: &str, what: &str, detail: &dyn std::fmt::Display) {
-        let mut warned = lock(&self.warned);
-        if warned.len() < MAX_WARNED && warned.insert(key.to_owned()) {
-            tracing::warn!(path = key, "{what}: {detail}");
-        }
-    }
-
-    fn local(&self, path: &RelPath) -> PathBuf {
-        path.to_local(&self.root)
-    }
-
-    /// Classifies an `lstat` result (reads the target of a symlink).
-    fn classify(&self, path: &RelPath, meta: Option<&Metadata>) -> Disk {
-        let Some(meta) = meta else { return Disk::Missing };
-        let stat = StatKey::of(meta);
-        let kind = meta.file_type();
-        if kind.is_file() {
-            Disk::File(stat)
-        } else if kind.is_dir() {
-            Disk::Dir(stat)
-        } else if kind.is_symlink() {
-            let target = match std::fs::read_link(self.local(path)) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Disk::Missing,
-                Err(e) => {
-                    self.warn_once(path.as_str(), "cannot read symlink; skipped", &e);
-                    return Disk::Unsyncable(stat);
-                }
-            };
-            match target.to_str() {
-                Some(t) if link_target_stays_inside(path, t) => Disk::Symlink(stat, t.to_owned()),
-                _ => {
-                    self.warn_once(path.as_str(), "symlink points outside the folder; skipped", &target.display());
-                    Disk::Unsyncable(stat)
-                }
-            }
-        } else {
-            tracing::debug!(%path, "special file skipped");
-            Disk::Unsyncable(stat)
-        }
-    }
-
-    /// Hashes a file whose `lstat` gave `before`; `None` when the file moved
-    /// (size, mtime or inode) while it was read.
-    fn hash_file(&self, path: &RelPath, before: &StatKey) -> std::io::Result<Option<ChunkedFile>> {
-        let file = std::fs::File::open(self.local(path))?;
-        let stable = |meta: &Metadata| meta.is_file() && StatKey::of(meta).same_content_stamp(before);
-        if !stable(&file.metadata()?) {
-            return Ok(None);
-        }
-        let chunked = chunk_reader(Counting { inner: &file, counter: &self.bytes_hashed }, self.params)?;
-        if !stable(&file.metadata()?) || chunked.size != before.size {
-            return Ok(None);
-        }
-        Ok(Some(chunked))
-    }
-
-    fn next_version(&self, expected: Option<&Head>) -> VersionVector {
-        expected.map(|h| h.record.version.bumped(self.me)).unwrap_or_else(|| VersionVector::new().bumped(self.me))
+    fn next_version(&self, expected: Option<&Head>) -> Result<VersionVector, CounterExhausted> {
+        expected.map_or_else(VersionVector::new, |h| h.record.version.clone()).bumped(self.me)
     }
 
     /// Decides what to store for `path`, given the index's view and one
     /// `lstat` of the disk. Hashes the file if its stat moved (or `force`).
+    /// A change that cannot get a new version (its vector's counters are at
+    /// the limit) is reported once and not recorded.
     fn plan(
         &self,
         path: &RelPath,
@@ -327,7 +211,24 @@ impl Scanner {
         meta: Option<&Metadata>,
         force: bool,
     ) -> Result<Plan, LocalError> {
-        let seen = stamp_of(meta);
+        match self.plan_change(path, expected, meta, force) {
+            Ok(plan) => Ok(plan),
+            Err(PlanError::Local(e)) => Err(e),
+            Err(PlanError::Exhausted(e)) => {
+                self.gate.probe.warn_once(path.as_str(), "local change not recorded", &e);
+                Ok(Plan::Nothing)
+            }
+        }
+    }
+
+    fn plan_change(
+        &self,
+        path: &RelPath,
+        expected: Option<&Head>,
+        meta: Option<&Metadata>,
+        force: bool,
+    ) -> Result<Plan, PlanError> {
+        let seen = Observed::of(meta);
         let live = expected.filter(|h| !h.record.deleted);
         let store = |record: FileRecord, chunks: Vec<ChunkInfo>, stat: Option<StatKey>, emit: bool| {
             Plan::Store(Box::new(Pending {
@@ -337,9 +238,9 @@ impl Scanner {
                 emit,
             }))
         };
-        let plan = match self.classify(path, meta) {
+        let plan = match self.gate.probe.classify(path, meta) {
             Disk::Missing | Disk::Unsyncable(_) => match live {
-                Some(h) => store(tombstone(path, &h.record, self.next_version(expected)), Vec::new(), None, true),
+                Some(h) => store(tombstone(path, &h.record, self.next_version(expected)?), Vec::new(), None, true),
                 None => Plan::Nothing,
             },
             Disk::Dir(stat) => match live {
@@ -347,7 +248,7 @@ impl Scanner {
                     Plan::Nothing
                 }
                 _ => store(
-                    non_file(path, FileKind::Dir, &stat, self.next_version(expected)),
+                    non_file(path, FileKind::Dir, &stat, self.next_version(expected)?),
                     Vec::new(),
                     Some(stat),
                     true,
@@ -356,7 +257,7 @@ impl Scanner {
             Disk::Symlink(stat, target) => match live {
                 Some(h) if matches!(&h.record.kind, FileKind::Symlink { target: t } if *t == target) => Plan::Nothing,
                 _ => {
-                    let record = non_file(path, FileKind::Symlink { target }, &stat, self.next_version(expected));
+                    let record = non_file(path, FileKind::Symlink { target }, &stat, self.next_version(expected)?);
                     store(record, Vec::new(), Some(stat), true)
                 }
             },
@@ -369,22 +270,22 @@ impl Scanner {
                             Plan::Nothing
                         } else {
                             // Permission change only: a new version, no read.
-                            let chunks = self.index.get(path)?.map(|e| e.chunks).unwrap_or_default();
+                            let chunks = self.gate.index.get(path)?.map(|e| e.chunks).unwrap_or_default();
                             let mut record = h.record.clone();
                             record.mode = stat.mode;
-                            record.version = self.next_version(expected);
+                            record.version = self.next_version(expected)?;
                             store(record, chunks, Some(stat), true)
                         }
                     }
                     _ if meta.is_some_and(|m| changed_within(m, self.quiet)) => Plan::Defer,
-                    _ => match self.hash_file(path, &stat) {
+                    _ => match self.gate.probe.hash_file(path, &stat) {
                         Ok(None) => Plan::Defer,
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Plan::Defer,
                         Err(e) => {
-                            self.warn_once(path.as_str(), "cannot read file; skipped", &e);
+                            self.gate.probe.warn_once(path.as_str(), "cannot read file; skipped", &e);
                             Plan::Nothing
                         }
-                        Ok(Some(chunked)) => self.plan_hashed(path, expected, known, stat, chunked, &store),
+                        Ok(Some(chunked)) => self.plan_hashed(path, expected, known, stat, chunked, &store)?,
                     },
                 }
             }
@@ -400,7 +301,7 @@ impl Scanner {
         stat: StatKey,
         chunked: ChunkedFile,
         store: &dyn Fn(FileRecord, Vec<ChunkInfo>, Option<StatKey>, bool) -> Plan,
-    ) -> Plan {
+    ) -> Result<Plan, PlanError> {
         let mode_same = known.and_then(|h| h.stat).is_some_and(|s| s.mode == stat.mode);
         match known {
             Some(h) if h.record.content == chunked.content && mode_same => {
@@ -410,7 +311,7 @@ impl Scanner {
                 let rechunked = h.record.chunks != chunked.chunks_hash;
                 let mut record = h.record.clone();
                 record.chunks = chunked.chunks_hash;
-                store(record, chunked.chunks, Some(stat), rechunked)
+                Ok(store(record, chunked.chunks, Some(stat), rechunked))
             }
             _ => {
                 let record = FileRecord {
@@ -421,10 +322,10 @@ impl Scanner {
                     mode: stat.mode,
                     content: chunked.content,
                     chunks: chunked.chunks_hash,
-                    version: self.next_version(expected),
+                    version: self.next_version(expected)?,
                     deleted: false,
                 };
-                store(record, chunked.chunks, Some(stat), true)
+                Ok(store(record, chunked.chunks, Some(stat), true))
             }
         }
     }
@@ -454,12 +355,12 @@ impl Scanner {
         let pending = std::mem::take(&mut batch.pending);
         let retry = &mut batch.report.retry;
         let committed = {
-            let _guard = lock(&self.commit_lock);
-            self.index.write(|w| {
+            let _guard = self.gate.lock();
+            self.gate.index.write(|w| {
                 let mut out = Vec::new();
                 for p in pending {
                     let path = &p.entry.record.path;
-                    if w.head(path)? != p.expected || stamp_of(lstat(&self.local(path))?.as_ref()) != p.seen {
+                    if w.head(path)? != p.expected || Observed::of(self.gate.probe.lstat(path)?.as_ref()) != p.seen {
                         retry.push(path.clone());
                         continue;
                     }
@@ -468,7 +369,7 @@ impl Scanner {
                         // Only this entry is unstorable (e.g. a chunk list
                         // beyond the codec limit); the transaction is intact.
                         Err(err @ LocalError::Encode { .. }) => {
-                            self.warn_once(path.as_str(), "cannot index; skipped", &err);
+                            self.gate.probe.warn_once(path.as_str(), "cannot index; skipped", &err);
                             continue;
                         }
                         Err(err) => return Err(err),
@@ -528,7 +429,7 @@ impl Scanner {
         for path in paths {
             let mut base = path.clone();
             for ancestor in path.ancestors() {
-                if !self.index.head(&ancestor)?.is_some_and(|h| h.record.is_dir()) {
+                if !self.gate.index.head(&ancestor)?.is_some_and(|h| h.record.is_dir()) {
                     base = ancestor;
                     break;
                 }
@@ -553,15 +454,15 @@ impl Scanner {
     /// Walks `base` (the whole folder for `None`) and plans every entry;
     /// then tombstones index entries of the subtree not seen on disk.
     fn scan_subtree(&self, base: Option<&RelPath>, force: bool, batch: &mut Batch) -> Result<(), LocalError> {
-        let heads = self.index.heads(base)?;
+        let heads = self.gate.index.heads(base)?;
         let mut seen: HashSet<RelPath> = HashSet::new();
         // Folders that could not be listed: their entries are left alone.
         let mut unreadable: Vec<Option<RelPath>> = Vec::new();
         let mut stack: Vec<(PathBuf, Option<RelPath>)> = Vec::new();
         match base {
-            None => stack.push((self.root.clone(), None)),
+            None => stack.push((self.gate.probe.root().to_owned(), None)),
             Some(base) => {
-                let meta = lstat(&self.local(base))?;
+                let meta = self.gate.probe.lstat(base)?;
                 let is_dir = meta
                     .as_ref()
                     .map_or_else(|| heads.get(base).is_some_and(|h| h.record.kind == FileKind::Dir), |m| m.is_dir());
@@ -572,7 +473,7 @@ impl Scanner {
                 let plan = self.plan(base, heads.get(base), meta.as_ref(), force)?;
                 self.add(plan, base, batch)?;
                 if meta.as_ref().is_some_and(|m| m.is_dir()) {
-                    stack.push((self.local(base), Some(base.clone())));
+                    stack.push((self.gate.probe.local(base), Some(base.clone())));
                 }
             }
         }
@@ -585,7 +486,7 @@ impl Scanner {
                 Ok(entries) => entries,
                 Err(e) => {
                     if e.kind() != std::io::ErrorKind::NotFound {
-                        self.warn_once(&dir.to_string_lossy(), "cannot list folder", &e);
+                        self.gate.probe.warn_once(&dir.to_string_lossy(), "cannot list folder", &e);
                     }
                     unreadable.push(dir_rel);
                     continue;
@@ -595,14 +496,14 @@ impl Scanner {
                 let entry = match entry {
                     Ok(entry) => entry,
                     Err(e) => {
-                        self.warn_once(&dir.to_string_lossy(), "cannot list folder", &e);
+                        self.gate.probe.warn_once(&dir.to_string_lossy(), "cannot list folder", &e);
                         unreadable.push(dir_rel.clone());
                         break;
                     }
                 };
                 let name = entry.file_name();
                 let Some(name) = name.to_str() else {
-                    self.warn_once(&entry.path().to_string_lossy(), "name is not UTF-8; skipped", &"");
+                    self.gate.probe.warn_once(&entry.path().to_string_lossy(), "name is not UTF-8; skipped", &"");
                     continue;
                 };
                 if is_state_dir_name(name) {
@@ -615,7 +516,7 @@ impl Scanner {
                 let rel = match rel {
                     Ok(rel) => rel,
                     Err(e) => {
-                        self.warn_once(&entry.path().to_string_lossy(), "name cannot be synced; skipped", &e);
+                        self.gate.probe.warn_once(&entry.path().to_string_lossy(), "name cannot be synced; skipped", &e);
                         continue;
                     }
                 };
@@ -623,7 +524,7 @@ impl Scanner {
                     Ok(meta) => meta,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => {
-                        self.warn_once(rel.as_str(), "cannot stat; skipped", &e);
+                        self.gate.probe.warn_once(rel.as_str(), "cannot stat; skipped", &e);
                         // Not seen, but not known to be gone either.
                         unreadable.push(Some(rel));
                         continue;
@@ -651,7 +552,7 @@ impl Scanner {
             .collect();
         for head in missing {
             let path = &head.record.path;
-            match lstat(&self.local(path))? {
+            match self.gate.probe.lstat(path)? {
                 // It appeared after the walk passed its folder.
                 Some(_) => batch.report.retry.push(path.clone()),
                 None => {
@@ -662,156 +563,6 @@ impl Scanner {
         }
         Ok(())
     }
-
-    /// True when the disk differs from the index for `path`: an unannounced
-    /// edit, or something that appeared or vanished. Reads the file only if
-    /// its stat moved.
-    pub(crate) fn differs(&self, path: &RelPath) -> Result<bool, LocalError> {
-        let head = self.index.head(path)?;
-        let meta = lstat(&self.local(path))?;
-        let live = head.as_ref().filter(|h| !h.record.deleted);
-        let differs = match (live, self.classify(path, meta.as_ref())) {
-            (None, Disk::Missing) => false,
-            (None, _) => true,
-            (Some(_), Disk::Missing | Disk::Unsyncable(_)) => true,
-            (Some(h), Disk::Dir(_)) => h.record.kind != FileKind::Dir,
-            (Some(h), Disk::Symlink(_, target)) => {
-                !matches!(&h.record.kind, FileKind::Symlink { target: t } if *t == target)
-            }
-            (Some(h), Disk::File(stat)) => {
-                if h.record.kind != FileKind::File {
-                    true
-                } else if let Some(known) = h.stat.filter(|s| s.same_content_stamp(&stat)) {
-                    known.mode != stat.mode
-                } else {
-                    match self.hash_file(path, &stat) {
-                        Ok(Some(chunked)) => {
-                            chunked.content != h.record.content || h.stat.is_some_and(|s| s.mode != stat.mode)
-                        }
-                        // Being written: certainly not what the index says.
-                        Ok(None) => true,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-                        Err(source) => return Err(LocalError::Io { path: self.local(path), source }),
-                    }
-                }
-            }
-        };
-        Ok(differs)
-    }
-
-    /// Stores a record the peer wrote itself, with a fresh stat of the disk.
-    /// Returns false when the disk does not hold what the record describes
-    /// (the entry is stored without a stat, so the next check re-examines
-    /// it).
-    fn store_applied_locked(&self, record: &FileRecord, chunks: &[ChunkInfo]) -> Result<bool, LocalError> {
-        let meta = lstat(&self.local(&record.path))?;
-        let matching = match (&record.kind, &meta) {
-            _ if record.deleted => None,
-            (FileKind::File, Some(m)) if m.is_file() => Some(StatKey::of(m)),
-            (FileKind::Dir, Some(m)) if m.is_dir() => Some(StatKey::of(m)),
-            (FileKind::Symlink { .. }, Some(m)) if m.file_type().is_symlink() => Some(StatKey::of(m)),
-            _ => None,
-        };
-        let agrees = if record.deleted { meta.is_none() } else { matching.is_some() };
-        let chunks = if record.is_file() { chunks } else { &[] };
-        self.index.write(|w| w.put(record, chunks, matching))?;
-        Ok(agrees)
-    }
-
-    /// Checks a record handed in by the rest of the peer.
-    fn check_record(path: &RelPath, record: &FileRecord, chunks: &[ChunkInfo]) -> Result<(), LocalError> {
-        let bad = |what: String| LocalError::InvalidRecord { path: path.clone(), what };
-        if record.path != *path {
-            return Err(bad(format!("record is for {}", record.path)));
-        }
-        record.validate().map_err(|e| bad(e.to_string()))?;
-        if record.is_file() {
-            let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
-            if chunk_list_hash(chunks) != record.chunks || total != record.size {
-                return Err(bad("chunk list does not match the record".to_owned()));
-            }
-        }
-        Ok(())
-    }
-
-    /// See [`crate::local::LocalState::record_applied`]. Returns whether the
-    /// disk matched the record.
-    pub(crate) fn record_applied(
-        &self,
-        path: &RelPath,
-        record: &FileRecord,
-        chunks: &[ChunkInfo],
-    ) -> Result<bool, LocalError> {
-        Self::check_record(path, record, chunks)?;
-        let _guard = lock(&self.commit_lock);
-        self.store_applied_locked(record, chunks)
-    }
-
-    /// See [`crate::local::LocalState::apply_if_unmodified`].
-    pub(crate) fn apply_if_unmodified(
-        &self,
-        path: &RelPath,
-        record: &FileRecord,
-        chunks: &[ChunkInfo],
-        op: impl FnOnce() -> std::io::Result<()>,
-    ) -> Result<Option<bool>, LocalError> {
-        Self::check_record(path, record, chunks)?;
-        let _guard = lock(&self.commit_lock);
-        if self.differs(path)? {
-            return Ok(None);
-        }
-        // Never replace a version the incoming one does not supersede (a
-        // local edit indexed since the caller decided).
-        if let Some(known) = self.index.get(path)?
-            && !matches!(
-                record.version.compare(&known.record.version),
-                dartsync_shared::Causality::Dominates | dartsync_shared::Causality::Equal
-            )
-        {
-            return Ok(None);
-        }
-        op().map_err(|source| LocalError::Io { path: self.local(path), source })?;
-        self.store_applied_locked(record, chunks).map(Some)
-    }
-
-    /// See [`crate::local::LocalState::adopt_version`].
-    pub(crate) fn adopt_version(&self, record: &FileRecord) -> Result<bool, LocalError> {
-        record.validate().map_err(|e| LocalError::InvalidRecord { path: record.path.clone(), what: e.to_string() })?;
-        let path = &record.path;
-        let _guard = lock(&self.commit_lock);
-        let meta = lstat(&self.local(path))?;
-        let (chunks, stat) = match (self.classify(path, meta.as_ref()), &record.kind) {
-            (Disk::Missing | Disk::Unsyncable(_), _) if record.deleted => (Vec::new(), None),
-            _ if record.deleted => return Ok(false),
-            (Disk::Dir(stat), FileKind::Dir) => (Vec::new(), Some(stat)),
-            (Disk::Symlink(stat, target), FileKind::Symlink { target: want }) if target == *want => {
-                (Vec::new(), Some(stat))
-            }
-            (Disk::File(stat), FileKind::File) => {
-                let known = self.index.get(path)?.filter(|e| e.record.is_file());
-                match known {
-                    Some(e)
-                        if e.stat.is_some_and(|s| s.same_content_stamp(&stat))
-                            && e.record.content == record.content
-                            && e.record.chunks == record.chunks =>
-                    {
-                        (e.chunks, Some(stat))
-                    }
-                    _ => match self.hash_file(path, &stat) {
-                        Ok(Some(c)) if c.content == record.content && c.chunks_hash == record.chunks => {
-                            (c.chunks, Some(stat))
-                        }
-                        Ok(_) => return Ok(false),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-                        Err(source) => return Err(LocalError::Io { path: self.local(path), source }),
-                    },
-                }
-            }
-            _ => return Ok(false),
-        };
-        self.index.write(|w| w.put(record, &chunks, stat))?;
-        Ok(true)
-    }
 }
 
 #[cfg(test)]
@@ -819,6 +570,9 @@ mod tests {
     //! Synchronous scanner tests (no watcher, no runtime tasks): the
     //! end-to-end behaviour with the watcher is tested in `local.rs`.
     use super::*;
+    use crate::local::index::Index;
+    use crate::local::probe::Probe;
+    use dartsync_shared::chunk::ChunkParams;
 
     struct Fixture {
         _tmp: tempfile::TempDir,
@@ -834,8 +588,9 @@ mod tests {
         let root = root.canonicalize().unwrap();
         let index = Index::open(&tmp.path().join("index.redb")).unwrap();
         let (tx, rx) = mpsc::channel(10_000);
-        let config = ScannerConfig { root: root.clone(), me: ShortId(1), piece_len: 4096, quiet: Duration::ZERO };
-        let scanner = Scanner::new(config, index, IgnoreRules::load(&root), tx, CancellationToken::new());
+        let gate = Arc::new(WriteGate::new(index, Probe::new(root.clone(), ChunkParams::for_piece_len(4096))));
+        let config = ScannerConfig { me: ShortId(1), quiet: Duration::ZERO };
+        let scanner = Scanner::new(config, gate, IgnoreRules::load(&root), tx, CancellationToken::new());
         Fixture { _tmp: tmp, root, scanner, rx }
     }
 
@@ -889,7 +644,7 @@ mod tests {
             version: global.clone(),
             deleted: false,
         };
-        assert!(f.scanner.record_applied(&record.path, &record, &chunked.chunks).unwrap());
+        assert!(f.scanner.gate.record_applied(&record.path, &record, &chunked.chunks).unwrap());
         f.scanner.full_scan(false).unwrap();
         assert!(f.changes().is_empty(), "applied record echoed");
         std::fs::write(f.root.join("x"), b"v2 longer").unwrap();
@@ -912,15 +667,15 @@ mod tests {
         file.set_modified(std::time::SystemTime::now() + Duration::from_secs(5)).unwrap();
         f.scanner.full_scan(false).unwrap();
         assert!(f.changes().is_empty(), "mtime alone is not a change");
-        let before = f.scanner.bytes_hashed();
+        let before = f.scanner.gate.probe.bytes_hashed();
         f.scanner.full_scan(false).unwrap();
-        assert_eq!(f.scanner.bytes_hashed(), before, "the new stat was stored");
+        assert_eq!(f.scanner.gate.probe.bytes_hashed(), before, "the new stat was stored");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         f.scanner.full_scan(false).unwrap();
         let got = f.changes();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].mode, 0o600);
-        assert_eq!(f.scanner.bytes_hashed(), before, "a chmod needs no read");
+        assert_eq!(f.scanner.gate.probe.bytes_hashed(), before, "a chmod needs no read");
     }
 
     #[test]
@@ -982,7 +737,7 @@ mod tests {
         let report = f.scanner.full_scan(false).unwrap();
         assert!(f.changes().is_empty());
         assert_eq!(report.retry, [RelPath::new("busy").unwrap()]);
-        assert_eq!(f.scanner.bytes_hashed(), 0);
+        assert_eq!(f.scanner.gate.probe.bytes_hashed(), 0);
     }
 
     #[test]
@@ -998,7 +753,7 @@ mod tests {
         let chunked = dartsync_shared::chunk::chunk_bytes(b"remote content", ChunkParams::for_piece_len(4096));
         let mut record = pending.entry.record.clone();
         record.version = VersionVector::from_entries([(ShortId(42), 3)]);
-        assert!(f.scanner.record_applied(&path, &record, &chunked.chunks).unwrap());
+        assert!(f.scanner.gate.record_applied(&path, &record, &chunked.chunks).unwrap());
         let mut batch = Batch::default();
         batch.pending.push(*pending);
         f.scanner.flush(&mut batch).unwrap();
@@ -1006,36 +761,36 @@ mod tests {
         assert_eq!(batch.report.retry, std::slice::from_ref(&path));
         f.scanner.check_paths([path.clone()]).unwrap();
         assert!(f.changes().is_empty(), "echo after re-check");
-        assert_eq!(f.scanner.index.get(&path).unwrap().unwrap().record.version, record.version);
+        assert_eq!(f.scanner.gate.index.get(&path).unwrap().unwrap().record.version, record.version);
     }
 
     #[test]
     fn differs_and_adopt() {
         let mut f = fixture();
         let path = RelPath::new("d").unwrap();
-        assert!(!f.scanner.differs(&path).unwrap());
+        assert!(!f.scanner.gate.differs(&path).unwrap());
         std::fs::write(f.root.join("d"), b"abc").unwrap();
-        assert!(f.scanner.differs(&path).unwrap(), "appeared");
+        assert!(f.scanner.gate.differs(&path).unwrap(), "appeared");
         f.scanner.full_scan(false).unwrap();
         let rec = f.changes().pop().unwrap();
-        assert!(!f.scanner.differs(&path).unwrap());
+        assert!(!f.scanner.gate.differs(&path).unwrap());
         std::fs::write(f.root.join("d"), b"abd").unwrap();
-        assert!(f.scanner.differs(&path).unwrap(), "edited");
+        assert!(f.scanner.gate.differs(&path).unwrap(), "edited");
         std::fs::write(f.root.join("d"), b"abc").unwrap();
-        assert!(!f.scanner.differs(&path).unwrap(), "same bytes again");
+        assert!(!f.scanner.gate.differs(&path).unwrap(), "same bytes again");
 
         let mut merged = rec.clone();
-        merged.version = rec.version.merge(&VersionVector::from_entries([(ShortId(5), 4)])).bumped(ShortId(5));
-        assert!(f.scanner.adopt_version(&merged).unwrap());
-        assert_eq!(f.scanner.index.get(&path).unwrap().unwrap().record.version, merged.version);
+        merged.version = rec.version.merge(&VersionVector::from_entries([(ShortId(5), 4)])).bumped(ShortId(5)).unwrap();
+        assert!(f.scanner.gate.adopt_version(&merged).unwrap());
+        assert_eq!(f.scanner.gate.index.get(&path).unwrap().unwrap().record.version, merged.version);
         let mut other = merged.clone();
         other.content = ContentHash::of(b"zzz");
-        assert!(!f.scanner.adopt_version(&other).unwrap());
+        assert!(!f.scanner.gate.adopt_version(&other).unwrap());
         f.scanner.full_scan(false).unwrap();
         assert!(f.changes().is_empty());
 
         std::fs::remove_file(f.root.join("d")).unwrap();
-        assert!(f.scanner.differs(&path).unwrap(), "vanished");
+        assert!(f.scanner.gate.differs(&path).unwrap(), "vanished");
     }
 
     #[test]
@@ -1055,13 +810,13 @@ mod tests {
         };
         let other = RelPath::new("b").unwrap();
         assert!(matches!(
-            f.scanner.record_applied(&other, &record, &chunked.chunks),
+            f.scanner.gate.record_applied(&other, &record, &chunked.chunks),
             Err(LocalError::InvalidRecord { .. })
         ));
-        assert!(matches!(f.scanner.record_applied(&record.path, &record, &[]), Err(LocalError::InvalidRecord { .. })));
+        assert!(matches!(f.scanner.gate.record_applied(&record.path, &record, &[]), Err(LocalError::InvalidRecord { .. })));
         let mut no_version = record.clone();
         no_version.version = VersionVector::new();
-        assert!(f.scanner.adopt_version(&no_version).is_err());
+        assert!(f.scanner.gate.adopt_version(&no_version).is_err());
     }
 
     #[test]
@@ -1071,7 +826,8 @@ mod tests {
         std::fs::write(f.root.join("big"), &data).unwrap();
         f.scanner.full_scan(false).unwrap();
         let first = f.changes().pop().unwrap();
-        f.scanner.params = ChunkParams::for_piece_len(16 * 1024);
+        Arc::get_mut(&mut f.scanner.gate).expect("the fixture holds the only gate").probe.params =
+            ChunkParams::for_piece_len(16 * 1024);
         f.scanner.full_scan(true).unwrap();
         let again = f.changes();
         assert_eq!(again.len(), 1);

@@ -1,5 +1,5 @@
 //! The apply executor: the file-system operations that make the folder
-//! match a global record. Decisions are made by [`crate::engine::plan`];
+//! match a global record. Decisions are made by [`crate::sync::plan::plan`];
 //! this module only carries them out, safely:
 //!
 //! - a downloaded file is renamed over its destination atomically (the path
@@ -7,7 +7,7 @@
 //!   content is hard-linked (or copied) into the version history first;
 //! - a deleted file is moved into the version history, not unlinked;
 //! - a deleted folder is removed only when empty; otherwise it is kept and
-//!   reported as [`MetaOutcome::NotEmpty`];
+//!   the operation reports that it wrote nothing (`Ok(None)`);
 //! - mtime and permission bits are restored from the record.
 //!
 //! It never decides whether an operation is wanted and never touches the
@@ -20,58 +20,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dartsync_shared::{FileKind, FileRecord};
 
-use crate::history::History;
-use crate::local::LocalError;
-
-/// Why applying a record failed. All variants are retried later.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    /// A file-system operation failed.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// On which path.
-        path: PathBuf,
-        /// The cause.
-        source: io::Error,
-    },
-    /// The local index failed.
-    #[error("local index: {0}")]
-    Local(Box<LocalError>),
-}
-
-impl ApplyError {
-    /// Wraps an index error.
-    pub fn local(e: LocalError) -> Self {
-        ApplyError::Local(Box::new(e))
-    }
-}
+use crate::sync::history::History;
+use crate::sync::error::ApplyError;
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ApplyError + 'a {
     move |source| ApplyError::Io { op, path: path.to_owned(), source }
 }
 
-/// Result of a metadata-only apply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Applied {
-    /// Whether the folder now matches the record.
-    pub outcome: MetaOutcome,
-    /// Where the previous file went in the version history, if one was saved.
-    pub saved: Option<PathBuf>,
-}
-
-/// Whether a metadata-only apply completed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetaOutcome {
-    /// The folder now matches the record.
-    Done,
-    /// A folder to delete still has content; it was kept.
-    NotEmpty,
-}
-
 /// The record's mtime as a `SystemTime`.
-pub fn mtime_of(record: &FileRecord) -> SystemTime {
+pub(crate) fn mtime_of(record: &FileRecord) -> SystemTime {
     let ns = record.mtime_ns;
     if ns >= 0 {
         UNIX_EPOCH + Duration::from_nanos(ns as u64)
@@ -102,8 +59,10 @@ fn ensure_parent(path: &Path) -> Result<(), ApplyError> {
 
 /// Removes whatever is at `path` to make room for a record of another
 /// kind: files go to the history, links are removed, empty folders removed.
-fn clear(root: &Path, history: &History, record: &FileRecord, path: &Path) -> Result<Applied, ApplyError> {
-    let done = |saved| Ok(Applied { outcome: MetaOutcome::Done, saved });
+/// `Ok(None)`: a non-empty folder is in the way and was kept; otherwise
+/// where a replaced file went in the history.
+fn clear(root: &Path, history: &History, record: &FileRecord, path: &Path) -> Result<Cleared, ApplyError> {
+    let done = |saved| Ok(Some(saved));
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return done(None),
@@ -115,7 +74,7 @@ fn clear(root: &Path, history: &History, record: &FileRecord, path: &Path) -> Re
         match fs::remove_dir(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
-                return Ok(Applied { outcome: MetaOutcome::NotEmpty, saved: None });
+                return Ok(None);
             }
             Err(e) => return Err(io_err("remove folder", path)(e)),
         }
@@ -126,8 +85,13 @@ fn clear(root: &Path, history: &History, record: &FileRecord, path: &Path) -> Re
     done(None)
 }
 
+/// What [`apply_metadata`] did: `None` when a non-empty folder is in the
+/// way (it is kept, nothing was written); otherwise where a replaced file
+/// went in the version history, if one was saved.
+pub(crate) type Cleared = Option<Option<PathBuf>>;
+
 /// Applies a folder, symlink or deletion record.
-pub fn apply_metadata(root: &Path, history: &History, record: &FileRecord) -> Result<Applied, ApplyError> {
+pub(crate) fn apply_metadata(root: &Path, history: &History, record: &FileRecord) -> Result<Cleared, ApplyError> {
     let path = record.path.to_local(root);
     if record.deleted {
         return clear(root, history, record, &path);
@@ -137,22 +101,16 @@ pub fn apply_metadata(root: &Path, history: &History, record: &FileRecord) -> Re
         FileKind::Dir => {
             let meta = fs::symlink_metadata(&path);
             if meta.as_ref().is_ok_and(|m| !m.is_dir() || m.file_type().is_symlink()) {
-                let cleared = clear(root, history, record, &path)?;
-                if cleared.outcome == MetaOutcome::NotEmpty {
-                    return Ok(cleared);
-                }
-                saved = cleared.saved;
+                let Some(cleared) = clear(root, history, record, &path)? else { return Ok(None) };
+                saved = cleared;
             }
             fs::create_dir_all(&path).map_err(io_err("create folder", &path))?;
             // Keep folders traversable by their owner whatever the record says.
             set_mode(&path, record.mode | 0o700)?;
         }
         FileKind::Symlink { target } => {
-            let cleared = clear(root, history, record, &path)?;
-            if cleared.outcome == MetaOutcome::NotEmpty {
-                return Ok(cleared);
-            }
-            saved = cleared.saved;
+            let Some(cleared) = clear(root, history, record, &path)? else { return Ok(None) };
+            saved = cleared;
             ensure_parent(&path)?;
             std::os::unix::fs::symlink(target, &path).map_err(io_err("create symlink", &path))?;
         }
@@ -164,14 +122,14 @@ pub fn apply_metadata(root: &Path, history: &History, record: &FileRecord) -> Re
             });
         }
     }
-    Ok(Applied { outcome: MetaOutcome::Done, saved })
+    Ok(Some(saved))
 }
 
 /// Moves a verified download into place: restores mtime and mode on the
 /// temp file, keeps the previous content in the history, then renames
 /// atomically over the destination and syncs the folder. Returns where the
 /// previous content went in the history, if there was any.
-pub fn install_file(
+pub(crate) fn install_file(
     root: &Path,
     history: &History,
     record: &FileRecord,
@@ -190,7 +148,7 @@ pub fn install_file(
             history.preserve(root, &record.path).map_err(io_err("save old version of", &dest))?
         }
         Ok(_) => {
-            if clear(root, history, record, &dest)?.outcome == MetaOutcome::NotEmpty {
+            if clear(root, history, record, &dest)?.is_none() {
                 return Err(ApplyError::Io {
                     op: "replace",
                     path: dest,
@@ -255,13 +213,13 @@ mod tests {
         fs::create_dir_all(root.path().join("d/e")).unwrap();
         fs::write(root.path().join("d/e/f"), b"x").unwrap();
         let out = apply_metadata(root.path(), &history, &record("d/e", FileKind::Dir, true)).unwrap();
-        assert_eq!(out.outcome, MetaOutcome::NotEmpty);
+        assert_eq!(out, None, "a non-empty folder is kept");
         let out = apply_metadata(root.path(), &history, &record("d/e/f", FileKind::File, true)).unwrap();
-        assert!(out.saved.is_some());
+        assert!(out.is_some_and(|saved| saved.is_some()));
         assert!(!root.path().join("d/e/f").exists());
         assert_eq!(history.versions_of(&RelPath::new("d/e/f").unwrap()).unwrap().len(), 1);
         let out = apply_metadata(root.path(), &history, &record("d/e", FileKind::Dir, true)).unwrap();
-        assert_eq!(out.outcome, MetaOutcome::Done);
+        assert_eq!(out, Some(None));
         assert!(!root.path().join("d/e").exists());
     }
 

@@ -60,8 +60,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::chunk_source::{ChunkSource, read_at_verified, read_verified};
-use crate::download::part::part_path;
+use crate::transfer::chunk_source::{ChunkSource, read_at_verified, read_verified};
+use crate::transfer::part::part_path;
 
 /// Most connections served at once; more are closed right after accept.
 pub const MAX_CONNECTIONS: usize = 256;

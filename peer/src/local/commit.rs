@@ -1,0 +1,225 @@
+//! [`WriteGate`]: the one door through which the peer's own writes to its
+//! folder enter the index, and the commit lock the scanner shares with it.
+//!
+//! The sync engine never writes a path unless [`WriteGate::apply_if_unmodified`]
+//! says the disk still equals the index and the incoming version supersedes
+//! the indexed one; the check, the write and the new index entry happen
+//! under one lock, so no scan can commit in between. The scanner takes the
+//! same lock ([`WriteGate::lock`]) for its commits; a plan whose index entry
+//! changed meanwhile is dropped and re-checked. This is the echo
+//! suppression: by state comparison, never by "ignore the next event" flags.
+//!
+//! Synchronous and blocking (stat, hash, redb): [`crate::local::LocalState`]
+//! runs it in `spawn_blocking`. It does not decide what to write (the sync
+//! engine does) and performs no write of its own but the index entry.
+
+use dartsync_shared::chunk::{ChunkInfo, chunk_list_hash};
+use dartsync_shared::{Causality, FileKind, FileRecord, RelPath};
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::local::error::LocalError;
+use crate::local::index::Index;
+use crate::local::probe::{Disk, Probe};
+use crate::local::stat::StatKey;
+
+/// What [`WriteGate::apply_if_unmodified`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Gated<T> {
+    /// The disk holds an unannounced edit, or the index a version the
+    /// record does not supersede: nothing was written.
+    Refused,
+    /// The operation ran and chose to write nothing.
+    Declined,
+    /// The operation wrote; its record is indexed. `agrees` is false when
+    /// the disk does not hold what the record describes (the path needs a
+    /// re-check).
+    Applied {
+        /// What the operation returned.
+        value: T,
+        /// Whether the disk matched the record afterwards.
+        agrees: bool,
+    },
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct WriteGate {
+    pub(crate) index: Index,
+    pub(crate) probe: Probe,
+    /// Held while committing to the index, by the scanner and by every
+    /// write of the engine; never held while the scanner hashes.
+    lock: Mutex<()>,
+}
+
+impl WriteGate {
+    pub(crate) fn new(index: Index, probe: Probe) -> WriteGate {
+        WriteGate { index, probe, lock: Mutex::new(()) }
+    }
+
+    /// The commit lock, for the scanner's commits.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock()
+    }
+
+    /// True when the disk differs from the index for `path`: an unannounced
+    /// edit, or something that appeared or vanished. Reads the file only if
+    /// its stat moved.
+    pub(crate) fn differs(&self, path: &RelPath) -> Result<bool, LocalError> {
+        let head = self.index.head(path)?;
+        let meta = self.probe.lstat(path)?;
+        let live = head.as_ref().filter(|h| !h.record.deleted);
+        let differs = match (live, self.probe.classify(path, meta.as_ref())) {
+            (None, Disk::Missing) => false,
+            (None, _) => true,
+            (Some(_), Disk::Missing | Disk::Unsyncable(_)) => true,
+            (Some(h), Disk::Dir(_)) => h.record.kind != FileKind::Dir,
+            (Some(h), Disk::Symlink(_, target)) => {
+                !matches!(&h.record.kind, FileKind::Symlink { target: t } if *t == target)
+            }
+            (Some(h), Disk::File(stat)) => {
+                if h.record.kind != FileKind::File {
+                    true
+                } else if let Some(known) = h.stat.filter(|s| s.same_content_stamp(&stat)) {
+                    known.mode != stat.mode
+                } else {
+                    match self.probe.hash_file(path, &stat) {
+                        Ok(Some(chunked)) => {
+                            chunked.content != h.record.content || h.stat.is_some_and(|s| s.mode != stat.mode)
+                        }
+                        // Being written: certainly not what the index says.
+                        Ok(None) => true,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                        Err(source) => return Err(LocalError::Io { path: self.probe.local(path), source }),
+                    }
+                }
+            }
+        };
+        Ok(differs)
+    }
+
+    /// Stores a record the peer wrote itself, with a fresh stat of the disk.
+    /// Returns false when the disk does not hold what the record describes
+    /// (the entry is stored without a stat, so the next check re-examines
+    /// it).
+    fn store_applied_locked(&self, record: &FileRecord, chunks: &[ChunkInfo]) -> Result<bool, LocalError> {
+        let meta = self.probe.lstat(&record.path)?;
+        let matching = match (&record.kind, &meta) {
+            _ if record.deleted => None,
+            (FileKind::File, Some(m)) if m.is_file() => Some(StatKey::of(m)),
+            (FileKind::Dir, Some(m)) if m.is_dir() => Some(StatKey::of(m)),
+            (FileKind::Symlink { .. }, Some(m)) if m.file_type().is_symlink() => Some(StatKey::of(m)),
+            _ => None,
+        };
+        let agrees = if record.deleted { meta.is_none() } else { matching.is_some() };
+        let chunks = if record.is_file() { chunks } else { &[] };
+        self.index.write(|w| w.put(record, chunks, matching))?;
+        Ok(agrees)
+    }
+
+    /// Checks a record handed in by the rest of the peer.
+    fn check_record(path: &RelPath, record: &FileRecord, chunks: &[ChunkInfo]) -> Result<(), LocalError> {
+        let bad = |what: String| LocalError::InvalidRecord { path: path.clone(), what };
+        if record.path != *path {
+            return Err(bad(format!("record is for {}", record.path)));
+        }
+        record.validate().map_err(|e| bad(e.to_string()))?;
+        if record.is_file() {
+            let total: u64 = chunks.iter().map(|c| u64::from(c.len)).sum();
+            if chunk_list_hash(chunks) != record.chunks || total != record.size {
+                return Err(bad("chunk list does not match the record".to_owned()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a record as written by the peer, whatever the disk holds
+    /// (tests set up an "already applied" state with it). Returns whether
+    /// the disk matched the record.
+    #[cfg(test)]
+    pub(crate) fn record_applied(
+        &self,
+        path: &RelPath,
+        record: &FileRecord,
+        chunks: &[ChunkInfo],
+    ) -> Result<bool, LocalError> {
+        Self::check_record(path, record, chunks)?;
+        let _guard = self.lock.lock();
+        self.store_applied_locked(record, chunks)
+    }
+
+    /// Runs `op` (a write of `path` on behalf of the cluster) and records
+    /// `record` with a fresh stat, all under the commit lock, unless the
+    /// disk differs from the index for `path` or the index holds a version
+    /// `record` does not supersede ([`Gated::Refused`], `op` not run). An
+    /// `op` that returns `Ok(None)` wrote nothing ([`Gated::Declined`]; the
+    /// index is left alone). No scan can commit between the check, the
+    /// write and the record.
+    pub(crate) fn apply_if_unmodified<T, E>(
+        &self,
+        record: &FileRecord,
+        chunks: &[ChunkInfo],
+        op: impl FnOnce() -> Result<Option<T>, E>,
+    ) -> Result<Gated<T>, E>
+    where
+        E: From<LocalError>,
+    {
+        let path = &record.path;
+        Self::check_record(path, record, chunks)?;
+        let _guard = self.lock.lock();
+        if self.differs(path)? {
+            return Ok(Gated::Refused);
+        }
+        // Never replace a version the incoming one does not supersede (a
+        // local edit indexed since the caller decided).
+        if let Some(known) = self.index.head(path)?
+            && !matches!(record.version.compare(&known.record.version), Causality::Dominates | Causality::Equal)
+        {
+            return Ok(Gated::Refused);
+        }
+        let Some(value) = op()? else { return Ok(Gated::Declined) };
+        let agrees = self.store_applied_locked(record, chunks)?;
+        Ok(Gated::Applied { value, agrees })
+    }
+
+    /// Stores `record` as the version of its path without a content change
+    /// (e.g. the tracker merged vectors and our file already has the
+    /// winner's content), if the disk holds exactly that content (or is
+    /// absent, for a tombstone). Returns whether it was stored.
+    pub(crate) fn adopt_version(&self, record: &FileRecord) -> Result<bool, LocalError> {
+        record.validate().map_err(|e| LocalError::InvalidRecord { path: record.path.clone(), what: e.to_string() })?;
+        let path = &record.path;
+        let _guard = self.lock.lock();
+        let meta = self.probe.lstat(path)?;
+        let (chunks, stat) = match (self.probe.classify(path, meta.as_ref()), &record.kind) {
+            (Disk::Missing | Disk::Unsyncable(_), _) if record.deleted => (Vec::new(), None),
+            _ if record.deleted => return Ok(false),
+            (Disk::Dir(stat), FileKind::Dir) => (Vec::new(), Some(stat)),
+            (Disk::Symlink(stat, target), FileKind::Symlink { target: want }) if target == *want => {
+                (Vec::new(), Some(stat))
+            }
+            (Disk::File(stat), FileKind::File) => {
+                let known = self.index.get(path)?.filter(|e| e.record.is_file());
+                match known {
+                    Some(e)
+                        if e.stat.is_some_and(|s| s.same_content_stamp(&stat))
+                            && e.record.content == record.content
+                            && e.record.chunks == record.chunks =>
+                    {
+                        (e.chunks, Some(stat))
+                    }
+                    _ => match self.probe.hash_file(path, &stat) {
+                        Ok(Some(c)) if c.content == record.content && c.chunks_hash == record.chunks => {
+                            (c.chunks, Some(stat))
+                        }
+                        Ok(_) => return Ok(false),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                        Err(source) => return Err(LocalError::Io { path: self.probe.local(path), source }),
+                    },
+                }
+            }
+            _ => return Ok(false),
+        };
+        self.index.write(|w| w.put(record, &chunks, stat))?;
+        Ok(true)
+    }
+}

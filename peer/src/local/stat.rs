@@ -1,0 +1,53 @@
+//! [`StatKey`]: the one stat stamp of the peer — what a re-`lstat` of a
+//! path is compared with to decide whether its content may have changed
+//! (size, mtime, inode) and whether its permission bits did — plus the two
+//! time helpers every stamp user needs ([`mtime_ns`], [`changed_within`]).
+//!
+//! Pure functions of a `Metadata`; no I/O of their own.
+
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What a re-stat of a path is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StatKey {
+    /// Size in bytes (as `lstat` reports it; not 0 for folders).
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Inode number.
+    pub inode: u64,
+    /// Permission bits (`& 0o777`: setuid, setgid and sticky never travel).
+    pub mode: u32,
+}
+
+impl StatKey {
+    /// The key of an `lstat` result.
+    pub fn of(meta: &std::fs::Metadata) -> StatKey {
+        StatKey { size: meta.len(), mtime_ns: mtime_ns(meta), inode: meta.ino(), mode: meta.mode() & 0o777 }
+    }
+
+    /// True when size, mtime and inode are the same: the content needs no
+    /// re-read (permission bits are compared separately).
+    pub fn same_content_stamp(&self, other: &StatKey) -> bool {
+        self.size == other.size && self.mtime_ns == other.mtime_ns && self.inode == other.inode
+    }
+}
+
+/// Modification time of `meta` in nanoseconds since the Unix epoch.
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
+}
+
+/// True when `meta`'s file changed (mtime or ctime, whichever is later)
+/// less than `quiet` ago: it may still be being written. A writer can set
+/// mtime into the past (`cp -p`, `touch -d`), but every write moves ctime.
+pub(crate) fn changed_within(meta: &std::fs::Metadata, quiet: Duration) -> bool {
+    let ctime_ns = meta.ctime().saturating_mul(1_000_000_000).saturating_add(meta.ctime_nsec());
+    let changed = ctime_ns.max(mtime_ns(meta));
+    let now =
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let age = now.saturating_sub(changed);
+    age >= 0 && (age as u128) < quiet.as_nanos()
+}
+

@@ -1,0 +1,17 @@
+//! Keeping the folder in step with the cluster: the tracker client (one
+//! PTP session), the engine (the main loop: plan per path, then install,
+//! apply or announce), the file-system side of applying records, the
+//! version history, and the index-backed chunk source the transfer layer
+//! reads local content through.
+//!
+//! Imports `local` (the write gate, the index) and `transfer` (downloads);
+//! neither imports this.
+
+pub(crate) mod apply;
+pub(crate) mod engine;
+mod error;
+pub(crate) mod history;
+pub(crate) mod index_source;
+mod install;
+mod plan;
+pub(crate) mod tracker_client;

@@ -1,0 +1,80 @@
+//! [`Installer`]: moves a finished download into the folder through the
+//! write gate, inside the download's own task (so installs run
+//! concurrently), and tells the chunk source where the replaced content
+//! went.
+//!
+//! The one authoritative check — the disk still equals the index and the
+//! record supersedes the indexed version — happens under the commit lock
+//! in [`LocalState::apply_if_unmodified`]; nothing here repeats it
+//! optimistically. Whatever the outcome, the `.done` temp file is consumed
+//! (renamed into place) or removed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dartsync_shared::FileRecord;
+
+use crate::local::LocalState;
+use crate::local::commit::Gated;
+use crate::sync::apply;
+use crate::sync::error::ApplyError;
+use crate::sync::history::History;
+use crate::sync::index_source::IndexSource;
+use crate::transfer::DownloadOutcome;
+
+/// What became of a finished download.
+#[derive(Debug)]
+pub(crate) enum Installed {
+    /// In place, indexed.
+    Yes,
+    /// Not installed: the local file was edited meanwhile or holds a
+    /// version the record does not supersede (the scanner re-checks it), or
+    /// the download was no longer wanted.
+    Skipped,
+    /// Installing failed.
+    Failed(ApplyError),
+}
+
+/// What a download task needs to move its result into place; cheap to
+/// clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Installer {
+    pub(crate) root: PathBuf,
+    pub(crate) history: History,
+    pub(crate) local: LocalState,
+    pub(crate) source: Arc<IndexSource>,
+}
+
+impl Installer {
+    /// Moves a verified download into place unless the write gate refuses.
+    pub(crate) async fn install(&self, record: &FileRecord, outcome: &DownloadOutcome) -> Installed {
+        let (root, history, temp) = (self.root.clone(), self.history.clone(), outcome.temp_path.clone());
+        let target = record.clone();
+        let previous = self.local.index().clone();
+        let result = self
+            .local
+            .apply_if_unmodified(record.clone(), outcome.chunks.clone(), move || {
+                // The entry being replaced, read under the commit lock so it
+                // is exactly what the history receives.
+                let before = previous.get(&target.path)?;
+                let saved = apply::install_file(&root, &history, &target, &temp)?;
+                Ok::<_, ApplyError>(Some((saved, before)))
+            })
+            .await;
+        let installed = match result {
+            Ok(Gated::Applied { value: (saved, before), .. }) => {
+                if let (Some(saved), Some(before)) = (saved, before)
+                    && before.record.is_file()
+                {
+                    self.source.remember_history(saved, before.record.content, &before.chunks);
+                }
+                return Installed::Yes;
+            }
+            Ok(Gated::Refused | Gated::Declined) => Installed::Skipped,
+            Err(e) => Installed::Failed(e),
+        };
+        // Not renamed into place: the temp file is ours to remove.
+        let _ = std::fs::remove_file(&outcome.temp_path);
+        installed
+    }
+}

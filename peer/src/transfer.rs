@@ -1,0 +1,20 @@
+//! Content between peers: the [`ChunkSource`] trait (what local bytes may
+//! serve a chunk), the piece server ([`serve`]) and the multi-source
+//! downloader ([`Downloader`]), plus the naming and progress format of the
+//! partial files both of them read (`part`).
+//!
+//! Knows content hashes, chunk lists and `.dartsync/tmp`; knows nothing of
+//! records' history, the index or the tracker. Public because the
+//! integration tests in `peer/tests/transfer.rs` drive a server and a
+//! downloader directly.
+
+pub(crate) mod chunk_source;
+mod download;
+pub(crate) mod part;
+mod serve;
+
+pub use chunk_source::{ChunkSource, MemoryChunkSource};
+pub use download::{
+    DownloadError, DownloadJob, DownloadLimits, DownloadOutcome, Downloader, HolderError, HolderStats,
+};
+pub use serve::{ServeConfig, ServeError, bind, serve};

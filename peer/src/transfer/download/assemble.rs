@@ -1,0 +1,144 @@
+//! The partial file of one download on disk, before and after the
+//! network phase: resume the verified chunks of an earlier run, copy every
+//! chunk a local file already holds (delta sync, renames), and at the end
+//! fsync, verify the whole file and hand it out under a unique `.done`
+//! name. Blocking: the orchestrator runs it in `spawn_blocking`.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dartsync_shared::{ChunkInfo, ContentHash};
+use tokio_util::sync::CancellationToken;
+
+use crate::transfer::chunk_source::{ChunkSource, hash_file, read_verified};
+use crate::transfer::part::{self, Bitmap, PartState};
+use super::worker::Group;
+
+/// The result of step 2.
+pub(super) struct Prepared {
+    pub(super) file: Arc<File>,
+    /// `done` = every chunk in place after resume and local copies.
+    pub(super) header: PartState,
+    /// Groups still to fetch.
+    pub(super) missing: Vec<usize>,
+    pub(super) bytes_resumed: u64,
+    pub(super) bytes_local: u64,
+}
+
+/// Reads chunk `c` from the open `.part` and returns it if it verifies.
+fn read_part_chunk(file: &File, c: &ChunkInfo) -> std::io::Result<Option<Vec<u8>>> {
+    let mut bytes = vec![0u8; c.len as usize];
+    match file.read_exact_at(&mut bytes, c.offset) {
+        Ok(()) => Ok((ContentHash::of(&bytes) == c.hash).then_some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Step 2 (blocking): open the `.part`, keep verified chunks of an earlier
+/// run, copy what local files hold. Errors carry the path they concern.
+pub(super) fn prepare(
+    tmp_dir: &Path,
+    mut header: PartState,
+    chunks: &[ChunkInfo],
+    groups: &[Group],
+    source: &dyn ChunkSource,
+    cancel: &CancellationToken,
+) -> Result<Prepared, (PathBuf, std::io::Error)> {
+    std::fs::create_dir_all(tmp_dir).map_err(|e| (tmp_dir.to_owned(), e))?;
+    let part = part::part_path(tmp_dir, &header.content);
+    let at_part = |e| (part.clone(), e);
+    let file = part::open_part(&part).map_err(at_part)?;
+    let current_len = file.metadata().map_err(at_part)?.len();
+    let previous = part::load_state(&part::state_path(tmp_dir, &header.content)).filter(|s| {
+        s.content == header.content
+            && s.chunks_hash == header.chunks_hash
+            && s.size == header.size
+            && s.done.len() == chunks.len()
+            && current_len == header.size
+    });
+    let mut done = match previous {
+        Some(state) => state.done,
+        None => {
+            // Unknown contents: start from a clean, sparse file.
+            file.set_len(0).map_err(at_part)?;
+            Bitmap::new(chunks.len())
+        }
+    };
+    file.set_len(header.size).map_err(at_part)?;
+
+    let mut bytes_resumed = 0;
+    let marked = done.count();
+    for (i, c) in chunks.iter().enumerate() {
+        if done.get(i) {
+            if read_part_chunk(&file, c).map_err(at_part)?.is_some() {
+                bytes_resumed += u64::from(c.len);
+            } else {
+                done.set(i, false);
+            }
+        }
+    }
+    if marked > 0 {
+        tracing::debug!(part = %part.display(), marked, verified = done.count(), bytes_resumed, "resuming partial download");
+    }
+
+    let mut bytes_local = 0;
+    let mut missing = Vec::new();
+    for (g, group) in groups.iter().enumerate() {
+        if group.members.iter().all(|&i| done.get(i)) {
+            continue;
+        }
+        if cancel.is_cancelled() {
+            missing.push(g);
+            continue;
+        }
+        let bytes = match group.members.iter().find(|&&i| done.get(i)) {
+            Some(&i) => read_part_chunk(&file, &chunks[i]).map_err(at_part)?,
+            None => read_verified(&source.locate(&group.hash, group.len), group.len, &group.hash),
+        };
+        let Some(bytes) = bytes else {
+            missing.push(g);
+            continue;
+        };
+        for &i in &group.members {
+            if !done.get(i) {
+                file.write_all_at(&bytes, chunks[i].offset).map_err(at_part)?;
+                done.set(i, true);
+                bytes_local += u64::from(group.len);
+            }
+        }
+    }
+    header.done = done;
+    Ok(Prepared { file: Arc::new(file), header, missing, bytes_resumed, bytes_local })
+}
+
+pub(super) enum FinishError {
+    Io(PathBuf, std::io::Error),
+    Mismatch(ContentHash),
+}
+
+/// Step 4 (blocking): fsync, verify the whole file, hand it out under a
+/// unique `.done` name, drop the state file.
+pub(super) fn finish(file: &File, tmp_dir: &Path, content: &ContentHash) -> Result<PathBuf, FinishError> {
+    let part = part::part_path(tmp_dir, content);
+    let state = part::state_path(tmp_dir, content);
+    let at = |p: &Path| {
+        let p = p.to_owned();
+        move |e| FinishError::Io(p, e)
+    };
+    file.sync_all().map_err(at(&part))?;
+    let actual = hash_file(&part).map_err(at(&part))?;
+    if actual != *content {
+        part::remove_if_exists(&part).map_err(at(&part))?;
+        part::remove_if_exists(&state).map_err(at(&state))?;
+        return Err(FinishError::Mismatch(actual));
+    }
+    let done = part::fresh_done_path(tmp_dir, content);
+    std::fs::rename(&part, &done).map_err(at(&done))?;
+    part::remove_if_exists(&state).map_err(at(&state))?;
+    part::sync_dir(tmp_dir).map_err(at(tmp_dir))?;
+    Ok(done)
+}
+
