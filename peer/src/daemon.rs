@@ -64,7 +64,7 @@ pub enum PeerError {
     /// The folder's state could not be opened.
     #[error(transparent)]
     Local(#[from] LocalError),
-    /// The piece server could not start.
+    /// The piece server could not bind its address.
     #[error(transparent)]
     Serve(#[from] ServeError),
     /// An essential task ended before shutdown was asked for.
@@ -75,6 +75,29 @@ pub enum PeerError {
         /// What it reported.
         why: String,
     },
+}
+
+/// Partial downloads untouched this long are abandoned: removed.
+const STALE_TEMP_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// How often `.dartsync/tmp` is swept (also once at startup).
+const TEMP_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// Removes abandoned temp files at startup and then every
+/// [`TEMP_SWEEP_EVERY`] until `cancel` fires.
+async fn clean_temp_files(downloader: &Arc<Downloader>, cancel: &CancellationToken) {
+    loop {
+        let d = downloader.clone();
+        match tokio::task::spawn_blocking(move || d.cleanup_stale(STALE_TEMP_AFTER)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => tracing::info!(removed, "removed abandoned partial downloads"),
+            Ok(Err(e)) => tracing::warn!("cannot clean the temp folder: {e}"),
+            Err(e) => tracing::warn!("temp folder cleanup failed: {e}"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(TEMP_SWEEP_EVERY) => {}
+        }
+    }
 }
 
 /// How a supervised task ended.
@@ -148,10 +171,17 @@ pub async fn run(
 
     let mut supervised: JoinSet<TaskResult> = JoinSet::new();
     {
+        let (downloader, cancel) = (downloader.clone(), tasks.clone());
+        supervised.spawn(async move {
+            clean_temp_files(&downloader, &cancel).await;
+            ("temp-file cleaner", Ok(()))
+        });
+    }
+    {
         let (key, identity, cancel) = (key.clone(), identity.clone(), tasks.clone());
         supervised.spawn(async move {
-            let served = transfer::serve(listener, key, identity, served_source, serve_cfg, cancel).await;
-            ("piece server", served.map_err(|e| e.to_string()))
+            transfer::serve(listener, key, identity, served_source, serve_cfg, cancel).await;
+            ("piece server", Ok(()))
         });
     }
     let (events_tx, events_rx) = mpsc::channel(64);

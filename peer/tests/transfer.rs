@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use dartsync_peer::transfer::{ChunkSource, MemoryChunkSource};
 use dartsync_peer::transfer::{DownloadError, DownloadJob, DownloadLimits, DownloadOutcome, Downloader, HolderError};
-use dartsync_peer::transfer::{ServeConfig, ServeError, serve};
+use dartsync_peer::transfer::{ServeConfig, serve};
 use dartsync_shared::channel::{self, SecureChannel};
 use dartsync_shared::chunk::{ChunkParams, ChunkedFile, chunk_bytes};
 use dartsync_shared::key::{ClusterKey, Identity};
@@ -92,7 +92,7 @@ struct Server {
     addr: SocketAddr,
     peer_id: PeerId,
     stop: CancellationToken,
-    task: Option<JoinHandle<Result<(), ServeError>>>,
+    task: Option<JoinHandle<()>>,
     _tmp: TempDir,
 }
 
@@ -128,8 +128,7 @@ impl Server {
     async fn stop(mut self) {
         self.stop.cancel();
         let task = self.task.take().unwrap();
-        let result = tokio::time::timeout(DEADLINE, task).await.expect("server did not stop").unwrap();
-        assert!(result.is_ok(), "{result:?}");
+        tokio::time::timeout(DEADLINE, task).await.expect("server did not stop").expect("server task panicked");
     }
 }
 
@@ -771,13 +770,20 @@ async fn cleanup_removes_only_stale_temp_files() {
     let tmp = tempfile::tempdir().unwrap();
     let d = downloader(&key, empty_source(), tmp.path());
     let (keep, stale) = (ContentHash::of(b"keep"), ContentHash::of(b"stale"));
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
     for c in [keep, stale] {
         for suffix in [".part", ".part.state", ".3.done"] {
-            std::fs::write(tmp.path().join(format!("{}{suffix}", c.to_hex())), b"x").unwrap();
+            let path = tmp.path().join(format!("{}{suffix}", c.to_hex()));
+            std::fs::write(&path, b"x").unwrap();
+            if c == stale {
+                std::fs::File::options().write(true).open(&path).unwrap().set_modified(two_days_ago).unwrap();
+            }
         }
     }
-    std::fs::write(tmp.path().join("unrelated.txt"), b"x").unwrap();
-    let removed = d.cleanup_stale(&HashSet::from([keep])).unwrap();
+    let unrelated = tmp.path().join("unrelated.txt");
+    std::fs::write(&unrelated, b"x").unwrap();
+    std::fs::File::options().write(true).open(&unrelated).unwrap().set_modified(two_days_ago).unwrap();
+    let removed = d.cleanup_stale(Duration::from_secs(24 * 3600)).unwrap();
     assert_eq!(removed, 3);
     let left = names(tmp.path());
     assert_eq!(left.len(), 4, "{left:?}");

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use dartsync_shared::{ChunkInfo, ContentHash};
 
@@ -43,7 +43,7 @@ impl IndexSource {
     /// Remembers that a file with `content` and `chunks` now lives at
     /// `saved` (inside the version history).
     pub fn remember_history(&self, saved: PathBuf, content: ContentHash, chunks: &[ChunkInfo]) {
-        let mut h = self.history.lock().expect("history lock is never poisoned: no panics while held");
+        let mut h = self.history.lock();
         if h.count + chunks.len() > MAX_HISTORY_CHUNKS {
             *h = HistoryChunks::default();
         }
@@ -60,7 +60,7 @@ impl ChunkSource for IndexSource {
         if let Ok(Some(list)) = self.index.chunk_list(content) {
             return Some(list);
         }
-        let h = self.history.lock().expect("history lock is never poisoned");
+        let h = self.history.lock();
         h.lists.get(content).cloned()
     }
 
@@ -73,7 +73,7 @@ impl ChunkSource for IndexSource {
             .filter(|l| l.len == len)
             .map(|l| (l.path.to_local(&self.root), l.offset))
             .collect();
-        let h = self.history.lock().expect("history lock is never poisoned");
+        let h = self.history.lock();
         if let Some(found) = h.chunks.get(hash) {
             out.extend(found.iter().filter(|(_, _, l)| *l == len).map(|(p, o, _)| (p.clone(), *o)));
         }

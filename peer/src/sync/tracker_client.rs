@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dartsync_shared::backoff::Backoff;
 use dartsync_shared::channel::{self, ChannelError};
 use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::limits::MAX_RECORDS_PER_MESSAGE;
@@ -32,8 +33,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deltas buffered for the engine before the client stops reading.
 const MAX_PENDING_DELTAS: usize = 4;
 /// First and largest pause between reconnection attempts.
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// Why one session with the tracker ended.
 #[derive(Debug, thiserror::Error)]
@@ -228,7 +229,7 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let mut progress = Progress::default();
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
     let mut last_error = String::new();
     loop {
         let mut welcomed = false;
@@ -252,12 +253,13 @@ async fn run(
             return;
         }
         // A session that got as far as Welcome starts the backoff afresh.
-        backoff = if welcomed { BACKOFF_MIN } else { (backoff * 2).min(BACKOFF_MAX) };
+        if welcomed {
+            backoff.reset();
+        }
         // Drop commands while disconnected: what they say is already in the
         // index, and the next session's summary (read after this pause)
         // carries it.
-        let jitter = Duration::from_millis(rand_jitter(backoff.as_millis() as u64 / 4 + 1));
-        let pause = tokio::time::sleep(backoff + jitter);
+        let pause = tokio::time::sleep(backoff.next_delay());
         tokio::pin!(pause);
         loop {
             tokio::select! {
@@ -267,11 +269,6 @@ async fn run(
             }
         }
     }
-}
-
-fn rand_jitter(max_ms: u64) -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    u64::from(nanos) % max_ms.max(1)
 }
 
 async fn session(

@@ -45,7 +45,9 @@ mod worker;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use dartsync_shared::chunk::{ChunkParams, chunk_list_hash, chunk_list_is_well_formed};
@@ -426,25 +428,35 @@ impl Downloader {
         Err(DownloadError::NoHoldersLeft { path: record.path.clone(), missing_chunks, missing_bytes, failures })
     }
 
-    /// Removes temp files whose content is neither in `keep` nor being
-    /// downloaded now: `.part` and its state files, and `.done` files (which
-    /// a crash between download and rename can leave behind). Unknown names
-    /// are left alone. Returns how many files were removed.
-    pub fn cleanup_stale(&self, keep: &HashSet<ContentHash>) -> std::io::Result<usize> {
+    /// Removes temp files not touched for `older_than` whose content is not
+    /// being downloaded now: abandoned `.part` files with their state files
+    /// (a download of a version nobody holds any more never resumes), and
+    /// `.done` files a crash between download and rename left behind. A
+    /// `.part` is written to as its download progresses, so a live one is
+    /// always young. Unknown names are left alone. Returns how many files
+    /// were removed. Blocking.
+    pub fn cleanup_stale(&self, older_than: Duration) -> std::io::Result<usize> {
         let entries = match std::fs::read_dir(&self.tmp_dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e),
         };
+        let now = std::time::SystemTime::now();
         let mut removed = 0;
         for entry in entries {
             let entry = entry?;
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
             let Some((content, kind)) = part::parse_temp_name(&name) else { continue };
-            if keep.contains(&content) || self.active.contains(&content) {
+            let modified = match entry.metadata().and_then(|m| m.modified()) {
+                Ok(modified) => modified,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let age = now.duration_since(modified).unwrap_or_default();
+            if age < older_than || self.active.contains(&content) {
                 continue;
             }
-            tracing::debug!(file = %name, kind = ?kind, "removing stale temp file");
+            tracing::debug!(file = %name, kind = ?kind, ?age, "removing stale temp file");
             part::remove_if_exists(&entry.path())?;
             removed += 1;
         }
@@ -474,7 +486,7 @@ fn outcome(
 /// Contents being downloaded now, so one content has one writer.
 #[derive(Debug, Default)]
 struct Active {
-    /// std Mutex: a set lookup, never held across an await.
+    /// parking_lot Mutex: a set lookup, never held across an await.
     set: Mutex<HashSet<ContentHash>>,
     released: Notify,
 }
@@ -487,7 +499,7 @@ impl Active {
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            if self.set.lock().expect("active downloads lock poisoned").insert(content) {
+            if self.set.lock().insert(content) {
                 return Some(ActiveGuard { active: self, content });
             }
             tokio::select! {
@@ -498,7 +510,7 @@ impl Active {
     }
 
     fn contains(&self, content: &ContentHash) -> bool {
-        self.set.lock().expect("active downloads lock poisoned").contains(content)
+        self.set.lock().contains(content)
     }
 }
 
@@ -509,7 +521,7 @@ struct ActiveGuard<'a> {
 
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
-        self.active.set.lock().expect("active downloads lock poisoned").remove(&self.content);
+        self.active.set.lock().remove(&self.content);
         self.active.released.notify_waiters();
     }
 }

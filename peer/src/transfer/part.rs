@@ -82,7 +82,7 @@ pub(crate) enum TempKind {
 /// names this module did not make.
 pub(crate) fn parse_temp_name(name: &str) -> Option<(ContentHash, TempKind)> {
     let (hex, rest) = name.split_at_checked(64)?;
-    let content = parse_hex(hex)?;
+    let content = ContentHash::from_hex(hex)?;
     let kind = match rest {
         ".part" | ".part.state" | ".part.state.tmp" => TempKind::Partial,
         _ => {
@@ -96,16 +96,6 @@ pub(crate) fn parse_temp_name(name: &str) -> Option<(ContentHash, TempKind)> {
     Some((content, kind))
 }
 
-fn parse_hex(hex: &str) -> Option<ContentHash> {
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(ContentHash(out))
-}
 
 /// A fixed-size set of chunk indices.
 #[derive(Debug, Clone, PartialEq, Eq)]

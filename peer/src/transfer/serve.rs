@@ -43,16 +43,18 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dartsync_shared::channel::{self, ChannelError, ChannelWriter};
 use dartsync_shared::codec::CodecError;
 use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::limits::MAX_CHUNKS_PER_LIST;
+use dartsync_shared::backoff::Backoff;
 use dartsync_shared::proto::ProtocolError;
 use dartsync_shared::proto::p2p::{P2pRequest, P2pResponse};
 use dartsync_shared::{ContentHash, PeerId};
+use parking_lot::Mutex;
 use tokio::io::WriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -72,8 +74,10 @@ pub const PIPELINE_DEPTH: usize = 16;
 /// A connection with no request for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Accept errors back off from 1 ms, doubling; past this the server gives up.
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(64);
+/// Accept errors (out of file descriptors, say) back off from this...
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// ...up to this, and never give up: the condition is usually temporary.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Piece server settings.
 #[derive(Debug, Clone)]
@@ -103,14 +107,6 @@ pub enum ServeError {
         /// The cause.
         source: std::io::Error,
     },
-    /// `accept` kept failing with backoff exhausted.
-    #[error("piece server cannot accept connections on {addr}: {source}")]
-    Accept {
-        /// The listen address.
-        addr: String,
-        /// The last error.
-        source: std::io::Error,
-    },
 }
 
 /// Binds the piece server's listener.
@@ -118,9 +114,9 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Serves peers on `listener` until `shutdown` is cancelled. Returns an
-/// error only when accepting keeps failing; every per-connection problem
-/// ends that connection alone.
+/// Serves peers on `listener` until `shutdown` is cancelled. Failing
+/// accepts back off (the shared [`Backoff`] policy) and never end the
+/// server; every per-connection problem ends that connection alone.
 pub async fn serve(
     listener: TcpListener,
     key: ClusterKey,
@@ -128,7 +124,7 @@ pub async fn serve(
     source: Arc<dyn ChunkSource>,
     cfg: ServeConfig,
     shutdown: CancellationToken,
-) -> Result<(), ServeError> {
+) {
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     tracing::debug!(addr = %local, slots_per_peer = cfg.slots_per_peer, slots_total = cfg.slots_total, "piece server listening");
     if cfg.corrupt_for_tests {
@@ -144,11 +140,11 @@ pub async fn serve(
     });
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut tasks = JoinSet::new();
-    let mut backoff = Duration::from_millis(1);
-    let result = loop {
+    let mut backoff = Backoff::new(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+    loop {
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => break Ok(()),
+            () = shutdown.cancelled() => break,
             Some(joined) = tasks.join_next() => {
                 if let Err(e) = joined
                     && e.is_panic()
@@ -158,7 +154,7 @@ pub async fn serve(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
-                    backoff = Duration::from_millis(1);
+                    backoff.reset();
                     let Ok(permit) = connections.clone().try_acquire_owned() else {
                         tracing::debug!(%addr, "too many peer connections; closing a new one");
                         continue;
@@ -173,23 +169,22 @@ pub async fn serve(
                         .instrument(span),
                     );
                 }
-                Err(source) => {
-                    if backoff > MAX_ACCEPT_BACKOFF {
-                        break Err(ServeError::Accept { addr: local.clone(), source });
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    // One line when the trouble starts, then one per doubling.
+                    if backoff.attempts().is_power_of_two() {
+                        tracing::warn!(%error, failures = backoff.attempts(), retry_in = ?delay, "piece server cannot accept connections");
                     }
-                    tracing::warn!(error = %source, retry_in = ?backoff, "piece server accept failed");
                     tokio::select! {
-                        () = shutdown.cancelled() => break Ok(()),
-                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
                     }
-                    backoff *= 2;
                 }
             },
         }
-    };
+    }
     tasks.shutdown().await;
     tracing::debug!(addr = %local, "piece server stopped");
-    result
 }
 
 /// State shared by every connection.
@@ -215,7 +210,7 @@ impl Ctx {
     /// Registers a connection of `peer` and returns its slot semaphore plus
     /// a guard that unregisters it.
     fn register(self: &Arc<Self>, peer: PeerId) -> PeerGuard {
-        let mut map = self.per_peer.lock().expect("per-peer slot map lock poisoned");
+        let mut map = self.per_peer.lock();
         let entry = map.entry(peer).or_insert_with(|| PeerSlots {
             connections: 0,
             slots: Arc::new(Semaphore::new(self.cfg.slots_per_peer.max(1))),
@@ -264,7 +259,7 @@ struct PeerGuard {
 
 impl Drop for PeerGuard {
     fn drop(&mut self) {
-        let mut map = self.ctx.per_peer.lock().expect("per-peer slot map lock poisoned");
+        let mut map = self.ctx.per_peer.lock();
         if let Some(entry) = map.get_mut(&self.peer) {
             entry.connections -= 1;
             if entry.connections == 0 {

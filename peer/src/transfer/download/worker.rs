@@ -26,7 +26,9 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use dartsync_shared::channel::{self, ChannelReader, ChannelWriter, SecureChannel};
@@ -149,7 +151,7 @@ pub(crate) struct Work {
     header: PartState,
     state_path: PathBuf,
     persist_every_bytes: u64,
-    /// std Mutex: held only for queue and bitmap bookkeeping, never across
+    /// parking_lot Mutex: held only for queue and bitmap bookkeeping, never across
     /// an await or an I/O call.
     state: Mutex<WorkState>,
     /// Serialises state-file writes; a writer that finds it taken skips its
@@ -203,8 +205,8 @@ impl Work {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, WorkState> {
-        self.state.lock().expect("download work state lock poisoned")
+    fn lock(&self) -> parking_lot::MutexGuard<'_, WorkState> {
+        self.state.lock()
     }
 
     fn take(&self) -> Option<usize> {
@@ -292,12 +294,11 @@ impl Work {
     /// worker is persisting right now. Blocking.
     pub(crate) fn persist(&self, wait: bool) -> std::io::Result<()> {
         let _turn = if wait {
-            self.persist_lock.lock().expect("persist lock poisoned")
+            self.persist_lock.lock()
         } else {
             match self.persist_lock.try_lock() {
-                Ok(turn) => turn,
-                Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
-                Err(std::sync::TryLockError::Poisoned(_)) => panic!("persist lock poisoned"),
+                Some(turn) => turn,
+                None => return Ok(()),
             }
         };
         // Snapshot first: every bit in it belongs to a write that completed
