@@ -1,19 +1,13 @@
 //! Log set-up: human-readable lines on stderr, filtered by `RUST_LOG` or
-//! by the -v / -q counts.
+//! by the default level [`crate::settings::log_level`] derives from -v / -q.
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber.
-pub fn init(verbose: u8, quiet: u8) {
-    let level = match (verbose, quiet) {
-        (0, 0) => "info",
-        (1, _) => "debug",
-        (v, _) if v >= 2 => "trace",
-        (_, 1) => "warn",
-        _ => "error",
-    };
+/// Installs the global subscriber; `level` applies unless `RUST_LOG` is
+/// set.
+pub fn init(level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     // Colour only on a terminal (and never with NO_COLOR): logs in files and
     // journald stay plain text.

@@ -18,7 +18,7 @@ use crate::settings::Mode;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    logging::init(cli.verbose, cli.quiet);
+    logging::init(settings::log_level(&cli));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

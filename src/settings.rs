@@ -47,6 +47,18 @@ fn with_default_port(addr: &str) -> String {
     if has_port { addr.to_owned() } else { format!("{addr}:{}", config::DEFAULT_TRACKER_PORT) }
 }
 
+/// The default log level the -v / -q counts ask for (`RUST_LOG`, read by
+/// the logging set-up, overrides it).
+pub fn log_level(cli: &Cli) -> &'static str {
+    match (cli.verbose, cli.quiet) {
+        (0, 0) => "info",
+        (1, _) => "debug",
+        (v, _) if v >= 2 => "trace",
+        (_, 1) => "warn",
+        _ => "error",
+    }
+}
+
 /// Resolves the command line (and the config file it names).
 pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
     let file = match &cli.config {

@@ -1,5 +1,7 @@
 //! Repository hygiene: every Rust module starts with a `//!` header saying
-//! what it owns.
+//! what it owns, and no module imports a module that imports it (the
+//! import graph of each crate, through `crate::` and `super::` paths
+//! outside unit tests, has no circle).
 
 use std::path::Path;
 
@@ -30,4 +32,144 @@ fn every_module_has_a_header() {
         })
         .collect();
     assert!(missing.is_empty(), "modules without a //! header: {missing:?}");
+}
+
+/// A crate's module name for a source file (`peer/src/local/scan.rs` ->
+/// `local::scan`, `local.rs` -> `local`, `lib.rs`/`main.rs` -> ``).
+fn module_of(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).unwrap().with_extension("");
+    let parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+    match parts.as_slice() {
+        [only] if only == "lib" || only == "main" => String::new(),
+        _ => parts.join("::"),
+    }
+}
+
+/// The modules `text` (the module `me`) refers to through `crate::` and
+/// `super::` paths outside comments and its unit tests, resolved to the
+/// longest known module prefix.
+fn references(me: &str, text: &str, known: &std::collections::BTreeSet<String>) -> Vec<String> {
+    let code = match text.find("#[cfg(test)]\nmod tests") {
+        Some(at) => &text[..at],
+        None => text,
+    };
+    let parent = match me.rfind("::") {
+        Some(i) => me[..i].to_owned(),
+        None => String::new(),
+    };
+    let mut out = Vec::new();
+    for line in code.lines().map(str::trim_start).filter(|l| !l.starts_with("//")) {
+        for (prefix, base) in [("crate::", String::new()), ("super::", parent.clone())] {
+            let mut rest = line;
+            while let Some(at) = rest.find(prefix) {
+                let tail = &rest[at + prefix.len()..];
+                let segs: Vec<&str> = tail
+                    .split("::")
+                    .map(|s| s.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or(""))
+                    .take_while(|s| !s.is_empty())
+                    .collect();
+                let mut best = None;
+                for n in 1..=segs.len() {
+                    let path = segs[..n].join("::");
+                    let full = if base.is_empty() { path } else { format!("{base}::{path}") };
+                    if known.contains(&full) {
+                        best = Some(full);
+                    }
+                }
+                if let Some(target) = best.filter(|t| t != me) {
+                    out.push(target);
+                }
+                rest = &line[line.len() - tail.len()..];
+            }
+        }
+    }
+    out
+}
+
+/// Finds a cycle in `edges` (module -> modules it imports), if any.
+fn find_cycle(edges: &std::collections::BTreeMap<String, Vec<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        edges: &std::collections::BTreeMap<String, Vec<String>>,
+        state: &mut std::collections::HashMap<String, u8>,
+        stack: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        state.insert(node.to_owned(), 1);
+        stack.push(node.to_owned());
+        for next in edges.get(node).into_iter().flatten() {
+            match state.get(next.as_str()) {
+                Some(1) => {
+                    let start = stack.iter().position(|n| n == next).unwrap();
+                    let mut cycle = stack[start..].to_vec();
+                    cycle.push(next.clone());
+                    return Some(cycle);
+                }
+                Some(_) => {}
+                None => {
+                    if let Some(cycle) = visit(next, edges, state, stack) {
+                        return Some(cycle);
+                    }
+                }
+            }
+        }
+        stack.pop();
+        state.insert(node.to_owned(), 2);
+        None
+    }
+    let mut state = std::collections::HashMap::new();
+    for node in edges.keys() {
+        if !state.contains_key(node.as_str()) {
+            let mut stack = Vec::new();
+            if let Some(cycle) = visit(node, edges, &mut state, &mut stack) {
+                return Some(cycle);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn no_module_imports_a_module_that_imports_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for krate in ["src", "shared/src", "tracker/src", "peer/src"] {
+        let src = root.join(krate);
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        let known: std::collections::BTreeSet<String> = files.iter().map(|f| module_of(&src, f)).collect();
+        let mut edges = std::collections::BTreeMap::new();
+        for file in &files {
+            let me = module_of(&src, file);
+            let text = std::fs::read_to_string(file).unwrap();
+            let mut refs = references(&me, &text, &known);
+            refs.sort();
+            refs.dedup();
+            edges.insert(me, refs);
+        }
+        assert!(edges.len() > 3, "{krate}: found only {} modules", edges.len());
+        if let Some(cycle) = find_cycle(&edges) {
+            panic!("{krate}: import circle {}", cycle.join(" -> "));
+        }
+    }
+}
+
+#[test]
+fn the_cycle_finder_finds_cycles() {
+    let edges = |pairs: &[(&str, &str)]| {
+        let mut m: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+        for (a, b) in pairs {
+            m.entry(a.to_string()).or_default().push(b.to_string());
+            m.entry(b.to_string()).or_default();
+        }
+        m
+    };
+    assert_eq!(find_cycle(&edges(&[("a", "b"), ("b", "c")])), None);
+    let cycle = find_cycle(&edges(&[("a", "b"), ("b", "c"), ("c", "a")])).unwrap();
+    assert_eq!(cycle.first(), cycle.last());
+    let known = ["local", "local::error", "local::scan"].iter().map(|s| s.to_string()).collect();
+    let refs = references(
+        "local::scan",
+        "use crate::local::error::LocalError;\nuse super::error::X;\n// crate::nope\n",
+        &known,
+    );
+    assert_eq!(refs, ["local::error", "local::error"]);
 }

@@ -89,17 +89,18 @@ fn tracker_killed_with_sigkill_keeps_committed_records_and_tombstones() {
         let mut pa = register(addr, &key, &a, 0, 0).await;
         let mut pb = register(addr, &key, &b, 0, 0).await;
         let epoch = pa.welcome.epoch;
-        let va = VersionVector::new().bumped(a.peer_id().short());
+        let va = VersionVector::new().bumped(a.peer_id().short()).unwrap();
         let files: Vec<_> =
             (0..40).map(|i| record(&format!("dir/f{i:02}"), &format!("body {i}"), va.clone(), false)).collect();
         pa.writer.send(&PeerMessage::Announce { records: files }).await.unwrap();
         // Ten deletions.
-        let gone: Vec<_> =
-            (0..10).map(|i| record(&format!("dir/f{i:02}"), "", va.bumped(a.peer_id().short()), true)).collect();
+        let gone: Vec<_> = (0..10)
+            .map(|i| record(&format!("dir/f{i:02}"), "", va.bumped(a.peer_id().short()).unwrap(), true))
+            .collect();
         pa.writer.send(&PeerMessage::Announce { records: gone }).await.unwrap();
         // A conflict: B edits dir/f39 concurrently with a later mtime, A's version becomes a copy.
-        let theirs = record("dir/f39", "B's much longer body", va.bumped(b.peer_id().short()), false);
-        let mut ours = record("dir/f39", "A's", va.bumped(a.peer_id().short()), false);
+        let theirs = record("dir/f39", "B's much longer body", va.bumped(b.peer_id().short()).unwrap(), false);
+        let mut ours = record("dir/f39", "A's", va.bumped(a.peer_id().short()).unwrap(), false);
         ours.mtime_ns -= 1_000_000_000;
         pa.writer.send(&PeerMessage::Announce { records: vec![ours] }).await.unwrap();
         // B's message travels on another connection: wait until A's three
@@ -144,7 +145,7 @@ fn tracker_killed_with_sigkill_keeps_committed_records_and_tombstones() {
         // new change gets a seq it has never seen.
         let mut pa = register(addr, &key, &a, seen, epoch).await;
         assert_eq!(pa.welcome.epoch, epoch);
-        let va = VersionVector::new().bumped(a.peer_id().short());
+        let va = VersionVector::new().bumped(a.peer_id().short()).unwrap();
         let late = record("after-restart", "x", va, false);
         pa.writer.send(&PeerMessage::Announce { records: vec![late] }).await.unwrap();
         // (First, possibly, an empty delta moving A to the restarted tracker's seq.)

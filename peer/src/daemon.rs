@@ -53,6 +53,9 @@ impl ChunkSource for SlowSource {
         std::thread::sleep(self.delay);
         self.inner.locate(hash, len)
     }
+    fn open_candidate(&self, path: &std::path::Path) -> std::io::Result<std::fs::File> {
+        self.inner.open_candidate(path)
+    }
 }
 
 /// Why the peer stopped with an error.
@@ -149,7 +152,7 @@ pub async fn run(
     let listener = transfer::bind(config.listen).await?;
     let listen_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     tracing::info!("piece server listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
-    let source = Arc::new(IndexSource::new(local.index().clone(), local.dirs().root.clone()));
+    let source = Arc::new(IndexSource::new(local.index().clone(), local.jails().clone()));
     let serve_cfg = ServeConfig {
         slots_per_peer: config.upload_slots_per_peer,
         slots_total: config.upload_slots_total,
@@ -195,7 +198,7 @@ pub async fn run(
     );
     supervised.spawn(async move { ("tracker client", client_task.await.map_err(|e| e.to_string())) });
     let engine = Engine::new(EngineParts {
-        history: History::new(local.dirs().versions.clone(), config.versions_keep),
+        history: History::new(local.jails().versions.clone(), config.versions_keep),
         local: local.clone(),
         client,
         tracker_events: events_rx,

@@ -62,7 +62,6 @@ impl<K: Ord + Hash + Clone, I: Ord + Copy> Deadlines<K, I> {
         }
         due
     }
-
 }
 
 #[cfg(test)]

@@ -71,8 +71,10 @@ pub(crate) use self::meta::{Entry, Meta};
 use self::rel::Rel;
 use self::resolve::{Access, Stop, Strategy};
 
-/// The only permission bits the jail ever applies.
-const PERMISSION_BITS: u32 = 0o777;
+/// A synced path as a path relative to the folder jail's root.
+pub(crate) fn rel_path(path: &dartsync_shared::RelPath) -> &Path {
+    Path::new(path.as_str())
+}
 
 /// Mode of the folders created on the way to the destination of
 /// [`Jail::link_to`], [`Jail::copy_to`] and [`Jail::move_to`].
@@ -272,8 +274,11 @@ impl Jail {
         let dest_parent = to.make_dirs(OP, dest.path, dest.parent, PARENT_MODE)?;
         linkat(&src_parent, src.name, &dest_parent, dest.name, AtFlags::empty()).map_err(|errno| match errno {
             Errno::EXIST => JailError::AlreadyExists { op: OP, path: dest.path.to_owned() },
-            // Folders cannot be hard-linked.
-            Errno::PERM => kind_error(OP, &src, src_parent.as_fd(), errno),
+            // A folder cannot be hard-linked; for anything else EPERM means
+            // the file system has no hard links (copy instead).
+            Errno::PERM if at::kind_at(src_parent.as_fd(), src.name) == Some(Kind::Dir) => {
+                JailError::WrongKind { op: OP, path: src.path.to_owned(), found: Kind::Dir }
+            }
             errno => entry_error(OP, &src, src_parent.as_fd(), errno),
         })?;
         fsync_dir(dest.path, &dest_parent)

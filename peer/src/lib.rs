@@ -18,6 +18,7 @@
 
 mod daemon;
 mod deadlines;
+mod jail;
 mod local;
 mod sync;
 pub mod transfer;

@@ -53,7 +53,7 @@ mod watch;
 
 use crate::deadlines::Deadlines;
 use commit::{Gated, WriteGate};
-use dirs::PeerDirs;
+use dirs::{Jails, PeerDirs};
 pub(crate) use error::LocalError;
 use ignore::IgnoreRules;
 use index::{Index, IndexEntry};
@@ -93,12 +93,7 @@ impl LocalConfig {
     /// A configuration with the default piece length, rescan interval and
     /// debounce.
     pub fn new(me: ShortId) -> LocalConfig {
-        LocalConfig {
-            piece_len: DEFAULT_PIECE_LEN,
-            rescan: Self::DEFAULT_RESCAN,
-            me,
-            debounce: Self::DEFAULT_DEBOUNCE,
-        }
+        LocalConfig { piece_len: DEFAULT_PIECE_LEN, rescan: Self::DEFAULT_RESCAN, me, debounce: Self::DEFAULT_DEBOUNCE }
     }
 }
 
@@ -110,6 +105,7 @@ enum Command {
 #[derive(Debug)]
 struct Inner {
     dirs: PeerDirs,
+    jails: Jails,
     index: Index,
     gate: Arc<WriteGate>,
     commands: mpsc::Sender<Command>,
@@ -140,6 +136,7 @@ pub struct LocalState {
 #[derive(Debug)]
 pub struct OpenFolder {
     dirs: PeerDirs,
+    jails: Jails,
     index: Index,
     identity: Identity,
     piece_len: Option<u32>,
@@ -151,10 +148,11 @@ impl OpenFolder {
     /// before the runtime is busy).
     pub fn open(root: &std::path::Path) -> Result<OpenFolder, LocalError> {
         let dirs = PeerDirs::create(root)?;
+        let jails = dirs.open_jails()?;
         let identity = dirs.load_identity()?;
         let index = Index::open(&dirs.index)?;
         let piece_len = index.piece_len()?;
-        Ok(OpenFolder { dirs, index, identity, piece_len })
+        Ok(OpenFolder { dirs, jails, index, identity, piece_len })
     }
 
     /// The folder layout.
@@ -186,12 +184,12 @@ impl LocalState {
         cfg: LocalConfig,
         shutdown: CancellationToken,
     ) -> Result<(LocalState, mpsc::Receiver<FileRecord>), LocalError> {
-        let OpenFolder { dirs, index, piece_len: stored_piece_len, .. } = folder;
-        let root = dirs.root.clone();
-        let rules = tokio::task::spawn_blocking(move || IgnoreRules::load(&root)).await?;
+        let OpenFolder { dirs, jails, index, piece_len: stored_piece_len, .. } = folder;
+        let folder_jail = jails.folder.clone();
+        let rules = tokio::task::spawn_blocking(move || IgnoreRules::load(folder_jail)).await?;
 
         let (changes_tx, changes_rx) = mpsc::channel(CHANGES_CAPACITY);
-        let probe = Probe::new(dirs.root.clone(), ChunkParams::for_piece_len(cfg.piece_len));
+        let probe = Probe::new(jails.folder.clone(), ChunkParams::for_piece_len(cfg.piece_len));
         let gate = Arc::new(WriteGate::new(index.clone(), probe));
         let scanner_config = ScannerConfig { me: cfg.me, quiet: cfg.debounce };
         let scanner = Arc::new(Scanner::new(scanner_config, gate.clone(), rules, changes_tx, shutdown.clone()));
@@ -237,13 +235,18 @@ impl LocalState {
         let tasks = TaskTracker::new();
         tasks.spawn(task.run());
         tasks.close();
-        let inner = Inner { dirs, index, gate, commands: commands_tx, wakeup, scans: scans_rx, tasks };
+        let inner = Inner { dirs, jails, index, gate, commands: commands_tx, wakeup, scans: scans_rx, tasks };
         Ok((LocalState { inner: Arc::new(inner) }, changes_rx))
     }
 
     /// The folder layout.
     pub fn dirs(&self) -> &PeerDirs {
         &self.inner.dirs
+    }
+
+    /// The jails every write on behalf of the cluster goes through.
+    pub(crate) fn jails(&self) -> &Jails {
+        &self.inner.jails
     }
 
     /// The index (synchronous: call it from `spawn_blocking`).

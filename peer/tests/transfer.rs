@@ -16,8 +16,8 @@ use dartsync_peer::transfer::{ServeConfig, serve};
 use dartsync_shared::channel::{self, SecureChannel};
 use dartsync_shared::chunk::{ChunkParams, ChunkedFile, chunk_bytes};
 use dartsync_shared::key::{ClusterKey, Identity};
-use dartsync_shared::limits::MAX_CHUNK_LEN;
-use dartsync_shared::proto::p2p::{P2pRequest, P2pResponse};
+use dartsync_shared::limits::{CHUNK_LIST_PAGE, MAX_CHUNK_LEN};
+use dartsync_shared::proto::p2p::{ChunkListPage, P2pRequest, P2pResponse};
 use dartsync_shared::proto::ptp::Holder;
 use dartsync_shared::{ChunkInfo, ContentHash, FileKind, FileRecord, PeerId, RelPath, ShortId, VersionVector};
 use tempfile::TempDir;
@@ -346,6 +346,39 @@ impl ChunkSource for AnyContent {
 }
 
 // ---------------------------------------------------------------- downloader
+
+#[tokio::test]
+async fn a_chunk_list_of_many_pages_is_fetched_page_by_page() {
+    let key = ClusterKey::generate();
+    let bytes = data(MIB, 31);
+    let site = Site::new(&[("paged", &bytes)]);
+    let chunked = chunk_bytes(&bytes, params());
+    let server = Server::start(&key, site.source.clone(), |_| {}).await;
+    // The server answers at most what is asked: 7 entries a page here.
+    let page = 7;
+    assert!(chunked.chunks.len() > 4 * page as usize, "{} chunks", chunked.chunks.len());
+    let mut client = server.client(&key, &Identity::generate()).await;
+    let ask = |first| P2pRequest::GetChunkList {
+        path: RelPath::new("paged").unwrap(),
+        content: chunked.content,
+        first,
+        max: page,
+    };
+    client.send(&ask(7)).await.unwrap();
+    let P2pResponse::ChunkList(second) = recv(&mut client).await else { panic!("expected a page") };
+    assert_eq!((second.first, second.chunks.as_slice()), (7, &chunked.chunks[7..14]));
+    assert_eq!(second.total, chunked.chunks.len() as u64);
+    client.send(&ask(second.total + 1)).await.unwrap();
+    assert_eq!(recv(&mut client).await, P2pResponse::NotAvailable, "a page past the end");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let limits = DownloadLimits { chunk_list_page: page, ..DownloadLimits::default() };
+    let d = Downloader::new(key.clone(), Identity::generate(), empty_source(), tmp.path().to_owned(), limits);
+    let outcome = download(&d, &record("paged", &chunked), vec![server.holder()]).await.unwrap();
+    check_outcome(&outcome, &bytes);
+    assert_eq!(outcome.chunks, chunked.chunks);
+    server.stop().await;
+}
 
 #[tokio::test]
 async fn a_file_held_by_three_servers_comes_from_all_three() {
@@ -833,8 +866,8 @@ async fn answers_come_in_request_order() {
         get(&f.content, &f.chunks[3]),
         get(&f.content, &absent),
         get(&f.content, &f.chunks[0]),
-        P2pRequest::GetChunkList { path: path.clone(), content: f.content },
-        P2pRequest::GetChunkList { path, content: ContentHash::of(b"nope") },
+        P2pRequest::GetChunkList { path: path.clone(), content: f.content, first: 0, max: CHUNK_LIST_PAGE },
+        P2pRequest::GetChunkList { path, content: ContentHash::of(b"nope"), first: 0, max: CHUNK_LIST_PAGE },
         get(&f.content, &f.chunks[1]),
     ];
     for r in &requests {
@@ -844,7 +877,8 @@ async fn answers_come_in_request_order() {
     assert_eq!(recv(&mut client).await, P2pResponse::Chunk { hash: f.chunks[3].hash, bytes: chunk_at(&f.chunks[3]) });
     assert_eq!(recv(&mut client).await, P2pResponse::NotAvailable);
     assert_eq!(recv(&mut client).await, P2pResponse::Chunk { hash: f.chunks[0].hash, bytes: chunk_at(&f.chunks[0]) });
-    assert_eq!(recv(&mut client).await, P2pResponse::ChunkList { content: f.content, chunks: f.chunks.clone() });
+    let whole = ChunkListPage { content: f.content, total: f.chunks.len() as u64, first: 0, chunks: f.chunks.clone() };
+    assert_eq!(recv(&mut client).await, P2pResponse::ChunkList(whole));
     assert_eq!(recv(&mut client).await, P2pResponse::NotAvailable);
     assert_eq!(recv(&mut client).await, P2pResponse::Chunk { hash: f.chunks[1].hash, bytes: chunk_at(&f.chunks[1]) });
     server.stop().await;
@@ -893,7 +927,15 @@ async fn chunks_of_partial_temp_files_are_served() {
     client.send(&get(&f.content, &half)).await.unwrap();
     assert_eq!(recv(&mut client).await, P2pResponse::NotAvailable);
     // A chunk list is only served from the chunk source.
-    client.send(&P2pRequest::GetChunkList { path: RelPath::new("f").unwrap(), content: f.content }).await.unwrap();
+    client
+        .send(&P2pRequest::GetChunkList {
+            path: RelPath::new("f").unwrap(),
+            content: f.content,
+            first: 0,
+            max: CHUNK_LIST_PAGE,
+        })
+        .await
+        .unwrap();
     assert_eq!(recv(&mut client).await, P2pResponse::NotAvailable);
     server.stop().await;
 }
@@ -977,7 +1019,14 @@ async fn full_slots_answer_busy_at_once() {
     z1.send(&get(&f.content, &f.chunks[3])).await.unwrap();
     assert_eq!(recv(&mut z1).await, P2pResponse::Busy);
     // A chunk-list request needs no slot.
-    z1.send(&P2pRequest::GetChunkList { path: RelPath::new("f").unwrap(), content: f.content }).await.unwrap();
+    z1.send(&P2pRequest::GetChunkList {
+        path: RelPath::new("f").unwrap(),
+        content: f.content,
+        first: 0,
+        max: CHUNK_LIST_PAGE,
+    })
+    .await
+    .unwrap();
     assert!(matches!(recv(&mut z1).await, P2pResponse::ChunkList { .. }));
 
     gate.open();

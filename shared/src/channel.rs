@@ -399,7 +399,7 @@ mod tests {
         assert_eq!(client.remote_peer_id(), ib.peer_id());
         assert_eq!(server.remote_peer_id(), ia.peer_id());
 
-        let bytes: Vec<u8> = (0..10 * 1024 * 1024).map(|i| (i * 31 % 251) as u8).collect();
+        let bytes = crate::test_util::det_bytes(10, 10 * 1024 * 1024);
         let msg = P2pResponse::Chunk { hash: crate::id::ContentHash::of(&bytes), bytes };
         let sent = msg.clone();
         let sender = tokio::spawn(async move {
@@ -414,6 +414,15 @@ mod tests {
         drop(sender.await.unwrap());
         // Clean close between frames.
         assert!(server.recv::<PeerMessage>().await.unwrap().is_none());
+    }
+
+    #[test]
+    fn hello_carries_protocol_2_and_refuses_protocol_1() {
+        assert_eq!(hello_payload(), b"DARTSYNC\x00\x02");
+        check_hello(&hello_payload()).unwrap();
+        let err = check_hello(b"DARTSYNC\x00\x01").unwrap_err().to_string();
+        assert!(err.contains("protocol 1") && err.contains("protocol 2"), "{err}");
+        assert!(check_hello(b"HTTP/1.1 200").is_err());
     }
 
     #[tokio::test]

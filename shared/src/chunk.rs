@@ -120,14 +120,7 @@ pub fn chunk_bytes(bytes: &[u8], params: ChunkParams) -> ChunkedFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{RngCore, SeedableRng};
-
-    fn random(len: usize, seed: u64) -> Vec<u8> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut buf = vec![0u8; len];
-        rng.fill_bytes(&mut buf);
-        buf
-    }
+    use crate::test_util::det_bytes;
 
     /// Boundary sizes around the default parameters: empty, one byte, just
     /// under/at the minimum, the average, the maximum and one past it, and a
@@ -140,7 +133,7 @@ mod tests {
     fn chunk_lists_tile_the_file_and_hash_correctly() {
         let params = ChunkParams::default();
         for (i, size) in INTERESTING_SIZES.into_iter().enumerate() {
-            let data = random(size, i as u64);
+            let data = det_bytes(i as u64, size);
             let f = chunk_bytes(&data, params);
             assert_eq!(f.size, size as u64);
             assert_eq!(f.content, ContentHash::of(&data));
@@ -159,7 +152,7 @@ mod tests {
 
     #[test]
     fn chunking_is_deterministic() {
-        let data = random(5 * 1024 * KIB, 42);
+        let data = det_bytes(42, 5 * 1024 * KIB);
         let params = ChunkParams::default();
         assert_eq!(chunk_bytes(&data, params), chunk_bytes(&data, params));
     }
@@ -167,7 +160,7 @@ mod tests {
     #[test]
     fn one_byte_insertion_changes_at_most_three_chunks() {
         let params = ChunkParams::default();
-        let data = random(8 * 1024 * KIB, 7);
+        let data = det_bytes(7, 8 * 1024 * KIB);
         let mut edited = data.clone();
         edited.insert(data.len() / 2, 0x5A);
         let before = chunk_bytes(&data, params);
@@ -181,7 +174,7 @@ mod tests {
     #[test]
     fn malformed_lists_are_detected() {
         let params = ChunkParams::default();
-        let f = chunk_bytes(&random(2 * 1024 * KIB, 1), params);
+        let f = chunk_bytes(&det_bytes(1, 2 * 1024 * KIB), params);
         assert!(!chunk_list_is_well_formed(&f.chunks, f.size + 1, params));
         let mut gap = f.chunks.clone();
         gap[1].offset += 1;

@@ -10,7 +10,8 @@
 //! feature, `test_util` holds the helpers of every crate's tests.
 //!
 //! The pure parts (records, versions, ids, paths, chunking over a `Read`)
-//! know nothing about tokio; only [`codec`] and [`channel`] are async. The
+//! know nothing about tokio; only [`codec`] and [`channel`] (and the
+//! test-only `test_util`) are async. The
 //! crate knows nothing about redb, notify or the file tree of a peer.
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]

@@ -7,8 +7,9 @@
 /// Largest encoded message (one frame) accepted from the network, in bytes.
 ///
 /// The biggest legitimate messages are a `Chunk` (at most
-/// [`MAX_CHUNK_LEN`] bytes of payload) and an `Announce` / `Delta` batch of
-/// [`MAX_RECORDS_PER_MESSAGE`] records; 32 MiB leaves room for both.
+/// [`MAX_CHUNK_LEN`] bytes of payload), an `Announce` / `Delta` batch of
+/// [`MAX_RECORDS_PER_MESSAGE`] records and a chunk-list page of
+/// [`CHUNK_LIST_PAGE`] entries (about 3 MiB); 32 MiB leaves room for all.
 pub const MAX_FRAME_LEN: usize = 32 * 1024 * 1024;
 
 /// Largest piece length (average chunk size) a tracker may hand out.
@@ -27,10 +28,26 @@ pub const MAX_CHUNK_LEN: u32 = MAX_PIECE_LEN * 4;
 /// split over several messages.
 pub const MAX_RECORDS_PER_MESSAGE: usize = 4096;
 
-/// Most entries in one chunk list. At the smallest chunk size (1 KiB with
-/// the minimum piece length) this covers a 1 GiB file; at the default piece
-/// length (64 KiB minimum chunks) it covers files of 64 GiB and more.
-pub const MAX_CHUNKS_PER_LIST: usize = 1 << 20;
+/// Smallest chunk FastCDC cuts at any piece length (a file's last chunk
+/// may be shorter): the minimum (avg / 4) of [`MIN_PIECE_LEN`], 1 KiB.
+pub const MIN_CHUNK_LEN: u32 = MIN_PIECE_LEN / 4;
+
+/// The largest file whose chunk list is guaranteed to fit
+/// [`MAX_CHUNKS_PER_FILE`] at every allowed piece length: 1 TiB. Larger
+/// files still sync at piece lengths where their list fits (at the default
+/// piece length, 64 KiB minimum chunks, up to 64 TiB).
+pub const LISTED_FILE_SIZE: u64 = 1 << 40;
+
+/// Most entries in one file's chunk list: a [`LISTED_FILE_SIZE`] file cut
+/// into [`MIN_CHUNK_LEN`] chunks, 2^30. A list this long (48 GiB in memory)
+/// never travels whole: it is fetched in pages of [`CHUNK_LIST_PAGE`].
+pub const MAX_CHUNKS_PER_FILE: u64 = LISTED_FILE_SIZE.div_ceil(MIN_CHUNK_LEN as u64);
+
+/// Most entries in one chunk-list page (one `ChunkList` response): 65,536
+/// entries of at most 46 encoded bytes, about 3 MiB, a tenth of
+/// [`MAX_FRAME_LEN`]. A 1 TiB file takes about 64 pages at the default
+/// piece length and at most 16,384 at any.
+pub const CHUNK_LIST_PAGE: u32 = 1 << 16;
 
 /// Longest relative path in bytes (Linux `PATH_MAX`).
 pub const MAX_PATH_LEN: usize = 4096;

@@ -32,7 +32,11 @@ pub mod ptp;
 
 /// Version of the wire protocol, checked in the handshake. Bump it on any
 /// incompatible change to a message.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// - 1: first release.
+/// - 2: chunk lists travel in pages (`GetChunkList { first, max }`,
+///   `ChunkList(ChunkListPage)`), so a list of any length fits in frames.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Why a decoded message was rejected by its `validate` method.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

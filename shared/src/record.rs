@@ -184,36 +184,56 @@ pub fn link_target_stays_inside(link: &RelPath, target: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::ShortId;
+    use crate::limits::MAX_COUNTER;
+    use crate::test_util::RecordBuilder;
 
-    fn file(path: &str) -> FileRecord {
-        FileRecord {
-            path: RelPath::new(path).unwrap(),
-            kind: FileKind::File,
-            size: 3,
-            mtime_ns: 1,
-            mode: 0o644,
-            content: ContentHash::of(b"abc"),
-            chunks: ContentHash::of(b"list"),
-            version: VersionVector::from_entries([(ShortId(1), 1)]),
-            deleted: false,
-        }
+    /// What `validate` should say.
+    #[derive(Debug, PartialEq)]
+    enum Want {
+        Ok,
+        NoVersion,
+        BadVersion,
+        BadMode,
+        Inconsistent,
+        BadLinkTarget,
+    }
+
+    fn check(name: &str, record: RecordBuilder, want: Want) {
+        let got = match record.build().validate() {
+            Ok(()) => Want::Ok,
+            Err(RecordError::NoVersion { .. }) => Want::NoVersion,
+            Err(RecordError::BadVersion { .. }) => Want::BadVersion,
+            Err(RecordError::BadMode { .. }) => Want::BadMode,
+            Err(RecordError::Inconsistent { .. }) => Want::Inconsistent,
+            Err(RecordError::BadLinkTarget { .. }) => Want::BadLinkTarget,
+        };
+        assert_eq!(got, want, "{name}");
     }
 
     #[test]
     fn validation_table() {
-        assert!(file("a").validate().is_ok());
-        let mut no_version = file("a");
-        no_version.version = VersionVector::new();
-        assert!(no_version.validate().is_err());
-        let mut dir_with_size = file("d");
-        dir_with_size.kind = FileKind::Dir;
-        assert!(dir_with_size.validate().is_err());
-        let mut tomb = file("t");
-        tomb.deleted = true;
-        assert!(tomb.validate().is_err(), "tombstone with size");
-        tomb.size = 0;
-        assert!(tomb.validate().is_ok());
+        let file = || RecordBuilder::file("a").body("abc");
+        let cases = [
+            ("plain file", file(), Want::Ok),
+            ("empty file", RecordBuilder::file("e"), Want::Ok),
+            ("folder", RecordBuilder::dir("d"), Want::Ok),
+            ("symlink", RecordBuilder::symlink("l", "a"), Want::Ok),
+            ("tombstone", file().tombstone(), Want::Ok),
+            ("no version", file().version(VersionVector::new()), Want::NoVersion),
+            ("counter at the limit", file().vv(&[(1, MAX_COUNTER)]), Want::Ok),
+            ("counter past the limit", file().vv(&[(1, MAX_COUNTER + 1)]), Want::BadVersion),
+            ("counter u64::MAX", file().vv(&[(2, 1), (1, u64::MAX)]), Want::BadVersion),
+            ("folder with a size", RecordBuilder::dir("d").size(3), Want::Inconsistent),
+            ("tombstone with a size", file().tombstone().size(3), Want::Inconsistent),
+            ("setuid file", file().mode(0o4755), Want::BadMode),
+            ("raw st_mode of a folder", RecordBuilder::dir("d").mode(0o040755), Want::BadMode),
+            ("link out of the folder", RecordBuilder::symlink("l", "../x"), Want::BadLinkTarget),
+        ];
+        for (name, record, want) in cases {
+            check(name, record, want);
+        }
+        let err = file().vv(&[(1, u64::MAX)]).build().validate().unwrap_err().to_string();
+        assert!(err.contains("record a") && err.contains("exceeds the limit"), "{err}");
     }
 
     #[test]
@@ -229,13 +249,11 @@ mod tests {
             (0o040755, false), // S_IFDIR | 0755
             (u32::MAX, false),
         ] {
-            let mut r = file("m");
-            r.mode = mode;
-            match r.validate() {
-                Ok(()) => assert!(ok, "{mode:#o} accepted"),
-                Err(RecordError::BadMode { mode: m, .. }) => assert!(!ok && m == mode, "{mode:#o} refused"),
-                Err(e) => panic!("{mode:#o}: {e}"),
-            }
+            check(
+                &format!("mode {mode:#o}"),
+                RecordBuilder::file("m").mode(mode),
+                if ok { Want::Ok } else { Want::BadMode },
+            );
         }
     }
 

@@ -214,11 +214,8 @@ impl VersionVector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::vv;
     use proptest::prelude::*;
-
-    fn vv(entries: &[(u64, u64)]) -> VersionVector {
-        VersionVector::from_entries(entries.iter().map(|(p, c)| (ShortId(*p), *c)))
-    }
 
     #[test]
     fn compare_table() {

@@ -121,22 +121,15 @@ impl CompactRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dartsync_shared::test_util::RecordBuilder;
 
     #[test]
     fn round_trips_and_compares_like_the_full_record() {
         let vv = VersionVector::from_entries([(ShortId(3), 2), (ShortId(1), 7)]);
-        for kind in [FileKind::File, FileKind::Dir, FileKind::Symlink { target: "../x".into() }] {
-            let record = FileRecord {
-                path: RelPath::new("a/b").unwrap(),
-                kind,
-                size: 0,
-                mtime_ns: -3,
-                mode: 0o700,
-                content: ContentHash::of(b"x"),
-                chunks: ContentHash::of(b"y"),
-                version: vv.clone(),
-                deleted: false,
-            };
+        for builder in
+            [RecordBuilder::file("a/b").body("x"), RecordBuilder::dir("a/b"), RecordBuilder::symlink("a/b", "../x")]
+        {
+            let record = builder.mtime_ns(-3).mode(0o700).version(vv.clone()).build();
             let compact = CompactRecord::new(record.clone());
             assert_eq!(compact.to_record(&record.path), record);
             assert!(compact.version_is(&vv));

@@ -724,7 +724,8 @@ fn estimate_size(path: &RelPath, e: &Entry) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dartsync_shared::{ContentHash, FileKind};
+    use dartsync_shared::ContentHash;
+    use dartsync_shared::test_util::RecordBuilder;
 
     const T0: u64 = 1_700_000_000;
     const TRACKER: ShortId = ShortId(0xDEAD_BEEF);
@@ -741,22 +742,13 @@ mod tests {
         VersionVector::from_entries(entries.iter().map(|(p, c)| (id(*p).short(), *c)))
     }
 
+    /// The shape every rule test uses; built by the shared test builder.
     fn file(path: &str, body: &str, version: VersionVector, mtime_s: i64) -> FileRecord {
-        FileRecord {
-            path: RelPath::new(path).unwrap(),
-            kind: FileKind::File,
-            size: body.len() as u64,
-            mtime_ns: mtime_s * 1_000_000_000,
-            mode: 0o644,
-            content: ContentHash::of(body.as_bytes()),
-            chunks: ContentHash::of(format!("chunks of {body}").as_bytes()),
-            version,
-            deleted: false,
-        }
+        RecordBuilder::file(path).body(body).version(version).mtime_s(mtime_s).build()
     }
 
     fn tombstone(path: &str, version: VersionVector, mtime_s: i64) -> FileRecord {
-        FileRecord { size: 0, content: ContentHash::empty(), deleted: true, ..file(path, "", version, mtime_s) }
+        RecordBuilder::file(path).version(version).mtime_s(mtime_s).tombstone().build()
     }
 
     struct Fixture {

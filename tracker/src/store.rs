@@ -23,6 +23,12 @@
 //!   validated as if it came from the network (paths through `RelPath`,
 //!   records through `FileRecord::validate`). A corrupt value is an error
 //!   naming its key, never a panic.
+//! - Values written under older, looser rules are migrated at load, not
+//!   treated as corruption: mode bits beyond `0o777` (setgid folders were
+//!   accepted once) are cleared, and an entry whose path names the state
+//!   directory in another spelling (`.DartSync`), whose version counter is
+//!   above `MAX_COUNTER`, or whose symlink target reaches a state directory
+//!   is deleted with a warning: no peer would accept it in a `Delta`.
 //!
 //! Not here: deciding what to write (the state's `take_dirty`) or when (the
 //! actor). All calls block; the actor runs them on the blocking pool.
@@ -31,7 +37,8 @@ use std::path::{Path, PathBuf};
 
 use dartsync_shared::codec::{CodecError, decode_stored, encode_stored};
 use dartsync_shared::path::PathError;
-use dartsync_shared::record::RecordError;
+use dartsync_shared::record::{PERMISSION_BITS, RecordError};
+use dartsync_shared::version::VersionError;
 use dartsync_shared::{ContentHash, FileKind, FileRecord, PeerId, RelPath, ShortId, VersionVector};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -208,11 +215,19 @@ impl Store {
         let StoredMeta::V1 { epoch, seq_ceiling } = self.decode("meta", META_KEY, raw)?;
 
         let mut entries = Vec::new();
+        let mut obsolete = Vec::new();
         let table = tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
         for item in table.iter().map_err(|e| self.db_err(e))? {
             let (key, value) = item.map_err(|e| self.db_err(e))?;
             let stored: StoredEntry = self.decode("entry", key.value(), value.value())?;
-            entries.push(self.entry_from_stored(key.value(), stored)?);
+            match self.entry_from_stored(key.value(), stored) {
+                Ok(entry) => entries.push(entry),
+                Err(e) if obsolete_under_current_rules(&e) => {
+                    tracing::warn!("dropping stored entry {:?}: valid when written, not any more: {e}", key.value());
+                    obsolete.push(key.value().to_owned());
+                }
+                Err(e) => return Err(e),
+            }
         }
 
         let mut known = Vec::new();
@@ -226,6 +241,16 @@ impl Store {
             let id = PeerId(bytes);
             let StoredPeer::V1 { acked_seq, last_seen_unix } = self.decode("peer", &id.to_string(), value.value())?;
             known.push((id, KnownPeer { acked_seq, last_seen_unix }));
+        }
+        if !obsolete.is_empty() {
+            let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+            {
+                let mut table = tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
+                for key in &obsolete {
+                    table.remove(key.as_str()).map_err(|e| self.db_err(e))?;
+                }
+            }
+            tx.commit().map_err(|e| self.db_err(e))?;
         }
         Ok(Loaded { epoch, seq_ceiling, created, entries, known })
     }
@@ -292,7 +317,8 @@ impl Store {
             kind,
             size,
             mtime_ns,
-            mode,
+            // Bits beyond 0o777 were accepted before they were restricted.
+            mode: mode & PERMISSION_BITS,
             content: ContentHash(content),
             chunks: ContentHash(chunks),
             version: VersionVector::from_entries(version.into_iter().map(|(p, c)| (ShortId(p), c))),
@@ -301,6 +327,21 @@ impl Store {
         record.validate().map_err(|source| StoreError::Record { path: self.path.clone(), source })?;
         Ok(PersistedEntry { record, seq, author: PeerId(author), deleted_at })
     }
+}
+
+/// True for errors of entries that passed validation when they were
+/// written and fail only because a rule was tightened since (see the module
+/// header); other errors are corruption.
+fn obsolete_under_current_rules(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Path { source: PathError::StateDir(_), .. }
+            | StoreError::Record {
+                source: RecordError::BadVersion { source: VersionError::CounterTooLarge { .. }, .. }
+                    | RecordError::BadLinkTarget { .. },
+                ..
+            }
+    )
 }
 
 fn entry_to_stored(e: &PersistedEntry) -> StoredEntry {
@@ -328,6 +369,7 @@ fn entry_to_stored(e: &PersistedEntry) -> StoredEntry {
 mod tests {
     use super::*;
     use crate::state::{Arrival, State, StateConfig};
+    use dartsync_shared::test_util::{RecordBuilder, vv};
     use std::net::SocketAddr;
     use std::time::{Duration, Instant};
 
@@ -336,17 +378,26 @@ mod tests {
     }
 
     fn record(path: &str, deleted: bool, version: VersionVector) -> FileRecord {
-        FileRecord {
-            path: RelPath::new(path).unwrap(),
-            kind: if path.ends_with("link") { FileKind::Symlink { target: "x".into() } } else { FileKind::File },
-            size: if deleted || path.ends_with("link") { 0 } else { 3 },
-            mtime_ns: -5,
-            mode: 0o755,
-            content: ContentHash::of(path.as_bytes()),
-            chunks: ContentHash::of(b"c"),
-            version,
-            deleted,
-        }
+        let builder = if path.ends_with("link") {
+            RecordBuilder::symlink(path, "x")
+        } else {
+            RecordBuilder::file(path).body(path)
+        };
+        builder.mode(0o755).mtime_ns(-5).version(version).deleted(deleted).build()
+    }
+
+    /// Writes `record` under `key` as the store would, bypassing validation.
+    fn put_raw(store: &Store, key: &str, record: FileRecord) {
+        let value = encode_stored(&entry_to_stored(&PersistedEntry {
+            record,
+            seq: 1,
+            author: PeerId([0; 16]),
+            deleted_at: None,
+        }))
+        .unwrap();
+        let tx = store.db.begin_write().unwrap();
+        tx.open_table(ENTRIES).unwrap().insert(key, value.as_slice()).unwrap();
+        tx.commit().unwrap();
     }
 
     #[test]
@@ -422,18 +473,41 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(dir.path()).unwrap();
-        let v = VersionVector::new().bumped(ShortId(1)).unwrap();
-        let value = encode_stored(&entry_to_stored(&PersistedEntry {
-            record: record("x", false, v),
-            seq: 1,
-            author: PeerId([0; 16]),
-            deleted_at: None,
-        }))
-        .unwrap();
-        let tx = store.db.begin_write().unwrap();
-        tx.open_table(ENTRIES).unwrap().insert("../../etc/passwd", value.as_slice()).unwrap();
-        tx.commit().unwrap();
+        put_raw(&store, "../../etc/passwd", record("x", false, vv(&[(1, 1)])));
         drop(store);
         assert!(matches!(Store::open(dir.path()), Err(StoreError::Path { .. })));
+
+        // Other invalid records are corruption too.
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        put_raw(&store, "x", record("x", false, VersionVector::new()));
+        drop(store);
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::Record { .. })));
+    }
+
+    #[test]
+    fn entries_valid_under_older_rules_are_migrated_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let v = vv(&[(1, 1)]);
+        // A setgid folder, as peers sent it before modes were masked to 0o777.
+        put_raw(&store, "shared", RecordBuilder::dir("shared").mode(0o2775).version(v.clone()).build());
+        // A path naming the state directory in another case (RelPath refuses
+        // it now, so it is written under a placeholder and re-keyed by hand).
+        put_raw(&store, "sub/.DartSync/identity", record("placeholder", false, v.clone()));
+        // A counter above the limit, and a link into a state directory below the top.
+        put_raw(&store, "forged", record("forged", false, vv(&[(1, u64::MAX)])));
+        put_raw(&store, "a/link", RecordBuilder::symlink("a/link", "b/.dartsync/identity").version(v.clone()).build());
+        put_raw(&store, "keep", record("keep", false, v));
+        drop(store);
+
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        let got: Vec<_> = loaded.entries.iter().map(|e| (e.record.path.as_str(), e.record.mode)).collect();
+        assert_eq!(got, [("keep", 0o755), ("shared", 0o775)]);
+        // The dropped entries are gone from the file, not skipped at every start.
+        let tx = store.db.begin_read().unwrap();
+        let keys: Vec<String> =
+            tx.open_table(ENTRIES).unwrap().iter().unwrap().map(|i| i.unwrap().0.value().to_owned()).collect();
+        assert_eq!(keys, ["keep", "shared"]);
     }
 }

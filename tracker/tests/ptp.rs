@@ -12,6 +12,7 @@ use dartsync_shared::codec;
 use dartsync_shared::key::Identity;
 use dartsync_shared::limits::MAX_COUNTER;
 use dartsync_shared::proto::ptp::{Delta, DeltaEntry, Holder, PeerMessage, Register, TrackerMessage};
+use dartsync_shared::test_util::det_bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SLOW: Duration = Duration::from_secs(10);
@@ -184,7 +185,7 @@ async fn hostile_input_drops_that_connection_only_and_changes_nothing() {
 
     // Garbage instead of a handshake.
     let mut raw = tokio::net::TcpStream::connect(tracker.addr).await.unwrap();
-    let _ = raw.write_all(&noise(7, 70_000)).await;
+    let _ = raw.write_all(&det_bytes(7, 70_000)).await;
     let mut sink = Vec::new();
     let closed = tokio::time::timeout(PATIENCE, raw.read_to_end(&mut sink)).await;
     assert!(closed.is_ok(), "the tracker kept a garbage connection open");
@@ -196,7 +197,7 @@ async fn hostile_input_drops_that_connection_only_and_changes_nothing() {
     assert!(reason.is_some_and(|r| r.contains("exceeds")), "no clear reason");
 
     // Random bytes as a frame.
-    let junk = noise(11, 300);
+    let junk = det_bytes(11, 300);
     assert!(codec::decode::<PeerMessage>(&junk).is_err());
     let mut p = tracker.peer(5002).await;
     p.writer.send_frame(Bytes::from(junk)).await.unwrap();

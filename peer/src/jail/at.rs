@@ -10,8 +10,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{
-    AtFlags, CWD, Mode, OFlags, RenameFlags, Stat, chmodat, fchmod, fstat, fsync, futimens, mkdirat, openat,
-    renameat, renameat_with, statat, symlinkat, unlinkat,
+    AtFlags, CWD, Mode, OFlags, RenameFlags, Stat, chmodat, fchmod, fstat, fsync, futimens, mkdirat, openat, renameat,
+    renameat_with, statat, symlinkat, unlinkat,
 };
 use rustix::io::Errno;
 
@@ -19,7 +19,10 @@ use super::error::{JailError, Kind};
 use super::meta::{self, Entry, Meta};
 use super::rel::Rel;
 use super::resolve::{self, Stop};
-use super::PERMISSION_BITS;
+
+/// The only permission bits the jail ever applies: setuid, setgid and
+/// sticky never travel.
+const PERMISSION_BITS: u32 = 0o777;
 
 /// Numbers the temporary names of [`replace_with_symlink`].
 static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
@@ -30,7 +33,7 @@ pub(super) fn permissions(mode: u32) -> Mode {
 }
 
 /// What the entry `name` of `parent` is, if it still exists.
-fn kind_at(parent: BorrowedFd<'_>, name: &OsStr) -> Option<Kind> {
+pub(super) fn kind_at(parent: BorrowedFd<'_>, name: &OsStr) -> Option<Kind> {
     statat(parent, name, AtFlags::SYMLINK_NOFOLLOW).ok().map(|stat| Kind::of_mode(stat.st_mode))
 }
 
@@ -130,7 +133,12 @@ pub(super) fn chmod_reopened(parent: BorrowedFd<'_>, name: &OsStr, seen: &Stat, 
 /// Opens the folder `name` of `at` (name number `index` of the path being
 /// made), creating it with `(mode | 0o700) & 0o777` first if it is
 /// missing. Returns it, and whether `at` gained an entry.
-pub(super) fn enter_or_make(at: BorrowedFd<'_>, name: &OsStr, index: usize, mode: u32) -> Result<(OwnedFd, bool), Stop> {
+pub(super) fn enter_or_make(
+    at: BorrowedFd<'_>,
+    name: &OsStr,
+    index: usize,
+    mode: u32,
+) -> Result<(OwnedFd, bool), Stop> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let stop = |errno| resolve::stopped_at(at, name, index, errno);
     match openat(at, name, flags, Mode::empty()) {

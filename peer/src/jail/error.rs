@@ -12,7 +12,7 @@ use rustix::io::Errno;
 
 /// What a directory entry is, seen without following links.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     /// A regular file.
     File,
     /// A folder.
@@ -50,7 +50,7 @@ impl fmt::Display for Kind {
 /// the path relative to the jail it was given (the one the error concerns
 /// when an operation takes two jails).
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum JailError {
+pub enum JailError {
     /// The path is not a plain relative path beneath the root: empty,
     /// absolute, `.`/`..`/empty components, NUL, or a `.dartsync`
     /// component (compared ASCII-case-insensitively).

@@ -2,9 +2,11 @@
 //! folder listing, and the timestamp conversions of the jail.
 
 use std::ffi::OsString;
+use std::fs::File;
+use std::io;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{Stat, Timespec, Timestamps, UTIME_OMIT};
+use rustix::fs::{Stat, Timespec, Timestamps, UTIME_OMIT, fstat};
 
 use super::error::{JailError, Kind};
 
@@ -45,6 +47,12 @@ impl Meta {
             mtime_ns: nanos(stat.st_mtime as i64, stat.st_mtime_nsec as i64),
             ctime_ns: nanos(stat.st_ctime as i64, stat.st_ctime_nsec as i64),
         }
+    }
+
+    /// The metadata of an open file (its `fstat`), comparable with an
+    /// `lstat` from [`super::Jail::lstat`].
+    pub(crate) fn of_file(file: &File) -> io::Result<Meta> {
+        Ok(Meta::of(&fstat(file)?))
     }
 
     /// A regular file.

@@ -70,6 +70,11 @@ pub(super) fn names(path: &Path) -> impl Iterator<Item = &OsStr> {
 /// The first `count` names of a checked path (all of it when it has fewer).
 pub(super) fn prefix(path: &Path, count: usize) -> &Path {
     let bytes = path.as_os_str().as_bytes();
-    let end = bytes.iter().enumerate().filter(|&(_, &b)| b == b'/').nth(count.saturating_sub(1)).map_or(bytes.len(), |(i, _)| i);
+    let end = bytes
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'/')
+        .nth(count.saturating_sub(1))
+        .map_or(bytes.len(), |(i, _)| i);
     Path::new(OsStr::from_bytes(&bytes[..end]))
 }

@@ -26,8 +26,7 @@ use super::error::Kind;
 use super::rel;
 
 /// The `openat2` resolution: beneath the fd, no symlink of any kind.
-const RESOLVE: ResolveFlags =
-    ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
 
 /// `openat2` answers `EAGAIN` when a concurrent rename may have confused a
 /// scoped lookup; it is retried this many times before giving up.

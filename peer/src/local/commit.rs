@@ -19,7 +19,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::local::error::LocalError;
 use crate::local::index::Index;
-use crate::local::probe::{Disk, Probe};
+use crate::local::probe::{Disk, HashError, Probe};
 use crate::local::stat::StatKey;
 
 /// What [`WriteGate::apply_if_unmodified`] did.
@@ -88,8 +88,11 @@ impl WriteGate {
                         }
                         // Being written: certainly not what the index says.
                         Ok(None) => true,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-                        Err(source) => return Err(LocalError::Io { path: self.probe.local(path), source }),
+                        Err(e) if e.is_gone() => true,
+                        Err(HashError::Open(e)) => return Err(e.into()),
+                        Err(HashError::Read(source)) => {
+                            return Err(LocalError::Io { path: self.probe.local(path), source });
+                        }
                     }
                 }
             }
@@ -107,7 +110,7 @@ impl WriteGate {
             _ if record.deleted => None,
             (FileKind::File, Some(m)) if m.is_file() => Some(StatKey::of(m)),
             (FileKind::Dir, Some(m)) if m.is_dir() => Some(StatKey::of(m)),
-            (FileKind::Symlink { .. }, Some(m)) if m.file_type().is_symlink() => Some(StatKey::of(m)),
+            (FileKind::Symlink { .. }, Some(m)) if m.is_symlink() => Some(StatKey::of(m)),
             _ => None,
         };
         let agrees = if record.deleted { meta.is_none() } else { matching.is_some() };
@@ -212,8 +215,11 @@ impl WriteGate {
                             (c.chunks, Some(stat))
                         }
                         Ok(_) => return Ok(false),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-                        Err(source) => return Err(LocalError::Io { path: self.probe.local(path), source }),
+                        Err(e) if e.is_gone() => return Ok(false),
+                        Err(HashError::Open(e)) => return Err(e.into()),
+                        Err(HashError::Read(source)) => {
+                            return Err(LocalError::Io { path: self.probe.local(path), source });
+                        }
                     },
                 }
             }

@@ -17,10 +17,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use dartsync_shared::key::Identity;
 use dartsync_shared::path::STATE_DIR;
 
+use crate::jail::Jail;
 use crate::local::error::LocalError;
 
 /// Name of the identity file inside `.dartsync/`.
@@ -31,6 +33,19 @@ pub const INDEX_FILE: &str = "index.redb";
 pub const TMP_DIR: &str = "tmp";
 /// Name of the version-history folder inside `.dartsync/`.
 pub const VERSIONS_DIR: &str = "versions";
+
+/// The jails every file-system operation on behalf of the cluster goes
+/// through (see [`crate::jail`]): the synced folder, the downloads in
+/// `.dartsync/tmp` and the history in `.dartsync/versions`. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Jails {
+    /// The synced folder.
+    pub(crate) folder: Arc<Jail>,
+    /// `.dartsync/tmp`: finished downloads are installed from here.
+    pub(crate) tmp: Arc<Jail>,
+    /// `.dartsync/versions`: replaced and deleted files go here.
+    pub(crate) versions: Arc<Jail>,
+}
 
 /// The paths of one synced folder and its state directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +90,15 @@ impl PeerDirs {
         }
         Identity::load_or_create(&dirs.identity)?;
         Ok(dirs)
+    }
+
+    /// Opens the three jails of the folder (see [`Jails`]).
+    pub(crate) fn open_jails(&self) -> Result<Jails, LocalError> {
+        Ok(Jails {
+            folder: Arc::new(Jail::open(&self.root)?),
+            tmp: Arc::new(Jail::open(&self.tmp)?),
+            versions: Arc::new(Jail::open(&self.versions)?),
+        })
     }
 
     /// Loads this node's identity (created by [`PeerDirs::create`]).

@@ -9,6 +9,8 @@ use dartsync_shared::RelPath;
 use dartsync_shared::codec::CodecError;
 use dartsync_shared::key::KeyError;
 
+use crate::jail::JailError;
+
 /// Why an operation on the local state failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
@@ -59,6 +61,9 @@ pub enum LocalError {
         /// The cause.
         source: CodecError,
     },
+    /// A jailed file-system operation failed (see [`JailError`]).
+    #[error(transparent)]
+    Jail(#[from] JailError),
     /// The node identity could not be read or created.
     #[error("identity: {0}")]
     Identity(#[from] KeyError),
@@ -91,4 +96,3 @@ macro_rules! from_redb {
     )*};
 }
 from_redb!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
-

@@ -8,21 +8,25 @@
 //!   inode changes and it has settled (not changed within the quiet period).
 //!
 //! The ignore file itself is never ignored (it syncs, so every peer applies
-//! the same rules). `.dartsync/` cannot be expressed as a
-//! [`dartsync_shared::RelPath`] at all; [`is_state_dir_name`] lets the
-//! walker skip it before a `RelPath` is even built.
+//! the same rules). `.dartsync/` (in any spelling) cannot be expressed as a
+//! [`dartsync_shared::RelPath`] at all; the walker skips it with
+//! [`dartsync_shared::path::is_state_dir_name`] before a `RelPath` is even
+//! built. The ignore file is read through the folder's jail, so a
+//! `.dartsyncignore` that is a symlink is not followed.
 //!
 //! A path is ignored when it or any of its parents matches, so everything
 //! inside an ignored folder is ignored too. This module does no walking and
 //! keeps no list of ignored paths; callers ask per path.
 
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::ignore::gitignore::{Gitignore, GitignoreBuilder};
 use dartsync_shared::RelPath;
-use dartsync_shared::path::STATE_DIR;
 
+use crate::jail::{Jail, Meta};
 use crate::local::stat::{StatKey, changed_within};
 
 /// The gitignore-style file at the folder root.
@@ -35,11 +39,6 @@ pub const BUILTIN_PATTERNS: &[&str] = &["*.swp", "*.swx", "*~", ".#*", ".DS_Stor
 /// Largest `.dartsyncignore` read; the rest of a bigger file is dropped
 /// with a warning (the file comes from disk and may be hostile).
 pub const MAX_IGNORE_FILE_LEN: u64 = 1024 * 1024;
-
-/// True for the name of the state directory (skipped at any depth).
-pub fn is_state_dir_name(name: &str) -> bool {
-    name == STATE_DIR
-}
 
 /// Outcome of [`IgnoreRules::reload_if_changed`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +54,7 @@ pub enum Reload {
 /// The ignore rules of one folder.
 #[derive(Debug)]
 pub struct IgnoreRules {
-    root: PathBuf,
+    jail: Arc<Jail>,
     builtin: Gitignore,
     user: Gitignore,
     /// The ignore file as last loaded; `None` when it did not exist.
@@ -65,8 +64,8 @@ pub struct IgnoreRules {
 impl IgnoreRules {
     /// Loads the built-in rules and `root/.dartsyncignore` (if present).
     /// Bad lines in the ignore file are logged and skipped.
-    pub fn load(root: &Path) -> IgnoreRules {
-        let mut builder = GitignoreBuilder::new(root);
+    pub(crate) fn load(jail: Arc<Jail>) -> IgnoreRules {
+        let mut builder = GitignoreBuilder::new(jail.root());
         for pattern in BUILTIN_PATTERNS {
             if let Err(err) = builder.add_line(None, pattern) {
                 // Static patterns; a failure here is a programming error we
@@ -78,8 +77,8 @@ impl IgnoreRules {
             tracing::error!(%err, "built-in ignore rules failed to build");
             Gitignore::empty()
         });
-        let (user, stamp) = load_user(root);
-        IgnoreRules { root: root.to_owned(), builtin, user, stamp }
+        let (user, stamp) = load_user(&jail);
+        IgnoreRules { jail, builtin, user, stamp }
     }
 
     /// Re-reads the ignore file if it changed (appeared, vanished, or got a
@@ -87,14 +86,14 @@ impl IgnoreRules {
     /// a half-saved file could briefly un-ignore everything, so the old
     /// rules stay until it settles ([`Reload::Pending`]).
     pub fn reload_if_changed(&mut self, quiet: Duration) -> Reload {
-        let meta = std::fs::symlink_metadata(self.root.join(IGNORE_FILE)).ok().filter(|m| m.is_file());
+        let meta = file_meta(&self.jail);
         if meta.as_ref().map(StatKey::of) == self.stamp {
             return Reload::Unchanged;
         }
         if meta.as_ref().is_some_and(|m| changed_within(m, quiet)) {
             return Reload::Pending;
         }
-        let (user, stamp) = load_user(&self.root);
+        let (user, stamp) = load_user(&self.jail);
         self.user = user;
         self.stamp = stamp;
         tracing::info!(rules = self.user.num_ignores(), "reloaded {IGNORE_FILE}");
@@ -113,24 +112,25 @@ impl IgnoreRules {
     }
 }
 
-fn stamp_of(path: &Path) -> Option<StatKey> {
-    std::fs::symlink_metadata(path).ok().filter(|m| m.is_file()).as_ref().map(StatKey::of)
+/// The `lstat` of the ignore file, if it is a regular file.
+fn file_meta(jail: &Jail) -> Option<Meta> {
+    jail.lstat(Path::new(IGNORE_FILE)).ok().flatten().filter(Meta::is_file)
 }
 
-fn load_user(root: &Path) -> (Gitignore, Option<StatKey>) {
-    let path = root.join(IGNORE_FILE);
-    let stamp = stamp_of(&path);
+fn load_user(jail: &Jail) -> (Gitignore, Option<StatKey>) {
+    let path = jail.root().join(IGNORE_FILE);
+    let stamp = file_meta(jail).as_ref().map(StatKey::of);
     if stamp.is_none() {
         return (Gitignore::empty(), None);
     }
-    let text = match read_bounded(&path) {
+    let text = match read_bounded(jail, &path) {
         Ok(text) => text,
         Err(err) => {
             tracing::warn!(path = %path.display(), %err, "cannot read the ignore file; using built-in rules only");
             return (Gitignore::empty(), stamp);
         }
     };
-    let mut builder = GitignoreBuilder::new(root);
+    let mut builder = GitignoreBuilder::new(jail.root());
     for (n, line) in text.lines().enumerate() {
         if let Err(err) = builder.add_line(Some(path.clone()), line) {
             tracing::warn!(line = n + 1, %err, "skipping a bad line of {IGNORE_FILE}");
@@ -145,10 +145,10 @@ fn load_user(root: &Path) -> (Gitignore, Option<StatKey>) {
     }
 }
 
-fn read_bounded(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
+fn read_bounded(jail: &Jail, path: &Path) -> std::io::Result<String> {
+    let file = jail.open_read(Path::new(IGNORE_FILE)).map_err(std::io::Error::other)?;
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?.take(MAX_IGNORE_FILE_LEN + 1).read_to_end(&mut bytes)?;
+    file.take(MAX_IGNORE_FILE_LEN + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_IGNORE_FILE_LEN {
         tracing::warn!(path = %path.display(), "ignore file longer than {MAX_IGNORE_FILE_LEN} bytes; the rest is dropped");
         bytes.truncate(MAX_IGNORE_FILE_LEN as usize);
@@ -170,7 +170,7 @@ mod tests {
     #[test]
     fn builtin_rules() {
         let tmp = tempfile::tempdir().unwrap();
-        let rules = IgnoreRules::load(tmp.path());
+        let rules = IgnoreRules::load(Arc::new(Jail::open(tmp.path()).unwrap()));
         check(
             &rules,
             &[
@@ -190,15 +190,13 @@ mod tests {
                 ("sub/.dartsyncignore", false, false),
             ],
         );
-        assert!(is_state_dir_name(".dartsync"));
-        assert!(!is_state_dir_name(".dartsyncignore"));
     }
 
     #[test]
     fn user_rules_are_loaded_and_reloaded() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join(IGNORE_FILE), "build/\n*.log\n!keep.log\n/top-only\n# comment\n\n").unwrap();
-        let mut rules = IgnoreRules::load(tmp.path());
+        let mut rules = IgnoreRules::load(Arc::new(Jail::open(tmp.path()).unwrap()));
         check(
             &rules,
             &[
@@ -235,7 +233,7 @@ mod tests {
     fn bad_lines_are_skipped_not_fatal() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join(IGNORE_FILE), "a[\n*.bak\n").unwrap();
-        let rules = IgnoreRules::load(tmp.path());
+        let rules = IgnoreRules::load(Arc::new(Jail::open(tmp.path()).unwrap()));
         check(&rules, &[("x.bak", false, true), ("a", false, false)]);
     }
 }

@@ -9,10 +9,9 @@
 //! blocking; callers run it in `spawn_blocking`.
 
 use std::collections::HashSet;
-use std::fs::Metadata;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dartsync_shared::RelPath;
@@ -20,6 +19,7 @@ use dartsync_shared::chunk::{ChunkParams, ChunkedFile, chunk_reader};
 use dartsync_shared::record::link_target_stays_inside;
 use parking_lot::Mutex;
 
+use crate::jail::{Jail, JailError, Meta, rel_path};
 use crate::local::error::LocalError;
 use crate::local::stat::StatKey;
 
@@ -52,24 +52,41 @@ pub(crate) enum Observed {
 }
 
 impl Observed {
-    pub(crate) fn of(meta: Option<&Metadata>) -> Observed {
+    pub(crate) fn of(meta: Option<&Meta>) -> Observed {
         match meta {
             None => Observed::Missing,
             Some(m) if m.is_file() => Observed::File(StatKey::of(m)),
-            Some(m) if m.is_dir() => Observed::Dir { inode: m.ino(), mode: StatKey::of(m).mode },
+            Some(m) if m.is_dir() => Observed::Dir { inode: m.inode, mode: StatKey::of(m).mode },
             Some(m) => Observed::Other(StatKey::of(m)),
         }
     }
 }
 
-/// `lstat` of `path`; `None` when nothing is there.
-pub(crate) fn lstat(path: &Path) -> Result<Option<Metadata>, LocalError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) => Ok(Some(meta)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        // A component is a file now (`a` replaced `a/`): the path is gone.
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Ok(None),
-        Err(source) => Err(LocalError::Io { path: path.to_owned(), source }),
+/// Why a file could not be hashed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HashError {
+    /// It could not be opened (gone, replaced by a folder or link, or a
+    /// parent is a link).
+    #[error(transparent)]
+    Open(JailError),
+    /// Reading it failed.
+    #[error("read: {0}")]
+    Read(std::io::Error),
+}
+
+impl HashError {
+    /// The file is not there (any more) as a regular file of the folder:
+    /// the caller re-checks the path rather than report an error.
+    pub(crate) fn is_gone(&self) -> bool {
+        matches!(
+            self,
+            HashError::Open(
+                JailError::NotFound { .. }
+                    | JailError::WrongKind { .. }
+                    | JailError::SymlinkInPath { .. }
+                    | JailError::NotADirectory { .. }
+            )
+        )
     }
 }
 
@@ -90,7 +107,9 @@ impl<R: Read> Read for Counting<'_, R> {
 /// Reads one folder's entries (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Probe {
-    root: PathBuf,
+    /// The synced folder; every read goes through it, never following a
+    /// symlink.
+    jail: Arc<Jail>,
     pub(crate) params: ChunkParams,
     bytes_hashed: AtomicU64,
     /// Paths already warned about (bounded by [`MAX_WARNED`]).
@@ -98,23 +117,29 @@ pub(crate) struct Probe {
 }
 
 impl Probe {
-    pub(crate) fn new(root: PathBuf, params: ChunkParams) -> Probe {
-        Probe { root, params, bytes_hashed: AtomicU64::new(0), warned: Mutex::new(HashSet::new()) }
+    pub(crate) fn new(jail: Arc<Jail>, params: ChunkParams) -> Probe {
+        Probe { jail, params, bytes_hashed: AtomicU64::new(0), warned: Mutex::new(HashSet::new()) }
     }
 
-    /// The synced folder.
-    pub(crate) fn root(&self) -> &Path {
-        &self.root
+    /// The folder's jail.
+    pub(crate) fn jail(&self) -> &Arc<Jail> {
+        &self.jail
     }
 
-    /// Where `path` lives on disk.
+    /// Where `path` lives on disk (for messages).
     pub(crate) fn local(&self, path: &RelPath) -> PathBuf {
-        path.to_local(&self.root)
+        path.to_local(self.jail.root())
     }
 
-    /// `lstat` of `path` inside the folder.
-    pub(crate) fn lstat(&self, path: &RelPath) -> Result<Option<Metadata>, LocalError> {
-        lstat(&self.local(path))
+    /// `lstat` of `path` inside the folder; `None` when nothing is there,
+    /// and also when a parent is a symlink or a file: such a path does not
+    /// exist *in the folder* (whatever the link points to).
+    pub(crate) fn lstat(&self, path: &RelPath) -> Result<Option<Meta>, LocalError> {
+        match self.jail.lstat(rel_path(path)) {
+            Ok(meta) => Ok(meta),
+            Err(JailError::SymlinkInPath { .. } | JailError::NotADirectory { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Bytes read for hashing since this probe was created.
@@ -131,18 +156,17 @@ impl Probe {
     }
 
     /// Classifies an `lstat` result (reads the target of a symlink).
-    pub(crate) fn classify(&self, path: &RelPath, meta: Option<&Metadata>) -> Disk {
+    pub(crate) fn classify(&self, path: &RelPath, meta: Option<&Meta>) -> Disk {
         let Some(meta) = meta else { return Disk::Missing };
         let stat = StatKey::of(meta);
-        let kind = meta.file_type();
-        if kind.is_file() {
+        if meta.is_file() {
             Disk::File(stat)
-        } else if kind.is_dir() {
+        } else if meta.is_dir() {
             Disk::Dir(stat)
-        } else if kind.is_symlink() {
-            let target = match std::fs::read_link(self.local(path)) {
+        } else if meta.is_symlink() {
+            let target = match self.jail.read_link(rel_path(path)) {
                 Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Disk::Missing,
+                Err(JailError::NotFound { .. }) => return Disk::Missing,
                 Err(e) => {
                     self.warn_once(path.as_str(), "cannot read symlink; skipped", &e);
                     return Disk::Unsyncable(stat);
@@ -163,14 +187,17 @@ impl Probe {
 
     /// Hashes a file whose `lstat` gave `before`; `None` when the file moved
     /// (size, mtime or inode) while it was read.
-    pub(crate) fn hash_file(&self, path: &RelPath, before: &StatKey) -> std::io::Result<Option<ChunkedFile>> {
-        let file = std::fs::File::open(self.local(path))?;
-        let stable = |meta: &Metadata| meta.is_file() && StatKey::of(meta).same_content_stamp(before);
-        if !stable(&file.metadata()?) {
+    /// Opened through the jail: a file behind a symlinked parent is never
+    /// read.
+    pub(crate) fn hash_file(&self, path: &RelPath, before: &StatKey) -> Result<Option<ChunkedFile>, HashError> {
+        let file = self.jail.open_read(rel_path(path)).map_err(HashError::Open)?;
+        let stable = |meta: &Meta| meta.is_file() && StatKey::of(meta).same_content_stamp(before);
+        if !stable(&Meta::of_file(&file).map_err(HashError::Read)?) {
             return Ok(None);
         }
-        let chunked = chunk_reader(Counting { inner: &file, counter: &self.bytes_hashed }, self.params)?;
-        if !stable(&file.metadata()?) || chunked.size != before.size {
+        let chunked = chunk_reader(Counting { inner: &file, counter: &self.bytes_hashed }, self.params)
+            .map_err(HashError::Read)?;
+        if !stable(&Meta::of_file(&file).map_err(HashError::Read)?) || chunked.size != before.size {
             return Ok(None);
         }
         Ok(Some(chunked))

@@ -34,21 +34,21 @@
 //! scan.
 
 use std::collections::{BTreeSet, HashSet};
-use std::fs::Metadata;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dartsync_shared::chunk::{ChunkInfo, ChunkedFile};
+use dartsync_shared::path::is_state_dir_name;
 use dartsync_shared::version::CounterExhausted;
 use dartsync_shared::{ContentHash, FileKind, FileRecord, RelPath, ShortId, VersionVector};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::jail::{JailError, Meta, rel_path};
 use crate::local::commit::WriteGate;
 use crate::local::error::LocalError;
-use crate::local::ignore::{IGNORE_FILE, IgnoreRules, Reload, is_state_dir_name};
+use crate::local::ignore::{IGNORE_FILE, IgnoreRules, Reload};
 use crate::local::index::{Head, IndexEntry};
 use crate::local::probe::{Disk, Observed};
 use crate::local::stat::{StatKey, changed_within};
@@ -169,14 +169,7 @@ impl Scanner {
         changes: mpsc::Sender<FileRecord>,
         shutdown: CancellationToken,
     ) -> Scanner {
-        Scanner {
-            gate,
-            rules: Mutex::new(rules),
-            me: config.me,
-            quiet: config.quiet,
-            changes,
-            shutdown,
-        }
+        Scanner { gate, rules: Mutex::new(rules), me: config.me, quiet: config.quiet, changes, shutdown }
     }
 
     /// Re-reads `.dartsyncignore` if it changed and settled; true when the
@@ -208,7 +201,7 @@ impl Scanner {
         &self,
         path: &RelPath,
         expected: Option<&Head>,
-        meta: Option<&Metadata>,
+        meta: Option<&Meta>,
         force: bool,
     ) -> Result<Plan, LocalError> {
         match self.plan_change(path, expected, meta, force) {
@@ -225,7 +218,7 @@ impl Scanner {
         &self,
         path: &RelPath,
         expected: Option<&Head>,
-        meta: Option<&Metadata>,
+        meta: Option<&Meta>,
         force: bool,
     ) -> Result<Plan, PlanError> {
         let seen = Observed::of(meta);
@@ -280,7 +273,7 @@ impl Scanner {
                     _ if meta.is_some_and(|m| changed_within(m, self.quiet)) => Plan::Defer,
                     _ => match self.gate.probe.hash_file(path, &stat) {
                         Ok(None) => Plan::Defer,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Plan::Defer,
+                        Err(e) if e.is_gone() => Plan::Defer,
                         Err(e) => {
                             self.gate.probe.warn_once(path.as_str(), "cannot read file; skipped", &e);
                             Plan::Nothing
@@ -458,9 +451,9 @@ impl Scanner {
         let mut seen: HashSet<RelPath> = HashSet::new();
         // Folders that could not be listed: their entries are left alone.
         let mut unreadable: Vec<Option<RelPath>> = Vec::new();
-        let mut stack: Vec<(PathBuf, Option<RelPath>)> = Vec::new();
+        let mut stack: Vec<Option<RelPath>> = Vec::new();
         match base {
-            None => stack.push((self.gate.probe.root().to_owned(), None)),
+            None => stack.push(None),
             Some(base) => {
                 let meta = self.gate.probe.lstat(base)?;
                 let is_dir = meta
@@ -473,37 +466,34 @@ impl Scanner {
                 let plan = self.plan(base, heads.get(base), meta.as_ref(), force)?;
                 self.add(plan, base, batch)?;
                 if meta.as_ref().is_some_and(|m| m.is_dir()) {
-                    stack.push((self.gate.probe.local(base), Some(base.clone())));
+                    stack.push(Some(base.clone()));
                 }
             }
         }
-        while let Some((dir, dir_rel)) = stack.pop() {
+        let jail = self.gate.probe.jail();
+        while let Some(dir_rel) = stack.pop() {
             if self.shutdown.is_cancelled() {
                 batch.report.interrupted = true;
                 return Ok(());
             }
-            let entries = match std::fs::read_dir(&dir) {
+            let shown = dir_rel.as_ref().map_or(".", |d| d.as_str()).to_owned();
+            let entries = match jail.read_dir(dir_rel.as_ref().map(rel_path)) {
                 Ok(entries) => entries,
                 Err(e) => {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        self.gate.probe.warn_once(&dir.to_string_lossy(), "cannot list folder", &e);
+                    if !matches!(e, JailError::NotFound { .. }) {
+                        self.gate.probe.warn_once(&shown, "cannot list folder", &e);
                     }
                     unreadable.push(dir_rel);
                     continue;
                 }
             };
             for entry in entries {
-                let entry = match entry {
-                    Ok(entry) => entry,
-                    Err(e) => {
-                        self.gate.probe.warn_once(&dir.to_string_lossy(), "cannot list folder", &e);
-                        unreadable.push(dir_rel.clone());
-                        break;
-                    }
-                };
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else {
-                    self.gate.probe.warn_once(&entry.path().to_string_lossy(), "name is not UTF-8; skipped", &"");
+                let Some(name) = entry.name.to_str() else {
+                    self.gate.probe.warn_once(
+                        &format!("{shown}/{}", entry.name.to_string_lossy()),
+                        "name is not UTF-8; skipped",
+                        &"",
+                    );
                     continue;
                 };
                 if is_state_dir_name(name) {
@@ -516,13 +506,13 @@ impl Scanner {
                 let rel = match rel {
                     Ok(rel) => rel,
                     Err(e) => {
-                        self.gate.probe.warn_once(&entry.path().to_string_lossy(), "name cannot be synced; skipped", &e);
+                        self.gate.probe.warn_once(&format!("{shown}/{name}"), "name cannot be synced; skipped", &e);
                         continue;
                     }
                 };
-                let meta = match entry.metadata() {
+                let meta = match entry.meta {
                     Ok(meta) => meta,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(JailError::NotFound { .. }) => continue,
                     Err(e) => {
                         self.gate.probe.warn_once(rel.as_str(), "cannot stat; skipped", &e);
                         // Not seen, but not known to be gone either.
@@ -537,7 +527,7 @@ impl Scanner {
                 let plan = self.plan(&rel, heads.get(&rel), Some(&meta), force)?;
                 self.add(plan, &rel, batch)?;
                 if meta.is_dir() {
-                    stack.push((entry.path(), Some(rel)));
+                    stack.push(Some(rel));
                 }
             }
         }
@@ -569,7 +559,10 @@ impl Scanner {
 mod tests {
     //! Synchronous scanner tests (no watcher, no runtime tasks): the
     //! end-to-end behaviour with the watcher is tested in `local.rs`.
+    use std::path::PathBuf;
+
     use super::*;
+    use crate::jail::Jail;
     use crate::local::index::Index;
     use crate::local::probe::Probe;
     use dartsync_shared::chunk::ChunkParams;
@@ -588,9 +581,10 @@ mod tests {
         let root = root.canonicalize().unwrap();
         let index = Index::open(&tmp.path().join("index.redb")).unwrap();
         let (tx, rx) = mpsc::channel(10_000);
-        let gate = Arc::new(WriteGate::new(index, Probe::new(root.clone(), ChunkParams::for_piece_len(4096))));
+        let jail = Arc::new(Jail::open(&root).unwrap());
+        let gate = Arc::new(WriteGate::new(index, Probe::new(jail.clone(), ChunkParams::for_piece_len(4096))));
         let config = ScannerConfig { me: ShortId(1), quiet: Duration::ZERO };
-        let scanner = Scanner::new(config, gate, IgnoreRules::load(&root), tx, CancellationToken::new());
+        let scanner = Scanner::new(config, gate, IgnoreRules::load(jail), tx, CancellationToken::new());
         Fixture { _tmp: tmp, root, scanner, rx }
     }
 
@@ -745,7 +739,7 @@ mod tests {
         let mut f = fixture();
         let path = RelPath::new("raced").unwrap();
         std::fs::write(f.root.join("raced"), b"remote content").unwrap();
-        let meta = std::fs::symlink_metadata(f.root.join("raced")).unwrap();
+        let meta = f.scanner.gate.probe.lstat(&path).unwrap().unwrap();
         let Plan::Store(pending) = f.scanner.plan(&path, None, Some(&meta), false).unwrap() else {
             panic!("expected a plan")
         };
@@ -813,7 +807,10 @@ mod tests {
             f.scanner.gate.record_applied(&other, &record, &chunked.chunks),
             Err(LocalError::InvalidRecord { .. })
         ));
-        assert!(matches!(f.scanner.gate.record_applied(&record.path, &record, &[]), Err(LocalError::InvalidRecord { .. })));
+        assert!(matches!(
+            f.scanner.gate.record_applied(&record.path, &record, &[]),
+            Err(LocalError::InvalidRecord { .. })
+        ));
         let mut no_version = record.clone();
         no_version.version = VersionVector::new();
         assert!(f.scanner.gate.adopt_version(&no_version).is_err());

@@ -1,12 +1,14 @@
 //! [`StatKey`]: the one stat stamp of the peer — what a re-`lstat` of a
 //! path is compared with to decide whether its content may have changed
 //! (size, mtime, inode) and whether its permission bits did — plus the two
-//! time helpers every stamp user needs ([`mtime_ns`], [`changed_within`]).
+//! time helper every stamp user needs ([`changed_within`]).
 //!
-//! Pure functions of a `Metadata`; no I/O of their own.
+//! Pure functions of a jail [`Meta`] (an `lstat` or `fstat` taken without
+//! following links); no I/O of their own.
 
-use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::jail::Meta;
 
 /// What a re-stat of a path is compared with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,8 +25,8 @@ pub struct StatKey {
 
 impl StatKey {
     /// The key of an `lstat` result.
-    pub fn of(meta: &std::fs::Metadata) -> StatKey {
-        StatKey { size: meta.len(), mtime_ns: mtime_ns(meta), inode: meta.ino(), mode: meta.mode() & 0o777 }
+    pub(crate) fn of(meta: &Meta) -> StatKey {
+        StatKey { size: meta.size, mtime_ns: meta.mtime_ns, inode: meta.inode, mode: meta.mode & 0o777 }
     }
 
     /// True when size, mtime and inode are the same: the content needs no
@@ -34,20 +36,13 @@ impl StatKey {
     }
 }
 
-/// Modification time of `meta` in nanoseconds since the Unix epoch.
-pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
-    meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
-}
-
 /// True when `meta`'s file changed (mtime or ctime, whichever is later)
 /// less than `quiet` ago: it may still be being written. A writer can set
 /// mtime into the past (`cp -p`, `touch -d`), but every write moves ctime.
-pub(crate) fn changed_within(meta: &std::fs::Metadata, quiet: Duration) -> bool {
-    let ctime_ns = meta.ctime().saturating_mul(1_000_000_000).saturating_add(meta.ctime_nsec());
-    let changed = ctime_ns.max(mtime_ns(meta));
+pub(crate) fn changed_within(meta: &Meta, quiet: Duration) -> bool {
+    let changed = meta.ctime_ns.max(meta.mtime_ns);
     let now =
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
     let age = now.saturating_sub(changed);
     age >= 0 && (age as u128) < quiet.as_nanos()
 }
-

@@ -1,31 +1,37 @@
 //! The apply executor: the file-system operations that make the folder
 //! match a global record. Decisions are made by [`crate::sync::plan::plan`];
-//! this module only carries them out, safely:
+//! this module only carries them out, safely, and only through the jails
+//! ([`crate::jail`]): no symlink is ever followed, on the way to a path or
+//! at it.
 //!
 //! - a downloaded file is renamed over its destination atomically (the path
 //!   never disappears and never shows partial content); the previous
 //!   content is hard-linked (or copied) into the version history first;
-//! - a deleted file is moved into the version history, not unlinked;
+//! - a deleted file or link is moved into the version history, not
+//!   unlinked;
 //! - a deleted folder is removed only when empty; otherwise it is kept and
 //!   the operation reports that it wrote nothing (`Ok(None)`);
-//! - mtime and permission bits are restored from the record.
+//! - mtime and permission bits (`0o777` only) are restored from the record;
+//! - missing parent folders are created (they normally arrive as records of
+//!   their own, parents first); a parent that is a symlink or a file is an
+//!   error that says so ([`ApplyError::is_permanent`]).
 //!
 //! It never decides whether an operation is wanted and never touches the
 //! index.
 
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dartsync_shared::{FileKind, FileRecord};
 
-use crate::sync::history::History;
+use crate::jail::{JailError, rel_path};
+use crate::local::dirs::Jails;
 use crate::sync::error::ApplyError;
+use crate::sync::history::History;
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ApplyError + 'a {
-    move |source| ApplyError::Io { op, path: path.to_owned(), source }
-}
+/// Mode of parent folders the engine has to create before their own record
+/// arrives (the record's mode is applied when it does).
+const PARENT_MODE: u32 = 0o755;
 
 /// The record's mtime as a `SystemTime`.
 pub(crate) fn mtime_of(record: &FileRecord) -> SystemTime {
@@ -37,140 +43,119 @@ pub(crate) fn mtime_of(record: &FileRecord) -> SystemTime {
     }
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<(), ApplyError> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777)).map_err(io_err("chmod", path))
-}
-
-fn sync_dir(dir: &Path) {
-    // Best effort: makes the rename durable; some file systems refuse.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// Makes sure the parent folders of `path` exist.
-fn ensure_parent(path: &Path) -> Result<(), ApplyError> {
-    match path.parent() {
-        Some(parent) => fs::create_dir_all(parent).map_err(io_err("create folder", parent)),
-        None => Ok(()),
-    }
-}
-
-/// Removes whatever is at `path` to make room for a record of another
-/// kind: files go to the history, links are removed, empty folders removed.
-/// `Ok(None)`: a non-empty folder is in the way and was kept; otherwise
-/// where a replaced file went in the history.
-fn clear(root: &Path, history: &History, record: &FileRecord, path: &Path) -> Result<Cleared, ApplyError> {
-    let done = |saved| Ok(Some(saved));
-    let meta = match fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return done(None),
-        Err(e) => return Err(io_err("stat", path)(e)),
-    };
-    if meta.file_type().is_symlink() {
-        fs::remove_file(path).map_err(io_err("remove link", path))?;
-    } else if meta.is_dir() {
-        match fs::remove_dir(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
-                return Ok(None);
-            }
-            Err(e) => return Err(io_err("remove folder", path)(e)),
-        }
-    } else {
-        let saved = history.save(root, &record.path).map_err(io_err("save old version of", path))?;
-        return done(saved);
-    }
-    done(None)
-}
-
 /// What [`apply_metadata`] did: `None` when a non-empty folder is in the
 /// way (it is kept, nothing was written); otherwise where a replaced file
 /// went in the version history, if one was saved.
 pub(crate) type Cleared = Option<Option<PathBuf>>;
 
-/// Applies a folder, symlink or deletion record.
-pub(crate) fn apply_metadata(root: &Path, history: &History, record: &FileRecord) -> Result<Cleared, ApplyError> {
-    let path = record.path.to_local(root);
-    if record.deleted {
-        return clear(root, history, record, &path);
+/// Makes sure the parent folders of `rel` exist (never through a link).
+fn ensure_parent(jails: &Jails, rel: &Path) -> Result<(), JailError> {
+    match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => jails.folder.create_dir_all(parent, PARENT_MODE),
+        None => Ok(()),
     }
+}
+
+/// Removes whatever is at the record's path to make room for a record of
+/// another kind: files and links go to the history, empty folders are
+/// removed, a non-empty folder is kept (`Ok(None)`).
+fn clear(jails: &Jails, history: &History, record: &FileRecord) -> Result<Cleared, ApplyError> {
+    let rel = rel_path(&record.path);
+    let Some(meta) = jails.folder.lstat(rel)? else { return Ok(Some(None)) };
+    if meta.is_dir() {
+        return match jails.folder.remove_empty_dir(rel) {
+            Ok(()) => Ok(Some(None)),
+            Err(JailError::NotEmpty { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        };
+    }
+    Ok(Some(history.save(&jails.folder, &record.path)?))
+}
+
+/// Applies a folder, symlink or deletion record.
+pub(crate) fn apply_metadata(jails: &Jails, history: &History, record: &FileRecord) -> Result<Cleared, ApplyError> {
+    if record.deleted {
+        return clear(jails, history, record);
+    }
+    let rel = rel_path(&record.path);
     let mut saved = None;
     match &record.kind {
         FileKind::Dir => {
-            let meta = fs::symlink_metadata(&path);
-            if meta.as_ref().is_ok_and(|m| !m.is_dir() || m.file_type().is_symlink()) {
-                let Some(cleared) = clear(root, history, record, &path)? else { return Ok(None) };
+            if jails.folder.lstat(rel)?.is_some_and(|m| !m.is_dir()) {
+                let Some(cleared) = clear(jails, history, record)? else { return Ok(None) };
                 saved = cleared;
             }
-            fs::create_dir_all(&path).map_err(io_err("create folder", &path))?;
+            ensure_parent(jails, rel)?;
             // Keep folders traversable by their owner whatever the record says.
-            set_mode(&path, record.mode | 0o700)?;
+            jails.folder.create_dir(rel, (record.mode | 0o700) & 0o777)?;
         }
         FileKind::Symlink { target } => {
-            let Some(cleared) = clear(root, history, record, &path)? else { return Ok(None) };
-            saved = cleared;
-            ensure_parent(&path)?;
-            std::os::unix::fs::symlink(target, &path).map_err(io_err("create symlink", &path))?;
+            ensure_parent(jails, rel)?;
+            if jails.folder.lstat(rel)?.is_some_and(|m| m.is_dir()) {
+                let Some(cleared) = clear(jails, history, record)? else { return Ok(None) };
+                saved = cleared;
+            } else if jails.folder.lstat(rel)?.is_some_and(|m| m.is_file()) {
+                saved = history.preserve(&jails.folder, &record.path)?;
+            }
+            // Replaces a file or link at the path atomically.
+            jails.folder.create_symlink(rel, Path::new(target))?;
+            jails.folder.set_mtime(rel, mtime_of(record))?;
         }
-        FileKind::File => {
-            return Err(ApplyError::Io {
-                op: "apply",
-                path,
-                source: io::Error::other("file content must be installed from a download"),
-            });
-        }
+        FileKind::File => return Err(ApplyError::NotMetadata { path: record.path.clone() }),
     }
     Ok(Some(saved))
 }
 
-/// Moves a verified download into place: restores mtime and mode on the
-/// temp file, keeps the previous content in the history, then renames
-/// atomically over the destination and syncs the folder. Returns where the
-/// previous content went in the history, if there was any.
+/// Applies a new version whose content this peer already has but whose
+/// permission bits differ (a `chmod` elsewhere): sets them (`0o777` only).
+pub(crate) fn apply_mode(jails: &Jails, record: &FileRecord) -> Result<Option<()>, ApplyError> {
+    let rel = rel_path(&record.path);
+    let mode = if record.is_dir() { (record.mode | 0o700) & 0o777 } else { record.mode & 0o777 };
+    jails.folder.set_mode(rel, mode)?;
+    Ok(Some(()))
+}
+
+/// Moves a verified download (`temp`, a name in `.dartsync/tmp`) into
+/// place: keeps the previous content in the history, then sets mode and
+/// mtime, fsyncs and renames atomically over the destination, and fsyncs
+/// the folder. Returns where the previous content went in the history, if
+/// there was any.
 pub(crate) fn install_file(
-    root: &Path,
+    jails: &Jails,
     history: &History,
     record: &FileRecord,
     temp: &Path,
 ) -> Result<Option<PathBuf>, ApplyError> {
-    let dest = record.path.to_local(root);
-    ensure_parent(&dest)?;
-    set_mode(temp, record.mode)?;
-    let file = fs::OpenOptions::new().write(true).open(temp).map_err(io_err("open", temp))?;
-    // The downloader fsynced the content; mtime and mode need no fsync of
-    // their own (a crash at worst leaves an older mtime to re-announce).
-    file.set_times(fs::FileTimes::new().set_modified(mtime_of(record))).map_err(io_err("set mtime of", temp))?;
-    drop(file);
-    let saved = match fs::symlink_metadata(&dest) {
-        Ok(meta) if meta.is_file() => {
-            history.preserve(root, &record.path).map_err(io_err("save old version of", &dest))?
-        }
-        Ok(_) => {
-            if clear(root, history, record, &dest)?.is_none() {
-                return Err(ApplyError::Io {
-                    op: "replace",
-                    path: dest,
-                    source: io::Error::new(io::ErrorKind::DirectoryNotEmpty, "a non-empty folder is in the way"),
-                });
+    let rel = rel_path(&record.path);
+    ensure_parent(jails, rel)?;
+    let saved = match jails.folder.lstat(rel)? {
+        Some(meta) if meta.is_file() => history.preserve(&jails.folder, &record.path)?,
+        Some(meta) if meta.is_dir() => {
+            if clear(jails, history, record)?.is_none() {
+                return Err(ApplyError::FolderInTheWay { path: record.path.clone() });
             }
             None
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io_err("stat", &dest)(e)),
+        // A link or special file is replaced by the rename itself; keep a
+        // link's target text in the history all the same.
+        Some(_) => history.preserve(&jails.folder, &record.path)?,
+        None => None,
     };
-    fs::rename(temp, &dest).map_err(io_err("rename into place", &dest))?;
-    if let Some(parent) = dest.parent() {
-        sync_dir(parent);
-    }
+    let name = temp.file_name().map(Path::new).unwrap_or(temp);
+    jails.folder.install_file(rel, &jails.tmp, name, record.mode & 0o777, mtime_of(record))?;
     Ok(saved)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::Arc;
+
     use dartsync_shared::{ContentHash, RelPath, ShortId, VersionVector};
+
+    use super::*;
+    use crate::jail::Jail;
 
     fn record(path: &str, kind: FileKind, deleted: bool) -> FileRecord {
         FileRecord {
@@ -186,51 +171,104 @@ mod tests {
         }
     }
 
+    struct Fixture {
+        root: tempfile::TempDir,
+        jails: Jails,
+        history: History,
+    }
+
+    fn fixture() -> Fixture {
+        let root = tempfile::tempdir().unwrap();
+        for dir in [".dartsync/tmp", ".dartsync/versions"] {
+            fs::create_dir_all(root.path().join(dir)).unwrap();
+        }
+        let jails = Jails {
+            folder: Arc::new(Jail::open(root.path()).unwrap()),
+            tmp: Arc::new(Jail::open(&root.path().join(".dartsync/tmp")).unwrap()),
+            versions: Arc::new(Jail::open(&root.path().join(".dartsync/versions")).unwrap()),
+        };
+        let history = History::new(jails.versions.clone(), 5);
+        Fixture { root, jails, history }
+    }
+
+    impl Fixture {
+        fn path(&self, p: &str) -> PathBuf {
+            self.root.path().join(p)
+        }
+        fn temp(&self, name: &str, bytes: &[u8]) -> PathBuf {
+            let temp = self.path(".dartsync/tmp").join(name);
+            fs::write(&temp, bytes).unwrap();
+            temp
+        }
+    }
+
     #[test]
     fn install_replaces_atomically_and_keeps_history() {
-        let root = tempfile::tempdir().unwrap();
-        let history = History::new(root.path().join(".dartsync/versions"), 5);
-        let tmp = root.path().join("new.part");
-        fs::write(&tmp, b"new").unwrap();
-        let rec = record("a/b.txt", FileKind::File, false);
-        fs::create_dir_all(root.path().join("a")).unwrap();
-        fs::write(root.path().join("a/b.txt"), b"old").unwrap();
-        install_file(root.path(), &history, &rec, &tmp).unwrap();
-        assert_eq!(fs::read(root.path().join("a/b.txt")).unwrap(), b"new");
-        let meta = fs::metadata(root.path().join("a/b.txt")).unwrap();
+        let f = fixture();
+        let temp = f.temp("new.done", b"new");
+        let mut rec = record("a/b.txt", FileKind::File, false);
+        rec.mode = 0o4755;
+        fs::create_dir_all(f.path("a")).unwrap();
+        fs::write(f.path("a/b.txt"), b"old").unwrap();
+        install_file(&f.jails, &f.history, &rec, &temp).unwrap();
+        assert_eq!(fs::read(f.path("a/b.txt")).unwrap(), b"new");
+        let meta = fs::metadata(f.path("a/b.txt")).unwrap();
         assert_eq!(meta.modified().unwrap(), mtime_of(&rec));
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(meta.permissions().mode() & 0o777, 0o640);
-        let versions = history.versions_of(&rec.path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o755, "setuid never applied");
+        let versions = f.history.versions_of(&rec.path).unwrap();
         assert_eq!(versions.len(), 1);
         assert_eq!(fs::read(&versions[0]).unwrap(), b"old");
     }
 
     #[test]
     fn deletions_go_to_history_and_keep_non_empty_folders() {
-        let root = tempfile::tempdir().unwrap();
-        let history = History::new(root.path().join(".dartsync/versions"), 5);
-        fs::create_dir_all(root.path().join("d/e")).unwrap();
-        fs::write(root.path().join("d/e/f"), b"x").unwrap();
-        let out = apply_metadata(root.path(), &history, &record("d/e", FileKind::Dir, true)).unwrap();
+        let f = fixture();
+        fs::create_dir_all(f.path("d/e")).unwrap();
+        fs::write(f.path("d/e/f"), b"x").unwrap();
+        let out = apply_metadata(&f.jails, &f.history, &record("d/e", FileKind::Dir, true)).unwrap();
         assert_eq!(out, None, "a non-empty folder is kept");
-        let out = apply_metadata(root.path(), &history, &record("d/e/f", FileKind::File, true)).unwrap();
+        let out = apply_metadata(&f.jails, &f.history, &record("d/e/f", FileKind::File, true)).unwrap();
         assert!(out.is_some_and(|saved| saved.is_some()));
-        assert!(!root.path().join("d/e/f").exists());
-        assert_eq!(history.versions_of(&RelPath::new("d/e/f").unwrap()).unwrap().len(), 1);
-        let out = apply_metadata(root.path(), &history, &record("d/e", FileKind::Dir, true)).unwrap();
+        assert!(!f.path("d/e/f").exists());
+        assert_eq!(f.history.versions_of(&RelPath::new("d/e/f").unwrap()).unwrap().len(), 1);
+        let out = apply_metadata(&f.jails, &f.history, &record("d/e", FileKind::Dir, true)).unwrap();
         assert_eq!(out, Some(None));
-        assert!(!root.path().join("d/e").exists());
+        assert!(!f.path("d/e").exists());
     }
 
     #[test]
     fn folders_and_links_are_created() {
-        let root = tempfile::tempdir().unwrap();
-        let history = History::new(root.path().join(".dartsync/versions"), 5);
-        apply_metadata(root.path(), &history, &record("x/y", FileKind::Dir, false)).unwrap();
-        assert!(root.path().join("x/y").is_dir());
+        let f = fixture();
+        apply_metadata(&f.jails, &f.history, &record("x/y", FileKind::Dir, false)).unwrap();
+        assert!(f.path("x/y").is_dir());
         let link = record("x/l", FileKind::Symlink { target: "y".into() }, false);
-        apply_metadata(root.path(), &history, &link).unwrap();
-        assert_eq!(fs::read_link(root.path().join("x/l")).unwrap(), PathBuf::from("y"));
+        apply_metadata(&f.jails, &f.history, &link).unwrap();
+        assert_eq!(fs::read_link(f.path("x/l")).unwrap(), PathBuf::from("y"));
+        assert_eq!(fs::symlink_metadata(f.path("x/l")).unwrap().modified().unwrap(), mtime_of(&link));
+        let mut file = record("x/f", FileKind::File, false);
+        fs::write(f.path("x/f"), b"x").unwrap();
+        file.mode = 0o2600;
+        apply_mode(&f.jails, &file).unwrap();
+        assert_eq!(fs::metadata(f.path("x/f")).unwrap().permissions().mode() & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn nothing_is_written_through_a_symlinked_parent() {
+        let f = fixture();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), f.path("docs")).unwrap();
+        let temp = f.temp("x.done", b"payload");
+        let file = record("docs/x", FileKind::File, false);
+        let err = install_file(&f.jails, &f.history, &file, &temp).unwrap_err();
+        assert!(err.is_permanent(), "{err}");
+        for rec in [
+            record("docs/d", FileKind::Dir, false),
+            record("docs/l", FileKind::Symlink { target: "x".into() }, false),
+            record("docs/x", FileKind::File, true),
+        ] {
+            let err = apply_metadata(&f.jails, &f.history, &rec).unwrap_err();
+            assert!(err.is_permanent(), "{}: {err}", rec.path);
+        }
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0, "something was written outside");
     }
 }

@@ -19,12 +19,12 @@
 //! - One download per path at a time; a newer version cancels the older.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dartsync_shared::error::Retry;
 use dartsync_shared::proto::ptp::{Delta, Holder};
-use dartsync_shared::{FileRecord, PeerId, RelPath};
+use dartsync_shared::{FileRecord, PeerId, RelPath, VersionVector};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::deadlines::Deadlines;
 use crate::local::LocalState;
 use crate::local::commit::Gated;
+use crate::local::dirs::Jails;
 use crate::sync::apply;
 use crate::sync::error::ApplyError;
 use crate::sync::history::History;
@@ -115,7 +116,7 @@ pub struct EngineParts {
 #[derive(Debug)]
 pub struct Engine {
     parts: EngineParts,
-    root: PathBuf,
+    jails: Jails,
     global: HashMap<RelPath, GlobalEntry>,
     active: HashMap<RelPath, Running>,
     jobs: JoinSet<DownloadDone>,
@@ -123,6 +124,10 @@ pub struct Engine {
     dirty: BTreeSet<RelPath>,
     /// Paths waiting to be retried, ordered by when.
     retry: Deadlines<RelPath, Instant>,
+    /// Paths that cannot take their global version here (see
+    /// [`Engine::failed`]), with that version: skipped until another one
+    /// arrives.
+    parked: HashMap<RelPath, VersionVector>,
     /// Paths waiting for a free download slot.
     queued: BTreeSet<RelPath>,
     /// Paths the engine wrote, to re-check once the watcher has settled.
@@ -134,15 +139,16 @@ pub struct Engine {
 impl Engine {
     /// A new engine over `parts`.
     pub fn new(parts: EngineParts) -> Self {
-        let root = parts.local.dirs().root.clone();
+        let jails = parts.local.jails().clone();
         Engine {
             parts,
-            root,
+            jails,
             global: HashMap::new(),
             active: HashMap::new(),
             jobs: JoinSet::new(),
             dirty: BTreeSet::new(),
             retry: Deadlines::default(),
+            parked: HashMap::new(),
             queued: BTreeSet::new(),
             recheck: Deadlines::default(),
             epoch: None,
@@ -221,7 +227,8 @@ impl Engine {
                     tracing::warn!(
                         "the tracker's piece length is {} bytes but this folder is chunked with {:?}; \
                          transfers still work, delta sync is less effective",
-                        welcome.piece_len, ours
+                        welcome.piece_len,
+                        ours
                     );
                 }
                 tracing::debug!(epoch = welcome.epoch, "connected to tracker");
@@ -292,14 +299,18 @@ impl Engine {
         deletions.reverse();
         for path in others.into_iter().chain(deletions) {
             if let Err(e) = self.reconcile(&path).await {
-                tracing::warn!(%path, "cannot apply: {e}; will retry");
-                self.retry.insert(path, Instant::now() + RETRY_EVERY);
+                let permanent = e.is_permanent();
+                self.failed(path, "cannot apply", &e, permanent);
             }
         }
     }
 
     async fn reconcile(&mut self, path: &RelPath) -> Result<(), ApplyError> {
         let Some(global) = self.global.get(path).cloned() else { return Ok(()) };
+        if self.parked.get(path) == Some(&global.record.version) {
+            return Ok(());
+        }
+        self.parked.remove(path);
         let (before, modified) = self.parts.local.local_view(path).await?;
         let action = plan(&global.record, before.as_ref().map(|e| &e.record), modified);
         if action != Action::Download {
@@ -314,15 +325,34 @@ impl Engine {
                 Ok(())
             }
             Action::Adopt => {
-                local.adopt_version(&global.record).await?;
-                self.have(&global.record).await;
+                let record = &global.record;
+                let indexed = before.as_ref().filter(|b| b.record.chunks == record.chunks || !record.is_file());
+                match indexed {
+                    // Same bytes, other permission bits: set them through
+                    // the write gate, which stores the new version.
+                    Some(b) if !record.deleted && b.record.mode != record.mode && b.record.kind == record.kind => {
+                        let (jails, target) = (self.jails.clone(), record.clone());
+                        let op = move || apply::apply_mode(&jails, &target);
+                        let chunks = if record.is_file() { b.chunks.clone() } else { Vec::new() };
+                        if !matches!(
+                            local.apply_if_unmodified(record.clone(), chunks, op).await?,
+                            Gated::Applied { .. }
+                        ) {
+                            return Ok(());
+                        }
+                    }
+                    _ => {
+                        local.adopt_version(record).await?;
+                    }
+                }
+                self.have(record).await;
                 Ok(())
             }
             Action::MakeDir | Action::MakeLink | Action::Delete => {
                 let record = global.record.clone();
                 let op = {
-                    let (root, history, record) = (self.root.clone(), self.parts.history.clone(), record.clone());
-                    move || apply::apply_metadata(&root, &history, &record)
+                    let (jails, history, record) = (self.jails.clone(), self.parts.history.clone(), record.clone());
+                    move || apply::apply_metadata(&jails, &history, &record)
                 };
                 match local.apply_if_unmodified(record.clone(), Vec::new(), op).await? {
                     Gated::Refused => return Ok(()),
@@ -383,7 +413,7 @@ impl Engine {
         self.active.insert(path.clone(), Running { record: global.record.clone(), cancel: cancel.clone() });
         let downloader = self.parts.downloader.clone();
         let installer = Installer {
-            root: self.root.clone(),
+            jails: self.jails.clone(),
             history: self.parts.history.clone(),
             local: self.parts.local.clone(),
             source: self.parts.source.clone(),
@@ -416,8 +446,8 @@ impl Engine {
             Ok(done) => done,
             Err(e) => {
                 if self.global.get(&path).is_some_and(|g| g.record.version == record.version) {
-                    tracing::warn!(%path, "download failed: {e}; will retry");
-                    self.retry.insert(path, Instant::now() + RETRY_EVERY);
+                    let permanent = e.retry() == Retry::Permanent;
+                    self.failed(path, "download failed", &e, permanent);
                 }
                 return;
             }
@@ -451,9 +481,25 @@ impl Engine {
                 self.dirty.insert(path);
             }
             Installed::Failed(e) => {
-                tracing::warn!(%path, "cannot install the downloaded file: {e}; will retry");
-                self.retry.insert(path, Instant::now() + RETRY_EVERY);
+                let permanent = e.is_permanent();
+                self.failed(path, "cannot install the downloaded file", &e, permanent);
             }
+        }
+    }
+
+    /// A path could not be brought in line with its global record. A
+    /// transient failure is retried later; a permanent one (a parent that
+    /// is a symlink or a file, a name too long for this file system, a
+    /// record that cannot be right) is parked: logged once, and left alone
+    /// until a different version of the path arrives.
+    fn failed(&mut self, path: RelPath, what: &str, error: &dyn std::fmt::Display, permanent: bool) {
+        let Some(global) = self.global.get(&path) else { return };
+        if permanent {
+            tracing::warn!(%path, "{what}: {error}; parked until a newer version arrives");
+            self.parked.insert(path, global.record.version.clone());
+        } else {
+            tracing::warn!(%path, "{what}: {error}; will retry");
+            self.retry.insert(path, Instant::now() + RETRY_EVERY);
         }
     }
 
@@ -464,4 +510,3 @@ impl Engine {
             .await;
     }
 }
-

@@ -1,24 +1,31 @@
 //! [`ApplyError`]: why the engine could not make a path match its global
-//! record (a file-system operation, or the local index). Its own module so
-//! `apply`, `install` and the engine share it without importing each other.
+//! record (a jailed file-system operation, or the local index), and whether
+//! trying again can help. Its own module so `apply`, `install` and the
+//! engine share it without importing each other.
 
-use std::io;
-use std::path::PathBuf;
+use dartsync_shared::RelPath;
 
+use crate::jail::JailError;
 use crate::local::LocalError;
 
 /// Why applying a record failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApplyError {
-    /// A file-system operation failed.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// On which path.
-        path: PathBuf,
-        /// The cause.
-        source: io::Error,
+    /// A file-system operation in the folder, its temp folder or its
+    /// history failed.
+    #[error(transparent)]
+    Jail(#[from] JailError),
+    /// A folder with content sits where a file must go.
+    #[error("{path}: a folder with content is in the way")]
+    FolderInTheWay {
+        /// The record's path.
+        path: RelPath,
+    },
+    /// A file record reached the metadata path (a bug, not a disk state).
+    #[error("{path}: file content must be installed from a download")]
+    NotMetadata {
+        /// The record's path.
+        path: RelPath,
     },
     /// The local index or the write gate failed.
     #[error("local index: {0}")]
@@ -27,6 +34,22 @@ pub(crate) enum ApplyError {
 
 impl From<LocalError> for ApplyError {
     fn from(e: LocalError) -> Self {
-        ApplyError::Local(Box::new(e))
+        match e {
+            LocalError::Jail(e) => ApplyError::Jail(e),
+            other => ApplyError::Local(Box::new(other)),
+        }
+    }
+}
+
+impl ApplyError {
+    /// True when retrying the same record cannot help: a parent is a
+    /// symlink or a file, the name is too long or invalid here. The engine
+    /// parks such a path until a different record arrives for it.
+    pub(crate) fn is_permanent(&self) -> bool {
+        match self {
+            ApplyError::Jail(e) => e.is_permanent(),
+            ApplyError::NotMetadata { .. } => true,
+            ApplyError::FolderInTheWay { .. } | ApplyError::Local(_) => false,
+        }
     }
 }

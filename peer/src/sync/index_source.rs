@@ -6,14 +6,17 @@
 //! Every location is a hint; readers verify hashes
 //! ([`crate::transfer::chunk_source::read_verified`]).
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 use dartsync_shared::{ChunkInfo, ContentHash};
 
-use crate::transfer::chunk_source::ChunkSource;
+use crate::jail::JailError;
+use crate::local::dirs::Jails;
 use crate::local::index::Index;
+use crate::transfer::chunk_source::ChunkSource;
 
 /// History chunk locations remembered at most (older ones are forgotten).
 const MAX_HISTORY_CHUNKS: usize = 200_000;
@@ -30,14 +33,16 @@ struct HistoryChunks {
 #[derive(Debug)]
 pub struct IndexSource {
     index: Index,
-    root: PathBuf,
+    /// Candidates are opened through these: the folder for indexed files,
+    /// the history for replaced ones.
+    jails: Jails,
     history: Mutex<HistoryChunks>,
 }
 
 impl IndexSource {
-    /// A source over `index` for the folder `root`.
-    pub fn new(index: Index, root: PathBuf) -> Self {
-        IndexSource { index, root, history: Mutex::new(HistoryChunks::default()) }
+    /// A source over `index` for the folder of `jails`.
+    pub fn new(index: Index, jails: Jails) -> Self {
+        IndexSource { index, jails, history: Mutex::new(HistoryChunks::default()) }
     }
 
     /// Remembers that a file with `content` and `chunks` now lives at
@@ -71,12 +76,26 @@ impl ChunkSource for IndexSource {
             .unwrap_or_default()
             .into_iter()
             .filter(|l| l.len == len)
-            .map(|l| (l.path.to_local(&self.root), l.offset))
+            .map(|l| (l.path.to_local(self.jails.folder.root()), l.offset))
             .collect();
         let h = self.history.lock();
         if let Some(found) = h.chunks.get(hash) {
             out.extend(found.iter().filter(|(_, _, l)| *l == len).map(|(p, o, _)| (p.clone(), *o)));
         }
         out
+    }
+
+    fn open_candidate(&self, path: &Path) -> std::io::Result<File> {
+        let opened = if let Ok(rel) = path.strip_prefix(self.jails.versions.root()) {
+            self.jails.versions.open_read(rel)
+        } else if let Ok(rel) = path.strip_prefix(self.jails.folder.root()) {
+            self.jails.folder.open_read(rel)
+        } else {
+            return Err(std::io::Error::other(format!("{} is outside the folder", path.display())));
+        };
+        opened.map_err(|e| match e {
+            JailError::NotFound { .. } => std::io::Error::from(std::io::ErrorKind::NotFound),
+            other => std::io::Error::other(other),
+        })
     }
 }

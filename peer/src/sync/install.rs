@@ -9,13 +9,13 @@
 //! optimistically. Whatever the outcome, the `.done` temp file is consumed
 //! (renamed into place) or removed.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use dartsync_shared::FileRecord;
 
 use crate::local::LocalState;
 use crate::local::commit::Gated;
+use crate::local::dirs::Jails;
 use crate::sync::apply;
 use crate::sync::error::ApplyError;
 use crate::sync::history::History;
@@ -39,7 +39,7 @@ pub(crate) enum Installed {
 /// clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Installer {
-    pub(crate) root: PathBuf,
+    pub(crate) jails: Jails,
     pub(crate) history: History,
     pub(crate) local: LocalState,
     pub(crate) source: Arc<IndexSource>,
@@ -48,7 +48,7 @@ pub(crate) struct Installer {
 impl Installer {
     /// Moves a verified download into place unless the write gate refuses.
     pub(crate) async fn install(&self, record: &FileRecord, outcome: &DownloadOutcome) -> Installed {
-        let (root, history, temp) = (self.root.clone(), self.history.clone(), outcome.temp_path.clone());
+        let (jails, history, temp) = (self.jails.clone(), self.history.clone(), outcome.temp_path.clone());
         let target = record.clone();
         let previous = self.local.index().clone();
         let result = self
@@ -57,7 +57,7 @@ impl Installer {
                 // The entry being replaced, read under the commit lock so it
                 // is exactly what the history receives.
                 let before = previous.get(&target.path)?;
-                let saved = apply::install_file(&root, &history, &target, &temp)?;
+                let saved = apply::install_file(&jails, &history, &target, &temp)?;
                 Ok::<_, ApplyError>(Some((saved, before)))
             })
             .await;

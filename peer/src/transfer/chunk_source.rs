@@ -38,6 +38,14 @@ pub trait ChunkSource: Send + Sync + 'static {
     /// Absolute local paths + offsets where a chunk with this hash may be
     /// read (candidates; the caller verifies the hash after reading).
     fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)>;
+
+    /// Opens a candidate [`locate`](Self::locate) named, for reading. The
+    /// default opens the path as it is; the peer's index source opens it
+    /// through the folder's jail, so a path whose parent became a symlink
+    /// is never read.
+    fn open_candidate(&self, path: &Path) -> std::io::Result<File> {
+        File::open(path)
+    }
 }
 
 /// Reads `len` bytes at `offset` of `path` and returns them only if they
@@ -45,7 +53,18 @@ pub trait ChunkSource: Send + Sync + 'static {
 /// file or holds other bytes there (changed since indexing); `Err` only for
 /// other I/O errors (callers usually treat both as "not here").
 pub fn read_at_verified(path: &Path, offset: u64, len: u32, hash: &ContentHash) -> std::io::Result<Option<Vec<u8>>> {
-    let file = match File::open(path) {
+    read_opened_at_verified(File::open(path), offset, len, hash)
+}
+
+/// [`read_at_verified`] on a file opened by the caller (`NotFound` means
+/// "not here").
+fn read_opened_at_verified(
+    file: std::io::Result<File>,
+    offset: u64,
+    len: u32,
+    hash: &ContentHash,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let file = match file {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -65,11 +84,17 @@ pub fn read_at_verified(path: &Path, offset: u64, len: u32, hash: &ContentHash) 
     Ok((ContentHash::of(&bytes) == *hash).then_some(bytes))
 }
 
-/// Tries each candidate in turn and returns the first bytes that hash to
+/// Tries each candidate `source` named in turn (opened through
+/// [`ChunkSource::open_candidate`]) and returns the first bytes that hash to
 /// `hash`. I/O errors on one candidate are logged at debug and skipped.
-pub fn read_verified(candidates: &[(PathBuf, u64)], len: u32, hash: &ContentHash) -> Option<Vec<u8>> {
+pub fn read_verified(
+    source: &dyn ChunkSource,
+    candidates: &[(PathBuf, u64)],
+    len: u32,
+    hash: &ContentHash,
+) -> Option<Vec<u8>> {
     for (path, offset) in candidates {
-        match read_at_verified(path, *offset, len, hash) {
+        match read_opened_at_verified(source.open_candidate(path), *offset, len, hash) {
             Ok(Some(bytes)) => return Some(bytes),
             Ok(None) => {
                 tracing::debug!(path = %path.display(), offset, chunk = %hash.fmt_short(), "chunk candidate is stale");
@@ -220,7 +245,7 @@ mod tests {
         let c = f.chunks[2];
         let places = src.locate(&c.hash, c.len);
         assert_eq!(places, vec![(a.clone(), c.offset)]);
-        assert_eq!(read_verified(&places, c.len, &c.hash).unwrap().len(), c.len as usize);
+        assert_eq!(read_verified(&src, &places, c.len, &c.hash).unwrap().len(), c.len as usize);
         src.remove_file(&a);
         assert!(src.chunk_list(&f.content).is_none());
         assert!(src.locate(&c.hash, c.len).is_empty());
@@ -236,7 +261,7 @@ mod tests {
         let c = f.chunks[1];
         // Same length, other bytes: the hash check must reject it.
         std::fs::write(&a, data(50_000, 3)).unwrap();
-        assert!(read_verified(&src.locate(&c.hash, c.len), c.len, &c.hash).is_none());
+        assert!(read_verified(&src, &src.locate(&c.hash, c.len), c.len, &c.hash).is_none());
         // Shorter file: no read past the end.
         std::fs::write(&a, b"short").unwrap();
         assert_eq!(read_at_verified(&a, c.offset, c.len, &c.hash).unwrap(), None);

@@ -52,8 +52,8 @@ use std::time::{Duration, Instant};
 
 use dartsync_shared::chunk::{ChunkParams, chunk_list_hash, chunk_list_is_well_formed};
 use dartsync_shared::key::{ClusterKey, Identity};
-use dartsync_shared::limits::{MAX_CHUNKS_PER_LIST, MAX_PIECE_LEN};
-use dartsync_shared::proto::p2p::{P2pRequest, P2pResponse};
+use dartsync_shared::limits::MAX_PIECE_LEN;
+use dartsync_shared::proto::p2p::{ChunkListAssembler, P2pRequest, P2pResponse};
 use dartsync_shared::proto::ptp::Holder;
 use dartsync_shared::{ChunkInfo, ContentHash, FileRecord, PeerId};
 use tokio::sync::Notify;
@@ -64,8 +64,8 @@ use crate::transfer::chunk_source::ChunkSource;
 use crate::transfer::part::{self, Bitmap, PartState};
 use assemble::{FinishError, finish, prepare};
 pub use error::{DownloadError, HolderError};
-pub use worker::{DownloadLimits, HolderStats};
 use worker::{Conn, Group, Work, WorkerCtx, WorkerEnd};
+pub use worker::{DownloadLimits, HolderStats};
 
 /// One file to fetch.
 #[derive(Debug, Clone)]
@@ -127,9 +127,6 @@ fn list_params() -> ChunkParams {
 
 /// Checks a chunk list against the record it should describe.
 fn check_list(list: &[ChunkInfo], record: &FileRecord) -> Result<(), &'static str> {
-    if list.len() > MAX_CHUNKS_PER_LIST {
-        return Err("too many chunks");
-    }
     if chunk_list_hash(list) != record.chunks {
         return Err("its hash differs from the record's");
     }
@@ -342,29 +339,36 @@ impl Downloader {
         Err(DownloadError::NoChunkList { path: record.path.clone(), failures })
     }
 
+    /// Fetches the chunk list from one holder, page by page (a list of any
+    /// length fits: each page is one bounded frame), and checks it.
     async fn fetch_list(&self, holder: &Holder, record: &FileRecord) -> Result<(Vec<ChunkInfo>, Conn), HolderError> {
         let limits = &self.ctx.limits;
         let mut conn = worker::connect(holder, &self.ctx.key, &self.ctx.identity, limits.connect_timeout).await?;
-        let request = P2pRequest::GetChunkList { path: record.path.clone(), content: record.content };
-        conn.send(&request).await.map_err(HolderError::Channel)?;
-        let response = tokio::time::timeout(limits.request_timeout, conn.recv::<P2pResponse>())
-            .await
-            .map_err(|_| HolderError::Timeout(limits.request_timeout))?
-            .map_err(HolderError::Channel)?
-            .ok_or(HolderError::Closed)?;
-        response.validate().map_err(HolderError::Protocol)?;
-        match response {
-            P2pResponse::ChunkList { content, chunks } => {
-                if content != record.content {
-                    return Err(HolderError::BadChunkList("it describes another content"));
-                }
-                check_list(&chunks, record).map_err(HolderError::BadChunkList)?;
-                Ok((chunks, conn))
+        let mut list = ChunkListAssembler::new(record.content, record.size);
+        while !list.is_complete() {
+            let request = P2pRequest::GetChunkList {
+                path: record.path.clone(),
+                content: record.content,
+                first: list.next_index(),
+                max: limits.chunk_list_page,
+            };
+            conn.send(&request).await.map_err(HolderError::Channel)?;
+            let response = tokio::time::timeout(limits.request_timeout, conn.recv::<P2pResponse>())
+                .await
+                .map_err(|_| HolderError::Timeout(limits.request_timeout))?
+                .map_err(HolderError::Channel)?
+                .ok_or(HolderError::Closed)?;
+            response.validate().map_err(HolderError::Protocol)?;
+            match response {
+                P2pResponse::ChunkList(page) => list.push(page).map_err(HolderError::ChunkList)?,
+                P2pResponse::NotAvailable => return Err(HolderError::NotAvailable),
+                P2pResponse::Busy => return Err(HolderError::Busy),
+                P2pResponse::Chunk { .. } => return Err(HolderError::Unexpected("a chunk instead of a chunk list")),
             }
-            P2pResponse::NotAvailable => Err(HolderError::NotAvailable),
-            P2pResponse::Busy => Err(HolderError::Busy),
-            P2pResponse::Chunk { .. } => Err(HolderError::Unexpected("a chunk instead of a chunk list")),
         }
+        let chunks = list.finish().map_err(HolderError::ChunkList)?;
+        check_list(&chunks, record).map_err(HolderError::BadChunkList)?;
+        Ok((chunks, conn))
     }
 
     /// Step 3: every usable holder fetches from the shared queue until it is

@@ -18,7 +18,7 @@
 //! 8       32          content hash (whole file)
 //! 40      32          chunk-list hash (the record's `chunks`)
 //! 72      8           file size
-//! 80      4           chunk count n (<= MAX_CHUNKS_PER_LIST)
+//! 80      4           chunk count n (<= MAX_CHUNKS_PER_FILE)
 //! 84      ceil(n/8)   bitmap, bit i (LSB first) = chunk i written and verified
 //! ...     32          blake3 of every byte before it
 //! ```
@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dartsync_shared::ContentHash;
-use dartsync_shared::limits::MAX_CHUNKS_PER_LIST;
+use dartsync_shared::limits::MAX_CHUNKS_PER_FILE;
 
 /// Magic bytes opening a state file (format version 1).
 const MAGIC: &[u8; 8] = b"DSPART\0\x01";
@@ -95,7 +95,6 @@ pub(crate) fn parse_temp_name(name: &str) -> Option<(ContentHash, TempKind)> {
     };
     Some((content, kind))
 }
-
 
 /// A fixed-size set of chunk indices.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,7 +158,7 @@ impl PartState {
         out.extend_from_slice(&self.content.0);
         out.extend_from_slice(&self.chunks_hash.0);
         out.extend_from_slice(&self.size.to_le_bytes());
-        let n = u32::try_from(self.done.len).expect("chunk count is bounded by MAX_CHUNKS_PER_LIST");
+        let n = u32::try_from(self.done.len).expect("chunk count is bounded by MAX_CHUNKS_PER_FILE (2^30)");
         out.extend_from_slice(&n.to_le_bytes());
         out.extend_from_slice(&self.done.bits);
         let trailer = blake3::hash(&out);
@@ -180,7 +179,7 @@ impl PartState {
         let chunks_hash = ContentHash(body[40..72].try_into().ok()?);
         let size = u64::from_le_bytes(body[72..80].try_into().ok()?);
         let n = u32::from_le_bytes(body[80..84].try_into().ok()?) as usize;
-        if n > MAX_CHUNKS_PER_LIST || body.len() != HEADER_LEN + n.div_ceil(8) {
+        if n as u64 > MAX_CHUNKS_PER_FILE || body.len() != HEADER_LEN + n.div_ceil(8) {
             return None;
         }
         let done = Bitmap { bits: body[HEADER_LEN..].to_vec(), len: n };
@@ -192,12 +191,13 @@ impl PartState {
     }
 }
 
-/// Reads the state file at `path`; `None` when it is missing, unreadable,
-/// malformed or larger than any valid state.
-pub(crate) fn load_state(path: &Path) -> Option<PartState> {
-    let max = (HEADER_LEN + MAX_CHUNKS_PER_LIST.div_ceil(8) + TRAILER_LEN) as u64;
+/// Reads the state file at `path` of a download of `chunks` chunks; `None`
+/// when it is missing, unreadable, malformed or not exactly the size such a
+/// state has (nothing bigger is ever read).
+pub(crate) fn load_state(path: &Path, chunks: usize) -> Option<PartState> {
+    let expected = (HEADER_LEN + chunks.div_ceil(8) + TRAILER_LEN) as u64;
     let meta = std::fs::metadata(path).ok()?;
-    if !meta.is_file() || meta.len() > max {
+    if !meta.is_file() || meta.len() != expected {
         return None;
     }
     PartState::decode(&std::fs::read(path).ok()?)
@@ -289,11 +289,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = sample(33);
         let path = state_path(dir.path(), &state.content);
-        assert_eq!(load_state(&path), None);
+        assert_eq!(load_state(&path, 33), None);
         save_state(&path, &state).unwrap();
-        assert_eq!(load_state(&path), Some(state));
+        assert_eq!(load_state(&path, 41), None, "a state for another chunk count is not read");
+        assert_eq!(load_state(&path, 33), Some(state));
         std::fs::write(&path, vec![0u8; 10_000_000]).unwrap();
-        assert_eq!(load_state(&path), None);
+        assert_eq!(load_state(&path, 33), None);
     }
 
     #[test]

@@ -46,13 +46,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dartsync_shared::backoff::Backoff;
 use dartsync_shared::channel::{self, ChannelError, ChannelWriter};
 use dartsync_shared::codec::CodecError;
 use dartsync_shared::key::{ClusterKey, Identity};
-use dartsync_shared::limits::MAX_CHUNKS_PER_LIST;
-use dartsync_shared::backoff::Backoff;
 use dartsync_shared::proto::ProtocolError;
-use dartsync_shared::proto::p2p::{P2pRequest, P2pResponse};
+use dartsync_shared::proto::p2p::{ChunkListPage, P2pRequest, P2pResponse};
 use dartsync_shared::{ContentHash, PeerId};
 use parking_lot::Mutex;
 use tokio::io::WriteHalf;
@@ -223,11 +222,13 @@ impl Ctx {
     /// the writer.
     fn start(&self, request: P2pRequest, slots: &Arc<Semaphore>) -> Pending {
         match request {
-            P2pRequest::GetChunkList { content, .. } => {
+            P2pRequest::GetChunkList { content, first, max, .. } => {
                 let source = self.source.clone();
-                let job = tokio::task::spawn_blocking(move || match source.chunk_list(&content) {
-                    Some(chunks) if chunks.len() <= MAX_CHUNKS_PER_LIST => P2pResponse::ChunkList { content, chunks },
-                    _ => P2pResponse::NotAvailable,
+                let job = tokio::task::spawn_blocking(move || {
+                    source
+                        .chunk_list(&content)
+                        .and_then(|chunks| ChunkListPage::of(content, &chunks, first, max))
+                        .map_or(P2pResponse::NotAvailable, P2pResponse::ChunkList)
                 });
                 Pending::Work { job, slots: None }
             }
@@ -304,7 +305,7 @@ fn read_chunk(
     hash: &ContentHash,
     corrupt: bool,
 ) -> P2pResponse {
-    let found = read_verified(&source.locate(hash, len), len, hash)
+    let found = read_verified(source, &source.locate(hash, len), len, hash)
         .or_else(|| read_at_verified(part, offset, len, hash).ok().flatten());
     match found {
         Some(mut bytes) => {

@@ -201,21 +201,11 @@ impl TrackerMessage {
 mod tests {
     use super::*;
     use crate::codec::{decode, encode};
-    use crate::id::{ContentHash, ShortId};
-    use crate::record::FileKind;
+    use crate::id::ShortId;
+    use crate::test_util::RecordBuilder;
 
-    pub(crate) fn sample_record() -> FileRecord {
-        FileRecord {
-            path: RelPath::new("docs/a b.txt").unwrap(),
-            kind: FileKind::File,
-            size: 5,
-            mtime_ns: 1_700_000_000_000_000_000,
-            mode: 0o644,
-            content: ContentHash::of(b"hello"),
-            chunks: ContentHash::of(b"chunks"),
-            version: VersionVector::from_entries([(ShortId(7), 2)]),
-            deleted: false,
-        }
+    fn sample_record() -> FileRecord {
+        RecordBuilder::file("docs/a b.txt").body("hello").vv(&[(7, 2)]).build()
     }
 
     fn peer_messages() -> Vec<PeerMessage> {

@@ -13,7 +13,8 @@ use dartsync_shared::config::TrackerConfig;
 use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::limits::DEFAULT_PIECE_LEN;
 use dartsync_shared::proto::ptp::{Delta, DeltaEntry, PeerMessage, Register, TrackerMessage, Welcome};
-use dartsync_shared::{ContentHash, FileKind, FileRecord, PeerId, RelPath, VersionVector};
+use dartsync_shared::test_util::RecordBuilder;
+use dartsync_shared::{FileRecord, PeerId, VersionVector};
 use dartsync_tracker::{Tracker, TrackerError};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -198,40 +199,18 @@ pub async fn full_table(addr: SocketAddr, key: &ClusterKey) -> BTreeMap<String, 
     table
 }
 
-/// A file record.
+/// A file record (the shape every test here uses, built by the shared
+/// test builder).
 pub fn file(path: &str, body: &str, version: VersionVector, mtime_s: i64) -> FileRecord {
-    FileRecord {
-        path: RelPath::new(path).unwrap(),
-        kind: FileKind::File,
-        size: body.len() as u64,
-        mtime_ns: mtime_s * 1_000_000_000,
-        mode: 0o644,
-        content: ContentHash::of(body.as_bytes()),
-        chunks: ContentHash::of(format!("chunks of {body}").as_bytes()),
-        version,
-        deleted: false,
-    }
+    RecordBuilder::file(path).body(body).version(version).mtime_s(mtime_s).build()
 }
 
 /// A tombstone.
 pub fn tombstone(path: &str, version: VersionVector, mtime_s: i64) -> FileRecord {
-    FileRecord { size: 0, content: ContentHash::empty(), deleted: true, ..file(path, "", version, mtime_s) }
+    RecordBuilder::file(path).version(version).mtime_s(mtime_s).tombstone().build()
 }
 
 /// The version after `peer` edits `known`.
 pub fn edit(known: &VersionVector, peer: PeerId) -> VersionVector {
     known.bumped(peer.short()).expect("test counters are far below the limit")
-}
-
-/// Deterministic pseudo-random bytes (xorshift), no RNG crate needed.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.max(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use dartsync_shared::{ChunkInfo, ContentHash};
 use tokio_util::sync::CancellationToken;
 
+use super::worker::Group;
 use crate::transfer::chunk_source::{ChunkSource, hash_file, read_verified};
 use crate::transfer::part::{self, Bitmap, PartState};
-use super::worker::Group;
 
 /// The result of step 2.
 pub(super) struct Prepared {
@@ -52,7 +52,7 @@ pub(super) fn prepare(
     let at_part = |e| (part.clone(), e);
     let file = part::open_part(&part).map_err(at_part)?;
     let current_len = file.metadata().map_err(at_part)?.len();
-    let previous = part::load_state(&part::state_path(tmp_dir, &header.content)).filter(|s| {
+    let previous = part::load_state(&part::state_path(tmp_dir, &header.content), chunks.len()).filter(|s| {
         s.content == header.content
             && s.chunks_hash == header.chunks_hash
             && s.size == header.size
@@ -96,7 +96,7 @@ pub(super) fn prepare(
         }
         let bytes = match group.members.iter().find(|&&i| done.get(i)) {
             Some(&i) => read_part_chunk(&file, &chunks[i]).map_err(at_part)?,
-            None => read_verified(&source.locate(&group.hash, group.len), group.len, &group.hash),
+            None => read_verified(source, &source.locate(&group.hash, group.len), group.len, &group.hash),
         };
         let Some(bytes) = bytes else {
             missing.push(g);
@@ -141,4 +141,3 @@ pub(super) fn finish(file: &File, tmp_dir: &Path, content: &ContentHash) -> Resu
     part::sync_dir(tmp_dir).map_err(at(tmp_dir))?;
     Ok(done)
 }
-

@@ -10,6 +10,7 @@ use std::time::Duration;
 use dartsync_shared::channel::ChannelError;
 use dartsync_shared::error::Retry;
 use dartsync_shared::proto::ProtocolError;
+use dartsync_shared::proto::p2p::ChunkListError;
 use dartsync_shared::{ContentHash, PeerId, RelPath};
 
 /// Why a holder was dropped from one download. Lies (see
@@ -40,6 +41,10 @@ pub enum HolderError {
     /// The chunk list does not match the record.
     #[error("bad chunk list: {0}")]
     BadChunkList(&'static str),
+    /// A page of the chunk list does not fit the pages before it or the
+    /// record's size.
+    #[error("bad chunk list page: {0}")]
+    ChunkList(ChunkListError),
     /// A chunk failed its hash check.
     #[error("chunk at offset {offset} failed its hash check")]
     HashMismatch {
@@ -71,6 +76,7 @@ impl HolderError {
             self,
             HolderError::HashMismatch { .. }
                 | HolderError::BadChunkList(_)
+                | HolderError::ChunkList(_)
                 | HolderError::Unexpected(_)
                 | HolderError::Protocol(_)
         )
@@ -157,4 +163,3 @@ impl DownloadError {
         }
     }
 }
-

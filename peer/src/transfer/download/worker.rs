@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use dartsync_shared::channel::{self, ChannelReader, ChannelWriter, SecureChannel};
 use dartsync_shared::key::{ClusterKey, Identity};
+use dartsync_shared::limits::CHUNK_LIST_PAGE;
 use dartsync_shared::proto::p2p::{P2pRequest, P2pResponse};
 use dartsync_shared::proto::ptp::Holder;
 use dartsync_shared::{ChunkInfo, ContentHash, PeerId};
@@ -65,6 +66,9 @@ pub struct DownloadLimits {
     /// Progress is made durable (fsync + state file) after this many new
     /// bytes; a killed peer re-fetches at most about this much.
     pub persist_every_bytes: u64,
+    /// Chunk-list entries asked for per request (holders answer at most
+    /// [`CHUNK_LIST_PAGE`]); tests lower it to exercise paging.
+    pub chunk_list_page: u32,
 }
 
 impl Default for DownloadLimits {
@@ -77,6 +81,7 @@ impl Default for DownloadLimits {
             busy_backoff_max: Duration::from_secs(1),
             busy_give_up: Duration::from_secs(120),
             persist_every_bytes: 8 * 1024 * 1024,
+            chunk_list_page: CHUNK_LIST_PAGE,
         }
     }
 }
@@ -103,7 +108,6 @@ impl HolderStats {
         HolderStats { peer_id: holder.peer_id, addr: holder.addr, chunks: 0, bytes: 0, busy: 0, dropped: None }
     }
 }
-
 
 /// An established connection to a holder.
 pub(crate) type Conn = SecureChannel<TcpStream>;
