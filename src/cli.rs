@@ -74,6 +74,11 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub versions_keep: Option<usize>,
 
+    /// Peer: neither apply nor announce permission bits (for folders on
+    /// vfat, exFAT or NTFS): files this peer writes get 0644, folders 0755.
+    #[arg(long)]
+    pub ignore_perms: bool,
+
     /// Test only: serve corrupted chunks (a lying holder).
     #[arg(long, hide = true)]
     pub test_corrupt_chunks: bool,
@@ -81,6 +86,10 @@ pub struct Cli {
     /// Test only: delay every served chunk by this many milliseconds.
     #[arg(long, hide = true, value_name = "MS")]
     pub test_serve_delay_ms: Option<u64>,
+
+    /// Test only: ask holders for chunk lists in pages of at most N entries.
+    #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub test_chunk_list_page: Option<u32>,
 
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

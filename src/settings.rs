@@ -105,11 +105,15 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         if let Some(v) = cli.versions_keep {
             cfg.versions_keep = v;
         }
+        if cli.ignore_perms {
+            cfg.ignore_perms = true;
+        }
         cfg.folder = absolute(&cfg.folder)?;
         cfg.validate()?;
         let hooks = dartsync_peer::TestHooks {
             corrupt_chunks: cli.test_corrupt_chunks,
             serve_delay: std::time::Duration::from_millis(cli.test_serve_delay_ms.unwrap_or(0)),
+            chunk_list_page: cli.test_chunk_list_page,
         };
         return Ok(Mode::Peer { config: cfg, key_file, hooks });
     }

@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use dartsync_shared::test_util::{det_bytes, eventually};
+
 use crate::util::{Proc, run, wait_until};
 
 /// Default time allowed for a cluster to converge.
@@ -206,41 +208,53 @@ impl Cluster {
 
     /// Waits until every running peer's tree equals `expected`.
     pub fn wait_tree(&self, expected: &Tree, timeout: Duration) {
-        let peers = self.running();
-        let mut last = Vec::new();
-        let ok = poll(timeout, || {
-            last = peers.iter().map(|i| (*i, snapshot(&self.folder(*i)))).collect();
-            last.iter().all(|(_, t)| t == expected)
-        });
-        if !ok {
-            for (i, tree) in &last {
+        let done = |trees: &[(usize, Tree)]| trees.iter().all(|(_, t)| t == expected);
+        self.wait_trees(timeout, "peers to converge to the expected tree", done, |trees| {
+            for (i, tree) in trees {
                 if tree != expected {
                     eprintln!("peer{i} differs: {}", diff(expected, tree));
                 }
             }
-            self.dump_logs();
-            panic!("peers did not converge to the expected tree within {timeout:?}");
-        }
+        });
     }
 
     /// Waits until every running peer has the same tree as peer `reference`,
     /// and returns it.
     pub fn wait_converged(&self, reference: usize, timeout: Duration) -> Tree {
-        let peers = self.running();
-        let mut trees = Vec::new();
-        let ok = poll(timeout, || {
-            trees = peers.iter().map(|i| (*i, snapshot(&self.folder(*i)))).collect();
-            trees.iter().all(|(_, t)| t == &trees[0].1)
-        });
-        if !ok {
+        let done = |trees: &[(usize, Tree)]| trees.iter().all(|(_, t)| t == &trees[0].1);
+        let mut trees = self.wait_trees(timeout, "peers to converge", done, |trees| {
             for (i, tree) in &trees[1..] {
                 eprintln!("peer{i} vs peer{}: {}", trees[0].0, diff(&trees[0].1, tree));
             }
-            self.dump_logs();
-            panic!("peers did not converge within {timeout:?}");
-        }
+        });
         let _ = reference;
         trees.swap_remove(0).1
+    }
+
+    /// Snapshots the running peers' trees until `done` holds for them and
+    /// returns the last snapshots. At the deadline prints `explain` of the
+    /// last snapshots and every log, then fails naming `what`.
+    fn wait_trees(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[(usize, Tree)]) -> bool,
+        explain: impl Fn(&[(usize, Tree)]),
+    ) -> Vec<(usize, Tree)> {
+        let peers = self.running();
+        let mut last = Vec::new();
+        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            eventually(timeout, what, || {
+                last = peers.iter().map(|i| (*i, snapshot(&self.folder(*i)))).collect();
+                done(&last)
+            })
+        }));
+        if let Err(timed_out) = waited {
+            explain(&last);
+            self.dump_logs();
+            std::panic::resume_unwind(timed_out);
+        }
+        last
     }
 
     /// Prints every process's log (on failure).
@@ -262,20 +276,6 @@ impl Cluster {
     /// Every "synced" log line of peer `i` mentioning `path`.
     pub fn synced_lines(&self, i: usize, path: &str) -> Vec<String> {
         self.peer(i).lines().into_iter().filter(|l| l.contains("synced ") && l.contains(path)).collect()
-    }
-}
-
-/// Polls `cond` every 50 ms until it holds (true) or `timeout` passes (false).
-pub fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -305,16 +305,8 @@ pub fn write(root: &Path, rel: &str, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }
 
-/// Deterministic pseudo-random bytes.
+/// `len` deterministic pseudo-random bytes for `seed` (`test_util::det_bytes`,
+/// in the argument order of these tests).
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    det_bytes(seed, len)
 }

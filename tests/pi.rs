@@ -25,6 +25,7 @@ use std::time::Duration;
 use dartsync_shared::channel;
 use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::proto::ptp::{PeerMessage, Register, TrackerMessage};
+use dartsync_shared::test_util::within;
 use nix::sys::signal::Signal;
 
 use crate::util::{Proc, bin, run};
@@ -269,9 +270,8 @@ fn emulated_tracker_welcomes_a_native_peer() {
         assert!(addr.ip().is_loopback(), "{addr}");
 
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let answer = rt
-            .block_on(async { tokio::time::timeout(Duration::from_secs(30), register(addr, &key)).await })
-            .unwrap_or_else(|_| panic!("{}: no answer to Register within 30 s", target.triple));
+        let what = format!("{}: an answer to Register", target.triple);
+        let answer = rt.block_on(within(Duration::from_secs(30), &what, register(addr, &key)));
         match answer {
             TrackerMessage::Welcome(welcome) => {
                 assert_eq!(welcome.interval_ms, 5000, "{}: {welcome:?}", target.triple);

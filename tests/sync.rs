@@ -142,7 +142,28 @@ fn multi_source_download_uses_every_holder() {
     fs::create_dir_all(cluster.folder(3)).unwrap();
     cluster.start_peer(3);
     cluster.wait_tree(&expected, Duration::from_secs(120));
-    let lines = cluster.synced_lines(3, "shared.bin");
-    let line = lines.last().expect("synced line");
+    // The log line follows the rename into place by a moment.
+    let line = cluster.peer(3).wait_for_line("synced shared.bin", CONVERGE);
     assert!(line.contains("fetched from 3 peers"), "not multi-source: {line}");
+}
+
+#[test]
+fn a_chunk_list_of_many_pages_syncs_end_to_end() {
+    // The smallest piece length makes a 2 MiB file about 500 chunks; the
+    // joiners ask for chunk lists 16 entries at a time, so every download
+    // assembles its list from some 30 pages.
+    let mut cluster = Cluster::start(Options { peers: 1, piece_len: Some(4 * 1024), ..Options::default() });
+    let bytes = random_bytes(2 * MIB, 11);
+    write(&cluster.folder(0), "paged.bin", &bytes);
+    let expected = snapshot(&cluster.folder(0));
+    for i in 1..4 {
+        fs::create_dir_all(cluster.folder(i)).unwrap();
+        cluster.start_peer_with(i, &["--test-chunk-list-page", "16"]);
+    }
+    cluster.wait_tree(&expected, Duration::from_secs(120));
+    for i in 1..4 {
+        // The log line follows the rename into place by a moment.
+        let line = cluster.peer(i).wait_for_line("synced paged.bin", CONVERGE);
+        assert_eq!(fetched_bytes(&line), bytes.len() as u64, "peer{i}: {line}");
+    }
 }

@@ -173,3 +173,54 @@ fn the_cycle_finder_finds_cycles() {
     );
     assert_eq!(refs, ["local::error", "local::error"]);
 }
+
+/// The non-test part of a source file (before its `#[cfg(test)] mod tests`).
+fn non_test_code(text: &str) -> &str {
+    text.find("#[cfg(test)]\nmod tests").map_or(text, |at| &text[..at])
+}
+
+#[test]
+fn synced_paths_are_touched_only_through_the_jail() {
+    // The peer's local state and sync engine reach the synced folder only
+    // through `peer::jail` (which never follows a symlink); `local/dirs.rs`
+    // lays out `.dartsync/` itself, before any jail exists.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("peer/src");
+    let mut files = Vec::new();
+    for dir in ["local", "sync"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    files.push(root.join("local.rs"));
+    files.push(root.join("sync.rs"));
+    files.retain(|f| !f.ends_with("local/dirs.rs") && !f.ends_with("local/tests.rs"));
+    assert!(files.len() > 10, "found only {} files", files.len());
+    let forbidden = [
+        "fs::read",
+        "fs::write",
+        "fs::remove",
+        "fs::rename",
+        "fs::create",
+        "fs::set_",
+        "fs::metadata",
+        "fs::symlink_metadata",
+        "fs::hard_link",
+        "fs::copy",
+        "fs::canonicalize",
+        "File::open",
+        "File::create",
+        "OpenOptions",
+    ];
+    let mut offenders = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (n, line) in non_test_code(&text).lines().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            if let Some(what) = forbidden.iter().find(|f| code.contains(*f)) {
+                offenders.push(format!("{}:{}: {what}: {code}", file.display(), n + 1));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "file-system calls outside the jail:\n{}", offenders.join("\n"));
+}

@@ -10,7 +10,8 @@ use std::time::Duration;
 use dartsync_shared::channel::{self, ChannelReader, ChannelWriter};
 use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::proto::ptp::{Delta, PeerMessage, Register, TrackerMessage, Welcome};
-use dartsync_shared::{ContentHash, FileKind, FileRecord, RelPath, VersionVector};
+use dartsync_shared::test_util::{RecordBuilder, rel, within};
+use dartsync_shared::{FileRecord, VersionVector};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
@@ -38,9 +39,8 @@ async fn register(addr: SocketAddr, key: &ClusterKey, id: &Identity, seen_seq: u
 }
 
 async fn recv(reader: &mut Reader) -> TrackerMessage {
-    tokio::time::timeout(Duration::from_secs(20), reader.recv())
+    within(Duration::from_secs(20), "a tracker message", reader.recv())
         .await
-        .expect("tracker silent")
         .expect("channel error")
         .expect("tracker closed the connection")
 }
@@ -59,17 +59,7 @@ async fn read_until(peer: &mut Peer, seq: u64, table: &mut BTreeMap<String, (Fil
 }
 
 fn record(path: &str, body: &str, version: VersionVector, deleted: bool) -> FileRecord {
-    FileRecord {
-        path: RelPath::new(path).unwrap(),
-        kind: FileKind::File,
-        size: if deleted { 0 } else { body.len() as u64 },
-        mtime_ns: 1_700_000_000_000_000_000 + body.len() as i64,
-        mode: 0o644,
-        content: if deleted { ContentHash::empty() } else { ContentHash::of(body.as_bytes()) },
-        chunks: ContentHash::of(body.as_bytes()),
-        version,
-        deleted,
-    }
+    RecordBuilder::file(path).body(body).version(version).deleted(deleted).build()
 }
 
 #[test]
@@ -113,7 +103,7 @@ fn tracker_killed_with_sigkill_keeps_committed_records_and_tombstones() {
         read_until(&mut pa, 53, &mut table).await;
         // A holder-only change takes seq 54 without a record write: the
         // restarted tracker must still never hand out 54 again.
-        let have = PeerMessage::Have { path: RelPath::new("dir/f20").unwrap(), version: va.clone() };
+        let have = PeerMessage::Have { path: rel("dir/f20"), version: va.clone() };
         pb.writer.send(&have).await.unwrap();
         let deltas = read_until(&mut pa, 54, &mut table).await;
         (epoch, deltas.last().unwrap().to_seq, table)

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -17,14 +17,9 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_dartsync"))
 }
 
-/// Polls `cond` every 20 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+/// Polls `cond` until it holds; panics naming `what` once `timeout` has
+/// passed (the workspace's one poller, `test_util::eventually`).
+pub use dartsync_shared::test_util::eventually as wait_until;
 
 /// Runs `dartsync` to completion with `args`; returns (status, stdout, stderr).
 pub fn run(args: &[&str], env: &[(&str, &Path)]) -> (std::process::ExitStatus, String, String) {

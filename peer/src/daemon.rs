@@ -33,6 +33,9 @@ pub struct TestHooks {
     pub corrupt_chunks: bool,
     /// Delay every chunk served by this long (a slow holder).
     pub serve_delay: Duration,
+    /// Ask holders for chunk lists in pages of at most this many entries
+    /// (exercises paging with small files).
+    pub chunk_list_page: Option<u32>,
 }
 
 /// A chunk source that answers every chunk lookup late: makes this peer a
@@ -147,6 +150,7 @@ pub async fn run(
     let mut local_cfg = LocalConfig::new(me.short());
     local_cfg.piece_len = piece_len;
     local_cfg.rescan = config.rescan;
+    local_cfg.ignore_perms = config.ignore_perms;
     let (local, changes) = LocalState::start(folder, local_cfg, tasks.clone()).await?;
 
     let listener = transfer::bind(config.listen).await?;
@@ -169,7 +173,11 @@ pub async fn run(
         identity.clone(),
         source.clone(),
         local.dirs().tmp.clone(),
-        DownloadLimits { in_flight_per_holder: config.upload_slots_per_peer.clamp(1, 4), ..DownloadLimits::default() },
+        DownloadLimits {
+            in_flight_per_holder: config.upload_slots_per_peer.clamp(1, 4),
+            chunk_list_page: hooks.chunk_list_page.unwrap_or(DownloadLimits::default().chunk_list_page),
+            ..DownloadLimits::default()
+        },
     ));
 
     let mut supervised: JoinSet<TaskResult> = JoinSet::new();
@@ -208,6 +216,7 @@ pub async fn run(
         me,
         max_parallel_downloads: config.max_parallel_downloads,
         chunked_with: piece_len,
+        ignore_perms: config.ignore_perms,
     });
     let engine_cancel = tasks.clone();
     supervised.spawn(async move {

@@ -82,6 +82,10 @@ pub struct LocalConfig {
     /// Watcher debounce; also the quiet period: a file modified more
     /// recently than this is not hashed yet (it may still be written).
     pub debounce: Duration,
+    /// Do not announce permission bits: every file reads as 0644 and every
+    /// folder as 0755, so a local `chmod` is no change (file systems
+    /// without Unix modes).
+    pub ignore_perms: bool,
 }
 
 impl LocalConfig {
@@ -93,7 +97,13 @@ impl LocalConfig {
     /// A configuration with the default piece length, rescan interval and
     /// debounce.
     pub fn new(me: ShortId) -> LocalConfig {
-        LocalConfig { piece_len: DEFAULT_PIECE_LEN, rescan: Self::DEFAULT_RESCAN, me, debounce: Self::DEFAULT_DEBOUNCE }
+        LocalConfig {
+            piece_len: DEFAULT_PIECE_LEN,
+            rescan: Self::DEFAULT_RESCAN,
+            me,
+            debounce: Self::DEFAULT_DEBOUNCE,
+            ignore_perms: false,
+        }
     }
 }
 
@@ -106,6 +116,8 @@ enum Command {
 struct Inner {
     dirs: PeerDirs,
     jails: Jails,
+    /// The folder's file system ignores letter case.
+    case_insensitive: bool,
     index: Index,
     gate: Arc<WriteGate>,
     commands: mpsc::Sender<Command>,
@@ -137,6 +149,7 @@ pub struct LocalState {
 pub struct OpenFolder {
     dirs: PeerDirs,
     jails: Jails,
+    case_insensitive: bool,
     index: Index,
     identity: Identity,
     piece_len: Option<u32>,
@@ -149,10 +162,14 @@ impl OpenFolder {
     pub fn open(root: &std::path::Path) -> Result<OpenFolder, LocalError> {
         let dirs = PeerDirs::create(root)?;
         let jails = dirs.open_jails()?;
+        let case_insensitive = dirs.is_case_insensitive()?;
+        if case_insensitive {
+            tracing::info!("{} ignores letter case: paths differing only in case are kept apart", dirs.root.display());
+        }
         let identity = dirs.load_identity()?;
         let index = Index::open(&dirs.index)?;
         let piece_len = index.piece_len()?;
-        Ok(OpenFolder { dirs, jails, index, identity, piece_len })
+        Ok(OpenFolder { dirs, jails, case_insensitive, index, identity, piece_len })
     }
 
     /// The folder layout.
@@ -184,12 +201,12 @@ impl LocalState {
         cfg: LocalConfig,
         shutdown: CancellationToken,
     ) -> Result<(LocalState, mpsc::Receiver<FileRecord>), LocalError> {
-        let OpenFolder { dirs, jails, index, piece_len: stored_piece_len, .. } = folder;
+        let OpenFolder { dirs, jails, case_insensitive, index, piece_len: stored_piece_len, .. } = folder;
         let folder_jail = jails.folder.clone();
         let rules = tokio::task::spawn_blocking(move || IgnoreRules::load(folder_jail)).await?;
 
         let (changes_tx, changes_rx) = mpsc::channel(CHANGES_CAPACITY);
-        let probe = Probe::new(jails.folder.clone(), ChunkParams::for_piece_len(cfg.piece_len));
+        let probe = Probe::new(jails.folder.clone(), ChunkParams::for_piece_len(cfg.piece_len), cfg.ignore_perms);
         let gate = Arc::new(WriteGate::new(index.clone(), probe));
         let scanner_config = ScannerConfig { me: cfg.me, quiet: cfg.debounce };
         let scanner = Arc::new(Scanner::new(scanner_config, gate.clone(), rules, changes_tx, shutdown.clone()));
@@ -235,7 +252,8 @@ impl LocalState {
         let tasks = TaskTracker::new();
         tasks.spawn(task.run());
         tasks.close();
-        let inner = Inner { dirs, jails, index, gate, commands: commands_tx, wakeup, scans: scans_rx, tasks };
+        let inner =
+            Inner { dirs, jails, case_insensitive, index, gate, commands: commands_tx, wakeup, scans: scans_rx, tasks };
         Ok((LocalState { inner: Arc::new(inner) }, changes_rx))
     }
 
@@ -247,6 +265,11 @@ impl LocalState {
     /// The jails every write on behalf of the cluster goes through.
     pub(crate) fn jails(&self) -> &Jails {
         &self.inner.jails
+    }
+
+    /// Whether the folder's file system ignores letter case.
+    pub(crate) fn case_insensitive(&self) -> bool {
+        self.inner.case_insensitive
     }
 
     /// The index (synchronous: call it from `spawn_blocking`).

@@ -8,6 +8,7 @@
 //! neither imports this.
 
 pub(crate) mod apply;
+mod case_names;
 pub(crate) mod engine;
 mod error;
 pub(crate) mod history;

@@ -19,7 +19,8 @@ use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::limits::{CHUNK_LIST_PAGE, MAX_CHUNK_LEN};
 use dartsync_shared::proto::p2p::{ChunkListPage, P2pRequest, P2pResponse};
 use dartsync_shared::proto::ptp::Holder;
-use dartsync_shared::{ChunkInfo, ContentHash, FileKind, FileRecord, PeerId, RelPath, ShortId, VersionVector};
+use dartsync_shared::test_util::{RecordBuilder, det_bytes, eventually_async, rel, within};
+use dartsync_shared::{ChunkInfo, ContentHash, FileRecord, PeerId};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,25 +39,8 @@ fn params() -> ChunkParams {
     ChunkParams::for_piece_len(PIECE)
 }
 
-/// Deterministic pseudo-random bytes.
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut out);
-    out
-}
-
 fn record(path: &str, chunked: &ChunkedFile) -> FileRecord {
-    FileRecord {
-        path: RelPath::new(path).unwrap(),
-        kind: FileKind::File,
-        size: chunked.size,
-        mtime_ns: 1,
-        mode: 0o644,
-        content: chunked.content,
-        chunks: chunked.chunks_hash,
-        version: VersionVector::from_entries([(ShortId(1), 1)]),
-        deleted: false,
-    }
+    RecordBuilder::file(path).chunked(chunked).build()
 }
 
 /// A folder with files, indexed by a `MemoryChunkSource`.
@@ -85,6 +69,23 @@ impl Site {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+}
+
+/// How most tests start: a cluster key and a site holding one file `f` of
+/// `len` deterministic bytes, with its chunking and record.
+struct OneFile {
+    key: ClusterKey,
+    bytes: Vec<u8>,
+    chunked: ChunkedFile,
+    rec: FileRecord,
+    site: Site,
+}
+
+fn one_file(seed: u64, len: usize) -> OneFile {
+    let bytes = det_bytes(seed, len);
+    let site = Site::new(&[("f", &bytes)]);
+    let chunked = chunk_bytes(&bytes, params());
+    OneFile { key: ClusterKey::generate(), rec: record("f", &chunked), bytes, chunked, site }
 }
 
 /// A piece server running as a task.
@@ -128,7 +129,7 @@ impl Server {
     async fn stop(mut self) {
         self.stop.cancel();
         let task = self.task.take().unwrap();
-        tokio::time::timeout(DEADLINE, task).await.expect("server did not stop").expect("server task panicked");
+        within(DEADLINE, "the server to stop", task).await.expect("server task panicked");
     }
 }
 
@@ -148,9 +149,7 @@ fn empty_source() -> Arc<dyn ChunkSource> {
 
 async fn download(d: &Downloader, record: &FileRecord, holders: Vec<Holder>) -> Result<DownloadOutcome, DownloadError> {
     let job = DownloadJob { record: record.clone(), holders };
-    tokio::time::timeout(Duration::from_secs(120), d.download(job, CancellationToken::new()))
-        .await
-        .expect("download hung")
+    within(Duration::from_secs(120), "the download", d.download(job, CancellationToken::new())).await
 }
 
 fn check_outcome(outcome: &DownloadOutcome, expected: &[u8]) {
@@ -167,14 +166,6 @@ fn names(dir: &Path) -> Vec<String> {
     };
     out.sort();
     out
-}
-
-async fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// An address nothing listens on.
@@ -350,7 +341,7 @@ impl ChunkSource for AnyContent {
 #[tokio::test]
 async fn a_chunk_list_of_many_pages_is_fetched_page_by_page() {
     let key = ClusterKey::generate();
-    let bytes = data(MIB, 31);
+    let bytes = det_bytes(31, MIB);
     let site = Site::new(&[("paged", &bytes)]);
     let chunked = chunk_bytes(&bytes, params());
     let server = Server::start(&key, site.source.clone(), |_| {}).await;
@@ -358,12 +349,7 @@ async fn a_chunk_list_of_many_pages_is_fetched_page_by_page() {
     let page = 7;
     assert!(chunked.chunks.len() > 4 * page as usize, "{} chunks", chunked.chunks.len());
     let mut client = server.client(&key, &Identity::generate()).await;
-    let ask = |first| P2pRequest::GetChunkList {
-        path: RelPath::new("paged").unwrap(),
-        content: chunked.content,
-        first,
-        max: page,
-    };
+    let ask = |first| P2pRequest::GetChunkList { path: rel("paged"), content: chunked.content, first, max: page };
     client.send(&ask(7)).await.unwrap();
     let P2pResponse::ChunkList(second) = recv(&mut client).await else { panic!("expected a page") };
     assert_eq!((second.first, second.chunks.as_slice()), (7, &chunked.chunks[7..14]));
@@ -383,7 +369,7 @@ async fn a_chunk_list_of_many_pages_is_fetched_page_by_page() {
 #[tokio::test]
 async fn a_file_held_by_three_servers_comes_from_all_three() {
     let key = ClusterKey::generate();
-    let bytes = data(2 * MIB, 1);
+    let bytes = det_bytes(1, 2 * MIB);
     let sites: Vec<Site> = (0..3).map(|_| Site::new(&[("big", &bytes)])).collect();
     let chunked = chunk_bytes(&bytes, params());
     assert!(chunked.chunks.len() >= 64, "{} chunks", chunked.chunks.len());
@@ -416,7 +402,7 @@ async fn a_file_held_by_three_servers_comes_from_all_three() {
 #[tokio::test]
 async fn a_small_edit_fetches_only_the_changed_chunks() {
     let key = ClusterKey::generate();
-    let old = data(MIB, 2);
+    let old = det_bytes(2, MIB);
     let mut new = old.clone();
     new.insert(old.len() / 2, 0x5A);
     let remote = Site::new(&[("f", &new)]);
@@ -440,7 +426,7 @@ async fn a_small_edit_fetches_only_the_changed_chunks() {
 #[tokio::test]
 async fn a_rename_needs_no_network_even_with_dead_holders() {
     let key = ClusterKey::generate();
-    let bytes = data(MIB, 3);
+    let bytes = det_bytes(3, MIB);
     let local = Site::new(&[("old-name", &bytes)]);
     let tmp = tempfile::tempdir().unwrap();
     let d = downloader(&key, local.source.clone(), tmp.path());
@@ -458,7 +444,7 @@ async fn repeated_chunks_are_fetched_once() {
     let key = ClusterKey::generate();
     // The same 256 KiB block three times: content-defined chunking repeats
     // the inner chunks.
-    let block = data(256 * KIB, 4);
+    let block = det_bytes(4, 256 * KIB);
     let bytes: Vec<u8> = [&block[..], &block[..], &block[..]].concat();
     let remote = Site::new(&[("rep", &bytes)]);
     let server = Server::start(&key, remote.source.clone(), |_| {}).await;
@@ -479,7 +465,7 @@ async fn repeated_chunks_are_fetched_once() {
 #[tokio::test]
 async fn a_lying_holder_is_dropped_and_the_file_still_arrives() {
     let key = ClusterKey::generate();
-    let bytes = data(MIB, 5);
+    let bytes = det_bytes(5, MIB);
     let sites: Vec<Site> = (0..3).map(|_| Site::new(&[("f", &bytes)])).collect();
     // The rendezvous makes sure the liar gets chunk requests too.
     let sources: Vec<_> = sites.iter().map(|s| s.source.clone()).collect();
@@ -510,14 +496,11 @@ async fn a_lying_holder_is_dropped_and_the_file_still_arrives() {
 
 #[tokio::test]
 async fn a_liar_as_only_holder_fails_the_download_without_writing_its_bytes() {
-    let key = ClusterKey::generate();
-    let bytes = data(256 * KIB, 6);
-    let site = Site::new(&[("f", &bytes)]);
+    let OneFile { key, chunked, rec, site, .. } = one_file(6, 256 * KIB);
     let liar = Server::start(&key, site.source.clone(), |c| c.corrupt_for_tests = true).await;
     let tmp = tempfile::tempdir().unwrap();
     let d = downloader(&key, empty_source(), tmp.path());
-    let chunked = chunk_bytes(&bytes, params());
-    let err = download(&d, &record("f", &chunked), vec![liar.holder()]).await.unwrap_err();
+    let err = download(&d, &rec, vec![liar.holder()]).await.unwrap_err();
     match &err {
         DownloadError::NoHoldersLeft { missing_chunks, failures, .. } => {
             assert_eq!(*missing_chunks, chunked.chunks.len());
@@ -532,7 +515,7 @@ async fn a_liar_as_only_holder_fails_the_download_without_writing_its_bytes() {
 #[tokio::test]
 async fn a_wrong_chunk_list_drops_that_holder_and_the_next_one_is_used() {
     let key = ClusterKey::generate();
-    let bytes = data(256 * KIB, 7);
+    let bytes = det_bytes(7, 256 * KIB);
     let (a, b) = (Site::new(&[("f", &bytes)]), Site::new(&[("f", &bytes)]));
     let liar = Server::start(&key, Arc::new(ListLiar(a.source.clone())), |_| {}).await;
     let honest = Server::start(&key, b.source.clone(), |_| {}).await;
@@ -547,14 +530,10 @@ async fn a_wrong_chunk_list_drops_that_holder_and_the_next_one_is_used() {
 
 #[tokio::test]
 async fn holders_that_cannot_help_give_a_clear_error() {
-    let key = ClusterKey::generate();
-    let bytes = data(256 * KIB, 8);
-    let site = Site::new(&[("f", &bytes)]);
+    let OneFile { key, rec, site, .. } = one_file(8, 256 * KIB);
     let server = Server::start(&key, site.source.clone(), |_| {}).await;
     let tmp = tempfile::tempdir().unwrap();
     let d = downloader(&key, empty_source(), tmp.path());
-    let chunked = chunk_bytes(&bytes, params());
-    let rec = record("f", &chunked);
 
     // No holders at all.
     let err = download(&d, &rec, vec![]).await.unwrap_err();
@@ -575,9 +554,7 @@ async fn holders_that_cannot_help_give_a_clear_error() {
     assert_eq!(err.retry(), dartsync_shared::error::Retry::Temporary);
 
     // A directory record is refused.
-    let mut dir = rec.clone();
-    dir.kind = FileKind::Dir;
-    dir.size = 0;
+    let dir = RecordBuilder::dir("f").build();
     assert!(matches!(download(&d, &dir, vec![]).await, Err(DownloadError::NotAFile { .. })));
     server.stop().await;
     without.stop().await;
@@ -593,22 +570,17 @@ async fn an_empty_file_needs_no_holder() {
     assert_eq!(std::fs::metadata(&outcome.temp_path).unwrap().len(), 0);
     assert_eq!((outcome.bytes_local, outcome.bytes_fetched), (0, 0));
     // An "empty" record that claims content is inconsistent.
-    let mut bad = record("empty", &chunked);
-    bad.content = ContentHash::of(b"x");
+    let bad = RecordBuilder::file("empty").chunked(&chunked).content(ContentHash::of(b"x")).build();
     assert!(matches!(download(&d, &bad, vec![]).await, Err(DownloadError::ContentMismatch { .. })));
 }
 
 #[tokio::test]
 async fn a_whole_file_mismatch_deletes_the_partial_file() {
-    let key = ClusterKey::generate();
-    let bytes = data(256 * KIB, 9);
-    let local = Site::new(&[("f", &bytes)]);
-    let chunked = chunk_bytes(&bytes, params());
+    let OneFile { key, chunked, site: local, .. } = one_file(9, 256 * KIB);
     let source = Arc::new(AnyContent { inner: local.source.clone(), list: chunked.chunks.clone() });
     let tmp = tempfile::tempdir().unwrap();
     let d = downloader(&key, source, tmp.path());
-    let mut rec = record("f", &chunked);
-    rec.content = ContentHash::of(b"something else");
+    let rec = RecordBuilder::file("f").chunked(&chunked).content(ContentHash::of(b"something else")).build();
     let err = download(&d, &rec, vec![]).await.unwrap_err();
     assert!(matches!(&err, DownloadError::ContentMismatch { actual, .. } if *actual == chunked.content), "{err:?}");
     assert_eq!(err.retry(), dartsync_shared::error::Retry::Permanent);
@@ -617,12 +589,8 @@ async fn a_whole_file_mismatch_deletes_the_partial_file() {
 
 #[tokio::test]
 async fn a_failed_download_resumes_and_fetches_only_the_rest() {
-    let key = ClusterKey::generate();
-    let bytes = data(MIB, 10);
-    let chunked = chunk_bytes(&bytes, params());
-    let rec = record("f", &chunked);
     const SERVED: usize = 10;
-    let site = Site::new(&[("f", &bytes)]);
+    let OneFile { key, bytes, chunked, rec, site } = one_file(10, MIB);
     let flaky = Server::start(
         &key,
         Arc::new(LimitedSource { inner: site.source.clone(), left: AtomicUsize::new(SERVED) }),
@@ -655,11 +623,7 @@ async fn a_failed_download_resumes_and_fetches_only_the_rest() {
 
 #[tokio::test]
 async fn a_damaged_partial_file_is_reverified_on_resume() {
-    let key = ClusterKey::generate();
-    let bytes = data(512 * KIB, 11);
-    let chunked = chunk_bytes(&bytes, params());
-    let rec = record("f", &chunked);
-    let site = Site::new(&[("f", &bytes)]);
+    let OneFile { key, bytes, chunked, rec, site } = one_file(11, 512 * KIB);
     let flaky =
         Server::start(&key, Arc::new(LimitedSource { inner: site.source.clone(), left: AtomicUsize::new(6) }), |_| {})
             .await;
@@ -680,11 +644,7 @@ async fn a_damaged_partial_file_is_reverified_on_resume() {
 
 #[tokio::test]
 async fn a_killed_download_resumes_from_its_last_persisted_progress() {
-    let key = ClusterKey::generate();
-    let bytes = data(MIB, 15);
-    let chunked = chunk_bytes(&bytes, params());
-    let rec = record("f", &chunked);
-    let site = Site::new(&[("f", &bytes)]);
+    let OneFile { key, bytes, chunked, rec, site } = one_file(15, MIB);
     const SERVED: usize = 12;
     let gate = Arc::new(Gate::default());
     let _open_on_exit = GateGuard(gate.clone());
@@ -707,7 +667,7 @@ async fn a_killed_download_resumes_from_its_last_persisted_progress() {
     // without letting it save its progress a last time.
     let part = tmp.path().join(format!("{}.part", chunked.content.to_hex()));
     let served_end = (chunked.chunks[SERVED - 1].offset + u64::from(chunked.chunks[SERVED - 1].len)) as usize;
-    wait_for("the served chunks to be written", || {
+    eventually_async(DEADLINE, "the served chunks to be written", async || {
         std::fs::read(&part).is_ok_and(|raw| raw.len() == bytes.len() && raw[..served_end] == bytes[..served_end])
     })
     .await;
@@ -728,11 +688,7 @@ async fn a_killed_download_resumes_from_its_last_persisted_progress() {
 
 #[tokio::test]
 async fn cancel_stops_promptly_and_keeps_the_partial_file() {
-    let key = ClusterKey::generate();
-    let bytes = data(512 * KIB, 12);
-    let chunked = chunk_bytes(&bytes, params());
-    let rec = record("f", &chunked);
-    let site = Site::new(&[("f", &bytes)]);
+    let OneFile { key, bytes, chunked, rec, site } = one_file(12, 512 * KIB);
     let gate = Arc::new(Gate::default());
     let _open_on_exit = GateGuard(gate.clone());
     let stuck =
@@ -744,9 +700,9 @@ async fn cancel_stops_promptly_and_keeps_the_partial_file() {
         let (d, rec, holder, cancel) = (d.clone(), rec.clone(), stuck.holder(), cancel.clone());
         tokio::spawn(async move { d.download(DownloadJob { record: rec, holders: vec![holder] }, cancel).await })
     };
-    wait_for("the server to start reading", || gate.calls() > 0).await;
+    eventually_async(DEADLINE, "the server to start reading", async || gate.calls() > 0).await;
     cancel.cancel();
-    let result = tokio::time::timeout(DEADLINE, task).await.expect("cancel was not prompt").unwrap();
+    let result = within(DEADLINE, "the cancelled download to stop", task).await.unwrap();
     assert!(matches!(result, Err(DownloadError::Cancelled { .. })), "{result:?}");
     let hex = chunked.content.to_hex();
     assert_eq!(names(tmp.path()), vec![format!("{hex}.part"), format!("{hex}.part.state")]);
@@ -762,11 +718,7 @@ async fn cancel_stops_promptly_and_keeps_the_partial_file() {
 
 #[tokio::test]
 async fn busy_holders_are_retried_and_both_clients_finish() {
-    let key = ClusterKey::generate();
-    let bytes = data(512 * KIB, 13);
-    let chunked = chunk_bytes(&bytes, params());
-    let rec = record("f", &chunked);
-    let site = Site::new(&[("f", &bytes)]);
+    let OneFile { key, bytes, rec, site, .. } = one_file(13, 512 * KIB);
     let server = Server::start(&key, site.source.clone(), |c| c.slots_total = 1).await;
     let (t1, t2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (d1, d2) = (downloader(&key, empty_source(), t1.path()), downloader(&key, empty_source(), t2.path()));
@@ -781,10 +733,7 @@ async fn busy_holders_are_retried_and_both_clients_finish() {
 
 #[tokio::test]
 async fn two_downloads_of_one_content_do_not_share_a_temp_file() {
-    let key = ClusterKey::generate();
-    let bytes = data(256 * KIB, 14);
-    let chunked = chunk_bytes(&bytes, params());
-    let site = Site::new(&[("f", &bytes)]);
+    let OneFile { key, bytes, chunked, site, .. } = one_file(14, 256 * KIB);
     let server = Server::start(&key, site.source.clone(), |_| {}).await;
     let tmp = tempfile::tempdir().unwrap();
     let d = downloader(&key, empty_source(), tmp.path());
@@ -826,7 +775,7 @@ async fn cleanup_removes_only_stale_temp_files() {
 // ------------------------------------------------------------------- server
 
 async fn recv(client: &mut SecureChannel<TcpStream>) -> P2pResponse {
-    tokio::time::timeout(DEADLINE, client.recv::<P2pResponse>()).await.expect("no answer").unwrap().expect("closed")
+    within(DEADLINE, "an answer", client.recv::<P2pResponse>()).await.unwrap().expect("closed")
 }
 
 fn get(content: &ContentHash, c: &ChunkInfo) -> P2pRequest {
@@ -836,13 +785,10 @@ fn get(content: &ContentHash, c: &ChunkInfo) -> P2pRequest {
 /// Waits until the server closes `stream` (EOF or reset).
 async fn closed_by_server(stream: &mut TcpStream) {
     let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await.expect("server kept the connection") {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
+    within(DEADLINE, "the server to close the connection", async {
+        while let Ok(1..) = stream.read(&mut buf).await {}
+    })
+    .await;
 }
 
 /// The server still answers a well-behaved client.
@@ -854,14 +800,11 @@ async fn still_serves(server: &Server, key: &ClusterKey, content: &ContentHash, 
 
 #[tokio::test]
 async fn answers_come_in_request_order() {
-    let key = ClusterKey::generate();
-    let bytes = data(MIB, 20);
-    let site = Site::new(&[("f", &bytes)]);
-    let f = chunk_bytes(&bytes, params());
+    let OneFile { key, bytes, chunked: f, site, .. } = one_file(20, MIB);
     let server = Server::start(&key, site.source.clone(), |_| {}).await;
     let mut client = server.client(&key, &Identity::generate()).await;
     let absent = ChunkInfo { offset: 0, len: 100, hash: ContentHash::of(b"absent") };
-    let path = RelPath::new("f").unwrap();
+    let path = rel("f");
     let requests = [
         get(&f.content, &f.chunks[3]),
         get(&f.content, &absent),
@@ -886,14 +829,11 @@ async fn answers_come_in_request_order() {
 
 #[tokio::test]
 async fn a_file_changed_after_indexing_answers_not_available() {
-    let key = ClusterKey::generate();
-    let bytes = data(MIB, 21);
-    let site = Site::new(&[("f", &bytes)]);
-    let f = chunk_bytes(&bytes, params());
+    let OneFile { key, bytes, chunked: f, site, .. } = one_file(21, MIB);
     let server = Server::start(&key, site.source.clone(), |_| {}).await;
     let mut client = server.client(&key, &Identity::generate()).await;
     // Same size, other bytes: the index still points at it.
-    std::fs::write(site.path("f"), data(MIB, 22)).unwrap();
+    std::fs::write(site.path("f"), det_bytes(22, MIB)).unwrap();
     client.send(&get(&f.content, &f.chunks[2])).await.unwrap();
     assert_eq!(recv(&mut client).await, P2pResponse::NotAvailable);
     // Truncated.
@@ -910,7 +850,7 @@ async fn a_file_changed_after_indexing_answers_not_available() {
 #[tokio::test]
 async fn chunks_of_partial_temp_files_are_served() {
     let key = ClusterKey::generate();
-    let bytes = data(MIB, 23);
+    let bytes = det_bytes(23, MIB);
     let f = chunk_bytes(&bytes, params());
     let tmp = tempfile::tempdir().unwrap();
     // A half-written .part: the first half present, the rest zeros.
@@ -928,12 +868,7 @@ async fn chunks_of_partial_temp_files_are_served() {
     assert_eq!(recv(&mut client).await, P2pResponse::NotAvailable);
     // A chunk list is only served from the chunk source.
     client
-        .send(&P2pRequest::GetChunkList {
-            path: RelPath::new("f").unwrap(),
-            content: f.content,
-            first: 0,
-            max: CHUNK_LIST_PAGE,
-        })
+        .send(&P2pRequest::GetChunkList { path: rel("f"), content: f.content, first: 0, max: CHUNK_LIST_PAGE })
         .await
         .unwrap();
     assert_eq!(recv(&mut client).await, P2pResponse::NotAvailable);
@@ -942,10 +877,7 @@ async fn chunks_of_partial_temp_files_are_served() {
 
 #[tokio::test]
 async fn hostile_input_drops_only_that_connection() {
-    let key = ClusterKey::generate();
-    let bytes = data(MIB, 24);
-    let site = Site::new(&[("f", &bytes)]);
-    let f = chunk_bytes(&bytes, params());
+    let OneFile { key, chunked: f, site, .. } = one_file(24, MIB);
     let server = Server::start(&key, site.source.clone(), |_| {}).await;
 
     // Garbage instead of a handshake.
@@ -969,7 +901,7 @@ async fn hostile_input_drops_only_that_connection() {
     let client = server.client(&key, &Identity::generate()).await;
     let (mut reader, mut writer) = client.split();
     writer.send_frame(bytes::Bytes::from_static(&[0xEE, 1, 2, 3, 4])).await.unwrap();
-    let end = tokio::time::timeout(DEADLINE, reader.recv::<P2pResponse>()).await.expect("connection kept");
+    let end = within(DEADLINE, "the server to drop the connection", reader.recv::<P2pResponse>()).await;
     assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
     still_serves(&server, &key, &f.content, &f.chunks[0]).await;
 
@@ -980,7 +912,7 @@ async fn hostile_input_drops_only_that_connection() {
     let huge = P2pRequest::GetChunk { content: f.content, offset: 0, len: MAX_CHUNK_LEN + 1, hash: f.chunks[0].hash };
     client.send(&huge).await.unwrap();
     assert!(matches!(recv(&mut client).await, P2pResponse::Chunk { .. }));
-    let end = tokio::time::timeout(DEADLINE, client.recv::<P2pResponse>()).await.expect("connection kept");
+    let end = within(DEADLINE, "the server to drop the connection", client.recv::<P2pResponse>()).await;
     assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
     still_serves(&server, &key, &f.content, &f.chunks[0]).await;
     server.stop().await;
@@ -988,10 +920,7 @@ async fn hostile_input_drops_only_that_connection() {
 
 #[tokio::test]
 async fn full_slots_answer_busy_at_once() {
-    let key = ClusterKey::generate();
-    let bytes = data(MIB, 25);
-    let site = Site::new(&[("f", &bytes)]);
-    let f = chunk_bytes(&bytes, params());
+    let OneFile { key, chunked: f, site, .. } = one_file(25, MIB);
     let gate = Arc::new(Gate::default());
     let _open_on_exit = GateGuard(gate.clone());
     let source = Arc::new(GatedSource { inner: site.source.clone(), gate: gate.clone() });
@@ -1005,7 +934,7 @@ async fn full_slots_answer_busy_at_once() {
     // X's first request takes X's only slot and blocks on the gate.
     let mut x1 = server.client(&key, &x).await;
     x1.send(&get(&f.content, &f.chunks[0])).await.unwrap();
-    wait_for("x1's read", || gate.calls() == 1).await;
+    eventually_async(DEADLINE, "x1's read", async || gate.calls() == 1).await;
     // X again, on a second connection: per-peer slots are full.
     let mut x2 = server.client(&key, &x).await;
     x2.send(&get(&f.content, &f.chunks[1])).await.unwrap();
@@ -1013,20 +942,15 @@ async fn full_slots_answer_busy_at_once() {
     // Y gets a slot (the second of the total) and blocks too.
     let mut y1 = server.client(&key, &y).await;
     y1.send(&get(&f.content, &f.chunks[2])).await.unwrap();
-    wait_for("y1's read", || gate.calls() == 2).await;
+    eventually_async(DEADLINE, "y1's read", async || gate.calls() == 2).await;
     // Z: the total is full.
     let mut z1 = server.client(&key, &z).await;
     z1.send(&get(&f.content, &f.chunks[3])).await.unwrap();
     assert_eq!(recv(&mut z1).await, P2pResponse::Busy);
     // A chunk-list request needs no slot.
-    z1.send(&P2pRequest::GetChunkList {
-        path: RelPath::new("f").unwrap(),
-        content: f.content,
-        first: 0,
-        max: CHUNK_LIST_PAGE,
-    })
-    .await
-    .unwrap();
+    z1.send(&P2pRequest::GetChunkList { path: rel("f"), content: f.content, first: 0, max: CHUNK_LIST_PAGE })
+        .await
+        .unwrap();
     assert!(matches!(recv(&mut z1).await, P2pResponse::ChunkList { .. }));
 
     gate.open();
@@ -1042,10 +966,7 @@ async fn full_slots_answer_busy_at_once() {
 
 #[tokio::test]
 async fn corrupt_mode_flips_a_byte_of_every_chunk() {
-    let key = ClusterKey::generate();
-    let bytes = data(MIB, 26);
-    let site = Site::new(&[("f", &bytes)]);
-    let f = chunk_bytes(&bytes, params());
+    let OneFile { key, chunked: f, site, .. } = one_file(26, MIB);
     let server = Server::start(&key, site.source.clone(), |c| c.corrupt_for_tests = true).await;
     let mut client = server.client(&key, &Identity::generate()).await;
     for c in &f.chunks[..3] {

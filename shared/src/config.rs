@@ -22,6 +22,7 @@
 //! listen = "0.0.0.0:0"           # piece server; port 0 picks a free port
 //! rescan_secs = 600              # periodic full rescan
 //! versions_keep = 5              # old versions kept per path
+//! ignore_perms = false           # true: neither apply nor announce permission bits
 //! upload_slots_per_peer = 8
 //! upload_slots_total = 32
 //! max_parallel_downloads = 16
@@ -113,6 +114,9 @@ pub struct PeerSection {
     pub rescan_secs: Option<u64>,
     /// Old versions kept per path.
     pub versions_keep: Option<usize>,
+    /// Neither apply nor announce permission bits (file systems without
+    /// Unix modes: vfat, exFAT, NTFS).
+    pub ignore_perms: Option<bool>,
     /// Upload slots per requesting peer.
     pub upload_slots_per_peer: Option<usize>,
     /// Upload slots in total.
@@ -245,6 +249,10 @@ pub struct PeerConfig {
     pub rescan: Duration,
     /// Old versions kept per path.
     pub versions_keep: usize,
+    /// Neither apply nor announce permission bits: files this peer writes
+    /// get 0644 (folders 0755), and local permission changes are not
+    /// announced (for file systems without Unix modes).
+    pub ignore_perms: bool,
     /// Upload slots per requesting peer.
     pub upload_slots_per_peer: usize,
     /// Upload slots in total.
@@ -261,6 +269,7 @@ impl Default for PeerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             rescan: Duration::from_secs(600),
             versions_keep: 5,
+            ignore_perms: false,
             upload_slots_per_peer: 8,
             upload_slots_total: 32,
             max_parallel_downloads: 16,
@@ -286,6 +295,9 @@ impl PeerConfig {
         }
         if let Some(v) = section.versions_keep {
             cfg.versions_keep = v;
+        }
+        if let Some(v) = section.ignore_perms {
+            cfg.ignore_perms = v;
         }
         if let Some(v) = section.upload_slots_per_peer {
             cfg.upload_slots_per_peer = v;
@@ -341,6 +353,7 @@ mod tests {
             folder = "/f"
             tracker_addr = "pi:7373"
             versions_keep = 9
+            ignore_perms = true
         "#;
         let file = ConfigFile::parse(text, Path::new("x.toml")).unwrap();
         assert_eq!(file.key_file.as_deref(), Some(Path::new("/k")));
@@ -352,6 +365,7 @@ mod tests {
         assert_eq!(p.folder, PathBuf::from("/f"));
         assert_eq!(p.tracker_addr.as_deref(), Some("pi:7373"));
         assert_eq!(p.versions_keep, 9);
+        assert!(p.ignore_perms);
     }
 
     #[test]

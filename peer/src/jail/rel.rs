@@ -7,10 +7,6 @@ use std::path::Path;
 
 use super::error::JailError;
 
-/// The per-folder state directory: refused as a component in any ASCII
-/// case (a case-insensitive file system would resolve `.DartSync` to it).
-const STATE_DIR: &[u8] = b".dartsync";
-
 /// The longest name Linux file systems accept (`NAME_MAX`).
 const NAME_MAX: usize = 255;
 
@@ -57,9 +53,15 @@ impl<'a> Rel<'a> {
     }
 }
 
-/// True for `.dartsync` in any ASCII case.
+/// True for the per-folder state directory in any spelling a
+/// case-insensitive file system would resolve to it (`.DartSync`, ...): the
+/// same rule as [`dartsync_shared::path::is_state_dir_name`]; a name that
+/// is not UTF-8 compares its bytes in ASCII case.
 pub(super) fn is_state_dir(name: &OsStr) -> bool {
-    name.as_bytes().eq_ignore_ascii_case(STATE_DIR)
+    match name.to_str() {
+        Some(name) => dartsync_shared::path::is_state_dir_name(name),
+        None => name.as_bytes().eq_ignore_ascii_case(b".dartsync"),
+    }
 }
 
 /// The names of a checked path, first to last.

@@ -101,6 +101,23 @@ impl PeerDirs {
         })
     }
 
+    /// Whether the folder's file system ignores letter case (vfat, exFAT,
+    /// NTFS, ext4 casefold, macOS): creates a probe file in `tmp/` (same
+    /// file system as the folder, never synced) and looks it up in the
+    /// other case.
+    pub(crate) fn is_case_insensitive(&self) -> Result<bool, LocalError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LocalError::Io { path, source }
+        };
+        let upper = self.tmp.join(format!("CASE-PROBE-{}", std::process::id()));
+        let lower = self.tmp.join(format!("case-probe-{}", std::process::id()));
+        std::fs::write(&upper, b"").map_err(io(&upper))?;
+        let insensitive = std::fs::symlink_metadata(&lower).is_ok();
+        std::fs::remove_file(&upper).map_err(io(&upper))?;
+        Ok(insensitive)
+    }
+
     /// Loads this node's identity (created by [`PeerDirs::create`]).
     pub fn load_identity(&self) -> Result<Identity, LocalError> {
         Ok(Identity::load_or_create(&self.identity)?)
@@ -123,6 +140,8 @@ mod tests {
         }
         assert_eq!(std::fs::metadata(&dirs.state).unwrap().mode() & 0o777, 0o700);
         assert_eq!(std::fs::metadata(&dirs.identity).unwrap().mode() & 0o777, 0o600);
+        assert!(!dirs.is_case_insensitive().unwrap(), "the test file system tells case apart");
+        assert_eq!(std::fs::read_dir(&dirs.tmp).unwrap().count(), 0, "the probe file is gone");
         let first = dirs.load_identity().unwrap().peer_id();
         let again = PeerDirs::create(&root).unwrap();
         assert_eq!(again, dirs);

@@ -32,6 +32,7 @@ use std::sync::Arc;
 
 use dartsync_shared::chunk::ChunkInfo;
 use dartsync_shared::codec::{decode_stored, encode_stored};
+use dartsync_shared::record::PERMISSION_BITS;
 use dartsync_shared::{ContentHash, FileKind, FileRecord, RelPath, ShortId, VersionVector};
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -166,14 +167,16 @@ fn decode_head(key: &str, bytes: &[u8]) -> Result<Head, LocalError> {
         },
         size: e.size,
         mtime_ns: e.mtime_ns,
-        mode: e.mode,
+        // Older versions stored setuid/setgid/sticky bits; only 0o777 travels.
+        mode: e.mode & PERMISSION_BITS,
         content: ContentHash(e.content),
         chunks: ContentHash(e.chunks),
         version,
         deleted: e.deleted,
     };
     record.validate().map_err(|err| corrupt(key, err.to_string()))?;
-    let stat = e.stat.map(|s| StatKey { size: s.size, mtime_ns: s.mtime_ns, inode: s.inode, mode: s.mode });
+    let stat =
+        e.stat.map(|s| StatKey { size: s.size, mtime_ns: s.mtime_ns, inode: s.inode, mode: s.mode & PERMISSION_BITS });
     Ok(Head { record, stat })
 }
 
@@ -185,6 +188,58 @@ fn encode_chunks(path: &RelPath, chunks: &[ChunkInfo]) -> Result<Vec<u8>, LocalE
 fn decode_chunks(key: &str, bytes: &[u8]) -> Result<Vec<ChunkInfo>, LocalError> {
     let StoredChunks::V1(list) = decode_stored(bytes).map_err(|e| corrupt(key, e.to_string()))?;
     Ok(list.into_iter().map(|(offset, len, hash)| ChunkInfo { offset, len, hash: ContentHash(hash) }).collect())
+}
+
+/// Removes entries an older version wrote that this one refuses to load (a
+/// path naming the state directory in another spelling, a version counter
+/// above the limit), with their chunk lists and secondary rows, so one such
+/// entry cannot stop every scan. The scanner re-records whatever the disk
+/// still holds. Returns how many entries went.
+fn purge_unloadable(txn: &redb::WriteTransaction) -> Result<usize, LocalError> {
+    let mut entries = txn.open_table(ENTRIES)?;
+    let mut bad = std::collections::HashSet::new();
+    for row in entries.iter()? {
+        let (key, value) = row?;
+        if let Err(e) = decode_head(key.value(), value.value()) {
+            tracing::warn!(key = key.value(), "dropping an index entry: {e}");
+            bad.insert(key.value().to_owned());
+        }
+    }
+    if bad.is_empty() {
+        return Ok(0);
+    }
+    let mut chunk_lists = txn.open_table(CHUNK_LISTS)?;
+    for key in &bad {
+        entries.remove(key.as_str())?;
+        chunk_lists.remove(key.as_str())?;
+    }
+    let mut by_content = txn.open_table(BY_CONTENT)?;
+    let stale: Vec<(Hash32, String)> = by_content
+        .iter()?
+        .filter_map(Result::ok)
+        .map(|(k, _)| {
+            let (hash, path) = k.value();
+            (hash, path.to_owned())
+        })
+        .filter(|(_, path)| bad.contains(path))
+        .collect();
+    for (hash, path) in &stale {
+        by_content.remove((*hash, path.as_str()))?;
+    }
+    let mut by_chunk = txn.open_table(BY_CHUNK)?;
+    let stale: Vec<(Hash32, String, u64)> = by_chunk
+        .iter()?
+        .filter_map(Result::ok)
+        .map(|(k, _)| {
+            let (hash, path, offset) = k.value();
+            (hash, path.to_owned(), offset)
+        })
+        .filter(|(_, path, _)| bad.contains(path))
+        .collect();
+    for (hash, path, offset) in &stale {
+        by_chunk.remove((*hash, path.as_str(), *offset))?;
+    }
+    Ok(bad.len())
 }
 
 /// Exclusive upper bound of the keys strictly inside `prefix/`: `/` + 1 is `0`.
@@ -232,7 +287,11 @@ impl Index {
                 }
             }
         }
+        let purged = purge_unloadable(&txn)?;
         txn.commit()?;
+        if purged > 0 {
+            tracing::warn!(entries = purged, index = %path.display(), "dropped index entries this version refuses");
+        }
         Ok(Index { db: Arc::new(db), path: path.to_owned() })
     }
 
@@ -455,36 +514,22 @@ impl IndexWriter<'_> {
 mod tests {
     use super::*;
     use dartsync_shared::chunk::{ChunkParams, chunk_bytes};
+    use dartsync_shared::test_util::{RecordBuilder, det_bytes};
 
     fn file(path: &str, bytes: &[u8], counter: u64) -> (FileRecord, Vec<ChunkInfo>) {
         let chunked = chunk_bytes(bytes, ChunkParams::for_piece_len(4096));
-        let record = FileRecord {
-            path: RelPath::new(path).unwrap(),
-            kind: FileKind::File,
-            size: chunked.size,
-            mtime_ns: 1_700_000_000_000_000_000,
-            mode: 0o644,
-            content: chunked.content,
-            chunks: chunked.chunks_hash,
-            version: VersionVector::from_entries([(ShortId(7), counter)]),
-            deleted: false,
-        };
-        (record, chunked.chunks)
+        (RecordBuilder::file(path).chunked(&chunked).vv(&[(7, counter)]).build(), chunked.chunks)
     }
 
     fn stat(inode: u64) -> Option<StatKey> {
         Some(StatKey { size: 1, mtime_ns: 2, inode, mode: 0o644 })
     }
 
-    fn data(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 8) as u8)).collect()
-    }
-
     #[test]
     fn entries_round_trip_and_survive_reopen() {
         let tmp = tempfile::tempdir().unwrap();
         let db = tmp.path().join("index.redb");
-        let (rec, chunks) = file("dir/a b.txt", &data(20_000, 1), 1);
+        let (rec, chunks) = file("dir/a b.txt", &det_bytes(1, 20_000), 1);
         {
             let index = Index::open(&db).unwrap();
             assert_eq!(index.piece_len().unwrap(), None);
@@ -512,7 +557,7 @@ mod tests {
     fn secondary_tables_follow_the_live_files() {
         let tmp = tempfile::tempdir().unwrap();
         let index = Index::open(&tmp.path().join("i.redb")).unwrap();
-        let bytes = data(50_000, 3);
+        let bytes = det_bytes(3, 50_000);
         let (a, a_chunks) = file("a", &bytes, 1);
         let (b, b_chunks) = file("sub/b", &bytes, 1);
         assert!(a_chunks.len() > 2, "want several chunks");
@@ -526,19 +571,13 @@ mod tests {
         assert!(locs.iter().all(|l| l.offset == first.offset && l.len == first.len));
 
         // Tombstoning `a` removes it from the secondary tables only.
-        let mut tomb = a.clone();
-        tomb.deleted = true;
-        tomb.kind = FileKind::File;
-        tomb.size = 0;
-        tomb.content = ContentHash::empty();
-        tomb.chunks = ContentHash::empty();
-        tomb.version = a.version.bumped(ShortId(7)).unwrap();
+        let tomb = RecordBuilder::file("a").version(a.version.bumped(ShortId(7)).unwrap()).tombstone().build();
         index.put(&IndexEntry { record: tomb.clone(), chunks: vec![], stat: None }).unwrap();
         assert_eq!(index.locate_chunk(&first.hash).unwrap().len(), 1);
         assert_eq!(index.get(&a.path).unwrap().unwrap().record, tomb);
 
         // Rewriting `sub/b` with other content drops its old chunks.
-        let (b2, b2_chunks) = file("sub/b", &data(9_000, 9), 2);
+        let (b2, b2_chunks) = file("sub/b", &det_bytes(9, 9_000), 2);
         index.put(&IndexEntry { record: b2.clone(), chunks: b2_chunks.clone(), stat: stat(3) }).unwrap();
         assert!(index.locate_chunk(&first.hash).unwrap().is_empty());
         assert_eq!(index.chunk_list(&a.content).unwrap(), None);
@@ -572,21 +611,31 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_values_are_errors_not_panics() {
+    fn corrupt_values_are_errors_and_are_dropped_on_open() {
         let tmp = tempfile::tempdir().unwrap();
         let db = tmp.path().join("i.redb");
-        {
-            let index = Index::open(&db).unwrap();
-            let txn = index.db.begin_write().unwrap();
-            {
-                let mut entries = txn.open_table(ENTRIES).unwrap();
-                entries.insert("garbage", &[0xFFu8, 1, 2][..]).unwrap();
-                entries.insert("../escape", &[0u8][..]).unwrap();
-            }
-            txn.commit().unwrap();
-        }
+        let (good, good_chunks) = file("good", &det_bytes(5, 20_000), 1);
         let index = Index::open(&db).unwrap();
-        assert!(matches!(index.all(), Err(LocalError::Corrupt { .. })));
+        index.put(&IndexEntry { record: good.clone(), chunks: good_chunks.clone(), stat: stat(1) }).unwrap();
+        let txn = index.db.begin_write().unwrap();
+        {
+            let mut entries = txn.open_table(ENTRIES).unwrap();
+            entries.insert("garbage", &[0xFFu8, 1, 2][..]).unwrap();
+            entries.insert("../escape", &[0u8][..]).unwrap();
+            entries.insert("a/.DartSync/x", &[0u8][..]).unwrap();
+            let mut by_chunk = txn.open_table(BY_CHUNK).unwrap();
+            by_chunk.insert((good_chunks[0].hash.0, "a/.DartSync/x", 0), good_chunks[0].len).unwrap();
+        }
+        txn.commit().unwrap();
+        // While open: an error, not a panic.
         assert!(matches!(index.get(&RelPath::new("garbage").unwrap()), Err(LocalError::Corrupt { .. })));
+        drop(index);
+        // Reopened: the unloadable entries and their rows are gone, the rest stays.
+        let index = Index::open(&db).unwrap();
+        assert_eq!(index.get(&RelPath::new("garbage").unwrap()).unwrap(), None);
+        assert_eq!(index.heads(None).unwrap().len(), 1);
+        assert_eq!(index.get(&good.path).unwrap().unwrap().record, good);
+        let locs = index.locate_chunk(&good_chunks[0].hash).unwrap();
+        assert_eq!(locs.iter().map(|l| l.path.as_str()).collect::<Vec<_>>(), ["good"]);
     }
 }

@@ -114,11 +114,27 @@ pub(crate) struct Probe {
     bytes_hashed: AtomicU64,
     /// Paths already warned about (bounded by [`MAX_WARNED`]).
     warned: Mutex<HashSet<String>>,
+    /// Report every file as 0644 and every folder as 0755 (`ignore_perms`).
+    ignore_perms: bool,
 }
 
 impl Probe {
-    pub(crate) fn new(jail: Arc<Jail>, params: ChunkParams) -> Probe {
-        Probe { jail, params, bytes_hashed: AtomicU64::new(0), warned: Mutex::new(HashSet::new()) }
+    pub(crate) fn new(jail: Arc<Jail>, params: ChunkParams, ignore_perms: bool) -> Probe {
+        Probe { jail, params, bytes_hashed: AtomicU64::new(0), warned: Mutex::new(HashSet::new()), ignore_perms }
+    }
+
+    /// Whether permission bits are ignored (see [`Probe::normalize`]).
+    pub(crate) fn ignores_perms(&self) -> bool {
+        self.ignore_perms
+    }
+
+    /// `meta` as the scanner should see it: with permission bits ignored,
+    /// files read as 0644 and folders as 0755 whatever the disk says.
+    pub(crate) fn normalize(&self, mut meta: Meta) -> Meta {
+        if self.ignore_perms {
+            meta.mode = if meta.is_dir() { 0o755 } else { 0o644 };
+        }
+        meta
     }
 
     /// The folder's jail.
@@ -136,7 +152,7 @@ impl Probe {
     /// exist *in the folder* (whatever the link points to).
     pub(crate) fn lstat(&self, path: &RelPath) -> Result<Option<Meta>, LocalError> {
         match self.jail.lstat(rel_path(path)) {
-            Ok(meta) => Ok(meta),
+            Ok(meta) => Ok(meta.map(|m| self.normalize(m))),
             Err(JailError::SymlinkInPath { .. } | JailError::NotADirectory { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }

@@ -312,7 +312,12 @@ impl Scanner {
                     kind: FileKind::File,
                     size: chunked.size,
                     mtime_ns: stat.mtime_ns,
-                    mode: stat.mode,
+                    // With permission bits ignored, an edit keeps the mode
+                    // the cluster knows rather than announce a made-up one.
+                    mode: match known {
+                        Some(h) if self.gate.probe.ignores_perms() => h.record.mode,
+                        _ => stat.mode,
+                    },
                     content: chunked.content,
                     chunks: chunked.chunks_hash,
                     version: self.next_version(expected)?,
@@ -511,7 +516,7 @@ impl Scanner {
                     }
                 };
                 let meta = match entry.meta {
-                    Ok(meta) => meta,
+                    Ok(meta) => self.gate.probe.normalize(meta),
                     Err(JailError::NotFound { .. }) => continue,
                     Err(e) => {
                         self.gate.probe.warn_once(rel.as_str(), "cannot stat; skipped", &e);
@@ -566,6 +571,7 @@ mod tests {
     use crate::local::index::Index;
     use crate::local::probe::Probe;
     use dartsync_shared::chunk::ChunkParams;
+    use dartsync_shared::test_util::{RecordBuilder, det_bytes};
 
     struct Fixture {
         _tmp: tempfile::TempDir,
@@ -582,7 +588,7 @@ mod tests {
         let index = Index::open(&tmp.path().join("index.redb")).unwrap();
         let (tx, rx) = mpsc::channel(10_000);
         let jail = Arc::new(Jail::open(&root).unwrap());
-        let gate = Arc::new(WriteGate::new(index, Probe::new(jail.clone(), ChunkParams::for_piece_len(4096))));
+        let gate = Arc::new(WriteGate::new(index, Probe::new(jail.clone(), ChunkParams::for_piece_len(4096), false)));
         let config = ScannerConfig { me: ShortId(1), quiet: Duration::ZERO };
         let scanner = Scanner::new(config, gate, IgnoreRules::load(jail), tx, CancellationToken::new());
         Fixture { _tmp: tmp, root, scanner, rx }
@@ -627,17 +633,7 @@ mod tests {
         // The index knows a global version from other peers.
         let global = VersionVector::from_entries([(ShortId(9), 5), (ShortId(1), 2)]);
         let chunked = dartsync_shared::chunk::chunk_bytes(b"v1", ChunkParams::for_piece_len(4096));
-        let record = FileRecord {
-            path: RelPath::new("x").unwrap(),
-            kind: FileKind::File,
-            size: 2,
-            mtime_ns: 0,
-            mode: 0o644,
-            content: chunked.content,
-            chunks: chunked.chunks_hash,
-            version: global.clone(),
-            deleted: false,
-        };
+        let record = RecordBuilder::file("x").chunked(&chunked).version(global.clone()).build();
         assert!(f.scanner.gate.record_applied(&record.path, &record, &chunked.chunks).unwrap());
         f.scanner.full_scan(false).unwrap();
         assert!(f.changes().is_empty(), "applied record echoed");
@@ -791,17 +787,7 @@ mod tests {
     fn bad_records_are_refused() {
         let f = fixture();
         let chunked = dartsync_shared::chunk::chunk_bytes(b"abc", ChunkParams::for_piece_len(4096));
-        let record = FileRecord {
-            path: RelPath::new("a").unwrap(),
-            kind: FileKind::File,
-            size: 3,
-            mtime_ns: 0,
-            mode: 0o644,
-            content: chunked.content,
-            chunks: chunked.chunks_hash,
-            version: VersionVector::from_entries([(ShortId(2), 1)]),
-            deleted: false,
-        };
+        let record = RecordBuilder::file("a").chunked(&chunked).vv(&[(2, 1)]).build();
         let other = RelPath::new("b").unwrap();
         assert!(matches!(
             f.scanner.gate.record_applied(&other, &record, &chunked.chunks),
@@ -819,7 +805,7 @@ mod tests {
     #[test]
     fn piece_length_change_rechunks_without_bumping() {
         let mut f = fixture();
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let data = det_bytes(13, 200_000);
         std::fs::write(f.root.join("big"), &data).unwrap();
         f.scanner.full_scan(false).unwrap();
         let first = f.changes().pop().unwrap();

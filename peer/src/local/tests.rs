@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dartsync_shared::chunk::{ChunkParams, chunk_bytes};
-use dartsync_shared::{ContentHash, FileKind, FileRecord, RelPath, ShortId, VersionVector};
+use dartsync_shared::test_util::{RecordBuilder, det_bytes, rel, vv};
+use dartsync_shared::{ContentHash, FileKind, FileRecord, ShortId};
 use tokio::time::Instant;
 
 use super::*;
@@ -22,11 +23,8 @@ fn config() -> LocalConfig {
         rescan: Duration::from_secs(3600),
         me: ME,
         debounce: Duration::from_millis(100),
+        ignore_perms: false,
     }
-}
-
-fn rel(p: &str) -> RelPath {
-    RelPath::new(p).unwrap()
 }
 
 fn tag(r: &FileRecord) -> String {
@@ -109,22 +107,6 @@ impl Peer {
     fn clear(&mut self) {
         self.log.clear();
     }
-}
-
-fn vv(entries: &[(u64, u64)]) -> VersionVector {
-    VersionVector::from_entries(entries.iter().map(|&(p, c)| (ShortId(p), c)))
-}
-
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,7 +225,7 @@ async fn empty_unicode_and_spaced_names() {
 async fn a_50_mib_binary_file_is_announced_once_with_its_chunks() {
     let tmp = tempfile::tempdir().unwrap();
     let mut peer = Peer::start(tmp.path(), config()).await;
-    let data = pseudo_random(50 * 1024 * 1024, 50);
+    let data = det_bytes(50, 50 * 1024 * 1024);
     let expected = chunk_bytes(&data, ChunkParams::for_piece_len(PIECE_LEN));
     // Written elsewhere and moved in, as a finished file would be.
     let outside = tmp.path().join("big.bin");
@@ -277,7 +259,7 @@ async fn a_file_written_slowly_is_announced_once_whole() {
     let path = peer.path("slow.bin");
     // Written over ~2.5 s, longer than the debounce, so the watcher reports
     // the file while it is still growing.
-    let bursts: Vec<Vec<u8>> = (0..50).map(|i| pseudo_random(20_000, i)).collect();
+    let bursts: Vec<Vec<u8>> = (0..50).map(|i| det_bytes(i, 20_000)).collect();
     let whole: Vec<u8> = bursts.concat();
     let writer = std::thread::spawn(move || {
         let mut file = std::fs::File::create(&path).unwrap();
@@ -388,19 +370,9 @@ async fn applied_writes_do_not_echo() {
     let global = vv(&[(99, 3)]);
 
     // What the apply engine does: write into tmp, rename into place, record.
-    let bytes = pseudo_random(300_000, 7);
+    let bytes = det_bytes(7, 300_000);
     let chunked = chunk_bytes(&bytes, ChunkParams::for_piece_len(PIECE_LEN));
-    let record = FileRecord {
-        path: rel("applied.bin"),
-        kind: FileKind::File,
-        size: bytes.len() as u64,
-        mtime_ns: 1_600_000_000_000_000_000,
-        mode: 0o644,
-        content: chunked.content,
-        chunks: chunked.chunks_hash,
-        version: global.clone(),
-        deleted: false,
-    };
+    let record = RecordBuilder::file("applied.bin").chunked(&chunked).version(global.clone()).build();
     let part = peer.state.dirs().tmp.join("applied.part");
     std::fs::write(&part, &bytes).unwrap();
     let dest = peer.path("applied.bin");
@@ -415,17 +387,7 @@ async fn applied_writes_do_not_echo() {
     assert_eq!(applied, Gated::Applied { value: (), agrees: true });
 
     // A folder and its tombstone, the same way.
-    let dir = FileRecord {
-        path: rel("remote dir"),
-        kind: FileKind::Dir,
-        size: 0,
-        mtime_ns: 0,
-        mode: 0o755,
-        content: ContentHash::empty(),
-        chunks: ContentHash::empty(),
-        version: vv(&[(99, 1)]),
-        deleted: false,
-    };
+    let dir = RecordBuilder::dir("remote dir").vv(&[(99, 1)]).build();
     let dir_path = peer.path("remote dir");
     let applied = peer
         .state

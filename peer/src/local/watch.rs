@@ -124,7 +124,7 @@ impl Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
+    use dartsync_shared::test_util::{eventually_async, within};
 
     #[tokio::test]
     async fn changes_are_forwarded_and_state_dir_is_filtered() {
@@ -136,13 +136,13 @@ mod tests {
         let _watcher = Watcher::start(&root, Duration::from_millis(50), tx, wakeup.clone()).unwrap();
         std::fs::write(root.join(STATE_DIR).join("noise"), b"x").unwrap();
         std::fs::write(root.join("hello.txt"), b"x").unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
         let mut seen = Vec::new();
-        while !seen.contains(&root.join("hello.txt")) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let batch = tokio::time::timeout(left, rx.recv()).await.expect("no event before the deadline").unwrap();
-            seen.extend(batch);
-        }
+        within(Duration::from_secs(20), "an event for hello.txt", async {
+            while !seen.contains(&root.join("hello.txt")) {
+                seen.extend(rx.recv().await.unwrap());
+            }
+        })
+        .await;
         assert!(seen.iter().all(|p| !p.starts_with(root.join(STATE_DIR))), "{seen:?}");
         assert!(!wakeup.take_rescan());
     }
@@ -154,14 +154,14 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         let wakeup = Arc::new(Wakeup::default());
         let _watcher = Watcher::start(&root, Duration::from_millis(20), tx, wakeup.clone()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
         let mut n = 0;
         // Keep producing events until a batch finds the channel full.
-        while !wakeup.take_rescan() {
-            assert!(Instant::now() < deadline, "no rescan request");
+        eventually_async(Duration::from_secs(20), "a rescan request", async || {
             std::fs::write(root.join(format!("f{n}")), b"x").unwrap();
             n += 1;
             tokio::time::timeout(Duration::from_millis(50), wakeup.notified()).await.ok();
-        }
+            wakeup.take_rescan()
+        })
+        .await;
     }
 }

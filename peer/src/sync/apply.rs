@@ -48,6 +48,61 @@ pub(crate) fn mtime_of(record: &FileRecord) -> SystemTime {
 /// went in the version history, if one was saved.
 pub(crate) type Cleared = Option<Option<PathBuf>>;
 
+/// Mode of files this peer writes when permission bits are ignored.
+const DEFAULT_FILE_MODE: u32 = 0o644;
+/// Mode of folders this peer writes when permission bits are ignored.
+const DEFAULT_DIR_MODE: u32 = 0o755;
+
+/// Carries out records in one folder: its jails, its history, and whether
+/// permission bits are applied. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Applier {
+    pub(crate) jails: Jails,
+    pub(crate) history: History,
+    /// Leave permission bits alone (`--ignore-perms`): files get 0644,
+    /// folders 0755, and a mode-only change writes nothing.
+    pub(crate) ignore_perms: bool,
+}
+
+impl Applier {
+    /// Applies a folder, symlink or deletion record.
+    pub(crate) fn metadata(&self, record: &FileRecord) -> Result<Cleared, ApplyError> {
+        apply_metadata(&self.jails, &self.history, record, self.dir_mode(record))
+    }
+
+    /// Moves a verified download into place (see [`install_file`]).
+    pub(crate) fn install(&self, record: &FileRecord, temp: &Path) -> Result<Option<PathBuf>, ApplyError> {
+        let mode = if self.ignore_perms { DEFAULT_FILE_MODE } else { record.mode & 0o777 };
+        install_file(&self.jails, &self.history, record, temp, mode)
+    }
+
+    /// Applies a new version whose content this peer already has but whose
+    /// permission bits differ (a `chmod` elsewhere): sets them, unless
+    /// permission bits are ignored.
+    pub(crate) fn mode(&self, record: &FileRecord) -> Result<Option<()>, ApplyError> {
+        if !self.ignore_perms {
+            let mode = if record.is_dir() { self.dir_mode(record) } else { record.mode & 0o777 };
+            self.jails.folder.set_mode(rel_path(&record.path), mode)?;
+        }
+        Ok(Some(()))
+    }
+
+    /// Removes a finished download that will not be installed (`temp`, a
+    /// name in `.dartsync/tmp`). Best effort: an abandoned temp file is
+    /// swept later anyway.
+    pub(crate) fn discard_temp(&self, temp: &Path) {
+        let name = temp.file_name().map(Path::new).unwrap_or(temp);
+        if let Err(e) = self.jails.tmp.remove_file(name) {
+            tracing::debug!("cannot remove the temp file {}: {e}", temp.display());
+        }
+    }
+
+    fn dir_mode(&self, record: &FileRecord) -> u32 {
+        // Keep folders traversable by their owner whatever the record says.
+        if self.ignore_perms { DEFAULT_DIR_MODE } else { (record.mode | 0o700) & 0o777 }
+    }
+}
+
 /// Makes sure the parent folders of `rel` exist (never through a link).
 fn ensure_parent(jails: &Jails, rel: &Path) -> Result<(), JailError> {
     match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -72,8 +127,8 @@ fn clear(jails: &Jails, history: &History, record: &FileRecord) -> Result<Cleare
     Ok(Some(history.save(&jails.folder, &record.path)?))
 }
 
-/// Applies a folder, symlink or deletion record.
-pub(crate) fn apply_metadata(jails: &Jails, history: &History, record: &FileRecord) -> Result<Cleared, ApplyError> {
+/// Applies a folder, symlink or deletion record; a folder gets `dir_mode`.
+fn apply_metadata(jails: &Jails, history: &History, record: &FileRecord, dir_mode: u32) -> Result<Cleared, ApplyError> {
     if record.deleted {
         return clear(jails, history, record);
     }
@@ -86,8 +141,7 @@ pub(crate) fn apply_metadata(jails: &Jails, history: &History, record: &FileReco
                 saved = cleared;
             }
             ensure_parent(jails, rel)?;
-            // Keep folders traversable by their owner whatever the record says.
-            jails.folder.create_dir(rel, (record.mode | 0o700) & 0o777)?;
+            jails.folder.create_dir(rel, dir_mode)?;
         }
         FileKind::Symlink { target } => {
             ensure_parent(jails, rel)?;
@@ -106,25 +160,17 @@ pub(crate) fn apply_metadata(jails: &Jails, history: &History, record: &FileReco
     Ok(Some(saved))
 }
 
-/// Applies a new version whose content this peer already has but whose
-/// permission bits differ (a `chmod` elsewhere): sets them (`0o777` only).
-pub(crate) fn apply_mode(jails: &Jails, record: &FileRecord) -> Result<Option<()>, ApplyError> {
-    let rel = rel_path(&record.path);
-    let mode = if record.is_dir() { (record.mode | 0o700) & 0o777 } else { record.mode & 0o777 };
-    jails.folder.set_mode(rel, mode)?;
-    Ok(Some(()))
-}
-
 /// Moves a verified download (`temp`, a name in `.dartsync/tmp`) into
-/// place: keeps the previous content in the history, then sets mode and
-/// mtime, fsyncs and renames atomically over the destination, and fsyncs
-/// the folder. Returns where the previous content went in the history, if
-/// there was any.
-pub(crate) fn install_file(
+/// place: keeps the previous content in the history, then sets `mode` and
+/// the record's mtime, fsyncs and renames atomically over the destination,
+/// and fsyncs the folder. Returns where the previous content went in the
+/// history, if there was any.
+fn install_file(
     jails: &Jails,
     history: &History,
     record: &FileRecord,
     temp: &Path,
+    mode: u32,
 ) -> Result<Option<PathBuf>, ApplyError> {
     let rel = rel_path(&record.path);
     ensure_parent(jails, rel)?;
@@ -142,7 +188,7 @@ pub(crate) fn install_file(
         None => None,
     };
     let name = temp.file_name().map(Path::new).unwrap_or(temp);
-    jails.folder.install_file(rel, &jails.tmp, name, record.mode & 0o777, mtime_of(record))?;
+    jails.folder.install_file(rel, &jails.tmp, name, mode, mtime_of(record))?;
     Ok(saved)
 }
 
@@ -152,29 +198,17 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::sync::Arc;
 
-    use dartsync_shared::{ContentHash, RelPath, ShortId, VersionVector};
+    use dartsync_shared::test_util::{RecordBuilder, rel};
 
     use super::*;
     use crate::jail::Jail;
 
-    fn record(path: &str, kind: FileKind, deleted: bool) -> FileRecord {
-        FileRecord {
-            path: RelPath::new(path).unwrap(),
-            kind,
-            size: 0,
-            mtime_ns: 1_600_000_000_123_456_789,
-            mode: 0o640,
-            content: ContentHash::empty(),
-            chunks: ContentHash::empty(),
-            version: VersionVector::from_entries([(ShortId(1), 1)]),
-            deleted,
-        }
-    }
+    /// Not a whole second: the nanoseconds must reach the disk too.
+    const MTIME_NS: i64 = 1_600_000_000_123_456_789;
 
     struct Fixture {
         root: tempfile::TempDir,
-        jails: Jails,
-        history: History,
+        applier: Applier,
     }
 
     fn fixture() -> Fixture {
@@ -188,7 +222,7 @@ mod tests {
             versions: Arc::new(Jail::open(&root.path().join(".dartsync/versions")).unwrap()),
         };
         let history = History::new(jails.versions.clone(), 5);
-        Fixture { root, jails, history }
+        Fixture { root, applier: Applier { jails, history, ignore_perms: false } }
     }
 
     impl Fixture {
@@ -206,16 +240,15 @@ mod tests {
     fn install_replaces_atomically_and_keeps_history() {
         let f = fixture();
         let temp = f.temp("new.done", b"new");
-        let mut rec = record("a/b.txt", FileKind::File, false);
-        rec.mode = 0o4755;
+        let rec = RecordBuilder::file("a/b.txt").mode(0o4755).mtime_ns(MTIME_NS).build();
         fs::create_dir_all(f.path("a")).unwrap();
         fs::write(f.path("a/b.txt"), b"old").unwrap();
-        install_file(&f.jails, &f.history, &rec, &temp).unwrap();
+        f.applier.install(&rec, &temp).unwrap();
         assert_eq!(fs::read(f.path("a/b.txt")).unwrap(), b"new");
         let meta = fs::metadata(f.path("a/b.txt")).unwrap();
         assert_eq!(meta.modified().unwrap(), mtime_of(&rec));
         assert_eq!(meta.permissions().mode() & 0o7777, 0o755, "setuid never applied");
-        let versions = f.history.versions_of(&rec.path).unwrap();
+        let versions = f.applier.history.versions_of(&rec.path).unwrap();
         assert_eq!(versions.len(), 1);
         assert_eq!(fs::read(&versions[0]).unwrap(), b"old");
     }
@@ -225,13 +258,14 @@ mod tests {
         let f = fixture();
         fs::create_dir_all(f.path("d/e")).unwrap();
         fs::write(f.path("d/e/f"), b"x").unwrap();
-        let out = apply_metadata(&f.jails, &f.history, &record("d/e", FileKind::Dir, true)).unwrap();
+        let gone_dir = RecordBuilder::dir("d/e").tombstone().build();
+        let out = f.applier.metadata(&gone_dir).unwrap();
         assert_eq!(out, None, "a non-empty folder is kept");
-        let out = apply_metadata(&f.jails, &f.history, &record("d/e/f", FileKind::File, true)).unwrap();
+        let out = f.applier.metadata(&RecordBuilder::file("d/e/f").tombstone().build()).unwrap();
         assert!(out.is_some_and(|saved| saved.is_some()));
         assert!(!f.path("d/e/f").exists());
-        assert_eq!(f.history.versions_of(&RelPath::new("d/e/f").unwrap()).unwrap().len(), 1);
-        let out = apply_metadata(&f.jails, &f.history, &record("d/e", FileKind::Dir, true)).unwrap();
+        assert_eq!(f.applier.history.versions_of(&rel("d/e/f")).unwrap().len(), 1);
+        let out = f.applier.metadata(&gone_dir).unwrap();
         assert_eq!(out, Some(None));
         assert!(!f.path("d/e").exists());
     }
@@ -239,16 +273,15 @@ mod tests {
     #[test]
     fn folders_and_links_are_created() {
         let f = fixture();
-        apply_metadata(&f.jails, &f.history, &record("x/y", FileKind::Dir, false)).unwrap();
+        f.applier.metadata(&RecordBuilder::dir("x/y").build()).unwrap();
         assert!(f.path("x/y").is_dir());
-        let link = record("x/l", FileKind::Symlink { target: "y".into() }, false);
-        apply_metadata(&f.jails, &f.history, &link).unwrap();
+        let link = RecordBuilder::symlink("x/l", "y").mtime_ns(MTIME_NS).build();
+        f.applier.metadata(&link).unwrap();
         assert_eq!(fs::read_link(f.path("x/l")).unwrap(), PathBuf::from("y"));
         assert_eq!(fs::symlink_metadata(f.path("x/l")).unwrap().modified().unwrap(), mtime_of(&link));
-        let mut file = record("x/f", FileKind::File, false);
+        let file = RecordBuilder::file("x/f").mode(0o2600).build();
         fs::write(f.path("x/f"), b"x").unwrap();
-        file.mode = 0o2600;
-        apply_mode(&f.jails, &file).unwrap();
+        f.applier.mode(&file).unwrap();
         assert_eq!(fs::metadata(f.path("x/f")).unwrap().permissions().mode() & 0o7777, 0o600);
     }
 
@@ -258,17 +291,33 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), f.path("docs")).unwrap();
         let temp = f.temp("x.done", b"payload");
-        let file = record("docs/x", FileKind::File, false);
-        let err = install_file(&f.jails, &f.history, &file, &temp).unwrap_err();
+        let file = RecordBuilder::file("docs/x").build();
+        let err = f.applier.install(&file, &temp).unwrap_err();
         assert!(err.is_permanent(), "{err}");
         for rec in [
-            record("docs/d", FileKind::Dir, false),
-            record("docs/l", FileKind::Symlink { target: "x".into() }, false),
-            record("docs/x", FileKind::File, true),
+            RecordBuilder::dir("docs/d").build(),
+            RecordBuilder::symlink("docs/l", "x").build(),
+            RecordBuilder::file("docs/x").tombstone().build(),
         ] {
-            let err = apply_metadata(&f.jails, &f.history, &rec).unwrap_err();
+            let err = f.applier.metadata(&rec).unwrap_err();
             assert!(err.is_permanent(), "{}: {err}", rec.path);
         }
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0, "something was written outside");
+    }
+
+    #[test]
+    fn ignored_permission_bits_are_never_applied() {
+        let mut f = fixture();
+        f.applier.ignore_perms = true;
+        let mut rec = RecordBuilder::file("p.txt").mode(0o600).build();
+        let temp = f.temp("p.done", b"p");
+        f.applier.install(&rec, &temp).unwrap();
+        assert_eq!(fs::metadata(f.path("p.txt")).unwrap().permissions().mode() & 0o7777, 0o644);
+        rec.mode = 0o700;
+        f.applier.mode(&rec).unwrap();
+        assert_eq!(fs::metadata(f.path("p.txt")).unwrap().permissions().mode() & 0o7777, 0o644);
+        let dir = RecordBuilder::dir("d").mode(0o700).build();
+        f.applier.metadata(&dir).unwrap();
+        assert_eq!(fs::metadata(f.path("d")).unwrap().permissions().mode() & 0o7777, 0o755);
     }
 }

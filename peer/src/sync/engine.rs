@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dartsync_shared::error::Retry;
+use dartsync_shared::path::case_fold_key;
 use dartsync_shared::proto::ptp::{Delta, Holder};
 use dartsync_shared::{FileRecord, PeerId, RelPath, VersionVector};
 use tokio::sync::mpsc;
@@ -30,10 +31,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::deadlines::Deadlines;
+use crate::jail::rel_path;
 use crate::local::LocalState;
 use crate::local::commit::Gated;
-use crate::local::dirs::Jails;
-use crate::sync::apply;
+use crate::sync::apply::Applier;
+use crate::sync::case_names::CaseNames;
 use crate::sync::error::ApplyError;
 use crate::sync::history::History;
 use crate::sync::index_source::IndexSource;
@@ -110,13 +112,16 @@ pub struct EngineParts {
     pub max_parallel_downloads: usize,
     /// The piece length this folder is chunked with.
     pub chunked_with: u32,
+    /// Neither apply nor announce permission bits.
+    pub ignore_perms: bool,
 }
 
 /// The running engine.
 #[derive(Debug)]
 pub struct Engine {
     parts: EngineParts,
-    jails: Jails,
+    /// Carries out records in the folder.
+    applier: Applier,
     global: HashMap<RelPath, GlobalEntry>,
     active: HashMap<RelPath, Running>,
     jobs: JoinSet<DownloadDone>,
@@ -128,6 +133,8 @@ pub struct Engine {
     /// [`Engine::failed`]), with that version: skipped until another one
     /// arrives.
     parked: HashMap<RelPath, VersionVector>,
+    /// On a case-insensitive folder, which path owns each case-folded name.
+    case_names: Option<CaseNames>,
     /// Paths waiting for a free download slot.
     queued: BTreeSet<RelPath>,
     /// Paths the engine wrote, to re-check once the watcher has settled.
@@ -139,16 +146,22 @@ pub struct Engine {
 impl Engine {
     /// A new engine over `parts`.
     pub fn new(parts: EngineParts) -> Self {
-        let jails = parts.local.jails().clone();
+        let applier = Applier {
+            jails: parts.local.jails().clone(),
+            history: parts.history.clone(),
+            ignore_perms: parts.ignore_perms,
+        };
+        let case_names = parts.local.case_insensitive().then(CaseNames::default);
         Engine {
             parts,
-            jails,
+            applier,
             global: HashMap::new(),
             active: HashMap::new(),
             jobs: JoinSet::new(),
             dirty: BTreeSet::new(),
             retry: Deadlines::default(),
             parked: HashMap::new(),
+            case_names,
             queued: BTreeSet::new(),
             recheck: Deadlines::default(),
             epoch: None,
@@ -261,6 +274,17 @@ impl Engine {
             // reconsider the path only if its record changed, or if it is
             // waiting for holders.
             let record_changed = self.global.get(&path).is_none_or(|g| g.record != entry.record);
+            if let Some(names) = self.case_names.as_mut()
+                && let Some(freed) = names.update(&path, !entry.record.deleted)
+            {
+                // Paths refused for that name may take it now.
+                let waiting: Vec<RelPath> =
+                    self.parked.keys().filter(|p| case_fold_key(p) == freed && **p != path).cloned().collect();
+                for p in waiting {
+                    self.parked.remove(&p);
+                    self.dirty.insert(p);
+                }
+            }
             let waiting = self.retry.remove(&path);
             self.global.insert(path.clone(), GlobalEntry { record: entry.record, holders });
             if record_changed || waiting {
@@ -311,6 +335,11 @@ impl Engine {
             return Ok(());
         }
         self.parked.remove(path);
+        if !global.record.deleted
+            && let Some(other) = self.case_names.as_ref().and_then(|names| names.collision(path))
+        {
+            return Err(ApplyError::CaseCollision { path: path.clone(), other: other.clone() });
+        }
         let (before, modified) = self.parts.local.local_view(path).await?;
         let action = plan(&global.record, before.as_ref().map(|e| &e.record), modified);
         if action != Action::Download {
@@ -331,8 +360,8 @@ impl Engine {
                     // Same bytes, other permission bits: set them through
                     // the write gate, which stores the new version.
                     Some(b) if !record.deleted && b.record.mode != record.mode && b.record.kind == record.kind => {
-                        let (jails, target) = (self.jails.clone(), record.clone());
-                        let op = move || apply::apply_mode(&jails, &target);
+                        let (applier, target) = (self.applier.clone(), record.clone());
+                        let op = move || applier.mode(&target);
                         let chunks = if record.is_file() { b.chunks.clone() } else { Vec::new() };
                         if !matches!(
                             local.apply_if_unmodified(record.clone(), chunks, op).await?,
@@ -351,8 +380,8 @@ impl Engine {
             Action::MakeDir | Action::MakeLink | Action::Delete => {
                 let record = global.record.clone();
                 let op = {
-                    let (jails, history, record) = (self.jails.clone(), self.parts.history.clone(), record.clone());
-                    move || apply::apply_metadata(&jails, &history, &record)
+                    let (applier, record) = (self.applier.clone(), record.clone());
+                    move || applier.metadata(&record)
                 };
                 match local.apply_if_unmodified(record.clone(), Vec::new(), op).await? {
                     Gated::Refused => return Ok(()),
@@ -384,6 +413,19 @@ impl Engine {
                 Ok(())
             }
             Action::Download => {
+                // A parent this peer can never write through (a symlink, a
+                // file) would waste the whole download: refuse before it.
+                if let Some(parent) = path.parent() {
+                    let jails = self.applier.jails.clone();
+                    let checked = tokio::task::spawn_blocking(move || jails.folder.lstat(rel_path(&parent)).map(drop))
+                        .await
+                        .map_err(|e| ApplyError::from(crate::local::LocalError::Task(e)))?;
+                    if let Err(e) = checked
+                        && e.is_permanent()
+                    {
+                        return Err(e.into());
+                    }
+                }
                 self.start_download(global);
                 Ok(())
             }
@@ -413,8 +455,7 @@ impl Engine {
         self.active.insert(path.clone(), Running { record: global.record.clone(), cancel: cancel.clone() });
         let downloader = self.parts.downloader.clone();
         let installer = Installer {
-            jails: self.jails.clone(),
-            history: self.parts.history.clone(),
+            applier: self.applier.clone(),
             local: self.parts.local.clone(),
             source: self.parts.source.clone(),
         };
@@ -423,7 +464,7 @@ impl Engine {
         self.jobs.spawn(async move {
             let result = match downloader.download(job, cancel.clone()).await {
                 Ok(outcome) if cancel.is_cancelled() => {
-                    let _ = std::fs::remove_file(&outcome.temp_path);
+                    installer.applier.discard_temp(&outcome.temp_path);
                     Ok((outcome, Installed::Skipped))
                 }
                 Ok(outcome) => {

@@ -21,6 +21,17 @@ pub(crate) enum ApplyError {
         /// The record's path.
         path: RelPath,
     },
+    /// On a case-insensitive folder, the path's name (or a parent's) differs
+    /// only in case from a path already there.
+    #[error(
+        "{path}: its name differs only in letter case from {other}, which this case-insensitive folder already holds"
+    )]
+    CaseCollision {
+        /// The refused path.
+        path: RelPath,
+        /// The path that keeps the name.
+        other: RelPath,
+    },
     /// A file record reached the metadata path (a bug, not a disk state).
     #[error("{path}: file content must be installed from a download")]
     NotMetadata {
@@ -48,7 +59,7 @@ impl ApplyError {
     pub(crate) fn is_permanent(&self) -> bool {
         match self {
             ApplyError::Jail(e) => e.is_permanent(),
-            ApplyError::NotMetadata { .. } => true,
+            ApplyError::NotMetadata { .. } | ApplyError::CaseCollision { .. } => true,
             ApplyError::FolderInTheWay { .. } | ApplyError::Local(_) => false,
         }
     }

@@ -15,10 +15,8 @@ use dartsync_shared::FileRecord;
 
 use crate::local::LocalState;
 use crate::local::commit::Gated;
-use crate::local::dirs::Jails;
-use crate::sync::apply;
+use crate::sync::apply::Applier;
 use crate::sync::error::ApplyError;
-use crate::sync::history::History;
 use crate::sync::index_source::IndexSource;
 use crate::transfer::DownloadOutcome;
 
@@ -39,8 +37,7 @@ pub(crate) enum Installed {
 /// clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Installer {
-    pub(crate) jails: Jails,
-    pub(crate) history: History,
+    pub(crate) applier: Applier,
     pub(crate) local: LocalState,
     pub(crate) source: Arc<IndexSource>,
 }
@@ -48,7 +45,7 @@ pub(crate) struct Installer {
 impl Installer {
     /// Moves a verified download into place unless the write gate refuses.
     pub(crate) async fn install(&self, record: &FileRecord, outcome: &DownloadOutcome) -> Installed {
-        let (jails, history, temp) = (self.jails.clone(), self.history.clone(), outcome.temp_path.clone());
+        let (applier, temp) = (self.applier.clone(), outcome.temp_path.clone());
         let target = record.clone();
         let previous = self.local.index().clone();
         let result = self
@@ -57,7 +54,7 @@ impl Installer {
                 // The entry being replaced, read under the commit lock so it
                 // is exactly what the history receives.
                 let before = previous.get(&target.path)?;
-                let saved = apply::install_file(&jails, &history, &target, &temp)?;
+                let saved = applier.install(&target, &temp)?;
                 Ok::<_, ApplyError>(Some((saved, before)))
             })
             .await;
@@ -74,7 +71,7 @@ impl Installer {
             Err(e) => Installed::Failed(e),
         };
         // Not renamed into place: the temp file is ours to remove.
-        let _ = std::fs::remove_file(&outcome.temp_path);
+        self.applier.discard_temp(&outcome.temp_path);
         installed
     }
 }

@@ -61,29 +61,14 @@ pub(crate) fn plan(global: &FileRecord, indexed: Option<&FileRecord>, locally_mo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dartsync_shared::{ContentHash, RelPath, ShortId, VersionVector};
-
-    fn rec(kind: FileKind, content: &[u8], vv: &[(u64, u64)], deleted: bool) -> FileRecord {
-        let file = kind == FileKind::File && !deleted;
-        FileRecord {
-            path: RelPath::new("p").unwrap(),
-            kind,
-            size: if file { content.len() as u64 } else { 0 },
-            mtime_ns: 0,
-            mode: 0o644,
-            content: if file { ContentHash::of(content) } else { ContentHash::empty() },
-            chunks: ContentHash::empty(),
-            version: VersionVector::from_entries(vv.iter().map(|(p, c)| (ShortId(*p), *c))),
-            deleted,
-        }
-    }
+    use dartsync_shared::test_util::RecordBuilder;
 
     #[test]
     fn plan_table() {
         use Action::*;
-        let f = |c: &[u8], vv: &[(u64, u64)]| rec(FileKind::File, c, vv, false);
-        let tomb = |vv: &[(u64, u64)]| rec(FileKind::File, b"", vv, true);
-        let dir = |vv: &[(u64, u64)]| rec(FileKind::Dir, b"", vv, false);
+        let f = |c: &[u8], vv: &[(u64, u64)]| RecordBuilder::file("p").body(c).vv(vv).build();
+        let tomb = |vv: &[(u64, u64)]| RecordBuilder::file("p").vv(vv).tombstone().build();
+        let dir = |vv: &[(u64, u64)]| RecordBuilder::dir("p").vv(vv).build();
         let cases: Vec<(FileRecord, Option<FileRecord>, bool, Action)> = vec![
             // New file, nothing here.
             (f(b"a", &[(1, 1)]), None, false, Download),

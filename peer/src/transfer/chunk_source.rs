@@ -222,22 +222,17 @@ pub(crate) fn hash_file(path: &Path) -> std::io::Result<ContentHash> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dartsync_shared::test_util::det_bytes;
 
     fn params() -> ChunkParams {
         ChunkParams::for_piece_len(4096)
-    }
-
-    fn data(len: usize, seed: u8) -> Vec<u8> {
-        let mut out = vec![0u8; len];
-        blake3::Hasher::new().update(&[seed]).finalize_xof().fill(&mut out);
-        out
     }
 
     #[test]
     fn files_are_located_and_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a");
-        std::fs::write(&a, data(100_000, 1)).unwrap();
+        std::fs::write(&a, det_bytes(1, 100_000)).unwrap();
         let src = MemoryChunkSource::new();
         let f = src.add_file(&a, params()).unwrap();
         assert!(f.chunks.len() > 3);
@@ -255,12 +250,12 @@ mod tests {
     fn stale_candidates_are_never_returned() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a");
-        std::fs::write(&a, data(50_000, 2)).unwrap();
+        std::fs::write(&a, det_bytes(2, 50_000)).unwrap();
         let src = MemoryChunkSource::new();
         let f = src.add_file(&a, params()).unwrap();
         let c = f.chunks[1];
         // Same length, other bytes: the hash check must reject it.
-        std::fs::write(&a, data(50_000, 3)).unwrap();
+        std::fs::write(&a, det_bytes(3, 50_000)).unwrap();
         assert!(read_verified(&src, &src.locate(&c.hash, c.len), c.len, &c.hash).is_none());
         // Shorter file: no read past the end.
         std::fs::write(&a, b"short").unwrap();
@@ -278,7 +273,7 @@ mod tests {
     fn add_dir_is_recursive_and_hash_file_matches() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("x/y")).unwrap();
-        let bytes = data(20_000, 4);
+        let bytes = det_bytes(4, 20_000);
         std::fs::write(dir.path().join("x/y/z"), &bytes).unwrap();
         std::fs::write(dir.path().join("top"), b"hi").unwrap();
         let src = MemoryChunkSource::new();
