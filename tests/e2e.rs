@@ -5,6 +5,8 @@
 mod cli;
 mod cluster;
 mod faults;
+mod hostile;
+mod hostile_client;
 mod pi;
 mod sync;
 mod tidy;

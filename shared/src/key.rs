@@ -78,23 +78,59 @@ fn write_secret_file(path: &Path, contents: &str) -> Result<(), KeyError> {
     file.sync_all().map_err(io_err(&tmp))?;
     drop(file);
     // hard_link fails if the target exists: no race with a concurrent init.
-    fs::hard_link(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
+    let linked = fs::hard_link(&tmp, path);
+    // Best effort: a stray temp file is overwritten by the next attempt.
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(KeyError::Exists(path.to_owned())),
+        // No hard links on this file system (vfat, exFAT): create the file
+        // exclusively instead, which refuses an existing one just the same.
+        Err(_) => write_new_file(path, contents),
+    }
+}
+
+/// Creates `path` (mode 0600, failing if it exists) holding `contents`,
+/// fsynced.
+fn write_new_file(path: &Path, contents: &str) -> Result<(), KeyError> {
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             KeyError::Exists(path.to_owned())
         } else {
             KeyError::Io { path: path.to_owned(), source: e }
         }
     })?;
-    fs::remove_file(&tmp).map_err(io_err(&tmp))?;
-    Ok(())
+    file.write_all(contents.as_bytes()).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))
 }
 
-fn read_secret_file(path: &Path) -> Result<String, KeyError> {
+/// How strictly [`read_secret_file`] treats a file others may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secrecy {
+    /// Refuse it ([`KeyError::TooOpen`]): the cluster key.
+    Strict,
+    /// Tighten it to 0600; if the file system keeps no permission bits
+    /// (vfat, exFAT), accept it with a warning: a node identity living in
+    /// a synced folder on such a stick.
+    TightenOrWarn,
+}
+
+fn read_secret_file(path: &Path, secrecy: Secrecy) -> Result<String, KeyError> {
     let meta = fs::metadata(path).map_err(io_err(path))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(KeyError::TooOpen { path: path.to_owned(), mode });
+        if secrecy == Secrecy::Strict {
+            return Err(KeyError::TooOpen { path: path.to_owned(), mode });
+        }
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_err(path))?;
+        let now = fs::metadata(path).map_err(io_err(path))?.permissions().mode() & 0o777;
+        if now & 0o077 != 0 {
+            tracing::warn!(
+                "{} is readable by others (mode {now:o}) and its file system keeps no permission bits; \
+                 mount it with umask=077 to keep this device's identity private",
+                path.display()
+            );
+        }
     }
     if meta.len() > 4096 {
         return Err(KeyError::Malformed { path: path.to_owned(), what: "file too large for a key" });
@@ -133,7 +169,7 @@ impl ClusterKey {
 
     /// Reads a key file.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let text = read_secret_file(path)?;
+        let text = read_secret_file(path, Secrecy::Strict)?;
         from_hex32(&text).map(ClusterKey).ok_or_else(|| KeyError::Malformed {
             path: path.to_owned(),
             what: "expected 64 hex digits (a key written by `dartsync init`)",
@@ -187,7 +223,7 @@ impl Identity {
 
     /// Reads an identity file.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let text = read_secret_file(path)?;
+        let text = read_secret_file(path, Secrecy::TightenOrWarn)?;
         let malformed = || KeyError::Malformed { path: path.to_owned(), what: "expected two lines of 64 hex digits" };
         let mut lines = text.lines();
         let secret = lines.next().and_then(from_hex32).ok_or_else(malformed)?;
@@ -247,6 +283,27 @@ mod tests {
         fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(ClusterKey::load(&path), Err(KeyError::TooOpen { .. })));
+    }
+
+    #[test]
+    fn an_open_identity_file_is_tightened_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity");
+        let identity = Identity::generate();
+        identity.save_new(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(Identity::load(&path).unwrap().peer_id(), identity.peer_id());
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn without_hard_links_a_key_file_is_created_exclusively() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        write_new_file(&path, "x\n").unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(matches!(write_new_file(&path, "y\n"), Err(KeyError::Exists(_))));
+        assert_eq!(fs::read_to_string(&path).unwrap(), "x\n");
     }
 
     #[test]

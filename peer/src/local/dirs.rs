@@ -84,7 +84,17 @@ impl PeerDirs {
             root,
         };
         std::fs::create_dir_all(&dirs.state).map_err(io(&dirs.state))?;
-        std::fs::set_permissions(&dirs.state, std::fs::Permissions::from_mode(0o700)).map_err(io(&dirs.state))?;
+        if let Err(e) = std::fs::set_permissions(&dirs.state, std::fs::Permissions::from_mode(0o700)) {
+            // File systems without permission bits (vfat without `quiet`)
+            // refuse a chmod; the state stays as private as the mount is.
+            if e.kind() != std::io::ErrorKind::PermissionDenied {
+                return Err(LocalError::Io { path: dirs.state.clone(), source: e });
+            }
+            tracing::warn!(
+                "cannot make {} private ({e}); its file system keeps no permission bits",
+                dirs.state.display()
+            );
+        }
         for dir in [&dirs.tmp, &dirs.versions] {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
         }

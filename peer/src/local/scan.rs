@@ -581,6 +581,10 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
+        fixture_with(false)
+    }
+
+    fn fixture_with(ignore_perms: bool) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("root");
         std::fs::create_dir(&root).unwrap();
@@ -588,7 +592,8 @@ mod tests {
         let index = Index::open(&tmp.path().join("index.redb")).unwrap();
         let (tx, rx) = mpsc::channel(10_000);
         let jail = Arc::new(Jail::open(&root).unwrap());
-        let gate = Arc::new(WriteGate::new(index, Probe::new(jail.clone(), ChunkParams::for_piece_len(4096), false)));
+        let gate =
+            Arc::new(WriteGate::new(index, Probe::new(jail.clone(), ChunkParams::for_piece_len(4096), ignore_perms)));
         let config = ScannerConfig { me: ShortId(1), quiet: Duration::ZERO };
         let scanner = Scanner::new(config, gate, IgnoreRules::load(jail), tx, CancellationToken::new());
         Fixture { _tmp: tmp, root, scanner, rx }
@@ -817,5 +822,23 @@ mod tests {
         assert_eq!(again[0].version, first.version);
         assert_eq!(again[0].content, first.content);
         assert_ne!(again[0].chunks, first.chunks);
+    }
+
+    #[test]
+    fn ignored_permission_bits_are_not_announced() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut f = fixture_with(true);
+        let p = f.root.join("f");
+        std::fs::write(&p, b"x").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::create_dir(f.root.join("d")).unwrap();
+        std::fs::set_permissions(f.root.join("d"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        f.scanner.full_scan(false).unwrap();
+        let got = f.changes();
+        let mode = |path: &str| got.iter().find(|r| r.path.as_str() == path).unwrap().mode;
+        assert_eq!((mode("f"), mode("d")), (0o644, 0o755), "modes on disk are not announced");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        f.scanner.full_scan(false).unwrap();
+        assert!(f.changes().is_empty(), "a chmod is no change");
     }
 }
