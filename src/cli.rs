@@ -79,6 +79,11 @@ pub struct Cli {
     #[arg(long)]
     pub ignore_perms: bool,
 
+    /// Peer: bytes to keep free on the folder's file system; a download that
+    /// would eat into them waits (default: 1 GiB or 1%, the smaller).
+    #[arg(long, value_name = "BYTES")]
+    pub min_disk_free: Option<u64>,
+
     /// Test only: serve corrupted chunks (a lying holder).
     #[arg(long, hide = true)]
     pub test_corrupt_chunks: bool,

@@ -108,6 +108,9 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         if cli.ignore_perms {
             cfg.ignore_perms = true;
         }
+        if let Some(v) = cli.min_disk_free {
+            cfg.min_disk_free = Some(v);
+        }
         cfg.folder = absolute(&cfg.folder)?;
         cfg.validate()?;
         let hooks = dartsync_peer::TestHooks {

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::local::{LocalConfig, LocalError, LocalState, OpenFolder};
-use crate::sync::engine::{Engine, EngineParts};
+use crate::sync::engine::{DiskReserve, Engine, EngineParts};
 use crate::sync::history::History;
 use crate::sync::index_source::IndexSource;
 use crate::sync::tracker_client::{ClientConfig, SummaryFn, TrackerClient, probe_welcome};
@@ -217,6 +217,7 @@ pub async fn run(
         max_parallel_downloads: config.max_parallel_downloads,
         chunked_with: piece_len,
         ignore_perms: config.ignore_perms,
+        min_disk_free: config.min_disk_free.map_or(DiskReserve::Default, DiskReserve::Bytes),
     });
     let engine_cancel = tasks.clone();
     supervised.spawn(async move {

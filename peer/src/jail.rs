@@ -71,6 +71,15 @@ pub(crate) use self::meta::{Entry, Meta};
 use self::rel::Rel;
 use self::resolve::{Access, Stop, Strategy};
 
+/// Space on the file system of a jail's root, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Space {
+    /// Bytes an unprivileged writer may still use.
+    pub(crate) available: u64,
+    /// Size of the file system.
+    pub(crate) total: u64,
+}
+
 /// A synced path as a path relative to the folder jail's root.
 pub(crate) fn rel_path(path: &dartsync_shared::RelPath) -> &Path {
     Path::new(path.as_str())
@@ -133,6 +142,20 @@ impl Jail {
     /// The root folder, for messages.
     pub(crate) fn root(&self) -> &Path {
         &self.root_path
+    }
+
+    /// Free and total space of the file system holding the root (what an
+    /// unprivileged writer may still use, and its size), in bytes.
+    pub(crate) fn free_space(&self) -> Result<Space, JailError> {
+        let stat = rustix::fs::fstatvfs(&self.root).map_err(|errno| JailError::Io {
+            op: "measure free space",
+            path: PathBuf::new(),
+            source: errno.into(),
+        })?;
+        Ok(Space {
+            available: stat.f_bavail.saturating_mul(stat.f_frsize),
+            total: stat.f_blocks.saturating_mul(stat.f_frsize),
+        })
     }
 
     /// The `lstat` of `rel`; `None` when it (or a parent folder) does not

@@ -16,3 +16,4 @@ pub(crate) mod index_source;
 mod install;
 mod plan;
 pub(crate) mod tracker_client;
+mod waiting;

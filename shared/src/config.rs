@@ -23,6 +23,7 @@
 //! rescan_secs = 600              # periodic full rescan
 //! versions_keep = 5              # old versions kept per path
 //! ignore_perms = false           # true: neither apply nor announce permission bits
+//! min_disk_free = 1073741824     # bytes kept free (default: 1 GiB or 1%, the smaller)
 //! upload_slots_per_peer = 8
 //! upload_slots_total = 32
 //! max_parallel_downloads = 16
@@ -117,6 +118,8 @@ pub struct PeerSection {
     /// Neither apply nor announce permission bits (file systems without
     /// Unix modes: vfat, exFAT, NTFS).
     pub ignore_perms: Option<bool>,
+    /// Bytes to keep free on the folder's file system.
+    pub min_disk_free: Option<u64>,
     /// Upload slots per requesting peer.
     pub upload_slots_per_peer: Option<usize>,
     /// Upload slots in total.
@@ -253,6 +256,10 @@ pub struct PeerConfig {
     /// get 0644 (folders 0755), and local permission changes are not
     /// announced (for file systems without Unix modes).
     pub ignore_perms: bool,
+    /// Bytes to keep free on the folder's file system; a download that
+    /// would eat into them waits ("disk full"). `None`: the smaller of
+    /// 1 GiB and 1% of the file system.
+    pub min_disk_free: Option<u64>,
     /// Upload slots per requesting peer.
     pub upload_slots_per_peer: usize,
     /// Upload slots in total.
@@ -270,6 +277,7 @@ impl Default for PeerConfig {
             rescan: Duration::from_secs(600),
             versions_keep: 5,
             ignore_perms: false,
+            min_disk_free: None,
             upload_slots_per_peer: 8,
             upload_slots_total: 32,
             max_parallel_downloads: 16,
@@ -298,6 +306,9 @@ impl PeerConfig {
         }
         if let Some(v) = section.ignore_perms {
             cfg.ignore_perms = v;
+        }
+        if let Some(v) = section.min_disk_free {
+            cfg.min_disk_free = Some(v);
         }
         if let Some(v) = section.upload_slots_per_peer {
             cfg.upload_slots_per_peer = v;

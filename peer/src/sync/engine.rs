@@ -22,10 +22,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dartsync_shared::error::Retry;
 use dartsync_shared::path::case_fold_key;
 use dartsync_shared::proto::ptp::{Delta, Holder};
-use dartsync_shared::{FileRecord, PeerId, RelPath, VersionVector};
+use dartsync_shared::{FileRecord, PeerId, RelPath};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -42,10 +41,14 @@ use crate::sync::index_source::IndexSource;
 use crate::sync::install::{Installed, Installer};
 use crate::sync::plan::{Action, plan};
 use crate::sync::tracker_client::{ClientCommand, TrackerClient, TrackerEvent};
-use crate::transfer::{DownloadError, DownloadJob, DownloadOutcome, Downloader};
+use crate::sync::waiting::{Parked, Reason, Waiting};
+use crate::transfer::{ChunkSource, DownloadError, DownloadJob, DownloadOutcome, Downloader};
 
-/// How long a failed path waits before it is retried.
-const RETRY_EVERY: Duration = Duration::from_secs(2);
+/// The summary of waiting paths is logged when it changed and at least
+/// this long after the last one...
+const SUMMARY_MIN_GAP: Duration = Duration::from_secs(60);
+/// ...and, while paths keep waiting, again after this long.
+const SUMMARY_REPEAT: Duration = Duration::from_secs(15 * 60);
 /// How often timers (retries, re-checks) are looked at.
 const TICK: Duration = Duration::from_millis(250);
 /// After the engine writes a path, the scanner re-checks it this much
@@ -114,6 +117,43 @@ pub struct EngineParts {
     pub chunked_with: u32,
     /// Neither apply nor announce permission bits.
     pub ignore_perms: bool,
+    /// Free space kept on the folder's file system: a download that would
+    /// eat into it waits.
+    pub min_disk_free: DiskReserve,
+}
+
+/// The free space a peer leaves on its folder's file system.
+#[derive(Debug, Clone, Copy)]
+pub enum DiskReserve {
+    /// The smaller of 1 GiB and 1% of the file system.
+    Default,
+    /// This many bytes.
+    Bytes(u64),
+}
+
+impl DiskReserve {
+    /// The reserve on a file system of `total` bytes.
+    fn bytes(self, total: u64) -> u64 {
+        match self {
+            DiskReserve::Default => (1u64 << 30).min(total / 100),
+            DiskReserve::Bytes(n) => n,
+        }
+    }
+}
+
+/// Why a failed download waits.
+fn download_reason(e: &DownloadError) -> Reason {
+    match e {
+        DownloadError::NoChunkList { failures, .. } if failures.is_empty() => Reason::NoHolder,
+        DownloadError::NoChunkList { .. } | DownloadError::NoHoldersLeft { .. } => Reason::Unreachable(e.to_string()),
+        DownloadError::NotAFile { .. } | DownloadError::ContentMismatch { .. } => Reason::Refused(e.to_string()),
+        DownloadError::Io { .. } | DownloadError::Cancelled { .. } => Reason::InstallFailed(e.to_string()),
+    }
+}
+
+/// `n thing` or `n things`.
+fn plural(n: u32, thing: &str) -> String {
+    if n == 1 { thing.to_owned() } else { format!("{thing}s") }
 }
 
 /// The running engine.
@@ -127,12 +167,14 @@ pub struct Engine {
     jobs: JoinSet<DownloadDone>,
     /// Paths to reconsider on the next pass.
     dirty: BTreeSet<RelPath>,
-    /// Paths waiting to be retried, ordered by when.
-    retry: Deadlines<RelPath, Instant>,
-    /// Paths that cannot take their global version here (see
-    /// [`Engine::failed`]), with that version: skipped until another one
-    /// arrives.
-    parked: HashMap<RelPath, VersionVector>,
+    /// Paths that cannot take their global version now, with the reason
+    /// and when to look again (see [`Waiting`]).
+    waiting: Waiting,
+    /// Verified downloads whose install failed, by path: only the install
+    /// is retried, never the download.
+    kept: HashMap<RelPath, (FileRecord, DownloadOutcome)>,
+    /// The last summary of waiting paths logged, and when.
+    last_summary: (String, Option<Instant>),
     /// On a case-insensitive folder, which path owns each case-folded name.
     case_names: Option<CaseNames>,
     /// Paths waiting for a free download slot.
@@ -159,8 +201,9 @@ impl Engine {
             active: HashMap::new(),
             jobs: JoinSet::new(),
             dirty: BTreeSet::new(),
-            retry: Deadlines::default(),
-            parked: HashMap::new(),
+            waiting: Waiting::default(),
+            kept: HashMap::new(),
+            last_summary: (String::new(), None),
             case_names,
             queued: BTreeSet::new(),
             recheck: Deadlines::default(),
@@ -225,6 +268,13 @@ impl Engine {
                     }
                 }
                 tracing::trace!(records = batch.len(), "announcing local changes");
+                // A local change may fix what a waiting path needs (a link
+                // in its way replaced by a folder, space freed).
+                for record in &batch {
+                    for path in self.waiting.wake_under(&record.path) {
+                        self.dirty.insert(path);
+                    }
+                }
                 // Sent even while disconnected: the client drops what it
                 // cannot send, and its next summary carries it.
                 self.parts.client.send(ClientCommand::Announce(batch)).await;
@@ -253,7 +303,8 @@ impl Engine {
             Event::Download(done) => self.finish_download(*done).await,
             Event::Tick => {
                 let now = Instant::now();
-                self.dirty.extend(self.retry.take_due(now));
+                self.dirty.extend(self.waiting.take_due(now));
+                self.log_summary(now);
                 for path in self.recheck.take_due(now) {
                     self.parts.local.mark_dirty(&path);
                 }
@@ -278,16 +329,20 @@ impl Engine {
                 && let Some(freed) = names.update(&path, !entry.record.deleted)
             {
                 // Paths refused for that name may take it now.
-                let waiting: Vec<RelPath> =
-                    self.parked.keys().filter(|p| case_fold_key(p) == freed && **p != path).cloned().collect();
-                for p in waiting {
-                    self.parked.remove(&p);
+                for p in self.waiting.refused_matching(|p| case_fold_key(p) == freed && *p != path) {
+                    self.waiting.resolve(&p);
                     self.dirty.insert(p);
                 }
             }
-            let waiting = self.retry.remove(&path);
+            if record_changed {
+                // Another version: whatever blocked the old one may not apply.
+                self.waiting.resolve(&path);
+                self.discard_kept(&path);
+            }
+            // New holders may be exactly what a waiting path needs.
+            let woken = self.waiting.wake(&path);
             self.global.insert(path.clone(), GlobalEntry { record: entry.record, holders });
-            if record_changed || waiting {
+            if record_changed || woken {
                 self.dirty.insert(path);
             }
         }
@@ -317,24 +372,31 @@ impl Engine {
     /// before children), deletions last (children before parents).
     async fn reconcile_round(&mut self) {
         let paths: Vec<RelPath> = std::mem::take(&mut self.dirty).into_iter().collect();
+        let paths = self.park_unheld(paths).await;
         let (mut deletions, others): (Vec<RelPath>, Vec<RelPath>) =
             paths.into_iter().partition(|p| self.global.get(p).is_some_and(|g| g.record.deleted));
         // BTreeSet order puts parents before children; reverse for deletions.
         deletions.reverse();
         for path in others.into_iter().chain(deletions) {
             if let Err(e) = self.reconcile(&path).await {
-                let permanent = e.is_permanent();
-                self.failed(path, "cannot apply", &e, permanent);
+                let reason = if e.is_permanent() {
+                    Reason::Refused(e.to_string())
+                } else {
+                    Reason::InstallFailed(e.to_string())
+                };
+                self.park(&path, "cannot apply", reason);
             }
         }
     }
 
     async fn reconcile(&mut self, path: &RelPath) -> Result<(), ApplyError> {
-        let Some(global) = self.global.get(path).cloned() else { return Ok(()) };
-        if self.parked.get(path) == Some(&global.record.version) {
+        let Some(global) = self.global.get(path).cloned() else {
+            self.waiting.resolve(path);
+            return Ok(());
+        };
+        if self.waiting.blocks(path, &global.record.version) {
             return Ok(());
         }
-        self.parked.remove(path);
         if !global.record.deleted
             && let Some(other) = self.case_names.as_ref().and_then(|names| names.collision(path))
         {
@@ -344,6 +406,9 @@ impl Engine {
         let action = plan(&global.record, before.as_ref().map(|e| &e.record), modified);
         if action != Action::Download {
             self.cancel_download(path);
+            self.discard_kept(path);
+            // In line (or not ours to change): nothing waits any more.
+            self.recovered(path);
         }
         let local = &self.parts.local;
         match action {
@@ -413,6 +478,11 @@ impl Engine {
                 Ok(())
             }
             Action::Download => {
+                if self.kept.get(path).is_some_and(|(r, _)| r.version == global.record.version) {
+                    // Verified already: only the install is retried.
+                    self.start_install(path);
+                    return Ok(());
+                }
                 // A parent this peer can never write through (a symlink, a
                 // file) would waste the whole download: refuse before it.
                 if let Some(parent) = path.parent() {
@@ -425,6 +495,10 @@ impl Engine {
                     {
                         return Err(e.into());
                     }
+                }
+                if let Some(short) = self.disk_short_for(&global.record).await {
+                    self.park(path, "cannot download", short);
+                    return Ok(());
                 }
                 self.start_download(global);
                 Ok(())
@@ -477,6 +551,85 @@ impl Engine {
         });
     }
 
+    /// Retries the install of a verified download kept after a failed
+    /// install (no bytes are fetched again).
+    fn start_install(&mut self, path: &RelPath) {
+        if self.active.contains_key(path) {
+            return;
+        }
+        let Some((record, outcome)) = self.kept.remove(path) else { return };
+        let cancel = CancellationToken::new();
+        self.active.insert(path.clone(), Running { record: record.clone(), cancel });
+        let installer = Installer {
+            applier: self.applier.clone(),
+            local: self.parts.local.clone(),
+            source: self.parts.source.clone(),
+        };
+        let path = path.clone();
+        tracing::debug!(%path, "retrying the install of the verified download");
+        self.jobs.spawn(async move {
+            let installed = installer.install(&record, &outcome).await;
+            DownloadDone { path, record, result: Ok((outcome, installed)) }
+        });
+    }
+
+    /// Drops a kept verified download (a newer version or no longer needed).
+    fn discard_kept(&mut self, path: &RelPath) {
+        if let Some((_, outcome)) = self.kept.remove(path) {
+            self.applier.discard_temp(&outcome.temp_path);
+        }
+    }
+
+    /// Parks, without trying, the files among `paths` that nobody online
+    /// holds and whose bytes no local file has (a delta that brings a
+    /// holder wakes them); returns the rest. One blocking task for the
+    /// whole batch: a peer joining a cluster whose only holder is away
+    /// stays idle however many such files there are.
+    async fn park_unheld(&mut self, paths: Vec<RelPath>) -> Vec<RelPath> {
+        let unheld: Vec<(RelPath, dartsync_shared::ContentHash)> = paths
+            .iter()
+            .filter_map(|p| self.global.get(p).map(|g| (p, g)))
+            .filter(|(p, g)| {
+                let r = &g.record;
+                r.is_file() && r.size > 0 && g.holders.is_empty() && !self.waiting.blocks(p, &r.version)
+            })
+            .map(|(p, g)| (p.clone(), g.record.content))
+            .collect();
+        if unheld.is_empty() {
+            return paths;
+        }
+        let source = self.parts.source.clone();
+        let local: std::collections::HashSet<RelPath> = tokio::task::spawn_blocking(move || {
+            unheld.into_iter().filter(|(_, c)| source.chunk_list(c).is_some()).map(|(p, _)| p).collect()
+        })
+        .await
+        .unwrap_or_default();
+        let mut rest = Vec::with_capacity(paths.len());
+        for path in paths {
+            let unheld = self.global.get(&path).is_some_and(|g| {
+                let r = &g.record;
+                r.is_file() && r.size > 0 && g.holders.is_empty() && !self.waiting.blocks(&path, &r.version)
+            });
+            if unheld && !local.contains(&path) {
+                self.cancel_download(&path);
+                self.park(&path, "cannot download", Reason::NoHolder);
+            } else {
+                rest.push(path);
+            }
+        }
+        rest
+    }
+
+    /// `Some(reason)` when the folder's file system lacks room for
+    /// `record` plus the reserve.
+    async fn disk_short_for(&self, record: &FileRecord) -> Option<Reason> {
+        let jails = self.applier.jails.clone();
+        let reserve = self.parts.min_disk_free;
+        let free = tokio::task::spawn_blocking(move || jails.folder.free_space()).await.ok()?.ok()?;
+        let need = record.size.saturating_add(reserve.bytes(free.total));
+        (free.available < need).then_some(Reason::DiskFull { need, free: free.available })
+    }
+
     async fn finish_download(&mut self, done: DownloadDone) {
         let DownloadDone { path, record, result } = done;
         if self.active.get(&path).is_some_and(|a| a.record.version == record.version) {
@@ -485,10 +638,10 @@ impl Engine {
         self.start_queued();
         let (outcome, installed) = match result {
             Ok(done) => done,
+            Err(DownloadError::Cancelled { .. }) => return,
             Err(e) => {
                 if self.global.get(&path).is_some_and(|g| g.record.version == record.version) {
-                    let permanent = e.retry() == Retry::Permanent;
-                    self.failed(path, "download failed", &e, permanent);
+                    self.park(&path, "download failed", download_reason(&e));
                 }
                 return;
             }
@@ -512,6 +665,7 @@ impl Engine {
                     outcome.bytes_resumed
                 );
                 self.recheck.insert(path.clone(), Instant::now() + RECHECK_AFTER);
+                self.recovered(&path);
                 self.have(&record).await;
                 // A newer version may have arrived while this one downloaded.
                 if self.global.get(&path).is_some_and(|g| g.record.version != record.version) {
@@ -522,26 +676,75 @@ impl Engine {
                 self.dirty.insert(path);
             }
             Installed::Failed(e) => {
-                let permanent = e.is_permanent();
-                self.failed(path, "cannot install the downloaded file", &e, permanent);
+                let current = self.global.get(&path).is_some_and(|g| g.record.version == record.version);
+                if e.is_permanent() || !current {
+                    self.applier.discard_temp(&outcome.temp_path);
+                } else {
+                    self.kept.insert(path.clone(), (record.clone(), outcome));
+                }
+                if current {
+                    let reason = if e.is_permanent() {
+                        Reason::Refused(e.to_string())
+                    } else {
+                        Reason::InstallFailed(e.to_string())
+                    };
+                    self.park(&path, "cannot install the downloaded file", reason);
+                }
             }
         }
     }
 
-    /// A path could not be brought in line with its global record. A
-    /// transient failure is retried later; a permanent one (a parent that
-    /// is a symlink or a file, a name too long for this file system, a
-    /// record that cannot be right) is parked: logged once, and left alone
-    /// until a different version of the path arrives.
-    fn failed(&mut self, path: RelPath, what: &str, error: &dyn std::fmt::Display, permanent: bool) {
-        let Some(global) = self.global.get(&path) else { return };
-        if permanent {
-            tracing::warn!(%path, "{what}: {error}; parked until a newer version arrives");
-            self.parked.insert(path, global.record.version.clone());
+    /// A path could not be brought in line with its global record: it waits
+    /// (see [`Waiting`]). A condition of the path itself is logged once, at
+    /// warn, with what would fix it; one of the cluster (no holder online,
+    /// holders unreachable) only in the summary.
+    fn park(&mut self, path: &RelPath, what: &str, reason: Reason) {
+        let Some(global) = self.global.get(path) else { return };
+        let version = global.record.version.clone();
+        let told = self.waiting.park(path, &version, reason.clone(), Instant::now());
+        if told == Parked::New && reason.is_path_specific() {
+            tracing::warn!(%path, "{what}: {reason}; parked, {}", reason.fix());
         } else {
-            tracing::warn!(%path, "{what}: {error}; will retry");
-            self.retry.insert(path, Instant::now() + RETRY_EVERY);
+            tracing::debug!(%path, "{what}: {reason}; waiting");
         }
+    }
+
+    /// `path` is in line: if it was waiting, say so (once, for the reasons
+    /// that were said).
+    fn recovered(&mut self, path: &RelPath) {
+        if let Some((reason, attempts)) = self.waiting.resolve(path)
+            && reason.is_path_specific()
+        {
+            tracing::info!(%path, "recovered after {attempts} failed {}: {reason}", plural(attempts, "attempt"));
+        }
+    }
+
+    /// Logs how many paths wait and why, when that changed (at most every
+    /// [`SUMMARY_MIN_GAP`]) or again after [`SUMMARY_REPEAT`].
+    fn log_summary(&mut self, now: Instant) {
+        let since = self.last_summary.1.map(|at| now.saturating_duration_since(at));
+        // Counting every waiting path each tick would be the busy loop this
+        // is meant to prevent: look at most once per gap.
+        if since.is_some_and(|since| since < SUMMARY_MIN_GAP) {
+            return;
+        }
+        let summary = self.waiting.summary();
+        let last = &self.last_summary.0;
+        let due = match since {
+            None => !summary.is_empty(),
+            Some(since) => {
+                (summary != *last && since >= SUMMARY_MIN_GAP) || (!summary.is_empty() && since >= SUMMARY_REPEAT)
+            }
+        };
+        if !due {
+            return;
+        }
+        if summary.is_empty() {
+            tracing::info!("no paths waiting any more");
+        } else {
+            tracing::info!("{summary}");
+        }
+        self.last_summary = (summary, Some(now));
     }
 
     async fn have(&self, record: &FileRecord) {

@@ -6,8 +6,9 @@
 //! The one authoritative check — the disk still equals the index and the
 //! record supersedes the indexed version — happens under the commit lock
 //! in [`LocalState::apply_if_unmodified`]; nothing here repeats it
-//! optimistically. Whatever the outcome, the `.done` temp file is consumed
-//! (renamed into place) or removed.
+//! optimistically. The `.done` temp file is consumed (renamed into place),
+//! removed when the write gate refuses it, or left for the engine when the
+//! install fails (it retries only the install).
 
 use std::sync::Arc;
 
@@ -68,9 +69,11 @@ impl Installer {
                 return Installed::Yes;
             }
             Ok(Gated::Refused | Gated::Declined) => Installed::Skipped,
-            Err(e) => Installed::Failed(e),
+            // The verified file stays in `.dartsync/tmp`: the engine keeps
+            // it to retry only the install, or discards it.
+            Err(e) => return Installed::Failed(e),
         };
-        // Not renamed into place: the temp file is ours to remove.
+        // Not wanted here: the temp file is ours to remove.
         self.applier.discard_temp(&outcome.temp_path);
         installed
     }
