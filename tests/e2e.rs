@@ -12,4 +12,5 @@ mod storms;
 mod sync;
 mod tidy;
 mod tracker_restart;
+mod tracker_trust;
 mod util;

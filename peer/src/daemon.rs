@@ -123,7 +123,11 @@ pub async fn run(
         .map_err(|e| PeerError::Local(LocalError::Task(e)))??;
     let identity = folder.identity().clone();
     let me = identity.peer_id();
-    tracing::info!("peer id {me} syncing {}", folder.dirs().root.display());
+    tracing::info!(
+        "peer id {me} syncing {} (cluster key fingerprint {})",
+        folder.dirs().root.display(),
+        key.fingerprint()
+    );
 
     // The chunking granularity this folder was indexed with; a new folder
     // is chunked with the cluster's piece length from the start.
@@ -135,6 +139,7 @@ pub async fn run(
                 listen_port: 0,
                 key: key.clone(),
                 identity: identity.clone(),
+                pin_file: folder.dirs().tracker_pin.clone(),
             };
             match probe_welcome(&probe).await {
                 Ok(welcome) => welcome.piece_len,
@@ -199,7 +204,7 @@ pub async fn run(
     let index = local.index().clone();
     let summary: SummaryFn = Arc::new(move || index.records().map_err(|e| e.to_string()));
     let (client, client_task) = TrackerClient::spawn(
-        ClientConfig { tracker_addr, listen_port, key, identity },
+        ClientConfig { tracker_addr, listen_port, key, identity, pin_file: local.dirs().tracker_pin.clone() },
         summary,
         events_tx,
         tasks.clone(),

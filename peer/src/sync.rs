@@ -16,4 +16,5 @@ pub(crate) mod index_source;
 mod install;
 mod plan;
 pub(crate) mod tracker_client;
+mod tracker_pin;
 mod waiting;

@@ -2,8 +2,9 @@
 //! `.dartsync/` state directory.
 //!
 //! `DIR/.dartsync/` holds the node identity (`identity`, mode 0600), the
-//! redb index (`index.redb`), downloads in progress (`tmp/`) and replaced or
-//! deleted files (`versions/`). It is created on first start, never synced
+//! redb index (`index.redb`), downloads in progress (`tmp/`), replaced or
+//! deleted files (`versions/`) and, once a tracker has answered, the
+//! tracker's pinned identity (`tracker.pin`, see `sync::tracker_pin`). It is created on first start, never synced
 //! and never announced: [`dartsync_shared::RelPath`] cannot name anything
 //! under it, and the scanner never descends into it.
 //!
@@ -33,6 +34,8 @@ pub const INDEX_FILE: &str = "index.redb";
 pub const TMP_DIR: &str = "tmp";
 /// Name of the version-history folder inside `.dartsync/`.
 pub const VERSIONS_DIR: &str = "versions";
+/// Name of the tracker's pinned identity inside `.dartsync/`.
+pub const TRACKER_PIN_FILE: &str = "tracker.pin";
 
 /// The jails every file-system operation on behalf of the cluster goes
 /// through (see [`crate::jail`]): the synced folder, the downloads in
@@ -62,6 +65,9 @@ pub struct PeerDirs {
     pub identity: PathBuf,
     /// `root/.dartsync/index.redb`: the local index.
     pub index: PathBuf,
+    /// `root/.dartsync/tracker.pin`: the tracker's identity, pinned at
+    /// first contact (written by the tracker client, not here).
+    pub tracker_pin: PathBuf,
 }
 
 impl PeerDirs {
@@ -80,6 +86,7 @@ impl PeerDirs {
             versions: state.join(VERSIONS_DIR),
             identity: state.join(IDENTITY_FILE),
             index: state.join(INDEX_FILE),
+            tracker_pin: state.join(TRACKER_PIN_FILE),
             state,
             root,
         };
