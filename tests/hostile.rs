@@ -34,8 +34,8 @@ use crate::util::{Proc, wait_until};
 /// How long a single step of a test may take.
 const STEP: Duration = Duration::from_secs(45);
 
-/// The peer engine retries a transient failure every 2 s
-/// (`peer/src/sync/engine.rs`, `RETRY_EVERY`); refusals are counted only
+/// The peer engine's first retry of a transient failure comes after about
+/// 2 s (`peer/src/sync/waiting.rs`, `RETRY_MIN`); refusals are counted only
 /// after later syncs spanning at least this long, so a path retried in a
 /// loop would have logged several times.
 const RETRY_WINDOW: Duration = Duration::from_secs(5);
