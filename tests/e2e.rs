@@ -8,6 +8,7 @@ mod faults;
 mod hostile;
 mod hostile_client;
 mod pi;
+mod preauth;
 mod storms;
 mod sync;
 mod tidy;

@@ -73,8 +73,8 @@ fn killed_download_resumes_without_refetching_and_never_shows_partial_files() {
     stop.store(true, Ordering::Relaxed);
     let violations = watcher.join().unwrap();
     assert!(violations.is_empty(), "partial files seen: {violations:?}");
-    let lines = cluster.synced_lines(3, "big.bin");
-    let line = lines.last().expect("synced line after restart");
+    // The log line follows the rename into place by a moment.
+    let line = cluster.peer(3).wait_for_line("synced big.bin", CONVERGE);
     let fetched: u64 = line.split(" bytes local, ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
     assert!(fetched < (size as u64) * 9 / 10, "resumed download refetched {fetched} of {size} bytes: {line}");
 }
@@ -93,8 +93,8 @@ fn corrupt_holder_is_detected_and_dropped() {
     fs::create_dir_all(cluster.folder(3)).unwrap();
     cluster.start_peer(3);
     cluster.wait_tree(&expected, CONVERGE);
-    let lines = cluster.synced_lines(3, "data.bin");
-    let line = lines.last().expect("synced line");
+    // The log line follows the rename into place by a moment.
+    let line = cluster.peer(3).wait_for_line("synced data.bin", CONVERGE);
     assert!(!line.contains(&format!("{liar}=")), "bytes from the liar were accepted: {line}");
     cluster.peer(3).wait_for_line("holder dropped: it sent bad data", Duration::from_secs(5));
 }

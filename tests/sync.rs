@@ -6,6 +6,7 @@ use std::fs;
 use std::time::Duration;
 
 use crate::cluster::{CONVERGE, Cluster, Node, Options, random_bytes, snapshot, write};
+use crate::util::wait_until;
 
 const MIB: usize = 1024 * 1024;
 
@@ -96,6 +97,9 @@ fn big_file_delta_edit_and_rename() {
     let expected = snapshot(&p0);
     cluster.wait_tree(&expected, Duration::from_secs(120));
     for i in 1..4 {
+        // The log line follows the rename into place by a moment: the
+        // second "synced" line is the edit's.
+        wait_until(CONVERGE, &format!("peer{i} to log the edit"), || cluster.synced_lines(i, "big.bin").len() >= 2);
         let lines = cluster.synced_lines(i, "big.bin");
         let last = lines.last().expect("synced line");
         let fetched = fetched_bytes(last);
@@ -107,8 +111,8 @@ fn big_file_delta_edit_and_rename() {
     let expected = snapshot(&p0);
     cluster.wait_tree(&expected, Duration::from_secs(120));
     for i in 1..4 {
-        let lines = cluster.synced_lines(i, "moved.bin");
-        let last = lines.last().expect("synced line for moved.bin");
+        let last = cluster.peer(i).wait_for_line("synced moved.bin", CONVERGE);
+        let last = &last;
         assert_eq!(fetched_bytes(last), 0, "peer{i} fetched bytes for a rename: {last}");
     }
 }

@@ -161,12 +161,13 @@ fn a_stopped_tracker_is_noticed_and_the_peer_comes_back() {
     c.wait_registered(0, 1);
     c.wait_registered(1, 1);
     let peer = c.peer(0);
-    // An idle but healthy tracker is checked, passes, and keeps the session.
-    wait_until(Duration::from_secs(30), "two passed liveness checks", || {
-        count(&peer.lines(), "passed a liveness check") >= 2
-    });
+    // An idle but healthy tracker sends a heartbeat every interval, so the
+    // session stays and no liveness check is needed. (An observation
+    // window of more than two read deadlines: the claim is about time.)
+    std::thread::sleep(Duration::from_secs(7));
     assert_eq!(count(&peer.lines(), "registered with tracker"), 1, "a healthy tracker was dropped");
     assert_eq!(count(&peer.lines(), "tracker silent"), 0);
+    assert_eq!(count(&peer.lines(), "liveness check"), 0, "the heartbeats did not reach the peer");
 
     let tracker = c.tracker.as_ref().unwrap();
     let resume = Resume(tracker.pid());

@@ -18,6 +18,9 @@
 
 mod daemon;
 mod deadlines;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod jail;
 mod local;
 mod sync;

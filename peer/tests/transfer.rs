@@ -801,7 +801,8 @@ async fn still_serves(server: &Server, key: &ClusterKey, content: &ContentHash, 
 #[tokio::test]
 async fn answers_come_in_request_order() {
     let OneFile { key, bytes, chunked: f, site, .. } = one_file(20, MIB);
-    let server = Server::start(&key, site.source.clone(), |_| {}).await;
+    // Six requests in flight, each holding an upload slot.
+    let server = Server::start(&key, site.source.clone(), |c| c.slots_per_peer = 8).await;
     let mut client = server.client(&key, &Identity::generate()).await;
     let absent = ChunkInfo { offset: 0, len: 100, hash: ContentHash::of(b"absent") };
     let path = rel("f");
@@ -947,11 +948,11 @@ async fn full_slots_answer_busy_at_once() {
     let mut z1 = server.client(&key, &z).await;
     z1.send(&get(&f.content, &f.chunks[3])).await.unwrap();
     assert_eq!(recv(&mut z1).await, P2pResponse::Busy);
-    // A chunk-list request needs no slot.
+    // A chunk-list request needs a slot too.
     z1.send(&P2pRequest::GetChunkList { path: rel("f"), content: f.content, first: 0, max: CHUNK_LIST_PAGE })
         .await
         .unwrap();
-    assert!(matches!(recv(&mut z1).await, P2pResponse::ChunkList { .. }));
+    assert_eq!(recv(&mut z1).await, P2pResponse::Busy);
 
     gate.open();
     assert!(matches!(recv(&mut x1).await, P2pResponse::Chunk { .. }));

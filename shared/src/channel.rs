@@ -1,16 +1,31 @@
-//! The secure channel: Noise `XXpsk3_25519_ChaChaPoly_BLAKE2s` over any byte
+//! The secure channel: Noise `XXpsk0_25519_ChaChaPoly_BLAKE2s` over any byte
 //! stream, carrying length-prefixed frames of encoded messages.
 //!
 //! # Handshake
 //! Both sides hold the 32-byte cluster key (the Noise PSK) and an x25519
 //! static identity. The XX pattern exchanges both static keys, so after the
 //! handshake each side knows the other's [`PublicKey`], hence its
-//! [`PeerId`]. The first handshake payload of each side carries
-//! [`MAGIC`] and [`PROTOCOL_VERSION`]; a mismatch fails with a clear error.
-//! A wrong cluster key fails the responder when it reads the third
-//! message; the responder then closes, and the initiator, which waits for
-//! an encrypted confirmation, fails too. The handshake has a deadline
-//! ([`HANDSHAKE_TIMEOUT`]) so a silent client cannot hold a slot.
+//! [`PeerId`]. `psk0` mixes the cluster key in before anything else, so
+//! every handshake payload and both static keys travel encrypted under keys
+//! that depend on it: a host without the cluster key learns no identity.
+//! The first handshake payload of each side carries [`MAGIC`] and
+//! [`PROTOCOL_VERSION`]; a mismatch fails with a clear error (a node of
+//! protocol 2, which spoke `XXpsk3`, is recognised and named as such).
+//!
+//! A wrong cluster key fails the responder when it reads the first
+//! message; the responder then closes without answering, and the
+//! initiator, which waits for message 2, fails too (the remote closed).
+//!
+//! # Deadlines
+//! The responder waits at most [`FIRST_MESSAGE_TIMEOUT`] for the first
+//! message and the whole handshake has [`HANDSHAKE_TIMEOUT`], so a silent
+//! client cannot hold a slot for long. Handshake messages are at most
+//! [`MAX_HANDSHAKE_MSG`] bytes, checked before buffering, so a connection
+//! still in the handshake costs a few KiB. [`accept_with`] tells its caller
+//! when the first message has been authenticated (made with the cluster
+//! key, or replayed from one that was), which the listeners' pre-
+//! authentication pools ([`crate::preauth`]) use to tell idle connections
+//! from members.
 //!
 //! # Transport
 //! Each Noise transport message goes on the wire as a big-endian `u16`
@@ -55,6 +70,20 @@ const PROLOGUE: &[u8] = b"dartsync noise v1";
 /// How long a handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the responder waits for the initiator's first message. A
+/// member sends it right after connecting; a connection that stays silent
+/// this long is dropped long before [`HANDSHAKE_TIMEOUT`].
+pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Largest handshake message accepted (ours are 58, 106 and 64 bytes);
+/// a larger length prefix fails the handshake before anything is buffered.
+pub const MAX_HANDSHAKE_MSG: usize = 256;
+
+/// The Noise protocol of DartSync protocol 2 and older: the cluster key was
+/// mixed in only at the end of message 3. Used only to recognise such a node
+/// and say so.
+const LEGACY_NOISE_PARAMS: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
+
 /// Largest Noise message.
 const MAX_NOISE_MSG: usize = 65535;
 
@@ -74,8 +103,13 @@ pub enum ChannelError {
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
     /// The remote closed the connection during the handshake.
-    #[error("handshake failed: the remote closed the connection (wrong cluster key, or not a DartSync node?)")]
+    #[error(
+        "handshake failed: the remote closed the connection (wrong cluster key, an older DartSync release, or not a DartSync node?)"
+    )]
     ClosedInHandshake,
+    /// The initiator sent no first message in time.
+    #[error("handshake failed: no first message within {0:?}")]
+    NoFirstMessage(Duration),
     /// The handshake did not finish in time.
     #[error("handshake failed: no answer within {0:?}")]
     HandshakeTimeout(Duration),
@@ -102,8 +136,10 @@ impl From<snow::Error> for ChannelError {
     }
 }
 
+/// The codec of Noise messages on the wire, during the handshake (at most
+/// [`MAX_HANDSHAKE_MSG`] bytes each); raised to [`MAX_NOISE_MSG`] after it.
 fn noise_codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder().length_field_length(2).big_endian().max_frame_length(MAX_NOISE_MSG).new_codec()
+    LengthDelimitedCodec::builder().length_field_length(2).big_endian().max_frame_length(MAX_HANDSHAKE_MSG).new_codec()
 }
 
 fn hello_payload() -> Vec<u8> {
@@ -164,7 +200,7 @@ pub async fn connect<S>(stream: S, key: &ClusterKey, identity: &Identity) -> Res
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    with_timeout(handshake(stream, key, identity, true)).await
+    with_timeout(handshake(stream, key, identity, true, || {})).await
 }
 
 /// Runs the responder side of the handshake (the side that accepted).
@@ -172,11 +208,54 @@ pub async fn accept<S>(stream: S, key: &ClusterKey, identity: &Identity) -> Resu
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    with_timeout(handshake(stream, key, identity, false)).await
+    accept_with(stream, key, identity, || {}).await
+}
+
+/// [`accept`], calling `first_message_ok` as soon as the initiator's first
+/// message has been authenticated: it was made with the cluster key (or is
+/// a replay of one that was; only the rest of the handshake proves the
+/// initiator holds the key). Listeners use it to stop counting the
+/// connection as idle.
+pub async fn accept_with<S>(
+    stream: S,
+    key: &ClusterKey,
+    identity: &Identity,
+    first_message_ok: impl FnOnce(),
+) -> Result<SecureChannel<S>, ChannelError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    with_timeout(handshake(stream, key, identity, false, first_message_ok)).await
 }
 
 async fn with_timeout<T>(fut: impl Future<Output = Result<T, ChannelError>>) -> Result<T, ChannelError> {
     tokio::time::timeout(HANDSHAKE_TIMEOUT, fut).await.map_err(|_| ChannelError::HandshakeTimeout(HANDSHAKE_TIMEOUT))?
+}
+
+/// The DartSync protocol version a node of protocol 2 or older announces
+/// in `msg`, its first handshake message under [`LEGACY_NOISE_PARAMS`];
+/// `None` if `msg` is not one.
+fn legacy_version(msg: &[u8], identity: &Identity) -> Option<u16> {
+    // An ephemeral key plus the encrypted 10-byte hello, nothing else.
+    if msg.len() != 32 + MAGIC.len() + 2 + TAG_LEN {
+        return None;
+    }
+    // Message 1 of XXpsk3 depends on no key: any PSK decrypts it.
+    let params = LEGACY_NOISE_PARAMS.parse().ok()?;
+    let mut state = snow::Builder::new(params)
+        .local_private_key(identity.secret())
+        .ok()?
+        .psk(3, &[0; 32])
+        .ok()?
+        .prologue(PROLOGUE)
+        .ok()?
+        .build_responder()
+        .ok()?;
+    let mut payload = [0u8; MAX_HANDSHAKE_MSG];
+    let n = state.read_message(msg, &mut payload).ok()?;
+    let hello = payload.get(..n)?;
+    let version = hello.strip_prefix(MAGIC.as_slice())?;
+    Some(u16::from_be_bytes(version.try_into().ok()?))
 }
 
 async fn handshake<S>(
@@ -184,20 +263,21 @@ async fn handshake<S>(
     key: &ClusterKey,
     identity: &Identity,
     initiator: bool,
+    first_message_ok: impl FnOnce(),
 ) -> Result<SecureChannel<S>, ChannelError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let builder = snow::Builder::new(crate::noise::params())
         .local_private_key(identity.secret())?
-        .psk(3, key.as_bytes())?
+        .psk(crate::noise::PSK_LOCATION, key.as_bytes())?
         .prologue(PROLOGUE)?;
     let mut state = if initiator { builder.build_initiator()? } else { builder.build_responder()? };
     let (read, write) = tokio::io::split(stream);
     let mut frames = FramedRead::new(read, noise_codec());
     let mut sink = FramedWrite::new(write, noise_codec());
-    let mut buf = vec![0u8; MAX_NOISE_MSG];
-    let mut payload = vec![0u8; MAX_NOISE_MSG];
+    let mut buf = [0u8; MAX_HANDSHAKE_MSG];
+    let mut payload = [0u8; MAX_HANDSHAKE_MSG];
 
     async fn next_msg<R: AsyncRead + Unpin>(
         frames: &mut FramedRead<R, LengthDelimitedCodec>,
@@ -210,31 +290,46 @@ where
     }
 
     if initiator {
-        // -> e (hello)
+        // -> psk, e (hello)
         let n = state.write_message(&hello_payload(), &mut buf)?;
         sink.send(Bytes::copy_from_slice(&buf[..n])).await?;
         // <- e, ee, s, es (hello)
         let msg = next_msg(&mut frames).await?;
         let n = state.read_message(&msg, &mut payload)?;
         check_hello(&payload[..n])?;
-        // -> s, se, psk
+        // -> s, se
         let n = state.write_message(&[], &mut buf)?;
         sink.send(Bytes::copy_from_slice(&buf[..n])).await?;
     } else {
-        // <- e (hello)
-        let msg = next_msg(&mut frames).await?;
-        let n = state.read_message(&msg, &mut payload)?;
+        // <- psk, e (hello): fails here with a wrong cluster key, before we
+        // have sent anything.
+        let msg = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, next_msg(&mut frames))
+            .await
+            .map_err(|_| ChannelError::NoFirstMessage(FIRST_MESSAGE_TIMEOUT))??;
+        let n = match state.read_message(&msg, &mut payload) {
+            Ok(n) => n,
+            Err(e) => {
+                return Err(match legacy_version(&msg, identity) {
+                    Some(v) => ChannelError::Version(format!("DartSync protocol {v} (an older release)")),
+                    None => ChannelError::Noise(e),
+                });
+            }
+        };
         check_hello(&payload[..n])?;
+        first_message_ok();
         // -> e, ee, s, es (hello)
         let n = state.write_message(&hello_payload(), &mut buf)?;
         sink.send(Bytes::copy_from_slice(&buf[..n])).await?;
-        // <- s, se, psk: fails here with a wrong cluster key.
+        // <- s, se
         let msg = next_msg(&mut frames).await?;
         state.read_message(&msg, &mut payload)?;
     }
     let remote =
         state.get_remote_static().and_then(PublicKey::from_slice).ok_or(ChannelError::Noise(snow::Error::Input))?;
     let transport = Arc::new(Transport(state.into_stateless_transport_mode()?));
+    // Transport messages may be as large as Noise allows.
+    frames.decoder_mut().set_max_frame_length(MAX_NOISE_MSG);
+    sink.encoder_mut().set_max_frame_length(MAX_NOISE_MSG);
     let mut reader = ChannelReader {
         transport: transport.clone(),
         frames,
@@ -323,6 +418,80 @@ impl<R: AsyncRead + Unpin> ChannelReader<R> {
                 None => return Err(ChannelError::Truncated),
             }
         }
+    }
+
+    /// The length of the next frame, as soon as its 4-byte prefix has
+    /// arrived, consuming nothing: the caller decides how (and with which
+    /// bound, after which wait) to receive it. `Ok(None)` when the remote
+    /// closed cleanly between frames. Reads at most one Noise message
+    /// beyond the prefix. Cancel-safe.
+    pub async fn peek_frame_len(&mut self) -> Result<Option<usize>, ChannelError> {
+        let mut out = Vec::new();
+        loop {
+            if let Some(len) = FrameCodec::peek_len(&self.plain) {
+                return Ok(Some(len));
+            }
+            if !self.read_more(&mut out).await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Receives one message whose frame is at most `max_len` bytes; `Ok(None)`
+    /// when the remote closed cleanly between frames. A longer length prefix
+    /// is [`CodecError::Oversized`] as soon as it is seen, so no more than
+    /// `max_len` bytes plus one Noise message are ever buffered for a frame;
+    /// the message is decoded with every list and string bounded
+    /// ([`codec::decode`]). After a large frame the buffer is released, so an
+    /// idle reader holds no more than one Noise message. Cancel-safe.
+    pub async fn recv_bounded<T: DeserializeOwned>(&mut self, max_len: usize) -> Result<Option<T>, ChannelError> {
+        let mut out = Vec::new();
+        loop {
+            if let Some(frame) = self.frame_codec.decode_bounded(&mut self.plain, max_len)? {
+                if frame.len() > MAX_NOISE_MSG {
+                    // `plain` still shares the frame's allocation: move what
+                    // follows the frame (less than one Noise message) out, so
+                    // the allocation goes with the frame.
+                    self.plain = BytesMut::from(&self.plain[..]);
+                }
+                return Ok(Some(codec::decode(&frame)?));
+            }
+            if !self.read_more(&mut out).await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads and decrypts one Noise message into the plaintext buffer
+    /// (`out` is scratch space, sized on first use). False at a clean end
+    /// of stream between frames.
+    async fn read_more(&mut self, out: &mut Vec<u8>) -> Result<bool, ChannelError> {
+        match self.frames.next().await {
+            Some(Ok(msg)) => {
+                if out.len() < MAX_NOISE_MSG {
+                    out.resize(MAX_NOISE_MSG, 0);
+                }
+                let n = self.decrypt_one(&msg, out)?;
+                self.plain.extend_from_slice(&out[..n]);
+                Ok(true)
+            }
+            Some(Err(e)) => Err(e.into()),
+            None if self.plain.is_empty() => Ok(false),
+            None => Err(ChannelError::Truncated),
+        }
+    }
+
+    /// Reads and drops whatever the remote still sends, one Noise message
+    /// at a time (never decrypted or buffered), until it closes. After a
+    /// `Refused`, this lets the connection close cleanly: a socket closed
+    /// with unread data resets the connection, and the remote may then
+    /// lose the reason. Use it under a timeout.
+    pub async fn drain(&mut self) -> Result<(), ChannelError> {
+        self.plain.clear();
+        while let Some(msg) = self.frames.next().await {
+            msg?;
+        }
+        Ok(())
     }
 }
 
@@ -417,11 +586,13 @@ mod tests {
     }
 
     #[test]
-    fn hello_carries_protocol_2_and_refuses_protocol_1() {
-        assert_eq!(hello_payload(), b"DARTSYNC\x00\x02");
+    fn hello_carries_protocol_3_and_refuses_protocols_1_and_2() {
+        assert_eq!(hello_payload(), b"DARTSYNC\x00\x03");
         check_hello(&hello_payload()).unwrap();
-        let err = check_hello(b"DARTSYNC\x00\x01").unwrap_err().to_string();
-        assert!(err.contains("protocol 1") && err.contains("protocol 2"), "{err}");
+        for old in [1u8, 2] {
+            let err = check_hello(&[b"DARTSYNC".as_slice(), &[0, old]].concat()).unwrap_err().to_string();
+            assert!(err.contains(&format!("protocol {old}")) && err.contains("protocol 3"), "{err}");
+        }
         assert!(check_hello(b"HTTP/1.1 200").is_err());
     }
 
@@ -450,10 +621,197 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn silent_client_times_out() {
+    async fn a_silent_client_is_dropped_after_the_first_message_deadline() {
         let (_a, b) = pair();
+        let start = tokio::time::Instant::now();
         let result = accept(b, &ClusterKey::generate(), &Identity::generate()).await;
-        assert!(matches!(result, Err(ChannelError::HandshakeTimeout(_))));
+        assert!(matches!(result, Err(ChannelError::NoFirstMessage(FIRST_MESSAGE_TIMEOUT))), "{result:?}");
+        assert_eq!(start.elapsed(), FIRST_MESSAGE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_stalling_after_its_first_message_meets_the_whole_deadline() {
+        let key = ClusterKey::generate();
+        let (mut a, b) = pair();
+        let start = tokio::time::Instant::now();
+        let k2 = key.clone();
+        let server = tokio::spawn(async move {
+            let mut first = false;
+            let r = accept_with(b, &k2, &Identity::generate(), || first = true).await;
+            (r, first)
+        });
+        // A genuine message 1, then silence.
+        let mut init = initiator(&key, &Identity::generate());
+        let mut buf = [0u8; MAX_HANDSHAKE_MSG];
+        let n = init.write_message(&hello_payload(), &mut buf).unwrap();
+        a.write_all(&u16::try_from(n).unwrap().to_be_bytes()).await.unwrap();
+        a.write_all(&buf[..n]).await.unwrap();
+        let (result, first) = server.await.unwrap();
+        assert!(first, "an authentic first message was not reported");
+        assert!(matches!(result, Err(ChannelError::HandshakeTimeout(HANDSHAKE_TIMEOUT))), "{result:?}");
+        assert_eq!(start.elapsed(), HANDSHAKE_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_handshake_message_is_refused_before_buffering() {
+        let (mut a, b) = pair();
+        let server = tokio::spawn(async move { accept(b, &ClusterKey::generate(), &Identity::generate()).await });
+        // Claims 65,535 bytes; sends a few.
+        a.write_all(&[0xFF, 0xFF, 1, 2, 3]).await.unwrap();
+        let result = server.await.unwrap();
+        assert!(matches!(result, Err(ChannelError::Io(_))), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_is_not_reported_as_an_authentic_first_message() {
+        let (a, b) = pair();
+        let server = tokio::spawn(async move {
+            let mut first = false;
+            let r = accept_with(b, &ClusterKey::generate(), &Identity::generate(), || first = true).await;
+            (r.is_ok(), first)
+        });
+        assert!(connect(a, &ClusterKey::generate(), &Identity::generate()).await.is_err());
+        assert_eq!(server.await.unwrap(), (false, false));
+    }
+
+    #[tokio::test]
+    async fn a_protocol_2_node_is_named_as_such() {
+        let key = ClusterKey::generate();
+        let (mut a, b) = pair();
+        let k2 = key.clone();
+        let server = tokio::spawn(async move { accept(b, &k2, &Identity::generate()).await });
+        // What a protocol-2 node sends first: XXpsk3, hello "DARTSYNC" 2.
+        let mut old = legacy_initiator(&key, &Identity::generate());
+        let mut buf = [0u8; MAX_HANDSHAKE_MSG];
+        let n = old.write_message(b"DARTSYNC\x00\x02", &mut buf).unwrap();
+        a.write_all(&u16::try_from(n).unwrap().to_be_bytes()).await.unwrap();
+        a.write_all(&buf[..n]).await.unwrap();
+        let err = server.await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("protocol 2") && err.contains("protocol 3"), "{err}");
+    }
+
+    /// A snow initiator of the current handshake.
+    fn initiator(key: &ClusterKey, identity: &Identity) -> snow::HandshakeState {
+        snow::Builder::new(crate::noise::params())
+            .local_private_key(identity.secret())
+            .unwrap()
+            .psk(crate::noise::PSK_LOCATION, key.as_bytes())
+            .unwrap()
+            .prologue(PROLOGUE)
+            .unwrap()
+            .build_initiator()
+            .unwrap()
+    }
+
+    /// A snow initiator of the protocol-2 handshake (`XXpsk3`).
+    fn legacy_initiator(key: &ClusterKey, identity: &Identity) -> snow::HandshakeState {
+        snow::Builder::new(LEGACY_NOISE_PARAMS.parse().unwrap())
+            .local_private_key(identity.secret())
+            .unwrap()
+            .psk(3, key.as_bytes())
+            .unwrap()
+            .prologue(PROLOGUE)
+            .unwrap()
+            .build_initiator()
+            .unwrap()
+    }
+
+    /// A stranger's probe of a responder: it connects as an initiator with
+    /// its own (wrong) cluster key, sends message 1 as `stranger` builds it,
+    /// and returns every byte the responder sends back before closing (or
+    /// within a second), plus the static key the stranger's handshake state
+    /// learned from them, if any.
+    async fn probe<S>(responder: S, mut stranger: snow::HandshakeState) -> (Vec<u8>, Option<Vec<u8>>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut responder = responder;
+        let mut buf = [0u8; MAX_HANDSHAKE_MSG];
+        let n = stranger.write_message(&hello_payload(), &mut buf).unwrap();
+        responder.write_all(&u16::try_from(n).unwrap().to_be_bytes()).await.unwrap();
+        responder.write_all(&buf[..n]).await.unwrap();
+        let mut reply = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), responder.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(k)) => reply.extend_from_slice(&chunk[..k]),
+            }
+        }
+        let mut learned = None;
+        if reply.len() > 2 {
+            let len = usize::from(u16::from_be_bytes([reply[0], reply[1]]));
+            if let Some(msg2) = reply.get(2..2 + len) {
+                let mut out = [0u8; MAX_HANDSHAKE_MSG];
+                if stranger.read_message(msg2, &mut out).is_ok() {
+                    learned = stranger.get_remote_static().map(<[u8]>::to_vec);
+                }
+            }
+        }
+        (reply, learned)
+    }
+
+    /// Whether `key` shows in `bytes` or was learned by the stranger.
+    fn revealed(key: &PublicKey, (bytes, learned): &(Vec<u8>, Option<Vec<u8>>)) -> bool {
+        bytes.windows(32).any(|w| w == key.0) || learned.as_deref() == Some(key.0.as_slice())
+    }
+
+    #[tokio::test]
+    async fn without_the_cluster_key_the_handshake_reveals_no_static_key() {
+        let key = ClusterKey::generate();
+        let responder = Identity::generate();
+        let public = responder.public();
+
+        // The current responder, probed with a wrong key, and with no key
+        // at all (plain XX): nothing comes back, and nothing is learned.
+        let strangers = [
+            initiator(&ClusterKey::generate(), &Identity::generate()),
+            snow::Builder::new("Noise_XX_25519_ChaChaPoly_BLAKE2s".parse().unwrap())
+                .local_private_key(Identity::generate().secret())
+                .unwrap()
+                .prologue(PROLOGUE)
+                .unwrap()
+                .build_initiator()
+                .unwrap(),
+        ];
+        for stranger in strangers {
+            let (a, b) = pair();
+            let (k2, r2) = (key.clone(), responder.clone());
+            let server = tokio::spawn(async move { accept(b, &k2, &r2).await });
+            let seen = probe(a, stranger).await;
+            assert!(server.await.unwrap().is_err());
+            assert!(!revealed(&public, &seen), "the responder's static key leaked: {} bytes back", seen.0.len());
+            assert!(seen.0.is_empty(), "the responder answered a stranger: {:?}", seen.0);
+        }
+
+        // The same probe against the protocol-2 handshake (XXpsk3) learns
+        // the key from message 2: the check above can fail.
+        let (mut a, b) = pair();
+        let r2 = responder.clone();
+        let old_responder = tokio::spawn(async move {
+            let mut state = snow::Builder::new(LEGACY_NOISE_PARAMS.parse().unwrap())
+                .local_private_key(r2.secret())
+                .unwrap()
+                .psk(3, key.as_bytes())
+                .unwrap()
+                .prologue(PROLOGUE)
+                .unwrap()
+                .build_responder()
+                .unwrap();
+            let mut frames = FramedRead::new(b, noise_codec());
+            let msg = frames.next().await.unwrap().unwrap();
+            let mut out = [0u8; MAX_HANDSHAKE_MSG];
+            state.read_message(&msg, &mut out).unwrap();
+            let n = state.write_message(&hello_payload(), &mut out).unwrap();
+            let mut b = frames.into_inner();
+            b.write_all(&u16::try_from(n).unwrap().to_be_bytes()).await.unwrap();
+            b.write_all(&out[..n]).await.unwrap();
+            b.shutdown().await.unwrap();
+        });
+        let stranger = legacy_initiator(&ClusterKey::generate(), &Identity::generate());
+        let seen = probe(&mut a, stranger).await;
+        old_responder.await.unwrap();
+        assert!(revealed(&public, &seen), "sanity: XXpsk3 should reveal the responder's static key");
     }
 
     #[tokio::test]

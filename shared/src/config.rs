@@ -15,6 +15,9 @@
 //! piece_len = 262144             # average chunk size in bytes
 //! max_peers = 256
 //! tombstone_max_age_days = 30
+//! max_records = 1000000          # entries of the global table (tombstones included)
+//! max_records_per_peer = 500000  # entries one peer may author
+//! max_known_peers = 4096         # peers remembered for tombstone GC
 //!
 //! [peer]
 //! folder = "/home/me/DartSync"   # default: ~/DartSync
@@ -99,6 +102,12 @@ pub struct TrackerSection {
     pub max_peers: Option<usize>,
     /// Age after which tombstones are dropped, in days.
     pub tombstone_max_age_days: Option<u64>,
+    /// Most entries in the global table.
+    pub max_records: Option<usize>,
+    /// Most entries of the global table one peer may author.
+    pub max_records_per_peer: Option<usize>,
+    /// Most peers remembered (for tombstone GC) across restarts.
+    pub max_known_peers: Option<usize>,
 }
 
 /// The `[peer]` table.
@@ -180,7 +189,32 @@ pub struct TrackerConfig {
     pub max_peers: usize,
     /// Tombstones older than this are dropped even if not every holder saw them.
     pub tombstone_max_age: Duration,
+    /// Most entries in the global table (live records, tombstones and
+    /// conflict copies). Beyond it, an `Announce` that would add an entry is
+    /// refused: this bounds the tracker's memory and database.
+    pub max_records: usize,
+    /// Most entries of the global table one peer may author (its
+    /// announcements that made a record global). Beyond it, the peer's
+    /// session is refused at the first record that would add one.
+    pub max_records_per_peer: usize,
+    /// Most peers remembered across restarts for tombstone GC; beyond it
+    /// the offline peer seen longest ago is forgotten, as after
+    /// `tombstone_max_age`. At least `max_peers`.
+    pub max_known_peers: usize,
 }
+
+/// Default [`TrackerConfig::max_records`]: 1,000,000 entries, about 450 MiB
+/// of tracker memory and 370 MB of database at the measured cost per entry
+/// (ARCHITECTURE.md, "Tracker memory"): room for a very large folder on a
+/// Raspberry Pi with 1 GiB or more. Lower it on a smaller machine.
+pub const DEFAULT_MAX_RECORDS: usize = 1_000_000;
+
+/// Default [`TrackerConfig::max_records_per_peer`]: 500,000 entries, so one
+/// broken or hostile member fills at most half of the default table.
+pub const DEFAULT_MAX_RECORDS_PER_PEER: usize = 500_000;
+
+/// Default [`TrackerConfig::max_known_peers`]: 4,096 peers.
+pub const DEFAULT_MAX_KNOWN_PEERS: usize = 4096;
 
 impl Default for TrackerConfig {
     fn default() -> Self {
@@ -191,6 +225,9 @@ impl Default for TrackerConfig {
             piece_len: DEFAULT_PIECE_LEN,
             max_peers: 256,
             tombstone_max_age: Duration::from_secs(30 * 24 * 3600),
+            max_records: DEFAULT_MAX_RECORDS,
+            max_records_per_peer: DEFAULT_MAX_RECORDS_PER_PEER,
+            max_known_peers: DEFAULT_MAX_KNOWN_PEERS,
         }
     }
 }
@@ -217,6 +254,15 @@ impl TrackerConfig {
         if let Some(v) = section.tombstone_max_age_days {
             cfg.tombstone_max_age = Duration::from_secs(v.saturating_mul(24 * 3600));
         }
+        if let Some(v) = section.max_records {
+            cfg.max_records = v;
+        }
+        if let Some(v) = section.max_records_per_peer {
+            cfg.max_records_per_peer = v;
+        }
+        if let Some(v) = section.max_known_peers {
+            cfg.max_known_peers = v;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -234,6 +280,16 @@ impl TrackerConfig {
         }
         if self.max_peers == 0 {
             return Err(ConfigError::Invalid { field: "max_peers", why: "must be at least 1".into() });
+        }
+        if self.max_records == 0 || self.max_records_per_peer == 0 {
+            let field = if self.max_records == 0 { "max_records" } else { "max_records_per_peer" };
+            return Err(ConfigError::Invalid { field, why: "must be at least 1".into() });
+        }
+        if self.max_known_peers < self.max_peers {
+            return Err(ConfigError::Invalid {
+                field: "max_known_peers",
+                why: format!("must be at least max_peers ({})", self.max_peers),
+            });
         }
         Ok(())
     }
@@ -388,5 +444,17 @@ mod tests {
         assert!(TrackerConfig::from_section(&file.tracker).is_err());
         let file = ConfigFile::parse("[peer]\nupload_slots_total = 0\n", Path::new("c.toml")).unwrap();
         assert!(PeerConfig::from_section(&file.peer).is_err());
+    }
+
+    #[test]
+    fn tracker_bounds_parse_and_are_checked() {
+        let text = "[tracker]\nmax_records = 10\nmax_records_per_peer = 5\nmax_known_peers = 300\n";
+        let t = TrackerConfig::from_section(&ConfigFile::parse(text, Path::new("c.toml")).unwrap().tracker).unwrap();
+        assert_eq!((t.max_records, t.max_records_per_peer, t.max_known_peers), (10, 5, 300));
+        for bad in ["max_records = 0", "max_records_per_peer = 0", "max_known_peers = 255"] {
+            let file = ConfigFile::parse(&format!("[tracker]\n{bad}\n"), Path::new("c.toml")).unwrap();
+            let err = TrackerConfig::from_section(&file.tracker).unwrap_err().to_string();
+            assert!(err.contains(bad.split(' ').next().unwrap()), "{bad}: {err}");
+        }
     }
 }

@@ -28,6 +28,7 @@ pub mod key;
 pub mod limits;
 mod noise;
 pub mod path;
+pub mod preauth;
 pub mod proto;
 pub mod record;
 #[cfg(any(test, feature = "test-util"))]

@@ -36,7 +36,9 @@ pub mod ptp;
 /// - 1: first release.
 /// - 2: chunk lists travel in pages (`GetChunkList { first, max }`,
 ///   `ChunkList(ChunkListPage)`), so a list of any length fits in frames.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// - 3: the handshake is `Noise_XXpsk0` (the cluster key mixed in before
+///   any static key travels, so a host without it learns no identity).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Why a decoded message was rejected by its `validate` method.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,10 +1,26 @@
 //! The one task that owns the tracker's state.
 //!
 //! Sessions talk to it through a cheap-clone [`ActorHandle`]: an `mpsc` of
-//! [`Command`]s, each query carrying a `oneshot` for its reply. The actor
-//! loop is a `biased` select over shutdown, the next heartbeat deadline,
-//! the tombstone-GC tick and the inbox, so every change gets one order and
-//! one `seq`.
+//! [`Command`]s, each carrying a `oneshot` for its reply. The actor loop is
+//! a `biased` select over shutdown, the next heartbeat deadline, the
+//! tombstone-GC tick and the inbox, so every change gets one order and one
+//! `seq`.
+//!
+//! # Messages and memory
+//! A session waits for the [`Verdict`] on each message before it reads the
+//! next, so it has at most one decoded message in flight; an `Announce`
+//! batch larger than [`MAX_CONTROL_FRAME`](dartsync_shared::limits::MAX_CONTROL_FRAME)
+//! also carries its batch slot (see `session`), released only when the
+//! actor has applied it. A batch refused by a bound (quota, full table)
+//! answers [`Verdict::Refuse`] and the session drops its peer with that
+//! reason.
+//!
+//! # Tombstone GC between events
+//! Every [`GC_PERIOD`] a GC pass starts; it then advances [`GC_SLICE`]
+//! entries per loop turn, after whatever event the turn handled (or on its
+//! own when the inbox is empty), and commits what it dropped like any other
+//! change. No turn looks at more than `GC_SLICE` entries, so a pass over a
+//! big table never holds up the sessions.
 //!
 //! # Commit before anyone sees it
 //! After each event the actor takes the state's pending writes and commits
@@ -32,7 +48,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dartsync_shared::PeerId;
 use dartsync_shared::proto::ptp::{PeerMessage, Welcome};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -40,14 +56,26 @@ use crate::TrackerError;
 use crate::state::{Arrival, Outcome, Page, State};
 use crate::store::{SEQ_RESERVE, Store};
 
-/// Capacity of the actor's inbox; senders wait when it is full. Small on
-/// purpose: each queued `Announce` may carry 4096 records (~1.5 MiB
-/// decoded), and a waiting session stops reading its socket, which pushes
-/// back on the peer.
+/// Capacity of the actor's inbox; senders wait when it is full. Each
+/// session has at most one message in it (it waits for the verdict), and a
+/// large batch also holds a batch slot, so the inbox adds no memory term of
+/// its own.
 const INBOX: usize = 32;
 
-/// How often tombstones are collected.
+/// How often a tombstone-GC pass starts.
 const GC_PERIOD: Duration = Duration::from_secs(600);
+
+/// Entries a GC pass looks at per actor turn.
+const GC_SLICE: usize = 1024;
+
+/// What the actor says about a session's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Applied (or harmlessly ignored): read the next message.
+    Continue,
+    /// Refused by a bound: drop the peer with this reason.
+    Refuse(String),
+}
 
 /// Why a session ended, as told to the actor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +113,15 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Welcome>,
     },
     /// `Announce`, `Have` or `KeepAlive` from a registered session.
-    Message { peer: PeerId, session: u64, msg: PeerMessage },
+    Message {
+        peer: PeerId,
+        session: u64,
+        msg: PeerMessage,
+        /// The batch slot of a large frame, held until the message is applied.
+        slot: Option<OwnedSemaphorePermit>,
+        /// No answer (dropped) when the session is no longer current.
+        reply: oneshot::Sender<Verdict>,
+    },
     /// The session's next delta page.
     NextPage { peer: PeerId, session: u64, reply: oneshot::Sender<Option<Page>> },
     /// The session ended.
@@ -115,9 +151,18 @@ impl ActorHandle {
         rx.await.ok()
     }
 
-    /// Forwards a message; false when the actor is gone.
-    pub async fn message(&self, peer: PeerId, session: u64, msg: PeerMessage) -> bool {
-        self.tx.send(Command::Message { peer, session, msg }).await.is_ok()
+    /// Hands a message to the actor and waits until it is applied; `None`
+    /// when the session is no longer current or the actor is gone.
+    pub async fn message(
+        &self,
+        peer: PeerId,
+        session: u64,
+        msg: PeerMessage,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Option<Verdict> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Message { peer, session, msg, slot, reply }).await.ok()?;
+        rx.await.ok()
     }
 
     /// The next page; `None` when the session is no longer current or the
@@ -202,17 +247,32 @@ impl Actor {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), TrackerError> {
         let mut gc = tokio::time::interval(GC_PERIOD);
         gc.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut collected = 0usize;
         let result = loop {
             let deadline = self.state.next_deadline();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break Ok(()),
                 () = sleep_until(deadline) => self.expire(),
-                _ = gc.tick() => self.collect_tombstones(),
+                _ = gc.tick() => {
+                    self.state.start_gc(unix_now());
+                }
                 cmd = self.inbox.recv() => match cmd {
                     Some(cmd) => self.handle(cmd),
                     None => break Ok(()),
                 },
+                // Idle: nothing but the GC slice below.
+                () = std::future::ready(()), if self.state.gc_active() => {}
+            }
+            if self.state.gc_active() {
+                let step = self.state.gc_step(GC_SLICE);
+                collected += step.dropped.len();
+                if step.done {
+                    if collected > 0 {
+                        tracing::info!("collected {collected} tombstones");
+                    }
+                    collected = 0;
+                }
             }
             if let Err(e) = self.settle().await {
                 break Err(e);
@@ -236,24 +296,34 @@ impl Actor {
                 tracing::info!(seen_seq, epoch, full = reg.full, "peer {peer} registered from {addr}");
                 self.deferred.push(reply);
             }
-            Command::Message { peer, session, msg } => {
+            Command::Message { peer, session, msg, slot, reply } => {
                 if !self.state.is_current(peer, session) {
                     return;
                 }
                 self.state.touch(peer, mono_now());
-                match msg {
+                let verdict = match msg {
                     PeerMessage::Announce { records } => {
-                        for outcome in self.state.announce(peer, records, unix_now()) {
-                            log_outcome(peer, &outcome);
+                        let announced = self.state.announce(peer, records, unix_now());
+                        for outcome in &announced.outcomes {
+                            log_outcome(peer, outcome);
+                        }
+                        // The session logs the refusal when it drops the peer.
+                        match announced.refused {
+                            Some(refusal) => Verdict::Refuse(refusal.to_string()),
+                            None => Verdict::Continue,
                         }
                     }
                     PeerMessage::Have { path, version } => {
                         if self.state.have(peer, &path, &version) {
                             tracing::trace!("peer {peer} now holds {path}");
                         }
+                        Verdict::Continue
                     }
-                    PeerMessage::KeepAlive | PeerMessage::Register(_) | PeerMessage::Goodbye => {}
-                }
+                    PeerMessage::KeepAlive | PeerMessage::Register(_) | PeerMessage::Goodbye => Verdict::Continue,
+                };
+                // The batch is applied: its slot goes back before the session hears.
+                drop(slot);
+                let _ = reply.send(verdict);
             }
             Command::NextPage { peer, session, reply } => {
                 let _ = reply.send(self.state.next_page(peer, session));
@@ -277,13 +347,6 @@ impl Actor {
                 token.cancel();
             }
             tracing::info!("peer {peer} expired: no message for {silent:?}");
-        }
-    }
-
-    fn collect_tombstones(&mut self) {
-        let dropped = self.state.gc_tombstones(unix_now());
-        if !dropped.is_empty() {
-            tracing::info!("collected {} tombstones", dropped.len());
         }
     }
 

@@ -26,6 +26,9 @@
 mod actor;
 mod compact;
 mod conflict;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod server;
 mod session;
 mod state;
@@ -39,6 +42,7 @@ use dartsync_shared::PeerId;
 use dartsync_shared::config::{ConfigError, TrackerConfig};
 use dartsync_shared::key::{ClusterKey, Identity, KeyError};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -116,7 +120,13 @@ impl Tracker {
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => return Err(TrackerError::Interrupted),
         };
-        let state_config = StateConfig { interval: config.interval, tombstone_max_age: config.tombstone_max_age };
+        let state_config = StateConfig {
+            interval: config.interval,
+            tombstone_max_age: config.tombstone_max_age,
+            max_records: config.max_records,
+            max_records_per_peer: config.max_records_per_peer,
+            max_known_peers: config.max_known_peers,
+        };
         let ceiling = loaded.seq_ceiling;
         let state = State::restore(
             state_config,
@@ -128,7 +138,8 @@ impl Tracker {
         );
         let (records, tombstones) = state.counts();
         tracing::info!(
-            "tracker state: {records} records ({tombstones} tombstones), epoch {:016x}, seq {}{}",
+            "tracker state: {records} records ({tombstones} tombstones), {} known peers, epoch {:016x}, seq {}{}",
+            state.known_count(),
             state.epoch(),
             state.seq(),
             if loaded.created { " (new database)" } else { "" }
@@ -163,8 +174,13 @@ impl Tracker {
         let (actor, handle) =
             Actor::new(self.state, self.store, self.ceiling, self.config.interval, self.config.piece_len);
         let mut actor = AbortOnDropHandle::new(tokio::spawn(actor.run(token.clone())));
-        let ctx =
-            Arc::new(SessionCtx { key: self.key, identity: self.identity, actor: handle, shutdown: token.clone() });
+        let ctx = Arc::new(SessionCtx {
+            key: self.key,
+            identity: self.identity,
+            actor: handle,
+            shutdown: token.clone(),
+            batch_slots: Arc::new(Semaphore::new(session::BATCH_SLOTS)),
+        });
         let serve = server::serve(self.listener, ctx, self.config.max_peers, token.clone());
         tokio::pin!(serve);
         let joined = tokio::select! {

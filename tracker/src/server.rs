@@ -1,12 +1,32 @@
-//! The accept loop: one session task per connection, capped at
-//! `max_peers`, all owned by one `JoinSet`.
+//! The accept loop: one task per connection, all owned by one `JoinSet`;
+//! a pre-authentication pool for connections in the handshake and a cap of
+//! `max_peers` authenticated sessions.
 //!
-//! A `biased` select puts shutdown first, then reaping finished sessions
-//! (a panicking session is re-raised, not swallowed), then `accept`. Each
-//! session holds a semaphore permit for its whole life. A connection beyond
-//! the cap is answered, while at most [`REFUSAL_SLOTS`] such answers are in
-//! progress, with a handshake and `Refused { reason }`; beyond that it is
-//! closed at once, so a flood costs a bounded amount of work.
+//! A `biased` select puts shutdown first, then reaping finished tasks (a
+//! panicking session is re-raised, not swallowed), then the periodic
+//! summary of refused connections, then the pre-authentication waiting
+//! room, then `accept`.
+//!
+//! # Two pools
+//! Right after `accept` a connection must get a place in the
+//! [`PreAuthLimiter`] (at most [`PREAUTH_TOTAL`] in the handshake, at most
+//! [`PREAUTH_PER_SOURCE`] per source address; idle ones may be displaced by
+//! newcomers, see `dartsync_shared::preauth`); without one it waits a few
+//! tens of milliseconds, without a task, for its first bytes (a member
+//! sends them at once), or is closed: no handshake, no log line of its
+//! own. With one, a task runs the Noise handshake (first message within
+//! `channel::FIRST_MESSAGE_TIMEOUT`, all of it within
+//! `channel::HANDSHAKE_TIMEOUT`) and releases the place. Only then does it
+//! try the session semaphore of `max_peers` permits, held for the session's
+//! whole life: unauthenticated connections never hold one, so a flood
+//! without the cluster key cannot keep a member out. An authenticated
+//! connection beyond the cap is told `Refused { reason }` while at most
+//! [`REFUSAL_SLOTS`] such answers are in progress, and closed at once
+//! beyond that.
+//!
+//! Failed, refused and displaced unauthenticated connections are counted
+//! per source and logged at most once per source per minute, plus one
+//! summary line per source every minute ([`preauth::REPORT_EVERY`]).
 //!
 //! Accept errors (out of file descriptors, mostly) pause accepting with an
 //! exponential, jittered [`Backoff`] from [`ACCEPT_BACKOFF_INITIAL`] to
@@ -15,15 +35,17 @@
 //! descriptors) and still obeys shutdown. The first error of a streak is a
 //! `warn`, the rest `debug`, and the recovery one `info` line with the count.
 //!
-//! On shutdown every session task is cancelled and awaited.
+//! On shutdown every task is cancelled and awaited.
 //!
 //! Not here: what a session does (`session`), the state (`actor`).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dartsync_shared::backoff::Backoff;
-use dartsync_shared::channel;
+use dartsync_shared::channel::SecureChannel;
+use dartsync_shared::preauth::{self, PreAuthConfig, PreAuthLimiter, PreAuthPermit};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -35,6 +57,12 @@ use crate::session::{self, SessionCtx};
 
 /// Connections beyond the cap answered with `Refused` at the same time.
 const REFUSAL_SLOTS: usize = 4;
+
+/// Connections in the handshake at once, from all sources.
+pub(crate) const PREAUTH_TOTAL: usize = preauth::DEFAULT_TOTAL;
+
+/// Connections in the handshake at once from one source address.
+pub(crate) const PREAUTH_PER_SOURCE: usize = preauth::DEFAULT_PER_SOURCE;
 
 /// Nominal pause after the first failed `accept` of a streak.
 const ACCEPT_BACKOFF_INITIAL: Duration = Duration::from_millis(50);
@@ -74,16 +102,76 @@ impl AcceptErrors {
     }
 }
 
+/// What every connection task of the accept loop needs.
+struct Admission {
+    ctx: Arc<SessionCtx>,
+    preauth: PreAuthLimiter,
+    /// Authenticated sessions (`max_peers`).
+    permits: Arc<Semaphore>,
+    /// `Refused` answers in progress.
+    refusals: Arc<Semaphore>,
+    max_peers: usize,
+    next_session: u64,
+}
+
+impl Admission {
+    /// Spawns the task of a connection admitted to the handshake: the
+    /// handshake, then a session slot (or a refusal).
+    fn spawn(&mut self, sessions: &mut JoinSet<()>, stream: TcpStream, remote: SocketAddr, place: PreAuthPermit) {
+        self.next_session += 1;
+        let session = self.next_session;
+        let (ctx, preauth, permits, refusals) =
+            (self.ctx.clone(), self.preauth.clone(), self.permits.clone(), self.refusals.clone());
+        let max_peers = self.max_peers;
+        let span = tracing::info_span!("peer", addr = %remote);
+        sessions.spawn(
+            async move {
+                let _ = stream.set_nodelay(true);
+                // Failures are counted and logged by the limiter.
+                let Ok(channel) = preauth.handshake(place, stream, &ctx.key, &ctx.identity).await else {
+                    return;
+                };
+                if let Ok(permit) = permits.try_acquire_owned() {
+                    session::run(channel, remote, session, ctx).await;
+                    drop(permit);
+                } else if let Ok(slot) = refusals.try_acquire_owned() {
+                    tracing::warn!("refusing peer {}: tracker full ({max_peers} peers)", channel.remote_peer_id());
+                    refuse_full(channel, max_peers).await;
+                    drop(slot);
+                } else {
+                    tracing::warn!(
+                        "closing connection of peer {}: tracker full ({max_peers} peers)",
+                        channel.remote_peer_id()
+                    );
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
 /// Accepts peers until `shutdown` is cancelled.
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<SessionCtx>, max_peers: usize, shutdown: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(max_peers));
-    let refusals = Arc::new(Semaphore::new(REFUSAL_SLOTS));
+    let preauth = PreAuthLimiter::new(
+        "tracker",
+        PreAuthConfig { total: PREAUTH_TOTAL, per_source: PREAUTH_PER_SOURCE, ..PreAuthConfig::default() },
+    );
+    let mut admission = Admission {
+        ctx,
+        preauth: preauth.clone(),
+        permits: Arc::new(Semaphore::new(max_peers)),
+        refusals: Arc::new(Semaphore::new(REFUSAL_SLOTS)),
+        max_peers,
+        next_session: 0,
+    };
     let mut sessions = JoinSet::new();
-    let mut next_session = 0u64;
     let mut errors = AcceptErrors::new();
     // Set after a failed accept: no accept until then.
     let mut paused_until: Option<Instant> = None;
+    let mut report = tokio::time::interval_at(Instant::now() + preauth::REPORT_EVERY, preauth::REPORT_EVERY);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let sweep_at = preauth.next_sweep().map(Instant::from_std);
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
@@ -94,37 +182,22 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<SessionCtx>, max_peers
                     std::panic::resume_unwind(e.into_panic());
                 }
             }
+            _ = report.tick() => preauth.report(),
+            () = tokio::time::sleep_until(sweep_at.unwrap_or_else(Instant::now)), if sweep_at.is_some() => {
+                for (stream, remote, place) in preauth.sweep() {
+                    admission.spawn(&mut sessions, stream, remote, place);
+                }
+            }
             () = tokio::time::sleep_until(paused_until.unwrap_or_else(Instant::now)), if paused_until.is_some() => {
                 paused_until = None;
             }
             accepted = listener.accept(), if paused_until.is_none() => match accepted {
                 Ok((stream, remote)) => {
                     errors.succeeded();
-                    next_session += 1;
-                    let span = tracing::info_span!("peer", addr = %remote);
-                    if let Ok(permit) = permits.clone().try_acquire_owned() {
-                        let ctx = ctx.clone();
-                        let session = next_session;
-                        sessions.spawn(
-                            async move {
-                                session::run(stream, remote, session, ctx).await;
-                                drop(permit);
-                            }
-                            .instrument(span),
-                        );
-                    } else if let Ok(slot) = refusals.clone().try_acquire_owned() {
-                        tracing::warn!("refusing connection from {remote}: tracker full ({max_peers} peers)");
-                        let ctx = ctx.clone();
-                        sessions.spawn(
-                            async move {
-                                refuse_full(stream, &ctx, max_peers).await;
-                                drop(slot);
-                            }
-                            .instrument(span),
-                        );
-                    } else {
-                        tracing::warn!("closing connection from {remote}: tracker full ({max_peers} peers)");
-                        drop(stream);
+                    // Beyond the pre-authentication pool: waiting for its
+                    // first bytes, or closed at once.
+                    if let Some((stream, place)) = preauth.admit(stream, remote) {
+                        admission.spawn(&mut sessions, stream, remote, place);
                     }
                 }
                 Err(e) => paused_until = Some(Instant::now() + errors.failed(&e)),
@@ -134,13 +207,11 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<SessionCtx>, max_peers
     sessions.shutdown().await;
 }
 
-/// Completes the handshake only to say why the connection is refused.
-async fn refuse_full(stream: TcpStream, ctx: &SessionCtx, max_peers: usize) {
-    if let Ok(channel) = channel::accept(stream, &ctx.key, &ctx.identity).await {
-        let (_reader, mut writer) = channel.split();
-        session::refuse(&mut writer, format!("tracker full: {max_peers} peers online")).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer.shutdown()).await;
-    }
+/// Tells an authenticated peer why it is refused, then closes.
+async fn refuse_full(channel: SecureChannel<TcpStream>, max_peers: usize) {
+    let (_reader, mut writer) = channel.split();
+    session::refuse(&mut writer, format!("tracker full: {max_peers} peers online")).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer.shutdown()).await;
 }
 
 #[cfg(test)]

@@ -1,14 +1,30 @@
-//! One task per peer connection: handshake, `Register`, then messages in
-//! and delta pages out, until the peer leaves, breaks the protocol, or the
-//! actor closes the session.
+//! One task per authenticated connection (the accept loop, `server`, runs
+//! the Noise handshake): `Register`, then messages in and delta pages out,
+//! until the peer leaves, breaks the protocol, or the actor closes the
+//! session.
 //!
 //! # Protocol checks
-//! - The Noise handshake (cluster key, protocol version) must succeed.
 //! - The first message must be `Register`, within [`REGISTER_TIMEOUT`], and
 //!   its `peer_id` must be the id proven by the handshake key.
 //! - Every later message must decode (`RelPath` rejects hostile paths while
 //!   decoding, the channel rejects oversized frames before allocating) and
 //!   pass `PeerMessage::validate`; a second `Register` is a breach.
+//!
+//! # Memory
+//! No frame is buffered beyond the bound of the message it can be: the
+//! first frame is read with [`MAX_REGISTER_FRAME`] (38 bytes), every later
+//! one with [`MAX_BATCH_BYTES`]; a longer length prefix drops the peer
+//! before any of its body is read. A frame above [`MAX_CONTROL_FRAME`] (an
+//! `Announce` batch; every other message fits below) must first take one of
+//! [`BATCH_SLOTS`] tracker-wide slots, and keeps it until the actor has
+//! applied the batch; until then the session reads nothing more (TCP
+//! pushes back on the peer). A slot held by a peer that stalls mid-frame is
+//! freed when the actor expires the peer (3 keep-alive intervals without a
+//! message). So every session costs at most one small frame, and all of
+//! them together at most `BATCH_SLOTS` batches; the formula is in
+//! ARCHITECTURE.md. Each message is handed to the actor and applied before
+//! the next is read, and a batch refused by a bound (record quota, full
+//! table) drops the peer with the actor's reason.
 //!
 //! Any failure drops this connection only, with one `warn` line naming the
 //! peer (or its address before the handshake) and the reason, and a
@@ -19,7 +35,10 @@
 //! After `Register` the read half and the write half run in one `select!`
 //! together with the session's cancellation token: the reader forwards
 //! messages to the actor, the writer sends `Welcome` and then pulls delta
-//! pages whenever the committed seq moves. A peer that does not read cannot
+//! pages whenever the committed seq moves. After an interval with nothing
+//! to send it still asks the actor and sends a heartbeat (an empty delta
+//! repeating the last seq sent), so a peer notices a hung tracker or actor
+//! by silence alone. A peer that does not read cannot
 //! stop us from reading its keep-alives, and a peer that stops sending is
 //! expired by the actor, which cancels the token.
 //!
@@ -30,22 +49,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dartsync_shared::PeerId;
-use dartsync_shared::channel::{self, ChannelError, ChannelReader, ChannelWriter, HANDSHAKE_TIMEOUT};
+use dartsync_shared::channel::{ChannelError, ChannelReader, ChannelWriter, HANDSHAKE_TIMEOUT, SecureChannel};
+use dartsync_shared::codec::{self, CodecError};
 use dartsync_shared::key::{ClusterKey, Identity};
-use dartsync_shared::limits::MAX_REASON_LEN;
+use dartsync_shared::limits::{MAX_BATCH_BYTES, MAX_CONTROL_FRAME, MAX_REASON_LEN, MAX_REGISTER_FRAME};
 use dartsync_shared::proto::ProtocolError;
-use dartsync_shared::proto::ptp::{PeerMessage, TrackerMessage, Welcome};
+use dartsync_shared::proto::ptp::{Delta, PeerMessage, TrackerMessage, Welcome};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::actor::{ActorHandle, LeaveReason};
+use crate::actor::{ActorHandle, LeaveReason, Verdict};
 
 /// How long a connected peer may take to send `Register`.
 pub(crate) const REGISTER_TIMEOUT: Duration = HANDSHAKE_TIMEOUT;
 
 /// How long we try to deliver a `Refused` or a clean close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Frames above [`MAX_CONTROL_FRAME`] being received or applied at once,
+/// tracker-wide (see the module header).
+pub(crate) const BATCH_SLOTS: usize = 4;
 
 /// What every session needs.
 #[derive(Debug)]
@@ -58,6 +83,8 @@ pub(crate) struct SessionCtx {
     pub actor: ActorHandle,
     /// Cancelled when the tracker stops.
     pub shutdown: CancellationToken,
+    /// [`BATCH_SLOTS`] permits, one per large frame in flight.
+    pub batch_slots: Arc<Semaphore>,
 }
 
 /// Why a session dropped its peer.
@@ -71,6 +98,10 @@ enum SessionError {
     Protocol(&'static str),
     #[error("no Register within {0:?}")]
     NoRegister(Duration),
+    #[error("the first message must be Register (at most {MAX_REGISTER_FRAME} bytes): {0}")]
+    FirstFrame(CodecError),
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl SessionError {
@@ -80,7 +111,9 @@ impl SessionError {
             SessionError::Channel(ChannelError::Codec(_)) | SessionError::Invalid(_) | SessionError::Protocol(_) => {
                 Some(self.to_string())
             }
-            SessionError::NoRegister(_) => Some(self.to_string()),
+            SessionError::NoRegister(_) | SessionError::FirstFrame(_) | SessionError::Refused(_) => {
+                Some(self.to_string())
+            }
             SessionError::Channel(_) => None,
         }
     }
@@ -97,18 +130,12 @@ enum End {
     Cancelled,
 }
 
-/// Serves one accepted connection to the end.
-pub(crate) async fn run(stream: TcpStream, remote: SocketAddr, session: u64, ctx: Arc<SessionCtx>) {
-    let _ = stream.set_nodelay(true);
-    let channel = match channel::accept(stream, &ctx.key, &ctx.identity).await {
-        Ok(channel) => channel,
-        Err(e) => {
-            tracing::warn!("dropping connection from {remote}: {e}");
-            return;
-        }
-    };
+/// Serves one authenticated connection to the end (the handshake is the
+/// accept loop's, `server`, under its pre-authentication limits).
+pub(crate) async fn run(channel: SecureChannel<TcpStream>, remote: SocketAddr, session: u64, ctx: Arc<SessionCtx>) {
     let peer = channel.remote_peer_id();
     let (mut reader, mut writer) = channel.split();
+    let mut refused = false;
     match serve(&mut reader, &mut writer, peer, remote, session, &ctx).await {
         Ok(End::Cancelled) => {}
         Ok(End::Goodbye) => ctx.actor.left(peer, session, LeaveReason::Goodbye).await,
@@ -117,11 +144,18 @@ pub(crate) async fn run(stream: TcpStream, remote: SocketAddr, session: u64, ctx
             tracing::warn!("dropping peer {peer} from {remote}: {e}");
             if let Some(reason) = e.refusal() {
                 refuse(&mut writer, reason).await;
+                refused = true;
             }
             ctx.actor.left(peer, session, LeaveReason::Dropped).await;
         }
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.shutdown()).await;
+    if refused {
+        // A peer that pipelines (its whole summary in batches) has sent more
+        // than we read: read it away until the peer closes, so the close is
+        // clean and the reason is not lost to a reset.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, reader.drain()).await;
+    }
 }
 
 /// Sends `Refused { reason }` if the peer reads it in time.
@@ -148,9 +182,13 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let first = tokio::time::timeout(REGISTER_TIMEOUT, reader.recv::<PeerMessage>())
+    let first = tokio::time::timeout(REGISTER_TIMEOUT, reader.recv_bounded::<PeerMessage>(MAX_REGISTER_FRAME))
         .await
-        .map_err(|_| SessionError::NoRegister(REGISTER_TIMEOUT))??;
+        .map_err(|_| SessionError::NoRegister(REGISTER_TIMEOUT))?
+        .map_err(|e| match e {
+            ChannelError::Codec(e) => SessionError::FirstFrame(e),
+            e => SessionError::Channel(e),
+        })?;
     let register = match first {
         None => return Ok(End::Closed),
         Some(PeerMessage::Register(register)) => register,
@@ -161,6 +199,8 @@ where
     }
     let addr = SocketAddr::new(remote.ip(), register.listen_port);
     let token = ctx.shutdown.child_token();
+    // Where this peer stands: what a heartbeat may claim it has seen.
+    let (seen_seq, seen_epoch) = (register.seen_seq, register.epoch);
     let Some(welcome) = ctx.actor.register(peer, addr, session, register.seen_seq, register.epoch, token.clone()).await
     else {
         return Ok(End::Cancelled);
@@ -168,8 +208,8 @@ where
     tokio::select! {
         biased;
         () = token.cancelled() => Ok(End::Cancelled),
-        end = read_loop(reader, peer, session, &ctx.actor) => end,
-        end = write_loop(writer, welcome, peer, session, &ctx.actor) => end,
+        end = read_loop(reader, peer, session, ctx) => end,
+        end = write_loop(writer, welcome, (seen_seq, seen_epoch), peer, session, &ctx.actor) => end,
     }
 }
 
@@ -177,21 +217,34 @@ async fn read_loop<R: AsyncRead + Unpin>(
     reader: &mut ChannelReader<R>,
     peer: PeerId,
     session: u64,
-    actor: &ActorHandle,
+    ctx: &SessionCtx,
 ) -> Result<End, SessionError> {
     loop {
-        let Some(msg) = reader.recv::<PeerMessage>().await? else {
+        let Some(len) = reader.peek_frame_len().await? else {
+            return Ok(End::Closed);
+        };
+        // A batch waits for a slot before its body is read; one too long
+        // for any message fails in `recv_bounded` before it is read either.
+        let slot = if (MAX_CONTROL_FRAME + 1..=MAX_BATCH_BYTES).contains(&len) {
+            match ctx.batch_slots.clone().acquire_owned().await {
+                Ok(slot) => Some(slot),
+                Err(_) => return Ok(End::Cancelled),
+            }
+        } else {
+            None
+        };
+        let Some(msg) = reader.recv_bounded::<PeerMessage>(MAX_BATCH_BYTES).await? else {
             return Ok(End::Closed);
         };
         msg.validate()?;
         match msg {
             PeerMessage::Register(_) => return Err(SessionError::Protocol("a second Register")),
             PeerMessage::Goodbye => return Ok(End::Goodbye),
-            msg => {
-                if !actor.message(peer, session, msg).await {
-                    return Ok(End::Cancelled);
-                }
-            }
+            msg => match ctx.actor.message(peer, session, msg, slot).await {
+                Some(Verdict::Continue) => {}
+                Some(Verdict::Refuse(reason)) => return Err(SessionError::Refused(reason)),
+                None => return Ok(End::Cancelled),
+            },
         }
     }
 }
@@ -199,11 +252,18 @@ async fn read_loop<R: AsyncRead + Unpin>(
 async fn write_loop<W: AsyncWrite + Unpin>(
     writer: &mut ChannelWriter<W>,
     welcome: Welcome,
+    seen: (u64, u64),
     peer: PeerId,
     session: u64,
     actor: &ActorHandle,
 ) -> Result<End, SessionError> {
     let mut committed = actor.subscribe();
+    let interval = Duration::from_millis(welcome.interval_ms.max(1));
+    let epoch = welcome.epoch;
+    // The last seq this peer has been sent (a heartbeat repeats it, so it
+    // never claims the peer saw more than it got).
+    let (seen_seq, seen_epoch) = seen;
+    let mut last_to = if seen_epoch == epoch { seen_seq } else { 0 };
     writer.send(&TrackerMessage::Welcome(welcome)).await?;
     loop {
         committed.borrow_and_update();
@@ -212,14 +272,33 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 return Ok(End::Cancelled);
             };
             if let Some(delta) = page.delta {
-                writer.send(&TrackerMessage::Delta(delta)).await?;
+                last_to = delta.to_seq;
+                // Encoded, the decoded page is dropped: a peer that reads
+                // slowly holds only the bytes being sent.
+                let frame = codec::encode(&TrackerMessage::Delta(delta)).map_err(ChannelError::from)?;
+                writer.send_frame(frame.into()).await?;
             }
             if !page.more {
                 break;
             }
         }
-        if committed.changed().await.is_err() {
-            return Ok(End::Cancelled);
+        match tokio::time::timeout(interval, committed.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Ok(End::Cancelled),
+            // Quiet for an interval: a heartbeat, after asking the actor
+            // (a hung actor sends none, and the peer notices the silence).
+            Err(_) => {
+                let Some(page) = actor.next_page(peer, session).await else {
+                    return Ok(End::Cancelled);
+                };
+                let delta = match page.delta {
+                    Some(delta) => delta,
+                    None => Delta { epoch, from_seq: last_to, to_seq: last_to, full: false, entries: Vec::new() },
+                };
+                last_to = delta.to_seq;
+                let frame = codec::encode(&TrackerMessage::Delta(delta)).map_err(ChannelError::from)?;
+                writer.send_frame(frame.into()).await?;
+            }
         }
     }
 }

@@ -41,12 +41,28 @@
 //!   the table is unchanged. Only a forged history gets there: counters
 //!   grow by one per edit.
 //!
+//! # Bounds
+//! An announced record that could add an entry authored by its announcer
+//! (a new path, an edit of another peer's entry, a conflict) is refused,
+//! with the rest of its batch, when the table holds `max_records` entries
+//! or the announcer already authors `max_records_per_peer`
+//! ([`Refusal`]); the records before it stay accepted. Re-announcing, and
+//! editing its own entries, stay possible at the quota. One accepted record
+//! adds at most two entries (a conflict's winner and copy), so a count can
+//! pass its bound by one. Entries outlive their author (the table is the
+//! folder, not a cache of who is online): what bounds it is `max_records`.
+//! The table loaded at start may exceed a lowered bound; nothing is deleted,
+//! new entries are refused until it is below.
+//!
 //! # Peers
 //! A registered peer has a heartbeat deadline of `3 x interval` after its
 //! last message; [`State::expire`] removes peers past it. Removing a peer
 //! (expiry, `Goodbye`, disconnect, or a new `Register` of the same id)
 //! removes it from every holders set, which is a change of those entries.
-//! `sent_seq` is how far deltas have been handed to the peer's session.
+//! `holdings` is the reverse index (peer -> paths it was made a holder of),
+//! so a removal costs O(entries that peer holds), never a pass over the
+//! table. `sent_seq` is how far deltas have been handed to the peer's
+//! session.
 //!
 //! # Deltas
 //! [`State::next_page`] hands a session the entries with `seq` in
@@ -60,21 +76,30 @@
 //! Tracking "every peer that ever held the path" per path would cost a set
 //! per entry, so the tracker uses a superset: every *known* peer (any peer
 //! that registered in the last `tombstone_max_age`, persisted with the
-//! `seen_seq` it reported at its last `Register` in this epoch). A tombstone
-//! is dropped when each known peer has either reported a `seen_seq` at or
-//! after the tombstone's `record_seq` or holds the tombstone (announced the
-//! deletion or sent `Have` for it), or when it is older than
-//! `tombstone_max_age` by the tracker's wall clock.
+//! `seen_seq` it reported at its last `Register` in this epoch; at most
+//! `max_known_peers`, beyond which the offline peer seen longest ago is
+//! forgotten). A tombstone is dropped when each known peer has either
+//! reported a `seen_seq` at or after the tombstone's `record_seq` or holds
+//! the tombstone (announced the deletion or sent `Have` for it), or when it
+//! is older than `tombstone_max_age` by the tracker's wall clock.
+//!
+//! A GC pass ([`State::start_gc`]) is incremental: [`State::gc_step`]
+//! looks at the next `budget` entries after a cursor (a path), so the actor
+//! interleaves slices with events and no pass blocks the sessions. Each
+//! tombstone costs O(log known + holders): the known peers' `acked_seq`s,
+//! sorted once per slice, tell how many have not confirmed it, and only
+//! its holders can make up for them.
 //!
 //! # Not here
 //! Persistence format (`store`), message I/O (`session`), scheduling (`actor`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dartsync_shared::limits::{MAX_FRAME_LEN, MAX_HOLDERS_PER_ENTRY, MAX_RECORDS_PER_MESSAGE};
+use dartsync_shared::limits::{MAX_BATCH_BYTES, MAX_HOLDERS_PER_ENTRY, MAX_RECORDS_PER_MESSAGE};
 use dartsync_shared::proto::ptp::{Delta, DeltaEntry, Holder};
 use dartsync_shared::version::CounterExhausted;
 use dartsync_shared::{Causality, FileRecord, PeerId, RelPath, ShortId, VersionVector};
@@ -85,17 +110,25 @@ use crate::conflict::conflict_path;
 /// How many alternative names are tried for one conflict copy.
 const MAX_CONFLICT_NAME_ATTEMPTS: u32 = 16;
 
-/// Byte budget of one delta page: half a frame, against an upper-bound
-/// estimate of each entry's encoded size.
-const DELTA_BYTE_BUDGET: usize = MAX_FRAME_LEN / 2;
+/// Byte budget of one delta page, against an upper-bound estimate of each
+/// entry's encoded size: a quarter of a batch, 1 MiB. A session holds at
+/// most one page while its peer reads it, so this times `max_peers` is the
+/// tracker's worst case for peers that do not read.
+const DELTA_BYTE_BUDGET: usize = MAX_BATCH_BYTES / 4;
 
-/// Timing rules of the state.
+/// Timing rules and bounds of the state.
 #[derive(Debug, Clone)]
 pub(crate) struct StateConfig {
     /// Keep-alive interval; a peer silent for 3 x interval expires.
     pub interval: Duration,
     /// Tombstones (and known peers) older than this are dropped.
     pub tombstone_max_age: Duration,
+    /// Most entries in the table.
+    pub max_records: usize,
+    /// Most entries one peer may author.
+    pub max_records_per_peer: usize,
+    /// Most known peers remembered.
+    pub max_known_peers: usize,
 }
 
 /// One entry of the global table (its path is the key).
@@ -127,6 +160,77 @@ struct Peer {
     sent_seq: u64,
     /// The peer gets a whole-table resend (`full: true`) until caught up.
     full_pending: bool,
+}
+
+/// The reverse of `Entry::holders` for one online peer.
+#[derive(Debug, Default)]
+struct Holdings {
+    /// Paths of the entries this peer was made a holder of. A superset: an
+    /// entry may have been replaced or collected since (then it is skipped)
+    /// and a path may appear twice (held, replaced, held again); compacted
+    /// when it grows past twice `live`.
+    paths: Vec<Arc<RelPath>>,
+    /// Entries whose `holders` contain this peer.
+    live: usize,
+}
+
+/// A tombstone-GC pass in progress.
+#[derive(Debug)]
+struct GcPass {
+    /// The tracker's wall clock when the pass started.
+    now_unix: u64,
+    /// The last path looked at; the next slice starts after it.
+    cursor: Option<Arc<RelPath>>,
+}
+
+/// What one GC slice did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GcStep {
+    /// Tombstones dropped in this slice.
+    pub dropped: Vec<RelPath>,
+    /// The pass is over.
+    pub done: bool,
+}
+
+/// Why an announcement was cut short. The session is refused with this
+/// reason; the records before the refused one stay accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refusal {
+    /// The announcer authors `max_records_per_peer` entries already.
+    #[error(
+        "record quota reached: this peer authors {authored} entries of the global table and the limit \
+         (max_records_per_peer) is {max}; {path} and the rest of its batch were not accepted"
+    )]
+    PeerQuota {
+        /// Entries the peer authors.
+        authored: usize,
+        /// The quota.
+        max: usize,
+        /// The first record not accepted.
+        path: RelPath,
+    },
+    /// The table holds `max_records` entries already.
+    #[error(
+        "the global table is full: {entries} entries and the limit (max_records) is {max}; {path} and the \
+         rest of its batch were not accepted"
+    )]
+    TableFull {
+        /// Entries in the table.
+        entries: usize,
+        /// The bound.
+        max: usize,
+        /// The first record not accepted.
+        path: RelPath,
+    },
+}
+
+/// The result of an `Announce` batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Announced {
+    /// One outcome per accepted record, in order.
+    pub outcomes: Vec<Outcome>,
+    /// Set when the batch was cut short; the rest was not looked at.
+    pub refused: Option<Refusal>,
 }
 
 /// What the tracker remembers of a peer across restarts, for tombstone GC.
@@ -244,9 +348,17 @@ pub(crate) struct State {
     /// `seq -> path` of every entry, by its current `seq`.
     by_seq: BTreeMap<u64, Arc<RelPath>>,
     peers: HashMap<PeerId, Peer>,
+    /// What each online peer holds (the reverse of `Entry::holders`).
+    holdings: HashMap<PeerId, Holdings>,
+    /// Entries authored per peer (only non-zero counts).
+    authored: HashMap<PeerId, usize>,
     /// Heartbeat deadlines, soonest first.
     deadlines: BTreeSet<(Instant, PeerId)>,
     known: BTreeMap<PeerId, KnownPeer>,
+    /// `known` by `last_seen_unix`, oldest first (eviction, forgetting).
+    known_by_age: BTreeSet<(u64, PeerId)>,
+    /// The tombstone-GC pass in progress.
+    gc: Option<GcPass>,
     dirty_entries: BTreeSet<Arc<RelPath>>,
     dirty_peers: BTreeSet<PeerId>,
 }
@@ -262,8 +374,12 @@ impl State {
             entries: BTreeMap::new(),
             by_seq: BTreeMap::new(),
             peers: HashMap::new(),
+            holdings: HashMap::new(),
+            authored: HashMap::new(),
             deadlines: BTreeSet::new(),
             known: BTreeMap::new(),
+            known_by_age: BTreeSet::new(),
+            gc: None,
             dirty_entries: BTreeSet::new(),
             dirty_peers: BTreeSet::new(),
         }
@@ -297,8 +413,14 @@ impl State {
             let record = CompactRecord::new(record);
             let entry = Box::new(Entry { record, seq, record_seq: seq, author, deleted_at, holders: Vec::new() });
             state.entries.insert(path, entry);
+            *state.authored.entry(author).or_default() += 1;
         }
-        state.known = known.into_iter().collect();
+        for (peer, k) in known {
+            state.known.insert(peer, k);
+            state.known_by_age.insert((k.last_seen_unix, peer));
+        }
+        // A lowered bound applies at once (written back with the first commit).
+        state.evict_known();
         state
     }
 
@@ -334,8 +456,8 @@ impl State {
         // The latest report counts, even if lower than an earlier one: a
         // peer restored from a backup has not seen what it once had.
         let acked = if incremental { seen_seq } else { 0 };
-        self.known.insert(peer, KnownPeer { acked_seq: acked, last_seen_unix: now_unix });
-        self.dirty_peers.insert(peer);
+        self.set_known(peer, KnownPeer { acked_seq: acked, last_seen_unix: now_unix });
+        self.holdings.insert(peer, Holdings::default());
         let deadline = now + self.expiry_after();
         self.deadlines.insert((deadline, peer));
         self.peers.insert(
@@ -348,7 +470,42 @@ impl State {
                 full_pending: !incremental,
             },
         );
+        self.evict_known();
         Registration { replaced, full: !incremental }
+    }
+
+    /// Remembers `peer` as known (persisted).
+    fn set_known(&mut self, peer: PeerId, k: KnownPeer) {
+        if let Some(old) = self.known.insert(peer, k) {
+            self.known_by_age.remove(&(old.last_seen_unix, peer));
+        }
+        self.known_by_age.insert((k.last_seen_unix, peer));
+        self.dirty_peers.insert(peer);
+    }
+
+    /// Forgets a known peer (persisted).
+    fn forget_known(&mut self, peer: PeerId) {
+        if let Some(old) = self.known.remove(&peer) {
+            self.known_by_age.remove(&(old.last_seen_unix, peer));
+            self.dirty_peers.insert(peer);
+        }
+    }
+
+    /// Forgets the offline known peers seen longest ago until at most
+    /// `max_known_peers` are left. Online peers are never forgotten (the
+    /// configuration keeps `max_known_peers >= max_peers`).
+    fn evict_known(&mut self) {
+        while self.known.len() > self.config.max_known_peers {
+            let Some(&(_, oldest)) = self.known_by_age.iter().find(|(_, id)| !self.peers.contains_key(id)) else {
+                break;
+            };
+            self.forget_known(oldest);
+        }
+    }
+
+    /// Number of known peers (tests, logs).
+    pub fn known_count(&self) -> usize {
+        self.known.len()
     }
 
     /// How long a silent peer stays in the table.
@@ -384,20 +541,21 @@ impl State {
         expired
     }
 
-    /// Removes `peer` from the peer table and from every holders set.
-    /// Returns false if it was not online.
+    /// Removes `peer` from the peer table and from every holders set, in
+    /// O(entries it holds). Returns false if it was not online.
     pub fn remove_peer(&mut self, peer: PeerId, now_unix: u64) -> bool {
         let Some(p) = self.peers.remove(&peer) else {
             return false;
         };
         self.deadlines.remove(&(p.deadline, peer));
-        if let Some(k) = self.known.get_mut(&peer) {
-            k.last_seen_unix = now_unix;
-            self.dirty_peers.insert(peer);
+        if let Some(&k) = self.known.get(&peer) {
+            self.set_known(peer, KnownPeer { last_seen_unix: now_unix, ..k });
         }
         let mut changed = Vec::new();
-        for entry in self.entries.values_mut() {
-            if let Ok(i) = entry.holders.binary_search(&peer) {
+        for path in self.holdings.remove(&peer).map(|h| h.paths).unwrap_or_default() {
+            if let Some(entry) = self.entries.get_mut(&path)
+                && let Ok(i) = entry.holders.binary_search(&peer)
+            {
                 entry.holders.remove(i);
                 changed.push(entry.seq);
             }
@@ -406,6 +564,43 @@ impl State {
             self.bump_entry(old);
         }
         true
+    }
+
+    /// `peer` became a holder of the entry at `path` (the table's key).
+    fn note_held(&mut self, peer: PeerId, path: &Arc<RelPath>) {
+        let Some(h) = self.holdings.get_mut(&peer) else {
+            return;
+        };
+        h.paths.push(path.clone());
+        h.live += 1;
+        if h.paths.len() > 2 * h.live + 64 {
+            compact_holdings(peer, h, &self.entries);
+        }
+    }
+
+    /// `peer` stopped holding one entry (replaced or collected).
+    fn note_released(&mut self, peer: PeerId) {
+        if let Some(h) = self.holdings.get_mut(&peer) {
+            h.live = h.live.saturating_sub(1);
+        }
+    }
+
+    /// Entries authored by `peer`.
+    fn authored(&self, peer: PeerId) -> usize {
+        self.authored.get(&peer).copied().unwrap_or(0)
+    }
+
+    fn add_authored(&mut self, peer: PeerId) {
+        *self.authored.entry(peer).or_default() += 1;
+    }
+
+    fn sub_authored(&mut self, peer: PeerId) {
+        if let Some(n) = self.authored.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.authored.remove(&peer);
+            }
+        }
     }
 
     /// Gives the entry whose seq is `old` the next seq (a holders change).
@@ -419,9 +614,49 @@ impl State {
         }
     }
 
-    /// Applies an `Announce` batch from `peer`.
-    pub fn announce(&mut self, peer: PeerId, records: Vec<FileRecord>, now_unix: u64) -> Vec<Outcome> {
-        records.into_iter().map(|r| self.announce_one(peer, r, now_unix)).collect()
+    /// Applies an `Announce` batch from `peer`, in order, up to the first
+    /// record refused by a bound (see the module header).
+    pub fn announce(&mut self, peer: PeerId, records: Vec<FileRecord>, now_unix: u64) -> Announced {
+        let mut outcomes = Vec::with_capacity(records.len());
+        for record in records {
+            if let Some(refusal) = self.check_bounds(peer, &record) {
+                return Announced { outcomes, refused: Some(refusal) };
+            }
+            outcomes.push(self.announce_one(peer, record, now_unix));
+        }
+        Announced { outcomes, refused: None }
+    }
+
+    /// Refuses `record` if it could add an entry authored by `peer` while
+    /// the table or `peer`'s quota is full.
+    fn check_bounds(&self, peer: PeerId, record: &FileRecord) -> Option<Refusal> {
+        let full = self.entries.len() >= self.config.max_records;
+        let authored = self.authored(peer);
+        let over_quota = authored >= self.config.max_records_per_peer;
+        if !(full || over_quota) || !self.may_add_entry(peer, record) {
+            return None;
+        }
+        let path = record.path.clone();
+        Some(if over_quota {
+            Refusal::PeerQuota { authored, max: self.config.max_records_per_peer, path }
+        } else {
+            Refusal::TableFull { entries: self.entries.len(), max: self.config.max_records, path }
+        })
+    }
+
+    /// False only when announcing `record` certainly adds no entry and no
+    /// authorship for `peer`: a stale version, the global version again,
+    /// or an edit of an entry `peer` authored already.
+    fn may_add_entry(&self, peer: PeerId, record: &FileRecord) -> bool {
+        let Some(global) = self.entries.get(&record.path) else {
+            return true;
+        };
+        match global.record.compare_from(&record.version) {
+            Causality::DominatedBy => false,
+            Causality::Equal if global.record.same_content(record) => false,
+            Causality::Dominates => global.author != peer,
+            Causality::Equal | Causality::Concurrent => true,
+        }
     }
 
     fn announce_one(&mut self, peer: PeerId, record: FileRecord, now_unix: u64) -> Outcome {
@@ -543,7 +778,27 @@ impl State {
         let deleted_at = record.deleted.then_some(now_unix);
         let record = CompactRecord::new(record);
         let entry = Box::new(Entry { record, seq, record_seq: seq, author, deleted_at, holders });
-        self.entries.insert(path.clone(), entry);
+        let new_holders = entry.holders.clone();
+        let old = self.entries.insert(path.clone(), entry);
+        let old_holders = match old {
+            Some(old) => {
+                self.sub_authored(old.author);
+                old.holders
+            }
+            None => Vec::new(),
+        };
+        self.add_authored(author);
+        // Keep the reverse index: who stopped and who started holding it.
+        for h in &old_holders {
+            if new_holders.binary_search(h).is_err() {
+                self.note_released(*h);
+            }
+        }
+        for h in new_holders {
+            if old_holders.binary_search(&h).is_err() {
+                self.note_held(h, &path);
+            }
+        }
         self.by_seq.insert(seq, path.clone());
         self.dirty_entries.insert(path);
         seq
@@ -554,13 +809,19 @@ impl State {
         if !self.peers.contains_key(&peer) {
             return false;
         }
+        let Some((key, entry)) = self.entries.get_key_value(path) else {
+            return false;
+        };
+        if entry.holders.binary_search(&peer).is_ok() {
+            return false;
+        }
+        let key = key.clone();
         let Some(entry) = self.entries.get_mut(path) else {
             return false;
         };
-        if !insert_sorted(&mut entry.holders, peer) {
-            return false;
-        }
+        insert_sorted(&mut entry.holders, peer);
         let old = entry.seq;
+        self.note_held(peer, &key);
         self.bump_entry(old);
         true
     }
@@ -610,40 +871,99 @@ impl State {
         DeltaEntry { record: entry.record.to_record(path), seq: entry.seq, holders }
     }
 
-    /// Drops tombstones every known peer has seen, or older than the maximum
-    /// age, and forgets peers not seen for that long. Returns the paths dropped.
-    pub fn gc_tombstones(&mut self, now_unix: u64) -> Vec<RelPath> {
+    /// Starts a tombstone-GC pass (see the module header), unless one is
+    /// running, and forgets offline peers not seen for `tombstone_max_age`.
+    /// Returns false when a pass was already running.
+    pub fn start_gc(&mut self, now_unix: u64) -> bool {
+        if self.gc.is_some() {
+            return false;
+        }
         let max_age = self.config.tombstone_max_age.as_secs();
         let stale: Vec<PeerId> = self
-            .known
+            .known_by_age
             .iter()
-            .filter(|(id, k)| !self.peers.contains_key(id) && now_unix.saturating_sub(k.last_seen_unix) > max_age)
-            .map(|(id, _)| *id)
+            .take_while(|(seen, _)| now_unix.saturating_sub(*seen) > max_age)
+            .filter(|(_, id)| !self.peers.contains_key(id))
+            .map(|(_, id)| *id)
             .collect();
         for id in stale {
-            self.known.remove(&id);
-            self.dirty_peers.insert(id);
+            self.forget_known(id);
         }
-        let collectable: Vec<Arc<RelPath>> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.record.deleted())
-            .filter(|(_, e)| {
-                let old = e.deleted_at.is_some_and(|at| now_unix.saturating_sub(at) >= max_age);
-                old || self
-                    .known
-                    .iter()
-                    .all(|(id, k)| k.acked_seq >= e.record_seq || e.holders.binary_search(id).is_ok())
-            })
-            .map(|(path, _)| path.clone())
-            .collect();
-        for path in &collectable {
-            if let Some(e) = self.entries.remove(path) {
-                self.by_seq.remove(&e.seq);
-                self.dirty_entries.insert(path.clone());
+        self.gc = Some(GcPass { now_unix, cursor: None });
+        true
+    }
+
+    /// True while a GC pass is running.
+    pub fn gc_active(&self) -> bool {
+        self.gc.is_some()
+    }
+
+    /// Looks at the next `budget` entries of the running GC pass and drops
+    /// the collectable tombstones among them.
+    pub fn gc_step(&mut self, budget: usize) -> GcStep {
+        let Some(pass) = &self.gc else {
+            return GcStep { dropped: Vec::new(), done: true };
+        };
+        let max_age = self.config.tombstone_max_age.as_secs();
+        let now_unix = pass.now_unix;
+        let mut acked: Vec<u64> = self.known.values().map(|k| k.acked_seq).collect();
+        acked.sort_unstable();
+        let range = match &pass.cursor {
+            Some(cursor) => self.entries.range::<RelPath, _>((Bound::Excluded(&**cursor), Bound::Unbounded)),
+            None => self.entries.range::<RelPath, _>(..),
+        };
+        let mut visited = 0;
+        let mut last = None;
+        let mut collectable = Vec::new();
+        for (path, e) in range.take(budget) {
+            visited += 1;
+            last = Some(path.clone());
+            if !e.record.deleted() {
+                continue;
+            }
+            let old = e.deleted_at.is_some_and(|at| now_unix.saturating_sub(at) >= max_age);
+            // Known peers that have not confirmed it by seen_seq ...
+            let unconfirmed = acked.partition_point(|a| *a < e.record_seq);
+            // ... must all hold it.
+            let confirmed_by_holding =
+                || e.holders.iter().filter(|h| self.known.get(h).is_some_and(|k| k.acked_seq < e.record_seq)).count();
+            if old || unconfirmed == 0 || unconfirmed == confirmed_by_holding() {
+                collectable.push(path.clone());
             }
         }
-        collectable.iter().map(|p| RelPath::clone(p)).collect()
+        let done = visited < budget;
+        let mut dropped = Vec::with_capacity(collectable.len());
+        for path in collectable {
+            if let Some(e) = self.entries.remove(&path) {
+                self.by_seq.remove(&e.seq);
+                self.sub_authored(e.author);
+                for h in &e.holders {
+                    self.note_released(*h);
+                }
+                dropped.push(RelPath::clone(&path));
+                self.dirty_entries.insert(path);
+            }
+        }
+        if done {
+            self.gc = None;
+        } else if let Some(pass) = &mut self.gc {
+            pass.cursor = last;
+        }
+        GcStep { dropped, done }
+    }
+
+    /// A whole GC pass at once; returns the paths dropped (tests).
+    #[cfg(test)]
+    pub fn gc_tombstones(&mut self, now_unix: u64) -> Vec<RelPath> {
+        self.start_gc(now_unix);
+        let mut dropped = Vec::new();
+        loop {
+            let step = self.gc_step(3);
+            dropped.extend(step.dropped);
+            if step.done {
+                return dropped;
+            }
+        }
     }
 
     /// Everything changed since the last call, to be persisted.
@@ -690,23 +1010,58 @@ impl State {
             assert!(*seq <= self.seq);
         }
         assert_eq!(self.deadlines.len(), self.peers.len());
-        for e in self.entries.values() {
+        let mut held: HashMap<PeerId, usize> = HashMap::new();
+        let mut authored: HashMap<PeerId, usize> = HashMap::new();
+        for (path, e) in &self.entries {
             assert!(e.holders.windows(2).all(|w| w[0] < w[1]));
             assert!(e.holders.iter().all(|h| self.peers.contains_key(h)), "offline holder");
             assert!(e.record_seq <= e.seq);
+            *authored.entry(e.author).or_default() += 1;
+            for h in &e.holders {
+                *held.entry(*h).or_default() += 1;
+                let listed = self.holdings[h].paths.iter().any(|p| **p == **path);
+                assert!(listed, "{path} held by {h} but not in its holdings");
+            }
         }
+        assert_eq!(authored, self.authored);
+        assert_eq!(self.holdings.len(), self.peers.len());
+        for (id, h) in &self.holdings {
+            assert_eq!(h.live, held.get(id).copied().unwrap_or(0), "live holdings of {id}");
+        }
+        assert_eq!(self.known.len(), self.known_by_age.len());
+        assert!(self.known_by_age.iter().all(|(seen, id)| self.known[id].last_seen_unix == *seen));
+        assert!(self.peers.keys().all(|id| self.known.contains_key(id)), "an online peer is not known");
     }
+}
+
+/// Drops from `h` (the holdings of `peer`) paths it no longer holds and
+/// duplicates, keeping the table's own key of each path.
+fn compact_holdings(peer: PeerId, h: &mut Holdings, entries: &BTreeMap<Arc<RelPath>, Box<Entry>>) {
+    let mut kept: Vec<Arc<RelPath>> = std::mem::take(&mut h.paths)
+        .into_iter()
+        .filter_map(|path| {
+            let (key, entry) = entries.get_key_value(&path)?;
+            entry.holders.binary_search(&peer).is_ok().then(|| key.clone())
+        })
+        .collect();
+    kept.sort_unstable_by_key(Arc::as_ptr);
+    kept.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    h.live = kept.len();
+    h.paths = kept;
 }
 
 fn persisted(path: &RelPath, e: &Entry) -> PersistedEntry {
     PersistedEntry { record: e.record.to_record(path), seq: e.record_seq, author: e.author, deleted_at: e.deleted_at }
 }
 
-/// Inserts into a sorted vector; false if already present.
+/// Inserts into a sorted vector; false if already present. Grows the
+/// vector by exactly one: holder lists are short and there is one per
+/// entry, so doubling would cost more memory than the copies it saves.
 fn insert_sorted(v: &mut Vec<PeerId>, id: PeerId) -> bool {
     match v.binary_search(&id) {
         Ok(_) => false,
         Err(i) => {
+            v.reserve_exact(1);
             v.insert(i, id);
             true
         }
@@ -731,7 +1086,13 @@ mod tests {
     const TRACKER: ShortId = ShortId(0xDEAD_BEEF);
 
     fn config() -> StateConfig {
-        StateConfig { interval: Duration::from_secs(10), tombstone_max_age: Duration::from_secs(30 * 86_400) }
+        StateConfig {
+            interval: Duration::from_secs(10),
+            tombstone_max_age: Duration::from_secs(30 * 86_400),
+            max_records: 100_000,
+            max_records_per_peer: 10_000,
+            max_known_peers: 8,
+        }
     }
 
     fn id(n: u8) -> PeerId {
@@ -773,8 +1134,8 @@ mod tests {
         fn announce(&mut self, n: u8, record: FileRecord) -> Outcome {
             let mut out = self.state.announce(id(n), vec![record], T0);
             self.state.check_invariants();
-            assert_eq!(out.len(), 1);
-            out.remove(0)
+            assert_eq!((out.outcomes.len(), &out.refused), (1, &None));
+            out.outcomes.remove(0)
         }
 
         fn global(&self, path: &str) -> (FileRecord, u64, Vec<PeerId>) {
@@ -1171,6 +1532,196 @@ mod tests {
         let write = fx.state.take_dirty();
         assert_eq!(write.delete_peers, vec![id(2)], "offline past the max age");
         assert!(write.put_peers.is_empty(), "peer 1 is online");
+    }
+
+    #[test]
+    fn removing_a_peer_touches_only_the_entries_it_holds() {
+        let mut fx = Fixture::new();
+        fx.join(1);
+        fx.join(2);
+        let records: Vec<_> = (0..500).map(|i| file(&format!("f{i}"), "x", vv(&[(1, 1)]), 1)).collect();
+        fx.state.announce(id(1), records, T0);
+        for i in [3, 250, 499] {
+            assert!(fx.state.have(id(2), &RelPath::new(&format!("f{i}")).unwrap(), &vv(&[(1, 1)])));
+        }
+        fx.state.check_invariants();
+        assert_eq!(fx.state.holdings[&id(2)].paths.len(), 3, "the reverse index lists exactly what peer 2 holds");
+        let seq = fx.state.seq();
+        assert!(fx.state.remove_peer(id(2), T0));
+        fx.state.check_invariants();
+        assert_eq!(fx.state.seq(), seq + 3, "three entries changed, no others");
+        let changed: Vec<&str> = fx.state.by_seq.range(seq + 1..).map(|(_, p)| p.as_str()).collect();
+        assert_eq!(changed, ["f3", "f250", "f499"]);
+        // Peer 1's removal changes its 500 entries.
+        assert!(fx.state.remove_peer(id(1), T0));
+        assert_eq!(fx.state.seq(), seq + 3 + 500);
+        fx.state.check_invariants();
+    }
+
+    #[test]
+    fn holdings_stay_within_twice_what_is_held() {
+        // Peer 2 holds one path whose entry is replaced over and over: the
+        // reverse index drops stale paths instead of growing with the churn.
+        let mut fx = Fixture::new();
+        fx.join(1);
+        fx.join(2);
+        let mut version = vv(&[(1, 1)]);
+        for round in 0..1_000u64 {
+            fx.state.announce(id(1), vec![file("hot", &round.to_string(), version.clone(), 1)], T0);
+            fx.state.have(id(2), &RelPath::new("hot").unwrap(), &version);
+            version = version.bumped(id(1).short()).unwrap();
+        }
+        fx.state.check_invariants();
+        let held = &fx.state.holdings[&id(2)];
+        assert_eq!(held.live, 1);
+        assert!(held.paths.len() <= 2 * held.live + 65, "{} paths for 1 held", held.paths.len());
+    }
+
+    #[test]
+    fn the_record_quota_stops_a_batch_at_the_first_record_beyond_it() {
+        let mut fx = Fixture::new();
+        fx.state.config.max_records_per_peer = 3;
+        fx.state.config.max_records = 5;
+        fx.join(1);
+        fx.join(2);
+        fx.join(3);
+        let batch: Vec<_> = (0..5).map(|i| file(&format!("a{i}"), "x", vv(&[(1, 1)]), 1)).collect();
+        let out = fx.state.announce(id(1), batch, T0);
+        fx.state.check_invariants();
+        assert_eq!(out.outcomes.len(), 3, "accepted up to the quota");
+        let Some(Refusal::PeerQuota { authored: 3, max: 3, path }) = &out.refused else { panic!("{out:?}") };
+        assert_eq!(path.as_str(), "a3");
+        let reason = out.refused.as_ref().unwrap().to_string();
+        assert!(reason.contains("max_records_per_peer") && reason.contains("a3"), "{reason}");
+        assert_eq!(fx.state.counts(), (3, 0));
+        // At the quota: its own entries can still be edited and re-announced,
+        // and it can join the holders of others' entries.
+        let edit = file("a0", "y", vv(&[(1, 2)]), 2);
+        let again = file("a1", "x", vv(&[(1, 1)]), 1);
+        assert!(fx.state.announce(id(1), vec![edit, again], T0).refused.is_none());
+        fx.state.announce(id(2), vec![file("b0", "x", vv(&[(2, 1)]), 1)], T0);
+        let holder = fx.state.announce(id(1), vec![file("b0", "x", vv(&[(2, 1)]), 1)], T0);
+        assert!(matches!(holder.outcomes[..], [Outcome::Holder { .. }]) && holder.refused.is_none());
+        // Taking over another peer's entry would add one: refused.
+        let takeover = fx.state.announce(id(1), vec![file("b0", "z", vv(&[(2, 1), (1, 5)]), 3)], T0);
+        assert!(matches!(takeover.refused, Some(Refusal::PeerQuota { .. })));
+        // Another peer fills the table; then nobody adds entries.
+        let out =
+            fx.state.announce(id(2), vec![file("b1", "x", vv(&[(2, 1)]), 1), file("b2", "x", vv(&[(2, 1)]), 1)], T0);
+        assert_eq!(out.outcomes.len(), 1);
+        assert!(matches!(out.refused, Some(Refusal::TableFull { entries: 5, max: 5, .. })), "{out:?}");
+        assert!(matches!(
+            fx.state.announce(id(3), vec![file("c", "x", vv(&[(3, 1)]), 1)], T0).refused,
+            Some(Refusal::TableFull { .. })
+        ));
+        // Collecting a tombstone makes room again.
+        fx.state.announce(id(2), vec![tombstone("b1", vv(&[(2, 2)]), 2)], T0);
+        fx.state.have(id(1), &RelPath::new("b1").unwrap(), &vv(&[(2, 2)]));
+        fx.state.have(id(3), &RelPath::new("b1").unwrap(), &vv(&[(2, 2)]));
+        assert_eq!(fx.state.gc_tombstones(T0), vec![RelPath::new("b1").unwrap()]);
+        assert!(fx.state.announce(id(3), vec![file("c", "x", vv(&[(3, 1)]), 1)], T0).refused.is_none());
+        fx.state.check_invariants();
+    }
+
+    #[test]
+    fn tombstone_gc_runs_in_slices_after_a_cursor() {
+        let mut fx = Fixture::new();
+        fx.join(1);
+        for i in 0..10 {
+            fx.announce(1, tombstone(&format!("t{i}"), vv(&[(1, 1)]), 1));
+        }
+        fx.announce(1, file("live", "x", vv(&[(1, 1)]), 1));
+        assert!(fx.state.start_gc(T0));
+        assert!(!fx.state.start_gc(T0), "one pass at a time");
+        let first = fx.state.gc_step(4);
+        assert_eq!((first.dropped.len(), first.done), (3, false), "`live` sorts first: 3 of 4 are tombstones");
+        // Events between slices: a tombstone behind the cursor waits for the
+        // next pass, the rest of the pass goes on.
+        fx.announce(1, tombstone("a-new", vv(&[(1, 1)]), 1));
+        let mut dropped = first.dropped;
+        loop {
+            let step = fx.state.gc_step(4);
+            dropped.extend(step.dropped);
+            fx.state.check_invariants();
+            if step.done {
+                break;
+            }
+        }
+        assert_eq!(dropped.len(), 10);
+        assert!(!fx.state.gc_active());
+        assert_eq!(fx.state.counts(), (2, 1), "`live` and `a-new` are left");
+        assert_eq!(fx.state.gc_tombstones(T0), vec![RelPath::new("a-new").unwrap()]);
+        // Stepping without a pass does nothing.
+        assert_eq!(fx.state.gc_step(4), GcStep { dropped: vec![], done: true });
+    }
+
+    #[test]
+    fn a_tombstone_goes_when_the_peers_that_did_not_confirm_it_hold_it() {
+        // Known peers 1..=4 acked seq 0, 2, 5, 9 (at their last Register);
+        // a tombstone at record_seq 5 is unconfirmed by peers 1 and 2.
+        struct Case {
+            name: &'static str,
+            holders: &'static [u8],
+            collect: bool,
+        }
+        let cases = [
+            Case { name: "nobody holds it", holders: &[], collect: false },
+            Case { name: "one of the two holds it", holders: &[1], collect: false },
+            Case { name: "both hold it", holders: &[1, 2], collect: true },
+            Case { name: "confirmed peers hold it, not the others", holders: &[3, 4], collect: false },
+            Case { name: "everyone holds it", holders: &[1, 2, 3, 4], collect: true },
+        ];
+        for case in cases {
+            let mut fx = Fixture::new();
+            for (n, acked) in [(1u8, 0u64), (2, 2), (3, 5), (4, 9)] {
+                let addr = SocketAddr::from(([127, 0, 0, n], 1));
+                fx.state.seq = fx.state.seq.max(acked);
+                let arrival = Arrival { peer: id(n), addr, session: u64::from(n), seen_seq: acked, epoch: 77 };
+                fx.state.register(arrival, fx.now, T0);
+            }
+            fx.state.seq = 4;
+            fx.announce(4, tombstone("t", vv(&[(4, 1)]), 1));
+            assert_eq!(fx.state.entry("t").unwrap().1, 5);
+            for &h in case.holders {
+                fx.state.have(id(h), &RelPath::new("t").unwrap(), &vv(&[(4, 1)]));
+            }
+            if !case.holders.contains(&4) {
+                // The announcer holds it from its announcement; drop it for the table.
+                fx.state.remove_peer(id(4), T0);
+            }
+            let dropped = fx.state.gc_tombstones(T0).len();
+            assert_eq!(dropped == 1, case.collect, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn known_peers_are_bounded_and_the_oldest_offline_one_goes_first() {
+        let mut fx = Fixture::new();
+        let max = config().max_known_peers;
+        // Peers 1..=max register, then leave at T0 + n (peer 1 first).
+        for n in 1..=max as u8 {
+            fx.join(n);
+        }
+        for n in 1..=max as u8 {
+            fx.state.remove_peer(id(n), T0 + u64::from(n));
+        }
+        fx.state.take_dirty();
+        // Peer 2 comes back (online: never evicted); two new peers arrive.
+        fx.join(2);
+        fx.join(100);
+        fx.join(101);
+        fx.state.check_invariants();
+        assert_eq!(fx.state.known_count(), max);
+        let write = fx.state.take_dirty();
+        assert_eq!(write.delete_peers, vec![id(1), id(3)], "the two seen longest ago, skipping online peer 2");
+        assert!(fx.state.known.contains_key(&id(2)) && fx.state.known.contains_key(&id(101)));
+        // Restored with a lower bound: trimmed at once, persisted as deletes.
+        let (epoch, entries, known) = fx.state.persisted_view();
+        let lower = StateConfig { max_known_peers: 3, ..config() };
+        let mut restored = State::restore(lower, TRACKER, epoch, fx.state.seq(), entries, known);
+        restored.check_invariants();
+        assert_eq!(restored.known_count(), 3);
+        assert_eq!(restored.take_dirty().delete_peers.len(), max - 3);
     }
 
     #[test]

@@ -374,7 +374,13 @@ mod tests {
     use std::time::{Duration, Instant};
 
     fn config() -> StateConfig {
-        StateConfig { interval: Duration::from_secs(10), tombstone_max_age: Duration::from_secs(86_400) }
+        StateConfig {
+            interval: Duration::from_secs(10),
+            tombstone_max_age: Duration::from_secs(86_400),
+            max_records: 1_000,
+            max_records_per_peer: 1_000,
+            max_known_peers: 3,
+        }
     }
 
     fn record(path: &str, deleted: bool, version: VersionVector) -> FileRecord {
@@ -458,6 +464,26 @@ mod tests {
         assert_eq!(restored.persisted_view(), before);
         assert_eq!(before.1.len(), 4, "a/file, its conflict copy, b/link, the tombstone `late`");
         assert!(restored.seq() >= state.seq());
+    }
+
+    #[test]
+    fn evicted_known_peers_are_deleted_from_the_database() {
+        // max_known_peers is 3 in `config()`: five peers come and go.
+        let dir = tempfile::tempdir().unwrap();
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        let mut state = State::new(config(), ShortId(99), loaded.epoch);
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        for n in 1..=5u8 {
+            let peer = PeerId([n; 16]);
+            state.register(Arrival { peer, addr, session: n.into(), seen_seq: 0, epoch: 0 }, Instant::now(), 1000);
+            state.remove_peer(peer, 1000 + u64::from(n));
+            store.commit(state.epoch(), &state.take_dirty(), None).unwrap();
+        }
+        drop(store);
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        let mut known: Vec<u8> = loaded.known.iter().map(|(id, _)| id.0[0]).collect();
+        known.sort_unstable();
+        assert_eq!(known, [3, 4, 5], "the two seen longest ago are gone from the file too");
     }
 
     #[test]

@@ -11,8 +11,8 @@ use dartsync_shared::VersionVector;
 use dartsync_shared::codec;
 use dartsync_shared::key::Identity;
 use dartsync_shared::limits::MAX_COUNTER;
-use dartsync_shared::proto::ptp::{Delta, DeltaEntry, Holder, PeerMessage, Register, TrackerMessage};
-use dartsync_shared::test_util::det_bytes;
+use dartsync_shared::proto::ptp::{Delta, DeltaEntry, Holder, PeerMessage, Register, TrackerMessage, announce_batches};
+use dartsync_shared::test_util::{det_bytes, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SLOW: Duration = Duration::from_secs(10);
@@ -76,17 +76,19 @@ async fn a_silent_peer_expires_and_leaves_the_holders() {
     // Taken before sending, so the tracker's deadline is at least this + 3 x interval.
     let last_message = Instant::now();
     a.announce(vec![r1]).await;
-    let delta = match recv(&mut b_reader).await {
-        TrackerMessage::Delta(d) => d,
-        other => panic!("{other:?}"),
+    // Deltas with news, skipping the heartbeats of a quiet session.
+    let mut news = async || loop {
+        match recv(&mut b_reader).await {
+            TrackerMessage::Delta(d) if d.entries.is_empty() && !d.full => continue,
+            TrackerMessage::Delta(d) => return d,
+            other => panic!("{other:?}"),
+        }
     };
+    let delta = news().await;
     assert_eq!(delta.entries[0].holders.len(), 1);
 
     // The next delta B receives removes A from the holders.
-    let delta = match recv(&mut b_reader).await {
-        TrackerMessage::Delta(d) => d,
-        other => panic!("{other:?}"),
-    };
+    let delta = news().await;
     let elapsed = last_message.elapsed();
     assert_eq!(delta.entries.len(), 1);
     assert_eq!(delta.entries[0].record.path.as_str(), "f");
@@ -322,5 +324,54 @@ async fn a_record_with_a_counter_past_the_limit_is_refused_and_never_relayed() {
     assert_eq!(seen, ["edge"], "the first delta after the refusal carries only the valid record");
     let table = tracker.table().await;
     assert_eq!(table.keys().collect::<Vec<_>>(), ["edge"]);
+    tracker.stop().await;
+}
+
+#[tokio::test]
+async fn a_member_over_its_record_quota_is_refused_and_others_are_unaffected() {
+    // The default quota is 500,000 records (DEFAULT_MAX_RECORDS_PER_PEER);
+    // the rule is the same at any size and the cost of the run grows with
+    // the records sent (about 1.5 s per 25,000 in a debug build), so this
+    // member meets a quota of 20,000 with 25,000 records.
+    const QUOTA: usize = 20_000;
+    let tracker = TestTracker::start_with(SLOW, 16, |c| c.max_records_per_peer = QUOTA).await;
+    let mut a = tracker.peer(4001).await;
+    let mut b = tracker.peer(4002).await;
+    let v = edit(&VersionVector::new(), a.id());
+    let records: Vec<_> = (0..QUOTA + 5_000).map(|i| file(&format!("a/{i:06}"), "x", v.clone(), 1)).collect();
+    for batch in announce_batches(&records) {
+        // The tracker stops reading at the refusal.
+        if a.writer.send(&PeerMessage::Announce { records: batch.to_vec() }).await.is_err() {
+            break;
+        }
+    }
+    let reason = expect_closed(&mut a.reader).await.unwrap_or_default();
+    assert!(
+        reason.contains("max_records_per_peer") && reason.contains(&format!("limit (max_records_per_peer) is {QUOTA}")),
+        "{reason}"
+    );
+    assert!(reason.contains(&format!("a/{QUOTA:06}")), "the first record refused is named: {reason}");
+
+    // Exactly the records up to the quota are in the table.
+    let table = tracker.table().await;
+    assert_eq!(table.len(), QUOTA);
+    assert!(table.keys().all(|p| p.as_str() < format!("a/{QUOTA:06}").as_str()));
+
+    // Another member is served as before.
+    let mine = file("b/mine", "b", edit(&VersionVector::new(), b.id()), 1);
+    b.announce(vec![mine.clone()]).await;
+    within(PATIENCE * 3, "b's record to come back", async {
+        while !b.delta().await.entries.iter().any(|e| e.record == mine) {}
+    })
+    .await;
+
+    // The member itself may come back and hold what it has; only a record
+    // that would add an entry is refused again.
+    let mut a = FakePeer::register(tracker.addr, &tracker.key, a.identity.clone(), 4001, 0, 0).await;
+    a.announce(vec![records[0].clone()]).await;
+    a.announce(vec![records[QUOTA + 1].clone()]).await;
+    let reason = expect_closed(&mut a.reader).await.unwrap_or_default();
+    assert!(reason.contains(&format!("a/{:06}", QUOTA + 1)), "{reason}");
+    assert_eq!(tracker.table().await.len(), QUOTA + 1, "b's record and a's quota");
     tracker.stop().await;
 }

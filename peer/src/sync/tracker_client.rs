@@ -52,8 +52,7 @@ use dartsync_shared::backoff::Backoff;
 use dartsync_shared::channel::{self, ChannelError, HANDSHAKE_TIMEOUT};
 use dartsync_shared::id::PublicKey;
 use dartsync_shared::key::{ClusterKey, Identity};
-use dartsync_shared::limits::MAX_RECORDS_PER_MESSAGE;
-use dartsync_shared::proto::ptp::{Delta, PeerMessage, Register, TrackerMessage, Welcome};
+use dartsync_shared::proto::ptp::{Delta, PeerMessage, Register, TrackerMessage, Welcome, announce_batches};
 use dartsync_shared::proto::{PROTOCOL_VERSION, ProtocolError};
 use dartsync_shared::{FileRecord, RelPath, VersionVector};
 use tokio::net::TcpStream;
@@ -71,6 +70,9 @@ const MAX_PENDING_DELTAS: usize = 4;
 /// First and largest pause between reconnection attempts.
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// Pause after the tracker refused us outright (`Refused`): what it
+/// refused is what the next session would send again.
+const REFUSED_PAUSE: Duration = Duration::from_secs(300);
 /// Keep-alive intervals without a frame before the tracker is checked.
 const SILENT_INTERVALS: u32 = 3;
 /// The silence limit is never shorter than this.
@@ -517,7 +519,11 @@ async fn run(
         // Drop commands while disconnected: what they say is already in the
         // index, and the next session's summary (read after this pause)
         // carries it.
-        let pause = tokio::time::sleep(backoff.next_delay());
+        // A tracker that refused us (record quota, full table, full
+        // tracker) will refuse the same summary again: come back much later
+        // rather than resend it every few seconds.
+        let delay = if matches!(err, ClientError::Refused { .. }) { REFUSED_PAUSE } else { backoff.next_delay() };
+        let pause = tokio::time::sleep(delay);
         tokio::pin!(pause);
         loop {
             tokio::select! {
@@ -568,7 +574,7 @@ async fn session(
         .await
         .map_err(|e| ClientError::Summary(e.to_string()))?
         .map_err(ClientError::Summary)?;
-    for batch in records.chunks(MAX_RECORDS_PER_MESSAGE) {
+    for batch in announce_batches(&records) {
         writer.send(&PeerMessage::Announce { records: batch.to_vec() }).await?;
     }
     tracing::debug!(records = records.len(), "sent local summary");
@@ -618,7 +624,7 @@ async fn session(
             },
             cmd = commands.recv() => match cmd {
                 Some(ClientCommand::Announce(records)) => {
-                    for batch in records.chunks(MAX_RECORDS_PER_MESSAGE) {
+                    for batch in announce_batches(&records) {
                         writer.send(&PeerMessage::Announce { records: batch.to_vec() }).await?;
                     }
                 }

@@ -6,7 +6,9 @@
 //!    the same content (a rename or copy: no network at all), else from the
 //!    holders in turn. A list is accepted only if its hash equals the
 //!    record's `chunks` and it tiles `[0, size)`; a holder sending another
-//!    list is dropped as a liar.
+//!    list is dropped as a liar. Holders answering `Busy` (a chunk-list page
+//!    takes an upload slot too) are asked again in rounds with the busy
+//!    backoff, until [`DownloadLimits::busy_give_up`].
 //! 2. **Local** (blocking pool): open `<content>.part`; if a valid state
 //!    file from an earlier run exists, re-hash every chunk it marks done and
 //!    keep those that verify (the bitmap is a hint, never trusted alone);
@@ -318,21 +320,50 @@ impl Downloader {
                 Err(why) => tracing::debug!(path = %record.path, why, "local chunk list does not fit the record"),
             }
         }
-        for (i, holder) in holders.iter().enumerate() {
-            let fetched = tokio::select! {
-                () = cancel.cancelled() => return Err(DownloadError::Cancelled { path: record.path.clone() }),
-                r = self.fetch_list(holder, record) => r,
-            };
-            match fetched {
-                Ok((list, conn)) => return Ok((list, Some((i, conn)))),
-                Err(e) => {
-                    if e.is_lie() {
-                        tracing::warn!(peer = %holder.peer_id.fmt_short(), addr = %holder.addr, error = %e, "holder dropped: it sent bad data");
-                    } else {
-                        tracing::debug!(peer = %holder.peer_id.fmt_short(), addr = %holder.addr, error = %e, "holder dropped");
-                    }
-                    stats[i].dropped = Some(e);
+        // Holders answering `Busy` (upload slots full, chunk lists included)
+        // are asked again after a pause, in rounds, like busy chunks.
+        let limits = &self.ctx.limits;
+        let (started, mut busy_streak) = (Instant::now(), 0u32);
+        loop {
+            let mut busy = Vec::new();
+            for (i, holder) in holders.iter().enumerate() {
+                if stats[i].dropped.is_some() {
+                    continue;
                 }
+                let fetched = tokio::select! {
+                    () = cancel.cancelled() => return Err(DownloadError::Cancelled { path: record.path.clone() }),
+                    r = self.fetch_list(holder, record) => r,
+                };
+                match fetched {
+                    Ok((list, conn)) => return Ok((list, Some((i, conn)))),
+                    Err(HolderError::Busy) => {
+                        stats[i].busy += 1;
+                        busy.push(i);
+                    }
+                    Err(e) => {
+                        if e.is_lie() {
+                            tracing::warn!(peer = %holder.peer_id.fmt_short(), addr = %holder.addr, error = %e, "holder dropped: it sent bad data");
+                        } else {
+                            tracing::debug!(peer = %holder.peer_id.fmt_short(), addr = %holder.addr, error = %e, "holder dropped");
+                        }
+                        stats[i].dropped = Some(e);
+                    }
+                }
+            }
+            if busy.is_empty() || started.elapsed() >= limits.busy_give_up {
+                for i in busy {
+                    stats[i].dropped = Some(HolderError::BusyTooLong(limits.busy_give_up));
+                }
+                break;
+            }
+            let pause = limits
+                .busy_backoff
+                .saturating_mul(1 << busy_streak.min(16))
+                .min(limits.busy_backoff_max.max(limits.busy_backoff));
+            busy_streak += 1;
+            tokio::select! {
+                () = cancel.cancelled() => return Err(DownloadError::Cancelled { path: record.path.clone() }),
+                () = tokio::time::sleep(pause) => {}
             }
         }
         let failures = stats.iter_mut().filter_map(|s| s.dropped.take().map(|e| (s.peer_id, e))).collect();

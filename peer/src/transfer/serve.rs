@@ -4,24 +4,35 @@
 //!
 //! # Shape
 //! [`serve`] runs an accept loop (cancel token first, then reaping finished
-//! connections, then `accept`), one task per connection in a `JoinSet`, at
-//! most [`MAX_CONNECTIONS`] at once. A connection runs the Noise handshake
-//! ([`dartsync_shared::channel::accept`]), then a reader and a writer side
-//! by side: the reader validates each request and starts its disk work on
-//! the blocking pool at once; the writer awaits those results **in request
-//! order** and sends them, so a client may pipeline several requests while
-//! several disk reads run concurrently. At most [`PIPELINE_DEPTH`] answers
-//! wait per connection; beyond that the reader stops reading (TCP
-//! backpressure).
+//! connections, then the periodic summary of refused connections, then the
+//! pre-authentication waiting room, then `accept`), one task per
+//! connection in a `JoinSet`. A connection first needs a place in the
+//! pre-authentication pool ([`dartsync_shared::preauth`]: at most
+//! [`PREAUTH_TOTAL`] connections in the handshake, [`PREAUTH_PER_SOURCE`]
+//! per source address, idle ones displaceable); without one it waits a few
+//! tens of milliseconds for its first bytes, without a task, or is closed,
+//! with no handshake. With one, it runs the Noise handshake
+//! ([`PreAuthLimiter::handshake`]: first message within 2 s, all of it
+//! within 10 s), gives the place back, and only then takes one of the
+//! [`MAX_CONNECTIONS`] authenticated slots (closed at once if none is
+//! free), so connections without the cluster key never crowd out peers.
+//! Then a reader and a writer run side by side: the reader validates each
+//! request and starts its disk work on the blocking pool at once; the
+//! writer awaits those results **in request order** and sends them, so a
+//! client may pipeline several requests while several disk reads run
+//! concurrently. At most [`PIPELINE_DEPTH`] answers wait per connection;
+//! beyond that the reader stops reading (TCP backpressure).
 //!
 //! # Upload slots
-//! Every `GetChunk` needs one slot of its requesting [`PeerId`] (shared by
-//! all connections of that peer) and one of the server's total; a request
-//! that finds either full is answered `Busy` at once, never queued (the
-//! brief's BUSY/READY). A slot is held from the request until its answer
-//! is about to be written, so a client that keeps at most
-//! `slots_per_peer` requests in flight never sees `Busy` from its own
-//! requests. `GetChunkList` needs no slot (one per download, cheap).
+//! Every request, `GetChunk` and `GetChunkList` alike, needs one slot of its
+//! requesting [`PeerId`] (shared by all connections of that peer) and one
+//! of the server's total; a request that finds either full is answered
+//! `Busy` at once, never queued (the brief's BUSY/READY). A slot is held
+//! from the request until its answer is about to be written, so a client
+//! that keeps at most `slots_per_peer` requests in flight never sees `Busy`
+//! from its own requests. (A chunk-list page is a whole-list lookup plus
+//! up to 3 MiB of answer: as costly as a chunk, so it is bounded the same
+//! way.)
 //!
 //! # Invariants
 //! - Only verified bytes leave: a chunk is read from each candidate the
@@ -33,8 +44,10 @@
 //!   liar.)
 //! - Nothing under `.dartsync/` is reachable by name: requests carry hashes,
 //!   the only path built from a request is `tmp_dir/<64 hex>.part`.
-//! - A request that fails [`P2pRequest::validate`], a malformed frame or a
-//!   failed handshake ends that connection only, with one warn line.
+//! - A request that fails [`P2pRequest::validate`] or a malformed frame
+//!   ends that connection only, with one warn line. A failed handshake
+//!   ends it too, counted and logged at most once per source per minute
+//!   plus a summary (never a line per connection).
 //!
 //! # Not here
 //! No knowledge of records, the tracker or the index's freshness: the
@@ -47,9 +60,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dartsync_shared::backoff::Backoff;
-use dartsync_shared::channel::{self, ChannelError, ChannelWriter};
+use dartsync_shared::channel::{ChannelError, ChannelWriter, SecureChannel};
 use dartsync_shared::codec::CodecError;
 use dartsync_shared::key::{ClusterKey, Identity};
+use dartsync_shared::preauth::{self, PreAuthConfig, PreAuthLimiter, PreAuthPermit};
 use dartsync_shared::proto::ProtocolError;
 use dartsync_shared::proto::p2p::{ChunkListPage, P2pRequest, P2pResponse};
 use dartsync_shared::{ContentHash, PeerId};
@@ -64,8 +78,15 @@ use tracing::Instrument;
 use crate::transfer::chunk_source::{ChunkSource, read_at_verified, read_verified};
 use crate::transfer::part::part_path;
 
-/// Most connections served at once; more are closed right after accept.
+/// Most authenticated connections served at once; more are closed right
+/// after their handshake.
 pub const MAX_CONNECTIONS: usize = 256;
+
+/// Most connections in the handshake at once, from all sources.
+pub const PREAUTH_TOTAL: usize = preauth::DEFAULT_TOTAL;
+
+/// Most connections in the handshake at once from one source address.
+pub const PREAUTH_PER_SOURCE: usize = preauth::DEFAULT_PER_SOURCE;
 
 /// Most answers queued per connection before the server stops reading it.
 pub const PIPELINE_DEPTH: usize = 16;
@@ -81,11 +102,11 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Piece server settings.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// Concurrent `GetChunk` requests served to one peer (all its
-    /// connections together); more are answered `Busy`.
+    /// Concurrent requests (`GetChunk`, `GetChunkList`) served to one peer
+    /// (all its connections together); more are answered `Busy`.
     pub slots_per_peer: usize,
-    /// Concurrent `GetChunk` requests served in total; more are answered
-    /// `Busy`.
+    /// Concurrent requests (`GetChunk`, `GetChunkList`) served in total;
+    /// more are answered `Busy`.
     pub slots_total: usize,
     /// Test-only: flip one byte of every chunk sent (after verification),
     /// to test downloaders against a lying holder. Never set in production.
@@ -138,9 +159,17 @@ pub async fn serve(
         cfg,
     });
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let preauth = PreAuthLimiter::new(
+        "piece server",
+        PreAuthConfig { total: PREAUTH_TOTAL, per_source: PREAUTH_PER_SOURCE, ..PreAuthConfig::default() },
+    );
+    let mut report =
+        tokio::time::interval_at(tokio::time::Instant::now() + preauth::REPORT_EVERY, preauth::REPORT_EVERY);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tasks = JoinSet::new();
     let mut backoff = Backoff::new(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
     loop {
+        let sweep_at = preauth.next_sweep().map(tokio::time::Instant::from_std);
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
@@ -151,22 +180,20 @@ pub async fn serve(
                     std::panic::resume_unwind(e.into_panic());
                 }
             }
+            _ = report.tick() => preauth.report(),
+            () = tokio::time::sleep_until(sweep_at.unwrap_or_else(tokio::time::Instant::now)), if sweep_at.is_some() => {
+                for (stream, addr, place) in preauth.sweep() {
+                    spawn_connection(&mut tasks, &ctx, &preauth, &connections, stream, addr, place);
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
                     backoff.reset();
-                    let Ok(permit) = connections.clone().try_acquire_owned() else {
-                        tracing::debug!(%addr, "too many peer connections; closing a new one");
-                        continue;
-                    };
-                    let ctx = ctx.clone();
-                    let span = tracing::debug_span!("p2p", %addr);
-                    tasks.spawn(
-                        async move {
-                            connection(stream, ctx).await;
-                            drop(permit);
-                        }
-                        .instrument(span),
-                    );
+                    // Beyond the pre-authentication pool: waiting for its
+                    // first bytes, or closed at once.
+                    if let Some((stream, place)) = preauth.admit(stream, addr) {
+                        spawn_connection(&mut tasks, &ctx, &preauth, &connections, stream, addr, place);
+                    }
                 }
                 Err(error) => {
                     let delay = backoff.next_delay();
@@ -184,6 +211,39 @@ pub async fn serve(
     }
     tasks.shutdown().await;
     tracing::debug!(addr = %local, "piece server stopped");
+}
+
+/// Spawns the task of a connection admitted to the handshake: the
+/// handshake, then an authenticated slot, then the requests.
+fn spawn_connection(
+    tasks: &mut JoinSet<()>,
+    ctx: &Arc<Ctx>,
+    preauth: &PreAuthLimiter,
+    connections: &Arc<Semaphore>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    place: PreAuthPermit,
+) {
+    let (ctx, preauth, connections) = (ctx.clone(), preauth.clone(), connections.clone());
+    let span = tracing::debug_span!("p2p", %addr);
+    tasks.spawn(
+        async move {
+            // Latency matters more than packet count for pipelined small
+            // answers.
+            let _ = stream.set_nodelay(true);
+            // Failures are counted and logged by the limiter.
+            let Ok(channel) = preauth.handshake(place, stream, &ctx.key, &ctx.identity).await else {
+                return;
+            };
+            let Ok(permit) = connections.try_acquire_owned() else {
+                tracing::debug!("too many peer connections; closing a new one");
+                return;
+            };
+            connection(channel, ctx).await;
+            drop(permit);
+        }
+        .instrument(span),
+    );
 }
 
 /// State shared by every connection.
@@ -218,11 +278,22 @@ impl Ctx {
         PeerGuard { ctx: self.clone(), peer, slots: entry.slots.clone() }
     }
 
+    /// One upload slot of the requesting peer (`slots`) and one of the
+    /// total, or `None` if either is full.
+    fn take_slots(&self, slots: &Arc<Semaphore>) -> Option<Slots> {
+        let mine = slots.clone().try_acquire_owned().ok()?;
+        let all = self.total.clone().try_acquire_owned().ok()?;
+        Some(Slots { _mine: mine, _all: all })
+    }
+
     /// Starts the work for one request; the result is awaited in order by
     /// the writer.
     fn start(&self, request: P2pRequest, slots: &Arc<Semaphore>) -> Pending {
         match request {
             P2pRequest::GetChunkList { content, first, max, .. } => {
+                let Some(held) = self.take_slots(slots) else {
+                    return Pending::Ready(P2pResponse::Busy);
+                };
                 let source = self.source.clone();
                 let job = tokio::task::spawn_blocking(move || {
                     source
@@ -230,13 +301,10 @@ impl Ctx {
                         .and_then(|chunks| ChunkListPage::of(content, &chunks, first, max))
                         .map_or(P2pResponse::NotAvailable, P2pResponse::ChunkList)
                 });
-                Pending::Work { job, slots: None }
+                Pending::Work { job, slots: held }
             }
             P2pRequest::GetChunk { content, offset, len, hash } => {
-                let Ok(mine) = slots.clone().try_acquire_owned() else {
-                    return Pending::Ready(P2pResponse::Busy);
-                };
-                let Ok(all) = self.total.clone().try_acquire_owned() else {
+                let Some(held) = self.take_slots(slots) else {
                     return Pending::Ready(P2pResponse::Busy);
                 };
                 let source = self.source.clone();
@@ -245,7 +313,7 @@ impl Ctx {
                 let job = tokio::task::spawn_blocking(move || {
                     read_chunk(source.as_ref(), &part, offset, len, &hash, corrupt)
                 });
-                Pending::Work { job, slots: Some((mine, all)) }
+                Pending::Work { job, slots: held }
             }
         }
     }
@@ -270,12 +338,18 @@ impl Drop for PeerGuard {
     }
 }
 
+/// The upload slots one request holds: its peer's and the total's.
+struct Slots {
+    _mine: OwnedSemaphorePermit,
+    _all: OwnedSemaphorePermit,
+}
+
 /// One answer in the making.
 enum Pending {
     /// Known at once (`Busy`).
     Ready(P2pResponse),
     /// Disk work on the blocking pool, with the upload slots it holds.
-    Work { job: JoinHandle<P2pResponse>, slots: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> },
+    Work { job: JoinHandle<P2pResponse>, slots: Slots },
 }
 
 impl Pending {
@@ -321,8 +395,6 @@ fn read_chunk(
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
 enum ConnError {
-    #[error("handshake failed: {0}")]
-    Handshake(ChannelError),
     #[error("bad request stream: {0}")]
     Channel(ChannelError),
     #[error("invalid request: {0}")]
@@ -342,8 +414,8 @@ struct Served {
     not_available: u64,
 }
 
-async fn connection(stream: TcpStream, ctx: Arc<Ctx>) {
-    match connection_inner(stream, ctx).await {
+async fn connection(channel: SecureChannel<TcpStream>, ctx: Arc<Ctx>) {
+    match connection_inner(channel, ctx).await {
         Ok((peer, served)) => tracing::debug!(
             peer = %peer.fmt_short(),
             chunks = served.chunks,
@@ -358,10 +430,7 @@ async fn connection(stream: TcpStream, ctx: Arc<Ctx>) {
     }
 }
 
-async fn connection_inner(stream: TcpStream, ctx: Arc<Ctx>) -> Result<(PeerId, Served), ConnError> {
-    // Latency matters more than packet count for pipelined small answers.
-    let _ = stream.set_nodelay(true);
-    let channel = channel::accept(stream, &ctx.key, &ctx.identity).await.map_err(ConnError::Handshake)?;
+async fn connection_inner(channel: SecureChannel<TcpStream>, ctx: Arc<Ctx>) -> Result<(PeerId, Served), ConnError> {
     let peer = channel.remote_peer_id();
     tracing::debug!(peer = %peer.fmt_short(), "peer connected");
     let guard = ctx.register(peer);

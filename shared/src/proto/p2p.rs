@@ -49,7 +49,7 @@ const MAX_ENCODED_CHUNK_INFO: usize = 9 + 5 + 32;
 const MAX_PAGE_OVERHEAD: usize = 1 + 32 + 9 + 9 + 9;
 
 const _: () = assert!(
-    MAX_PAGE_OVERHEAD + CHUNK_LIST_PAGE as usize * MAX_ENCODED_CHUNK_INFO <= MAX_FRAME_LEN / 8,
+    MAX_PAGE_OVERHEAD + CHUNK_LIST_PAGE as usize * MAX_ENCODED_CHUNK_INFO <= MAX_FRAME_LEN / 4,
     "a full chunk-list page must fit a frame with room to spare"
 );
 
@@ -108,8 +108,14 @@ pub struct ChunkListPage {
     pub total: u64,
     /// Index of `chunks[0]` in the whole list.
     pub first: u64,
-    /// At most [`CHUNK_LIST_PAGE`] chunks, in file order.
+    /// At most [`CHUNK_LIST_PAGE`] chunks, in file order (bounded while
+    /// decoding).
+    #[serde(deserialize_with = "page_chunks")]
     pub chunks: Vec<ChunkInfo>,
+}
+
+fn page_chunks<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<ChunkInfo>, D::Error> {
+    crate::codec::bounded_vec(deserializer, CHUNK_LIST_PAGE as usize, "chunk list page")
 }
 
 impl ChunkListPage {
@@ -528,7 +534,7 @@ mod tests {
             let P2pRequest::GetChunkList { content, first, max, .. } = request else { panic!("{request:?}") };
             let response = P2pResponse::ChunkList(ChunkListPage::of(content, &whole, first, max).unwrap());
             let encoded = encode(&response).unwrap();
-            assert!(encoded.len() <= MAX_FRAME_LEN / 8, "page of {} bytes", encoded.len());
+            assert!(encoded.len() <= MAX_FRAME_LEN / 4, "page of {} bytes", encoded.len());
             bytes += encoded.len();
             let mut wire = BytesMut::new();
             codec.encode(Bytes::from(encoded), &mut wire).unwrap();
@@ -544,6 +550,26 @@ mod tests {
         let got = assembler.finish().unwrap();
         assert_eq!(chunk_list_hash(&got), chunk_list_hash(&whole));
         assert_eq!(got, whole);
+    }
+
+    #[test]
+    fn the_largest_request_fits_its_bound() {
+        use crate::limits::{MAX_P2P_REQUEST_FRAME, MAX_PATH_LEN};
+        let unit = format!("{}/", "p".repeat(254));
+        let mut path = unit.repeat(MAX_PATH_LEN / unit.len());
+        path.push_str(&"q".repeat(MAX_PATH_LEN - path.len()));
+        let requests = [
+            P2pRequest::GetChunkList {
+                path: RelPath::new(&path).unwrap(),
+                content: hash(1),
+                first: u64::MAX,
+                max: u32::MAX,
+            },
+            P2pRequest::GetChunk { content: hash(1), offset: u64::MAX, len: u32::MAX, hash: hash(2) },
+        ];
+        let sizes: Vec<usize> = requests.iter().map(|r| encode(r).unwrap().len()).collect();
+        let largest = sizes.iter().copied().max().unwrap_or(0);
+        assert!(largest <= MAX_P2P_REQUEST_FRAME && largest + 16 > MAX_P2P_REQUEST_FRAME, "{sizes:?}");
     }
 
     #[test]

@@ -25,9 +25,13 @@
 //! `epoch` let the tracker send only what the peer missed.
 //!
 //! # Announce
-//! Up to [`MAX_RECORDS_PER_MESSAGE`] records, each a version of one path as
-//! the peer holds it (tombstones included). The tracker accepts, ignores
-//! (stale) or resolves a conflict for each, as DESIGN.md describes.
+//! Up to [`MAX_RECORDS_PER_MESSAGE`] records and [`MAX_BATCH_BYTES`] encoded
+//! bytes (cut with [`announce_batches`]), each a version of one path as the
+//! peer holds it (tombstones included). The tracker accepts, ignores
+//! (stale) or resolves a conflict for each, as DESIGN.md describes. A peer
+//! authoring more entries of the table than the tracker's quota is refused
+//! (`Refused`, with the reason) at the first record beyond it; the records
+//! before it stay accepted.
 //!
 //! # Have
 //! The peer now holds `version` of `path` (it finished a download); the
@@ -36,17 +40,28 @@
 //! # Delta
 //! Entries with `seq` in `(from_seq, to_seq]`, each with the reachable
 //! addresses of the peers holding exactly that version. `full` marks a
-//! resend of the whole table after an epoch change.
+//! resend of the whole table after an epoch change. At most
+//! [`MAX_RECORDS_PER_MESSAGE`] entries and [`MAX_BATCH_BYTES`] bytes.
+//!
+//! # Sizes
+//! Every list and string is bounded while it is decoded, before it is
+//! allocated (records, entries, holders, the reason; see
+//! [`crate::codec`]), so a message claiming 250,000 records fails at its
+//! length field. The tracker reads `Register` with
+//! [`MAX_REGISTER_FRAME`](crate::limits::MAX_REGISTER_FRAME) and every
+//! later message with [`MAX_BATCH_BYTES`]; tests below encode the largest
+//! message of each kind against its bound.
 
 use std::net::SocketAddr;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{ProtocolError, check_len};
+use crate::codec::{bounded_string, bounded_vec};
 use crate::id::PeerId;
-use crate::limits::{MAX_HOLDERS_PER_ENTRY, MAX_REASON_LEN, MAX_RECORDS_PER_MESSAGE};
+use crate::limits::{MAX_BATCH_BYTES, MAX_HOLDERS_PER_ENTRY, MAX_REASON_LEN, MAX_RECORDS_PER_MESSAGE, VARINT_MAX};
 use crate::path::RelPath;
-use crate::record::FileRecord;
+use crate::record::{FileKind, FileRecord};
 use crate::version::VersionVector;
 
 /// A peer's introduction, the first message after the handshake.
@@ -70,7 +85,9 @@ pub enum PeerMessage {
     Register(Register),
     /// Versions of paths as this peer holds them.
     Announce {
-        /// The records, at most [`MAX_RECORDS_PER_MESSAGE`].
+        /// The records, at most [`MAX_RECORDS_PER_MESSAGE`] (bounded while
+        /// decoding).
+        #[serde(deserialize_with = "announce_records")]
         records: Vec<FileRecord>,
     },
     /// The peer finished downloading `version` of `path`.
@@ -115,7 +132,9 @@ pub struct DeltaEntry {
     pub record: FileRecord,
     /// The seq of the entry's last change.
     pub seq: u64,
-    /// Online peers holding exactly this version.
+    /// Online peers holding exactly this version, at most
+    /// [`MAX_HOLDERS_PER_ENTRY`] (bounded while decoding).
+    #[serde(deserialize_with = "entry_holders")]
     pub holders: Vec<Holder>,
 }
 
@@ -130,7 +149,9 @@ pub struct Delta {
     pub to_seq: u64,
     /// A whole-table resend (epoch change).
     pub full: bool,
-    /// The entries, at most [`MAX_RECORDS_PER_MESSAGE`].
+    /// The entries, at most [`MAX_RECORDS_PER_MESSAGE`] (bounded while
+    /// decoding).
+    #[serde(deserialize_with = "delta_entries")]
     pub entries: Vec<DeltaEntry>,
 }
 
@@ -144,9 +165,74 @@ pub enum TrackerMessage {
     /// The tracker refuses the session (full, wrong id, protocol breach);
     /// the connection closes after it.
     Refused {
-        /// A human-readable reason.
+        /// A human-readable reason, at most [`MAX_REASON_LEN`] bytes
+        /// (bounded while decoding).
+        #[serde(deserialize_with = "refusal_reason")]
         reason: String,
     },
+}
+
+fn announce_records<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<FileRecord>, D::Error> {
+    bounded_vec(deserializer, MAX_RECORDS_PER_MESSAGE, "announce records")
+}
+
+fn delta_entries<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<DeltaEntry>, D::Error> {
+    bounded_vec(deserializer, MAX_RECORDS_PER_MESSAGE, "delta entries")
+}
+
+fn entry_holders<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Holder>, D::Error> {
+    bounded_vec(deserializer, MAX_HOLDERS_PER_ENTRY, "holders")
+}
+
+fn refusal_reason<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    bounded_string(deserializer, MAX_REASON_LEN, "refusal reason")
+}
+
+/// An upper bound of `record`'s encoded size, from its lengths alone (see
+/// [`crate::limits::MAX_ENCODED_RECORD`] for the field-by-field count).
+pub fn encoded_record_bound(record: &FileRecord) -> usize {
+    let target = match &record.kind {
+        FileKind::Symlink { target } => target.len(),
+        FileKind::File | FileKind::Dir => 0,
+    };
+    (VARINT_MAX + record.path.as_str().len())
+        + (1 + VARINT_MAX + target)
+        + 2 * VARINT_MAX
+        + 5
+        + 64
+        + (VARINT_MAX + record.version.len() * 2 * VARINT_MAX)
+        + 1
+}
+
+/// Bytes of an `Announce` around its records: variant and list length.
+const ANNOUNCE_OVERHEAD: usize = 1 + VARINT_MAX;
+
+/// Cuts `records` into `Announce` batches, in order: each at most
+/// [`MAX_RECORDS_PER_MESSAGE`] records and at most [`MAX_BATCH_BYTES`]
+/// encoded bytes (by [`encoded_record_bound`]), so every batch fits the
+/// tracker's frame bound whatever the records' sizes. Send each as
+/// `PeerMessage::Announce { records: batch.to_vec() }`.
+pub fn announce_batches(records: &[FileRecord]) -> impl Iterator<Item = &[FileRecord]> {
+    let mut rest = records;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = ANNOUNCE_OVERHEAD;
+        let mut n = 0;
+        for record in rest.iter().take(MAX_RECORDS_PER_MESSAGE) {
+            let size = encoded_record_bound(record);
+            // One record always fits (MAX_ENCODED_RECORD is far below the budget).
+            if n > 0 && bytes + size > MAX_BATCH_BYTES {
+                break;
+            }
+            bytes += size;
+            n += 1;
+        }
+        let (batch, tail) = rest.split_at(n);
+        rest = tail;
+        Some(batch)
+    })
 }
 
 impl PeerMessage {
@@ -300,6 +386,112 @@ mod tests {
         assert!(PeerMessage::Announce { records }.validate().is_err());
         let bad = TrackerMessage::Welcome(Welcome { interval_ms: 0, piece_len: 262_144, epoch: 1, seq: 0 });
         assert!(bad.validate().is_err());
+    }
+
+    /// A path of exactly `MAX_PATH_LEN` bytes.
+    fn longest_path() -> String {
+        let unit = format!("{}/", "p".repeat(254));
+        let mut path = unit.repeat(crate::limits::MAX_PATH_LEN / unit.len());
+        path.push_str(&"q".repeat(crate::limits::MAX_PATH_LEN - path.len()));
+        assert_eq!(path.len(), crate::limits::MAX_PATH_LEN);
+        path
+    }
+
+    /// A vector of `MAX_VERSION_ENTRIES` entries with 9-byte varints.
+    fn longest_version() -> VersionVector {
+        use crate::limits::{MAX_COUNTER, MAX_VERSION_ENTRIES};
+        VersionVector::from_entries((0..MAX_VERSION_ENTRIES as u64).map(|i| (ShortId(u64::MAX - i), MAX_COUNTER)))
+    }
+
+    /// The largest record the encoding allows (not a valid one: validation
+    /// is not the point, bytes are).
+    fn largest_record() -> FileRecord {
+        use crate::limits::MAX_LINK_TARGET_LEN;
+        FileRecord {
+            path: RelPath::new(&longest_path()).unwrap(),
+            kind: FileKind::Symlink { target: "t".repeat(MAX_LINK_TARGET_LEN) },
+            size: u64::MAX,
+            mtime_ns: i64::MIN,
+            mode: u32::MAX,
+            content: crate::id::ContentHash([0xFF; 32]),
+            chunks: crate::id::ContentHash([0xFF; 32]),
+            version: longest_version(),
+            deleted: true,
+        }
+    }
+
+    #[test]
+    fn the_largest_message_of_each_kind_fits_its_bound() {
+        use crate::limits::{MAX_CONTROL_FRAME, MAX_ENCODED_RECORD, MAX_REGISTER_FRAME};
+        let register = PeerMessage::Register(Register {
+            peer_id: PeerId([0xFF; 16]),
+            listen_port: u16::MAX,
+            seen_seq: u64::MAX,
+            epoch: u64::MAX,
+        });
+        assert_eq!(encode(&register).unwrap().len(), MAX_REGISTER_FRAME);
+        let have = PeerMessage::Have { path: RelPath::new(&longest_path()).unwrap(), version: longest_version() };
+        let have = encode(&have).unwrap().len();
+        assert!(have <= MAX_CONTROL_FRAME && have + 32 > MAX_CONTROL_FRAME, "{have} vs {MAX_CONTROL_FRAME}");
+        let record = largest_record();
+        let bytes = crate::codec::encoded_len(&record).unwrap();
+        assert!(bytes <= MAX_ENCODED_RECORD && bytes + 32 > MAX_ENCODED_RECORD, "{bytes} vs {MAX_ENCODED_RECORD}");
+        assert!(encoded_record_bound(&record) >= bytes);
+        for record in [sample_record(), RecordBuilder::symlink("a/l", "../b").build(), record] {
+            assert!(encoded_record_bound(&record) >= crate::codec::encoded_len(&record).unwrap());
+        }
+    }
+
+    #[test]
+    fn batches_are_cut_by_count_and_by_bytes() {
+        use crate::limits::MAX_ENCODED_RECORD;
+        let small = vec![sample_record(); MAX_RECORDS_PER_MESSAGE * 2 + 5];
+        let sizes: Vec<usize> = announce_batches(&small).map(<[_]>::len).collect();
+        assert_eq!(sizes, [MAX_RECORDS_PER_MESSAGE, MAX_RECORDS_PER_MESSAGE, 5]);
+        // Records of the largest size: cut by bytes, every batch within the bound.
+        let big = vec![largest_record(); 2 * MAX_BATCH_BYTES / MAX_ENCODED_RECORD];
+        let batches: Vec<&[FileRecord]> = announce_batches(&big).collect();
+        assert!(batches.len() >= 2, "{}", batches.len());
+        assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), big.len());
+        for batch in batches {
+            let len = encode(&PeerMessage::Announce { records: batch.to_vec() }).unwrap().len();
+            assert!(len <= MAX_BATCH_BYTES, "{len}");
+        }
+        assert_eq!(announce_batches(&[]).count(), 0);
+    }
+
+    #[test]
+    fn an_announce_claiming_250000_records_fails_at_its_length_field() {
+        // Variant 1 (Announce), the claimed count, then 5,000 real records:
+        // refused at the count, before one record is decoded.
+        let one = crate::codec::encoded_len(&sample_record()).unwrap();
+        let whole = encode(&PeerMessage::Announce { records: vec![sample_record(); 5_000] }).unwrap();
+        let records = &whole[whole.len() - 5_000 * one..];
+        // 250,000 takes bincode's 4-byte varint form: 0xFC, then u32 LE.
+        let mut bytes = vec![1u8, 0xFC];
+        bytes.extend_from_slice(&250_000u32.to_le_bytes());
+        bytes.extend_from_slice(records);
+        let err = decode::<PeerMessage>(&bytes).unwrap_err().to_string();
+        assert!(err.contains("announce records: 250000 entries exceed the limit of 4096"), "{err}");
+        // One more than the limit, all present: refused; exactly the limit decodes.
+        let over = encode(&PeerMessage::Announce { records: vec![sample_record(); MAX_RECORDS_PER_MESSAGE + 1] });
+        let err = decode::<PeerMessage>(&over.unwrap()).unwrap_err().to_string();
+        assert!(err.contains("4097 entries exceed the limit of 4096"), "{err}");
+        let at = PeerMessage::Announce { records: vec![sample_record(); MAX_RECORDS_PER_MESSAGE] };
+        assert_eq!(decode::<PeerMessage>(&encode(&at).unwrap()).unwrap(), at);
+        // The same for holders and a reason beyond their bounds.
+        let holder = Holder { peer_id: PeerId([1; 16]), addr: "127.0.0.1:9".parse().unwrap() };
+        let entry = DeltaEntry { record: sample_record(), seq: 1, holders: vec![holder; MAX_HOLDERS_PER_ENTRY + 1] };
+        let delta =
+            TrackerMessage::Delta(Delta { epoch: 1, from_seq: 0, to_seq: 1, full: false, entries: vec![entry] });
+        assert!(decode::<TrackerMessage>(&encode(&delta).unwrap()).unwrap_err().to_string().contains("holders"));
+        let refused = TrackerMessage::Refused { reason: "r".repeat(MAX_REASON_LEN + 1) };
+        assert!(decode::<TrackerMessage>(&encode(&refused).unwrap()).unwrap_err().to_string().contains("reason"));
+        // Strings inside records too: a symlink target beyond every wire
+        // string, refused on its length before it is copied.
+        let long = FileRecord { kind: FileKind::Symlink { target: "t".repeat(5000) }, ..sample_record() };
+        let err = decode::<PeerMessage>(&encode(&PeerMessage::Announce { records: vec![long] }).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("string of 5000 bytes exceeds the limit of 4096"), "{err}");
     }
 
     #[test]

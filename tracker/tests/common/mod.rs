@@ -43,16 +43,28 @@ pub struct TestTracker {
 
 impl TestTracker {
     pub async fn start(interval: Duration, max_peers: usize) -> TestTracker {
+        Self::start_with(interval, max_peers, |_| {}).await
+    }
+
+    /// Like [`Self::start`], with the configuration adjusted by `tune`
+    /// (bounds, mostly) before the tracker binds.
+    pub async fn start_with(
+        interval: Duration,
+        max_peers: usize,
+        tune: impl FnOnce(&mut TrackerConfig),
+    ) -> TestTracker {
         init_logs();
         let dir = tempfile::tempdir().unwrap();
-        let config = TrackerConfig {
+        let mut config = TrackerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("data"),
             interval,
             piece_len: DEFAULT_PIECE_LEN,
             max_peers,
             tombstone_max_age: Duration::from_secs(30 * 86_400),
+            ..TrackerConfig::default()
         };
+        tune(&mut config);
         let key = ClusterKey::generate();
         let tracker = Tracker::bind(config, key.clone()).await.unwrap();
         let (addr, epoch) = (tracker.local_addr(), tracker.epoch());
@@ -136,10 +148,15 @@ impl FakePeer {
     }
 
     /// The next message, which must be a `Delta`.
+    /// The next delta with news, skipping heartbeats (empty deltas the
+    /// tracker sends to a quiet session every interval).
     pub async fn delta(&mut self) -> Delta {
-        match recv(&mut self.reader).await {
-            TrackerMessage::Delta(d) => d,
-            other => panic!("expected Delta, got {other:?}"),
+        loop {
+            match recv(&mut self.reader).await {
+                TrackerMessage::Delta(d) if d.entries.is_empty() && !d.full && d.from_seq == d.to_seq => continue,
+                TrackerMessage::Delta(d) => return d,
+                other => panic!("expected Delta, got {other:?}"),
+            }
         }
     }
 

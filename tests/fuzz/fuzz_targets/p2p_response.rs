@@ -1,0 +1,18 @@
+//! Fuzz target: bytes -> `P2pResponse` through `dartsync_shared::codec::decode`
+//! (what a downloader reads from a holder), then `validate`. Never panics; a decoded message re-encodes and
+//! decodes back to itself.
+#![no_main]
+
+use dartsync_shared::codec::{decode, encode};
+use dartsync_shared::proto::p2p::P2pResponse;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(msg) = decode::<P2pResponse>(data) else { return };
+    let valid = msg.validate().is_ok();
+    if let Ok(bytes) = encode(&msg) {
+        let again = decode::<P2pResponse>(&bytes).expect("a decoded message re-encodes to bytes that decode");
+        assert_eq!(again, msg);
+        assert_eq!(again.validate().is_ok(), valid);
+    }
+});
