@@ -23,11 +23,11 @@
 //! the decoder. Failures of the scaffolding (scratch folder, redb) are
 //! [`HarnessError`]s, never a verdict on the input.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use dartsync_shared::chunk::ChunkInfo;
+use dartsync_shared::test_util::ScratchDir;
 use dartsync_shared::{ContentHash, FileKind, FileRecord, RelPath, ShortId, VersionVector};
 use redb::{Database, ReadableDatabase, TableDefinition};
 
@@ -110,7 +110,7 @@ pub fn index_chunks(value: &[u8]) -> Result<bool, HarnessError> {
 /// (which drops entries it refuses) and reads every entry back: true when
 /// the entry came back whole.
 pub fn index_values(key: &str, head: &[u8], chunks: Option<&[u8]>) -> Result<bool, HarnessError> {
-    let scratch = Scratch::new()?;
+    let scratch = scratch()?;
     let path = scratch.dir.join("index.redb");
     write_raw(&path, key, head, chunks)?;
     let index = Index::open(&path).map_err(|e| harness("open the index", e))?;
@@ -151,7 +151,7 @@ fn encode_raw(
     chunks: &[ChunkInfo],
     stat: Option<StatKey>,
 ) -> Result<(Vec<u8>, Option<Vec<u8>>), HarnessError> {
-    let scratch = Scratch::new()?;
+    let scratch = scratch()?;
     let path = scratch.dir.join("index.redb");
     {
         let index = Index::open(&path).map_err(|e| harness("open the index", e))?;
@@ -191,38 +191,9 @@ fn write_raw(path: &Path, key: &str, head: &[u8], chunks: Option<&[u8]>) -> Resu
     txn.commit().map_err(|e| harness("commit", e))
 }
 
-/// Where scratch databases go: `TMPDIR` when set, else `/dev/shm` (a
-/// tmpfs: redb commits with fsync, which costs milliseconds on a disk),
-/// else the system's temp dir.
-fn scratch_root() -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    if std::env::var_os("TMPDIR").is_none() && shm.is_dir() {
-        return shm.to_owned();
-    }
-    std::env::temp_dir()
-}
-
-/// A fresh folder under [`scratch_root`], removed on drop.
-struct Scratch {
-    dir: PathBuf,
-}
-
-impl Scratch {
-    fn new() -> Result<Scratch, HarnessError> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = scratch_root().join(format!("dartsync-peer-fuzz-{}-{n}", std::process::id()));
-        // A folder left by a crashed run of a process with the same pid.
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| harness(&format!("create {}", dir.display()), e))?;
-        Ok(Scratch { dir })
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A fresh scratch folder for one input.
+fn scratch() -> Result<ScratchDir, HarnessError> {
+    ScratchDir::new("dartsync-peer-fuzz").map_err(|e| harness("create a scratch folder", e))
 }
 
 #[cfg(test)]
@@ -303,7 +274,7 @@ mod tests {
 
     /// Reads the one entry of an index holding `head` (+ `chunks`) raw.
     fn read_back(head: &[u8], chunks: Option<&[u8]>) -> Vec<IndexEntry> {
-        let scratch = Scratch::new().unwrap();
+        let scratch = scratch().unwrap();
         let path = scratch.dir.join("index.redb");
         write_raw(&path, CHUNKS_KEY, head, chunks).unwrap();
         Index::open(&path).unwrap().all().unwrap()
@@ -419,7 +390,7 @@ mod tests {
     /// `fuzzing` tests.
     #[test]
     fn write_fuzz_corpus() {
-        let Some(root) = std::env::var_os("DARTSYNC_FUZZ_CORPUS").map(PathBuf::from) else { return };
+        let Some(root) = std::env::var_os("DARTSYNC_FUZZ_CORPUS").map(std::path::PathBuf::from) else { return };
         let write = |target: &str, name: &str, bytes: &[u8]| {
             let dir = root.join(target);
             std::fs::create_dir_all(&dir).unwrap();

@@ -1,7 +1,8 @@
 //! Helpers for tests in every crate of the workspace (cargo feature
 //! `test-util`): a [`FileRecord`] builder, deterministic pseudo-random
-//! bytes, and `eventually` pollers that wait on a condition with a deadline
-//! instead of sleeping a guessed amount.
+//! bytes, `eventually` pollers that wait on a condition with a deadline
+//! instead of sleeping a guessed amount, and [`ScratchDir`], a throwaway
+//! folder on tmpfs for harnesses that create databases by the thousand.
 //!
 //! Not for production code: this module is compiled for `shared`'s own
 //! tests and for crates that enable `test-util`, which only dev-dependencies
@@ -9,6 +10,8 @@
 //! condition that never holds), as tests want.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::backoff::Backoff;
@@ -174,6 +177,39 @@ impl RecordBuilder {
 impl From<RecordBuilder> for FileRecord {
     fn from(builder: RecordBuilder) -> FileRecord {
         builder.build()
+    }
+}
+
+/// A fresh folder for one harness run, removed on drop. It lives under
+/// `TMPDIR` when set, else `/dev/shm` (a tmpfs: redb commits with fsync,
+/// which costs milliseconds on a disk), else the system's temp dir.
+#[derive(Debug)]
+pub struct ScratchDir {
+    /// The folder.
+    pub dir: PathBuf,
+}
+
+impl ScratchDir {
+    /// Creates `<root>/<prefix>-<pid>-<n>` (a leftover of a crashed run
+    /// with the same pid is removed first).
+    pub fn new(prefix: &str) -> std::io::Result<ScratchDir> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let shm = Path::new("/dev/shm");
+        let root =
+            if std::env::var_os("TMPDIR").is_none() && shm.is_dir() { shm.to_owned() } else { std::env::temp_dir() };
+        let dir = root.join(format!("{prefix}-{}-{n}", std::process::id()));
+        // Best effort: whatever is left will fail the create below.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(ScratchDir { dir })
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        // Best effort: a leftover is removed by the next run with this pid.
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -18,9 +18,9 @@
 //! are [`HarnessError`]s, never a verdict on the input.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
+use dartsync_shared::test_util::ScratchDir;
 use redb::{Database, TableDefinition};
 
 use crate::store::{DB_FILE, Store, StoreError};
@@ -65,7 +65,7 @@ pub struct Rows<'a> {
 /// Writes `rows` raw into a fresh database and loads it as the tracker does
 /// at start-up: true when it loaded and kept every entry and peer.
 pub fn store(rows: Rows<'_>) -> Result<bool, HarnessError> {
-    let scratch = Scratch::new()?;
+    let scratch = scratch()?;
     write_raw(&scratch.dir.join(DB_FILE), rows)?;
     match Store::open(&scratch.dir) {
         Ok((_, loaded)) => {
@@ -141,38 +141,9 @@ fn write_raw(path: &Path, rows: Rows<'_>) -> Result<(), HarnessError> {
     txn.commit().map_err(|e| harness("commit", e))
 }
 
-/// Where scratch databases go: `TMPDIR` when set, else `/dev/shm` (a
-/// tmpfs: redb commits with fsync, which costs milliseconds on a disk),
-/// else the system's temp dir.
-fn scratch_root() -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    if std::env::var_os("TMPDIR").is_none() && shm.is_dir() {
-        return shm.to_owned();
-    }
-    std::env::temp_dir()
-}
-
-/// A fresh folder under [`scratch_root`], removed on drop.
-struct Scratch {
-    dir: PathBuf,
-}
-
-impl Scratch {
-    fn new() -> Result<Scratch, HarnessError> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = scratch_root().join(format!("dartsync-tracker-fuzz-{}-{n}", std::process::id()));
-        // A folder left by a crashed run of a process with the same pid.
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| harness(&format!("create {}", dir.display()), e))?;
-        Ok(Scratch { dir })
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A fresh scratch folder for one input.
+fn scratch() -> Result<ScratchDir, HarnessError> {
+    ScratchDir::new("dartsync-tracker-fuzz").map_err(|e| harness("create a scratch folder", e))
 }
 
 #[cfg(test)]
@@ -227,7 +198,7 @@ mod tests {
     type RawRows = (Vec<u8>, Vec<(String, Vec<u8>)>, Vec<(Vec<u8>, Vec<u8>)>);
 
     fn encode_rows(epoch: u64, ceiling: u64, write: &PendingWrite) -> RawRows {
-        let scratch = Scratch::new().unwrap();
+        let scratch = scratch().unwrap();
         {
             let (store, _) = Store::open(&scratch.dir).unwrap();
             store.commit(epoch, write, Some(ceiling)).unwrap();
@@ -303,7 +274,7 @@ mod tests {
             prop_assert!(store(rows).unwrap());
 
             // What loads is what was written (mode bits beyond 0o777 masked).
-            let scratch = Scratch::new().unwrap();
+            let scratch = scratch().unwrap();
             write_raw(&scratch.dir.join(DB_FILE), rows).unwrap();
             let (_, loaded) = Store::open(&scratch.dir).unwrap();
             let mut expected = entry;
@@ -345,7 +316,7 @@ mod tests {
     /// targets' `corpus` folder); does nothing otherwise.
     #[test]
     fn write_fuzz_corpus() {
-        let Some(root) = std::env::var_os("DARTSYNC_FUZZ_CORPUS").map(PathBuf::from) else { return };
+        let Some(root) = std::env::var_os("DARTSYNC_FUZZ_CORPUS").map(std::path::PathBuf::from) else { return };
         let dir = root.join("tracker_store");
         std::fs::create_dir_all(&dir).unwrap();
         let put =
