@@ -445,8 +445,19 @@ impl Engine {
             Action::MakeDir | Action::MakeLink | Action::Delete => {
                 let record = global.record.clone();
                 let op = {
-                    let (applier, record) = (self.applier.clone(), record.clone());
-                    move || applier.metadata(&record)
+                    let (applier, record, source) = (self.applier.clone(), record.clone(), self.parts.source.clone());
+                    move || {
+                        let cleared = applier.metadata(&record)?;
+                        // Known to the chunk source before the index forgets
+                        // the file (still under the commit lock), so a
+                        // download copying its chunks right now finds them.
+                        if let (Some(Some(saved)), Some(before)) = (&cleared, &before)
+                            && before.record.is_file()
+                        {
+                            source.remember_history(saved.clone(), before.record.content, &before.chunks);
+                        }
+                        Ok::<_, ApplyError>(cleared)
+                    }
                 };
                 match local.apply_if_unmodified(record.clone(), Vec::new(), op).await? {
                     Gated::Refused => return Ok(()),
@@ -454,13 +465,7 @@ impl Engine {
                         tracing::debug!(%path, "folder deleted elsewhere still has content here; kept");
                         return Ok(());
                     }
-                    Gated::Applied { value: saved, .. } => {
-                        if let (Some(saved), Some(before)) = (saved, before)
-                            && before.record.is_file()
-                        {
-                            self.parts.source.remember_history(saved, before.record.content, &before.chunks);
-                        }
-                    }
+                    Gated::Applied { .. } => {}
                 }
                 self.recheck.insert(path.clone(), Instant::now() + RECHECK_AFTER);
                 if record.deleted

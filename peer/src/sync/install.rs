@@ -48,7 +48,7 @@ impl Installer {
     pub(crate) async fn install(&self, record: &FileRecord, outcome: &DownloadOutcome) -> Installed {
         let (applier, temp) = (self.applier.clone(), outcome.temp_path.clone());
         let target = record.clone();
-        let previous = self.local.index().clone();
+        let (previous, source) = (self.local.index().clone(), self.source.clone());
         let result = self
             .local
             .apply_if_unmodified(record.clone(), outcome.chunks.clone(), move || {
@@ -56,18 +56,19 @@ impl Installer {
                 // is exactly what the history receives.
                 let before = previous.get(&target.path)?;
                 let saved = applier.install(&target, &temp)?;
-                Ok::<_, ApplyError>(Some((saved, before)))
-            })
-            .await;
-        let installed = match result {
-            Ok(Gated::Applied { value: (saved, before), .. }) => {
+                // Known to the chunk source before the index forgets the old
+                // content, so a download copying its chunks right now finds
+                // them in the history.
                 if let (Some(saved), Some(before)) = (saved, before)
                     && before.record.is_file()
                 {
-                    self.source.remember_history(saved, before.record.content, &before.chunks);
+                    source.remember_history(saved, before.record.content, &before.chunks);
                 }
-                return Installed::Yes;
-            }
+                Ok::<_, ApplyError>(Some(()))
+            })
+            .await;
+        let installed = match result {
+            Ok(Gated::Applied { .. }) => return Installed::Yes,
             Ok(Gated::Refused | Gated::Declined) => Installed::Skipped,
             // The verified file stays in `.dartsync/tmp`: the engine keeps
             // it to retry only the install, or discards it.
