@@ -21,6 +21,7 @@ pub mod channel;
 pub mod chunk;
 pub mod codec;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod hex;
 pub mod id;
@@ -31,6 +32,7 @@ pub mod path;
 pub mod preauth;
 pub mod proto;
 pub mod record;
+pub mod status;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 pub mod time;
