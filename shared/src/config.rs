@@ -116,6 +116,8 @@ pub struct TrackerSection {
 pub struct PeerSection {
     /// The synced folder.
     pub folder: Option<PathBuf>,
+    /// This device's name.
+    pub name: Option<String>,
     /// The tracker, `host:port`.
     pub tracker_addr: Option<String>,
     /// Piece server listen address.
@@ -300,6 +302,9 @@ impl TrackerConfig {
 pub struct PeerConfig {
     /// The synced folder.
     pub folder: PathBuf,
+    /// This device's name (`None`: the hostname), shown to the other
+    /// devices, in status and in conflict copies' names.
+    pub name: Option<String>,
     /// The tracker, `host:port`.
     pub tracker_addr: Option<String>,
     /// Piece server listen address.
@@ -328,6 +333,7 @@ impl Default for PeerConfig {
     fn default() -> Self {
         PeerConfig {
             folder: default_peer_folder(),
+            name: None,
             tracker_addr: None,
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             rescan: Duration::from_secs(600),
@@ -347,6 +353,9 @@ impl PeerConfig {
         let mut cfg = PeerConfig::default();
         if let Some(v) = &section.folder {
             cfg.folder = v.clone();
+        }
+        if let Some(v) = &section.name {
+            cfg.name = Some(v.clone());
         }
         if let Some(v) = &section.tracker_addr {
             cfg.tracker_addr = Some(v.clone());
@@ -381,6 +390,10 @@ impl PeerConfig {
 
     /// Checks ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(name) = &self.name {
+            crate::device::check_device_name(name)
+                .map_err(|e| ConfigError::Invalid { field: "name", why: e.to_string() })?;
+        }
         if self.rescan.is_zero() {
             return Err(ConfigError::Invalid { field: "rescan_secs", why: "must be at least 1".into() });
         }
