@@ -324,7 +324,7 @@ async fn open_session(
     let _ = stream.set_nodelay(true);
     let channel = channel::connect(stream, &key, &identity).await.map_err(|e| format!("handshake: {e}"))?;
     let (mut reader, mut writer) = channel.split();
-    let register = Register { peer_id: identity.peer_id(), listen_port: serve_port, seen_seq: 0, epoch: 0 };
+    let register = Register::new(identity.peer_id(), serve_port, 0, 0, "test");
     writer.send(&PeerMessage::Register(register)).await.map_err(|e| format!("register: {e}"))?;
     let welcome = match reader.recv::<TrackerMessage>().await.map_err(|e| format!("welcome: {e}"))? {
         Some(TrackerMessage::Welcome(w)) => w,
@@ -345,6 +345,7 @@ async fn open_session(
                             shared.table.insert(entry.record.path.as_str().to_owned(), entry.record);
                         }
                     }
+                    Ok(Some(TrackerMessage::Devices { .. } | TrackerMessage::Conflict(_))) => {}
                     Ok(Some(TrackerMessage::Refused { reason })) => break format!("refused: {reason}"),
                     Ok(Some(other)) => break format!("unexpected message {other:?}"),
                     Ok(None) => break "closed by the tracker".to_owned(),

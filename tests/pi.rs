@@ -230,7 +230,7 @@ async fn register(addr: SocketAddr, key: &ClusterKey) -> TrackerMessage {
     let identity = Identity::generate();
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the emulated tracker");
     let mut chan = channel::connect(stream, key, &identity).await.expect("handshake with the emulated tracker");
-    let register = Register { peer_id: identity.peer_id(), listen_port: 40000, seen_seq: 0, epoch: 0 };
+    let register = Register::new(identity.peer_id(), 40000, 0, 0, "test");
     chan.send(&PeerMessage::Register(register)).await.expect("send Register");
     let answer: TrackerMessage = chan.recv().await.expect("read the answer").expect("tracker closed without answering");
     // Leave cleanly; the tracker may already be gone, which is fine here.

@@ -29,7 +29,7 @@ struct Peer {
 async fn register(addr: SocketAddr, key: &ClusterKey, id: &Identity, seen_seq: u64, epoch: u64) -> Peer {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut reader, mut writer) = channel::connect(stream, key, id).await.unwrap().split();
-    let register = Register { peer_id: id.peer_id(), listen_port: 4000, seen_seq, epoch };
+    let register = Register::new(id.peer_id(), 4000, seen_seq, epoch, "test");
     writer.send(&PeerMessage::Register(register)).await.unwrap();
     let welcome = match recv(&mut reader).await {
         TrackerMessage::Welcome(w) => w,
@@ -38,11 +38,17 @@ async fn register(addr: SocketAddr, key: &ClusterKey, id: &Identity, seen_seq: u
     Peer { reader, writer, welcome }
 }
 
+/// The next message about the table (device lists are skipped).
 async fn recv(reader: &mut Reader) -> TrackerMessage {
-    within(Duration::from_secs(20), "a tracker message", reader.recv())
-        .await
-        .expect("channel error")
-        .expect("tracker closed the connection")
+    loop {
+        let msg = within(Duration::from_secs(20), "a tracker message", reader.recv())
+            .await
+            .expect("channel error")
+            .expect("tracker closed the connection");
+        if !matches!(msg, TrackerMessage::Devices { .. }) {
+            return msg;
+        }
+    }
 }
 
 /// Deltas until one reaches `seq`, folded into `table` (path -> (record, seq)).

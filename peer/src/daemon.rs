@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dartsync_shared::config::PeerConfig;
+use dartsync_shared::control::{CONTROL_SOCKET, ControlServer, Handler, RequestKind};
+use dartsync_shared::device::default_device_name;
 use dartsync_shared::key::ClusterKey;
 use dartsync_shared::limits::DEFAULT_PIECE_LEN;
 use tokio::sync::mpsc;
@@ -20,6 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::local::{LocalConfig, LocalError, LocalState, OpenFolder};
+use crate::status::StatusBoard;
 use crate::sync::engine::{DiskReserve, Engine, EngineParts};
 use crate::sync::history::History;
 use crate::sync::index_source::IndexSource;
@@ -123,11 +126,14 @@ pub async fn run(
         .map_err(|e| PeerError::Local(LocalError::Task(e)))??;
     let identity = folder.identity().clone();
     let me = identity.peer_id();
+    let name = config.name.clone().unwrap_or_else(default_device_name);
     tracing::info!(
-        "peer id {me} syncing {} (cluster key fingerprint {})",
+        "syncing {} as {name} (id {}, cluster key fingerprint {})",
         folder.dirs().root.display(),
+        me.fmt_short(),
         key.fingerprint()
     );
+    let status = StatusBoard::new(&folder.dirs().root, name.clone(), me, tracker_addr.clone());
 
     // The chunking granularity this folder was indexed with; a new folder
     // is chunked with the cluster's piece length from the start.
@@ -140,11 +146,17 @@ pub async fn run(
                 key: key.clone(),
                 identity: identity.clone(),
                 pin_file: folder.dirs().tracker_pin.clone(),
+                name: name.clone(),
+                status: status.clone(),
             };
             match probe_welcome(&probe).await {
                 Ok(welcome) => welcome.piece_len,
                 Err(e) => {
-                    tracing::warn!("cannot ask the tracker for its piece length ({e}); using the default");
+                    tracing::warn!(
+                        "cannot reach the tracker to learn the cluster's chunk size ({e}); indexing with the \
+                         default of {} KiB (files still sync; edits of big files may transfer more)",
+                        DEFAULT_PIECE_LEN / 1024
+                    );
                     DEFAULT_PIECE_LEN
                 }
             }
@@ -203,8 +215,33 @@ pub async fn run(
     let (events_tx, events_rx) = mpsc::channel(64);
     let index = local.index().clone();
     let summary: SummaryFn = Arc::new(move || index.records().map_err(|e| e.to_string()));
+    let control_path = local.dirs().state.join(CONTROL_SOCKET);
+    {
+        let (status, cancel) = (status.clone(), tasks.clone());
+        match ControlServer::bind(&control_path) {
+            Ok(server) => {
+                let handler: Handler = Arc::new(move |RequestKind::Status| {
+                    let status = status.snapshot();
+                    Box::pin(async move { serde_json::to_value(status).map_err(|e| e.to_string()) })
+                });
+                supervised.spawn(async move {
+                    server.serve(handler, cancel).await;
+                    ("control socket", Ok(()))
+                });
+            }
+            Err(e) => tracing::warn!("`dartsync status` will not work for this folder: {e}"),
+        }
+    }
     let (client, client_task) = TrackerClient::spawn(
-        ClientConfig { tracker_addr, listen_port, key, identity, pin_file: local.dirs().tracker_pin.clone() },
+        ClientConfig {
+            tracker_addr,
+            listen_port,
+            key,
+            identity,
+            pin_file: local.dirs().tracker_pin.clone(),
+            name,
+            status: status.clone(),
+        },
         summary,
         events_tx,
         tasks.clone(),
@@ -223,6 +260,7 @@ pub async fn run(
         chunked_with: piece_len,
         ignore_perms: config.ignore_perms,
         min_disk_free: config.min_disk_free.map_or(DiskReserve::Default, DiskReserve::Bytes),
+        status,
     });
     let engine_cancel = tasks.clone();
     supervised.spawn(async move {

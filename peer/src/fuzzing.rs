@@ -404,15 +404,7 @@ mod tests {
         let chunk = ChunkInfo { offset: 0, len: 5, hash };
 
         let peer = [
-            (
-                "register",
-                PeerMessage::Register(Register {
-                    peer_id: PeerId([3; 16]),
-                    listen_port: 4242,
-                    seen_seq: 17,
-                    epoch: 99,
-                }),
-            ),
+            ("register", PeerMessage::Register(Register::new(PeerId([3; 16]), 4242, 17, 99, "test"))),
             (
                 "announce",
                 PeerMessage::Announce { records: vec![file.clone(), link.clone(), dir.clone(), gone.clone()] },

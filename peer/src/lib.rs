@@ -23,6 +23,7 @@ mod deadlines;
 pub mod fuzzing;
 mod jail;
 mod local;
+mod status;
 mod sync;
 pub mod transfer;
 

@@ -14,5 +14,7 @@ pub(crate) mod part;
 mod serve;
 
 pub use chunk_source::{ChunkSource, MemoryChunkSource};
-pub use download::{DownloadError, DownloadJob, DownloadLimits, DownloadOutcome, Downloader, HolderError, HolderStats};
+pub use download::{
+    DownloadError, DownloadJob, DownloadLimits, DownloadOutcome, DownloadProgress, Downloader, HolderError, HolderStats,
+};
 pub use serve::{ServeConfig, ServeError, bind, serve};

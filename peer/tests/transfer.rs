@@ -148,7 +148,7 @@ fn empty_source() -> Arc<dyn ChunkSource> {
 }
 
 async fn download(d: &Downloader, record: &FileRecord, holders: Vec<Holder>) -> Result<DownloadOutcome, DownloadError> {
-    let job = DownloadJob { record: record.clone(), holders };
+    let job = DownloadJob::new(record.clone(), holders);
     within(Duration::from_secs(120), "the download", d.download(job, CancellationToken::new())).await
 }
 
@@ -660,7 +660,7 @@ async fn a_killed_download_resumes_from_its_last_persisted_progress() {
         limits.clone(),
     ));
     let task = {
-        let (d, job) = (d.clone(), DownloadJob { record: rec.clone(), holders: vec![server.holder()] });
+        let (d, job) = (d.clone(), DownloadJob::new(rec.clone(), vec![server.holder()]));
         tokio::spawn(async move { d.download(job, CancellationToken::new()).await })
     };
     // Wait until the served chunks are on disk, then kill the download
@@ -698,7 +698,7 @@ async fn cancel_stops_promptly_and_keeps_the_partial_file() {
     let cancel = CancellationToken::new();
     let task = {
         let (d, rec, holder, cancel) = (d.clone(), rec.clone(), stuck.holder(), cancel.clone());
-        tokio::spawn(async move { d.download(DownloadJob { record: rec, holders: vec![holder] }, cancel).await })
+        tokio::spawn(async move { d.download(DownloadJob::new(rec, vec![holder]), cancel).await })
     };
     eventually_async(DEADLINE, "the server to start reading", async || gate.calls() > 0).await;
     cancel.cancel();

@@ -586,12 +586,12 @@ mod tests {
     }
 
     #[test]
-    fn hello_carries_protocol_3_and_refuses_protocols_1_and_2() {
-        assert_eq!(hello_payload(), b"DARTSYNC\x00\x03");
+    fn hello_carries_protocol_4_and_refuses_older_protocols() {
+        assert_eq!(hello_payload(), b"DARTSYNC\x00\x04");
         check_hello(&hello_payload()).unwrap();
-        for old in [1u8, 2] {
+        for old in [1u8, 2, 3] {
             let err = check_hello(&[b"DARTSYNC".as_slice(), &[0, old]].concat()).unwrap_err().to_string();
-            assert!(err.contains(&format!("protocol {old}")) && err.contains("protocol 3"), "{err}");
+            assert!(err.contains(&format!("protocol {old}")) && err.contains("protocol 4"), "{err}");
         }
         assert!(check_hello(b"HTTP/1.1 200").is_err());
     }
@@ -687,7 +687,7 @@ mod tests {
         a.write_all(&u16::try_from(n).unwrap().to_be_bytes()).await.unwrap();
         a.write_all(&buf[..n]).await.unwrap();
         let err = server.await.unwrap().unwrap_err().to_string();
-        assert!(err.contains("protocol 2") && err.contains("protocol 3"), "{err}");
+        assert!(err.contains("protocol 2") && err.contains("protocol 4"), "{err}");
     }
 
     /// A snow initiator of the current handshake.
@@ -825,12 +825,7 @@ mod tests {
         let (mut cr, mut cw) = client.split();
         let (mut sr, mut sw) = server.split();
         for i in 0..50u64 {
-            let m = PeerMessage::Register(crate::proto::ptp::Register {
-                peer_id: PeerId([1; 16]),
-                listen_port: 1,
-                seen_seq: i,
-                epoch: 0,
-            });
+            let m = PeerMessage::Register(crate::proto::ptp::Register::new(PeerId([1; 16]), 1, i, 0, "test"));
             cw.send(&m).await.unwrap();
             sw.send(&m).await.unwrap();
             assert_eq!(sr.recv::<PeerMessage>().await.unwrap().unwrap(), m);

@@ -341,12 +341,7 @@ mod tests {
 
         #[test]
         fn truncations_of_valid_messages_error(cut in 0usize..40) {
-            let msg = PeerMessage::Register(crate::proto::ptp::Register {
-                peer_id: crate::id::PeerId([9; 16]),
-                listen_port: 65535,
-                seen_seq: u64::MAX,
-                epoch: 12345,
-            });
+            let msg = PeerMessage::Register(crate::proto::ptp::Register::new(crate::id::PeerId([9; 16]), 65535, u64::MAX, 12345, "test"));
             let bytes = encode(&msg).unwrap();
             if cut < bytes.len() {
                 prop_assert!(decode::<PeerMessage>(&bytes[..cut]).is_err());

@@ -84,9 +84,15 @@ pub const MAX_ENCODED_RECORD: usize = (VARINT_MAX + MAX_PATH_LEN)
     + 1;
 
 /// Largest encoded PTP `Register` (variant, 16-byte id, `u16` port, two
-/// `u64`s): 38 bytes. The tracker reads a session's first frame with this
+/// `u64`s, the device name, the probe flag): 112 bytes. The tracker reads a session's first frame with this
 /// bound, before it knows who is talking.
-pub const MAX_REGISTER_FRAME: usize = 1 + 16 + 3 + VARINT_MAX + VARINT_MAX;
+pub const MAX_REGISTER_FRAME: usize =
+    1 + 16 + 3 + VARINT_MAX + VARINT_MAX + (VARINT_MAX + crate::device::MAX_DEVICE_NAME) + 1;
+
+/// Most devices in one `Devices` message (a tracker knows at most this
+/// many peers in its list; the limit of known peers is larger only in
+/// configurations nobody runs).
+pub const MAX_DEVICES: usize = 4096;
 
 /// Largest encoded P2P request: a `GetChunkList` with the longest path
 /// (variant, path, content hash, `first`, `max`): 4,152 bytes. A piece

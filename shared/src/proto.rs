@@ -38,7 +38,9 @@ pub mod ptp;
 ///   `ChunkList(ChunkListPage)`), so a list of any length fits in frames.
 /// - 3: the handshake is `Noise_XXpsk0` (the cluster key mixed in before
 ///   any static key travels, so a host without it learns no identity).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// - 4: `Register` carries the device name and a probe flag; `Report`,
+///   `Devices` and `Conflict` messages (what `dartsync status` shows).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Why a decoded message was rejected by its `validate` method.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -47,7 +47,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dartsync_shared::PeerId;
-use dartsync_shared::proto::ptp::{PeerMessage, Welcome};
+use dartsync_shared::proto::ptp::{DeviceInfo, PeerMessage, Welcome};
+use dartsync_shared::status::TrackerStatus;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +68,13 @@ const GC_PERIOD: Duration = Duration::from_secs(600);
 
 /// Entries a GC pass looks at per actor turn.
 const GC_SLICE: usize = 1024;
+
+/// How often the device list is recomputed (when something changed) and,
+/// if it differs, published to every session.
+const DEVICES_EVERY: Duration = Duration::from_secs(1);
+
+/// The device list as published to sessions.
+pub(crate) type DeviceList = Arc<Vec<DeviceInfo>>;
 
 /// What the actor says about a session's message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +116,8 @@ pub(crate) enum Command {
         session: u64,
         seen_seq: u64,
         epoch: u64,
+        /// The device name (may be empty).
+        name: String,
         /// Cancelled by the actor to close the session (expiry, replacement).
         token: CancellationToken,
         reply: oneshot::Sender<Welcome>,
@@ -126,6 +136,10 @@ pub(crate) enum Command {
     NextPage { peer: PeerId, session: u64, reply: oneshot::Sender<Option<Page>> },
     /// The session ended.
     Left { peer: PeerId, session: u64, why: LeaveReason },
+    /// A probe (`Register` with `probe`): the `Welcome`, nothing else.
+    Probe { reply: oneshot::Sender<Welcome> },
+    /// `dartsync status --tracker`.
+    Status { id: PeerId, listen: String, reply: oneshot::Sender<TrackerStatus> },
 }
 
 /// A cheap-clone handle for sessions.
@@ -133,10 +147,12 @@ pub(crate) enum Command {
 pub(crate) struct ActorHandle {
     tx: mpsc::Sender<Command>,
     seq: watch::Receiver<u64>,
+    devices: watch::Receiver<DeviceList>,
 }
 
 impl ActorHandle {
     /// Registers a peer; `None` when the actor is gone.
+    #[allow(clippy::too_many_arguments)]
     pub async fn register(
         &self,
         peer: PeerId,
@@ -144,10 +160,25 @@ impl ActorHandle {
         session: u64,
         seen_seq: u64,
         epoch: u64,
+        name: String,
         token: CancellationToken,
     ) -> Option<Welcome> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Register { peer, addr, session, seen_seq, epoch, token, reply }).await.ok()?;
+        self.tx.send(Command::Register { peer, addr, session, seen_seq, epoch, name, token, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// The `Welcome` for a probe; `None` when the actor is gone.
+    pub async fn probe(&self) -> Option<Welcome> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Probe { reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// The tracker's status; `None` when the actor is gone.
+    pub async fn status(&self, id: PeerId, listen: String) -> Option<TrackerStatus> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Status { id, listen, reply }).await.ok()?;
         rx.await.ok()
     }
 
@@ -182,6 +213,11 @@ impl ActorHandle {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.seq.clone()
     }
+
+    /// A receiver of the device list.
+    pub fn subscribe_devices(&self) -> watch::Receiver<DeviceList> {
+        self.devices.clone()
+    }
 }
 
 /// The state-owning task.
@@ -193,6 +229,10 @@ pub(crate) struct Actor {
     ceiling: u64,
     inbox: mpsc::Receiver<Command>,
     seq_tx: watch::Sender<u64>,
+    devices_tx: watch::Sender<DeviceList>,
+    /// Something that may change the device list happened since it was
+    /// last computed.
+    devices_dirty: bool,
     /// Cancels each online peer's session (expiry, replacement, shutdown).
     links: HashMap<PeerId, CancellationToken>,
     /// `Register` replies held until the registration is committed.
@@ -229,24 +269,29 @@ impl Actor {
     ) -> (Actor, ActorHandle) {
         let (tx, inbox) = mpsc::channel(INBOX);
         let (seq_tx, seq) = watch::channel(state.seq());
+        let (devices_tx, devices) = watch::channel(Arc::new(state.device_list()));
         let actor = Actor {
             state,
             store,
             ceiling,
             inbox,
             seq_tx,
+            devices_tx,
+            devices_dirty: false,
             links: HashMap::new(),
             deferred: Vec::new(),
             interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
             piece_len,
         };
-        (actor, ActorHandle { tx, seq })
+        (actor, ActorHandle { tx, seq, devices })
     }
 
     /// Runs until `shutdown` is cancelled or a commit fails.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), TrackerError> {
         let mut gc = tokio::time::interval(GC_PERIOD);
         gc.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut devices = tokio::time::interval(DEVICES_EVERY);
+        devices.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut collected = 0usize;
         let result = loop {
             let deadline = self.state.next_deadline();
@@ -257,6 +302,7 @@ impl Actor {
                 _ = gc.tick() => {
                     self.state.start_gc(unix_now());
                 }
+                _ = devices.tick(), if self.devices_dirty => self.publish_devices(),
                 cmd = self.inbox.recv() => match cmd {
                     Some(cmd) => self.handle(cmd),
                     None => break Ok(()),
@@ -286,15 +332,27 @@ impl Actor {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Register { peer, addr, session, seen_seq, epoch, token, reply } => {
+            Command::Register { peer, addr, session, seen_seq, epoch, name, token, reply } => {
                 let arrival = Arrival { peer, addr, session, seen_seq, epoch };
                 let reg = self.state.register(arrival, mono_now(), unix_now());
+                self.state.set_name(peer, &name);
+                self.devices_dirty = true;
+                let label = self.state.label(peer);
                 if let Some(old) = self.links.insert(peer, token) {
                     old.cancel();
-                    tracing::info!("peer {peer} reconnected: its old session is closed");
+                    tracing::info!("{label} reconnected: its old session is closed");
                 }
-                tracing::info!(seen_seq, epoch, full = reg.full, "peer {peer} registered from {addr}");
+                if reg.full {
+                    tracing::info!("{label} registered from {addr}; sending it the whole table");
+                } else {
+                    tracing::info!("{label} registered from {addr}");
+                }
+                tracing::debug!(seen_seq, epoch = format_args!("{epoch:016x}"), "registration of {label}");
                 self.deferred.push(reply);
+            }
+            Command::Probe { reply } => self.deferred.push(reply),
+            Command::Status { id, listen, reply } => {
+                let _ = reply.send(self.state.tracker_status(id, listen, unix_now()));
             }
             Command::Message { peer, session, msg, slot, reply } => {
                 if !self.state.is_current(peer, session) {
@@ -305,8 +363,10 @@ impl Actor {
                     PeerMessage::Announce { records } => {
                         let announced = self.state.announce(peer, records, unix_now());
                         for outcome in &announced.outcomes {
-                            log_outcome(peer, outcome);
+                            log_outcome(&self.state, peer, outcome);
                         }
+                        // Record changes make others not up to date.
+                        self.devices_dirty = true;
                         // The session logs the refusal when it drops the peer.
                         match announced.refused {
                             Some(refusal) => Verdict::Refuse(refusal.to_string()),
@@ -315,8 +375,13 @@ impl Actor {
                     }
                     PeerMessage::Have { path, version } => {
                         if self.state.have(peer, &path, &version) {
-                            tracing::trace!("peer {peer} now holds {path}");
+                            tracing::trace!("{} now holds {path}", self.state.label(peer));
                         }
+                        Verdict::Continue
+                    }
+                    PeerMessage::Report(report) => {
+                        self.state.set_report(peer, report);
+                        self.devices_dirty = true;
                         Verdict::Continue
                     }
                     PeerMessage::KeepAlive | PeerMessage::Register(_) | PeerMessage::Goodbye => Verdict::Continue,
@@ -331,10 +396,11 @@ impl Actor {
             Command::Left { peer, session, why } => {
                 if self.state.is_current(peer, session) {
                     self.state.remove_peer(peer, unix_now());
+                    self.devices_dirty = true;
                     if let Some(token) = self.links.remove(&peer) {
                         token.cancel();
                     }
-                    tracing::info!("peer {peer} left ({why})");
+                    tracing::info!("{} left ({why})", self.state.label(peer));
                 }
             }
         }
@@ -343,11 +409,25 @@ impl Actor {
     fn expire(&mut self) {
         let silent = self.state.expiry_after();
         for peer in self.state.expire(mono_now(), unix_now()) {
+            self.devices_dirty = true;
             if let Some(token) = self.links.remove(&peer) {
                 token.cancel();
             }
-            tracing::info!("peer {peer} expired: no message for {silent:?}");
+            tracing::info!("{} expired: no message for {} s", self.state.label(peer), silent.as_secs());
         }
+    }
+
+    /// Recomputes the device list and publishes it if it changed.
+    fn publish_devices(&mut self) {
+        self.devices_dirty = false;
+        let list = self.state.device_list();
+        self.devices_tx.send_if_modified(|current| {
+            let changed = **current != list;
+            if changed {
+                *current = Arc::new(list);
+            }
+            changed
+        });
     }
 
     /// Commits pending changes, then publishes them.
@@ -384,26 +464,30 @@ impl Actor {
     }
 }
 
-fn log_outcome(peer: PeerId, outcome: &Outcome) {
+fn log_outcome(state: &State, peer: PeerId, outcome: &Outcome) {
+    let peer = state.label(peer);
     match outcome {
-        Outcome::Accepted { path, seq } => tracing::debug!("accepted {path} from peer {peer} at seq {seq}"),
+        Outcome::Accepted { path, seq } => tracing::debug!("accepted {path} from {peer} at seq {seq}"),
         Outcome::Merged { path, seq } => {
-            tracing::debug!("merged concurrent equal versions of {path} from peer {peer} at seq {seq}")
+            tracing::debug!("merged concurrent equal versions of {path} from {peer} at seq {seq}")
         }
         Outcome::Conflict { path, seq, winner, copy: Some(copy), .. } => {
-            tracing::info!("conflict on {path} (seq {seq}): peer {winner}'s version stays, the other is kept as {copy}")
+            let winner = state.label(*winner);
+            tracing::info!("conflict on {path} (seq {seq}): {winner}'s version stays, the other is kept as {copy}")
         }
         Outcome::Conflict { path, seq, winner, copy: None, loser_deleted: true } => {
-            tracing::info!("conflict on {path} (seq {seq}): peer {winner}'s edit wins over a concurrent deletion")
+            let winner = state.label(*winner);
+            tracing::info!("conflict on {path} (seq {seq}): {winner}'s edit wins over a concurrent deletion")
         }
         Outcome::Conflict { path, winner, copy: None, loser_deleted: false, .. } => {
-            tracing::warn!("conflict on {path}: peer {winner}'s version stays; no free name to keep the other one")
+            let winner = state.label(*winner);
+            tracing::warn!("conflict on {path}: {winner}'s version stays; no free name to keep the other one")
         }
-        Outcome::Holder { path, .. } => tracing::trace!("peer {peer} holds {path}"),
+        Outcome::Holder { path, .. } => tracing::trace!("{peer} holds {path}"),
         Outcome::Unchanged { .. } => {}
-        Outcome::Stale { path } => tracing::debug!("ignored stale {path} from peer {peer}"),
+        Outcome::Stale { path } => tracing::debug!("ignored stale {path} from {peer}"),
         Outcome::Unresolvable { path, error } => {
-            tracing::warn!("ignored {path} from peer {peer}: concurrent with the global version, and {error}")
+            tracing::warn!("ignored {path} from {peer}: concurrent with the global version, and {error}")
         }
     }
 }

@@ -1,9 +1,11 @@
-//! Names of conflict copies: `name.sync-conflict-YYYYMMDD-HHMMSS-<peer>.ext`.
+//! Names of conflict copies: `name.sync-conflict-YYYYMMDD-HHMMSS-<device>.ext`.
 //!
 //! When two versions of a path are concurrent, the tracker keeps the loser
 //! under a new name next to the original (DESIGN.md, "Conflicts"). This
-//! module owns only that name: the time is the loser's mtime in UTC, `<peer>`
-//! the loser's author ([`PeerId::fmt_short`]), `.ext` the original extension
+//! module owns only that name: the time is the loser's mtime in UTC, `<device>`
+//! the loser's author as the state names it (its device name made safe for
+//! a file name, `bobs-laptop`, with the short id appended when two devices
+//! share that name; the short id alone for a device without a name), `.ext` the original extension
 //! if there is one (`archive.tar.gz` keeps `.gz`; a dotfile such as
 //! `.bashrc` has none).
 //!
@@ -16,15 +18,16 @@
 //!
 //! It does not decide who wins, nor look at the table: see `state`.
 
+use dartsync_shared::RelPath;
 use dartsync_shared::limits::{MAX_NAME_LEN, MAX_PATH_LEN};
-use dartsync_shared::{PeerId, RelPath};
 
 /// The conflict-copy path for a loser at `original` with mtime `mtime_ns`
-/// authored by `author`; `attempt` (from 1) picks an alternative name when
-/// an earlier one is taken.
-pub(crate) fn conflict_path(original: &RelPath, mtime_ns: i64, author: PeerId, attempt: u32) -> RelPath {
+/// authored by the device `device` (a file-name-safe tag of at most 48
+/// bytes); `attempt` (from 1) picks an alternative name when an earlier one
+/// is taken.
+pub(crate) fn conflict_path(original: &RelPath, mtime_ns: i64, device: &str, attempt: u32) -> RelPath {
     let name = original.file_name();
-    let mut suffix = format!(".sync-conflict-{}-{}", utc_stamp(mtime_ns), author.fmt_short());
+    let mut suffix = format!(".sync-conflict-{}-{device}", utc_stamp(mtime_ns));
     if attempt > 1 {
         suffix.push_str(&format!("-{attempt}"));
     }
@@ -79,8 +82,8 @@ mod tests {
 
     const NS: i64 = 1_000_000_000;
 
-    fn peer() -> PeerId {
-        PeerId([0x42; 16])
+    fn peer() -> dartsync_shared::PeerId {
+        dartsync_shared::PeerId([0x42; 16])
     }
 
     #[test]
@@ -109,7 +112,7 @@ mod tests {
             ("x.tar.gz", 1, format!("x.tar.sync-conflict-20231114-221320-{short}.gz")),
             ("d/x.txt", 3, format!("d/x.sync-conflict-20231114-221320-{short}-3.txt")),
         ] {
-            let got = conflict_path(&RelPath::new(orig).unwrap(), t, peer(), attempt);
+            let got = conflict_path(&RelPath::new(orig).unwrap(), t, &short, attempt);
             assert_eq!(got.as_str(), want);
         }
     }
@@ -120,21 +123,21 @@ mod tests {
         // A 255-byte name of multi-byte characters.
         let long = format!("{}.txt", "é".repeat(125));
         assert!(long.len() <= MAX_NAME_LEN);
-        let got = conflict_path(&RelPath::new(&long).unwrap(), t, peer(), 1);
+        let got = conflict_path(&RelPath::new(&long).unwrap(), t, "bobs-laptop", 1);
         assert!(got.file_name().len() <= MAX_NAME_LEN);
-        assert!(got.file_name().starts_with('é') && got.file_name().ends_with(".txt"));
+        assert!(got.file_name().starts_with('é') && got.file_name().ends_with("-bobs-laptop.txt"));
 
         // A parent so long that no stem fits under it: the copy goes to the top.
         let parent = vec!["p".repeat(250); 17].join("/");
         let deep = format!("{}/{}", &parent[..MAX_PATH_LEN - 6], "f.txt");
         let deep = RelPath::new(&deep).unwrap();
-        let got = conflict_path(&deep, t, peer(), 1);
+        let got = conflict_path(&deep, t, "bobs-laptop", 1);
         assert!(got.parent().is_none(), "{}", got.as_str());
         assert!(got.as_str().starts_with("f.sync-conflict-"));
 
         // A huge extension counts as part of the stem.
         let ext = format!("a.{}", "e".repeat(240));
-        let got = conflict_path(&RelPath::new(&ext).unwrap(), t, peer(), 1);
+        let got = conflict_path(&RelPath::new(&ext).unwrap(), t, "bobs-laptop", 1);
         assert!(got.file_name().len() <= MAX_NAME_LEN);
         assert_ne!(got.as_str(), ext);
     }

@@ -19,13 +19,18 @@
 //!
 //! # Files in `data_dir`
 //! - `identity`: the tracker's Noise static keypair (mode 0600).
-//! - `tracker.redb`: the table, known peers, epoch, seq ceiling.
+//! - `tracker.redb`: the table, known peers and their names, epoch, seq
+//!   ceiling.
+//! - `control.sock`: the control socket (mode 0600) `dartsync status
+//!   --tracker` asks, while the tracker runs (see
+//!   [`dartsync_shared::control`]).
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod actor;
 mod compact;
 mod conflict;
+mod devices;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -40,6 +45,7 @@ use std::sync::Arc;
 
 use dartsync_shared::PeerId;
 use dartsync_shared::config::{ConfigError, TrackerConfig};
+use dartsync_shared::control::{CONTROL_SOCKET, ControlServer, Handler, RequestKind};
 use dartsync_shared::key::{ClusterKey, Identity, KeyError};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -48,7 +54,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 pub use store::{DB_FILE, StoreError};
 
-use crate::actor::Actor;
+use crate::actor::{Actor, ActorHandle};
 use crate::session::SessionCtx;
 use crate::state::{State, StateConfig};
 use crate::store::Store;
@@ -136,6 +142,8 @@ impl Tracker {
             loaded.entries,
             loaded.known,
         );
+        let mut state = state;
+        state.restore_names(loaded.names);
         let (records, tombstones) = state.counts();
         tracing::info!(
             "tracker state: {records} records ({tombstones} tombstones), {} known peers, epoch {:016x}, seq {}{}",
@@ -174,6 +182,7 @@ impl Tracker {
         let (actor, handle) =
             Actor::new(self.state, self.store, self.ceiling, self.config.interval, self.config.piece_len);
         let mut actor = AbortOnDropHandle::new(tokio::spawn(actor.run(token.clone())));
+        let control = control_socket(&self.config.data_dir, self.identity.peer_id(), self.addr, &handle, &token);
         let ctx = Arc::new(SessionCtx {
             key: self.key,
             identity: self.identity,
@@ -194,6 +203,9 @@ impl Tracker {
                 actor.await
             }
         };
+        if let Some(control) = control {
+            let _ = control.await;
+        }
         let result = match joined {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -209,4 +221,33 @@ impl Tracker {
 /// Runs the tracker until `shutdown` is cancelled.
 pub async fn run(config: TrackerConfig, key: ClusterKey, shutdown: CancellationToken) -> Result<(), TrackerError> {
     Tracker::bind(config, key).await?.run(shutdown).await
+}
+
+/// Binds `DATA_DIR/control.sock` and serves `dartsync status --tracker` on
+/// it until `cancel` fires. A tracker that cannot bind it runs without
+/// (with a warning): status is a convenience, syncing is not.
+fn control_socket(
+    data_dir: &std::path::Path,
+    id: PeerId,
+    addr: SocketAddr,
+    actor: &ActorHandle,
+    cancel: &CancellationToken,
+) -> Option<AbortOnDropHandle<()>> {
+    let path = data_dir.join(CONTROL_SOCKET);
+    let server = match ControlServer::bind(&path) {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::warn!("`dartsync status --tracker` will not work: {e}");
+            return None;
+        }
+    };
+    let (actor, cancel, listen) = (actor.clone(), cancel.clone(), addr.to_string());
+    let handler: Handler = Arc::new(move |RequestKind::Status| {
+        let (actor, listen) = (actor.clone(), listen.clone());
+        Box::pin(async move {
+            let status = actor.status(id, listen).await.ok_or("the tracker is stopping")?;
+            serde_json::to_value(status).map_err(|e| e.to_string())
+        })
+    });
+    Some(AbortOnDropHandle::new(tokio::spawn(server.serve(handler, cancel))))
 }

@@ -128,6 +128,8 @@ enum End {
     Closed,
     /// The actor closed the session (expiry, replacement, shutdown).
     Cancelled,
+    /// A probe got its `Welcome`; it never joined the peer table.
+    Probe,
 }
 
 /// Serves one authenticated connection to the end (the handshake is the
@@ -138,6 +140,7 @@ pub(crate) async fn run(channel: SecureChannel<TcpStream>, remote: SocketAddr, s
     let mut refused = false;
     match serve(&mut reader, &mut writer, peer, remote, session, &ctx).await {
         Ok(End::Cancelled) => {}
+        Ok(End::Probe) => tracing::debug!("answered a piece-length probe from {remote}"),
         Ok(End::Goodbye) => ctx.actor.left(peer, session, LeaveReason::Goodbye).await,
         Ok(End::Closed) => ctx.actor.left(peer, session, LeaveReason::Closed).await,
         Err(e) => {
@@ -197,12 +200,23 @@ where
     if register.peer_id != peer {
         return Err(SessionError::Protocol("Register names another peer id than the handshake key proves"));
     }
+    if !register.name.is_empty() && dartsync_shared::device::check_device_name(&register.name).is_err() {
+        return Err(SessionError::Protocol("invalid device name in Register"));
+    }
+    if register.probe {
+        let Some(welcome) = ctx.actor.probe().await else {
+            return Ok(End::Cancelled);
+        };
+        writer.send(&TrackerMessage::Welcome(welcome)).await?;
+        return Ok(End::Probe);
+    }
     let addr = SocketAddr::new(remote.ip(), register.listen_port);
     let token = ctx.shutdown.child_token();
     // Where this peer stands: what a heartbeat may claim it has seen.
     let (seen_seq, seen_epoch) = (register.seen_seq, register.epoch);
-    let Some(welcome) = ctx.actor.register(peer, addr, session, register.seen_seq, register.epoch, token.clone()).await
-    else {
+    let registered =
+        ctx.actor.register(peer, addr, session, register.seen_seq, register.epoch, register.name, token.clone());
+    let Some(welcome) = registered.await else {
         return Ok(End::Cancelled);
     };
     tokio::select! {
@@ -258,6 +272,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     actor: &ActorHandle,
 ) -> Result<End, SessionError> {
     let mut committed = actor.subscribe();
+    let mut devices = actor.subscribe_devices();
     let interval = Duration::from_millis(welcome.interval_ms.max(1));
     let epoch = welcome.epoch;
     // The last seq this peer has been sent (a heartbeat repeats it, so it
@@ -265,6 +280,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let (seen_seq, seen_epoch) = seen;
     let mut last_to = if seen_epoch == epoch { seen_seq } else { 0 };
     writer.send(&TrackerMessage::Welcome(welcome)).await?;
+    let list = devices.borrow_and_update().clone();
+    writer.send(&TrackerMessage::Devices { devices: list.to_vec() }).await?;
     loop {
         committed.borrow_and_update();
         loop {
@@ -278,12 +295,25 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 let frame = codec::encode(&TrackerMessage::Delta(delta)).map_err(ChannelError::from)?;
                 writer.send_frame(frame.into()).await?;
             }
+            for notice in page.notices {
+                writer.send(&TrackerMessage::Conflict(notice)).await?;
+            }
             if !page.more {
                 break;
             }
         }
-        match tokio::time::timeout(interval, committed.changed()).await {
-            Ok(Ok(())) => {}
+        let woke = tokio::time::timeout(interval, async {
+            tokio::select! {
+                changed = committed.changed() => changed.map(|()| false),
+                changed = devices.changed() => changed.map(|()| true),
+            }
+        });
+        match woke.await {
+            Ok(Ok(false)) => {}
+            Ok(Ok(true)) => {
+                let list = devices.borrow_and_update().clone();
+                writer.send(&TrackerMessage::Devices { devices: list.to_vec() }).await?;
+            }
             Ok(Err(_)) => return Ok(End::Cancelled),
             // Quiet for an interval: a heartbeat, after asking the actor
             // (a hung actor sends none, and the peer notices the silence).

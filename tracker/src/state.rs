@@ -100,12 +100,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dartsync_shared::limits::{MAX_BATCH_BYTES, MAX_HOLDERS_PER_ENTRY, MAX_RECORDS_PER_MESSAGE};
-use dartsync_shared::proto::ptp::{Delta, DeltaEntry, Holder};
+use dartsync_shared::proto::ptp::{ConflictNotice, Delta, DeltaEntry, Holder, PeerReport};
 use dartsync_shared::version::CounterExhausted;
 use dartsync_shared::{Causality, FileRecord, PeerId, RelPath, ShortId, VersionVector};
 
 use crate::compact::CompactRecord;
 use crate::conflict::conflict_path;
+use crate::devices::{ConflictLog, Devices};
+
+mod view;
 
 /// How many alternative names are tried for one conflict copy.
 const MAX_CONFLICT_NAME_ATTEMPTS: u32 = 16;
@@ -267,6 +270,8 @@ pub(crate) struct PendingWrite {
     pub put_peers: Vec<(PeerId, KnownPeer)>,
     /// Known peers to delete.
     pub delete_peers: Vec<PeerId>,
+    /// Device names to put (`Some`) or delete (`None`).
+    pub names: Vec<(PeerId, Option<String>)>,
 }
 
 impl PendingWrite {
@@ -276,6 +281,7 @@ impl PendingWrite {
             && self.delete_entries.is_empty()
             && self.put_peers.is_empty()
             && self.delete_peers.is_empty()
+            && self.names.is_empty()
     }
 }
 
@@ -330,6 +336,8 @@ pub(crate) struct Registration {
 pub(crate) struct Page {
     /// The delta to send; `None` when the peer has seen everything.
     pub delta: Option<Delta>,
+    /// Conflicts this peer's version lost, to send after the delta.
+    pub notices: Vec<ConflictNotice>,
     /// More entries are waiting: ask again at once.
     pub more: bool,
 }
@@ -361,6 +369,11 @@ pub(crate) struct State {
     gc: Option<GcPass>,
     dirty_entries: BTreeSet<Arc<RelPath>>,
     dirty_peers: BTreeSet<PeerId>,
+    /// Names, reports, conflicts and notices of the devices.
+    devices: Devices,
+    /// The seq of the last record change (not a holders change): a peer
+    /// that has seen it has seen every record.
+    last_record_seq: u64,
 }
 
 impl State {
@@ -382,6 +395,8 @@ impl State {
             gc: None,
             dirty_entries: BTreeSet::new(),
             dirty_peers: BTreeSet::new(),
+            devices: Devices::default(),
+            last_record_seq: 0,
         }
     }
 
@@ -396,7 +411,8 @@ impl State {
         known: Vec<(PeerId, KnownPeer)>,
     ) -> Self {
         let mut state = State::new(config, tracker_short, epoch);
-        state.seq = entries.iter().map(|e| e.seq).max().unwrap_or(0).max(seq_floor);
+        state.last_record_seq = entries.iter().map(|e| e.seq).max().unwrap_or(0);
+        state.seq = state.last_record_seq.max(seq_floor);
         let mut entries = entries;
         entries.sort_by_key(|e| e.seq);
         for PersistedEntry { record, seq, author, deleted_at } in entries {
@@ -474,6 +490,30 @@ impl State {
         Registration { replaced, full: !incremental }
     }
 
+    /// Device names loaded from the database.
+    pub fn restore_names(&mut self, names: Vec<(PeerId, String)>) {
+        self.devices.restore(names.into_iter().filter(|(id, _)| self.known.contains_key(id)));
+    }
+
+    /// `peer` (registered) calls itself `name`.
+    pub fn set_name(&mut self, peer: PeerId, name: &str) {
+        if self.known.contains_key(&peer) {
+            self.devices.set_name(peer, name);
+        }
+    }
+
+    /// `peer` (online) says where it stands.
+    pub fn set_report(&mut self, peer: PeerId, report: PeerReport) {
+        if self.peers.contains_key(&peer) {
+            self.devices.set_report(peer, report);
+        }
+    }
+
+    /// `name (shortid)` of a peer, for log lines.
+    pub fn label(&self, peer: PeerId) -> String {
+        self.devices.label(peer)
+    }
+
     /// Remembers `peer` as known (persisted).
     fn set_known(&mut self, peer: PeerId, k: KnownPeer) {
         if let Some(old) = self.known.insert(peer, k) {
@@ -488,6 +528,7 @@ impl State {
         if let Some(old) = self.known.remove(&peer) {
             self.known_by_age.remove(&(old.last_seen_unix, peer));
             self.dirty_peers.insert(peer);
+            self.devices.forget(peer);
         }
     }
 
@@ -548,6 +589,7 @@ impl State {
             return false;
         };
         self.deadlines.remove(&(p.deadline, peer));
+        self.devices.offline(peer);
         if let Some(&k) = self.known.get(&peer) {
             self.set_known(peer, KnownPeer { last_seen_unix: now_unix, ..k });
         }
@@ -715,8 +757,20 @@ impl State {
         winner.version = merged;
         let seq = self.put(winner, winner_author, winner_holders, now_unix);
         let loser_deleted = loser.deleted;
+        // Who held the losing version is told (the author too, if online).
+        let mut tell = loser_holders.clone();
+        insert_sorted(&mut tell, loser_author);
+        tell.retain(|p| self.peers.contains_key(p));
         let copy =
             if loser_deleted { None } else { self.keep_conflict_copy(loser, loser_author, loser_holders, now_unix) };
+        let log = ConflictLog {
+            path: path.clone(),
+            copy: copy.clone(),
+            winner: winner_author,
+            loser: loser_author,
+            at: now_unix,
+        };
+        self.devices.record_conflict(log, tell);
         Outcome::Conflict { path, seq, winner: winner_author, copy, loser_deleted }
     }
 
@@ -730,8 +784,9 @@ impl State {
         now_unix: u64,
     ) -> Option<RelPath> {
         let original = loser.path.clone();
+        let tag = self.devices.file_tag(author);
         for attempt in 1..=MAX_CONFLICT_NAME_ATTEMPTS {
-            let path = conflict_path(&original, loser.mtime_ns, author, attempt);
+            let path = conflict_path(&original, loser.mtime_ns, &tag, attempt);
             match self.entries.get(&path) {
                 None => {
                     loser.path = path.clone();
@@ -767,6 +822,7 @@ impl State {
     fn put(&mut self, record: FileRecord, author: PeerId, holders: Vec<PeerId>, now_unix: u64) -> u64 {
         self.seq += 1;
         let seq = self.seq;
+        self.last_record_seq = seq;
         let path = match self.entries.get_key_value(&record.path) {
             Some((path, old)) => {
                 let path = path.clone();
@@ -834,7 +890,7 @@ impl State {
         if from >= self.seq {
             // Nothing was ever handed out (a new tracker): the `Welcome` was the whole table.
             p.full_pending = false;
-            return Some(Page { delta: None, more: false });
+            return Some(Page { delta: None, notices: self.devices.take_notices(peer), more: false });
         }
         let full = p.full_pending;
         let mut entries = Vec::new();
@@ -858,7 +914,9 @@ impl State {
         if !more {
             p.full_pending = false;
         }
-        Some(Page { delta: Some(Delta { epoch: self.epoch, from_seq: from, to_seq, full, entries }), more })
+        // Notices go with the last page, after the copies they name.
+        let notices = if more { Vec::new() } else { self.devices.take_notices(peer) };
+        Some(Page { delta: Some(Delta { epoch: self.epoch, from_seq: from, to_seq, full, entries }), notices, more })
     }
 
     fn delta_entry(&self, path: &RelPath, entry: &Entry) -> DeltaEntry {
@@ -981,6 +1039,7 @@ impl State {
                 None => write.delete_peers.push(id),
             }
         }
+        write.names = self.devices.take_dirty_names();
         write
     }
 
@@ -1456,7 +1515,7 @@ mod tests {
         assert!(!second.more);
         let d2 = second.delta.unwrap();
         assert_eq!((d2.from_seq, d2.to_seq, d2.full, d2.entries.len()), (4096, n as u64, true, 10));
-        assert_eq!(fx.state.next_page(id(9), 9).unwrap(), Page { delta: None, more: false });
+        assert_eq!(fx.state.next_page(id(9), 9).unwrap(), Page { delta: None, notices: Vec::new(), more: false });
         // Later changes are incremental.
         fx.announce(1, file("new", "x", vv(&[(1, 1)]), 1));
         let d3 = fx.state.next_page(id(9), 9).unwrap().delta.unwrap();

@@ -2,7 +2,8 @@
 //!
 //! What survives a restart: every record (tombstones included) with the seq
 //! of its last record change, its author and tombstone time; the known-peer
-//! table (for tombstone GC); the epoch; and a `seq` ceiling. Holders and the
+//! table (for tombstone GC) and the device names; the epoch; and a `seq`
+//! ceiling. Holders and the
 //! peer table are soft state and are never written.
 //!
 //! # Invariants
@@ -57,6 +58,8 @@ const CACHE_BYTES: usize = 8 * 1024 * 1024;
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 const PEERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("peers");
+/// Device names by peer id (a name is checked again when read back).
+const NAMES: TableDefinition<&[u8], &str> = TableDefinition::new("names");
 const META_KEY: &str = "meta";
 
 /// Why the tracker's database could not be used.
@@ -167,6 +170,8 @@ pub(crate) struct Loaded {
     pub entries: Vec<PersistedEntry>,
     /// The known peers.
     pub known: Vec<(PeerId, KnownPeer)>,
+    /// Device names (valid ones; others are skipped with a warning).
+    pub names: Vec<(PeerId, String)>,
 }
 
 /// The open database.
@@ -199,6 +204,7 @@ impl Store {
             let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;
             tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
             tx.open_table(PEERS).map_err(|e| self.db_err(e))?;
+            tx.open_table(NAMES).map_err(|e| self.db_err(e))?;
             created = meta.get(META_KEY).map_err(|e| self.db_err(e))?.is_none();
             if created {
                 let epoch = rand::random::<u64>().max(1);
@@ -242,6 +248,18 @@ impl Store {
             let StoredPeer::V1 { acked_seq, last_seen_unix } = self.decode("peer", &id.to_string(), value.value())?;
             known.push((id, KnownPeer { acked_seq, last_seen_unix }));
         }
+        let mut names = Vec::new();
+        let table = tx.open_table(NAMES).map_err(|e| self.db_err(e))?;
+        for item in table.iter().map_err(|e| self.db_err(e))? {
+            let (key, value) = item.map_err(|e| self.db_err(e))?;
+            let (Ok(bytes), Ok(())) =
+                (<[u8; 16]>::try_from(key.value()), dartsync_shared::device::check_device_name(value.value()))
+            else {
+                tracing::warn!("ignoring an invalid stored device name {:?}", value.value());
+                continue;
+            };
+            names.push((PeerId(bytes), value.value().to_owned()));
+        }
         if !obsolete.is_empty() {
             let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
             {
@@ -252,7 +270,7 @@ impl Store {
             }
             tx.commit().map_err(|e| self.db_err(e))?;
         }
-        Ok(Loaded { epoch, seq_ceiling, created, entries, known })
+        Ok(Loaded { epoch, seq_ceiling, created, entries, known, names })
     }
 
     /// Writes `write` and, if given, a new seq ceiling, in one transaction.
@@ -275,6 +293,14 @@ impl Store {
             }
             for id in &write.delete_peers {
                 table.remove(id.0.as_slice()).map_err(|e| self.db_err(e))?;
+            }
+            let mut table = tx.open_table(NAMES).map_err(|e| self.db_err(e))?;
+            for (id, name) in &write.names {
+                match name {
+                    Some(name) => table.insert(id.0.as_slice(), name.as_str()).map(drop),
+                    None => table.remove(id.0.as_slice()).map(drop),
+                }
+                .map_err(|e| self.db_err(e))?;
             }
             if let Some(seq_ceiling) = seq_ceiling {
                 let mut meta = tx.open_table(META).map_err(|e| self.db_err(e))?;

@@ -33,7 +33,7 @@ async fn register_like_a_peer(tracker: &TestTracker, listen_port: u16) -> (FakeP
         match channel::connect(stream, &tracker.key, &identity).await {
             Ok(ch) => {
                 let (mut reader, mut writer) = ch.split();
-                let register = Register { peer_id: identity.peer_id(), listen_port, seen_seq: 0, epoch: 0 };
+                let register = Register::new(identity.peer_id(), listen_port, 0, 0, "test");
                 writer.send(&PeerMessage::Register(register)).await.unwrap();
                 let welcome = match recv(&mut reader).await {
                     TrackerMessage::Welcome(w) => w,

@@ -81,6 +81,7 @@ async fn a_silent_peer_expires_and_leaves_the_holders() {
         match recv(&mut b_reader).await {
             TrackerMessage::Delta(d) if d.entries.is_empty() && !d.full => continue,
             TrackerMessage::Delta(d) => return d,
+            TrackerMessage::Devices { .. } | TrackerMessage::Conflict(_) => continue,
             other => panic!("{other:?}"),
         }
     };
@@ -168,10 +169,15 @@ async fn concurrent_announces_keep_both_versions() {
     assert_eq!(table.len(), 2, "{:?}", table.keys());
     let winner = &table["r.txt"];
     assert_eq!(winner.record.content, dartsync_shared::ContentHash::of(b"by b"));
-    let copy_name = format!("r.sync-conflict-19700101-000320-{}.txt", a.id().fmt_short());
+    // Both fake peers call themselves "test": the short id tells them apart.
+    let copy_name = format!("r.sync-conflict-19700101-000320-test-{}.txt", a.id().fmt_short());
     let copy = table.get(&copy_name).unwrap_or_else(|| panic!("no {copy_name} in {:?}", table.keys()));
     assert_eq!(copy.record.content, dartsync_shared::ContentHash::of(b"by a"));
     assert_eq!(copy.holders.iter().map(|h| h.peer_id).collect::<Vec<_>>(), vec![a.id()]);
+    // The loser is told, after the delta carrying the copy; the winner is not.
+    let notice = a.conflict_notice().await;
+    assert_eq!((notice.path.as_str(), notice.copy.as_ref().map(|c| c.as_str())), ("r.txt", Some(copy_name.as_str())));
+    assert_eq!((notice.winner.as_str(), notice.loser.as_str()), ("test", "test"));
     tracker.stop().await;
 }
 
@@ -229,13 +235,13 @@ async fn hostile_input_drops_that_connection_only_and_changes_nothing() {
 
     // Register claiming someone else's id.
     let (mut reader, mut writer) = handshake(tracker.addr, &tracker.key, &Identity::generate()).await;
-    let register = Register { peer_id: a.id(), listen_port: 1, seen_seq: 0, epoch: 0 };
+    let register = Register::new(a.id(), 1, 0, 0, "test");
     writer.send(&PeerMessage::Register(register)).await.unwrap();
     assert!(expect_closed(&mut reader).await.is_some());
 
     // A second Register.
     let mut p = tracker.peer(5005).await;
-    let again = Register { peer_id: p.id(), listen_port: 1, seen_seq: 0, epoch: 0 };
+    let again = Register::new(p.id(), 1, 0, 0, "test");
     p.send(&PeerMessage::Register(again)).await;
     assert!(expect_closed(&mut p.reader).await.is_some());
 

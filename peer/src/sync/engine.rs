@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dartsync_shared::path::case_fold_key;
-use dartsync_shared::proto::ptp::{Delta, Holder};
+use dartsync_shared::proto::ptp::{ConflictNotice, Delta, Holder, PeerReport};
+use dartsync_shared::status::{Conflict, FolderState, MAX_LISTED, WaitingPath};
 use dartsync_shared::{FileRecord, PeerId, RelPath};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -33,6 +34,7 @@ use crate::deadlines::Deadlines;
 use crate::jail::rel_path;
 use crate::local::LocalState;
 use crate::local::commit::Gated;
+use crate::status::{EngineView, StatusBoard, TransferView, folder_state};
 use crate::sync::apply::Applier;
 use crate::sync::case_names::CaseNames;
 use crate::sync::error::ApplyError;
@@ -42,7 +44,7 @@ use crate::sync::install::{Installed, Installer};
 use crate::sync::plan::{Action, plan};
 use crate::sync::tracker_client::{ClientCommand, TrackerClient, TrackerEvent};
 use crate::sync::waiting::{Parked, Reason, Waiting};
-use crate::transfer::{ChunkSource, DownloadError, DownloadJob, DownloadOutcome, Downloader};
+use crate::transfer::{ChunkSource, DownloadError, DownloadJob, DownloadOutcome, DownloadProgress, Downloader};
 
 /// The summary of waiting paths is logged when it changed and at least
 /// this long after the last one...
@@ -57,6 +59,12 @@ const TICK: Duration = Duration::from_millis(250);
 const RECHECK_AFTER: Duration = Duration::from_millis(800);
 /// Local changes announced in one batch at most.
 const ANNOUNCE_BATCH: usize = 1024;
+/// A download running longer than this logs its progress, every this long.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Reports to the tracker are sent at most this often.
+const REPORT_GAP: Duration = Duration::from_secs(1);
+/// The status board is refreshed at most this often (and on every tick).
+const PUBLISH_GAP: Duration = Duration::from_millis(200);
 
 /// One entry of the global table as this peer knows it.
 #[derive(Debug, Clone)]
@@ -90,6 +98,18 @@ struct DownloadDone {
 struct Running {
     record: FileRecord,
     cancel: CancellationToken,
+    /// Live counters (status, progress lines).
+    progress: Arc<DownloadProgress>,
+    started: Instant,
+    /// When progress was last logged, and the bytes done then.
+    logged: (Instant, u64),
+}
+
+impl Running {
+    fn new(record: FileRecord, cancel: CancellationToken, progress: Arc<DownloadProgress>) -> Running {
+        let now = Instant::now();
+        Running { record, cancel, progress, started: now, logged: (now, 0) }
+    }
 }
 
 /// The engine's inputs and collaborators.
@@ -120,6 +140,8 @@ pub struct EngineParts {
     /// Free space kept on the folder's file system: a download that would
     /// eat into it waits.
     pub min_disk_free: DiskReserve,
+    /// Where the engine shows what it is doing (`dartsync status`).
+    pub status: StatusBoard,
 }
 
 /// The free space a peer leaves on its folder's file system.
@@ -151,9 +173,52 @@ fn download_reason(e: &DownloadError) -> Reason {
     }
 }
 
-/// `n thing` or `n things`.
-fn plural(n: u32, thing: &str) -> String {
+/// `thing` or `things` for `n` of them.
+fn plural(n: u64, thing: &str) -> String {
     if n == 1 { thing.to_owned() } else { format!("{thing}s") }
+}
+
+/// `1.2 GB`, `340 MB`, `12 KB`, `17 bytes` (powers of 1000).
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KB", "MB", "GB", "TB", "PB"];
+    if n < 1000 {
+        return format!("{n} {}", plural(n, "byte"));
+    }
+    let mut value = n as f64;
+    let mut unit = "";
+    for u in UNITS {
+        value /= 1000.0;
+        unit = u;
+        if value < 1000.0 {
+            break;
+        }
+    }
+    if value < 10.0 { format!("{value:.1} {unit}") } else { format!("{value:.0} {unit}") }
+}
+
+/// Where the engine stands, for the status board and the tracker.
+#[derive(Debug, Default)]
+struct Standing {
+    /// The tracker session is up.
+    connected: bool,
+    /// The highest seq received.
+    seen_to: u64,
+    /// The tracker's seq at registration: caught up once `seen_to` reaches it.
+    caught_up_to: Option<u64>,
+    /// Local changes made while the tracker was away (the next summary
+    /// carries them).
+    unannounced: u64,
+    /// Live files in the global table, and their size.
+    files: u64,
+    bytes: u64,
+    /// Bytes fetched by finished downloads since start.
+    finished_bytes: u64,
+    /// The last report sent, and when.
+    reported: Option<(PeerReport, Instant)>,
+    /// The last state, to log the moment the folder becomes up to date.
+    state: Option<FolderState>,
+    /// When the board was last refreshed.
+    published: Option<Instant>,
 }
 
 /// The running engine.
@@ -183,6 +248,8 @@ pub struct Engine {
     recheck: Deadlines<RelPath, Instant>,
     /// The tracker epoch the global table belongs to.
     epoch: Option<u64>,
+    /// Where the engine stands (status, reports).
+    standing: Standing,
 }
 
 impl Engine {
@@ -208,6 +275,7 @@ impl Engine {
             queued: BTreeSet::new(),
             recheck: Deadlines::default(),
             epoch: None,
+            standing: Standing::default(),
         }
     }
 
@@ -239,10 +307,14 @@ impl Engine {
                 Event::Shutdown => "shutdown",
             };
             let t0 = Instant::now();
+            let tick = matches!(event, Event::Tick);
             self.handle(event).await;
             let t1 = Instant::now();
             let n = self.dirty.len();
             self.reconcile_dirty().await;
+            if tick || self.standing.published.is_none_or(|at| at.elapsed() >= PUBLISH_GAP) {
+                self.publish_standing().await;
+            }
             tracing::trace!(
                 kind,
                 handle_us = (t1 - t0).as_micros() as u64,
@@ -267,7 +339,18 @@ impl Engine {
                         Err(_) => break,
                     }
                 }
-                tracing::trace!(records = batch.len(), "announcing local changes");
+                let n = batch.len() as u64;
+                let first = &batch[0].path;
+                let more = if n > 1 { format!(" and {} more", n - 1) } else { String::new() };
+                if self.standing.connected {
+                    tracing::info!("announced {n} local {}: {first}{more}", plural(n, "change"));
+                } else {
+                    self.standing.unannounced += n;
+                    tracing::info!(
+                        "{n} local {} ({first}{more}) will be announced when the tracker is back",
+                        plural(n, "change")
+                    );
+                }
                 // A local change may fix what a waiting path needs (a link
                 // in its way replaced by a folder, space freed).
                 for record in &batch {
@@ -279,11 +362,20 @@ impl Engine {
                 // cannot send, and its next summary carries it.
                 self.parts.client.send(ClientCommand::Announce(batch)).await;
             }
-            Event::Tracker(TrackerEvent::Connected(welcome)) => {
+            Event::Tracker(TrackerEvent::Connected { welcome, seen_seq }) => {
                 if self.epoch.is_some_and(|e| e != welcome.epoch) {
                     // A new tracker history: the full table follows.
                     self.global.clear();
+                    self.standing.files = 0;
+                    self.standing.bytes = 0;
                 }
+                let st = &mut self.standing;
+                st.connected = true;
+                st.seen_to = seen_seq;
+                st.caught_up_to = Some(welcome.seq);
+                // The session's summary carried every local change.
+                st.unannounced = 0;
+                st.reported = None;
                 self.epoch = Some(welcome.epoch);
                 let ours = self.parts.chunked_with;
                 if ours != welcome.piece_len {
@@ -294,12 +386,17 @@ impl Engine {
                         ours
                     );
                 }
-                tracing::debug!(epoch = welcome.epoch, "connected to tracker");
             }
             Event::Tracker(TrackerEvent::Disconnected(why)) => {
+                self.standing.connected = false;
                 tracing::debug!(%why, "tracker away; the global table stays until it is back");
             }
-            Event::Tracker(TrackerEvent::Delta(delta)) => self.apply_delta(delta),
+            Event::Tracker(TrackerEvent::Delta(delta)) => {
+                self.standing.seen_to = self.standing.seen_to.max(delta.to_seq);
+                self.apply_delta(delta);
+            }
+            Event::Tracker(TrackerEvent::Devices(devices)) => self.parts.status.set_devices(devices),
+            Event::Tracker(TrackerEvent::Conflict(notice)) => self.conflict_lost(notice),
             Event::Download(done) => self.finish_download(*done).await,
             Event::Tick => {
                 let now = Instant::now();
@@ -341,7 +438,15 @@ impl Engine {
             }
             // New holders may be exactly what a waiting path needs.
             let woken = self.waiting.wake(&path);
-            self.global.insert(path.clone(), GlobalEntry { record: entry.record, holders });
+            if entry.record.is_file() {
+                self.standing.files += 1;
+                self.standing.bytes += entry.record.size;
+            }
+            let old = self.global.insert(path.clone(), GlobalEntry { record: entry.record, holders });
+            if let Some(old) = old.filter(|o| o.record.is_file()) {
+                self.standing.files -= 1;
+                self.standing.bytes -= old.record.size;
+            }
             if record_changed || woken {
                 self.dirty.insert(path);
             }
@@ -444,6 +549,8 @@ impl Engine {
             }
             Action::MakeDir | Action::MakeLink | Action::Delete => {
                 let record = global.record.clone();
+                // A tombstone of something this peer never had is not news.
+                let had = before.as_ref().is_some_and(|b| !b.record.deleted);
                 let op = {
                     let (applier, record, source) = (self.applier.clone(), record.clone(), self.parts.source.clone());
                     move || {
@@ -476,7 +583,8 @@ impl Engine {
                 }
                 self.have(&record).await;
                 match action {
-                    Action::Delete => tracing::info!("synced {path}: deleted"),
+                    Action::Delete if had => tracing::info!("synced {path}: deleted"),
+                    Action::Delete => tracing::debug!("synced {path}: deleted (never here)"),
                     Action::MakeDir => tracing::debug!("synced {path}: folder"),
                     _ => tracing::info!("synced {path}: symlink"),
                 }
@@ -531,15 +639,15 @@ impl Engine {
             return;
         }
         let cancel = CancellationToken::new();
-        self.active.insert(path.clone(), Running { record: global.record.clone(), cancel: cancel.clone() });
+        let job = DownloadJob::new(global.record.clone(), global.holders);
+        self.active.insert(path.clone(), Running::new(global.record.clone(), cancel.clone(), job.progress.clone()));
         let downloader = self.parts.downloader.clone();
         let installer = Installer {
             applier: self.applier.clone(),
             local: self.parts.local.clone(),
             source: self.parts.source.clone(),
         };
-        let record = global.record.clone();
-        let job = DownloadJob { record: global.record, holders: global.holders };
+        let record = global.record;
         self.jobs.spawn(async move {
             let result = match downloader.download(job, cancel.clone()).await {
                 Ok(outcome) if cancel.is_cancelled() => {
@@ -564,7 +672,9 @@ impl Engine {
         }
         let Some((record, outcome)) = self.kept.remove(path) else { return };
         let cancel = CancellationToken::new();
-        self.active.insert(path.clone(), Running { record: record.clone(), cancel });
+        let progress = Arc::new(DownloadProgress::default());
+        progress.add(record.size);
+        self.active.insert(path.clone(), Running::new(record.clone(), cancel, progress));
         let installer = Installer {
             applier: self.applier.clone(),
             local: self.parts.local.clone(),
@@ -653,21 +763,29 @@ impl Engine {
         };
         match installed {
             Installed::Yes => {
-                let sources: Vec<String> = outcome
-                    .fetched_by_holder
-                    .iter()
-                    .filter(|(_, n)| *n > 0)
-                    .map(|(id, n)| format!("{}={n}", id.fmt_short()))
-                    .collect();
+                self.standing.finished_bytes += outcome.bytes_fetched;
+                let sources = outcome.fetched_by_holder.iter().filter(|(_, n)| *n > 0).count() as u64;
+                let mut how = vec![format!(
+                    "{} fetched from {sources} {}",
+                    human_bytes(outcome.bytes_fetched),
+                    plural(sources, "peer")
+                )];
+                if outcome.bytes_local > 0 {
+                    how.push(format!("{} already here", human_bytes(outcome.bytes_local)));
+                }
+                if outcome.bytes_resumed > 0 {
+                    how.push(format!("{} resumed", human_bytes(outcome.bytes_resumed)));
+                }
                 tracing::info!(
-                    "synced {path} ({} bytes) in {} ms: {} bytes local, {} bytes fetched from {} peers [{}], {} bytes resumed",
-                    record.size,
-                    outcome.elapsed.as_millis(),
-                    outcome.bytes_local,
-                    outcome.bytes_fetched,
-                    sources.len(),
-                    sources.join(", "),
-                    outcome.bytes_resumed
+                    "synced {path} ({}) in {:.1} s: {}",
+                    human_bytes(record.size),
+                    outcome.elapsed.as_secs_f64(),
+                    how.join(", ")
+                );
+                tracing::debug!(
+                    %path,
+                    by_holder = ?outcome.fetched_by_holder.iter().map(|(id, n)| (id.fmt_short(), *n)).collect::<Vec<_>>(),
+                    "download sources"
                 );
                 self.recheck.insert(path.clone(), Instant::now() + RECHECK_AFTER);
                 self.recovered(&path);
@@ -720,7 +838,11 @@ impl Engine {
         if let Some((reason, attempts)) = self.waiting.resolve(path)
             && reason.is_path_specific()
         {
-            tracing::info!(%path, "recovered after {attempts} failed {}: {reason}", plural(attempts, "attempt"));
+            tracing::info!(
+                %path,
+                "recovered after {attempts} failed {}: {reason}",
+                plural(u64::from(attempts), "attempt")
+            );
         }
     }
 
@@ -750,6 +872,129 @@ impl Engine {
             tracing::info!("{summary}");
         }
         self.last_summary = (summary, Some(now));
+    }
+
+    /// A version this peer held lost a conflict: say so (a user reads
+    /// the peer's log, not the tracker's) and list it in status.
+    fn conflict_lost(&mut self, notice: ConflictNotice) {
+        let ConflictNotice { path, copy, winner, loser, at } = notice;
+        match &copy {
+            Some(copy) => tracing::warn!(
+                "conflict on {path}: {winner}'s version kept the name; the version from {loser} is kept as {copy}"
+            ),
+            None => {
+                tracing::warn!("conflict on {path}: {winner}'s edit won over the deletion from {loser}; the file stays")
+            }
+        }
+        self.parts.status.add_conflict(Conflict {
+            path: path.to_string(),
+            copy: copy.map(|c| c.to_string()),
+            winner,
+            loser,
+            at,
+        });
+    }
+
+    /// Work in flight: not caught up, downloads or installs running or
+    /// queued, paths to reconsider, changes not yet announced.
+    fn busy(&self) -> bool {
+        let st = &self.standing;
+        let caught_up = st.caught_up_to.is_some_and(|to| st.seen_to >= to);
+        !caught_up
+            || !self.active.is_empty()
+            || !self.queued.is_empty()
+            || !self.kept.is_empty()
+            || !self.dirty.is_empty()
+            || st.unannounced > 0
+    }
+
+    /// Refreshes the status board, reports to the tracker when where we
+    /// stand changed, logs long downloads' progress and the moment the
+    /// folder is up to date.
+    async fn publish_standing(&mut self) {
+        let now = Instant::now();
+        self.standing.published = Some(now);
+        let busy = self.busy();
+        let waiting_total = self.waiting.len() as u64;
+        let queued_bytes: u64 = self.queued.iter().filter_map(|p| self.global.get(p)).map(|g| g.record.size).sum();
+        let transfers: Vec<TransferView> = self
+            .active
+            .iter()
+            .take(MAX_LISTED)
+            .map(|(path, r)| TransferView {
+                path: path.to_string(),
+                size: r.record.size,
+                progress: r.progress.clone(),
+                started: r.started,
+            })
+            .collect();
+        let pending_files = (self.active.len() + self.queued.len() + self.kept.len()) as u64;
+        let pending_bytes =
+            queued_bytes + self.active.values().map(|r| r.record.size.saturating_sub(r.progress.done())).sum::<u64>();
+        let st = &self.standing;
+        let view = EngineView {
+            busy,
+            pending_files,
+            queued_bytes,
+            transfers,
+            waiting: self
+                .waiting
+                .listed(MAX_LISTED)
+                .into_iter()
+                .map(|(path, reason)| WaitingPath { path, reason })
+                .collect(),
+            waiting_total,
+            unannounced: st.unannounced,
+            files: st.files,
+            bytes: st.bytes,
+            finished_bytes: st.finished_bytes,
+        };
+        self.parts.status.publish(view);
+
+        let state = folder_state(st.connected, busy, waiting_total);
+        if state == FolderState::UpToDate && st.state != Some(FolderState::UpToDate) {
+            tracing::info!("up to date ({} {}, {})", st.files, plural(st.files, "file"), human_bytes(st.bytes));
+        }
+        self.standing.state = Some(state);
+        self.log_progress(now);
+
+        let report = PeerReport {
+            seen_seq: self.standing.seen_to,
+            up_to_date: state == FolderState::UpToDate,
+            pending_files,
+            pending_bytes,
+            waiting: waiting_total,
+        };
+        let due = match self.standing.reported {
+            None => true,
+            Some((last, at)) => last != report && now.duration_since(at) >= REPORT_GAP,
+        };
+        if self.standing.connected && due {
+            self.standing.reported = Some((report, now));
+            self.parts.client.send(ClientCommand::Report(report)).await;
+        }
+    }
+
+    /// Every [`PROGRESS_EVERY`], one line per download running longer.
+    fn log_progress(&mut self, now: Instant) {
+        for (path, r) in &mut self.active {
+            let (at, before) = r.logged;
+            if now.duration_since(at) < PROGRESS_EVERY {
+                continue;
+            }
+            let done = r.progress.done().min(r.record.size);
+            let rate = (done.saturating_sub(before) as f64 / now.duration_since(at).as_secs_f64()) as u64;
+            let sources = u64::from(r.progress.sources());
+            let percent = if r.record.size == 0 { 100 } else { done * 100 / r.record.size };
+            tracing::info!(
+                "downloading {path}: {} of {} ({percent}%), {}/s from {sources} {}",
+                human_bytes(done),
+                human_bytes(r.record.size),
+                human_bytes(rate),
+                plural(sources, "peer")
+            );
+            r.logged = (now, done);
+        }
     }
 
     async fn have(&self, record: &FileRecord) {

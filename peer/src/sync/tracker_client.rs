@@ -52,7 +52,9 @@ use dartsync_shared::backoff::Backoff;
 use dartsync_shared::channel::{self, ChannelError, HANDSHAKE_TIMEOUT};
 use dartsync_shared::id::PublicKey;
 use dartsync_shared::key::{ClusterKey, Identity};
-use dartsync_shared::proto::ptp::{Delta, PeerMessage, Register, TrackerMessage, Welcome, announce_batches};
+use dartsync_shared::proto::ptp::{
+    ConflictNotice, Delta, DeviceInfo, PeerMessage, PeerReport, Register, TrackerMessage, Welcome, announce_batches,
+};
 use dartsync_shared::proto::{PROTOCOL_VERSION, ProtocolError};
 use dartsync_shared::{FileRecord, RelPath, VersionVector};
 use tokio::net::TcpStream;
@@ -62,6 +64,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::tracker_pin::{PinError, TrackerPin, Trust};
+use crate::status::StatusBoard;
 
 /// How long to wait for TCP connect, and for `Welcome` after `Register`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -272,9 +275,21 @@ fn handshake_error(cfg: &ClientConfig, e: ChannelError) -> ClientError {
 #[derive(Debug)]
 pub enum TrackerEvent {
     /// A session was established.
-    Connected(Welcome),
-    /// Changes of the global table.
+    Connected {
+        /// The tracker's answer.
+        welcome: Welcome,
+        /// The seq this session starts from (0 after an epoch change): the
+        /// peer has seen the whole table once its deltas reach
+        /// `welcome.seq`.
+        seen_seq: u64,
+    },
+    /// Changes of the global table (or an empty delta that moves the
+    /// peer's seq forward).
     Delta(Delta),
+    /// The tracker's device list.
+    Devices(Vec<DeviceInfo>),
+    /// A version this peer held lost a conflict.
+    Conflict(ConflictNotice),
     /// An established session ended; the client is reconnecting.
     Disconnected(String),
 }
@@ -291,6 +306,8 @@ pub enum ClientCommand {
         /// The version now held.
         version: VersionVector,
     },
+    /// Where this peer stands.
+    Report(PeerReport),
 }
 
 /// Produces the whole local summary (blocking; run on a blocking thread).
@@ -309,6 +326,10 @@ pub struct ClientConfig {
     pub identity: Identity,
     /// Where the tracker's identity is pinned (`.dartsync/tracker.pin`).
     pub pin_file: std::path::PathBuf,
+    /// This device's name, sent in `Register`.
+    pub name: String,
+    /// Where the link's state is shown (`dartsync status`).
+    pub status: StatusBoard,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -354,8 +375,7 @@ impl TrackerClient {
 /// first contact writes) the tracker pin.
 pub async fn probe_welcome(cfg: &ClientConfig) -> Result<Welcome, ClientError> {
     let pin = TrackerPin::new(cfg.pin_file.clone());
-    let (_reader, mut writer, welcome, _tracker) = register(cfg, &pin, 0, 0).await?;
-    let _ = writer.send(&PeerMessage::Goodbye).await;
+    let (_reader, mut writer, welcome, _tracker) = register(cfg, &pin, 0, 0, true).await?;
     let _ = writer.shutdown().await;
     Ok(welcome)
 }
@@ -397,9 +417,11 @@ async fn register(
     pin: &TrackerPin,
     seen_seq: u64,
     epoch: u64,
+    probe: bool,
 ) -> Result<(Reader, Writer, Welcome, PublicKey), ClientError> {
     let (mut reader, mut writer, tracker) = open(cfg, pin).await?;
-    let register = Register { peer_id: cfg.identity.peer_id(), listen_port: cfg.listen_port, seen_seq, epoch };
+    let mut register = Register::new(cfg.identity.peer_id(), cfg.listen_port, seen_seq, epoch, &cfg.name);
+    register.probe = probe;
     writer.send(&PeerMessage::Register(register)).await?;
     let welcome = read_welcome(&mut reader, &cfg.tracker_addr).await?;
     if pin.pin_async(&cfg.tracker_addr, tracker).await? == Trust::FirstContact {
@@ -430,7 +452,7 @@ async fn read_welcome(reader: &mut Reader, addr: &str) -> Result<Welcome, Client
     match msg {
         TrackerMessage::Welcome(w) => Ok(w),
         TrackerMessage::Refused { reason } => Err(ClientError::Refused { addr: addr.to_owned(), reason }),
-        TrackerMessage::Delta(_) => Err(not_a_tracker("it answered Register with a Delta".into())),
+        other => Err(not_a_tracker(format!("it answered Register with {}", other.kind()))),
     }
 }
 
@@ -487,6 +509,7 @@ async fn run(
             Ok(()) => return,
             Err(e) => e,
         };
+        cfg.status.tracker_failed(err.to_string());
         let now = std::time::Instant::now();
         let trouble = match welcomed {
             Some(since) => {
@@ -549,22 +572,24 @@ async fn session(
     welcomed: &mut Option<std::time::Instant>,
     shutdown: &CancellationToken,
 ) -> Result<(), ClientError> {
-    let (mut reader, mut writer, welcome, tracker) = register(cfg, pin, progress.seen_seq, progress.epoch).await?;
+    let (mut reader, mut writer, welcome, tracker) =
+        register(cfg, pin, progress.seen_seq, progress.epoch, false).await?;
     if welcome.epoch != progress.epoch {
         // A new tracker history: everything will be resent.
         progress.seen_seq = 0;
         progress.epoch = welcome.epoch;
     }
     *welcomed = Some(std::time::Instant::now());
-    tracing::info!(
-        epoch = welcome.epoch,
+    tracing::info!("registered with tracker {}", cfg.tracker_addr);
+    tracing::debug!(
+        epoch = format_args!("{:016x}", welcome.epoch),
         seq = welcome.seq,
-        tracker = %tracker.peer_id(),
-        "registered with tracker {}",
-        cfg.tracker_addr
+        tracker = %tracker.peer_id().fmt_short(),
+        "registered"
     );
+    cfg.status.tracker_connected();
     let interval = Duration::from_millis(welcome.interval_ms);
-    if events.send(TrackerEvent::Connected(welcome)).await.is_err() {
+    if events.send(TrackerEvent::Connected { welcome, seen_seq: progress.seen_seq }).await.is_err() {
         return Ok(());
     }
 
@@ -592,7 +617,7 @@ async fn session(
     // blocks on the engine (which may itself be waiting to hand us a
     // command): it stops reading from the tracker instead, so TCP pushes
     // back, while keep-alives and commands keep flowing.
-    let mut pending: std::collections::VecDeque<Delta> = std::collections::VecDeque::new();
+    let mut pending: std::collections::VecDeque<TrackerEvent> = std::collections::VecDeque::new();
     loop {
         tokio::select! {
             biased;
@@ -616,8 +641,8 @@ async fn session(
             },
             permit = events.reserve(), if !pending.is_empty() => match permit {
                 Ok(permit) => {
-                    if let Some(delta) = pending.pop_front() {
-                        permit.send(TrackerEvent::Delta(delta));
+                    if let Some(event) = pending.pop_front() {
+                        permit.send(event);
                     }
                 }
                 Err(_) => return Ok(()),
@@ -631,6 +656,7 @@ async fn session(
                 Some(ClientCommand::Have { path, version }) => {
                     writer.send(&PeerMessage::Have { path, version }).await?;
                 }
+                Some(ClientCommand::Report(report)) => writer.send(&PeerMessage::Report(report)).await?,
                 None => return Ok(()),
             },
             msg = reader.recv::<TrackerMessage>(), if pending.len() < MAX_PENDING_DELTAS => {
@@ -644,13 +670,16 @@ async fn session(
                         if delta.epoch != progress.epoch {
                             return Err(ClientError::Protocol("delta from another epoch".into()));
                         }
+                        let advanced = delta.to_seq > progress.seen_seq;
                         progress.seen_seq = progress.seen_seq.max(delta.to_seq);
-                        // An empty, partial delta changes nothing (a
-                        // tracker's heartbeat): not worth a queue slot.
-                        if delta.full || !delta.entries.is_empty() {
-                            pending.push_back(delta);
+                        // An empty delta that does not move us forward (a
+                        // tracker's heartbeat) is not worth a queue slot.
+                        if delta.full || !delta.entries.is_empty() || advanced {
+                            pending.push_back(TrackerEvent::Delta(delta));
                         }
                     }
+                    TrackerMessage::Devices { devices } => pending.push_back(TrackerEvent::Devices(devices)),
+                    TrackerMessage::Conflict(notice) => pending.push_back(TrackerEvent::Conflict(notice)),
                     TrackerMessage::Refused { reason } => {
                         return Err(ClientError::Refused { addr: cfg.tracker_addr.clone(), reason });
                     }
@@ -823,7 +852,9 @@ mod tests {
     }
 
     fn config(key: ClusterKey, addr: String, pin_file: std::path::PathBuf) -> ClientConfig {
-        ClientConfig { tracker_addr: addr, listen_port: 1, key, identity: Identity::generate(), pin_file }
+        let identity = Identity::generate();
+        let status = StatusBoard::new(std::path::Path::new("/f"), "test".into(), identity.peer_id(), addr.clone());
+        ClientConfig { tracker_addr: addr, listen_port: 1, key, identity, pin_file, name: "test".into(), status }
     }
 
     /// A fake tracker: accepts one connection with `key` and `identity`,

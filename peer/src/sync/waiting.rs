@@ -230,9 +230,18 @@ impl Waiting {
     }
 
     /// Number of waiting paths.
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// The first `max` waiting paths with their reason and what would fix
+    /// it, for `dartsync status`.
+    pub(crate) fn listed(&self, max: usize) -> Vec<(String, String)> {
+        self.entries
+            .iter()
+            .take(max)
+            .map(|(path, e)| (path.to_string(), format!("{}; {}", e.reason, e.reason.fix())))
+            .collect()
     }
 
     /// One line: how many paths wait, by reason class (`""` when none).

@@ -48,6 +48,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
@@ -77,6 +78,44 @@ pub struct DownloadJob {
     pub record: FileRecord,
     /// Peers that hold exactly this version.
     pub holders: Vec<Holder>,
+    /// Filled in while the download runs (for status and progress logs).
+    pub progress: Arc<DownloadProgress>,
+}
+
+impl DownloadJob {
+    /// A job with fresh progress counters.
+    pub fn new(record: FileRecord, holders: Vec<Holder>) -> DownloadJob {
+        DownloadJob { record, holders, progress: Arc::default() }
+    }
+}
+
+/// How far one download is, readable while it runs.
+#[derive(Debug, Default)]
+pub struct DownloadProgress {
+    /// Bytes of the file in place: resumed, copied from local files, fetched.
+    done: AtomicU64,
+    /// Holders being fetched from.
+    sources: AtomicU32,
+}
+
+impl DownloadProgress {
+    /// Bytes of the file in place so far.
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Holders being fetched from.
+    pub fn sources(&self) -> u32 {
+        self.sources.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(&self, bytes: u64) {
+        self.done.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn set_sources(&self, n: usize) {
+        self.sources.store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
 }
 
 /// A finished download.
@@ -179,7 +218,7 @@ impl Downloader {
         cancel: CancellationToken,
     ) -> Result<DownloadOutcome, DownloadError> {
         let started = Instant::now();
-        let record = job.record;
+        let record = job.record.clone();
         let path = record.path.clone();
         if !record.is_file() {
             return Err(DownloadError::NotAFile { path });
@@ -189,7 +228,7 @@ impl Downloader {
         let me = self.ctx.identity.peer_id();
         let mut seen = HashSet::new();
         let holders: Vec<Holder> =
-            job.holders.into_iter().filter(|h| h.peer_id != me && seen.insert(h.peer_id)).collect();
+            job.holders.iter().filter(|h| h.peer_id != me && seen.insert(h.peer_id)).cloned().collect();
         let mut stats: Vec<HolderStats> = holders.iter().map(HolderStats::new).collect();
         tracing::debug!(%path, size = record.size, content = %record.content.fmt_short(), holders = holders.len(), "download starting");
 
@@ -219,6 +258,7 @@ impl Downloader {
         let part = part::part_path(&self.tmp_dir, &record.content);
         let state_path = part::state_path(&self.tmp_dir, &record.content);
         let (bytes_resumed, bytes_local) = (prepared.bytes_resumed, prepared.bytes_local);
+        job.progress.add(bytes_resumed + bytes_local);
         tracing::debug!(
             %path, chunks = chunks.len(), bytes_resumed, bytes_local, missing_groups = prepared.missing.len(),
             "local chunks in place"
@@ -231,6 +271,7 @@ impl Downloader {
             prepared.header,
             state_path,
             self.ctx.limits.persist_every_bytes,
+            job.progress.clone(),
         ));
 
         if !work.finished() {
@@ -416,6 +457,7 @@ impl Downloader {
         let part = part::part_path(&self.tmp_dir, &record.content);
         let workers_cancel = cancel.child_token();
         let mut workers = JoinSet::new();
+        work.progress.set_sources(stats.iter().filter(|s| s.dropped.is_none()).count());
         for (i, holder) in holders.iter().enumerate() {
             if stats[i].dropped.is_some() {
                 continue;

@@ -22,7 +22,18 @@
 //!
 //! # Register
 //! `peer_id` must equal the id proven in the handshake; `seen_seq` and
-//! `epoch` let the tracker send only what the peer missed.
+//! `epoch` let the tracker send only what the peer missed; `name` is the
+//! device name shown to people. A `probe` registration only fetches the
+//! `Welcome` (the piece length, on a folder's first start): the tracker
+//! answers it and forgets it.
+//!
+//! # Report, Devices, Conflict
+//! A peer sends [`PeerMessage::Report`] when where it stands changes (at
+//! most about once a second); the tracker sends every session
+//! [`TrackerMessage::Devices`] after `Welcome` and whenever the list
+//! changes (a device comes, goes, or becomes up to date or not), and
+//! [`TrackerMessage::Conflict`] to the online holders of a version that
+//! lost a conflict, after the delta that carries the copy.
 //!
 //! # Announce
 //! Up to [`MAX_RECORDS_PER_MESSAGE`] records and [`MAX_BATCH_BYTES`] encoded
@@ -58,8 +69,11 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{ProtocolError, check_len};
 use crate::codec::{bounded_string, bounded_vec};
+use crate::device::MAX_DEVICE_NAME;
 use crate::id::PeerId;
-use crate::limits::{MAX_BATCH_BYTES, MAX_HOLDERS_PER_ENTRY, MAX_REASON_LEN, MAX_RECORDS_PER_MESSAGE, VARINT_MAX};
+use crate::limits::{
+    MAX_BATCH_BYTES, MAX_DEVICES, MAX_HOLDERS_PER_ENTRY, MAX_REASON_LEN, MAX_RECORDS_PER_MESSAGE, VARINT_MAX,
+};
 use crate::path::RelPath;
 use crate::record::{FileKind, FileRecord};
 use crate::version::VersionVector;
@@ -76,6 +90,72 @@ pub struct Register {
     pub seen_seq: u64,
     /// The tracker epoch `seen_seq` belongs to (0 for a new peer).
     pub epoch: u64,
+    /// The device's name (at most [`MAX_DEVICE_NAME`] bytes, no control
+    /// characters; empty: the tracker shows the id).
+    #[serde(deserialize_with = "device_name")]
+    pub name: String,
+    /// Only asking for the `Welcome` (a folder's first start learns the
+    /// piece length): the tracker answers and forgets the session; the peer
+    /// closes it at once.
+    pub probe: bool,
+}
+
+impl Register {
+    /// A registration of `peer_id` (not a probe).
+    pub fn new(peer_id: PeerId, listen_port: u16, seen_seq: u64, epoch: u64, name: &str) -> Register {
+        Register { peer_id, listen_port, seen_seq, epoch, name: name.to_owned(), probe: false }
+    }
+}
+
+/// Where a peer stands, sent when it changes (at most about once a
+/// second): the tracker shows every device as up to date or not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerReport {
+    /// The last tracker `seq` the peer has received and applied.
+    pub seen_seq: u64,
+    /// Nothing to fetch, install or announce, nothing waiting.
+    pub up_to_date: bool,
+    /// Files still to fetch.
+    pub pending_files: u64,
+    /// Bytes still to fetch.
+    pub pending_bytes: u64,
+    /// Paths that cannot take their newest version now.
+    pub waiting: u64,
+}
+
+/// One device of the cluster as the tracker knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// Its id.
+    pub peer_id: PeerId,
+    /// Its name (may be empty: then show the id).
+    #[serde(deserialize_with = "device_name")]
+    pub name: String,
+    /// Registered right now.
+    pub online: bool,
+    /// Online, has seen every record change and reports nothing pending.
+    pub up_to_date: bool,
+    /// Unix seconds it was last seen, for an offline device (0: never or
+    /// online).
+    pub last_seen: u64,
+}
+
+/// Sent to the device(s) whose version lost a conflict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictNotice {
+    /// The path whose name the winner kept.
+    pub path: RelPath,
+    /// Where the losing version is kept (`None`: it was a deletion, or no
+    /// free name was found).
+    pub copy: Option<RelPath>,
+    /// The winner's device name.
+    #[serde(deserialize_with = "device_name")]
+    pub winner: String,
+    /// The loser's device name.
+    #[serde(deserialize_with = "device_name")]
+    pub loser: String,
+    /// Unix seconds when the tracker resolved it.
+    pub at: u64,
 }
 
 /// Messages a peer sends to the tracker.
@@ -101,6 +181,8 @@ pub enum PeerMessage {
     KeepAlive,
     /// Clean disconnect: the peer leaves the peer table at once.
     Goodbye,
+    /// Where the peer stands (see [`PeerReport`]).
+    Report(PeerReport),
 }
 
 /// The tracker's answer to `Register`.
@@ -170,6 +252,15 @@ pub enum TrackerMessage {
         #[serde(deserialize_with = "refusal_reason")]
         reason: String,
     },
+    /// Every device the tracker knows, sent after `Welcome` and whenever
+    /// one comes, goes, or becomes (not) up to date.
+    Devices {
+        /// At most [`MAX_DEVICES`] (bounded while decoding).
+        #[serde(deserialize_with = "device_list")]
+        devices: Vec<DeviceInfo>,
+    },
+    /// This peer's version of a path lost a conflict.
+    Conflict(ConflictNotice),
 }
 
 fn announce_records<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<FileRecord>, D::Error> {
@@ -182,6 +273,22 @@ fn delta_entries<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Delta
 
 fn entry_holders<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Holder>, D::Error> {
     bounded_vec(deserializer, MAX_HOLDERS_PER_ENTRY, "holders")
+}
+
+fn device_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    bounded_string(deserializer, MAX_DEVICE_NAME, "device name")
+}
+
+fn device_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<DeviceInfo>, D::Error> {
+    bounded_vec(deserializer, MAX_DEVICES, "devices")
+}
+
+/// Checks a device name from the wire: empty, or a valid name.
+fn check_wire_name(name: &str) -> Result<(), ProtocolError> {
+    if name.is_empty() {
+        return Ok(());
+    }
+    crate::device::check_device_name(name).map_err(|_| ProtocolError::Invalid("invalid device name"))
 }
 
 fn refusal_reason<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
@@ -243,6 +350,7 @@ impl PeerMessage {
                 check_len("announce records", records.len(), MAX_RECORDS_PER_MESSAGE)?;
                 records.iter().try_for_each(|r| r.validate().map_err(Into::into))
             }
+            PeerMessage::Register(r) => check_wire_name(&r.name),
             PeerMessage::Have { version, .. } => {
                 if version.is_empty() {
                     return Err(ProtocolError::Invalid("have: empty version vector"));
@@ -255,6 +363,17 @@ impl PeerMessage {
 }
 
 impl TrackerMessage {
+    /// The message's name, for errors ("a Delta").
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TrackerMessage::Welcome(_) => "a Welcome",
+            TrackerMessage::Delta(_) => "a Delta",
+            TrackerMessage::Refused { .. } => "a Refused",
+            TrackerMessage::Devices { .. } => "a device list",
+            TrackerMessage::Conflict(_) => "a conflict notice",
+        }
+    }
+
     /// Checks a message received from the network.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         match self {
@@ -279,6 +398,14 @@ impl TrackerMessage {
                 Ok(())
             }
             TrackerMessage::Refused { reason } => check_len("reason bytes", reason.len(), MAX_REASON_LEN),
+            TrackerMessage::Devices { devices } => {
+                check_len("devices", devices.len(), MAX_DEVICES)?;
+                devices.iter().try_for_each(|d| check_wire_name(&d.name))
+            }
+            TrackerMessage::Conflict(n) => {
+                check_wire_name(&n.winner)?;
+                check_wire_name(&n.loser)
+            }
         }
     }
 }
@@ -296,7 +423,7 @@ mod tests {
 
     fn peer_messages() -> Vec<PeerMessage> {
         vec![
-            PeerMessage::Register(Register { peer_id: PeerId([3; 16]), listen_port: 4242, seen_seq: 17, epoch: 99 }),
+            PeerMessage::Register(Register::new(PeerId([3; 16]), 4242, 17, 99, "bobs-laptop")),
             PeerMessage::Announce { records: vec![sample_record()] },
             PeerMessage::Have {
                 path: RelPath::new("x").unwrap(),
@@ -304,6 +431,13 @@ mod tests {
             },
             PeerMessage::KeepAlive,
             PeerMessage::Goodbye,
+            PeerMessage::Report(PeerReport {
+                seen_seq: 9,
+                up_to_date: false,
+                pending_files: 2,
+                pending_bytes: 3,
+                waiting: 1,
+            }),
         ]
     }
 
@@ -322,6 +456,22 @@ mod tests {
                 }],
             }),
             TrackerMessage::Refused { reason: "full".into() },
+            TrackerMessage::Devices {
+                devices: vec![DeviceInfo {
+                    peer_id: PeerId([2; 16]),
+                    name: "pi".into(),
+                    online: true,
+                    up_to_date: false,
+                    last_seen: 0,
+                }],
+            },
+            TrackerMessage::Conflict(ConflictNotice {
+                path: RelPath::new("doc.txt").unwrap(),
+                copy: Some(RelPath::new("doc.sync-conflict-20261201-202659-bob.txt").unwrap()),
+                winner: "alice".into(),
+                loser: "bob".into(),
+                at: 1,
+            }),
         ]
     }
 
@@ -343,26 +493,38 @@ mod tests {
     fn variant_order_is_pinned() {
         // The first byte is the variant index: reordering variants breaks this.
         let firsts: Vec<u8> = peer_messages().iter().map(|m| encode(m).unwrap()[0]).collect();
-        assert_eq!(firsts, [0, 1, 2, 3, 4]);
+        assert_eq!(firsts, [0, 1, 2, 3, 4, 5]);
         let firsts: Vec<u8> = tracker_messages().iter().map(|m| encode(m).unwrap()[0]).collect();
-        assert_eq!(firsts, [0, 1, 2]);
+        assert_eq!(firsts, [0, 1, 2, 3, 4]);
         assert_eq!(encode(&PeerMessage::KeepAlive).unwrap(), [3]);
         assert_eq!(
-            encode(&PeerMessage::Register(Register {
-                peer_id: PeerId([0; 16]),
-                listen_port: 1,
-                seen_seq: 2,
-                epoch: 3
-            }))
-            .unwrap(),
-            [[0u8].as_slice(), &[0; 16], &[1, 2, 3]].concat()
+            encode(&PeerMessage::Register(Register::new(PeerId([0; 16]), 1, 2, 3, "a"))).unwrap(),
+            [[0u8].as_slice(), &[0; 16], &[1, 2, 3], &[1, b'a'], &[0]].concat()
         );
+    }
+
+    #[test]
+    fn hostile_names_are_refused() {
+        let mut register = Register::new(PeerId([1; 16]), 1, 0, 0, "ok");
+        register.name = "evil\x1b[2J".into();
+        assert!(PeerMessage::Register(register.clone()).validate().is_err());
+        register.name = "n".repeat(MAX_DEVICE_NAME + 1);
+        let bytes = encode(&PeerMessage::Register(register)).unwrap();
+        assert!(decode::<PeerMessage>(&bytes).is_err(), "a long name fails while decoding");
+        let notice = ConflictNotice {
+            path: RelPath::new("a").unwrap(),
+            copy: None,
+            winner: "a\nb".into(),
+            loser: "c".into(),
+            at: 0,
+        };
+        assert!(TrackerMessage::Conflict(notice).validate().is_err());
     }
 
     #[test]
     fn unknown_variant_is_an_error() {
         assert!(decode::<PeerMessage>(&[200]).is_err());
-        assert!(decode::<TrackerMessage>(&[3]).is_err());
+        assert!(decode::<TrackerMessage>(&[5]).is_err());
     }
 
     #[test]
@@ -423,13 +585,24 @@ mod tests {
     #[test]
     fn the_largest_message_of_each_kind_fits_its_bound() {
         use crate::limits::{MAX_CONTROL_FRAME, MAX_ENCODED_RECORD, MAX_REGISTER_FRAME};
-        let register = PeerMessage::Register(Register {
-            peer_id: PeerId([0xFF; 16]),
-            listen_port: u16::MAX,
-            seen_seq: u64::MAX,
-            epoch: u64::MAX,
-        });
-        assert_eq!(encode(&register).unwrap().len(), MAX_REGISTER_FRAME);
+        let mut register = Register::new(PeerId([0xFF; 16]), u16::MAX, u64::MAX, u64::MAX, "");
+        register.name = "n".repeat(MAX_DEVICE_NAME);
+        let register = PeerMessage::Register(register);
+        let len = encode(&register).unwrap().len();
+        assert!(len <= MAX_REGISTER_FRAME && len + 16 > MAX_REGISTER_FRAME, "{len} vs {MAX_REGISTER_FRAME}");
+        let devices = TrackerMessage::Devices {
+            devices: vec![
+                DeviceInfo {
+                    peer_id: PeerId([0xFF; 16]),
+                    name: "n".repeat(MAX_DEVICE_NAME),
+                    online: true,
+                    up_to_date: true,
+                    last_seen: u64::MAX,
+                };
+                MAX_DEVICES
+            ],
+        };
+        assert!(encode(&devices).unwrap().len() <= MAX_BATCH_BYTES);
         let have = PeerMessage::Have { path: RelPath::new(&longest_path()).unwrap(), version: longest_version() };
         let have = encode(&have).unwrap().len();
         assert!(have <= MAX_CONTROL_FRAME && have + 32 > MAX_CONTROL_FRAME, "{have} vs {MAX_CONTROL_FRAME}");

@@ -126,7 +126,7 @@ impl FakePeer {
         epoch: u64,
     ) -> FakePeer {
         let (mut reader, mut writer) = handshake(addr, key, &identity).await;
-        let register = Register { peer_id: identity.peer_id(), listen_port, seen_seq, epoch };
+        let register = Register::new(identity.peer_id(), listen_port, seen_seq, epoch, "test");
         writer.send(&PeerMessage::Register(register)).await.unwrap();
         let welcome = match recv(&mut reader).await {
             TrackerMessage::Welcome(w) => w,
@@ -155,7 +155,18 @@ impl FakePeer {
             match recv(&mut self.reader).await {
                 TrackerMessage::Delta(d) if d.entries.is_empty() && !d.full && d.from_seq == d.to_seq => continue,
                 TrackerMessage::Delta(d) => return d,
+                // Device lists and conflict notices are not table news.
+                TrackerMessage::Devices { .. } | TrackerMessage::Conflict(_) => continue,
                 other => panic!("expected Delta, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next conflict notice, skipping everything else.
+    pub async fn conflict_notice(&mut self) -> dartsync_shared::proto::ptp::ConflictNotice {
+        loop {
+            if let TrackerMessage::Conflict(notice) = recv(&mut self.reader).await {
+                return notice;
             }
         }
     }

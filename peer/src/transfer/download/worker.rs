@@ -163,6 +163,8 @@ pub(crate) struct Work {
     persist_lock: Mutex<()>,
     /// Woken when groups are requeued or the last group completes.
     notify: Notify,
+    /// Bytes in place, for status.
+    pub(crate) progress: Arc<super::DownloadProgress>,
 }
 
 #[derive(Debug)]
@@ -187,6 +189,7 @@ impl Work {
         header: PartState,
         state_path: PathBuf,
         persist_every_bytes: u64,
+        progress: Arc<super::DownloadProgress>,
     ) -> Self {
         let remaining = missing.len();
         let done = header.done.clone();
@@ -206,6 +209,7 @@ impl Work {
             }),
             persist_lock: Mutex::new(()),
             notify: Notify::new(),
+            progress,
         }
     }
 
@@ -281,6 +285,7 @@ impl Work {
             st.remaining -= 1;
             st.unsaved_bytes += len * group.members.len() as u64;
             st.duplicate_bytes += len * (group.members.len() as u64 - 1);
+            self.progress.add(len * group.members.len() as u64);
             let due = st.unsaved_bytes >= self.persist_every_bytes;
             (st.remaining == 0, due)
         };
