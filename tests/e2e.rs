@@ -10,6 +10,7 @@ mod hostile_client;
 mod pi;
 mod preauth;
 mod storms;
+mod status_cli;
 mod sync;
 mod tidy;
 mod tracker_restart;
