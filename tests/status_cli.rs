@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dartsync_shared::status::{
-    Device, FolderState, Pending, PeerStatus, STATUS_SCHEMA, TrackerDevice, TrackerLink, TrackerStatus,
+    Device, FolderState, PeerStatus, Pending, STATUS_SCHEMA, TrackerDevice, TrackerLink, TrackerStatus,
 };
 
 use crate::util::run;
@@ -253,7 +253,8 @@ fn completions_and_man_page() {
 fn status_help_explains_every_option() {
     let (status, out, _) = run(&["status", "--help"], &[]);
     assert!(status.success());
-    for word in ["--json", "--watch", "--wait", "--tracker", "--data", "--config", "[DIR]", "Exit codes:", "0  up to date"]
+    for word in
+        ["--json", "--watch", "--wait", "--tracker", "--data", "--config", "[DIR]", "Exit codes:", "0  up to date"]
     {
         assert!(out.contains(word), "status --help does not mention {word}:\n{out}");
     }
