@@ -36,11 +36,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match settings::resolve(cli)? {
         Mode::Init { key_file, force } => init(&key_file, force).map(|()| ExitCode::SUCCESS),
         Mode::Status(request) => Ok(status_cmd::run(&request)),
-        Mode::Completions(shell) => {
-            completions::completions(shell, &mut std::io::stdout().lock());
-            Ok(ExitCode::SUCCESS)
-        }
-        Mode::Man => completions::man(&mut std::io::stdout().lock()).map(|()| ExitCode::SUCCESS),
+        Mode::Completions(shell) => completions::print(&completions::completions(shell)).map(|()| ExitCode::SUCCESS),
+        Mode::Man => completions::print(&completions::man()?).map(|()| ExitCode::SUCCESS),
         Mode::Tracker { config, key_file } => {
             let key = tracker_key(&key_file)?;
             runtime()?.block_on(async {

@@ -157,11 +157,26 @@ fn once(req: &StatusRequest) -> ExitCode {
 fn print_answer(answer: &Answer, output: Output) {
     match output {
         Output::Json => match serde_json::to_string_pretty(&answer.raw) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => emit(&format!("{text}\n")),
             Err(e) => eprintln!("error: cannot print the status as JSON: {e}"),
         },
-        Output::Human | Output::Watch => print!("{}", answer.snapshot.render(unix_now())),
+        Output::Human | Output::Watch => emit(&answer.snapshot.render(unix_now())),
     }
+}
+
+/// Writes to stdout; a reader gone early (`| head`) is not an error worth
+/// a panic, so write errors end the output quietly.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// Like [`emit`], but says whether anyone still reads.
+fn emit_checked(text: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_ok()
 }
 
 /// Asks once; the error is the message for stderr.
@@ -219,12 +234,16 @@ fn unix_now() -> u64 {
 
 // ---- --watch ----------------------------------------------------------------
 
-/// Not a terminal: a fresh plain report every second.
+/// Not a terminal: a fresh plain report every second, until Ctrl-C or
+/// until nobody reads stdout any more.
 fn watch_plain(target: &Target) -> ExitCode {
     loop {
-        match ask(target) {
-            Ok(answer) => println!("{}", answer.snapshot.render(unix_now())),
-            Err(why) => println!("{why}\n"),
+        let text = match ask(target) {
+            Ok(answer) => answer.snapshot.render(unix_now()),
+            Err(why) => format!("{why}\n"),
+        };
+        if !emit_checked(&format!("{text}\n")) {
+            return ExitCode::SUCCESS;
         }
         std::thread::sleep(WATCH_EVERY);
     }
