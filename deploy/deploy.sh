@@ -48,14 +48,21 @@ Files on the Pi (under --root if given):
   /etc/dartsync/tracker.env                     DARTSYNC_LISTEN=0.0.0.0:PORT
   /etc/systemd/system/dartsync-tracker.service  the unit (runs as user dartsync)
   /var/lib/dartsync                             tracker state (0700)
+  /usr/share/bash-completion/completions/dartsync  bash completion
+  /usr/local/share/man/man1/dartsync.1          man page (`man dartsync`)
+
+The completion and the man page are made by the new binary on the Pi; when
+it cannot run there, by a native dartsync here ($DARTSYNC or on PATH), or
+skipped.
 
 Environment:
   DARTSYNC_SSH_OPTS      extra options for ssh and scp, e.g.
                          "-o UserKnownHostsFile=/tmp/kh -o BatchMode=yes"
   DARTSYNC_DEPLOY_ROOT   default for --root
   DARTSYNC_DEPLOY_BINARY default for --binary
-  DARTSYNC               a native dartsync binary for `dartsync init`
-                         (default: dartsync on PATH, else `cargo run`)
+  DARTSYNC               a native dartsync binary for `dartsync init` and
+                         the completion and man page fallback (default:
+                         dartsync on PATH, else `cargo run` for init)
   CARGO_TARGET_DIR       where builds go (default: target/ in the repository)
 
 The login user must be root or have passwordless sudo (Raspberry Pi OS's
@@ -341,7 +348,18 @@ cp "$key_file" "$work/cluster.key"
 cp "$UNIT_FILE" "$work/dartsync-tracker.service"
 chmod 0755 "$work/dartsync"
 chmod 0600 "$work/cluster.key"
-"${scp_cmd[@]}" "$work/dartsync" "$work/cluster.key" "$work/dartsync-tracker.service" "$target_host:$remote_tmp/" ||
+upload=("$work/dartsync" "$work/cluster.key" "$work/dartsync-tracker.service")
+# A fallback bash completion and man page, from a native dartsync here: the
+# Pi makes its own with the new binary when that runs there.
+native="${DARTSYNC:-}"
+if [[ -z "$native" ]] && command -v dartsync >/dev/null 2>&1; then
+    native=dartsync
+fi
+if [[ -n "$native" ]] && "$native" completions bash >"$work/dartsync.bash" 2>/dev/null &&
+    "$native" man >"$work/dartsync.1" 2>/dev/null; then
+    upload+=("$work/dartsync.bash" "$work/dartsync.1")
+fi
+"${scp_cmd[@]}" "${upload[@]}" "$target_host:$remote_tmp/" ||
     die "copying files to the Pi failed"
 info "binary, key and unit copied to $remote_tmp"
 
@@ -421,6 +439,25 @@ fi
 put "$TMP/tracker.env" "$etc_dir/tracker.env" 0644 "settings"
 chmod 0700 "$state_dir"
 
+# Bash completion and man page: made by the new binary itself when it runs
+# here (same version), else the copies made on the deploying machine. They
+# never restart the tracker.
+if "$TMP/dartsync" completions bash >"$TMP/gen.bash" 2>/dev/null && "$TMP/dartsync" man >"$TMP/gen.1" 2>/dev/null; then
+    mv -f "$TMP/gen.bash" "$TMP/dartsync.bash"
+    mv -f "$TMP/gen.1" "$TMP/dartsync.1"
+fi
+if [ -s "$TMP/dartsync.bash" ] && [ -s "$TMP/dartsync.1" ]; then
+    completion_dir="$ROOT/usr/share/bash-completion/completions"
+    man_dir="$ROOT/usr/local/share/man/man1"
+    mkdir -p "$completion_dir" "$man_dir"
+    was_changed=$changed
+    put "$TMP/dartsync.bash" "$completion_dir/dartsync" 0644 "bash completion"
+    put "$TMP/dartsync.1" "$man_dir/dartsync.1" 0644 "man page"
+    changed=$was_changed
+else
+    echo "    bash completion and man page: skipped (the binary does not run here and no native dartsync made them)"
+fi
+
 if [ "$SYSTEMD" = 1 ]; then
     chown dartsync:dartsync "$key" "$state_dir"
     systemctl daemon-reload
@@ -478,3 +515,4 @@ fi
 step "Done"
 info "peers: dartsync --peer ~/DartSync --tracker-addr $host:$port --key-file $key_file"
 info "logs:  ssh $target_host journalctl -u dartsync-tracker -f"
+info "state: ssh $target_host sudo -u dartsync dartsync status --tracker --data /var/lib/dartsync"

@@ -20,6 +20,7 @@ use clap::{ArgGroup, Parser, Subcommand};
 ///   dartsync init                                  # once: create the cluster key
 ///   dartsync --tracker                             # on the always-on machine
 ///   dartsync --peer ~/DartSync --tracker-addr pi:7373   # on every laptop
+///   dartsync status                                # is this folder up to date?
 #[derive(Debug, Parser)]
 #[command(name = "dartsync", version, about, long_about, verbatim_doc_comment)]
 #[command(group(ArgGroup::new("mode").args(["tracker", "peer"])))]
@@ -54,7 +55,8 @@ pub struct Cli {
     pub key_file: Option<PathBuf>,
 
     /// TOML configuration file; command-line flags override its values.
-    #[arg(long, value_name = "FILE")]
+    /// `status` reads the peer folder or the tracker data dir from it.
+    #[arg(long, value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
 
     /// Tracker: keep-alive interval in seconds; a peer silent for three
@@ -123,4 +125,89 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+
+    /// Show whether a folder is up to date (asks its running peer).
+    #[command(long_about = STATUS_LONG_ABOUT, after_long_help = STATUS_AFTER_HELP)]
+    Status(StatusArgs),
+
+    /// Print a shell completion script for dartsync on stdout.
+    ///
+    /// Install it where your shell looks for completions, e.g.:
+    ///   dartsync completions bash > /usr/share/bash-completion/completions/dartsync
+    ///   dartsync completions zsh > ~/.zfunc/_dartsync   # with fpath+=~/.zfunc
+    ///   dartsync completions fish > ~/.config/fish/completions/dartsync.fish
+    #[command(verbatim_doc_comment)]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the dartsync(1) man page (roff) on stdout.
+    ///
+    /// Install it with e.g.:
+    ///   dartsync man > /usr/local/share/man/man1/dartsync.1
+    #[command(verbatim_doc_comment)]
+    Man,
+}
+
+const STATUS_LONG_ABOUT: &str = "\
+Show whether a folder is up to date.
+
+Asks the peer running for DIR over its control socket
+(DIR/.dartsync/control.sock) and prints the folder's state on the first
+line (Up to date, Syncing, Waiting or Tracker unreachable), then the
+devices, the files being fetched, the paths that wait and why, and recent
+conflicts. With --tracker, asks the tracker on this machine instead
+(DATA_DIR/control.sock) and prints every device's progress.
+
+Nothing is started: the peer or tracker must already run.";
+
+const STATUS_AFTER_HELP: &str = "\
+Exit codes:
+  0  up to date (--tracker: the tracker answered and every online device
+     is up to date)
+  1  not up to date (syncing, waiting, tracker unreachable)
+  2  the peer or tracker cannot be reached (not running, or no access to
+     its control socket)
+
+Examples:
+  dartsync status                       # ~/DartSync
+  dartsync status ~/Photos --wait 600   # in a script: wait until synced
+  dartsync status --watch               # live progress, Ctrl-C to stop
+  dartsync status --json | jq .pending  # machine-readable (docs/status.md)
+  dartsync status --tracker             # on the tracker's machine";
+
+/// Options of `dartsync status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The synced folder to ask about (default: the config file's
+    /// `[peer] folder`, else ~/DartSync).
+    #[arg(value_name = "DIR", conflicts_with = "tracker")]
+    pub dir: Option<PathBuf>,
+
+    /// Print the status object exactly as the peer or tracker answered it
+    /// (JSON, schema in docs/status.md) and nothing else on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Re-render every second (progress bars on a terminal, a fresh plain
+    /// report otherwise) until Ctrl-C.
+    #[arg(long, conflicts_with_all = ["json", "wait"])]
+    pub watch: bool,
+
+    /// Poll every 250 ms until up to date or SECS seconds pass, then print
+    /// the last status; the exit code is that of the last answer.
+    #[arg(long, value_name = "SECS")]
+    pub wait: Option<u64>,
+
+    /// Ask the tracker running on this machine instead of a peer.
+    #[arg(long)]
+    pub tracker: bool,
+
+    /// With --tracker: the tracker's data directory, which holds its
+    /// control socket (default: the config file's `[tracker] data_dir`,
+    /// else ~/.local/share/dartsync/tracker).
+    #[arg(long, value_name = "DIR", requires = "tracker")]
+    pub data: Option<PathBuf>,
 }

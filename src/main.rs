@@ -1,10 +1,14 @@
 //! The `dartsync` binary: parses the command line, sets up logging and
-//! signals, and starts the tracker or a peer. All logic lives in the
+//! signals, and starts the tracker or a peer, or runs a subcommand
+//! (`init`, `status`, `completions`, `man`). All sync logic lives in the
 //! library crates; this file only wires them up and reports errors.
 
 mod cli;
+mod completions;
 mod logging;
 mod settings;
+mod status_cmd;
+mod status_view;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -20,7 +24,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     logging::init(settings::log_level(&cli));
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
@@ -28,15 +32,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: cli::Cli) -> anyhow::Result<()> {
+fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match settings::resolve(cli)? {
-        Mode::Init { key_file, force } => init(&key_file, force),
+        Mode::Init { key_file, force } => init(&key_file, force).map(|()| ExitCode::SUCCESS),
+        Mode::Status(request) => Ok(status_cmd::run(&request)),
+        Mode::Completions(shell) => completions::print(&completions::completions(shell)).map(|()| ExitCode::SUCCESS),
+        Mode::Man => completions::print(&completions::man()?).map(|()| ExitCode::SUCCESS),
         Mode::Tracker { config, key_file } => {
             let key = tracker_key(&key_file)?;
             runtime()?.block_on(async {
                 let shutdown = shutdown_on_signal()?;
                 dartsync_tracker::run(config, key, shutdown).await.context("tracker failed")
-            })
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
         Mode::Peer { config, key_file, hooks } => {
             let key = ClusterKey::load(&key_file).map_err(|e| match e {
@@ -50,7 +58,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             runtime()?.block_on(async {
                 let shutdown = shutdown_on_signal()?;
                 dartsync_peer::run(config, key, hooks, shutdown).await.context("peer failed")
-            })
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use dartsync_shared::config::{self, ConfigFile, PeerConfig, TrackerConfig};
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, StatusArgs};
+use crate::status_cmd::{Output, StatusRequest, Target};
 
 /// What to run, fully resolved.
 #[derive(Debug)]
@@ -36,6 +37,12 @@ pub enum Mode {
         /// Cluster key path.
         key_file: PathBuf,
     },
+    /// `dartsync status`.
+    Status(StatusRequest),
+    /// `dartsync completions SHELL`.
+    Completions(clap_complete::Shell),
+    /// `dartsync man`.
+    Man,
 }
 
 /// Accepts `host`, `host:port`, `[v6]:port`; adds the default port.
@@ -67,8 +74,12 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
     };
     let key_file = cli.key_file.clone().or(file.key_file.clone()).unwrap_or_else(config::default_key_file);
 
-    if let Some(Command::Init { force }) = cli.command {
-        return Ok(Mode::Init { key_file, force });
+    match cli.command {
+        Some(Command::Init { force }) => return Ok(Mode::Init { key_file, force }),
+        Some(Command::Status(args)) => return Ok(Mode::Status(status_request(args, &file)?)),
+        Some(Command::Completions { shell }) => return Ok(Mode::Completions(shell)),
+        Some(Command::Man) => return Ok(Mode::Man),
+        None => {}
     }
     if cli.tracker {
         let mut cfg = TrackerConfig::from_section(&file.tracker)?;
@@ -123,6 +134,29 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
     bail!("nothing to do: pass --tracker, --peer [DIR] or a subcommand such as `init` (see `dartsync --help`)")
 }
 
+/// Which socket `status` asks, and how it shows the answer.
+fn status_request(args: StatusArgs, file: &ConfigFile) -> anyhow::Result<StatusRequest> {
+    let target = if args.tracker {
+        let data_dir = match args.data {
+            Some(dir) => dir,
+            None => TrackerConfig::from_section(&file.tracker)?.data_dir,
+        };
+        Target::Tracker { data_dir: absolute(&data_dir)? }
+    } else {
+        let folder = match args.dir {
+            Some(dir) => dir,
+            None => PeerConfig::from_section(&file.peer)?.folder,
+        };
+        Target::Peer { folder: absolute(&folder)? }
+    };
+    let output = match (args.json, args.watch) {
+        (true, _) => Output::Json,
+        (false, true) => Output::Watch,
+        (false, false) => Output::Human,
+    };
+    Ok(StatusRequest { target, output, wait: args.wait.map(std::time::Duration::from_secs) })
+}
+
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("cannot resolve folder {}", path.display()))
 }
@@ -168,5 +202,61 @@ mod tests {
         assert!(parse(&[]).is_err());
         assert!(parse(&["--tracker", "--peer"]).is_err());
         assert!(parse(&["--tracker", "--piece-len", "3"]).is_err());
+    }
+
+    #[test]
+    fn status_targets_resolve() {
+        match parse(&["status", "/tmp/f", "--wait", "3"]).unwrap() {
+            Mode::Status(req) => {
+                assert_eq!(req.target, Target::Peer { folder: PathBuf::from("/tmp/f") });
+                assert_eq!(req.output, Output::Human);
+                assert_eq!(req.wait, Some(std::time::Duration::from_secs(3)));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["status", "--tracker", "--data", "/d", "--json"]).unwrap() {
+            Mode::Status(req) => {
+                assert_eq!(req.target, Target::Tracker { data_dir: PathBuf::from("/d") });
+                assert_eq!(req.output, Output::Json);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["status"]).unwrap() {
+            Mode::Status(StatusRequest { target: Target::Peer { folder }, .. }) => {
+                assert!(folder.ends_with("DartSync"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["status", "--data", "/d"]).is_err(), "--data needs --tracker");
+        assert!(parse(&["status", "/f", "--tracker"]).is_err());
+        assert!(parse(&["status", "--watch", "--json"]).is_err());
+    }
+
+    #[test]
+    fn status_reads_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("c.toml");
+        std::fs::write(&config, "[peer]\nfolder = \"/srv/f\"\n[tracker]\ndata_dir = \"/srv/t\"\n").unwrap();
+        let c = config.to_str().unwrap();
+        match parse(&["status", "--config", c]).unwrap() {
+            Mode::Status(req) => assert_eq!(req.target, Target::Peer { folder: PathBuf::from("/srv/f") }),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["status", "--tracker", "--config", c]).unwrap() {
+            Mode::Status(req) => assert_eq!(req.target, Target::Tracker { data_dir: PathBuf::from("/srv/t") }),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        for args in [&["--help"][..], &["status", "--help"], &["completions", "--help"], &["man", "--help"]] {
+            let err = Cli::try_parse_from(std::iter::once("dartsync").chain(args.iter().copied())).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp, "{args:?}");
+        }
+        assert!(matches!(parse(&["completions", "bash"]).unwrap(), Mode::Completions(clap_complete::Shell::Bash)));
+        assert!(matches!(parse(&["man"]).unwrap(), Mode::Man));
     }
 }

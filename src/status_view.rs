@@ -1,0 +1,625 @@
+//! The human output of `dartsync status`: pure functions from a
+//! [`PeerStatus`] or [`TrackerStatus`] (and the current time, passed in so
+//! the output is deterministic) to text, plus the small formatting helpers
+//! (sizes, counts, plurals, durations) they share with `--watch`.
+//!
+//! Sizes are decimal (1 KB = 1000 bytes, as file managers and disk vendors
+//! count); times are relative to `now` ("3 min ago").
+
+use std::fmt::Write as _;
+
+use dartsync_shared::status::{
+    Conflict, Device, FolderState, PeerStatus, TrackerDevice, TrackerLink, TrackerStatus, Transfer,
+};
+
+/// Characters of an id shown in the human output.
+const SHORT_ID: usize = 8;
+
+/// `n` with thousands separators: `1,204`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `n noun`, plural with an `s` unless `n` is 1: `1 file`, `1,204 files`.
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{} {noun}s", thousands(n)) }
+}
+
+/// A decimal size: `512 B`, `3.2 GB`, `45.0 MB`, `340 MB` (one decimal
+/// below 100 of a unit).
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KB", "MB", "GB", "TB", "PB", "EB"];
+    if bytes < 1000 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1000.0;
+    let mut unit = 0;
+    while value >= 999.95 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if value < 99.95 { format!("{value:.1} {}", UNITS[unit]) } else { format!("{value:.0} {}", UNITS[unit]) }
+}
+
+/// A duration, coarse as a human says it: `8 s`, `5 min`, `2 h 5 min`,
+/// `3 d 4 h`.
+pub fn duration(secs: u64) -> String {
+    const MIN: u64 = 60;
+    const HOUR: u64 = 60 * MIN;
+    const DAY: u64 = 24 * HOUR;
+    match secs {
+        s if s < MIN => format!("{s} s"),
+        s if s < HOUR => format!("{} min", s / MIN),
+        s if s < DAY => match (s % HOUR) / MIN {
+            0 => format!("{} h", s / HOUR),
+            m => format!("{} h {m} min", s / HOUR),
+        },
+        s => match (s % DAY) / HOUR {
+            0 => format!("{} d", s / DAY),
+            h => format!("{} d {h} h", s / DAY),
+        },
+    }
+}
+
+/// How long ago `then` was: `just now` (under 5 s, or in the future),
+/// `12 s ago`, `3 min ago`.
+pub fn ago(now: u64, then: u64) -> String {
+    match now.saturating_sub(then) {
+        s if s < 5 => "just now".to_owned(),
+        s => format!("{} ago", duration(s)),
+    }
+}
+
+/// The first characters of an id.
+pub fn short_id(id: &str) -> &str {
+    id.get(..SHORT_ID).unwrap_or(id)
+}
+
+/// Whole percent of `done` out of `total`, never rounded up to 100.
+pub fn percent(done: u64, total: u64) -> u64 {
+    if total == 0 { 100 } else { (u128::from(done.min(total)) * 100 / u128::from(total)) as u64 }
+}
+
+/// Left-aligned columns, two spaces apart, each row indented by two.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|cell| cell.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::from("  ");
+        for (c, cell) in row.iter().enumerate() {
+            if c > 0 {
+                line.push_str("  ");
+            }
+            let _ = write!(line, "{cell:<width$}", width = widths[c]);
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// A titled section; nothing when `body` is empty.
+fn section(out: &mut String, title: &str, body: &str) {
+    if body.is_empty() {
+        return;
+    }
+    let _ = write!(out, "\n{title}:\n{body}");
+}
+
+// ---- peer -----------------------------------------------------------------
+
+/// The whole report of a peer: the state line, then every non-empty
+/// section.
+pub fn render_peer(status: &PeerStatus, now: u64) -> String {
+    render(status, now, true)
+}
+
+/// The report without the transfers (which `--watch` draws as progress
+/// bars).
+pub fn render_peer_summary(status: &PeerStatus, now: u64) -> String {
+    render(status, now, false)
+}
+
+fn render(status: &PeerStatus, now: u64, with_transfers: bool) -> String {
+    let mut out = state_line(status, now);
+    out.push('\n');
+    out.push('\n');
+    let _ = writeln!(out, "Folder:  {}", status.folder);
+    let _ = writeln!(out, "Device:  {} ({})", status.name, short_id(&status.id));
+    let _ = writeln!(out, "Tracker: {}", tracker_link(&status.tracker, now));
+    section(&mut out, "Devices", &devices(&status.devices, now));
+    if with_transfers {
+        section(&mut out, "Transfers", &transfers(status));
+    }
+    section(&mut out, "Waiting", &waiting(status));
+    section(&mut out, "Conflicts", &conflicts(&status.conflicts, now));
+    if status.unannounced > 0 {
+        let _ = write!(out, "\nNot yet announced: {}\n", count(status.unannounced, "local change"));
+    }
+    out
+}
+
+/// The first line: the state and its numbers.
+pub fn state_line(status: &PeerStatus, now: u64) -> String {
+    let label = status.state.label();
+    match status.state {
+        FolderState::UpToDate => {
+            format!("{label} — {}, {}", count(status.files, "file"), size(status.bytes))
+        }
+        FolderState::Syncing => match syncing_details(status).as_slice() {
+            [] => label.to_owned(),
+            parts => format!("{label}: {}", parts.join(", ")),
+        },
+        FolderState::Waiting => format!("{label}: {} (see below)", count(status.waiting_total, "file")),
+        FolderState::TrackerUnreachable => {
+            let link = &status.tracker;
+            let since = link.since.map(|t| format!(" for {}", duration(now.saturating_sub(t)))).unwrap_or_default();
+            let why = match &link.error {
+                Some(error) => format!("{error} at {}", link.addr),
+                None => link.addr.clone(),
+            };
+            format!("{label}{since} ({why})")
+        }
+    }
+}
+
+fn syncing_details(status: &PeerStatus) -> Vec<String> {
+    let pending = &status.pending;
+    let mut parts = Vec::new();
+    if pending.files > 0 {
+        parts.push(count(pending.files, "file"));
+        parts.push(format!("{} left", size(pending.bytes)));
+        if pending.rate > 0 {
+            parts.push(format!("{}/s", size(pending.rate)));
+        }
+        if let Some(eta) = pending.eta_secs {
+            parts.push(format!("about {}", duration(eta)));
+        }
+    } else if status.unannounced > 0 {
+        parts.push(format!("announcing {}", count(status.unannounced, "local change")));
+    }
+    parts
+}
+
+fn tracker_link(link: &TrackerLink, now: u64) -> String {
+    let since = |t: Option<u64>| t.map(|t| format!(" for {}", duration(now.saturating_sub(t)))).unwrap_or_default();
+    if link.connected {
+        format!("{}, connected{}", link.addr, since(link.since))
+    } else {
+        let why = link.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+        format!("{}, unreachable{}{why}", link.addr, since(link.since))
+    }
+}
+
+fn devices(devices: &[Device], now: u64) -> String {
+    if devices.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = devices
+        .iter()
+        .map(|d| {
+            let name = if d.this_device { format!("{} (this device)", d.name) } else { d.name.clone() };
+            vec![name, short_id(&d.id).to_owned(), presence(d.online, d.last_seen, now), device_sync(d).to_owned()]
+        })
+        .collect();
+    table(&rows)
+}
+
+/// `online`, `last seen 3 min ago` or `never seen`.
+fn presence(online: bool, last_seen: Option<u64>, now: u64) -> String {
+    match (online, last_seen) {
+        (true, _) => "online".to_owned(),
+        (false, Some(t)) => format!("last seen {}", ago(now, t)),
+        (false, None) => "never seen".to_owned(),
+    }
+}
+
+fn device_sync(d: &Device) -> &'static str {
+    match (d.up_to_date, d.online) {
+        (true, _) => "up to date",
+        (false, true) => "syncing",
+        (false, false) => "behind",
+    }
+}
+
+fn transfers(status: &PeerStatus) -> String {
+    if status.transfers.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = status.transfers.iter().map(transfer_row).collect();
+    let mut out = table(&rows);
+    let listed = status.transfers.len() as u64;
+    if status.pending.files > listed {
+        let _ = writeln!(out, "  and {} more queued", thousands(status.pending.files - listed));
+    }
+    out
+}
+
+fn transfer_row(t: &Transfer) -> Vec<String> {
+    vec![
+        format!("{:>3}%", percent(t.done, t.size)),
+        format!("of {}", size(t.size)),
+        t.path.clone(),
+        format!("from {}", count(u64::from(t.sources), "peer")),
+    ]
+}
+
+fn waiting(status: &PeerStatus) -> String {
+    let mut out = String::new();
+    for w in &status.waiting {
+        let _ = writeln!(out, "  {}: {}", w.path, w.reason);
+    }
+    let listed = status.waiting.len() as u64;
+    if status.waiting_total > listed {
+        let _ = writeln!(out, "  and {} more", thousands(status.waiting_total - listed));
+    }
+    out
+}
+
+fn conflicts(conflicts: &[Conflict], now: u64) -> String {
+    let mut out = String::new();
+    for c in conflicts {
+        let _ = writeln!(out, "  {}: {}", c.path, conflict(c, now));
+    }
+    out
+}
+
+fn conflict(c: &Conflict, now: u64) -> String {
+    let when = ago(now, c.at);
+    match &c.copy {
+        Some(copy) => format!("{}'s version won, {}'s is kept as {copy} ({when})", c.winner, c.loser),
+        None => format!("{}'s edit won over {}'s delete ({when})", c.winner, c.loser),
+    }
+}
+
+// ---- tracker --------------------------------------------------------------
+
+/// The report of a tracker: a summary line, the table, every device's
+/// progress and recent conflicts.
+pub fn render_tracker(status: &TrackerStatus, now: u64) -> String {
+    let mut out = tracker_summary(&status.devices);
+    out.push('\n');
+    out.push('\n');
+    let _ = writeln!(out, "Tracker: {} listening on {}", short_id(&status.id), status.listen);
+    let _ = writeln!(
+        out,
+        "Table:   {} ({} tombstones), seq {}, epoch {}",
+        count(status.records, "record"),
+        thousands(status.tombstones),
+        thousands(status.seq),
+        status.epoch
+    );
+    section(&mut out, "Devices", &tracker_devices(&status.devices, now));
+    section(&mut out, "Conflicts", &conflicts(&status.conflicts, now));
+    out
+}
+
+/// `All 3 online devices up to date`, `1 of 3 online devices not up to
+/// date`, or `No device online`.
+pub fn tracker_summary(devices: &[TrackerDevice]) -> String {
+    let online = devices.iter().filter(|d| d.online).count() as u64;
+    let behind = devices.iter().filter(|d| d.online && !d.up_to_date).count() as u64;
+    match (online, behind) {
+        (0, _) => format!("No device online ({} known)", thousands(devices.len() as u64)),
+        (1, 0) => "The 1 online device is up to date".to_owned(),
+        (n, 0) => format!("All {} online devices up to date", thousands(n)),
+        (n, b) => format!("{} of {} online {} not up to date", thousands(b), thousands(n), plural(n, "device")),
+    }
+}
+
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 { noun.to_owned() } else { format!("{noun}s") }
+}
+
+fn tracker_devices(devices: &[TrackerDevice], now: u64) -> String {
+    if devices.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = devices
+        .iter()
+        .map(|d| {
+            vec![
+                d.name.clone(),
+                short_id(&d.id).to_owned(),
+                d.addr.clone().unwrap_or_else(|| "-".to_owned()),
+                presence(d.online, d.last_seen, now),
+                progress(d),
+            ]
+        })
+        .collect();
+    table(&rows)
+}
+
+/// `up to date`, or how far behind: `behind 3 changes, 12 files / 40 MB
+/// to fetch, 2 waiting`.
+pub fn progress(d: &TrackerDevice) -> String {
+    if d.up_to_date {
+        return "up to date".to_owned();
+    }
+    let mut parts = Vec::new();
+    if d.behind > 0 {
+        parts.push(format!("behind {}", count(d.behind, "change")));
+    }
+    if d.pending_files > 0 || d.pending_bytes > 0 {
+        parts.push(format!("{} / {} to fetch", count(d.pending_files, "file"), size(d.pending_bytes)));
+    }
+    if d.waiting > 0 {
+        parts.push(format!("{} waiting", thousands(d.waiting)));
+    }
+    if parts.is_empty() { "syncing".to_owned() } else { parts.join(", ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use dartsync_shared::status::{Pending, STATUS_SCHEMA, WaitingPath};
+
+    use super::*;
+
+    const NOW: u64 = 1_750_000_000;
+
+    #[test]
+    fn sizes_are_decimal_with_one_decimal_below_100() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(999), "999 B");
+        assert_eq!(size(1000), "1.0 KB");
+        assert_eq!(size(1_234), "1.2 KB");
+        assert_eq!(size(45_000_000), "45.0 MB");
+        assert_eq!(size(99_960_000), "100 MB");
+        assert_eq!(size(340_000_000), "340 MB");
+        assert_eq!(size(999_999_999), "1.0 GB");
+        assert_eq!(size(3_200_000_000), "3.2 GB");
+        assert_eq!(size(u64::MAX), "18.4 EB");
+    }
+
+    #[test]
+    fn counts_have_separators_and_plurals() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_204), "1,204");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(count(0, "file"), "0 files");
+        assert_eq!(count(1, "file"), "1 file");
+        assert_eq!(count(2, "file"), "2 files");
+        assert_eq!(count(1_204, "file"), "1,204 files");
+    }
+
+    #[test]
+    fn durations_are_coarse() {
+        assert_eq!(duration(0), "0 s");
+        assert_eq!(duration(59), "59 s");
+        assert_eq!(duration(60), "1 min");
+        assert_eq!(duration(3_599), "59 min");
+        assert_eq!(duration(3_600), "1 h");
+        assert_eq!(duration(7_500), "2 h 5 min");
+        assert_eq!(duration(86_400), "1 d");
+        assert_eq!(duration(3 * 86_400 + 4 * 3_600 + 59), "3 d 4 h");
+        assert_eq!(ago(NOW, NOW), "just now");
+        assert_eq!(ago(NOW, NOW + 100), "just now");
+        assert_eq!(ago(NOW, NOW - 12), "12 s ago");
+        assert_eq!(ago(NOW, NOW - 180), "3 min ago");
+    }
+
+    #[test]
+    fn percents_and_ids() {
+        assert_eq!(percent(0, 0), 100);
+        assert_eq!(percent(999, 1000), 99);
+        assert_eq!(percent(1000, 1000), 100);
+        assert_eq!(percent(5, 1), 100);
+        assert_eq!(percent(u64::MAX / 2, u64::MAX), 49);
+        assert_eq!(short_id("abcdefghijkl"), "abcdefgh");
+        assert_eq!(short_id("abc"), "abc");
+    }
+
+    fn device(name: &str, id: &str, online: bool, up_to_date: bool, last_seen: u64) -> Device {
+        Device { name: name.into(), id: id.into(), online, up_to_date, last_seen: Some(last_seen), this_device: false }
+    }
+
+    /// A peer "laptop" in a three-device cluster, up to date.
+    fn peer() -> PeerStatus {
+        let mut me = device("laptop", "k3m9qz7w2xv4p8rt6yb5nc1dfa", true, true, NOW);
+        me.this_device = true;
+        PeerStatus {
+            schema: STATUS_SCHEMA,
+            state: FolderState::UpToDate,
+            folder: "/home/ana/DartSync".into(),
+            name: "laptop".into(),
+            id: me.id.clone(),
+            tracker: TrackerLink {
+                addr: "pi.local:7373".into(),
+                connected: true,
+                since: Some(NOW - 7_500),
+                error: None,
+            },
+            devices: vec![
+                me,
+                device("desktop", "a7c2ht5vn3ke9wq4xm8pz6rb1j", true, true, NOW - 2),
+                device("old-netbook", "z9x8c7v6b5n4m3l2k1j0h9g8f7", false, false, NOW - 3 * 86_400),
+            ],
+            pending: Pending::default(),
+            transfers: vec![],
+            waiting: vec![],
+            waiting_total: 0,
+            conflicts: vec![],
+            unannounced: 0,
+            files: 1_204,
+            bytes: 3_210_000_000,
+        }
+    }
+
+    #[test]
+    fn snapshot_up_to_date() {
+        insta::assert_snapshot!(render_peer(&peer(), NOW));
+    }
+
+    #[test]
+    fn snapshot_syncing_with_transfers() {
+        let mut s = peer();
+        s.state = FolderState::Syncing;
+        s.devices[0].up_to_date = false;
+        s.pending = Pending { files: 12, bytes: 340_000_000, rate: 45_000_000, eta_secs: Some(8) };
+        s.transfers = vec![
+            Transfer {
+                path: "videos/holiday.mp4".into(),
+                size: 250_000_000,
+                done: 112_500_000,
+                sources: 2,
+                elapsed_secs: 3,
+            },
+            Transfer {
+                path: "photos/IMG_0001.jpg".into(),
+                size: 4_200_000,
+                done: 4_199_999,
+                sources: 1,
+                elapsed_secs: 1,
+            },
+        ];
+        s.unannounced = 1;
+        insta::assert_snapshot!(render_peer(&s, NOW));
+    }
+
+    #[test]
+    fn snapshot_waiting_with_more_than_listed() {
+        let mut s = peer();
+        s.state = FolderState::Waiting;
+        s.devices[0].up_to_date = false;
+        s.waiting = vec![
+            WaitingPath {
+                path: "iso/debian.iso".into(),
+                reason: "not enough disk space (needs 4.0 GB, 1.2 GB free); free some space".into(),
+            },
+            WaitingPath {
+                path: "shared/report.docx".into(),
+                reason: "no online device holds this version; start the device that wrote it".into(),
+            },
+        ];
+        s.waiting_total = 130;
+        insta::assert_snapshot!(render_peer(&s, NOW));
+    }
+
+    #[test]
+    fn snapshot_tracker_unreachable() {
+        let mut s = peer();
+        s.state = FolderState::TrackerUnreachable;
+        s.tracker = TrackerLink {
+            addr: "pi.local:7373".into(),
+            connected: false,
+            since: Some(NOW - 300),
+            error: Some("connection refused".into()),
+        };
+        s.devices.clear();
+        s.unannounced = 3;
+        insta::assert_snapshot!(render_peer(&s, NOW));
+    }
+
+    #[test]
+    fn snapshot_conflicts() {
+        let mut s = peer();
+        s.conflicts = vec![
+            Conflict {
+                path: "notes/todo.md".into(),
+                copy: Some("notes/todo.sync-conflict-20250615-1012-a7c2ht5v.md".into()),
+                winner: "laptop".into(),
+                loser: "desktop".into(),
+                at: NOW - 240,
+            },
+            Conflict {
+                path: "budget.ods".into(),
+                copy: None,
+                winner: "desktop".into(),
+                loser: "laptop".into(),
+                at: NOW - 2 * 86_400,
+            },
+        ];
+        insta::assert_snapshot!(render_peer(&s, NOW));
+    }
+
+    #[test]
+    fn singular_syncing_line() {
+        let mut s = peer();
+        s.state = FolderState::Syncing;
+        s.pending = Pending { files: 1, bytes: 999, rate: 0, eta_secs: None };
+        assert_eq!(state_line(&s, NOW), "Syncing: 1 file, 999 B left");
+        s.pending = Pending::default();
+        s.unannounced = 1;
+        assert_eq!(state_line(&s, NOW), "Syncing: announcing 1 local change");
+        s.unannounced = 0;
+        assert_eq!(state_line(&s, NOW), "Syncing");
+        s.state = FolderState::Waiting;
+        s.waiting_total = 1;
+        assert_eq!(state_line(&s, NOW), "Waiting: 1 file (see below)");
+    }
+
+    fn tracker_device(name: &str, id: &str, addr: Option<&str>, online: bool) -> TrackerDevice {
+        TrackerDevice {
+            name: name.into(),
+            id: id.into(),
+            addr: addr.map(str::to_owned),
+            online,
+            last_seen: Some(NOW - 1),
+            up_to_date: true,
+            behind: 0,
+            pending_files: 0,
+            pending_bytes: 0,
+            waiting: 0,
+        }
+    }
+
+    #[test]
+    fn snapshot_tracker() {
+        let mut desktop = tracker_device("desktop", "a7c2ht5vn3ke9wq4xm8pz6rb1j", Some("192.168.1.20:41234"), true);
+        desktop.up_to_date = false;
+        desktop.behind = 3;
+        desktop.pending_files = 12;
+        desktop.pending_bytes = 40_000_000;
+        let mut old = tracker_device("old-netbook", "z9x8c7v6b5n4m3l2k1j0h9g8f7", None, false);
+        old.last_seen = Some(NOW - 3 * 86_400);
+        old.up_to_date = false;
+        old.behind = 1;
+        old.waiting = 2;
+        let status = TrackerStatus {
+            schema: STATUS_SCHEMA,
+            id: "t4r8ck3rq2w5e7y9u1i3o5p7a9".into(),
+            listen: "0.0.0.0:7373".into(),
+            epoch: "0123456789abcdef".into(),
+            seq: 48_211,
+            records: 1_310,
+            tombstones: 106,
+            devices: vec![
+                tracker_device("laptop", "k3m9qz7w2xv4p8rt6yb5nc1dfa", Some("192.168.1.10:40001"), true),
+                desktop,
+                old,
+            ],
+            conflicts: vec![Conflict {
+                path: "notes/todo.md".into(),
+                copy: Some("notes/todo.sync-conflict-20250615-1012-a7c2ht5v.md".into()),
+                winner: "laptop".into(),
+                loser: "desktop".into(),
+                at: NOW - 240,
+            }],
+        };
+        insta::assert_snapshot!(render_tracker(&status, NOW));
+    }
+
+    #[test]
+    fn tracker_summaries() {
+        let mut a = tracker_device("a", "a", None, true);
+        assert_eq!(tracker_summary(&[]), "No device online (0 known)");
+        assert_eq!(tracker_summary(std::slice::from_ref(&a)), "The 1 online device is up to date");
+        a.up_to_date = false;
+        assert_eq!(tracker_summary(std::slice::from_ref(&a)), "1 of 1 online device not up to date");
+        assert_eq!(progress(&a), "syncing");
+        let b = tracker_device("b", "b", None, true);
+        assert_eq!(tracker_summary(&[a, b.clone(), b]), "1 of 3 online devices not up to date");
+    }
+}
