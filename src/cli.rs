@@ -40,6 +40,12 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
+    /// Peer: this device's name, shown to the other devices, in `dartsync
+    /// status`, in logs and in conflict copies' names (default: the
+    /// hostname). At most 64 bytes.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
     /// Peer: the tracker to register with, HOST:PORT (port defaults to 7373).
     #[arg(long, value_name = "ADDR")]
     pub tracker_addr: Option<String>,

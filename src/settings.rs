@@ -109,6 +109,9 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         if let Some(v) = cli.tracker_addr {
             cfg.tracker_addr = Some(v);
         }
+        if let Some(v) = cli.name {
+            cfg.name = Some(v);
+        }
         cfg.tracker_addr = cfg.tracker_addr.as_deref().map(with_default_port);
         if let Some(v) = cli.rescan {
             cfg.rescan = std::time::Duration::from_secs(v);
@@ -187,9 +190,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match parse(&["--peer", "/tmp/x", "--tracker-addr", "h"]).unwrap() {
+        match parse(&["--peer", "/tmp/x", "--tracker-addr", "h", "--name", "Bob's laptop"]).unwrap() {
             Mode::Peer { config, .. } => {
                 assert_eq!(config.folder, PathBuf::from("/tmp/x"));
+                assert_eq!(config.name.as_deref(), Some("Bob's laptop"));
                 assert_eq!(config.tracker_addr.as_deref(), Some("h:7373"));
             }
             other => panic!("{other:?}"),
@@ -202,6 +206,8 @@ mod tests {
         assert!(parse(&[]).is_err());
         assert!(parse(&["--tracker", "--peer"]).is_err());
         assert!(parse(&["--tracker", "--piece-len", "3"]).is_err());
+        let bad = parse(&["--peer", "/x", "--name", "a\nb"]).unwrap_err().to_string();
+        assert!(bad.contains("invalid setting name: a device name cannot contain control characters"), "{bad}");
     }
 
     #[test]
