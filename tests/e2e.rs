@@ -9,6 +9,7 @@ mod hostile;
 mod hostile_client;
 mod pi;
 mod preauth;
+mod quickstart;
 mod storms;
 mod sync;
 mod tidy;
