@@ -109,18 +109,23 @@ fn check_loopback_only(script: &str) -> Result<(), String> {
     if script.contains("0.0.0.0") {
         return Err("the Quick start names 0.0.0.0; it must listen on 127.0.0.1 only".into());
     }
+    const FLAGS: [&str; 2] = ["--listen", "--tracker-addr"];
+    let unquote = |w: &str| w.trim_matches(|c| c == '"' || c == '\'').to_owned();
     let words: Vec<&str> = script.split_whitespace().collect();
-    for pair in words.windows(2) {
-        let (flag, value) = (pair[0], pair[1].trim_matches(|c| c == '"' || c == '\''));
-        if let Some(flag) = ["--listen", "--tracker-addr"].into_iter().find(|f| flag == *f) {
-            if !value.starts_with("127.0.0.1:") {
+    for (n, word) in words.iter().enumerate() {
+        let (flag, value) = match word.split_once('=') {
+            Some((flag, value)) => (flag, Some(unquote(value))),
+            None => (*word, words.get(n + 1).map(|v| unquote(v))),
+        };
+        if !FLAGS.contains(&flag) {
+            continue;
+        }
+        match value {
+            Some(value) if value.starts_with("127.0.0.1:") => {}
+            Some(value) => {
                 return Err(format!("the Quick start passes `{flag} {value}`; only 127.0.0.1 addresses are allowed"));
             }
-        }
-        if let Some((flag, value)) = pair[0].split_once('=') {
-            if (flag == "--listen" || flag == "--tracker-addr") && !value.starts_with("127.0.0.1:") {
-                return Err(format!("the Quick start passes `{}`; only 127.0.0.1 addresses are allowed", pair[0]));
-            }
+            None => return Err(format!("the Quick start ends with `{flag}` and no address")),
         }
     }
     Ok(())
