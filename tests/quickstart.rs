@@ -95,7 +95,9 @@ fn extract_quickstart(readme: &str) -> Result<String, String> {
         return Err(format!("the {FENCE_OPEN} block of the Quick start is not closed by {FENCE_CLOSE} before `{END}`"));
     }
     if let Some(extra) = rest.find(|l| !l.trim().is_empty()) {
-        return Err(format!("only one {FENCE_OPEN} block may stand between the Quick start markers; found `{extra}` after it"));
+        return Err(format!(
+            "only one {FENCE_OPEN} block may stand between the Quick start markers; found `{extra}` after it"
+        ));
     }
     if body.trim().is_empty() {
         return Err(format!("the Quick start's {FENCE_OPEN} block is empty"));
@@ -115,7 +117,7 @@ fn check_loopback_only(script: &str) -> Result<(), String> {
     for (n, word) in words.iter().enumerate() {
         let (flag, value) = match word.split_once('=') {
             Some((flag, value)) => (flag, Some(unquote(value))),
-            None => (*word, words.get(n + 1).map(|v| unquote(v))),
+            None => (*word, words.get(n + 1).copied().map(unquote)),
         };
         if !FLAGS.contains(&flag) {
             continue;
@@ -296,7 +298,8 @@ fn log_tails(dir: &Path) -> String {
 #[test]
 fn the_readme_quick_start_runs_and_every_peer_is_up_to_date() {
     let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
-    let readme = std::fs::read_to_string(&readme_path).unwrap_or_else(|e| panic!("read {}: {e}", readme_path.display()));
+    let readme =
+        std::fs::read_to_string(&readme_path).unwrap_or_else(|e| panic!("read {}: {e}", readme_path.display()));
     let block = extract_quickstart(&readme).unwrap_or_else(|e| panic!("{e}"));
     check_loopback_only(&block).unwrap_or_else(|e| panic!("{e}"));
     assert!(
@@ -334,9 +337,8 @@ fn the_readme_quick_start_runs_and_every_peer_is_up_to_date() {
 
 #[test]
 fn extraction_returns_the_block_between_the_markers() {
-    let readme = format!(
-        "# Title\n\ntext\n\n{BEGIN}\n```sh\necho one\n\necho two\n```\n{END}\n\n```sh\necho not this\n```\n"
-    );
+    let readme =
+        format!("# Title\n\ntext\n\n{BEGIN}\n```sh\necho one\n\necho two\n```\n{END}\n\n```sh\necho not this\n```\n");
     assert_eq!(extract_quickstart(&readme).unwrap(), "echo one\n\necho two\n");
     // Blank lines around the block and trailing spaces on the markers are fine.
     let readme = format!("{BEGIN}  \n\n```sh\ntrue\n```\n\n{END}\n");
