@@ -9,6 +9,7 @@ mod hostile;
 mod hostile_client;
 mod pi;
 mod preauth;
+mod quickstart;
 mod status_cli;
 mod storms;
 mod sync;
