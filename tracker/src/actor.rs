@@ -71,7 +71,7 @@ const GC_SLICE: usize = 1024;
 
 /// How often the device list is recomputed (when something changed) and,
 /// if it differs, published to every session.
-const DEVICES_EVERY: Duration = Duration::from_secs(1);
+const DEVICES_EVERY: Duration = Duration::from_millis(250);
 
 /// The device list as published to sessions.
 pub(crate) type DeviceList = Arc<Vec<DeviceInfo>>;

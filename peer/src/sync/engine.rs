@@ -62,7 +62,7 @@ const ANNOUNCE_BATCH: usize = 1024;
 /// A download running longer than this logs its progress, every this long.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Reports to the tracker are sent at most this often.
-const REPORT_GAP: Duration = Duration::from_secs(1);
+const REPORT_GAP: Duration = Duration::from_millis(250);
 /// The status board is refreshed at most this often (and on every tick).
 const PUBLISH_GAP: Duration = Duration::from_millis(200);
 
