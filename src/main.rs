@@ -4,6 +4,7 @@
 
 mod cli;
 mod logging;
+mod report;
 mod settings;
 
 use std::path::Path;
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", report::format_error(&err));
             ExitCode::FAILURE
         }
     }
@@ -60,6 +61,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn init(key_file: &Path, force: bool) -> anyhow::Result<()> {
+    ClusterKey::refuse_directory(key_file)?;
     if key_file.exists() {
         if !force {
             bail!(
