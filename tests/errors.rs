@@ -60,7 +60,10 @@ fn a_file_given_as_the_folder_is_refused_before_anything_is_created() {
         assert!(!status.success());
         assert_eq!(
             error_line(&err),
-            format!("error: peer failed: cannot sync {}: it is a file, not a folder; pass a folder to --peer", path.display())
+            format!(
+                "error: peer failed: cannot sync {}: it is a file, not a folder; pass a folder to --peer",
+                path.display()
+            )
         );
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"x");

@@ -168,10 +168,10 @@ impl FolderLock {
     /// [`LocalError::Locked`] (naming the holder's pid) if another process
     /// has it.
     pub fn acquire(dirs: &PeerDirs) -> Result<FolderLock, LocalError> {
-        use std::io::{Read, Write};
-        use std::os::unix::fs::OpenOptionsExt;
         use rustix::fs::{FlockOperation, flock};
         use rustix::io::Errno;
+        use std::io::{Read, Write};
+        use std::os::unix::fs::OpenOptionsExt;
 
         let path = &dirs.lock;
         let io = |source| LocalError::Io { path: path.clone(), source };
@@ -256,10 +256,7 @@ mod tests {
                 assert_eq!(pid, std::process::id());
                 assert_eq!(
                     e.to_string(),
-                    format!(
-                        "another dartsync (pid {pid}) is already syncing {}; stop it first",
-                        dirs.root.display()
-                    )
+                    format!("another dartsync (pid {pid}) is already syncing {}; stop it first", dirs.root.display())
                 );
             }
             other => panic!("expected Locked, got {other:?}"),
