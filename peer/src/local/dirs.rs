@@ -4,7 +4,8 @@
 //! `DIR/.dartsync/` holds the node identity (`identity`, mode 0600), the
 //! redb index (`index.redb`), downloads in progress (`tmp/`), replaced or
 //! deleted files (`versions/`) and, once a tracker has answered, the
-//! tracker's pinned identity (`tracker.pin`, see `sync::tracker_pin`). It is created on first start, never synced
+//! tracker's pinned identity (`tracker.pin`, see `sync::tracker_pin`), and
+//! the lock of the running peer (`lock`, see [`FolderLock`]). It is created on first start, never synced
 //! and never announced: [`dartsync_shared::RelPath`] cannot name anything
 //! under it, and the scanner never descends into it.
 //!
