@@ -6,6 +6,7 @@
 mod cli;
 mod completions;
 mod logging;
+mod report;
 mod settings;
 mod status_cmd;
 mod status_view;
@@ -26,7 +27,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", report::format_error(&err));
             ExitCode::FAILURE
         }
     }
@@ -69,6 +70,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn init(key_file: &Path, force: bool) -> anyhow::Result<()> {
+    ClusterKey::refuse_directory(key_file)?;
     if key_file.exists() {
         if !force {
             bail!(

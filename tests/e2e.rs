@@ -4,6 +4,7 @@
 
 mod cli;
 mod cluster;
+mod errors;
 mod faults;
 mod hostile;
 mod hostile_client;

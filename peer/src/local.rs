@@ -53,7 +53,7 @@ mod watch;
 
 use crate::deadlines::Deadlines;
 use commit::{Gated, WriteGate};
-use dirs::{Jails, PeerDirs};
+use dirs::{FolderLock, Jails, PeerDirs};
 pub(crate) use error::LocalError;
 use ignore::IgnoreRules;
 use index::{Index, IndexEntry};
@@ -125,6 +125,9 @@ struct Inner {
     /// Number of full scans finished (successfully or not).
     scans: tokio::sync::watch::Receiver<u64>,
     tasks: TaskTracker,
+    /// The folder's lock, held for as long as this state lives (last, so
+    /// it is released after everything above is dropped).
+    _lock: FolderLock,
 }
 
 impl std::fmt::Debug for Command {
@@ -153,6 +156,7 @@ pub struct OpenFolder {
     index: Index,
     identity: Identity,
     piece_len: Option<u32>,
+    lock: FolderLock,
 }
 
 impl OpenFolder {
@@ -161,6 +165,9 @@ impl OpenFolder {
     /// before the runtime is busy).
     pub fn open(root: &std::path::Path) -> Result<OpenFolder, LocalError> {
         let dirs = PeerDirs::create(root)?;
+        // Before the index: a second peer on this folder stops here, with
+        // the first one's pid.
+        let lock = FolderLock::acquire(&dirs)?;
         let jails = dirs.open_jails()?;
         let case_insensitive = dirs.is_case_insensitive()?;
         if case_insensitive {
@@ -169,7 +176,7 @@ impl OpenFolder {
         let identity = dirs.load_identity()?;
         let index = Index::open(&dirs.index)?;
         let piece_len = index.piece_len()?;
-        Ok(OpenFolder { dirs, jails, case_insensitive, index, identity, piece_len })
+        Ok(OpenFolder { dirs, jails, case_insensitive, index, identity, piece_len, lock })
     }
 
     /// The folder layout.
@@ -201,7 +208,7 @@ impl LocalState {
         cfg: LocalConfig,
         shutdown: CancellationToken,
     ) -> Result<(LocalState, mpsc::Receiver<FileRecord>), LocalError> {
-        let OpenFolder { dirs, jails, case_insensitive, index, piece_len: stored_piece_len, .. } = folder;
+        let OpenFolder { dirs, jails, case_insensitive, index, piece_len: stored_piece_len, lock, .. } = folder;
         let folder_jail = jails.folder.clone();
         let rules = tokio::task::spawn_blocking(move || IgnoreRules::load(folder_jail)).await?;
 
@@ -252,8 +259,18 @@ impl LocalState {
         let tasks = TaskTracker::new();
         tasks.spawn(task.run());
         tasks.close();
-        let inner =
-            Inner { dirs, jails, case_insensitive, index, gate, commands: commands_tx, wakeup, scans: scans_rx, tasks };
+        let inner = Inner {
+            dirs,
+            jails,
+            case_insensitive,
+            index,
+            gate,
+            commands: commands_tx,
+            wakeup,
+            scans: scans_rx,
+            tasks,
+            _lock: lock,
+        };
         Ok((LocalState { inner: Arc::new(inner) }, changes_rx))
     }
 

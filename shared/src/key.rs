@@ -42,6 +42,16 @@ pub enum KeyError {
     /// The file exists and would be overwritten.
     #[error("{0} already exists; refusing to overwrite it")]
     Exists(PathBuf),
+    /// The path names a directory, not a key file.
+    #[error("the {what} {} is a directory; {hint}", path.display())]
+    IsDirectory {
+        /// The path.
+        path: PathBuf,
+        /// Which file was expected ("key file", "identity file").
+        what: &'static str,
+        /// What to do about it.
+        hint: &'static str,
+    },
     /// The file is readable by other users.
     #[error("{path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`")]
     TooOpen {
@@ -64,7 +74,8 @@ fn from_hex32(text: &str) -> Option<[u8; 32]> {
 
 /// Writes `contents` to `path` atomically with mode 0600, failing if the
 /// file already exists.
-fn write_secret_file(path: &Path, contents: &str) -> Result<(), KeyError> {
+fn write_secret_file(path: &Path, contents: &str, kind: Kind) -> Result<(), KeyError> {
+    kind.refuse_directory(path)?;
     if path.exists() {
         return Err(KeyError::Exists(path.to_owned()));
     }
@@ -104,6 +115,32 @@ fn write_new_file(path: &Path, contents: &str) -> Result<(), KeyError> {
     file.sync_all().map_err(io_err(path))
 }
 
+/// Which secret a file holds, for [`KeyError::IsDirectory`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The cluster key (`--key-file`).
+    ClusterKey,
+    /// A node's identity.
+    Identity,
+}
+
+impl Kind {
+    /// [`KeyError::IsDirectory`] for `path`.
+    fn is_directory(self, path: &Path) -> KeyError {
+        let (what, hint) = match self {
+            Kind::ClusterKey => ("key file", "pass the key file itself with --key-file"),
+            Kind::Identity => ("identity file", "move that directory away so a new identity can be created"),
+        };
+        KeyError::IsDirectory { path: path.to_owned(), what, hint }
+    }
+
+    /// Fails with [`KeyError::IsDirectory`] if `path` is a directory
+    /// (following symlinks).
+    fn refuse_directory(self, path: &Path) -> Result<(), KeyError> {
+        if path.is_dir() { Err(self.is_directory(path)) } else { Ok(()) }
+    }
+}
+
 /// How strictly [`read_secret_file`] treats a file others may read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Secrecy {
@@ -115,8 +152,11 @@ enum Secrecy {
     TightenOrWarn,
 }
 
-fn read_secret_file(path: &Path, secrecy: Secrecy) -> Result<String, KeyError> {
+fn read_secret_file(path: &Path, secrecy: Secrecy, kind: Kind) -> Result<String, KeyError> {
     let meta = fs::metadata(path).map_err(io_err(path))?;
+    if meta.is_dir() {
+        return Err(kind.is_directory(path));
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         if secrecy == Secrecy::Strict {
@@ -169,7 +209,7 @@ impl ClusterKey {
 
     /// Reads a key file.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let text = read_secret_file(path, Secrecy::Strict)?;
+        let text = read_secret_file(path, Secrecy::Strict, Kind::ClusterKey)?;
         from_hex32(&text).map(ClusterKey).ok_or_else(|| KeyError::Malformed {
             path: path.to_owned(),
             what: "expected 64 hex digits (a key written by `dartsync init`)",
@@ -178,7 +218,13 @@ impl ClusterKey {
 
     /// Writes the key to a new file with mode 0600.
     pub fn save_new(&self, path: &Path) -> Result<(), KeyError> {
-        write_secret_file(path, &format!("{}\n", hex::encode(&self.0)))
+        write_secret_file(path, &format!("{}\n", hex::encode(&self.0)), Kind::ClusterKey)
+    }
+
+    /// Fails with [`KeyError::IsDirectory`] if `path` is a directory: a
+    /// check before replacing a key file (`init --force`).
+    pub fn refuse_directory(path: &Path) -> Result<(), KeyError> {
+        Kind::ClusterKey.refuse_directory(path)
     }
 }
 
@@ -223,7 +269,7 @@ impl Identity {
 
     /// Reads an identity file.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let text = read_secret_file(path, Secrecy::TightenOrWarn)?;
+        let text = read_secret_file(path, Secrecy::TightenOrWarn, Kind::Identity)?;
         let malformed = || KeyError::Malformed { path: path.to_owned(), what: "expected two lines of 64 hex digits" };
         let mut lines = text.lines();
         let secret = lines.next().and_then(from_hex32).ok_or_else(malformed)?;
@@ -233,7 +279,11 @@ impl Identity {
 
     /// Writes the identity to a new file with mode 0600.
     pub fn save_new(&self, path: &Path) -> Result<(), KeyError> {
-        write_secret_file(path, &format!("{}\n{}\n", hex::encode(&self.secret), hex::encode(&self.public.0)))
+        write_secret_file(
+            path,
+            &format!("{}\n{}\n", hex::encode(&self.secret), hex::encode(&self.public.0)),
+            Kind::Identity,
+        )
     }
 
     /// Loads the identity at `path`, creating it first if it does not exist.
@@ -271,6 +321,21 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert_eq!(ClusterKey::load(&path).unwrap(), key);
         assert!(matches!(key.save_new(&path), Err(KeyError::Exists(_))));
+    }
+
+    #[test]
+    fn a_directory_is_not_a_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path();
+        let expected =
+            format!("the key file {} is a directory; pass the key file itself with --key-file", path.display());
+        let loaded = ClusterKey::load(path).unwrap_err();
+        assert!(matches!(loaded, KeyError::IsDirectory { .. }), "{loaded:?}");
+        assert_eq!(loaded.to_string(), expected);
+        assert_eq!(ClusterKey::generate().save_new(path).unwrap_err().to_string(), expected);
+        assert_eq!(ClusterKey::refuse_directory(path).unwrap_err().to_string(), expected);
+        assert!(ClusterKey::refuse_directory(&path.join("missing.key")).is_ok());
+        assert!(matches!(Identity::load_or_create(path), Err(KeyError::IsDirectory { what: "identity file", .. })));
     }
 
     #[test]

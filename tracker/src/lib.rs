@@ -90,6 +90,15 @@ pub enum TrackerError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Another process listens on the address already.
+    #[error(
+        "cannot listen on {addr}: the address is already in use — is another tracker running? \
+         Stop it, or pick another port with --listen"
+    )]
+    AddrInUse {
+        /// The address.
+        addr: SocketAddr,
+    },
     /// A database write was cancelled because the runtime is shutting down.
     #[error("a database write was interrupted by shutdown")]
     Interrupted,
@@ -109,10 +118,17 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// Creates `data_dir`, loads (or creates) the identity and the database,
-    /// binds `listen`, and logs `tracker listening on ADDR`.
+    /// Binds `listen`, then creates `data_dir`, loads (or creates) the
+    /// identity and the database, and logs `tracker listening on ADDR`.
+    /// Binding comes first so that a tracker that cannot start (the port
+    /// is taken) leaves no data directory behind.
     pub async fn bind(config: TrackerConfig, key: ClusterKey) -> Result<Tracker, TrackerError> {
         config.validate()?;
+        let listener = TcpListener::bind(config.listen).await.map_err(|source| match source.kind() {
+            std::io::ErrorKind::AddrInUse => TrackerError::AddrInUse { addr: config.listen },
+            _ => TrackerError::Bind { addr: config.listen, source },
+        })?;
+        let addr = listener.local_addr().map_err(|source| TrackerError::Bind { addr: config.listen, source })?;
         let dir = config.data_dir.clone();
         let loaded = tokio::task::spawn_blocking(move || -> Result<_, TrackerError> {
             std::fs::create_dir_all(&dir).map_err(|source| TrackerError::DataDir { path: dir.clone(), source })?;
@@ -153,10 +169,6 @@ impl Tracker {
             if loaded.created { " (new database)" } else { "" }
         );
 
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| TrackerError::Bind { addr: config.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| TrackerError::Bind { addr: config.listen, source })?;
         tracing::info!(key = key.fingerprint(), id = %identity.peer_id(), "tracker listening on {addr}");
         Ok(Tracker { config, key, identity, listener, addr, store: Arc::new(store), state, ceiling })
     }

@@ -4,7 +4,8 @@
 //! `DIR/.dartsync/` holds the node identity (`identity`, mode 0600), the
 //! redb index (`index.redb`), downloads in progress (`tmp/`), replaced or
 //! deleted files (`versions/`) and, once a tracker has answered, the
-//! tracker's pinned identity (`tracker.pin`, see `sync::tracker_pin`). It is created on first start, never synced
+//! tracker's pinned identity (`tracker.pin`, see `sync::tracker_pin`), and
+//! the lock of the running peer (`lock`, see [`FolderLock`]). It is created on first start, never synced
 //! and never announced: [`dartsync_shared::RelPath`] cannot name anything
 //! under it, and the scanner never descends into it.
 //!
@@ -36,6 +37,8 @@ pub const TMP_DIR: &str = "tmp";
 pub const VERSIONS_DIR: &str = "versions";
 /// Name of the tracker's pinned identity inside `.dartsync/`.
 pub const TRACKER_PIN_FILE: &str = "tracker.pin";
+/// Name of the lock file inside `.dartsync/` (see [`FolderLock`]).
+pub const LOCK_FILE: &str = "lock";
 
 /// The jails every file-system operation on behalf of the cluster goes
 /// through (see [`crate::jail`]): the synced folder, the downloads in
@@ -68,6 +71,8 @@ pub struct PeerDirs {
     /// `root/.dartsync/tracker.pin`: the tracker's identity, pinned at
     /// first contact (written by the tracker client, not here).
     pub tracker_pin: PathBuf,
+    /// `root/.dartsync/lock`: held by the running peer ([`FolderLock`]).
+    pub lock: PathBuf,
 }
 
 impl PeerDirs {
@@ -78,6 +83,14 @@ impl PeerDirs {
             let path = path.to_owned();
             move |source| LocalError::Io { path, source }
         };
+        // Refuse a file (or a device, a socket) before creating anything;
+        // `metadata` follows a symlink to a folder, which is fine.
+        match std::fs::metadata(root) {
+            Ok(meta) if !meta.is_dir() => return Err(LocalError::NotAFolder { path: root.to_owned() }),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LocalError::Io { path: root.to_owned(), source: e }),
+        }
         std::fs::create_dir_all(root).map_err(io(root))?;
         let root = root.canonicalize().map_err(io(root))?;
         let state = root.join(STATE_DIR);
@@ -87,6 +100,7 @@ impl PeerDirs {
             identity: state.join(IDENTITY_FILE),
             index: state.join(INDEX_FILE),
             tracker_pin: state.join(TRACKER_PIN_FILE),
+            lock: state.join(LOCK_FILE),
             state,
             root,
         };
@@ -141,6 +155,55 @@ impl PeerDirs {
     }
 }
 
+/// One running peer's claim on its folder: an exclusive `flock` on
+/// `.dartsync/lock`, which holds the owner's pid (for the message a second
+/// `dartsync` on the same folder prints). Released when dropped, or by the
+/// kernel when the process dies, so a crash leaves no stale lock.
+#[derive(Debug)]
+pub struct FolderLock {
+    _file: std::fs::File,
+}
+
+impl FolderLock {
+    /// Takes the lock of the folder laid out in `dirs`, without waiting:
+    /// [`LocalError::Locked`] (naming the holder's pid) if another process
+    /// has it.
+    pub fn acquire(dirs: &PeerDirs) -> Result<FolderLock, LocalError> {
+        use rustix::fs::{FlockOperation, flock};
+        use rustix::io::Errno;
+        use std::io::{Read, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+
+        let path = &dirs.lock;
+        let io = |source| LocalError::Io { path: path.clone(), source };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(Errno::WOULDBLOCK) => {
+                let mut text = String::new();
+                let pid = file.read_to_string(&mut text).ok().and_then(|_| text.trim().parse().ok());
+                return Err(LocalError::Locked { folder: dirs.root.clone(), pid });
+            }
+            // A file system without locks: the index's own lock still
+            // keeps a second peer out, with a less helpful message.
+            Err(e @ (Errno::NOLCK | Errno::OPNOTSUPP)) => {
+                tracing::warn!("cannot lock {} ({e}); do not run two peers on this folder", path.display());
+            }
+            Err(e) => return Err(io(e.into())),
+        }
+        file.set_len(0).map_err(io)?;
+        file.write_all(format!("{}\n", std::process::id()).as_bytes()).map_err(io)?;
+        Ok(FolderLock { _file: file })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +233,36 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("f");
         std::fs::write(&root, b"x").unwrap();
-        assert!(matches!(PeerDirs::create(&root), Err(LocalError::Io { .. })));
+        assert!(matches!(PeerDirs::create(&root), Err(LocalError::NotAFolder { .. })));
+        assert!(!tmp.path().join(STATE_DIR).exists());
+    }
+
+    #[test]
+    fn a_missing_parent_is_created() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = PeerDirs::create(&tmp.path().join("a/b/c")).unwrap();
+        assert!(dirs.state.is_dir());
+    }
+
+    #[test]
+    fn the_lock_is_exclusive_names_its_holder_and_is_released_on_drop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = PeerDirs::create(tmp.path()).unwrap();
+        let held = FolderLock::acquire(&dirs).unwrap();
+        assert_eq!(std::fs::read_to_string(&dirs.lock).unwrap(), format!("{}\n", std::process::id()));
+        // flock locks belong to the open file description: a second open
+        // in this process conflicts just like another process would.
+        match FolderLock::acquire(&dirs) {
+            Err(e @ LocalError::Locked { pid: Some(pid), .. }) => {
+                assert_eq!(pid, std::process::id());
+                assert_eq!(
+                    e.to_string(),
+                    format!("another dartsync (pid {pid}) is already syncing {}; stop it first", dirs.root.display())
+                );
+            }
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        drop(held);
+        let _again = FolderLock::acquire(&dirs).unwrap();
     }
 }

@@ -22,6 +22,26 @@ pub enum LocalError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The folder to sync exists but is not a folder (a regular file, a
+    /// device, a socket...).
+    #[error("cannot sync {}: it is a file, not a folder; pass a folder to --peer", path.display())]
+    NotAFolder {
+        /// The path given as the folder.
+        path: PathBuf,
+    },
+    /// Another process holds the folder's lock (`.dartsync/lock`).
+    #[error(
+        "another dartsync{} is already syncing {}; stop it first",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        folder.display()
+    )]
+    Locked {
+        /// The synced folder.
+        folder: PathBuf,
+        /// The holder's process id, as written in the lock file (absent
+        /// if it has not written it yet).
+        pid: Option<u32>,
+    },
     /// The index database could not be opened (in use by another process,
     /// unreadable, or not a redb file).
     #[error("cannot open the index {path}: {source}")]

@@ -127,11 +127,23 @@ pub enum ServeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Another process listens on the address already.
+    #[error(
+        "cannot listen for peers on {addr}: the address is already in use — pick another port with --listen, \
+         or leave --listen out for a free one"
+    )]
+    AddrInUse {
+        /// The address.
+        addr: SocketAddr,
+    },
 }
 
 /// Binds the piece server's listener.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|source| match source.kind() {
+        std::io::ErrorKind::AddrInUse => ServeError::AddrInUse { addr },
+        _ => ServeError::Bind { addr, source },
+    })
 }
 
 /// Serves peers on `listener` until `shutdown` is cancelled. Failing
