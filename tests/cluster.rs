@@ -168,8 +168,13 @@ impl Cluster {
             "--key-file",
             self.key.to_str().unwrap(),
         ];
+        // Named after its index, unless the test names it.
+        let name = format!("peer{i}");
+        if !extra.contains(&"--name") {
+            args.extend(["--name", &name]);
+        }
         args.extend_from_slice(extra);
-        let proc = Proc::spawn(&format!("peer{i}"), &args, &self.opts.log);
+        let proc = Proc::spawn(&name, &args, &self.opts.log);
         if i >= self.peers.len() {
             self.peers.resize_with(i + 1, || None);
         }
@@ -277,6 +282,19 @@ impl Cluster {
     pub fn synced_lines(&self, i: usize, path: &str) -> Vec<String> {
         self.peer(i).lines().into_iter().filter(|l| l.contains("synced ") && l.contains(path)).collect()
     }
+
+    /// Peer `i`'s debug lines with the exact byte counts of each finished
+    /// download of `path` (`transfer of PATH done: local=.. fetched=..`).
+    pub fn transfer_lines(&self, i: usize, path: &str) -> Vec<String> {
+        let needle = format!("transfer of {path} done");
+        self.peer(i).lines().into_iter().filter(|l| l.contains(&needle)).collect()
+    }
+}
+
+/// Bytes fetched over the network according to a `transfer of .. done` line.
+pub fn fetched_bytes(line: &str) -> u64 {
+    let rest = line.split(" fetched=").nth(1).expect("transfer line format");
+    rest.split(' ').next().unwrap().parse().unwrap()
 }
 
 /// A short description of how `got` differs from `want`.

@@ -12,6 +12,7 @@ mod pi;
 mod preauth;
 mod quickstart;
 mod status_cli;
+mod status_live;
 mod storms;
 mod sync;
 mod tidy;

@@ -14,8 +14,8 @@ const MIB: usize = 1024 * 1024;
 
 /// The short id a peer logs at start ("peer <id> started").
 fn peer_short_id(cluster: &Cluster, i: usize) -> String {
-    let line = cluster.peer(i).wait_for_line("peer id ", Duration::from_secs(20));
-    let id = line.split("peer id ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let line = cluster.peer(i).wait_for_line("syncing ", Duration::from_secs(20));
+    let id = line.split(" id=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
     id[..8].to_owned()
 }
 
@@ -74,8 +74,8 @@ fn killed_download_resumes_without_refetching_and_never_shows_partial_files() {
     let violations = watcher.join().unwrap();
     assert!(violations.is_empty(), "partial files seen: {violations:?}");
     // The log line follows the rename into place by a moment.
-    let line = cluster.peer(3).wait_for_line("synced big.bin", CONVERGE);
-    let fetched: u64 = line.split(" bytes local, ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let line = cluster.peer(3).wait_for_line("transfer of big.bin done", CONVERGE);
+    let fetched = crate::cluster::fetched_bytes(&line);
     assert!(fetched < (size as u64) * 9 / 10, "resumed download refetched {fetched} of {size} bytes: {line}");
 }
 
@@ -94,7 +94,7 @@ fn corrupt_holder_is_detected_and_dropped() {
     cluster.start_peer(3);
     cluster.wait_tree(&expected, CONVERGE);
     // The log line follows the rename into place by a moment.
-    let line = cluster.peer(3).wait_for_line("synced data.bin", CONVERGE);
+    let line = cluster.peer(3).wait_for_line("transfer of data.bin done", CONVERGE);
     assert!(!line.contains(&format!("{liar}=")), "bytes from the liar were accepted: {line}");
     cluster.peer(3).wait_for_line("holder dropped: it sent bad data", Duration::from_secs(5));
 }

@@ -5,7 +5,7 @@
 use std::fs;
 use std::time::Duration;
 
-use crate::cluster::{CONVERGE, Cluster, Node, Options, random_bytes, snapshot, write};
+use crate::cluster::{CONVERGE, Cluster, Node, Options, fetched_bytes, random_bytes, snapshot, write};
 use crate::util::wait_until;
 
 const MIB: usize = 1024 * 1024;
@@ -72,12 +72,6 @@ fn thousands_of_small_files_converge() {
     cluster.wait_tree(&expected, Duration::from_secs(300));
 }
 
-/// Bytes fetched over the network according to the peer's "synced" line.
-fn fetched_bytes(line: &str) -> u64 {
-    let rest = line.split(" bytes local, ").nth(1).expect("synced line format");
-    rest.split(' ').next().unwrap().parse().unwrap()
-}
-
 #[test]
 fn big_file_delta_edit_and_rename() {
     let cluster = Cluster::start(Options::default());
@@ -99,8 +93,8 @@ fn big_file_delta_edit_and_rename() {
     for i in 1..4 {
         // The log line follows the rename into place by a moment: the
         // second "synced" line is the edit's.
-        wait_until(CONVERGE, &format!("peer{i} to log the edit"), || cluster.synced_lines(i, "big.bin").len() >= 2);
-        let lines = cluster.synced_lines(i, "big.bin");
+        wait_until(CONVERGE, &format!("peer{i} to log the edit"), || cluster.transfer_lines(i, "big.bin").len() >= 2);
+        let lines = cluster.transfer_lines(i, "big.bin");
         let last = lines.last().expect("synced line");
         let fetched = fetched_bytes(last);
         assert!(fetched <= 4 * MIB as u64, "peer{i} fetched {fetched} bytes for a 1-byte edit: {last}");
@@ -111,7 +105,7 @@ fn big_file_delta_edit_and_rename() {
     let expected = snapshot(&p0);
     cluster.wait_tree(&expected, Duration::from_secs(120));
     for i in 1..4 {
-        let last = cluster.peer(i).wait_for_line("synced moved.bin", CONVERGE);
+        let last = cluster.peer(i).wait_for_line("transfer of moved.bin done", CONVERGE);
         let last = &last;
         assert_eq!(fetched_bytes(last), 0, "peer{i} fetched bytes for a rename: {last}");
     }
@@ -167,7 +161,7 @@ fn a_chunk_list_of_many_pages_syncs_end_to_end() {
     cluster.wait_tree(&expected, Duration::from_secs(120));
     for i in 1..4 {
         // The log line follows the rename into place by a moment.
-        let line = cluster.peer(i).wait_for_line("synced paged.bin", CONVERGE);
+        let line = cluster.peer(i).wait_for_line("transfer of paged.bin done", CONVERGE);
         assert_eq!(fetched_bytes(&line), bytes.len() as u64, "peer{i}: {line}");
     }
 }

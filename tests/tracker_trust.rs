@@ -30,8 +30,7 @@ fn tracker_id(tracker: &Proc) -> String {
 
 /// A peer's id, from its start line.
 fn peer_id(peer: &Proc) -> String {
-    let line = peer.wait_for_line("peer id ", Duration::from_secs(20));
-    line.split("peer id ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned()
+    field(&peer.wait_for_line("syncing ", Duration::from_secs(20)), "id")
 }
 
 fn count(lines: &[String], needle: &str) -> usize {
@@ -128,7 +127,11 @@ fn a_replaced_tracker_is_refused_until_the_pin_is_deleted() {
     });
     assert!(!c.folder(0).join("after.txt").exists(), "peer0 synced through a tracker it refuses");
     let tracker_lines = c.tracker.as_ref().unwrap().lines();
-    assert_eq!(count(&tracker_lines, &format!("peer {me0} registered")), 0, "peer0 registered with the new tracker");
+    assert_eq!(
+        count(&tracker_lines, &format!("({}) registered", &me0[..8])),
+        0,
+        "peer0 registered with the new tracker"
+    );
     assert_eq!(count(&c.peer(0).lines(), "registered with tracker"), 1);
 
     // Deleting the pin and restarting makes peer 0 trust the new tracker.
@@ -208,7 +211,7 @@ fn a_peer_with_another_cluster_key_says_so_a_few_times() {
         other_key.to_str().unwrap(),
     ];
     let peer = Proc::spawn("stranger", &args, "info,dartsync_peer=debug");
-    let start = peer.wait_for_line("peer id ", Duration::from_secs(20));
+    let start = peer.wait_for_line("syncing ", Duration::from_secs(20));
     assert!(start.contains(&format!("cluster key fingerprint {fingerprint}")), "{start}");
 
     let hint = format!(

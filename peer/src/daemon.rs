@@ -128,9 +128,9 @@ pub async fn run(
     let me = identity.peer_id();
     let name = config.name.clone().unwrap_or_else(default_device_name);
     tracing::info!(
-        "syncing {} as {name} (id {}, cluster key fingerprint {})",
+        id = %me,
+        "syncing {} as {name} (cluster key fingerprint {})",
         folder.dirs().root.display(),
-        me.fmt_short(),
         key.fingerprint()
     );
     let status = StatusBoard::new(&folder.dirs().root, name.clone(), me, tracker_addr.clone());

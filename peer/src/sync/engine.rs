@@ -782,10 +782,19 @@ impl Engine {
                     outcome.elapsed.as_secs_f64(),
                     how.join(", ")
                 );
+                // Exact counts for tests and debugging.
+                let by_holder: Vec<String> = outcome
+                    .fetched_by_holder
+                    .iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(id, n)| format!("{}={n}", id.fmt_short()))
+                    .collect();
                 tracing::debug!(
-                    %path,
-                    by_holder = ?outcome.fetched_by_holder.iter().map(|(id, n)| (id.fmt_short(), *n)).collect::<Vec<_>>(),
-                    "download sources"
+                    "transfer of {path} done: local={} fetched={} resumed={} from [{}]",
+                    outcome.bytes_local,
+                    outcome.bytes_fetched,
+                    outcome.bytes_resumed,
+                    by_holder.join(", ")
                 );
                 self.recheck.insert(path.clone(), Instant::now() + RECHECK_AFTER);
                 self.recovered(&path);
