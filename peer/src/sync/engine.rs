@@ -994,7 +994,7 @@ impl Engine {
             let done = r.progress.done().min(r.record.size);
             let rate = (done.saturating_sub(before) as f64 / now.duration_since(at).as_secs_f64()) as u64;
             let sources = u64::from(r.progress.sources());
-            let percent = if r.record.size == 0 { 100 } else { done * 100 / r.record.size };
+            let percent = (done * 100).checked_div(r.record.size).unwrap_or(100);
             tracing::info!(
                 "downloading {path}: {} of {} ({percent}%), {}/s from {sources} {}",
                 human_bytes(done),

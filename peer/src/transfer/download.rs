@@ -263,16 +263,18 @@ impl Downloader {
             %path, chunks = chunks.len(), bytes_resumed, bytes_local, missing_groups = prepared.missing.len(),
             "local chunks in place"
         );
-        let work = Arc::new(Work::new(
-            prepared.file.clone(),
-            chunks.clone(),
-            groups,
-            prepared.missing,
-            prepared.header,
-            state_path,
-            self.ctx.limits.persist_every_bytes,
-            job.progress.clone(),
-        ));
+        let work = Arc::new(
+            Work::new(
+                prepared.file.clone(),
+                chunks.clone(),
+                groups,
+                prepared.missing,
+                prepared.header,
+                state_path,
+                self.ctx.limits.persist_every_bytes,
+            )
+            .with_progress(job.progress.clone()),
+        );
 
         if !work.finished() {
             self.persist(&work, &part).await?;

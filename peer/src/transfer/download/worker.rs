@@ -189,7 +189,6 @@ impl Work {
         header: PartState,
         state_path: PathBuf,
         persist_every_bytes: u64,
-        progress: Arc<super::DownloadProgress>,
     ) -> Self {
         let remaining = missing.len();
         let done = header.done.clone();
@@ -209,8 +208,14 @@ impl Work {
             }),
             persist_lock: Mutex::new(()),
             notify: Notify::new(),
-            progress,
+            progress: Arc::default(),
         }
+    }
+
+    /// Counts the bytes written into `progress` (status, progress lines).
+    pub(crate) fn with_progress(mut self, progress: Arc<super::DownloadProgress>) -> Self {
+        self.progress = progress;
+        self
     }
 
     fn lock(&self) -> parking_lot::MutexGuard<'_, WorkState> {
