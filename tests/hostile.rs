@@ -298,7 +298,7 @@ impl Scene {
 
     /// The tracker's lines about dropping `hostile`.
     fn drops_of(&self, hostile: &Hostile) -> Vec<String> {
-        warn_lines(self.tracker(), &format!("dropping peer {}", hostile.peer_id()))
+        warn_lines(self.tracker(), &format!("dropping peer {}", hostile.peer_id().fmt_short()))
     }
 }
 

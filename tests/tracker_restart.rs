@@ -38,14 +38,15 @@ async fn register(addr: SocketAddr, key: &ClusterKey, id: &Identity, seen_seq: u
     Peer { reader, writer, welcome }
 }
 
-/// The next message about the table (device lists are skipped).
+/// The next message about the table (device lists and conflict notices
+/// are skipped).
 async fn recv(reader: &mut Reader) -> TrackerMessage {
     loop {
         let msg = within(Duration::from_secs(20), "a tracker message", reader.recv())
             .await
             .expect("channel error")
             .expect("tracker closed the connection");
-        if !matches!(msg, TrackerMessage::Devices { .. }) {
+        if !matches!(msg, TrackerMessage::Devices { .. } | TrackerMessage::Conflict(_)) {
             return msg;
         }
     }

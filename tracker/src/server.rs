@@ -135,7 +135,10 @@ impl Admission {
                     session::run(channel, remote, session, ctx).await;
                     drop(permit);
                 } else if let Ok(slot) = refusals.try_acquire_owned() {
-                    tracing::warn!("refusing peer {}: tracker full ({max_peers} peers)", channel.remote_peer_id());
+                    tracing::warn!(
+                        "refusing peer {}: tracker full ({max_peers} peers)",
+                        channel.remote_peer_id().fmt_short()
+                    );
                     refuse_full(channel, max_peers).await;
                     drop(slot);
                 } else {

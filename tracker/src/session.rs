@@ -144,7 +144,7 @@ pub(crate) async fn run(channel: SecureChannel<TcpStream>, remote: SocketAddr, s
         Ok(End::Goodbye) => ctx.actor.left(peer, session, LeaveReason::Goodbye).await,
         Ok(End::Closed) => ctx.actor.left(peer, session, LeaveReason::Closed).await,
         Err(e) => {
-            tracing::warn!("dropping peer {peer} from {remote}: {e}");
+            tracing::warn!("dropping peer {} from {remote}: {e}", peer.fmt_short());
             if let Some(reason) = e.refusal() {
                 refuse(&mut writer, reason).await;
                 refused = true;
