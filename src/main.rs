@@ -5,6 +5,7 @@
 
 mod cli;
 mod completions;
+mod demo;
 mod logging;
 mod report;
 mod settings;
@@ -39,6 +40,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Mode::Status(request) => Ok(status_cmd::run(&request)),
         Mode::Completions(shell) => completions::print(&completions::completions(shell)).map(|()| ExitCode::SUCCESS),
         Mode::Man => completions::print(&completions::man()?).map(|()| ExitCode::SUCCESS),
+        Mode::Demo(request) => demo::run(&request),
         Mode::Tracker { config, key_file } => {
             let key = tracker_key(&key_file)?;
             runtime()?.block_on(async {

@@ -39,6 +39,8 @@ pub enum Mode {
     },
     /// `dartsync status`.
     Status(StatusRequest),
+    /// `dartsync demo`.
+    Demo(crate::demo::DemoRequest),
     /// `dartsync completions SHELL`.
     Completions(clap_complete::Shell),
     /// `dartsync man`.
@@ -79,6 +81,15 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         Some(Command::Status(args)) => return Ok(Mode::Status(status_request(args, &file)?)),
         Some(Command::Completions { shell }) => return Ok(Mode::Completions(shell)),
         Some(Command::Man) => return Ok(Mode::Man),
+        Some(Command::Demo(args)) => {
+            let dir = std::path::absolute(&args.dir)
+                .with_context(|| format!("cannot resolve the demo folder {}", args.dir.display()))?;
+            return Ok(Mode::Demo(crate::demo::DemoRequest {
+                dir,
+                peers: usize::from(args.peers),
+                script: args.script,
+            }));
+        }
         None => {}
     }
     if cli.tracker {

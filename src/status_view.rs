@@ -454,6 +454,8 @@ mod tests {
             unannounced: 0,
             files: 1_204,
             bytes: 3_210_000_000,
+            received_bytes: 0,
+            last_event: None,
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod cli;
 mod cluster;
+mod demo;
 mod errors;
 mod faults;
 mod hostile;

@@ -45,6 +45,8 @@ fn peer_status(state: FolderState) -> PeerStatus {
         unannounced: 0,
         files: 7,
         bytes: 7_000,
+        received_bytes: 0,
+        last_event: None,
     }
 }
 

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dartsync_shared::PeerId;
 use dartsync_shared::proto::ptp::DeviceInfo;
 use dartsync_shared::status::{
-    Conflict, Device, FolderState, MAX_LISTED, PeerStatus, Pending, STATUS_SCHEMA, TrackerLink, Transfer, WaitingPath,
+    Conflict, Device, FolderState, LastEvent, MAX_LISTED, PeerStatus, Pending, STATUS_SCHEMA, TrackerLink, Transfer,
+    WaitingPath,
 };
 use parking_lot::Mutex;
 
@@ -94,6 +95,7 @@ struct Board {
     devices: Vec<DeviceInfo>,
     engine: EngineView,
     conflicts: VecDeque<Conflict>,
+    last_event: Option<LastEvent>,
     /// (when, bytes in place across all downloads) samples for the rate.
     samples: VecDeque<(Instant, u64)>,
 }
@@ -115,6 +117,7 @@ impl StatusBoard {
             devices: Vec::new(),
             engine: EngineView { busy: true, ..EngineView::default() },
             conflicts: VecDeque::new(),
+            last_event: None,
             samples: VecDeque::new(),
         };
         StatusBoard { inner: Arc::new(Mutex::new(board)) }
@@ -149,6 +152,11 @@ impl StatusBoard {
             b.conflicts.pop_back();
         }
         b.conflicts.push_front(conflict);
+    }
+
+    /// Something happened to the folder ("synced docs/a.txt").
+    pub fn event(&self, what: String) {
+        self.inner.lock().last_event = Some(LastEvent { at: unix_now(), what });
     }
 
     /// The engine's latest view; also samples the download rate.
@@ -227,6 +235,8 @@ impl StatusBoard {
             unannounced: e.unannounced,
             files: e.files,
             bytes: e.bytes,
+            received_bytes: e.finished_bytes,
+            last_event: b.last_event.clone(),
         }
     }
 }
@@ -254,6 +264,9 @@ mod tests {
         b.tracker_connected();
         b.publish(EngineView::default());
         assert_eq!(b.snapshot().state, FolderState::UpToDate);
+        assert_eq!(b.snapshot().last_event, None);
+        b.event("synced a.txt".into());
+        assert_eq!(b.snapshot().last_event.map(|e| e.what).as_deref(), Some("synced a.txt"));
         b.tracker_failed("connection refused".into());
         let since = b.snapshot().tracker.since;
         b.tracker_failed("connection refused again".into());

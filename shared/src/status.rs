@@ -162,6 +162,22 @@ pub struct PeerStatus {
     pub files: u64,
     /// Their total size.
     pub bytes: u64,
+    /// Bytes this peer fetched from other peers (finished downloads) since
+    /// it started.
+    #[serde(default)]
+    pub received_bytes: u64,
+    /// The last thing that happened to the folder, if anything yet.
+    #[serde(default)]
+    pub last_event: Option<LastEvent>,
+}
+
+/// Something that happened to a folder ("synced docs/a.txt").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastEvent {
+    /// When (Unix seconds).
+    pub at: u64,
+    /// What, in a few words.
+    pub what: String,
 }
 
 /// One device as the tracker sees it.

@@ -342,6 +342,7 @@ impl Engine {
                 let n = batch.len() as u64;
                 let first = &batch[0].path;
                 let more = if n > 1 { format!(" and {} more", n - 1) } else { String::new() };
+                self.parts.status.event(format!("announced {n} local {}: {first}{more}", plural(n, "change")));
                 if self.standing.connected {
                     tracing::info!("announced {n} local {}: {first}{more}", plural(n, "change"));
                 } else {
@@ -582,6 +583,10 @@ impl Engine {
                     self.dirty.insert(parent);
                 }
                 self.have(&record).await;
+                if had || action != Action::Delete {
+                    let what = if action == Action::Delete { "deleted" } else { "synced" };
+                    self.parts.status.event(format!("{what} {path}"));
+                }
                 match action {
                     Action::Delete if had => tracing::info!("synced {path}: deleted"),
                     Action::Delete => tracing::debug!("synced {path}: deleted (never here)"),
@@ -776,6 +781,7 @@ impl Engine {
                 if outcome.bytes_resumed > 0 {
                     how.push(format!("{} resumed", human_bytes(outcome.bytes_resumed)));
                 }
+                self.parts.status.event(format!("synced {path} ({})", human_bytes(record.size)));
                 tracing::info!(
                     "synced {path} ({}) in {:.1} s: {}",
                     human_bytes(record.size),
@@ -895,6 +901,7 @@ impl Engine {
                 tracing::warn!("conflict on {path}: {winner}'s edit won over the deletion from {loser}; the file stays")
             }
         }
+        self.parts.status.event(format!("lost a conflict on {path}"));
         self.parts.status.add_conflict(Conflict {
             path: path.to_string(),
             copy: copy.map(|c| c.to_string()),
