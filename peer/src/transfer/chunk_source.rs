@@ -69,6 +69,11 @@ fn read_opened_at_verified(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    read_file_at_verified(&file, offset, len, hash)
+}
+
+/// The `len` bytes at `offset` of an open `file`, if they hash to `hash`.
+fn read_file_at_verified(file: &File, offset: u64, len: u32, hash: &ContentHash) -> std::io::Result<Option<Vec<u8>>> {
     let meta = file.metadata()?;
     let end = offset.checked_add(u64::from(len));
     if !meta.is_file() || end.is_none_or(|end| end > meta.len()) {
@@ -105,6 +110,58 @@ pub fn read_verified(
         }
     }
     None
+}
+
+/// Most files [`OpenCandidates`] keeps open.
+const MAX_OPEN_CANDIDATES: usize = 64;
+
+/// [`read_verified`] for many chunks in a row (assembling one download):
+/// a candidate file opened once stays open, so the chunks still to come
+/// are read from it even if it is renamed or moved into the version
+/// history meanwhile (a rename or a deletion applied while the file it
+/// replaces is being copied from). Every read is verified as always.
+#[derive(Debug, Default)]
+pub struct OpenCandidates {
+    /// Path -> the file opened there (`None`: could not be opened).
+    files: HashMap<PathBuf, Option<File>>,
+}
+
+impl OpenCandidates {
+    /// The first candidate's bytes that hash to `hash`.
+    pub fn read_verified(
+        &mut self,
+        source: &dyn ChunkSource,
+        candidates: &[(PathBuf, u64)],
+        len: u32,
+        hash: &ContentHash,
+    ) -> Option<Vec<u8>> {
+        for (path, offset) in candidates {
+            if !self.files.contains_key(path) {
+                if self.files.len() >= MAX_OPEN_CANDIDATES {
+                    self.files.clear();
+                }
+                let opened = match source.open_candidate(path) {
+                    Ok(file) => Some(file),
+                    Err(e) => {
+                        tracing::debug!(path = %path.display(), error = %e, "chunk candidate cannot be opened");
+                        None
+                    }
+                };
+                self.files.insert(path.clone(), opened);
+            }
+            let Some(Some(file)) = self.files.get(path) else { continue };
+            match read_file_at_verified(file, *offset, len, hash) {
+                Ok(Some(bytes)) => return Some(bytes),
+                Ok(None) => {
+                    tracing::debug!(path = %path.display(), offset, chunk = %hash.fmt_short(), "chunk candidate is stale");
+                }
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), offset, chunk = %hash.fmt_short(), error = %e, "chunk candidate unreadable");
+                }
+            }
+        }
+        None
+    }
 }
 
 /// An in-memory [`ChunkSource`] built by chunking files: for tests, tools
@@ -244,6 +301,27 @@ mod tests {
         src.remove_file(&a);
         assert!(src.chunk_list(&f.content).is_none());
         assert!(src.locate(&c.hash, c.len).is_empty());
+    }
+
+    #[test]
+    fn a_candidate_opened_once_is_read_after_it_moved_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, det_bytes(4, 100_000)).unwrap();
+        let src = MemoryChunkSource::new();
+        let f = src.add_file(&a, params()).unwrap();
+        let (c0, c1) = (f.chunks[0], f.chunks[1]);
+        let mut open = OpenCandidates::default();
+        assert!(open.read_verified(&src, &src.locate(&c0.hash, c0.len), c0.len, &c0.hash).is_some());
+        // Moved into the version history between two chunks of one download.
+        std::fs::rename(&a, dir.path().join("a.old")).unwrap();
+        assert!(read_verified(&src, &src.locate(&c1.hash, c1.len), c1.len, &c1.hash).is_none(), "a fresh open fails");
+        let got = open.read_verified(&src, &src.locate(&c1.hash, c1.len), c1.len, &c1.hash);
+        assert_eq!(got.map(|b| b.len()), Some(c1.len as usize), "the open file still serves");
+        // Replaced by other bytes at the same inode: still verified.
+        std::fs::write(dir.path().join("a.old"), det_bytes(5, 100_000)).unwrap();
+        let c2 = f.chunks[2];
+        assert!(open.read_verified(&src, &src.locate(&c2.hash, c2.len), c2.len, &c2.hash).is_none());
     }
 
     #[test]

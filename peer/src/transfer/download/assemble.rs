@@ -13,7 +13,7 @@ use dartsync_shared::{ChunkInfo, ContentHash};
 use tokio_util::sync::CancellationToken;
 
 use super::worker::Group;
-use crate::transfer::chunk_source::{ChunkSource, hash_file, read_verified};
+use crate::transfer::chunk_source::{ChunkSource, OpenCandidates, hash_file};
 use crate::transfer::part::{self, Bitmap, PartState};
 
 /// The result of step 2.
@@ -86,6 +86,7 @@ pub(super) fn prepare(
 
     let mut bytes_local = 0;
     let mut missing = Vec::new();
+    let mut open = OpenCandidates::default();
     for (g, group) in groups.iter().enumerate() {
         if group.members.iter().all(|&i| done.get(i)) {
             continue;
@@ -96,7 +97,11 @@ pub(super) fn prepare(
         }
         let bytes = match group.members.iter().find(|&&i| done.get(i)) {
             Some(&i) => read_part_chunk(&file, &chunks[i]).map_err(at_part)?,
-            None => read_verified(source, &source.locate(&group.hash, group.len), group.len, &group.hash),
+            // A candidate that vanished (moved into the history just now)
+            // may be known under its new name a moment later: look again.
+            None => open
+                .read_verified(source, &source.locate(&group.hash, group.len), group.len, &group.hash)
+                .or_else(|| open.read_verified(source, &source.locate(&group.hash, group.len), group.len, &group.hash)),
         };
         let Some(bytes) = bytes else {
             missing.push(g);
