@@ -70,6 +70,14 @@ pub struct Cli {
     #[arg(long, value_name = "SECS")]
     pub interval: Option<u64>,
 
+    /// The web dashboard: an address to serve it on, or `off`. Peer:
+    /// default 127.0.0.1:0 (a free port on this machine; `dartsync
+    /// status` shows the link). Tracker: off by default; on an address
+    /// other than loopback every request needs the login token that
+    /// `dartsync dashboard-url` prints.
+    #[arg(long, value_name = "ADDR|off")]
+    pub http: Option<String>,
+
     /// Tracker: average chunk size in bytes handed to peers (default 262144).
     #[arg(long, value_name = "BYTES")]
     pub piece_len: Option<u32>,
@@ -178,6 +186,15 @@ pub enum Command {
     ///   dartsync man > /usr/local/share/man/man1/dartsync.1
     #[command(verbatim_doc_comment)]
     Man,
+
+    /// Print the link to the tracker's web dashboard, with its login token
+    /// (ask the tracker running on this machine; it must run with --http).
+    DashboardUrl {
+        /// The tracker's data directory (default: `[tracker] data_dir` of
+        /// --config, else ~/.local/share/dartsync/tracker).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+    },
 }
 
 const DEMO_LONG_ABOUT: &str = "\

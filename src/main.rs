@@ -41,6 +41,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Mode::Completions(shell) => completions::print(&completions::completions(shell)).map(|()| ExitCode::SUCCESS),
         Mode::Man => completions::print(&completions::man()?).map(|()| ExitCode::SUCCESS),
         Mode::Demo(request) => demo::run(&request),
+        Mode::DashboardUrl { data_dir } => dashboard_url(&data_dir),
         Mode::Tracker { config, key_file } => {
             let key = tracker_key(&key_file)?;
             runtime()?.block_on(async {
@@ -64,6 +65,28 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `dartsync dashboard-url`: asks the tracker on this machine.
+fn dashboard_url(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    use dartsync_shared::control::{self, CONTROL_SOCKET, ControlError, RequestKind};
+    let socket = data_dir.join(CONTROL_SOCKET);
+    match control::request(&socket, data_dir, RequestKind::DashboardUrl, std::time::Duration::from_secs(5)) {
+        Ok(answer) => {
+            let url = answer["url"].as_str().context("the tracker's answer has no url")?;
+            println!("{url}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ControlError::NotRunning { .. }) => {
+            eprintln!(
+                "error: no tracker is running with data dir {} (no control socket answers at {}); pass --data DIR if it uses another",
+                data_dir.display(),
+                socket.display()
+            );
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -41,6 +41,11 @@ pub enum Mode {
     Status(StatusRequest),
     /// `dartsync demo`.
     Demo(crate::demo::DemoRequest),
+    /// `dartsync dashboard-url`.
+    DashboardUrl {
+        /// The tracker's data directory.
+        data_dir: PathBuf,
+    },
     /// `dartsync completions SHELL`.
     Completions(clap_complete::Shell),
     /// `dartsync man`.
@@ -81,6 +86,13 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         Some(Command::Status(args)) => return Ok(Mode::Status(status_request(args, &file)?)),
         Some(Command::Completions { shell }) => return Ok(Mode::Completions(shell)),
         Some(Command::Man) => return Ok(Mode::Man),
+        Some(Command::DashboardUrl { data }) => {
+            let data_dir = match data {
+                Some(dir) => dir,
+                None => TrackerConfig::from_section(&file.tracker)?.data_dir,
+            };
+            return Ok(Mode::DashboardUrl { data_dir: absolute(&data_dir)? });
+        }
         Some(Command::Demo(args)) => {
             let dir = std::path::absolute(&args.dir)
                 .with_context(|| format!("cannot resolve the demo folder {}", args.dir.display()))?;
@@ -106,6 +118,9 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         if let Some(v) = cli.piece_len {
             cfg.piece_len = v;
         }
+        if let Some(v) = &cli.http {
+            cfg.http = config::parse_http(v)?;
+        }
         cfg.validate()?;
         return Ok(Mode::Tracker { config: cfg, key_file });
     }
@@ -122,6 +137,9 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         }
         if let Some(v) = cli.name {
             cfg.name = Some(v);
+        }
+        if let Some(v) = &cli.http {
+            cfg.http = config::parse_http(v)?;
         }
         cfg.tracker_addr = cfg.tracker_addr.as_deref().map(with_default_port);
         if let Some(v) = cli.rescan {

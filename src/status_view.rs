@@ -147,6 +147,9 @@ fn render(status: &PeerStatus, now: u64, with_transfers: bool) -> String {
     if status.unannounced > 0 {
         let _ = write!(out, "\nNot yet announced: {}\n", count(status.unannounced, "local change"));
     }
+    if let Some(url) = &status.dashboard {
+        let _ = write!(out, "\nDashboard: {url}\n");
+    }
     out
 }
 
@@ -456,6 +459,8 @@ mod tests {
             bytes: 3_210_000_000,
             received_bytes: 0,
             last_event: None,
+            events: vec![],
+            dashboard: None,
         }
     }
 
@@ -574,6 +579,7 @@ mod tests {
             pending_files: 0,
             pending_bytes: 0,
             waiting: 0,
+            rate: 0,
         }
     }
 
@@ -609,6 +615,7 @@ mod tests {
                 loser: "desktop".into(),
                 at: NOW - 240,
             }],
+            events: vec![],
         };
         insta::assert_snapshot!(render_tracker(&status, NOW));
     }

@@ -69,11 +69,19 @@ pub struct Options {
     pub piece_len: Option<u32>,
     /// `RUST_LOG` for every process.
     pub log: String,
+    /// Extra arguments of the tracker.
+    pub tracker_args: Vec<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { peers: 4, interval: 1, piece_len: None, log: "info,dartsync_peer=debug".into() }
+        Options {
+            peers: 4,
+            interval: 1,
+            piece_len: None,
+            log: "info,dartsync_peer=debug".into(),
+            tracker_args: Vec::new(),
+        }
     }
 }
 
@@ -130,6 +138,7 @@ impl Cluster {
         if let Some(p) = self.opts.piece_len {
             args.extend(["--piece-len".into(), p.to_string()]);
         }
+        args.extend(self.opts.tracker_args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let proc = Proc::spawn("tracker", &args, &self.opts.log);
         self.tracker_addr = proc.listen_addr();

@@ -4,6 +4,7 @@
 
 mod cli;
 mod cluster;
+mod dashboard;
 mod demo;
 mod errors;
 mod faults;

@@ -47,6 +47,8 @@ fn peer_status(state: FolderState) -> PeerStatus {
         bytes: 7_000,
         received_bytes: 0,
         last_event: None,
+        events: vec![],
+        dashboard: None,
     }
 }
 
@@ -204,6 +206,7 @@ fn status_tracker_is_up_to_date_when_every_online_device_is() {
         pending_files: 0,
         pending_bytes: 0,
         waiting: 0,
+        rate: 0,
     };
     let mut tracker = TrackerStatus {
         schema: STATUS_SCHEMA,
@@ -215,6 +218,7 @@ fn status_tracker_is_up_to_date_when_every_online_device_is() {
         tombstones: 0,
         devices: vec![device("a", true, true), device("b", false, false)],
         conflicts: vec![],
+        events: vec![],
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();

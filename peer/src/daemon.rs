@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use dartsync_shared::config::PeerConfig;
 use dartsync_shared::control::{CONTROL_SOCKET, ControlServer, Handler, RequestKind};
-use dartsync_shared::device::default_device_name;
+use dartsync_shared::dashboard::{Dashboard, DashboardError, Kind, TOKEN_FILE, load_or_create_token};
+use dartsync_shared::device::{default_device_name, local_host_name};
 use dartsync_shared::key::ClusterKey;
 use dartsync_shared::limits::DEFAULT_PIECE_LEN;
 use tokio::sync::mpsc;
@@ -76,6 +77,9 @@ pub enum PeerError {
     /// The piece server could not bind its address.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// The web dashboard could not start.
+    #[error(transparent)]
+    Dashboard(#[from] DashboardError),
     /// An essential task ended before shutdown was asked for.
     #[error("the {task} stopped unexpectedly: {why}")]
     TaskEnded {
@@ -107,6 +111,20 @@ async fn clean_temp_files(downloader: &Arc<Downloader>, cancel: &CancellationTok
             () = tokio::time::sleep(TEMP_SWEEP_EVERY) => {}
         }
     }
+}
+
+/// Answers the control socket and the dashboard's API from the board.
+fn status_handler(status: StatusBoard) -> Handler {
+    Arc::new(move |kind| {
+        let answer = match kind {
+            RequestKind::Status => serde_json::to_value(status.snapshot()).map_err(|e| e.to_string()),
+            RequestKind::DashboardUrl => match status.dashboard() {
+                Some(url) => Ok(serde_json::json!({ "url": url })),
+                None => Err("this peer serves no dashboard (started with --http off)".to_owned()),
+            },
+        };
+        Box::pin(async move { answer })
+    })
 }
 
 /// How a supervised task ended.
@@ -220,10 +238,7 @@ pub async fn run(
         let (status, cancel) = (status.clone(), tasks.clone());
         match ControlServer::bind(&control_path) {
             Ok(server) => {
-                let handler: Handler = Arc::new(move |RequestKind::Status| {
-                    let status = status.snapshot();
-                    Box::pin(async move { serde_json::to_value(status).map_err(|e| e.to_string()) })
-                });
+                let handler = status_handler(status);
                 supervised.spawn(async move {
                     server.serve(handler, cancel).await;
                     ("control socket", Ok(()))
@@ -231,6 +246,22 @@ pub async fn run(
             }
             Err(e) => tracing::warn!("`dartsync status` will not work for this folder: {e}"),
         }
+    }
+    if let Some(addr) = config.http {
+        let token = if Dashboard::needs_token(addr) {
+            Some(load_or_create_token(&local.dirs().state.join(TOKEN_FILE))?)
+        } else {
+            None
+        };
+        let dashboard = Dashboard::bind(addr, token).await?;
+        let url = dashboard.url(&local_host_name());
+        tracing::info!("dashboard at {url}");
+        status.set_dashboard(url);
+        let (handler, cancel) = (status_handler(status.clone()), tasks.clone());
+        supervised.spawn(async move {
+            dashboard.serve(Kind::Peer, handler, cancel).await;
+            ("dashboard", Ok(()))
+        });
     }
     let (client, client_task) = TrackerClient::spawn(
         ClientConfig {

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dartsync_shared::PeerId;
 use dartsync_shared::proto::ptp::DeviceInfo;
 use dartsync_shared::status::{
-    Conflict, Device, FolderState, LastEvent, MAX_LISTED, PeerStatus, Pending, STATUS_SCHEMA, TrackerLink, Transfer,
-    WaitingPath,
+    Conflict, Device, FolderState, LastEvent, MAX_EVENTS, MAX_LISTED, PeerStatus, Pending, STATUS_SCHEMA, TrackerLink,
+    Transfer, WaitingPath,
 };
 use parking_lot::Mutex;
 
@@ -95,7 +95,10 @@ struct Board {
     devices: Vec<DeviceInfo>,
     engine: EngineView,
     conflicts: VecDeque<Conflict>,
-    last_event: Option<LastEvent>,
+    /// Recent events, newest first.
+    events: VecDeque<LastEvent>,
+    /// This peer's dashboard URL.
+    dashboard: Option<String>,
     /// (when, bytes in place across all downloads) samples for the rate.
     samples: VecDeque<(Instant, u64)>,
 }
@@ -117,7 +120,8 @@ impl StatusBoard {
             devices: Vec::new(),
             engine: EngineView { busy: true, ..EngineView::default() },
             conflicts: VecDeque::new(),
-            last_event: None,
+            events: VecDeque::new(),
+            dashboard: None,
             samples: VecDeque::new(),
         };
         StatusBoard { inner: Arc::new(Mutex::new(board)) }
@@ -156,7 +160,26 @@ impl StatusBoard {
 
     /// Something happened to the folder ("synced docs/a.txt").
     pub fn event(&self, what: String) {
-        self.inner.lock().last_event = Some(LastEvent { at: unix_now(), what });
+        let mut b = self.inner.lock();
+        if b.events.len() == MAX_EVENTS {
+            b.events.pop_back();
+        }
+        b.events.push_front(LastEvent { at: unix_now(), what });
+    }
+
+    /// The dashboard this peer serves.
+    pub fn set_dashboard(&self, url: String) {
+        self.inner.lock().dashboard = Some(url);
+    }
+
+    /// The dashboard's URL, if this peer serves one.
+    pub fn dashboard(&self) -> Option<String> {
+        self.inner.lock().dashboard.clone()
+    }
+
+    /// The current download rate, bytes per second.
+    pub fn rate(&self) -> u64 {
+        Self::rate_of(&self.inner.lock())
     }
 
     /// The engine's latest view; also samples the download rate.
@@ -172,7 +195,7 @@ impl StatusBoard {
     }
 
     /// Bytes per second over the last [`RATE_WINDOW`].
-    fn rate(b: &Board) -> u64 {
+    fn rate_of(b: &Board) -> u64 {
         match (b.samples.front(), b.samples.back()) {
             (Some((t0, v0)), Some((t1, v1))) if t1 > t0 => {
                 let secs = t1.duration_since(*t0).as_secs_f64();
@@ -199,7 +222,7 @@ impl StatusBoard {
             })
             .collect();
         let left: u64 = e.queued_bytes + transfers.iter().map(|t| t.size - t.done).sum::<u64>();
-        let rate = Self::rate(&b);
+        let rate = Self::rate_of(&b);
         let pending = Pending {
             files: e.pending_files,
             bytes: left,
@@ -236,7 +259,9 @@ impl StatusBoard {
             files: e.files,
             bytes: e.bytes,
             received_bytes: e.finished_bytes,
-            last_event: b.last_event.clone(),
+            last_event: b.events.front().cloned(),
+            events: b.events.iter().cloned().collect(),
+            dashboard: b.dashboard.clone(),
         }
     }
 }

@@ -92,6 +92,8 @@ pub struct ConfigFile {
 pub struct TrackerSection {
     /// Listen address.
     pub listen: Option<SocketAddr>,
+    /// The web dashboard: `"off"` or an address.
+    pub http: Option<String>,
     /// State directory.
     pub data_dir: Option<PathBuf>,
     /// Keep-alive interval in seconds.
@@ -118,6 +120,8 @@ pub struct PeerSection {
     pub folder: Option<PathBuf>,
     /// This device's name.
     pub name: Option<String>,
+    /// The web dashboard: `"off"` or an address.
+    pub http: Option<String>,
     /// The tracker, `host:port`.
     pub tracker_addr: Option<String>,
     /// Piece server listen address.
@@ -203,6 +207,8 @@ pub struct TrackerConfig {
     /// the offline peer seen longest ago is forgotten, as after
     /// `tombstone_max_age`. At least `max_peers`.
     pub max_known_peers: usize,
+    /// The web dashboard's address (`None`: off, the default).
+    pub http: Option<SocketAddr>,
 }
 
 /// Default [`TrackerConfig::max_records`]: 1,000,000 entries, about 450 MiB
@@ -230,8 +236,20 @@ impl Default for TrackerConfig {
             max_records: DEFAULT_MAX_RECORDS,
             max_records_per_peer: DEFAULT_MAX_RECORDS_PER_PEER,
             max_known_peers: DEFAULT_MAX_KNOWN_PEERS,
+            http: None,
         }
     }
+}
+
+/// Parses an `http` setting: `off`, or an address.
+pub fn parse_http(value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|_| ConfigError::Invalid {
+        field: "http",
+        why: format!("{value:?} is neither \"off\" nor an address such as 127.0.0.1:7380"),
+    })
 }
 
 impl TrackerConfig {
@@ -240,6 +258,9 @@ impl TrackerConfig {
         let mut cfg = TrackerConfig::default();
         if let Some(v) = section.listen {
             cfg.listen = v;
+        }
+        if let Some(v) = &section.http {
+            cfg.http = parse_http(v)?;
         }
         if let Some(v) = &section.data_dir {
             cfg.data_dir = v.clone();
@@ -305,6 +326,9 @@ pub struct PeerConfig {
     /// This device's name (`None`: the hostname), shown to the other
     /// devices, in status and in conflict copies' names.
     pub name: Option<String>,
+    /// The web dashboard's address (`None`: off; default `127.0.0.1:0`,
+    /// a free loopback port).
+    pub http: Option<SocketAddr>,
     /// The tracker, `host:port`.
     pub tracker_addr: Option<String>,
     /// Piece server listen address.
@@ -334,6 +358,7 @@ impl Default for PeerConfig {
         PeerConfig {
             folder: default_peer_folder(),
             name: None,
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             tracker_addr: None,
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             rescan: Duration::from_secs(600),
@@ -356,6 +381,9 @@ impl PeerConfig {
         }
         if let Some(v) = &section.name {
             cfg.name = Some(v.clone());
+        }
+        if let Some(v) = &section.http {
+            cfg.http = parse_http(v)?;
         }
         if let Some(v) = &section.tracker_addr {
             cfg.tracker_addr = Some(v.clone());

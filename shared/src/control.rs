@@ -47,6 +47,9 @@ pub enum RequestKind {
     /// The status ([`crate::status::PeerStatus`] or
     /// [`crate::status::TrackerStatus`]).
     Status,
+    /// The web dashboard's URL (with its login token): `{"url": ...}`, or
+    /// an error when it is off.
+    DashboardUrl,
 }
 
 /// One request line.

@@ -54,6 +54,20 @@ pub fn default_device_name() -> String {
     if check_device_name(&host).is_ok() && host.len() <= MAX_DEVICE_NAME { host } else { "peer".to_owned() }
 }
 
+/// This machine's host name as the LAN knows it (for URLs), `localhost`
+/// when it has none.
+pub fn local_host_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let host = host.trim();
+    if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+        "localhost".to_owned()
+    } else {
+        host.to_owned()
+    }
+}
+
 /// `name` as a file-name piece: lower-case ASCII letters, digits and
 /// single dashes, at most [`MAX_FILE_NAME_PART`] bytes; `"device"` when
 /// nothing is left ("Bob's Laptop" -> "bob-s-laptop").

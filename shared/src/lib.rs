@@ -22,6 +22,7 @@ pub mod chunk;
 pub mod codec;
 pub mod config;
 pub mod control;
+pub mod dashboard;
 pub mod device;
 pub mod error;
 pub mod hex;

@@ -169,7 +169,16 @@ pub struct PeerStatus {
     /// The last thing that happened to the folder, if anything yet.
     #[serde(default)]
     pub last_event: Option<LastEvent>,
+    /// Recent events, newest first (at most [`MAX_EVENTS`]).
+    #[serde(default)]
+    pub events: Vec<LastEvent>,
+    /// This peer's web dashboard, when it serves one.
+    #[serde(default)]
+    pub dashboard: Option<String>,
 }
+
+/// Events a status lists at most.
+pub const MAX_EVENTS: usize = 20;
 
 /// Something that happened to a folder ("synced docs/a.txt").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +212,9 @@ pub struct TrackerDevice {
     pub pending_bytes: u64,
     /// Paths it reported waiting.
     pub waiting: u64,
+    /// Its download rate as it last reported it, bytes per second.
+    #[serde(default)]
+    pub rate: u64,
 }
 
 /// `dartsync status --tracker`.
@@ -226,6 +238,10 @@ pub struct TrackerStatus {
     pub devices: Vec<TrackerDevice>,
     /// Recent conflicts, newest first (at most [`MAX_LISTED`]).
     pub conflicts: Vec<Conflict>,
+    /// Recent events (devices coming and going, conflicts), newest first
+    /// (at most [`MAX_EVENTS`]).
+    #[serde(default)]
+    pub events: Vec<LastEvent>,
 }
 
 impl PeerStatus {

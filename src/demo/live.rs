@@ -147,6 +147,8 @@ mod tests {
             bytes: 1_200_000,
             received_bytes: 0,
             last_event: Some(LastEvent { at: NOW - 3, what: "synced hello.txt (17 bytes)".into() }),
+            events: vec![],
+            dashboard: None,
         }
     }
 

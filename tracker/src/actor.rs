@@ -342,6 +342,7 @@ impl Actor {
                     old.cancel();
                     tracing::info!("{label} reconnected: its old session is closed");
                 }
+                self.state.note_event(unix_now(), format!("{label} registered from {addr}"));
                 if reg.full {
                     tracing::info!("{label} registered from {addr}; sending it the whole table");
                 } else {
@@ -400,7 +401,9 @@ impl Actor {
                     if let Some(token) = self.links.remove(&peer) {
                         token.cancel();
                     }
-                    tracing::info!("{} left ({why})", self.state.label(peer));
+                    let what = format!("{} left ({why})", self.state.label(peer));
+                    tracing::info!("{what}");
+                    self.state.note_event(unix_now(), what);
                 }
             }
         }
@@ -413,7 +416,9 @@ impl Actor {
             if let Some(token) = self.links.remove(&peer) {
                 token.cancel();
             }
-            tracing::info!("{} expired: no message for {} s", self.state.label(peer), silent.as_secs());
+            let what = format!("{} expired: no message for {} s", self.state.label(peer), silent.as_secs());
+            tracing::info!("{what}");
+            self.state.note_event(unix_now(), what);
         }
     }
 

@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use dartsync_shared::device::file_name_part;
 use dartsync_shared::proto::ptp::{ConflictNotice, PeerReport};
+use dartsync_shared::status::{LastEvent, MAX_EVENTS};
 use dartsync_shared::{PeerId, RelPath};
 
 /// Conflicts remembered for `status --tracker`.
@@ -42,6 +43,8 @@ pub(crate) struct Devices {
     reports: HashMap<PeerId, PeerReport>,
     conflicts: VecDeque<ConflictLog>,
     notices: HashMap<PeerId, VecDeque<ConflictNotice>>,
+    /// Recent events for people, newest first.
+    events: VecDeque<LastEvent>,
 }
 
 impl Devices {
@@ -144,7 +147,25 @@ impl Devices {
         if self.conflicts.len() == MAX_RECENT_CONFLICTS {
             self.conflicts.pop_back();
         }
+        let what = match &log.copy {
+            Some(copy) => format!("conflict on {}: {}'s version kept, the other is {copy}", log.path, notice.winner),
+            None => format!("conflict on {}: {}'s edit won over a deletion", log.path, notice.winner),
+        };
+        self.note(log.at, what);
         self.conflicts.push_front(log);
+    }
+
+    /// Something people may want to know happened ("bob registered").
+    pub fn note(&mut self, at: u64, what: String) {
+        if self.events.len() == MAX_EVENTS {
+            self.events.pop_back();
+        }
+        self.events.push_front(LastEvent { at, what });
+    }
+
+    /// Recent events, newest first.
+    pub fn events(&self) -> impl Iterator<Item = &LastEvent> {
+        self.events.iter()
     }
 
     /// The notices waiting for `peer`'s session.

@@ -46,6 +46,8 @@ use std::sync::Arc;
 use dartsync_shared::PeerId;
 use dartsync_shared::config::{ConfigError, TrackerConfig};
 use dartsync_shared::control::{CONTROL_SOCKET, ControlServer, Handler, RequestKind};
+use dartsync_shared::dashboard::{Dashboard, DashboardError, Kind, TOKEN_FILE, load_or_create_token};
+use dartsync_shared::device::local_host_name;
 use dartsync_shared::key::{ClusterKey, Identity, KeyError};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -99,6 +101,9 @@ pub enum TrackerError {
         /// The address.
         addr: SocketAddr,
     },
+    /// The web dashboard could not start.
+    #[error(transparent)]
+    Dashboard(#[from] DashboardError),
     /// A database write was cancelled because the runtime is shutting down.
     #[error("a database write was interrupted by shutdown")]
     Interrupted,
@@ -115,6 +120,8 @@ pub struct Tracker {
     store: Arc<Store>,
     state: State,
     ceiling: u64,
+    /// The web dashboard, when `--http` asked for one.
+    dashboard: Option<Dashboard>,
 }
 
 impl Tracker {
@@ -169,8 +176,24 @@ impl Tracker {
             if loaded.created { " (new database)" } else { "" }
         );
 
+        let dashboard = match config.http {
+            Some(http) => {
+                let token = if Dashboard::needs_token(http) {
+                    Some(load_or_create_token(&config.data_dir.join(TOKEN_FILE))?)
+                } else {
+                    None
+                };
+                let dashboard = Dashboard::bind(http, token).await?;
+                tracing::info!(
+                    "dashboard on http://{} (`dartsync dashboard-url` prints the link to open)",
+                    dashboard.local_addr()
+                );
+                Some(dashboard)
+            }
+            None => None,
+        };
         tracing::info!(key = key.fingerprint(), id = %identity.peer_id(), "tracker listening on {addr}");
-        Ok(Tracker { config, key, identity, listener, addr, store: Arc::new(store), state, ceiling })
+        Ok(Tracker { config, key, identity, listener, addr, store: Arc::new(store), state, ceiling, dashboard })
     }
 
     /// The bound address.
@@ -194,7 +217,12 @@ impl Tracker {
         let (actor, handle) =
             Actor::new(self.state, self.store, self.ceiling, self.config.interval, self.config.piece_len);
         let mut actor = AbortOnDropHandle::new(tokio::spawn(actor.run(token.clone())));
-        let control = control_socket(&self.config.data_dir, self.identity.peer_id(), self.addr, &handle, &token);
+        let url = self.dashboard.as_ref().map(|d| d.url(&local_host_name()));
+        let handler = status_handler(handle.clone(), self.identity.peer_id(), self.addr, url);
+        let control = control_socket(&self.config.data_dir, handler.clone(), &token);
+        let dashboard = self.dashboard.map(|dashboard| {
+            AbortOnDropHandle::new(tokio::spawn(dashboard.serve(Kind::Tracker, handler, token.clone())))
+        });
         let ctx = Arc::new(SessionCtx {
             key: self.key,
             identity: self.identity,
@@ -218,6 +246,9 @@ impl Tracker {
         if let Some(control) = control {
             let _ = control.await;
         }
+        if let Some(dashboard) = dashboard {
+            let _ = dashboard.await;
+        }
         let result = match joined {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -240,9 +271,7 @@ pub async fn run(config: TrackerConfig, key: ClusterKey, shutdown: CancellationT
 /// (with a warning): status is a convenience, syncing is not.
 fn control_socket(
     data_dir: &std::path::Path,
-    id: PeerId,
-    addr: SocketAddr,
-    actor: &ActorHandle,
+    handler: Handler,
     cancel: &CancellationToken,
 ) -> Option<AbortOnDropHandle<()>> {
     let path = data_dir.join(CONTROL_SOCKET);
@@ -253,13 +282,26 @@ fn control_socket(
             return None;
         }
     };
-    let (actor, cancel, listen) = (actor.clone(), cancel.clone(), addr.to_string());
-    let handler: Handler = Arc::new(move |RequestKind::Status| {
-        let (actor, listen) = (actor.clone(), listen.clone());
+    Some(AbortOnDropHandle::new(tokio::spawn(server.serve(handler, cancel.clone()))))
+}
+
+/// Answers the control socket and the dashboard's API: the status from
+/// the actor, the dashboard's `url` (with its token) when there is one.
+fn status_handler(actor: ActorHandle, id: PeerId, addr: SocketAddr, url: Option<String>) -> Handler {
+    let listen = addr.to_string();
+    Arc::new(move |kind| {
+        let (actor, listen, url) = (actor.clone(), listen.clone(), url.clone());
         Box::pin(async move {
-            let status = actor.status(id, listen).await.ok_or("the tracker is stopping")?;
-            serde_json::to_value(status).map_err(|e| e.to_string())
+            match kind {
+                RequestKind::Status => {
+                    let status = actor.status(id, listen).await.ok_or("the tracker is stopping")?;
+                    serde_json::to_value(status).map_err(|e| e.to_string())
+                }
+                RequestKind::DashboardUrl => match url {
+                    Some(url) => Ok(serde_json::json!({ "url": url })),
+                    None => Err("the tracker runs without a dashboard: start it with --http ADDR".to_owned()),
+                },
+            }
         })
-    });
-    Some(AbortOnDropHandle::new(tokio::spawn(server.serve(handler, cancel))))
+    })
 }

@@ -509,6 +509,11 @@ impl State {
         }
     }
 
+    /// Something people may want to know happened (status, dashboard).
+    pub fn note_event(&mut self, now_unix: u64, what: String) {
+        self.devices.note(now_unix, what);
+    }
+
     /// `name (shortid)` of a peer, for log lines.
     pub fn label(&self, peer: PeerId) -> String {
         self.devices.label(peer)

@@ -980,6 +980,7 @@ impl Engine {
             pending_files,
             pending_bytes,
             waiting: waiting_total,
+            rate: self.parts.status.rate(),
         };
         let due = match self.standing.reported {
             None => true,

@@ -121,6 +121,8 @@ pub struct PeerReport {
     pub pending_bytes: u64,
     /// Paths that cannot take their newest version now.
     pub waiting: u64,
+    /// Download rate, bytes per second.
+    pub rate: u64,
 }
 
 /// One device of the cluster as the tracker knows it.
@@ -437,6 +439,7 @@ mod tests {
                 pending_files: 2,
                 pending_bytes: 3,
                 waiting: 1,
+                rate: 4,
             }),
         ]
     }

@@ -70,6 +70,7 @@ impl State {
                     pending_files: report.map_or(0, |r| r.pending_files),
                     pending_bytes: report.map_or(0, |r| r.pending_bytes),
                     waiting: report.map_or(0, |r| r.waiting),
+                    rate: report.map_or(0, |r| r.rate),
                 }
             })
             .collect();
@@ -95,6 +96,7 @@ impl State {
             tombstones: tombstones as u64,
             devices,
             conflicts,
+            events: self.devices.events().cloned().collect(),
         }
     }
 }
