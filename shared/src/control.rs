@@ -217,8 +217,29 @@ async fn serve_one(stream: tokio::net::UnixStream, handler: &Handler) -> std::io
     let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
     out.push(b'\n');
     write.write_all(&out).await?;
-    write.shutdown().await
+    write.shutdown().await?;
+    // Read away what a client sent beyond the request (an oversized one),
+    // a little and briefly: closing with unread bytes would reset the
+    // connection and the client could lose the answer.
+    let mut rest = reader.into_inner().into_inner();
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        let mut left = DRAIN_LIMIT;
+        while left > 0 {
+            match rest.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_DEADLINE, drain).await;
+    Ok(())
 }
+
+/// At most this much of an oversized request is read away before closing.
+const DRAIN_LIMIT: usize = 64 * 1024;
+/// For at most this long.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
 
 fn failed(error: String) -> Response {
     Response { schema: CONTROL_SCHEMA, ok: false, status: None, error: Some(error) }
