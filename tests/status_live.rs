@@ -202,6 +202,6 @@ fn a_new_peer_logs_nothing_per_file_for_old_tombstones() {
     let per_file: Vec<&String> = lines.iter().filter(|l| l.contains(" INFO ") && l.contains("old/f")).collect();
     assert!(per_file.is_empty(), "{} INFO lines about old tombstones, e.g. {:?}", per_file.len(), per_file.first());
     let up = lines.iter().find(|l| l.contains("up to date (")).expect("an up-to-date line");
-    assert!(up.contains("up to date (1 file, 10 bytes)"), "{up}");
+    assert!(up.contains("up to date (1 file, 10 B)"), "{up}");
     assert!(cluster.folder(4).join("kept.txt").exists());
 }

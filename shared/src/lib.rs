@@ -26,6 +26,7 @@ pub mod dashboard;
 pub mod device;
 pub mod error;
 pub mod hex;
+pub mod human;
 pub mod id;
 pub mod key;
 pub mod limits;

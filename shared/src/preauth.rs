@@ -68,6 +68,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::{self, ChannelError, SecureChannel};
+use crate::human::thousands;
 use crate::key::{ClusterKey, Identity};
 
 /// Default [`PreAuthConfig::total`]: connections in the handshake at once.
@@ -422,19 +423,6 @@ impl Inner {
         // The state stays consistent across a panic (plain counters).
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// Formats `n` with thousands separators: 1934 -> "1,934".
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 impl PreAuthLimiter {

@@ -146,7 +146,7 @@ mod tests {
             files: 3,
             bytes: 1_200_000,
             received_bytes: 0,
-            last_event: Some(LastEvent { at: NOW - 3, what: "synced hello.txt (17 bytes)".into() }),
+            last_event: Some(LastEvent { at: NOW - 3, what: "synced hello.txt (17 B)".into() }),
             events: vec![],
             dashboard: None,
         }
@@ -163,7 +163,7 @@ mod tests {
             sources: 2,
             elapsed_secs: 1,
         }];
-        syncing.last_event = Some(LastEvent { at: NOW - 1, what: "synced hello.txt (17 bytes)".into() });
+        syncing.last_event = Some(LastEvent { at: NOW - 1, what: "synced hello.txt (17 B)".into() });
         let mut waiting = status(FolderState::Waiting);
         waiting.pending = Pending { files: 1, bytes: 5_000, rate: 0, eta_secs: None };
         waiting.last_event = None;

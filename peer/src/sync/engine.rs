@@ -22,6 +22,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dartsync_shared::human::{plural, size};
 use dartsync_shared::path::case_fold_key;
 use dartsync_shared::proto::ptp::{ConflictNotice, Delta, Holder, PeerReport};
 use dartsync_shared::status::{Conflict, FolderState, MAX_LISTED, WaitingPath};
@@ -171,29 +172,6 @@ fn download_reason(e: &DownloadError) -> Reason {
         DownloadError::NotAFile { .. } | DownloadError::ContentMismatch { .. } => Reason::Refused(e.to_string()),
         DownloadError::Io { .. } | DownloadError::Cancelled { .. } => Reason::InstallFailed(e.to_string()),
     }
-}
-
-/// `thing` or `things` for `n` of them.
-fn plural(n: u64, thing: &str) -> String {
-    if n == 1 { thing.to_owned() } else { format!("{thing}s") }
-}
-
-/// `1.2 GB`, `340 MB`, `12 KB`, `17 bytes` (powers of 1000).
-pub(crate) fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KB", "MB", "GB", "TB", "PB"];
-    if n < 1000 {
-        return format!("{n} {}", plural(n, "byte"));
-    }
-    let mut value = n as f64;
-    let mut unit = "";
-    for u in UNITS {
-        value /= 1000.0;
-        unit = u;
-        if value < 1000.0 {
-            break;
-        }
-    }
-    if value < 10.0 { format!("{value:.1} {unit}") } else { format!("{value:.0} {unit}") }
 }
 
 /// Where the engine stands, for the status board and the tracker.
@@ -770,21 +748,18 @@ impl Engine {
             Installed::Yes => {
                 self.standing.finished_bytes += outcome.bytes_fetched;
                 let sources = outcome.fetched_by_holder.iter().filter(|(_, n)| *n > 0).count() as u64;
-                let mut how = vec![format!(
-                    "{} fetched from {sources} {}",
-                    human_bytes(outcome.bytes_fetched),
-                    plural(sources, "peer")
-                )];
+                let mut how =
+                    vec![format!("{} fetched from {sources} {}", size(outcome.bytes_fetched), plural(sources, "peer"))];
                 if outcome.bytes_local > 0 {
-                    how.push(format!("{} already here", human_bytes(outcome.bytes_local)));
+                    how.push(format!("{} already here", size(outcome.bytes_local)));
                 }
                 if outcome.bytes_resumed > 0 {
-                    how.push(format!("{} resumed", human_bytes(outcome.bytes_resumed)));
+                    how.push(format!("{} resumed", size(outcome.bytes_resumed)));
                 }
-                self.parts.status.event(format!("synced {path} ({})", human_bytes(record.size)));
+                self.parts.status.event(format!("synced {path} ({})", size(record.size)));
                 tracing::info!(
                     "synced {path} ({}) in {:.1} s: {}",
-                    human_bytes(record.size),
+                    size(record.size),
                     outcome.elapsed.as_secs_f64(),
                     how.join(", ")
                 );
@@ -969,7 +944,7 @@ impl Engine {
 
         let state = folder_state(st.connected, busy, waiting_total);
         if state == FolderState::UpToDate && st.state != Some(FolderState::UpToDate) {
-            tracing::info!("up to date ({} {}, {})", st.files, plural(st.files, "file"), human_bytes(st.bytes));
+            tracing::info!("up to date ({} {}, {})", st.files, plural(st.files, "file"), size(st.bytes));
         }
         self.standing.state = Some(state);
         self.log_progress(now);
@@ -1005,9 +980,9 @@ impl Engine {
             let percent = (done * 100).checked_div(r.record.size).unwrap_or(100);
             tracing::info!(
                 "downloading {path}: {} of {} ({percent}%), {}/s from {sources} {}",
-                human_bytes(done),
-                human_bytes(r.record.size),
-                human_bytes(rate),
+                size(done),
+                size(r.record.size),
+                size(rate),
                 plural(sources, "peer")
             );
             r.logged = (now, done);

@@ -98,18 +98,7 @@ pub fn read_verified(
     len: u32,
     hash: &ContentHash,
 ) -> Option<Vec<u8>> {
-    for (path, offset) in candidates {
-        match read_opened_at_verified(source.open_candidate(path), *offset, len, hash) {
-            Ok(Some(bytes)) => return Some(bytes),
-            Ok(None) => {
-                tracing::debug!(path = %path.display(), offset, chunk = %hash.fmt_short(), "chunk candidate is stale");
-            }
-            Err(e) => {
-                tracing::debug!(path = %path.display(), offset, chunk = %hash.fmt_short(), error = %e, "chunk candidate unreadable");
-            }
-        }
-    }
-    None
+    OpenCandidates::default().read_verified(source, candidates, len, hash)
 }
 
 /// Most files [`OpenCandidates`] keeps open.
