@@ -300,6 +300,18 @@ impl Cluster {
     }
 }
 
+/// With the tracker down, peers 0 and 1 both edit `rel` (which every
+/// peer has); peer 1's edit is the later one (peer 0's is backdated a
+/// minute), so it keeps the name once the tracker is back.
+pub fn concurrent_edits_while_tracker_is_down(cluster: &mut Cluster, rel: &str) {
+    cluster.kill_tracker();
+    write(&cluster.folder(0), rel, b"edit from peer 0\n");
+    write(&cluster.folder(1), rel, b"edit from peer 1\n");
+    let earlier = std::time::SystemTime::now() - Duration::from_secs(60);
+    let file = std::fs::File::options().write(true).open(cluster.folder(0).join(rel)).unwrap();
+    file.set_modified(earlier).unwrap();
+}
+
 /// Bytes fetched over the network according to a `transfer of .. done` line.
 pub fn fetched_bytes(line: &str) -> u64 {
     let rest = line.split(" fetched=").nth(1).expect("transfer line format");

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use dartsync_shared::test_util::eventually;
 
-use crate::cluster::{CONVERGE, Cluster, Node, Options, random_bytes, snapshot, write};
+use crate::cluster::{
+    CONVERGE, Cluster, Node, Options, concurrent_edits_while_tracker_is_down, random_bytes, snapshot, write,
+};
 
 const MIB: usize = 1024 * 1024;
 
@@ -105,13 +107,8 @@ fn concurrent_edits_while_tracker_is_down_keep_both_versions() {
     write(&cluster.folder(0), "doc.txt", b"original\n");
     write(&cluster.folder(0), "keep.txt", b"keep me\n");
     cluster.wait_converged(0, CONVERGE);
-    cluster.kill_tracker();
     // Concurrent edits of doc.txt (peer 1 later), edit vs delete of keep.txt.
-    write(&cluster.folder(0), "doc.txt", b"edit from peer 0\n");
-    write(&cluster.folder(1), "doc.txt", b"edit from peer 1\n");
-    // Make peer 1's edit clearly the later one.
-    let earlier = std::time::SystemTime::now() - Duration::from_secs(60);
-    fs::File::options().write(true).open(cluster.folder(0).join("doc.txt")).unwrap().set_modified(earlier).unwrap();
+    concurrent_edits_while_tracker_is_down(&mut cluster, "doc.txt");
     write(&cluster.folder(2), "keep.txt", b"edited, not deleted\n");
     fs::remove_file(cluster.folder(3).join("keep.txt")).unwrap();
     // Give the scanners time to index the edits before the tracker is back.

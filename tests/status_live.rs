@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cluster::{CONVERGE, Cluster, Options, random_bytes, snapshot, write};
+use crate::cluster::{
+    CONVERGE, Cluster, Options, concurrent_edits_while_tracker_is_down, random_bytes, snapshot, write,
+};
 use crate::util::run;
 
 /// Pause between two status polls.
@@ -156,12 +158,8 @@ fn the_peer_whose_edit_lost_a_conflict_is_told_and_lists_it() {
     let mut cluster = Cluster::start(Options::default());
     write(&cluster.folder(0), "doc.txt", b"original\n");
     cluster.wait_converged(0, CONVERGE);
-    cluster.kill_tracker();
-    write(&cluster.folder(0), "doc.txt", b"edit from peer 0\n");
-    write(&cluster.folder(1), "doc.txt", b"edit from peer 1\n");
     // Peer 1's edit is the later one: it keeps the name.
-    let earlier = std::time::SystemTime::now() - Duration::from_secs(60);
-    fs::File::options().write(true).open(cluster.folder(0).join("doc.txt")).unwrap().set_modified(earlier).unwrap();
+    concurrent_edits_while_tracker_is_down(&mut cluster, "doc.txt");
     for i in 0..2 {
         cluster.peer(i).wait_for_line("will be announced when the tracker is back", Duration::from_secs(20));
     }
