@@ -285,12 +285,20 @@ impl Engine {
                 Event::Shutdown => "shutdown",
             };
             let t0 = Instant::now();
-            let tick = matches!(event, Event::Tick);
+            // Ticks and finished downloads always refresh the board; other
+            // events at once when the folder's state changed (status must
+            // never say "up to date" while a change is being applied),
+            // else at most every PUBLISH_GAP.
+            let forced = matches!(event, Event::Tick | Event::Download(_));
             self.handle(event).await;
             let t1 = Instant::now();
             let n = self.dirty.len();
             self.reconcile_dirty().await;
-            if tick || self.standing.published.is_none_or(|at| at.elapsed() >= PUBLISH_GAP) {
+            let state = folder_state(self.standing.connected, self.busy(), self.waiting.len() as u64);
+            if forced
+                || self.standing.state != Some(state)
+                || self.standing.published.is_none_or(|at| at.elapsed() >= PUBLISH_GAP)
+            {
                 self.publish_standing().await;
             }
             tracing::trace!(
