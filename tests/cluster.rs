@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use dartsync_shared::test_util::{det_bytes, eventually};
 
-use crate::util::{Proc, run, wait_until};
+use crate::util::{Proc, run, spawn_peer, wait_until};
 
 /// Default time allowed for a cluster to converge.
 pub const CONVERGE: Duration = Duration::from_secs(60);
@@ -167,23 +167,14 @@ impl Cluster {
     pub fn start_peer_with(&mut self, i: usize, extra: &[&str]) {
         let folder = self.folder(i);
         let addr = self.tracker_addr.to_string();
-        let mut args = vec![
-            "--peer",
-            folder.to_str().unwrap(),
-            "--tracker-addr",
-            &addr,
-            "--listen",
-            "127.0.0.1:0",
-            "--key-file",
-            self.key.to_str().unwrap(),
-        ];
         // Named after its index, unless the test names it.
         let name = format!("peer{i}");
+        let mut args = Vec::new();
         if !extra.contains(&"--name") {
             args.extend(["--name", &name]);
         }
         args.extend_from_slice(extra);
-        let proc = Proc::spawn(&name, &args, &self.opts.log);
+        let proc = spawn_peer(&name, &folder, &addr, &self.key, &self.opts.log, &args);
         if i >= self.peers.len() {
             self.peers.resize_with(i + 1, || None);
         }

@@ -12,7 +12,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::cluster::{CONVERGE, Cluster, Options, snapshot, write};
-use crate::util::{Proc, run, wait_until};
+use crate::util::{Proc, run, spawn_peer, wait_until};
 
 /// The debug line of every attempt to reach the tracker.
 const ATTEMPT: &str = "connecting to tracker";
@@ -200,17 +200,7 @@ fn a_peer_with_another_cluster_key_says_so_a_few_times() {
     let fingerprint = ClusterKey::load(&other_key).unwrap().fingerprint();
     let folder = c.dir.path().join("stranger");
     let addr = c.tracker_addr.to_string();
-    let args = [
-        "--peer",
-        folder.to_str().unwrap(),
-        "--tracker-addr",
-        &addr,
-        "--listen",
-        "127.0.0.1:0",
-        "--key-file",
-        other_key.to_str().unwrap(),
-    ];
-    let peer = Proc::spawn("stranger", &args, "info,dartsync_peer=debug");
+    let peer = spawn_peer("stranger", &folder, &addr, &other_key, "info,dartsync_peer=debug", &[]);
     let start = peer.wait_for_line("syncing ", Duration::from_secs(20));
     assert!(start.contains(&format!("cluster key fingerprint {fingerprint}")), "{start}");
 
@@ -244,17 +234,7 @@ fn a_wrong_address_says_nothing_listens_there() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
     let folder = dir.path().join("peer");
-    let args = [
-        "--peer",
-        folder.to_str().unwrap(),
-        "--tracker-addr",
-        &addr,
-        "--listen",
-        "127.0.0.1:0",
-        "--key-file",
-        key.to_str().unwrap(),
-    ];
-    let peer = Proc::spawn("lost", &args, "info,dartsync_peer=debug");
+    let peer = spawn_peer("lost", &folder, &addr, &key, "info,dartsync_peer=debug", &[]);
     let hint = format!("no tracker at {addr} (connection refused) — is it running? is --tracker-addr right?");
     peer.wait_for_line(&hint, Duration::from_secs(20));
     wait_until(Duration::from_secs(30), "retries", || attempts_after(&peer.lines(), &hint) >= 3);

@@ -47,6 +47,24 @@ pub fn spawn_tracker(key: &Path, data: &Path) -> Proc {
     Proc::spawn("tracker", &args, "info")
 }
 
+/// Spawns `dartsync --peer FOLDER` for `tracker_addr` with `key`, its
+/// piece server on a free loopback port, logging at `log`, with `extra`
+/// arguments.
+pub fn spawn_peer(name: &str, folder: &Path, tracker_addr: &str, key: &Path, log: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "--peer",
+        folder.to_str().unwrap(),
+        "--tracker-addr",
+        tracker_addr,
+        "--listen",
+        "127.0.0.1:0",
+        "--key-file",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(name, &args, log)
+}
+
 impl Proc {
     /// Spawns `dartsync args...` with `RUST_LOG` set to `log`.
     pub fn spawn(name: &str, args: &[&str], log: &str) -> Proc {

@@ -27,7 +27,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use dartsync_shared::chunk::ChunkInfo;
-use dartsync_shared::test_util::ScratchDir;
+use dartsync_shared::test_util::{ScratchDir, harness};
 use dartsync_shared::{ContentHash, FileKind, FileRecord, RelPath, ShortId, VersionVector};
 use redb::{Database, ReadableDatabase, TableDefinition};
 
@@ -44,20 +44,7 @@ const CHUNK_LISTS: TableDefinition<&str, &[u8]> = TableDefinition::new("chunk_li
 pub const CHUNKS_KEY: &str = "f";
 
 /// The scaffolding around a decoder failed (not a verdict on the input).
-#[derive(Debug)]
-pub struct HarnessError(String);
-
-impl std::fmt::Display for HarnessError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "fuzzing harness: {}", self.0)
-    }
-}
-
-impl std::error::Error for HarnessError {}
-
-fn harness(what: &str, e: impl std::fmt::Display) -> HarnessError {
-    HarnessError(format!("{what}: {e}"))
-}
+pub use dartsync_shared::test_util::HarnessError;
 
 /// True when `bytes` are a well-formed `.part.state` file.
 pub fn part_state(bytes: &[u8]) -> bool {

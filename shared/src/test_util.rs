@@ -213,6 +213,24 @@ impl Drop for ScratchDir {
     }
 }
 
+/// The scaffolding around a decoder failed (not a verdict on the input):
+/// the error of the fuzz harnesses of every crate.
+#[derive(Debug)]
+pub struct HarnessError(pub String);
+
+impl std::fmt::Display for HarnessError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "fuzzing harness: {}", self.0)
+    }
+}
+
+impl std::error::Error for HarnessError {}
+
+/// A [`HarnessError`]: `what` failed, and why.
+pub fn harness(what: &str, e: impl std::fmt::Display) -> HarnessError {
+    HarnessError(format!("{what}: {e}"))
+}
+
 /// A [`RelPath`], panicking with the reason if `path` is not one.
 pub fn rel(path: &str) -> RelPath {
     RelPath::new(path).unwrap_or_else(|e| panic!("test path {path:?} is invalid: {e}"))

@@ -20,7 +20,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use dartsync_shared::test_util::ScratchDir;
+use dartsync_shared::test_util::{ScratchDir, harness};
 use redb::{Database, TableDefinition};
 
 use crate::store::{DB_FILE, Store, StoreError};
@@ -35,20 +35,7 @@ const PEERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("peers");
 pub const META_KEY: &str = "meta";
 
 /// The scaffolding around a decoder failed (not a verdict on the input).
-#[derive(Debug)]
-pub struct HarnessError(String);
-
-impl std::fmt::Display for HarnessError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "fuzzing harness: {}", self.0)
-    }
-}
-
-impl std::error::Error for HarnessError {}
-
-fn harness(what: &str, e: impl std::fmt::Display) -> HarnessError {
-    HarnessError(format!("{what}: {e}"))
-}
+pub use dartsync_shared::test_util::HarnessError;
 
 /// Raw rows of a tracker database.
 #[derive(Debug, Clone, Copy, Default)]
