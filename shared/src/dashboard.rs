@@ -123,7 +123,7 @@ impl Dashboard {
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|source| DashboardError::Bind { addr, source })?;
         let addr = listener.local_addr().map_err(|source| DashboardError::Bind { addr, source })?;
-        let token = if addr.ip().is_loopback() { None } else { token.map(Arc::from) };
+        let token = if Self::needs_token(addr) { token.map(Arc::from) } else { None };
         Ok(Dashboard { listener, addr, token })
     }
 

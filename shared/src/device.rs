@@ -44,9 +44,7 @@ pub fn check_device_name(name: &str) -> Result<(), DeviceNameError> {
 /// This machine's hostname, when it makes a valid device name; else
 /// `"peer"`.
 pub fn default_device_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .unwrap_or_default();
+    let host = hostname();
     let host = host.trim();
     // "bob-laptop.local" -> "bob-laptop": the domain adds nothing on a LAN.
     let host = host.split('.').next().unwrap_or(host);
@@ -57,15 +55,20 @@ pub fn default_device_name() -> String {
 /// This machine's host name as the LAN knows it (for URLs), `localhost`
 /// when it has none.
 pub fn local_host_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .unwrap_or_default();
+    let host = hostname();
     let host = host.trim();
     if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
         "localhost".to_owned()
     } else {
         host.to_owned()
     }
+}
+
+/// The kernel's host name, untrimmed (empty when it cannot be read).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default()
 }
 
 /// `name` as a file-name piece: lower-case ASCII letters, digits and
