@@ -165,3 +165,112 @@ fn a_chunk_list_of_many_pages_syncs_end_to_end() {
         assert_eq!(fetched_bytes(&line), bytes.len() as u64, "peer{i}: {line}");
     }
 }
+
+/// Asserts every receiver (peers 1..4) logged a finished transfer of
+/// `path` that fetched at most 1% of `len` bytes over the network.
+fn assert_fetched_at_most_one_percent(cluster: &Cluster, path: &str, len: usize) {
+    for i in 1..4 {
+        let line = cluster.peer(i).wait_for_line(&format!("transfer of {path} done"), CONVERGE);
+        let fetched = fetched_bytes(&line);
+        assert!(fetched * 100 <= len as u64, "peer{i} fetched {fetched} of {len} bytes for a move of {path}: {line}");
+    }
+}
+
+#[test]
+fn renames_and_moves_fetch_nothing_whatever_else_changes() {
+    let cluster = Cluster::start(Options::default());
+    for i in 0..4 {
+        cluster.wait_registered(i, 1);
+    }
+    let p0 = cluster.folder(0);
+    let (a, b, c) = (random_bytes(24 * MIB, 21), random_bytes(16 * MIB, 22), random_bytes(8 * MIB, 23));
+    write(&p0, "a.bin", &a);
+    write(&p0, "dir/b.bin", &b);
+    write(&p0, "c.bin", &c);
+    cluster.wait_tree(&snapshot(&p0), Duration::from_secs(120));
+
+    // A move into a folder that does not exist yet, together with a
+    // hundred new small files.
+    fs::create_dir_all(p0.join("new/sub")).unwrap();
+    fs::rename(p0.join("a.bin"), p0.join("new/sub/a.bin")).unwrap();
+    for i in 0..100 {
+        write(&p0, &format!("small/f{i}.txt"), format!("small {i}\n").as_bytes());
+    }
+    cluster.wait_tree(&snapshot(&p0), Duration::from_secs(120));
+    assert_fetched_at_most_one_percent(&cluster, "new/sub/a.bin", a.len());
+
+    // A folder renamed with a big file in it, and a file deleted.
+    fs::rename(p0.join("dir"), p0.join("renamed")).unwrap();
+    fs::remove_file(p0.join("small/f0.txt")).unwrap();
+    cluster.wait_tree(&snapshot(&p0), Duration::from_secs(120));
+    assert_fetched_at_most_one_percent(&cluster, "renamed/b.bin", b.len());
+
+    // Two files swap names through a third.
+    fs::rename(p0.join("c.bin"), p0.join("swap.tmp")).unwrap();
+    fs::rename(p0.join("new/sub/a.bin"), p0.join("c.bin")).unwrap();
+    fs::rename(p0.join("swap.tmp"), p0.join("new/sub/a.bin")).unwrap();
+    cluster.wait_tree(&snapshot(&p0), Duration::from_secs(120));
+    for i in 1..4 {
+        wait_until(CONVERGE, &format!("peer{i} to log both swapped files"), || {
+            cluster.transfer_lines(i, "c.bin").len() >= 2 && cluster.transfer_lines(i, "new/sub/a.bin").len() >= 2
+        });
+        for (path, len) in [("c.bin", a.len()), ("new/sub/a.bin", c.len())] {
+            let line = cluster.transfer_lines(i, path).pop().unwrap();
+            let fetched = fetched_bytes(&line);
+            assert!(fetched * 100 <= len as u64, "peer{i} fetched {fetched} of {len} bytes for the swap: {line}");
+        }
+    }
+}
+
+#[test]
+fn a_file_written_with_pauses_is_announced_once_whole_and_never_seen_half_written() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let cluster = Cluster::start(Options::default());
+    for i in 0..4 {
+        cluster.wait_registered(i, 1);
+    }
+    let parts: Vec<Vec<u8>> = (0..4).map(|i| random_bytes(300_000, 40 + i)).collect();
+    let whole = parts.concat();
+    let receivers: Vec<_> = (1..4).map(|i| cluster.folder(i).join("slow.bin")).collect();
+    // Watches the receivers the whole time: any content other than the
+    // whole file is a half-written announcement.
+    let stop = Arc::new(AtomicBool::new(false));
+    let wrong = Arc::new(Mutex::new(Vec::new()));
+    let watcher = {
+        let (stop, wrong, whole, receivers) = (stop.clone(), wrong.clone(), whole.clone(), receivers.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for path in &receivers {
+                    if let Ok(bytes) = fs::read(path)
+                        && bytes != whole
+                    {
+                        wrong.lock().unwrap().push((path.clone(), bytes.len()));
+                    }
+                }
+                std::thread::yield_now();
+            }
+        })
+    };
+    let mut file = fs::File::create(cluster.folder(0).join("slow.bin")).unwrap();
+    for part in &parts {
+        file.write_all(part).unwrap();
+        // The scenario: a writer that keeps the file open and pauses for
+        // up to 2 s between writes (a recording, a download). Not a wait
+        // for anything.
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    drop(file);
+    wait_until(CONVERGE, "the whole file on every receiver", || {
+        receivers.iter().all(|p| fs::read(p).is_ok_and(|b| b == whole))
+    });
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    let wrong = wrong.lock().unwrap();
+    assert!(wrong.is_empty(), "receivers saw a half-written file (path, length): {:?}", &wrong[..wrong.len().min(5)]);
+    let announced: Vec<String> =
+        cluster.peer(0).lines().into_iter().filter(|l| l.contains("announced") && l.contains("slow.bin")).collect();
+    assert_eq!(announced.len(), 1, "announced more than once: {announced:?}");
+}

@@ -104,9 +104,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
         std::fs::write(dir.join(format!("f{i:07}.txt")), body)?;
     }
     let create = t.elapsed();
-    // Let the newest files leave the quiet period (a file changed in the
-    // last 200 ms is deferred as possibly still being written).
-    tokio::time::sleep(LocalConfig::DEFAULT_DEBOUNCE + Duration::from_millis(100)).await;
+    // Let the newest files leave the quiet period (a file changed within
+    // it is deferred as possibly still being written).
+    tokio::time::sleep(LocalConfig::DEFAULT_QUIET + Duration::from_millis(100)).await;
 
     let first = run_once(&root).await?;
     let restart = run_once(&root).await?;

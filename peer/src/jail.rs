@@ -259,8 +259,10 @@ impl Jail {
     /// `.dartsync/tmp`) to `dest`, atomically: sets its permission bits to
     /// `mode & 0o777` and its mtime, fsyncs it, renames it over whatever
     /// file or symlink is at `dest` (a folder there is refused) and fsyncs
-    /// both folders. The parent of `dest` must exist. To keep the replaced
-    /// content, [`Jail::link_to`] it into the history first.
+    /// the folder of `dest`. (Not the temp folder: a temp name that comes
+    /// back after a crash is only a stale temp file.) The parent of `dest`
+    /// must exist. To keep the replaced content, [`Jail::link_to`] it into
+    /// the history first.
     pub(crate) fn install_file(
         &self,
         dest: &Path,
@@ -281,8 +283,7 @@ impl Jail {
         let dest_parent = self.parent(OP, &dest, Access::Modify)?;
         renameat(&temp_parent, temp.name, &dest_parent, dest.name)
             .map_err(|errno| rename_error(OP, &temp, &dest, dest_parent.as_fd(), errno))?;
-        fsync_dir(dest.path, &dest_parent)?;
-        fsync_dir(temp.path, &temp_parent)
+        fsync_dir(dest.path, &dest_parent)
     }
 
     /// Hard-links the entry `rel` (a file or symlink, not followed) as

@@ -27,7 +27,7 @@
 //! No network code lives here; announcing the changes is the tracker
 //! client's job.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,16 +59,16 @@ use ignore::IgnoreRules;
 use index::{Index, IndexEntry};
 use probe::Probe;
 use scan::{ScanReport, Scanner, ScannerConfig};
-use watch::{Wakeup, Watcher};
+use watch::{Touched, Wakeup, Watcher};
 
 /// Capacity of the channel of local changes.
 pub const CHANGES_CAPACITY: usize = 1024;
 /// Capacity of the command channel ([`LocalState::mark_dirty`]); overflow
 /// turns into a full rescan.
 const COMMAND_CAPACITY: usize = 1024;
-/// Capacity of the watcher's channel, in debounced batches; overflow turns
-/// into a full rescan.
-const WATCH_CAPACITY: usize = 256;
+/// Capacity of the watcher's channel, in batches; while it is full the
+/// watcher gathers further events into the next batch.
+const WATCH_CAPACITY: usize = 4;
 
 /// How to run the local state of one folder.
 #[derive(Debug, Clone)]
@@ -79,9 +79,10 @@ pub struct LocalConfig {
     pub rescan: Duration,
     /// This peer's id in version vectors.
     pub me: ShortId,
-    /// Watcher debounce; also the quiet period: a file modified more
-    /// recently than this is not hashed yet (it may still be written).
-    pub debounce: Duration,
+    /// The quiet period: a file modified more recently than this is not
+    /// hashed yet (it may still be written), unless an event certified it
+    /// complete since (closed after writing, renamed into place).
+    pub quiet: Duration,
     /// Do not announce permission bits: every file reads as 0644 and every
     /// folder as 0755, so a local `chmod` is no change (file systems
     /// without Unix modes).
@@ -91,17 +92,19 @@ pub struct LocalConfig {
 impl LocalConfig {
     /// Default full-rescan interval.
     pub const DEFAULT_RESCAN: Duration = Duration::from_secs(600);
-    /// Default watcher debounce and quiet period.
-    pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
+    /// Default quiet period: longer than the pauses of a slow writer that
+    /// keeps its file open (a download, a recording), so such a file is
+    /// announced once, whole.
+    pub const DEFAULT_QUIET: Duration = Duration::from_secs(3);
 
     /// A configuration with the default piece length, rescan interval and
-    /// debounce.
+    /// quiet period.
     pub fn new(me: ShortId) -> LocalConfig {
         LocalConfig {
             piece_len: DEFAULT_PIECE_LEN,
             rescan: Self::DEFAULT_RESCAN,
             me,
-            debounce: Self::DEFAULT_DEBOUNCE,
+            quiet: Self::DEFAULT_QUIET,
             ignore_perms: false,
         }
     }
@@ -215,18 +218,16 @@ impl LocalState {
         let (changes_tx, changes_rx) = mpsc::channel(CHANGES_CAPACITY);
         let probe = Probe::new(jails.folder.clone(), ChunkParams::for_piece_len(cfg.piece_len), cfg.ignore_perms);
         let gate = Arc::new(WriteGate::new(index.clone(), probe));
-        let scanner_config = ScannerConfig { me: cfg.me, quiet: cfg.debounce };
+        let scanner_config = ScannerConfig { me: cfg.me, quiet: cfg.quiet };
         let scanner = Arc::new(Scanner::new(scanner_config, gate.clone(), rules, changes_tx, shutdown.clone()));
 
         // The watcher starts before the startup scan so no change between
         // the two is lost.
         let wakeup = Arc::new(Wakeup::default());
         let (watch_tx, watch_rx) = mpsc::channel(WATCH_CAPACITY);
-        let (watch_root, watch_wakeup, debounce) = (dirs.root.clone(), wakeup.clone(), cfg.debounce);
+        let (watch_root, watch_wakeup) = (dirs.root.clone(), wakeup.clone());
         let watcher =
-            match tokio::task::spawn_blocking(move || Watcher::start(&watch_root, debounce, watch_tx, watch_wakeup))
-                .await?
-            {
+            match tokio::task::spawn_blocking(move || Watcher::start(&watch_root, watch_tx, watch_wakeup)).await? {
                 Ok(watcher) => Some(watcher),
                 Err(err) => {
                     tracing::warn!(%err, "file watcher unavailable; relying on periodic rescans");
@@ -243,13 +244,13 @@ impl LocalState {
             piece_len: cfg.piece_len,
             rechunk: stored_piece_len != Some(cfg.piece_len),
             rescan_every: cfg.rescan,
-            retry_delay: cfg.debounce.max(Duration::from_millis(50)),
+            retry_delay: (cfg.quiet / 8).clamp(Duration::from_millis(20), Duration::from_millis(400)),
             commands: commands_rx,
             watch_rx,
             wakeup: wakeup.clone(),
             scans: scans_tx,
             shutdown,
-            dirty: BTreeSet::new(),
+            dirty: BTreeMap::new(),
             retry: Deadlines::default(),
             waiters: Vec::new(),
             want_full: false,
@@ -388,11 +389,12 @@ struct ScanTask {
     rescan_every: Duration,
     retry_delay: Duration,
     commands: mpsc::Receiver<Command>,
-    watch_rx: mpsc::Receiver<Vec<PathBuf>>,
+    watch_rx: mpsc::Receiver<Vec<Touched>>,
     wakeup: Arc<Wakeup>,
     scans: tokio::sync::watch::Sender<u64>,
     shutdown: CancellationToken,
-    dirty: BTreeSet<RelPath>,
+    /// Paths to check, with the instant an event certified each complete.
+    dirty: BTreeMap<RelPath, Option<i64>>,
     /// Paths to re-check, ordered by when.
     retry: Deadlines<RelPath, Instant>,
     /// Callers of `rescan_now` waiting for the next full scan.
@@ -406,7 +408,7 @@ struct ScanTask {
 enum Wake {
     Stop,
     Command(Command),
-    Paths(Vec<PathBuf>),
+    Paths(Vec<Touched>),
     Timer,
 }
 
@@ -447,25 +449,27 @@ impl ScanTask {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Dirty(path) => {
-                self.dirty.insert(path);
-            }
+            Command::Dirty(path) => self.touch(path, None),
             Command::Rescan(reply) => self.waiters.push(reply),
         }
     }
 
-    fn on_paths(&mut self, paths: Vec<PathBuf>) {
-        for path in paths {
+    fn on_paths(&mut self, touched: Vec<Touched>) {
+        for Touched { path, settled_at } in touched {
             if path == self.root {
                 continue;
             }
             match RelPath::from_local(&self.root, &path) {
-                Ok(rel) => {
-                    self.dirty.insert(rel);
-                }
+                Ok(rel) => self.touch(rel, settled_at),
                 Err(err) => tracing::debug!(path = %path.display(), %err, "event for an unsyncable path"),
             }
         }
+    }
+
+    /// Marks `path` dirty, keeping the latest certification of it.
+    fn touch(&mut self, path: RelPath, settled_at: Option<i64>) {
+        let slot = self.dirty.entry(path).or_insert(None);
+        *slot = (*slot).max(settled_at);
     }
 
     async fn step(&mut self) {
@@ -473,7 +477,7 @@ impl ScanTask {
             self.want_full = true;
         }
         for path in self.retry.take_due(Instant::now()) {
-            self.dirty.insert(path);
+            self.touch(path, None);
         }
         if self.want_full || !self.waiters.is_empty() {
             self.full_scan(false).await;

@@ -143,6 +143,13 @@ fn downloader(key: &ClusterKey, source: Arc<dyn ChunkSource>, tmp: &Path) -> Dow
     Downloader::new(key.clone(), Identity::generate(), source, tmp.to_owned(), DownloadLimits::default())
 }
 
+/// A downloader that persists progress every 64 KiB, so the 1 MiB files of
+/// these tests are resumable (by default only files above 8 MiB are).
+fn resumable_downloader(key: &ClusterKey, source: Arc<dyn ChunkSource>, tmp: &Path) -> Downloader {
+    let limits = DownloadLimits { persist_every_bytes: 64 * 1024, ..DownloadLimits::default() };
+    Downloader::new(key.clone(), Identity::generate(), source, tmp.to_owned(), limits)
+}
+
 fn empty_source() -> Arc<dyn ChunkSource> {
     Arc::new(MemoryChunkSource::new())
 }
@@ -588,6 +595,32 @@ async fn a_whole_file_mismatch_deletes_the_partial_file() {
 }
 
 #[tokio::test]
+async fn a_small_failed_download_leaves_no_state_and_is_fetched_again() {
+    const SERVED: usize = 10;
+    let OneFile { key, bytes, chunked, rec, site } = one_file(10, MIB);
+    let flaky = Server::start(
+        &key,
+        Arc::new(LimitedSource { inner: site.source.clone(), left: AtomicUsize::new(SERVED) }),
+        |_| {},
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    // 1 MiB is below the default persist threshold: no state file, no
+    // fsync, nothing to resume.
+    let d = downloader(&key, empty_source(), tmp.path());
+    assert!(download(&d, &rec, vec![flaky.holder()]).await.is_err());
+    assert!(names(tmp.path()).iter().all(|n| !n.ends_with(".state")), "{:?}", names(tmp.path()));
+    flaky.stop().await;
+    let honest = Server::start(&key, site.source.clone(), |_| {}).await;
+    let d = downloader(&key, empty_source(), tmp.path());
+    let outcome = download(&d, &rec, vec![honest.holder()]).await.unwrap();
+    assert_eq!((outcome.bytes_resumed, outcome.bytes_fetched), (0, bytes.len() as u64));
+    assert_eq!(std::fs::read(&outcome.temp_path).unwrap(), bytes);
+    assert_eq!(chunked.content, rec.content);
+    honest.stop().await;
+}
+
+#[tokio::test]
 async fn a_failed_download_resumes_and_fetches_only_the_rest() {
     const SERVED: usize = 10;
     let OneFile { key, bytes, chunked, rec, site } = one_file(10, MIB);
@@ -598,7 +631,7 @@ async fn a_failed_download_resumes_and_fetches_only_the_rest() {
     )
     .await;
     let tmp = tempfile::tempdir().unwrap();
-    let d = downloader(&key, empty_source(), tmp.path());
+    let d = resumable_downloader(&key, empty_source(), tmp.path());
     let err = download(&d, &rec, vec![flaky.holder()]).await.unwrap_err();
     let DownloadError::NoHoldersLeft { missing_chunks, failures, .. } = &err else { panic!("unexpected {err:?}") };
     assert_eq!(*missing_chunks, chunked.chunks.len() - SERVED);
@@ -609,7 +642,7 @@ async fn a_failed_download_resumes_and_fetches_only_the_rest() {
 
     // A new downloader (as after a restart) with an honest holder.
     let honest = Server::start(&key, site.source.clone(), |_| {}).await;
-    let d = downloader(&key, empty_source(), tmp.path());
+    let d = resumable_downloader(&key, empty_source(), tmp.path());
     let outcome = download(&d, &rec, vec![honest.holder()]).await.unwrap();
     check_outcome(&outcome, &bytes);
     let first: u64 = chunked.chunks[..SERVED].iter().map(|c| u64::from(c.len)).sum();
@@ -628,7 +661,7 @@ async fn a_damaged_partial_file_is_reverified_on_resume() {
         Server::start(&key, Arc::new(LimitedSource { inner: site.source.clone(), left: AtomicUsize::new(6) }), |_| {})
             .await;
     let tmp = tempfile::tempdir().unwrap();
-    let d = downloader(&key, empty_source(), tmp.path());
+    let d = resumable_downloader(&key, empty_source(), tmp.path());
     download(&d, &rec, vec![flaky.holder()]).await.unwrap_err();
     // Flip a byte of the first chunk behind the state file's back.
     let part = tmp.path().join(format!("{}.part", chunked.content.to_hex()));
@@ -694,7 +727,7 @@ async fn cancel_stops_promptly_and_keeps_the_partial_file() {
     let stuck =
         Server::start(&key, Arc::new(GatedSource { inner: site.source.clone(), gate: gate.clone() }), |_| {}).await;
     let tmp = tempfile::tempdir().unwrap();
-    let d = Arc::new(downloader(&key, empty_source(), tmp.path()));
+    let d = Arc::new(resumable_downloader(&key, empty_source(), tmp.path()));
     let cancel = CancellationToken::new();
     let task = {
         let (d, rec, holder, cancel) = (d.clone(), rec.clone(), stuck.holder(), cancel.clone());

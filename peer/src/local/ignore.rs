@@ -27,7 +27,7 @@ use ::ignore::gitignore::{Gitignore, GitignoreBuilder};
 use dartsync_shared::RelPath;
 
 use crate::jail::{Jail, Meta};
-use crate::local::stat::{StatKey, changed_within};
+use crate::local::stat::{StatKey, changed_within, unchanged_since};
 
 /// The gitignore-style file at the folder root.
 pub const IGNORE_FILE: &str = ".dartsyncignore";
@@ -82,15 +82,18 @@ impl IgnoreRules {
     }
 
     /// Re-reads the ignore file if it changed (appeared, vanished, or got a
-    /// new size, mtime or inode), unless it changed less than `quiet` ago:
-    /// a half-saved file could briefly un-ignore everything, so the old
-    /// rules stay until it settles ([`Reload::Pending`]).
-    pub fn reload_if_changed(&mut self, quiet: Duration) -> Reload {
+    /// new size, mtime or inode), unless it changed less than `quiet` ago
+    /// and no event certified it complete since (`settled_at`, see
+    /// [`crate::local::watch::Touched`]): a half-saved file could briefly
+    /// un-ignore everything, so the old rules stay until it settles
+    /// ([`Reload::Pending`]).
+    pub fn reload_if_changed(&mut self, quiet: Duration, settled_at: Option<i64>) -> Reload {
         let meta = file_meta(&self.jail);
         if meta.as_ref().map(StatKey::of) == self.stamp {
             return Reload::Unchanged;
         }
-        if meta.as_ref().is_some_and(|m| changed_within(m, quiet)) {
+        let certified = |m: &Meta| settled_at.is_some_and(|at| unchanged_since(m, at));
+        if meta.as_ref().is_some_and(|m| changed_within(m, quiet) && !certified(m)) {
             return Reload::Pending;
         }
         let (user, stamp) = load_user(&self.jail);
@@ -211,22 +214,28 @@ mod tests {
                 ("src/main.rs", false, false),
             ],
         );
-        assert_eq!(rules.reload_if_changed(Duration::ZERO), Reload::Unchanged);
+        assert_eq!(rules.reload_if_changed(Duration::ZERO, None), Reload::Unchanged);
         // A new version of the file (different size) is picked up.
         std::fs::write(tmp.path().join(IGNORE_FILE), "*.rs\n").unwrap();
         // Just written: it may be half-saved, the old rules stay.
-        assert_eq!(rules.reload_if_changed(Duration::from_secs(3600)), Reload::Pending);
+        assert_eq!(rules.reload_if_changed(Duration::from_secs(3600), None), Reload::Pending);
         check(&rules, &[("a.log", false, true)]);
-        assert_eq!(rules.reload_if_changed(Duration::ZERO), Reload::Reloaded);
+        assert_eq!(rules.reload_if_changed(Duration::ZERO, None), Reload::Reloaded);
         check(&rules, &[("src/main.rs", false, true), ("a.log", false, false)]);
         // The user cannot ignore the ignore file, nor un-ignore built-ins.
         std::fs::write(tmp.path().join(IGNORE_FILE), "*\n!*.swp\n").unwrap();
-        assert_eq!(rules.reload_if_changed(Duration::ZERO), Reload::Reloaded);
+        assert_eq!(rules.reload_if_changed(Duration::ZERO, None), Reload::Reloaded);
         check(&rules, &[(IGNORE_FILE, false, false), ("a.swp", false, true), ("x", false, true)]);
         std::fs::remove_file(tmp.path().join(IGNORE_FILE)).unwrap();
         // A deletion is atomic: no need to wait.
-        assert_eq!(rules.reload_if_changed(Duration::from_secs(3600)), Reload::Reloaded);
+        assert_eq!(rules.reload_if_changed(Duration::from_secs(3600), None), Reload::Reloaded);
         check(&rules, &[("x", false, false)]);
+        // Just written, but closed since (certified): no need to wait.
+        std::fs::write(tmp.path().join(IGNORE_FILE), "*.bin\n").unwrap();
+        assert_eq!(rules.reload_if_changed(Duration::from_secs(3600), None), Reload::Pending);
+        let closed = crate::local::stat::now_ns();
+        assert_eq!(rules.reload_if_changed(Duration::from_secs(3600), Some(closed)), Reload::Reloaded);
+        check(&rules, &[("a.bin", false, true)]);
     }
 
     #[test]

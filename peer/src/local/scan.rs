@@ -13,7 +13,9 @@
 //!
 //! Invariants:
 //! - **Nothing half-written is announced.** A file is hashed only once its
-//!   last change (mtime or ctime) is older than the quiet period; its stat
+//!   last change (mtime or ctime) is older than the quiet period, or when
+//!   an event certified it complete after that change ([`Settled`]: closed
+//!   after writing, renamed into place); its stat
 //!   is taken before opening, from the open file before and after hashing,
 //!   and again just before the commit. Any movement defers the path (it is
 //!   retried later).
@@ -33,7 +35,7 @@
 //! does not watch anything and owns no task; it does not decide when to
 //! scan.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +53,7 @@ use crate::local::error::LocalError;
 use crate::local::ignore::{IGNORE_FILE, IgnoreRules, Reload};
 use crate::local::index::{Head, IndexEntry};
 use crate::local::probe::{Disk, Observed};
-use crate::local::stat::{StatKey, changed_within};
+use crate::local::stat::{StatKey, changed_within, unchanged_since};
 
 /// Plans committed per write transaction during a scan.
 const BATCH_RECORDS: usize = 512;
@@ -69,6 +71,38 @@ pub(crate) struct ScanReport {
     pub(crate) retry: Vec<RelPath>,
     /// The scan stopped early because of shutdown.
     pub(crate) interrupted: bool,
+}
+
+/// How a scan looks at files.
+#[derive(Debug, Default)]
+struct How {
+    /// Re-hash every file (the piece length changed).
+    force: bool,
+    /// Files that need not wait out the quiet period.
+    settled: Settled,
+}
+
+/// Paths an event certified complete, each with the instant it did (see
+/// [`crate::local::watch::Touched::settled_at`]); an entry covers its
+/// whole subtree (a folder renamed into place).
+#[derive(Debug, Default)]
+pub(crate) struct Settled(HashMap<RelPath, i64>);
+
+impl Settled {
+    /// Certifications of the given paths (`None`: none).
+    pub(crate) fn of(paths: &BTreeMap<RelPath, Option<i64>>) -> Settled {
+        Settled(paths.iter().filter_map(|(p, at)| Some((p.clone(), (*at)?))).collect())
+    }
+
+    /// True when `path` or one of its ancestors was certified complete and
+    /// the file has not changed since.
+    fn covers(&self, path: &RelPath, meta: &Meta) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        let certified = |p: &RelPath| self.0.get(p).is_some_and(|&at| unchanged_since(meta, at));
+        certified(path) || path.ancestors().iter().any(certified)
+    }
 }
 
 /// A record to store, with what it was planned against.
@@ -174,8 +208,10 @@ impl Scanner {
 
     /// Re-reads `.dartsyncignore` if it changed and settled; true when the
     /// rules changed. A file still within the quiet period is retried.
-    fn reload_ignore(&self, report: &mut ScanReport) -> bool {
-        match self.rules.lock().reload_if_changed(self.quiet) {
+    fn reload_ignore(&self, report: &mut ScanReport, settled: &Settled) -> bool {
+        let settled_at =
+            settled.0.get(&RelPath::new(IGNORE_FILE).expect("the ignore file name is a valid path")).copied();
+        match self.rules.lock().reload_if_changed(self.quiet, settled_at) {
             Reload::Unchanged => false,
             Reload::Reloaded => true,
             Reload::Pending => {
@@ -194,7 +230,8 @@ impl Scanner {
     }
 
     /// Decides what to store for `path`, given the index's view and one
-    /// `lstat` of the disk. Hashes the file if its stat moved (or `force`).
+    /// `lstat` of the disk. Hashes the file if its stat moved (or
+    /// `how.force`).
     /// A change that cannot get a new version (its vector's counters are at
     /// the limit) is reported once and not recorded.
     fn plan(
@@ -202,9 +239,9 @@ impl Scanner {
         path: &RelPath,
         expected: Option<&Head>,
         meta: Option<&Meta>,
-        force: bool,
+        how: &How,
     ) -> Result<Plan, LocalError> {
-        match self.plan_change(path, expected, meta, force) {
+        match self.plan_change(path, expected, meta, how) {
             Ok(plan) => Ok(plan),
             Err(PlanError::Local(e)) => Err(e),
             Err(PlanError::Exhausted(e)) => {
@@ -219,7 +256,7 @@ impl Scanner {
         path: &RelPath,
         expected: Option<&Head>,
         meta: Option<&Meta>,
-        force: bool,
+        how: &How,
     ) -> Result<Plan, PlanError> {
         let seen = Observed::of(meta);
         let live = expected.filter(|h| !h.record.deleted);
@@ -258,7 +295,7 @@ impl Scanner {
                 let known = live.filter(|h| h.record.kind == FileKind::File);
                 let same_stamp = known.and_then(|h| h.stat).is_some_and(|s| s.same_content_stamp(&stat));
                 match known {
-                    Some(h) if same_stamp && !force => {
+                    Some(h) if same_stamp && !how.force => {
                         if h.stat.is_some_and(|s| s.mode == stat.mode) {
                             Plan::Nothing
                         } else {
@@ -270,7 +307,9 @@ impl Scanner {
                             store(record, chunks, Some(stat), true)
                         }
                     }
-                    _ if meta.is_some_and(|m| changed_within(m, self.quiet)) => Plan::Defer,
+                    _ if meta.is_some_and(|m| changed_within(m, self.quiet) && !how.settled.covers(path, m)) => {
+                        Plan::Defer
+                    }
                     _ => match self.gate.probe.hash_file(path, &stat) {
                         Ok(None) => Plan::Defer,
                         Err(e) if e.is_gone() => Plan::Defer,
@@ -406,25 +445,28 @@ impl Scanner {
     /// length changed).
     pub(crate) fn full_scan(&self, force: bool) -> Result<ScanReport, LocalError> {
         let mut batch = Batch::default();
-        self.reload_ignore(&mut batch.report);
-        self.scan_subtree(None, force, &mut batch)?;
+        let how = How { force, settled: Settled::default() };
+        self.reload_ignore(&mut batch.report, &how.settled);
+        self.scan_subtree(None, &how, &mut batch)?;
         self.flush(&mut batch)?;
         Ok(batch.report)
     }
 
     /// Re-checks dirty paths: each path's subtree, or that of its outermost
     /// ancestor not known as a folder (so a new tree is recorded whole).
-    /// A changed `.dartsyncignore` turns this into a full scan (paths may
-    /// have become ignored or visible anywhere).
-    pub(crate) fn check_paths(&self, paths: impl IntoIterator<Item = RelPath>) -> Result<ScanReport, LocalError> {
+    /// Each path comes with the instant an event certified it complete, if
+    /// one did. A changed `.dartsyncignore` turns this into a full scan
+    /// (paths may have become ignored or visible anywhere).
+    pub(crate) fn check_paths(&self, paths: BTreeMap<RelPath, Option<i64>>) -> Result<ScanReport, LocalError> {
+        let how = How { force: false, settled: Settled::of(&paths) };
         let mut early = ScanReport::default();
-        if self.reload_ignore(&mut early) {
+        if self.reload_ignore(&mut early, &how.settled) {
             let mut report = self.full_scan(false)?;
             report.retry.extend(early.retry);
             return Ok(report);
         }
         let mut bases = BTreeSet::new();
-        for path in paths {
+        for path in paths.into_keys() {
             let mut base = path.clone();
             for ancestor in path.ancestors() {
                 if !self.gate.index.head(&ancestor)?.is_some_and(|h| h.record.is_dir()) {
@@ -443,7 +485,7 @@ impl Scanner {
                 batch.report.interrupted = true;
                 break;
             }
-            self.scan_subtree(Some(base), false, &mut batch)?;
+            self.scan_subtree(Some(base), &how, &mut batch)?;
         }
         self.flush(&mut batch)?;
         Ok(batch.report)
@@ -451,7 +493,7 @@ impl Scanner {
 
     /// Walks `base` (the whole folder for `None`) and plans every entry;
     /// then tombstones index entries of the subtree not seen on disk.
-    fn scan_subtree(&self, base: Option<&RelPath>, force: bool, batch: &mut Batch) -> Result<(), LocalError> {
+    fn scan_subtree(&self, base: Option<&RelPath>, how: &How, batch: &mut Batch) -> Result<(), LocalError> {
         let heads = self.gate.index.heads(base)?;
         let mut seen: HashSet<RelPath> = HashSet::new();
         // Folders that could not be listed: their entries are left alone.
@@ -468,7 +510,7 @@ impl Scanner {
                     return Ok(());
                 }
                 seen.insert(base.clone());
-                let plan = self.plan(base, heads.get(base), meta.as_ref(), force)?;
+                let plan = self.plan(base, heads.get(base), meta.as_ref(), how)?;
                 self.add(plan, base, batch)?;
                 if meta.as_ref().is_some_and(|m| m.is_dir()) {
                     stack.push(Some(base.clone()));
@@ -529,7 +571,7 @@ impl Scanner {
                     continue;
                 }
                 seen.insert(rel.clone());
-                let plan = self.plan(&rel, heads.get(&rel), Some(&meta), force)?;
+                let plan = self.plan(&rel, heads.get(&rel), Some(&meta), how)?;
                 self.add(plan, &rel, batch)?;
                 if meta.is_dir() {
                     stack.push(Some(rel));
@@ -551,7 +593,7 @@ impl Scanner {
                 // It appeared after the walk passed its folder.
                 Some(_) => batch.report.retry.push(path.clone()),
                 None => {
-                    let plan = self.plan(path, Some(head), None, false)?;
+                    let plan = self.plan(path, Some(head), None, &How::default())?;
                     self.add(plan, path, batch)?;
                 }
             }
@@ -572,6 +614,11 @@ mod tests {
     use crate::local::probe::Probe;
     use dartsync_shared::chunk::ChunkParams;
     use dartsync_shared::test_util::{RecordBuilder, det_bytes};
+
+    /// Dirty paths no event certified complete.
+    fn unsettled(paths: &[&str]) -> BTreeMap<RelPath, Option<i64>> {
+        paths.iter().map(|p| (RelPath::new(p).unwrap(), None)).collect()
+    }
 
     struct Fixture {
         _tmp: tempfile::TempDir,
@@ -680,13 +727,13 @@ mod tests {
         std::fs::write(f.root.join("new/deep/er/f"), b"1").unwrap();
         std::fs::write(f.root.join("new/g"), b"2").unwrap();
         // Only the deepest file is reported dirty; the whole new tree is found.
-        f.scanner.check_paths([RelPath::new("new/deep/er/f").unwrap()]).unwrap();
+        f.scanner.check_paths(unsettled(&["new/deep/er/f"])).unwrap();
         let mut got = summary(&f.changes());
         got.sort();
         assert_eq!(got, ["+new", "+new/deep", "+new/deep/er", "+new/deep/er/f", "+new/g"]);
 
         std::fs::rename(f.root.join("new"), f.root.join("moved")).unwrap();
-        f.scanner.check_paths([RelPath::new("new").unwrap(), RelPath::new("moved").unwrap()]).unwrap();
+        f.scanner.check_paths(unsettled(&["new", "moved"])).unwrap();
         let got = f.changes();
         let mut names = summary(&got);
         names.sort();
@@ -717,7 +764,7 @@ mod tests {
         f.changes();
         std::fs::remove_dir_all(f.root.join("x")).unwrap();
         std::fs::write(f.root.join("x"), b"now a file").unwrap();
-        f.scanner.check_paths([RelPath::new("x").unwrap()]).unwrap();
+        f.scanner.check_paths(unsettled(&["x"])).unwrap();
         let got = f.changes();
         assert_eq!(summary(&got), ["+x", "-x/y"]);
         assert_eq!(got[0].kind, FileKind::File);
@@ -736,12 +783,36 @@ mod tests {
     }
 
     #[test]
+    fn a_recent_file_certified_complete_after_its_last_change_is_announced_at_once() {
+        let mut f = fixture();
+        f.scanner.quiet = Duration::from_secs(3600);
+        std::fs::create_dir_all(f.root.join("moved/in")).unwrap();
+        std::fs::write(f.root.join("closed"), b"whole").unwrap();
+        std::fs::write(f.root.join("moved/in/deep"), b"whole too").unwrap();
+        std::fs::write(f.root.join("certified-too-early"), b"partial").unwrap();
+        let now = crate::local::stat::now_ns();
+        let dirty: BTreeMap<RelPath, Option<i64>> = [
+            (RelPath::new("closed").unwrap(), Some(now)),
+            // A folder renamed into place certifies its subtree.
+            (RelPath::new("moved").unwrap(), Some(now)),
+            // Certified a minute before its last change: still quiet.
+            (RelPath::new("certified-too-early").unwrap(), Some(now - 60_000_000_000)),
+        ]
+        .into();
+        let report = f.scanner.check_paths(dirty).unwrap();
+        let mut announced: Vec<String> = f.changes().iter().map(|r| r.path.to_string()).collect();
+        announced.sort();
+        assert_eq!(announced, ["closed", "moved", "moved/in", "moved/in/deep"]);
+        assert_eq!(report.retry, [RelPath::new("certified-too-early").unwrap()]);
+    }
+
+    #[test]
     fn a_concurrent_index_write_cancels_a_stale_plan() {
         let mut f = fixture();
         let path = RelPath::new("raced").unwrap();
         std::fs::write(f.root.join("raced"), b"remote content").unwrap();
         let meta = f.scanner.gate.probe.lstat(&path).unwrap().unwrap();
-        let Plan::Store(pending) = f.scanner.plan(&path, None, Some(&meta), false).unwrap() else {
+        let Plan::Store(pending) = f.scanner.plan(&path, None, Some(&meta), &How::default()).unwrap() else {
             panic!("expected a plan")
         };
         // The apply engine records the file between plan and commit.
@@ -754,7 +825,7 @@ mod tests {
         f.scanner.flush(&mut batch).unwrap();
         assert!(f.changes().is_empty(), "stale plan committed");
         assert_eq!(batch.report.retry, std::slice::from_ref(&path));
-        f.scanner.check_paths([path.clone()]).unwrap();
+        f.scanner.check_paths([(path.clone(), None)].into()).unwrap();
         assert!(f.changes().is_empty(), "echo after re-check");
         assert_eq!(f.scanner.gate.index.get(&path).unwrap().unwrap().record.version, record.version);
     }

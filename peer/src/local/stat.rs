@@ -1,7 +1,8 @@
 //! [`StatKey`]: the one stat stamp of the peer — what a re-`lstat` of a
 //! path is compared with to decide whether its content may have changed
-//! (size, mtime, inode) and whether its permission bits did — plus the two
-//! time helper every stamp user needs ([`changed_within`]).
+//! (size, mtime, inode) and whether its permission bits did — plus the
+//! time helpers every stamp user needs ([`changed_within`],
+//! [`unchanged_since`], [`now_ns`]).
 //!
 //! Pure functions of a jail [`Meta`] (an `lstat` or `fstat` taken without
 //! following links); no I/O of their own.
@@ -36,13 +37,27 @@ impl StatKey {
     }
 }
 
-/// True when `meta`'s file changed (mtime or ctime, whichever is later)
-/// less than `quiet` ago: it may still be being written. A writer can set
-/// mtime into the past (`cp -p`, `touch -d`), but every write moves ctime.
+/// The wall clock in nanoseconds since the Unix epoch (file stamps' unit).
+pub(crate) fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// When `meta`'s file last changed: mtime or ctime, whichever is later. A
+/// writer can set mtime into the past (`cp -p`, `touch -d`), but every
+/// write (and a rename) moves ctime.
+fn last_change(meta: &Meta) -> i64 {
+    meta.ctime_ns.max(meta.mtime_ns)
+}
+
+/// True when `meta`'s file changed less than `quiet` ago: it may still be
+/// being written.
 pub(crate) fn changed_within(meta: &Meta, quiet: Duration) -> bool {
-    let changed = meta.ctime_ns.max(meta.mtime_ns);
-    let now =
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-    let age = now.saturating_sub(changed);
+    let age = now_ns().saturating_sub(last_change(meta));
     age >= 0 && (age as u128) < quiet.as_nanos()
+}
+
+/// True when `meta`'s file has not changed since `at` (nanoseconds since
+/// the epoch): an event at `at` that certified it complete still holds.
+pub(crate) fn unchanged_since(meta: &Meta, at: i64) -> bool {
+    last_change(meta) <= at
 }

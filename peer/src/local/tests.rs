@@ -22,7 +22,7 @@ fn config() -> LocalConfig {
         // Tests drive full scans through `rescan_now`, not the timer.
         rescan: Duration::from_secs(3600),
         me: ME,
-        debounce: Duration::from_millis(100),
+        quiet: Duration::from_millis(100),
         ignore_perms: false,
     }
 }
@@ -254,11 +254,12 @@ async fn a_file_written_slowly_is_announced_once_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = config();
     // The quiet period must exceed the pauses between bursts by far.
-    cfg.debounce = Duration::from_secs(1);
+    cfg.quiet = Duration::from_secs(1);
     let mut peer = Peer::start(tmp.path(), cfg).await;
     let path = peer.path("slow.bin");
-    // Written over ~2.5 s, longer than the debounce, so the watcher reports
-    // the file while it is still growing.
+    // Written over ~2.5 s, longer than the quiet period, with the file
+    // open throughout: the watcher reports it while it is still growing,
+    // and only the close certifies it complete.
     let bursts: Vec<Vec<u8>> = (0..50).map(|i| det_bytes(i, 20_000)).collect();
     let whole: Vec<u8> = bursts.concat();
     let writer = std::thread::spawn(move || {

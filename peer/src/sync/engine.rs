@@ -55,8 +55,8 @@ const SUMMARY_REPEAT: Duration = Duration::from_secs(15 * 60);
 /// How often timers (retries, re-checks) are looked at.
 const TICK: Duration = Duration::from_millis(250);
 /// After the engine writes a path, the scanner re-checks it this much
-/// later: the watcher's debouncer drops a create followed by a quick
-/// delete, which would otherwise hide a user deleting a file we just wrote.
+/// later: a user's delete of a file we just wrote may be looked at before
+/// our write was recorded, and then seen as nothing new.
 const RECHECK_AFTER: Duration = Duration::from_millis(800);
 /// Local changes announced in one batch at most.
 const ANNOUNCE_BATCH: usize = 1024;

@@ -19,12 +19,17 @@
 //! 3. **Network** ([`worker`]): one connection per holder, several requests
 //!    in flight each, one shared queue of missing chunks; lying, failing or
 //!    `NotAvailable` holders are dropped and their chunks requeued, `Busy`
-//!    holders back off. Progress is persisted every
-//!    [`DownloadLimits::persist_every_bytes`] and whenever the phase ends,
-//!    so a killed peer resumes where it stopped.
-//! 4. **Finish**: fsync, re-hash the whole file against the record's
-//!    `content`, rename `<content>.part` to a unique `<content>.<n>.done`,
-//!    drop the state file. The caller owns the `.done` file from then on.
+//!    holders back off. Progress of a file bigger than
+//!    [`DownloadLimits::persist_every_bytes`] is persisted every that many
+//!    bytes and whenever the phase ends, so a killed peer resumes where it
+//!    stopped; a smaller file is simply fetched again (no state file, no
+//!    fsyncs: most files of a folder are small, and each fsync costs more
+//!    than fetching them).
+//! 4. **Finish**: re-hash the whole file against the record's `content`,
+//!    rename `<content>.part` to a unique `<content>.<n>.done`, drop the
+//!    state file. The caller owns the `.done` file from then on and makes
+//!    it durable when it installs it (one fsync of the file before the
+//!    rename into place, one of the folder after).
 //!
 //! File names and the state format are described in [`part`].
 //!
@@ -277,7 +282,9 @@ impl Downloader {
         );
 
         if !work.finished() {
-            self.persist(&work, &part).await?;
+            if self.resumable(&record) {
+                self.persist(&work, &part).await?;
+            }
             if cancel.is_cancelled() {
                 return Err(cancelled());
             }
@@ -285,8 +292,9 @@ impl Downloader {
         }
 
         let temp_path = {
-            let (file, tmp_dir, content) = (prepared.file, self.tmp_dir.clone(), record.content);
-            tokio::task::spawn_blocking(move || finish(&file, &tmp_dir, &content))
+            drop(prepared.file);
+            let (tmp_dir, content) = (self.tmp_dir.clone(), record.content);
+            tokio::task::spawn_blocking(move || finish(&tmp_dir, &content))
                 .await
                 .map_err(|e| self.io_err(&part, std::io::Error::other(e)))?
                 .map_err(|e| match e {
@@ -308,6 +316,12 @@ impl Downloader {
 
     fn io_err(&self, path: &Path, source: std::io::Error) -> DownloadError {
         DownloadError::Io { path: path.to_owned(), source }
+    }
+
+    /// True when progress on `record` is persisted for a resume; a smaller
+    /// file is fetched again instead.
+    fn resumable(&self, record: &FileRecord) -> bool {
+        record.size > self.ctx.limits.persist_every_bytes
     }
 
     async fn persist(&self, work: &Arc<Work>, part: &Path) -> Result<(), DownloadError> {
@@ -333,8 +347,8 @@ impl Downloader {
         let target = done.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::create_dir_all(&tmp_dir)?;
-            File::create(&target)?.sync_all()?;
-            part::sync_dir(&tmp_dir)
+            // Made durable by the installer, like every download.
+            File::create(&target).map(drop)
         })
         .await
         .map_err(std::io::Error::other)
@@ -491,7 +505,9 @@ impl Downloader {
                 workers_cancel.cancel();
             }
         }
-        self.persist(work, &part).await?;
+        if self.resumable(record) {
+            self.persist(work, &part).await?;
+        }
         if let Some(source) = local_error {
             return Err(DownloadError::Io { path: part, source });
         }

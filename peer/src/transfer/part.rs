@@ -229,11 +229,6 @@ pub(crate) fn remove_if_exists(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// fsyncs a directory so renames and creations in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -124,16 +124,17 @@ pub(super) enum FinishError {
     Mismatch(ContentHash),
 }
 
-/// Step 4 (blocking): fsync, verify the whole file, hand it out under a
-/// unique `.done` name, drop the state file.
-pub(super) fn finish(file: &File, tmp_dir: &Path, content: &ContentHash) -> Result<PathBuf, FinishError> {
+/// Step 4 (blocking): verify the whole file, hand it out under a unique
+/// `.done` name, drop the state file. Nothing is fsynced here: the
+/// installer fsyncs the file before renaming it into place, and a `.done`
+/// lost in a crash is fetched again.
+pub(super) fn finish(tmp_dir: &Path, content: &ContentHash) -> Result<PathBuf, FinishError> {
     let part = part::part_path(tmp_dir, content);
     let state = part::state_path(tmp_dir, content);
     let at = |p: &Path| {
         let p = p.to_owned();
         move |e| FinishError::Io(p, e)
     };
-    file.sync_all().map_err(at(&part))?;
     let actual = hash_file(&part).map_err(at(&part))?;
     if actual != *content {
         part::remove_if_exists(&part).map_err(at(&part))?;
@@ -143,6 +144,5 @@ pub(super) fn finish(file: &File, tmp_dir: &Path, content: &ContentHash) -> Resu
     let done = part::fresh_done_path(tmp_dir, content);
     std::fs::rename(&part, &done).map_err(at(&done))?;
     part::remove_if_exists(&state).map_err(at(&state))?;
-    part::sync_dir(tmp_dir).map_err(at(tmp_dir))?;
     Ok(done)
 }
