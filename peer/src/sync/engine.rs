@@ -60,6 +60,9 @@ const TICK: Duration = Duration::from_millis(250);
 const RECHECK_AFTER: Duration = Duration::from_millis(800);
 /// Local changes announced in one batch at most.
 const ANNOUNCE_BATCH: usize = 1024;
+/// How long local changes are gathered into one announcement after the
+/// first (a small part of the edit-to-sync latency).
+const ANNOUNCE_GATHER: Duration = Duration::from_millis(5);
 /// A download running longer than this logs its progress, every this long.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Reports to the tracker are sent at most this often.
@@ -318,11 +321,22 @@ impl Engine {
     async fn handle(&mut self, event: Event) {
         match event {
             Event::Local(first) => {
+                // The scanner sends a burst in pieces as it commits them:
+                // gather a moment so a burst is one announcement (and one
+                // log line), not dozens.
                 let mut batch = vec![first];
+                let until = tokio::time::Instant::now() + ANNOUNCE_GATHER;
                 while batch.len() < ANNOUNCE_BATCH {
-                    match self.parts.local_changes.try_recv() {
-                        Ok(rec) => batch.push(rec),
-                        Err(_) => break,
+                    let next = match self.parts.local_changes.try_recv() {
+                        Ok(rec) => Some(rec),
+                        Err(mpsc::error::TryRecvError::Empty) => {
+                            tokio::time::timeout_at(until, self.parts.local_changes.recv()).await.ok().flatten()
+                        }
+                        Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    };
+                    match next {
+                        Some(rec) => batch.push(rec),
+                        None => break,
                     }
                 }
                 let n = batch.len() as u64;
