@@ -69,6 +69,10 @@ const COMMAND_CAPACITY: usize = 1024;
 /// Capacity of the watcher's channel, in batches; while it is full the
 /// watcher gathers further events into the next batch.
 const WATCH_CAPACITY: usize = 4;
+/// The engine's index entries ([`Index::write_soon`]) are made durable
+/// this long after the first of a burst: one group commit instead of one
+/// per file.
+const FLUSH_AFTER: Duration = Duration::from_millis(100);
 
 /// How to run the local state of one folder.
 #[derive(Debug, Clone)]
@@ -258,6 +262,7 @@ impl LocalState {
             _watcher: watcher,
         };
         let tasks = TaskTracker::new();
+        tasks.spawn(flush_index(index.clone(), task.shutdown.clone()));
         tasks.spawn(task.run());
         tasks.close();
         let inner = Inner {
@@ -410,6 +415,33 @@ enum Wake {
     Command(Command),
     Paths(Vec<Touched>),
     Timer,
+}
+
+/// Runs the group commits of the index until `shutdown`, then one last.
+async fn flush_index(index: Index, shutdown: CancellationToken) {
+    let flush = async |index: &Index| {
+        let index = index.clone();
+        match tokio::task::spawn_blocking(move || index.flush()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::error!(%err, "cannot make index entries durable; tried again with the next change")
+            }
+            Err(err) => tracing::error!(%err, "index flush task failed"),
+        }
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = index.flush_wanted() => {}
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(FLUSH_AFTER) => {}
+        }
+        flush(&index).await;
+    }
+    // Entries written after this are flushed when the index closes.
+    flush(&index).await;
 }
 
 impl ScanTask {

@@ -115,7 +115,9 @@ impl WriteGate {
         };
         let agrees = if record.deleted { meta.is_none() } else { matching.is_some() };
         let chunks = if record.is_file() { chunks } else { &[] };
-        self.index.write(|w| w.put(record, chunks, matching))?;
+        // The disk write is already durable; the entry joins the next group
+        // commit (see `Index::write_soon` for why losing it is harmless).
+        self.index.write_soon(|w| w.put(record, chunks, matching))?;
         Ok(agrees)
     }
 

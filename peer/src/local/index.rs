@@ -22,6 +22,11 @@
 //! record consistency); a corrupt value is a [`LocalError::Corrupt`], never
 //! a panic.
 //!
+//! Durability: [`Index::write`] commits durably; [`Index::write_soon`]
+//! (the engine's entries for files it just made durable on disk) commits
+//! at once but becomes durable with the next flush, a group commit that
+//! [`crate::local`] runs a moment later, and when the index is closed.
+//!
 //! All methods are synchronous and may block on disk I/O: async callers use
 //! `spawn_blocking`. The index compares nothing with the disk; the scanner
 //! ([`crate::local::scan`]) does that.
@@ -29,13 +34,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use dartsync_shared::chunk::ChunkInfo;
 use dartsync_shared::codec::{decode_stored, encode_stored};
 use dartsync_shared::record::PERMISSION_BITS;
 use dartsync_shared::{ContentHash, FileKind, FileRecord, RelPath, ShortId, VersionVector};
-use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 use crate::local::error::LocalError;
 use crate::local::stat::StatKey;
@@ -252,6 +259,42 @@ fn subtree_bounds(prefix: &RelPath) -> (String, String) {
 pub struct Index {
     db: Arc<Database>,
     path: PathBuf,
+    lazy: Arc<LazyCommits>,
+}
+
+/// Bookkeeping of [`Index::write_soon`] commits not yet made durable; the
+/// last clone of an [`Index`] to go makes them durable.
+struct LazyCommits {
+    db: Arc<Database>,
+    unflushed: AtomicBool,
+    /// Woken by every lazy commit (the flusher waits on it).
+    wanted: Notify,
+}
+
+impl LazyCommits {
+    fn flush(&self) -> Result<bool, LocalError> {
+        if !self.unflushed.swap(false, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        let result = (|| -> Result<(), LocalError> {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            txn.commit()?;
+            Ok(())
+        })();
+        if result.is_err() {
+            self.unflushed.store(true, Ordering::Release);
+        }
+        result.map(|()| true)
+    }
+}
+
+impl Drop for LazyCommits {
+    fn drop(&mut self) {
+        if let Err(err) = self.flush() {
+            tracing::error!(%err, "cannot make the last index entries durable; the next scan re-checks them");
+        }
+    }
 }
 
 impl std::fmt::Debug for Index {
@@ -292,7 +335,9 @@ impl Index {
         if purged > 0 {
             tracing::warn!(entries = purged, index = %path.display(), "dropped index entries this version refuses");
         }
-        Ok(Index { db: Arc::new(db), path: path.to_owned() })
+        let db = Arc::new(db);
+        let lazy = Arc::new(LazyCommits { db: db.clone(), unflushed: AtomicBool::new(false), wanted: Notify::new() });
+        Ok(Index { db, path: path.to_owned(), lazy })
     }
 
     /// The index entry of `path`, tombstones included.
@@ -430,23 +475,65 @@ impl Index {
     }
 
     /// Runs `f` inside one write transaction, committed durably if `f`
-    /// succeeds and rolled back otherwise.
+    /// succeeds and rolled back otherwise. Makes earlier
+    /// [`Index::write_soon`] commits durable too.
     pub(crate) fn write<R>(
         &self,
         f: impl FnOnce(&mut IndexWriter<'_>) -> Result<R, LocalError>,
     ) -> Result<R, LocalError> {
         let txn = self.db.begin_write()?;
-        let result = {
-            let mut writer = IndexWriter {
-                entries: txn.open_table(ENTRIES)?,
-                chunk_lists: txn.open_table(CHUNK_LISTS)?,
-                by_content: txn.open_table(BY_CONTENT)?,
-                by_chunk: txn.open_table(BY_CHUNK)?,
-            };
-            f(&mut writer)?
-        };
+        // Write transactions are exclusive: every lazy commit so far is
+        // covered by this one.
+        let covered = self.lazy.unflushed.swap(false, Ordering::AcqRel);
+        let result = Self::run(&txn, f).and_then(|r| txn.commit().map(|()| r).map_err(LocalError::from));
+        if result.is_err() && covered {
+            self.lazy.unflushed.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    /// Like [`Index::write`], but the commit becomes durable only with the
+    /// next [`Index::flush`] or durable write (a group commit). For entries
+    /// that describe what is already durable on disk: if they are lost in
+    /// a crash, the next scan finds the disk ahead of the index and
+    /// announces the same content again, which the tracker merges with the
+    /// version it has.
+    pub(crate) fn write_soon<R>(
+        &self,
+        f: impl FnOnce(&mut IndexWriter<'_>) -> Result<R, LocalError>,
+    ) -> Result<R, LocalError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        let result = Self::run(&txn, f)?;
         txn.commit()?;
+        self.lazy.unflushed.store(true, Ordering::Release);
+        self.lazy.wanted.notify_one();
         Ok(result)
+    }
+
+    /// Makes every [`Index::write_soon`] commit so far durable; false when
+    /// there was none.
+    pub(crate) fn flush(&self) -> Result<bool, LocalError> {
+        self.lazy.flush()
+    }
+
+    /// Resolves after the next [`Index::write_soon`] commit (at once if one
+    /// happened since the last wait).
+    pub(crate) async fn flush_wanted(&self) {
+        self.lazy.wanted.notified().await;
+    }
+
+    fn run<R>(
+        txn: &redb::WriteTransaction,
+        f: impl FnOnce(&mut IndexWriter<'_>) -> Result<R, LocalError>,
+    ) -> Result<R, LocalError> {
+        let mut writer = IndexWriter {
+            entries: txn.open_table(ENTRIES)?,
+            chunk_lists: txn.open_table(CHUNK_LISTS)?,
+            by_content: txn.open_table(BY_CONTENT)?,
+            by_chunk: txn.open_table(BY_CHUNK)?,
+        };
+        f(&mut writer)
     }
 }
 
@@ -543,6 +630,32 @@ mod tests {
         assert_eq!(index.all().unwrap().len(), 1);
         assert_eq!(index.records().unwrap(), vec![rec]);
         assert!(index.get(&RelPath::new("missing").unwrap()).unwrap().is_none());
+    }
+
+    #[test]
+    fn lazy_writes_are_group_committed_and_flushed_on_close() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("index.redb");
+        let (a, a_chunks) = file("a", &det_bytes(1, 9_000), 1);
+        let (b, b_chunks) = file("b", &det_bytes(2, 9_000), 1);
+        {
+            let index = Index::open(&db).unwrap();
+            assert!(!index.flush().unwrap(), "nothing to flush yet");
+            index.write_soon(|w| w.put(&a, &a_chunks, stat(1))).unwrap();
+            // Visible at once, durable with the flush.
+            assert_eq!(index.get(&a.path).unwrap().unwrap().record, a);
+            assert!(index.flush().unwrap());
+            assert!(!index.flush().unwrap(), "flushed twice");
+            // A durable write covers lazy ones before it.
+            index.write_soon(|w| w.put(&a, &a_chunks, stat(3))).unwrap();
+            index.write(|w| w.put(&b, &b_chunks, stat(2))).unwrap();
+            assert!(!index.flush().unwrap(), "the durable write covered it");
+            // Left unflushed: closing the index makes it durable.
+            index.write_soon(|w| w.put(&b, &b_chunks, stat(4))).unwrap();
+        }
+        let index = Index::open(&db).unwrap();
+        assert_eq!(index.get(&a.path).unwrap().unwrap().stat, stat(3));
+        assert_eq!(index.get(&b.path).unwrap().unwrap().stat, stat(4));
     }
 
     #[test]

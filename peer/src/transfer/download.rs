@@ -182,6 +182,17 @@ fn check_list(list: &[ChunkInfo], record: &FileRecord) -> Result<(), &'static st
     Ok(())
 }
 
+/// The chunk list of a file cut into a single chunk, derived from the
+/// record alone: that chunk is the whole file, so its hash is the content
+/// hash. `None` when the record's list hash says the file has more chunks
+/// (or the guess does not tile the file). Saves a round trip for every
+/// small file.
+fn single_chunk_list(record: &FileRecord) -> Option<Vec<ChunkInfo>> {
+    let len = u32::try_from(record.size).ok().filter(|&len| len > 0)?;
+    let list = vec![ChunkInfo { offset: 0, len, hash: record.content }];
+    check_list(&list, record).is_ok().then_some(list)
+}
+
 /// Groups chunks by (hash, len), in order of first appearance.
 fn group_chunks(chunks: &[ChunkInfo]) -> Vec<Group> {
     let mut index: HashMap<(ContentHash, u32), usize> = HashMap::new();
@@ -376,6 +387,9 @@ impl Downloader {
                 }
                 Err(why) => tracing::debug!(path = %record.path, why, "local chunk list does not fit the record"),
             }
+        }
+        if let Some(list) = single_chunk_list(record) {
+            return Ok((list, None));
         }
         // Holders answering `Busy` (upload slots full, chunk lists included)
         // are asked again after a pause, in rounds, like busy chunks.
@@ -638,6 +652,29 @@ mod tests {
         let groups = group_chunks(&chunks);
         let members: Vec<_> = groups.iter().map(|g| g.members.clone()).collect();
         assert_eq!(members, vec![vec![0, 2], vec![1], vec![3]]);
+    }
+
+    #[test]
+    fn a_one_chunk_file_needs_no_chunk_list_and_a_bigger_one_does() {
+        use dartsync_shared::chunk::{ChunkParams, chunk_bytes};
+        use dartsync_shared::test_util::{RecordBuilder, det_bytes};
+        let params = ChunkParams::for_piece_len(64 * 1024);
+        let record_of = |bytes: &[u8]| {
+            let chunked = chunk_bytes(bytes, params);
+            let mut record = RecordBuilder::file("f").body(bytes).build();
+            record.chunks = chunked.chunks_hash;
+            (record, chunked.chunks)
+        };
+        let (small, chunks) = record_of(&det_bytes(1, 10_000));
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(single_chunk_list(&small), Some(chunks));
+        let (big, chunks) = record_of(&det_bytes(2, 2_000_000));
+        assert!(chunks.len() > 1);
+        assert_eq!(single_chunk_list(&big), None);
+        // A record whose list hash lies about the content is not trusted.
+        let mut lying = small.clone();
+        lying.content = ContentHash::of(b"other");
+        assert_eq!(single_chunk_list(&lying), None);
     }
 
     #[tokio::test]
