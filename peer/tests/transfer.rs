@@ -1012,3 +1012,80 @@ async fn corrupt_mode_flips_a_byte_of_every_chunk() {
     }
     server.stop().await;
 }
+
+/// A TCP forwarder to `to` that counts the connections it accepted and can
+/// cut every open one (as a holder closing idle connections would).
+struct CountingProxy {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    open: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    task: JoinHandle<()>,
+}
+
+impl CountingProxy {
+    async fn start(to: SocketAddr) -> CountingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (count, handles) = (accepted.clone(), open.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                handles.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                }));
+            }
+        });
+        CountingProxy { addr, accepted, open, task }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Closes every connection open through the proxy.
+    fn cut(&self) {
+        for handle in self.open.lock().unwrap().drain(..) {
+            handle.abort();
+        }
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cut();
+    }
+}
+
+#[tokio::test]
+async fn successive_downloads_from_one_holder_share_one_connection_and_survive_its_loss() {
+    let files: Vec<(String, Vec<u8>)> =
+        (0..6).map(|i| (format!("f{i}"), det_bytes(100 + i, 3_000 + i as usize))).collect();
+    let named: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let site = Site::new(&named);
+    let key = ClusterKey::generate();
+    let server = Server::start(&key, site.source.clone(), |_| {}).await;
+    let proxy = CountingProxy::start(server.addr).await;
+    let holder = Holder { peer_id: server.peer_id, addr: proxy.addr };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = downloader(&key, empty_source(), tmp.path());
+    let record_of = |(name, bytes): &(String, Vec<u8>)| record(name, &chunk_bytes(bytes, params()));
+    for file in &files[..3] {
+        let outcome = download(&d, &record_of(file), vec![holder.clone()]).await.unwrap();
+        check_outcome(&outcome, &file.1);
+    }
+    assert_eq!(proxy.accepted(), 1, "each download made its own connection");
+    // The holder drops the idle connection: the next download notices and
+    // reconnects once, and goes on over the new one.
+    proxy.cut();
+    for file in &files[3..] {
+        let outcome = download(&d, &record_of(file), vec![holder.clone()]).await.unwrap();
+        check_outcome(&outcome, &file.1);
+    }
+    assert_eq!(proxy.accepted(), 2);
+    server.stop().await;
+}

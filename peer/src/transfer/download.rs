@@ -47,6 +47,7 @@
 
 mod assemble;
 mod error;
+mod links;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -218,7 +219,8 @@ impl Downloader {
         tmp_dir: PathBuf,
         limits: DownloadLimits,
     ) -> Self {
-        Downloader { ctx: Arc::new(WorkerCtx { key, identity, limits }), source, tmp_dir, active: Active::default() }
+        let ctx = Arc::new(WorkerCtx { key, identity, limits, links: links::Links::default() });
+        Downloader { ctx, source, tmp_dir, active: Active::default() }
     }
 
     /// The temp folder.

@@ -44,6 +44,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::error::HolderError;
+use super::links::Links;
 use crate::transfer::part::{Bitmap, PartState, save_state};
 
 /// Knobs of the downloader.
@@ -338,6 +339,8 @@ pub(crate) struct WorkerCtx {
     pub key: ClusterKey,
     pub identity: Identity,
     pub limits: DownloadLimits,
+    /// Links to holders kept open between downloads.
+    pub links: Links,
 }
 
 /// Why a worker stopped.
@@ -427,8 +430,8 @@ struct HolderWorker {
     busy_streak: u32,
 }
 
-type Reader = ChannelReader<ReadHalf<TcpStream>>;
-type Writer = ChannelWriter<WriteHalf<TcpStream>>;
+pub(crate) type Reader = ChannelReader<ReadHalf<TcpStream>>;
+pub(crate) type Writer = ChannelWriter<WriteHalf<TcpStream>>;
 
 impl HolderWorker {
     async fn run_inner(
@@ -439,20 +442,53 @@ impl HolderWorker {
         cancel: &CancellationToken,
     ) -> Result<(), Stop> {
         if self.work.finished() {
+            if let Some(conn) = conn {
+                let (reader, writer) = conn.split();
+                ctx.links.put(holder.peer_id, holder.addr, reader, writer);
+            }
             return Ok(());
         }
-        let conn = match conn {
-            Some(conn) => conn,
-            None => tokio::select! {
-                () = cancel.cancelled() => return Err(Stop::Cancelled),
-                c = connect(holder, &ctx.key, &ctx.identity, ctx.limits.connect_timeout) => {
-                    c.map_err(Stop::Holder)?
+        let (mut reader, mut writer, pooled) = match conn {
+            Some(conn) => {
+                let (reader, writer) = conn.split();
+                (reader, writer, false)
+            }
+            None => match ctx.links.take(holder.peer_id, holder.addr) {
+                Some((reader, writer)) => (reader, writer, true),
+                None => {
+                    let (reader, writer) = self.connect(holder, ctx, cancel).await?;
+                    (reader, writer, false)
                 }
             },
         };
-        tracing::debug!(peer = %holder.peer_id.fmt_short(), addr = %self.addr, "holder connected");
-        let (mut reader, mut writer) = conn.split();
-        self.pipeline(&mut reader, &mut writer, &ctx.limits, cancel).await
+        tracing::debug!(peer = %holder.peer_id.fmt_short(), addr = %self.addr, pooled, "holder connected");
+        let mut result = self.pipeline(&mut reader, &mut writer, &ctx.limits, cancel).await;
+        if pooled && self.stats.chunks == 0 && matches!(&result, Err(Stop::Holder(e)) if !e.is_lie()) {
+            // The holder closed the idle link meanwhile: once more, fresh.
+            tracing::debug!(peer = %holder.peer_id.fmt_short(), "kept link was closed; reconnecting");
+            let lost: Vec<usize> = self.inflight.drain(..).collect();
+            self.work.requeue(lost.into_iter());
+            (reader, writer) = self.connect(holder, ctx, cancel).await?;
+            result = self.pipeline(&mut reader, &mut writer, &ctx.limits, cancel).await;
+        }
+        if result.is_ok() && self.inflight.is_empty() {
+            ctx.links.put(holder.peer_id, holder.addr, reader, writer);
+        }
+        result
+    }
+
+    async fn connect(
+        &self,
+        holder: &Holder,
+        ctx: &WorkerCtx,
+        cancel: &CancellationToken,
+    ) -> Result<(Reader, Writer), Stop> {
+        tokio::select! {
+            () = cancel.cancelled() => Err(Stop::Cancelled),
+            c = connect(holder, &ctx.key, &ctx.identity, ctx.limits.connect_timeout) => {
+                Ok(c.map_err(Stop::Holder)?.split())
+            }
+        }
     }
 
     async fn pipeline(

@@ -1,0 +1,76 @@
+//! [`Links`]: authenticated connections to holders kept open between
+//! downloads, so a burst of small files costs one TCP connect and one
+//! Noise handshake per holder, not one per file.
+//!
+//! A worker hands its link back only when it ended cleanly with nothing in
+//! flight (so no answer to an old request can be read by the next user).
+//! A link is taken only for the holder (peer id and address) it was made
+//! for, at most [`MAX_IDLE`] after it was handed back (well inside the
+//! piece server's idle timeout); at most [`MAX_IDLE_PER_HOLDER`] wait per
+//! holder. The server may still have closed a link meanwhile: the worker
+//! that took it retries once on a fresh connection if the link failed
+//! before any chunk arrived on it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dartsync_shared::PeerId;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use super::worker::{Reader, Writer};
+
+/// Idle links kept per holder at most.
+pub(crate) const MAX_IDLE_PER_HOLDER: usize = 4;
+/// An idle link older than this is closed rather than reused.
+pub(crate) const MAX_IDLE: Duration = Duration::from_secs(30);
+
+/// One idle link.
+struct Idle {
+    reader: Reader,
+    writer: Writer,
+    since: Instant,
+}
+
+/// Idle links by holder.
+#[derive(Default)]
+pub(crate) struct Links {
+    idle: Mutex<HashMap<(PeerId, SocketAddr), Vec<Idle>>>,
+}
+
+impl std::fmt::Debug for Links {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle: usize = self.idle.lock().values().map(Vec::len).sum();
+        f.debug_struct("Links").field("idle", &idle).finish()
+    }
+}
+
+impl Links {
+    /// The most recently returned idle link to this holder, if one is
+    /// fresh enough.
+    pub(crate) fn take(&self, peer: PeerId, addr: SocketAddr) -> Option<(Reader, Writer)> {
+        let mut idle = self.idle.lock();
+        let links = idle.get_mut(&(peer, addr))?;
+        links.retain(|l| l.since.elapsed() < MAX_IDLE);
+        let link = links.pop();
+        if links.is_empty() {
+            idle.remove(&(peer, addr));
+        }
+        link.map(|l| (l.reader, l.writer))
+    }
+
+    /// Keeps a link with nothing in flight for the next download from the
+    /// same holder; expired links of every holder are closed meanwhile.
+    pub(crate) fn put(&self, peer: PeerId, addr: SocketAddr, reader: Reader, writer: Writer) {
+        let mut idle = self.idle.lock();
+        idle.retain(|_, links| {
+            links.retain(|l| l.since.elapsed() < MAX_IDLE);
+            !links.is_empty()
+        });
+        let links = idle.entry((peer, addr)).or_default();
+        if links.len() < MAX_IDLE_PER_HOLDER {
+            links.push(Idle { reader, writer, since: Instant::now() });
+        }
+    }
+}
