@@ -371,13 +371,13 @@ def wait_on_disk(ctx, receivers, expected, timeout, interval, baseline=None, gon
                     ok = file_sha1(path) == expected[rel][1]
                 except OSError:
                     ok = False
+                del seen[r][rel]  # verified (or back to pending)
                 if ok:
                     continue
                 bad += 1
                 not_before[r][rel] = s
                 d, name = os.path.split(rel)
                 pending[r].setdefault(d, {})[name] = (rel, expected[rel][0])
-                del seen[r][rel]
                 done_at.pop(r, None)
         if not bad:
             return done_at
@@ -718,13 +718,28 @@ class Rsync(System):
 
 # ---------------------------------------------------------------- workloads
 
+def machine_busy_s():
+    """CPU seconds the whole machine spent busy (all processes, /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...: user + nice + system
+    # (interrupt time, loopback's softirq work included, belongs to nobody)
+    return (v[0] + v[1] + v[2]) / CLK_TCK
+
+
+def harness_cpu_s():
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def snapshot(sysm):
     """Counters at the start of a measurement."""
     procs = sysm.all_procs()
     for p in procs:
         reset_hwm(p.pid)
     rx, tx = lo_bytes()
-    snap = {"lo": (rx, tx), "cpu": {}}
+    snap = {"lo": (rx, tx), "cpu": {}, "busy": machine_busy_s(), "harness": harness_cpu_s(),
+            "wall": time.monotonic()}
     if isinstance(sysm, Rsync):
         snap["cpu"]["receivers"] = proc_cpu_s(sysm.daemon.pid, children=True)
     else:
@@ -734,7 +749,8 @@ def snapshot(sysm):
 
 
 def measure(sysm, snap, res):
-    """Counters at the end (after loopback went quiet): bytes, CPU, peak RSS."""
+    """Counters at the end (after loopback went quiet): bytes, CPU, peak RSS,
+    and how busy the machine was with other work meanwhile."""
     rx, tx = lo_bytes()
     res["lo_rx_bytes"] = rx - snap["lo"][0]
     res["lo_tx_bytes"] = tx - snap["lo"][1]
@@ -743,18 +759,33 @@ def measure(sysm, snap, res):
         res["receiver_cpu_s_total"] = round(c - snap["cpu"]["receivers"], 3)
         res["receiver_cpu_s_mean"] = round(res["receiver_cpu_s_total"] / len(sysm.receiver_dirs), 3)
         res["cpu_note"] = "rsync daemon and its reaped children (all receivers together)"
-        return
-    cpu = {p.name: round(proc_cpu_s(p.pid) - snap["cpu"][p.name], 3) for p in sysm.all_procs()}
-    rss = {p.name: hwm_kib(p.pid) for p in sysm.all_procs()}
-    res["cpu_s"] = cpu
-    res["peak_rss_kib"] = rss
-    rc = [cpu[p.name] for p in sysm.receiver_procs]
-    res["receiver_cpu_s_total"] = round(sum(rc), 3)
-    res["receiver_cpu_s_mean"] = round(sum(rc) / len(rc), 3)
-    res["receiver_peak_rss_kib_max"] = max(rss[p.name] or 0 for p in sysm.receiver_procs)
-    res["writer_peak_rss_kib"] = rss[sysm.writer_proc.name]
-    if sysm.tracker is not None:
-        res["tracker_peak_rss_kib"] = rss[sysm.tracker.name]
+        own = res["receiver_cpu_s_total"]  # the pushing clients are the harness's children
+    else:
+        cpu = {p.name: round(proc_cpu_s(p.pid) - snap["cpu"][p.name], 3) for p in sysm.all_procs()}
+        rss = {p.name: hwm_kib(p.pid) for p in sysm.all_procs()}
+        res["cpu_s"] = cpu
+        res["peak_rss_kib"] = rss
+        rc = [cpu[p.name] for p in sysm.receiver_procs]
+        res["receiver_cpu_s_total"] = round(sum(rc), 3)
+        res["receiver_cpu_s_mean"] = round(sum(rc) / len(rc), 3)
+        res["receiver_peak_rss_kib_max"] = max(rss[p.name] or 0 for p in sysm.receiver_procs)
+        res["writer_peak_rss_kib"] = rss[sysm.writer_proc.name]
+        if sysm.tracker is not None:
+            res["tracker_peak_rss_kib"] = rss[sysm.tracker.name]
+        own = sum(cpu.values())
+    # Other people's work on a shared machine: the whole machine's busy CPU
+    # time minus the system under test and this harness, as a share of all
+    # cores over the measurement.
+    wall = time.monotonic() - snap["wall"]
+    busy = machine_busy_s() - snap["busy"]
+    harness = harness_cpu_s() - snap["harness"]
+    others = max(0.0, busy - own - harness)
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    res["machine"] = {"wall_s": round(wall, 2), "busy_cpu_s": round(busy, 2), "system_cpu_s": round(own, 2),
+                      "harness_cpu_s": round(harness, 2), "others_cpu_s": round(others, 2),
+                      "others_share_pct": round(100 * others / (wall * (os.cpu_count() or 1)), 1),
+                      "loadavg_1_5_15": load}
 
 
 def timed_exchange(sysm, ctx, change, expected, timeout, interval, baseline=None, gone=()):
@@ -867,6 +898,7 @@ def run_rename(sysm, data, ctx):
     for k in ("receiver_peak_rss_kib_max", "writer_peak_rss_kib", "tracker_peak_rss_kib"):
         if k in reps[0]:
             res[k] = top(k)
+    res["machine"] = {"others_share_pct": max(r["machine"]["others_share_pct"] for r in reps)}
     return res
 
 
@@ -1033,13 +1065,13 @@ def render_md(results):
                 "| workload | DartSync | Syncthing | rsync (no fsync) | DartSync/Syncthing | DartSync/rsync |",
                 "|---|---|---|---|---|---|"]
 
-        def row(label, path, fmt, rsync=True):
+        def row(label, path, fmt, rsync=True, ratios=True):
             vals = [get(results, n, sysn, *path) for sysn in SYSTEMS]
             if not rsync:
                 vals[2] = None
             cells = [fmt(v) if v is not None else "n/a" for v in vals]
-            out.append(f"| {label} | {cells[0]} | {cells[1]} | {cells[2]} | {ratio(vals[0], vals[1])} | "
-                       f"{ratio(vals[0], vals[2])} |")
+            r1, r2 = (ratio(vals[0], vals[1]), ratio(vals[0], vals[2])) if ratios else ("", "")
+            out.append(f"| {label} | {cells[0]} | {cells[1]} | {cells[2]} | {r1} | {r2} |")
         secs = lambda v: f"{v:.2f} s"
         ms = lambda v: f"{v:.0f} ms"
         mib = lambda v: f"{v / 1024:.1f} MiB"
@@ -1065,6 +1097,9 @@ def render_md(results):
                 rsync=w in RSYNC_WORKLOADS)
         for w in ("big", "small", "edit", "latency", "rename"):
             row(f"{w}: receiver peak RSS (max)", [w, "receiver_peak_rss_kib_max"], mib, rsync=False)
+        for w in ("big", "small", "edit", "latency", "rename"):
+            row(f"{w}: other processes' CPU²", [w, "machine", "others_share_pct"], lambda v: f"{v:.0f} %",
+                rsync=w in RSYNC_WORKLOADS, ratios=False)
         trk = [get(results, n, "dartsync", w, "tracker_peak_rss_kib") for w in WORKLOADS]
         trk = [t for t in trk if t is not None]
         out.append(f"| DartSync tracker peak RSS (max over workloads) | "
@@ -1077,6 +1112,11 @@ def render_md(results):
                    "log lines); Syncthing: protocol bytes all devices sent, before TLS "
                    "(`/rest/system/connections`); rsync: `Total bytes sent` + `received` of the pushes. "
                    "Different things, shown for orientation; the goals use the `lo` counts.")
+        out.append("")
+        out.append("² The machine is shared: CPU time other people's processes used during the measurement "
+                   "(whole machine's busy time from /proc/stat minus the system under test and this harness), "
+                   "as a share of all cores. High values mean that row's times are inflated. "
+                   "(rename: the worst of the repetitions.)")
         out.append("")
         out.append("rsync's RSS is not measured (a short-lived child per push); its CPU is the daemon's "
                    "reaped children, all receivers together, divided by the number of receivers.")
