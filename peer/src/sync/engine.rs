@@ -554,15 +554,20 @@ impl Engine {
                 let had = before.as_ref().is_some_and(|b| !b.record.deleted);
                 let op = {
                     let (applier, record, source) = (self.applier.clone(), record.clone(), self.parts.source.clone());
+                    let index = self.parts.local.index().clone();
                     move || {
+                        // The entry being replaced, read under the commit
+                        // lock: an install that finished a moment ago (after
+                        // `local_view` above) is exactly what is cleared.
+                        let replaced = index.get(&record.path)?;
                         let cleared = applier.metadata(&record)?;
                         // Known to the chunk source before the index forgets
                         // the file (still under the commit lock), so a
                         // download copying its chunks right now finds them.
-                        if let (Some(Some(saved)), Some(before)) = (&cleared, &before)
-                            && before.record.is_file()
+                        if let (Some(Some(saved)), Some(replaced)) = (&cleared, &replaced)
+                            && replaced.record.is_file()
                         {
-                            source.remember_history(saved.clone(), before.record.content, &before.chunks);
+                            source.remember_history(saved.clone(), replaced.record.content, &replaced.chunks);
                         }
                         Ok::<_, ApplyError>(cleared)
                     }
