@@ -13,10 +13,10 @@
 //!
 //! Invariants:
 //! - **Nothing half-written is announced.** A file is hashed only once its
-//!   last change (mtime or ctime) is older than the quiet period, or when
-//!   an event certified it complete after that change ([`Settled`]: closed
-//!   after writing, renamed into place); its stat
-//!   is taken before opening, from the open file before and after hashing,
+//!   last change (its mtime: every write moves it) is older than the quiet
+//!   period, or when an event certified it complete after that change
+//!   ([`Settled`]: closed after writing, renamed into place); its stat is
+//!   taken before opening, from the open file before and after hashing,
 //!   and again just before the commit. Any movement defers the path (it is
 //!   retried later).
 //! - **Echo suppression by state comparison.** Planning runs without locks
@@ -780,6 +780,26 @@ mod tests {
         assert!(f.changes().is_empty());
         assert_eq!(report.retry, [RelPath::new("busy").unwrap()]);
         assert_eq!(f.scanner.gate.probe.bytes_hashed(), 0);
+    }
+
+    #[test]
+    fn only_a_recent_write_defers_not_a_recent_rename_or_chmod() {
+        let mut f = fixture();
+        f.scanner.quiet = Duration::from_secs(3600);
+        // Written long ago (mtime in the past), moved and chmodded just now
+        // (ctime now): complete, nothing to wait for.
+        std::fs::write(f.root.join("old"), b"long done").unwrap();
+        let file = std::fs::File::options().write(true).open(f.root.join("old")).unwrap();
+        file.set_modified(std::time::SystemTime::now() - Duration::from_secs(7200)).unwrap();
+        drop(file);
+        std::fs::create_dir(f.root.join("new")).unwrap();
+        std::fs::rename(f.root.join("old"), f.root.join("new/moved")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(f.root.join("new/moved"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let report = f.scanner.full_scan(false).unwrap();
+        let announced: Vec<String> = f.changes().iter().map(|r| r.path.to_string()).collect();
+        assert_eq!(announced, ["new", "new/moved"]);
+        assert!(report.retry.is_empty(), "{:?}", report.retry);
     }
 
     #[test]

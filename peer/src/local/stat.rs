@@ -42,11 +42,16 @@ pub(crate) fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// When `meta`'s file last changed: mtime or ctime, whichever is later. A
-/// writer can set mtime into the past (`cp -p`, `touch -d`), but every
-/// write (and a rename) moves ctime.
+/// When `meta`'s content last changed, as far as "is it still being
+/// written?" goes: its mtime. Every write moves mtime to the present; a
+/// writer sets it into the past (`cp -p`, `tar`, `touch -d`) only once it
+/// has written everything. ctime is not used: a rename, a chmod or a new
+/// hard link moves it without touching the content, and a file moved into
+/// a folder created a moment before (whose rename inotify may not report:
+/// the new folder is not watched yet) would otherwise wait out the quiet
+/// period for nothing.
 fn last_change(meta: &Meta) -> i64 {
-    meta.ctime_ns.max(meta.mtime_ns)
+    meta.mtime_ns
 }
 
 /// True when `meta`'s file changed less than `quiet` ago: it may still be

@@ -490,10 +490,25 @@ impl Downloader {
         let workers_cancel = cancel.child_token();
         let mut workers = JoinSet::new();
         work.progress.set_sources(stats.iter().filter(|s| s.dropped.is_none()).count());
-        for (i, holder) in holders.iter().enumerate() {
-            if stats[i].dropped.is_some() {
-                continue;
-            }
+        // One worker per holder, but never more than there are chunks to
+        // fetch (a small file needs one holder, not a connection to each);
+        // the holder that sent the chunk list goes first. A holder that
+        // drops out makes room for the next one.
+        let mut waiting: std::collections::VecDeque<usize> =
+            (0..holders.len()).filter(|&i| stats[i].dropped.is_none()).collect();
+        if let Some(&(j, _)) = conn.as_ref()
+            && let Some(at) = waiting.iter().position(|&i| i == j)
+        {
+            waiting.remove(at);
+            waiting.push_front(j);
+        }
+        let spawn = |i: usize, reuse: Option<Conn>, workers: &mut JoinSet<_>| {
+            let run =
+                worker::run_holder(work.clone(), holders[i].clone(), reuse, self.ctx.clone(), workers_cancel.clone());
+            workers.spawn(async move { (i, run.await) });
+        };
+        for _ in 0..work.missing().0.max(1) {
+            let Some(i) = waiting.pop_front() else { break };
             let reuse = match conn.take() {
                 Some((j, c)) if j == i => Some(c),
                 other => {
@@ -501,8 +516,7 @@ impl Downloader {
                     None
                 }
             };
-            let run = worker::run_holder(work.clone(), holder.clone(), reuse, self.ctx.clone(), workers_cancel.clone());
-            workers.spawn(async move { (i, run.await) });
+            spawn(i, reuse, &mut workers);
         }
         let mut local_error = None;
         while let Some(joined) = workers.join_next().await {
@@ -519,6 +533,11 @@ impl Downloader {
             if let WorkerEnd::Local(e) = report.end {
                 local_error.get_or_insert(e);
                 workers_cancel.cancel();
+            } else if !work.finished()
+                && !workers_cancel.is_cancelled()
+                && let Some(next) = waiting.pop_front()
+            {
+                spawn(next, None, &mut workers);
             }
         }
         if self.resumable(record) {
