@@ -253,6 +253,13 @@ impl ChunkSource for LimitedSource {
     }
 }
 
+/// A holder that serves the first `served` chunks of `site`, then answers
+/// `NotAvailable`.
+async fn flaky_server(key: &ClusterKey, site: &Site, served: usize) -> Server {
+    let source = LimitedSource { inner: site.source.clone(), left: AtomicUsize::new(served) };
+    Server::start(key, Arc::new(source), |_| {}).await
+}
+
 /// Holds the first chunk lookup of each of several servers until every one
 /// of them has had its first lookup: each holder is then certain to get
 /// requests before any chunk is served, whatever the speed of the build.
@@ -598,12 +605,7 @@ async fn a_whole_file_mismatch_deletes_the_partial_file() {
 async fn a_small_failed_download_leaves_no_state_and_is_fetched_again() {
     const SERVED: usize = 10;
     let OneFile { key, bytes, chunked, rec, site } = one_file(10, MIB);
-    let flaky = Server::start(
-        &key,
-        Arc::new(LimitedSource { inner: site.source.clone(), left: AtomicUsize::new(SERVED) }),
-        |_| {},
-    )
-    .await;
+    let flaky = flaky_server(&key, &site, SERVED).await;
     let tmp = tempfile::tempdir().unwrap();
     // 1 MiB is below the default persist threshold: no state file, no
     // fsync, nothing to resume.
@@ -624,12 +626,7 @@ async fn a_small_failed_download_leaves_no_state_and_is_fetched_again() {
 async fn a_failed_download_resumes_and_fetches_only_the_rest() {
     const SERVED: usize = 10;
     let OneFile { key, bytes, chunked, rec, site } = one_file(10, MIB);
-    let flaky = Server::start(
-        &key,
-        Arc::new(LimitedSource { inner: site.source.clone(), left: AtomicUsize::new(SERVED) }),
-        |_| {},
-    )
-    .await;
+    let flaky = flaky_server(&key, &site, SERVED).await;
     let tmp = tempfile::tempdir().unwrap();
     let d = resumable_downloader(&key, empty_source(), tmp.path());
     let err = download(&d, &rec, vec![flaky.holder()]).await.unwrap_err();
@@ -657,9 +654,7 @@ async fn a_failed_download_resumes_and_fetches_only_the_rest() {
 #[tokio::test]
 async fn a_damaged_partial_file_is_reverified_on_resume() {
     let OneFile { key, bytes, chunked, rec, site } = one_file(11, 512 * KIB);
-    let flaky =
-        Server::start(&key, Arc::new(LimitedSource { inner: site.source.clone(), left: AtomicUsize::new(6) }), |_| {})
-            .await;
+    let flaky = flaky_server(&key, &site, 6).await;
     let tmp = tempfile::tempdir().unwrap();
     let d = resumable_downloader(&key, empty_source(), tmp.path());
     download(&d, &rec, vec![flaky.holder()]).await.unwrap_err();

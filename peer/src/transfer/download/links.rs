@@ -16,10 +16,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use dartsync_shared::PeerId;
+use dartsync_shared::channel::{ChannelReader, ChannelWriter};
 use parking_lot::Mutex;
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::worker::{Reader, Writer};
+/// The reading half of a link to a holder.
+pub(crate) type Reader = ChannelReader<ReadHalf<TcpStream>>;
+/// The writing half of a link to a holder.
+pub(crate) type Writer = ChannelWriter<WriteHalf<TcpStream>>;
 
 /// Idle links kept per holder at most.
 pub(crate) const MAX_IDLE_PER_HOLDER: usize = 4;

@@ -31,20 +31,19 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::time::Duration;
 
-use dartsync_shared::channel::{self, ChannelReader, ChannelWriter, SecureChannel};
+use dartsync_shared::channel::{self, SecureChannel};
 use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::limits::CHUNK_LIST_PAGE;
 use dartsync_shared::proto::p2p::{P2pRequest, P2pResponse};
 use dartsync_shared::proto::ptp::Holder;
 use dartsync_shared::{ChunkInfo, ContentHash, PeerId};
-use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::error::HolderError;
-use super::links::Links;
+use super::links::{Links, Reader, Writer};
 use crate::transfer::part::{Bitmap, PartState, save_state};
 
 /// Knobs of the downloader.
@@ -429,9 +428,6 @@ struct HolderWorker {
     addr: SocketAddr,
     busy_streak: u32,
 }
-
-pub(crate) type Reader = ChannelReader<ReadHalf<TcpStream>>;
-pub(crate) type Writer = ChannelWriter<WriteHalf<TcpStream>>;
 
 impl HolderWorker {
     async fn run_inner(
