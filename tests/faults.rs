@@ -84,7 +84,9 @@ fn killed_download_resumes_without_refetching_and_never_shows_partial_files() {
 #[test]
 fn corrupt_holder_is_detected_and_dropped() {
     let mut cluster = Cluster::start(Options { peers: 3, piece_len: Some(64 * 1024), ..Options::default() });
-    write(&cluster.folder(0), "data.bin", &random_bytes(8 * MIB, 5));
+    // Big enough (512 chunks) that the honest holders cannot take every
+    // chunk before the liar's connection is up: the liar must be asked.
+    write(&cluster.folder(0), "data.bin", &random_bytes(32 * MIB, 5));
     let expected = snapshot(&cluster.folder(0));
     cluster.wait_tree(&expected, CONVERGE);
     // Peer 1 becomes a liar.
