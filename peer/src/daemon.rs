@@ -122,6 +122,7 @@ fn status_handler(status: StatusBoard) -> Handler {
                 Some(url) => Ok(serde_json::json!({ "url": url })),
                 None => Err("this peer serves no dashboard (started with --http off)".to_owned()),
             },
+            other => Err(format!("`{}` is a request for the tracker, and this is a peer", other.name())),
         };
         Box::pin(async move { answer })
     })

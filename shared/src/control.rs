@@ -40,8 +40,10 @@ pub const MAX_CONNECTIONS: usize = 16;
 /// A client must send its request within this long.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
-/// What a client asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a client asks for. Unit requests are plain strings on the wire
+/// (`"status"`), requests with arguments are one-key objects
+/// (`{"admit":{"device":"alice"}}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestKind {
     /// The status ([`crate::status::PeerStatus`] or
@@ -50,6 +52,74 @@ pub enum RequestKind {
     /// The web dashboard's URL (with its login token): `{"url": ...}`, or
     /// an error when it is off.
     DashboardUrl,
+    /// Tracker: the device list (admitted, pending, revoked).
+    Devices,
+    /// Tracker: admit a pending device (name or id).
+    Admit {
+        /// A device name or id (a unique prefix of the id is enough).
+        device: String,
+    },
+    /// Tracker: revoke a device (name or id): its sessions are dropped and
+    /// its handshakes refused from now on.
+    Revoke {
+        /// A device name or id.
+        device: String,
+    },
+    /// Tracker: publish the held mass change of `device` (every held
+    /// change when `None`).
+    Approve {
+        /// A device name or id.
+        device: Option<String>,
+    },
+    /// Tracker: discard the held mass change of `device` (every held
+    /// change when `None`); the device gets the cluster's version back.
+    Reject {
+        /// A device name or id.
+        device: Option<String>,
+    },
+    /// Peer: the saved versions of one path.
+    Versions {
+        /// The path, relative to the synced folder.
+        path: String,
+    },
+    /// Peer: restore one saved version of a path through the normal sync
+    /// path (the restore is a new version).
+    Restore {
+        /// The path, relative to the synced folder.
+        path: String,
+        /// The newest version saved at or before this time (RFC 3339 or
+        /// `YYYYMMDD-HHMMSS`, UTC).
+        at: Option<String>,
+        /// The version's number as `versions` lists it.
+        version: Option<u32>,
+        /// Restore to this path instead.
+        to: Option<String>,
+    },
+    /// Peer (receive-only): put back the cluster's version of every local
+    /// change under `path` (the whole folder when `None`), keeping the
+    /// local one in the version history.
+    Revert {
+        /// A path relative to the synced folder.
+        path: Option<String>,
+    },
+}
+
+impl RequestKind {
+    /// The request's name, for errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RequestKind::Status => "status",
+            RequestKind::DashboardUrl => "dashboard_url",
+            RequestKind::Devices => "devices",
+            RequestKind::Admit { .. } => "admit",
+            RequestKind::Revoke { .. } => "revoke",
+            RequestKind::Approve { .. } => "approve",
+            RequestKind::Reject { .. } => "reject",
+            RequestKind::Versions { .. } => "versions",
+            RequestKind::Restore { .. } => "restore",
+            RequestKind::Revert { .. } => "revert",
+        }
+    }
 }
 
 /// One request line.
@@ -300,12 +370,14 @@ mod tests {
         let task = tokio::spawn(server.serve(echo_handler(), cancel.clone()));
         let p = path.clone();
         let got = tokio::task::spawn_blocking(move || {
-            request(&p, Path::new("/folder"), RequestKind::Status, Duration::from_secs(5))
+            let status = request(&p, Path::new("/folder"), RequestKind::Status, Duration::from_secs(5)).unwrap();
+            let admit = RequestKind::Admit { device: "alice".into() };
+            (status, request(&p, Path::new("/folder"), admit, Duration::from_secs(5)).unwrap())
         })
         .await
-        .unwrap()
         .unwrap();
-        assert_eq!(got, serde_json::json!({ "asked": "status" }));
+        assert_eq!(got.0, serde_json::json!({ "asked": "status" }));
+        assert_eq!(got.1, serde_json::json!({ "asked": { "admit": { "device": "alice" } } }));
         cancel.cancel();
         task.await.unwrap();
         assert!(!path.exists(), "the socket file is removed on shutdown");

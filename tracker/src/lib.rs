@@ -301,6 +301,7 @@ fn status_handler(actor: ActorHandle, id: PeerId, addr: SocketAddr, url: Option<
                     Some(url) => Ok(serde_json::json!({ "url": url })),
                     None => Err("the tracker runs without a dashboard: start it with --http ADDR".to_owned()),
                 },
+                other => Err(format!("`{}` is a request for a peer, and this is the tracker", other.name())),
             }
         })
     })
