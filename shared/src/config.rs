@@ -110,6 +110,8 @@ pub struct TrackerSection {
     pub max_records_per_peer: Option<usize>,
     /// Most peers remembered (for tombstone GC) across restarts.
     pub max_known_peers: Option<usize>,
+    /// Who may join: `"auto"` (default) or `"approve"`.
+    pub admit: Option<String>,
 }
 
 /// The `[peer]` table.
@@ -209,6 +211,41 @@ pub struct TrackerConfig {
     pub max_known_peers: usize,
     /// The web dashboard's address (`None`: off, the default).
     pub http: Option<SocketAddr>,
+    /// Who may join (default [`AdmitPolicy::Auto`]).
+    pub admit: AdmitPolicy,
+}
+
+/// Who may join a cluster, besides holding the cluster key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AdmitPolicy {
+    /// A new device is admitted on its first registration (the quick start).
+    #[default]
+    Auto,
+    /// A new device waits, pending, until `dartsync tracker admit` on the
+    /// tracker's machine.
+    Approve,
+}
+
+impl AdmitPolicy {
+    /// Parses `auto` or `approve`.
+    pub fn parse(value: &str) -> Result<AdmitPolicy, ConfigError> {
+        match value {
+            "auto" => Ok(AdmitPolicy::Auto),
+            "approve" => Ok(AdmitPolicy::Approve),
+            other => Err(ConfigError::Invalid {
+                field: "admit",
+                why: format!("{other:?} is neither \"auto\" nor \"approve\""),
+            }),
+        }
+    }
+
+    /// The setting's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdmitPolicy::Auto => "auto",
+            AdmitPolicy::Approve => "approve",
+        }
+    }
 }
 
 /// Default [`TrackerConfig::max_records`]: 1,000,000 entries, about 450 MiB
@@ -237,6 +274,7 @@ impl Default for TrackerConfig {
             max_records_per_peer: DEFAULT_MAX_RECORDS_PER_PEER,
             max_known_peers: DEFAULT_MAX_KNOWN_PEERS,
             http: None,
+            admit: AdmitPolicy::Auto,
         }
     }
 }
@@ -285,6 +323,9 @@ impl TrackerConfig {
         }
         if let Some(v) = section.max_known_peers {
             cfg.max_known_peers = v;
+        }
+        if let Some(v) = &section.admit {
+            cfg.admit = AdmitPolicy::parse(v)?;
         }
         cfg.validate()?;
         Ok(cfg)
@@ -497,5 +538,16 @@ mod tests {
             let err = TrackerConfig::from_section(&file.tracker).unwrap_err().to_string();
             assert!(err.contains(bad.split(' ').next().unwrap()), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_admission_policy_defaults_to_auto_and_parses() {
+        assert_eq!(TrackerConfig::default().admit, AdmitPolicy::Auto);
+        let file = ConfigFile::parse("[tracker]\nadmit = \"approve\"\n", Path::new("c.toml")).unwrap();
+        assert_eq!(TrackerConfig::from_section(&file.tracker).unwrap().admit, AdmitPolicy::Approve);
+        let file = ConfigFile::parse("[tracker]\nadmit = \"maybe\"\n", Path::new("c.toml")).unwrap();
+        let err = TrackerConfig::from_section(&file.tracker).unwrap_err().to_string();
+        assert!(err.contains("admit") && err.contains("maybe"), "{err}");
+        assert_eq!(AdmitPolicy::parse(AdmitPolicy::Approve.as_str()).unwrap(), AdmitPolicy::Approve);
     }
 }

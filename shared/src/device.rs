@@ -7,6 +7,37 @@
 //! control characters, not blank. [`file_name_part`] turns one into the
 //! piece a conflict copy's file name may carry.
 
+use serde::{Deserialize, Serialize};
+
+/// Where a device stands with its tracker (see `dartsync tracker devices`).
+///
+/// The tracker decides: under `admit = "auto"` a new device is admitted on
+/// its first registration; under `admit = "approve"` it waits, pending,
+/// until `dartsync tracker admit`. A revoked device is refused until it is
+/// admitted again. Peers serve chunks only to admitted devices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    /// A member: syncs and is served.
+    #[default]
+    Admitted,
+    /// Waits for the operator's approval: receives and sends nothing.
+    Pending,
+    /// Refused: its sessions are dropped and its registrations refused.
+    Revoked,
+}
+
+impl DeviceState {
+    /// The word people see ("admitted", "pending", "revoked").
+    pub fn label(self) -> &'static str {
+        match self {
+            DeviceState::Admitted => "admitted",
+            DeviceState::Pending => "pending",
+            DeviceState::Revoked => "revoked",
+        }
+    }
+}
+
 /// Longest device name, in bytes.
 pub const MAX_DEVICE_NAME: usize = 64;
 /// Longest name part of a conflict copy's file name.

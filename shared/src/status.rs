@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::device::DeviceState;
+
 /// The version of the status JSON schema.
 pub const STATUS_SCHEMA: u32 = 1;
 
@@ -20,6 +22,13 @@ pub const MAX_LISTED: usize = 100;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FolderState {
+    /// The tracker revoked this device: it syncs nothing until the
+    /// tracker's operator admits it again.
+    Revoked,
+    /// The tracker holds this device for approval (`admit = "approve"`):
+    /// nothing is sent or received until `dartsync tracker admit` on the
+    /// tracker's machine.
+    PendingApproval,
     /// The tracker cannot be reached: local changes wait, nothing new
     /// arrives.
     TrackerUnreachable,
@@ -37,6 +46,8 @@ impl FolderState {
     /// The word the human output starts with.
     pub fn label(self) -> &'static str {
         match self {
+            FolderState::Revoked => "Revoked",
+            FolderState::PendingApproval => "Waiting for approval",
             FolderState::TrackerUnreachable => "Tracker unreachable",
             FolderState::Syncing => "Syncing",
             FolderState::Waiting => "Waiting",
@@ -74,6 +85,9 @@ pub struct Device {
     /// This is the device answering.
     #[serde(default)]
     pub this_device: bool,
+    /// Admitted, pending or revoked (older peers: admitted).
+    #[serde(default)]
+    pub state: DeviceState,
 }
 
 /// What is left to fetch.
@@ -215,6 +229,9 @@ pub struct TrackerDevice {
     /// Its download rate as it last reported it, bytes per second.
     #[serde(default)]
     pub rate: u64,
+    /// Admitted, pending or revoked (older trackers: admitted).
+    #[serde(default)]
+    pub state: DeviceState,
 }
 
 /// `dartsync status --tracker`.

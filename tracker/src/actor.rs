@@ -44,9 +44,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dartsync_shared::PeerId;
+use dartsync_shared::config::AdmitPolicy;
+use dartsync_shared::device::DeviceState;
 use dartsync_shared::proto::ptp::{DeviceInfo, PeerMessage, Welcome};
 use dartsync_shared::status::TrackerStatus;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
@@ -106,6 +109,74 @@ impl std::fmt::Display for LeaveReason {
     }
 }
 
+/// The actor's answer to `Register`.
+#[derive(Debug)]
+pub(crate) enum RegisterReply {
+    /// Admitted: the `Welcome` (after the registration is committed).
+    Welcome(Welcome),
+    /// Held for approval: tell the peer, then wait for `admitted` (its
+    /// sender is dropped if the session is replaced or revoked).
+    Pending {
+        /// The keep-alive interval, for the `Pending` messages.
+        interval_ms: u64,
+        /// The `Welcome`, once an operator admits the device.
+        admitted: oneshot::Receiver<Welcome>,
+    },
+    /// The device is revoked: tell it and close.
+    Revoked,
+    /// Refused for another reason (too many pending devices).
+    Refused(String),
+}
+
+/// What an operator's `admit` or `revoke` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AdminDone {
+    /// The device's name (its short id if it has none).
+    pub name: String,
+    /// Its id.
+    pub id: PeerId,
+    /// Its state before.
+    pub before: DeviceState,
+    /// Its state now.
+    pub state: DeviceState,
+}
+
+/// A session the actor can close: its token, and the flag that tells it
+/// the reason is a revocation (it then says `Revoked` before closing).
+#[derive(Debug, Clone)]
+pub(crate) struct Link {
+    /// Cancelled to close the session.
+    pub token: CancellationToken,
+    /// Set before `token` is cancelled when the device was revoked.
+    pub revoked: Arc<AtomicBool>,
+}
+
+impl Link {
+    fn close(&self, revoked: bool) {
+        if revoked {
+            self.revoked.store(true, Ordering::Release);
+        }
+        self.token.cancel();
+    }
+}
+
+/// A pending device's open session, waiting for `admit`.
+#[derive(Debug)]
+struct PendingLink {
+    arrival: Arrival,
+    name: String,
+    link: Link,
+    admitted: oneshot::Sender<Welcome>,
+}
+
+/// A reply held until the changes before it are committed.
+#[derive(Debug)]
+enum Deferred {
+    Register(oneshot::Sender<RegisterReply>),
+    Probe(oneshot::Sender<Option<Welcome>>),
+    Admitted(oneshot::Sender<Welcome>),
+}
+
 /// A request to the actor.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -118,9 +189,9 @@ pub(crate) enum Command {
         epoch: u64,
         /// The device name (may be empty).
         name: String,
-        /// Cancelled by the actor to close the session (expiry, replacement).
-        token: CancellationToken,
-        reply: oneshot::Sender<Welcome>,
+        /// Closes the session (expiry, replacement, revocation).
+        link: Link,
+        reply: oneshot::Sender<RegisterReply>,
     },
     /// `Announce`, `Have` or `KeepAlive` from a registered session.
     Message {
@@ -136,8 +207,13 @@ pub(crate) enum Command {
     NextPage { peer: PeerId, session: u64, reply: oneshot::Sender<Option<Page>> },
     /// The session ended.
     Left { peer: PeerId, session: u64, why: LeaveReason },
-    /// A probe (`Register` with `probe`): the `Welcome`, nothing else.
-    Probe { reply: oneshot::Sender<Welcome> },
+    /// A probe (`Register` with `probe`): the `Welcome`, nothing else
+    /// (`None`: the device is revoked).
+    Probe { peer: PeerId, reply: oneshot::Sender<Option<Welcome>> },
+    /// `dartsync tracker admit DEVICE`.
+    Admit { device: String, reply: oneshot::Sender<Result<AdminDone, String>> },
+    /// `dartsync tracker revoke DEVICE`.
+    Revoke { device: String, reply: oneshot::Sender<Result<AdminDone, String>> },
     /// `dartsync status --tracker`.
     Status { id: PeerId, listen: String, reply: oneshot::Sender<TrackerStatus> },
 }
@@ -161,18 +237,33 @@ impl ActorHandle {
         seen_seq: u64,
         epoch: u64,
         name: String,
-        token: CancellationToken,
-    ) -> Option<Welcome> {
+        link: Link,
+    ) -> Option<RegisterReply> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Register { peer, addr, session, seen_seq, epoch, name, token, reply }).await.ok()?;
+        self.tx.send(Command::Register { peer, addr, session, seen_seq, epoch, name, link, reply }).await.ok()?;
         rx.await.ok()
     }
 
-    /// The `Welcome` for a probe; `None` when the actor is gone.
-    pub async fn probe(&self) -> Option<Welcome> {
+    /// The `Welcome` for a probe (`Some(None)`: the device is revoked);
+    /// `None` when the actor is gone.
+    pub async fn probe(&self, peer: PeerId) -> Option<Option<Welcome>> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Probe { reply }).await.ok()?;
+        self.tx.send(Command::Probe { peer, reply }).await.ok()?;
         rx.await.ok()
+    }
+
+    /// Admits a device (a name, an id or a unique id prefix).
+    pub async fn admit(&self, device: String) -> Result<AdminDone, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Admit { device, reply }).await.map_err(|_| "the tracker is stopping".to_owned())?;
+        rx.await.map_err(|_| "the tracker is stopping".to_owned())?
+    }
+
+    /// Revokes a device (a name, an id or a unique id prefix).
+    pub async fn revoke(&self, device: String) -> Result<AdminDone, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Revoke { device, reply }).await.map_err(|_| "the tracker is stopping".to_owned())?;
+        rx.await.map_err(|_| "the tracker is stopping".to_owned())?
     }
 
     /// The tracker's status; `None` when the actor is gone.
@@ -233,16 +324,21 @@ pub(crate) struct Actor {
     /// Something that may change the device list happened since it was
     /// last computed.
     devices_dirty: bool,
-    /// Cancels each online peer's session (expiry, replacement, shutdown).
-    links: HashMap<PeerId, CancellationToken>,
-    /// `Register` replies held until the registration is committed.
-    deferred: Vec<oneshot::Sender<Welcome>>,
+    /// Closes each online peer's session (expiry, replacement, revocation,
+    /// shutdown).
+    links: HashMap<PeerId, Link>,
+    /// Pending devices' sessions, waiting for `admit`.
+    pending: HashMap<PeerId, PendingLink>,
+    /// Replies held until the changes before them are committed.
+    deferred: Vec<Deferred>,
     interval_ms: u64,
     piece_len: u32,
+    /// Who may join.
+    policy: AdmitPolicy,
 }
 
 /// Seconds since the Unix epoch by the wall clock (0 if it is before 1970).
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -266,6 +362,7 @@ impl Actor {
         ceiling: u64,
         interval: Duration,
         piece_len: u32,
+        policy: AdmitPolicy,
     ) -> (Actor, ActorHandle) {
         let (tx, inbox) = mpsc::channel(INBOX);
         let (seq_tx, seq) = watch::channel(state.seq());
@@ -279,9 +376,11 @@ impl Actor {
             devices_tx,
             devices_dirty: false,
             links: HashMap::new(),
+            pending: HashMap::new(),
             deferred: Vec::new(),
             interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
             piece_len,
+            policy,
         };
         (actor, ActorHandle { tx, seq, devices })
     }
@@ -324,34 +423,64 @@ impl Actor {
                 break Err(e);
             }
         };
-        for token in self.links.values() {
-            token.cancel();
+        for link in self.links.values() {
+            link.close(false);
+        }
+        for pending in self.pending.values() {
+            pending.link.close(false);
         }
         result
     }
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Register { peer, addr, session, seen_seq, epoch, name, token, reply } => {
+            Command::Register { peer, addr, session, seen_seq, epoch, name, link, reply } => {
                 let arrival = Arrival { peer, addr, session, seen_seq, epoch };
-                let reg = self.state.register(arrival, mono_now(), unix_now());
-                self.state.set_name(peer, &name);
-                self.devices_dirty = true;
-                let label = self.state.label(peer);
-                if let Some(old) = self.links.insert(peer, token) {
-                    old.cancel();
-                    tracing::info!("{label} reconnected: its old session is closed");
+                match self.state.arrive(peer, &name, self.policy, unix_now()) {
+                    Ok(DeviceState::Admitted) => {
+                        self.join(arrival, &name, link);
+                        self.deferred.push(Deferred::Register(reply));
+                    }
+                    Ok(DeviceState::Pending) => {
+                        let (admitted, rx) = oneshot::channel();
+                        let label = self.device_label(peer);
+                        let pending = PendingLink { arrival, name, link, admitted };
+                        if let Some(old) = self.pending.insert(peer, pending) {
+                            old.link.close(false);
+                        }
+                        self.state.set_pending_online(peer, Some(addr));
+                        self.devices_dirty = true;
+                        let what = format!("{label} waits for approval (from {addr})");
+                        tracing::warn!(
+                            "{what}: to let it sync, run `dartsync tracker admit {}` on this machine",
+                            self.admin_arg(peer)
+                        );
+                        self.state.note_event(unix_now(), what);
+                        let _ = reply.send(RegisterReply::Pending { interval_ms: self.interval_ms, admitted: rx });
+                    }
+                    Ok(DeviceState::Revoked) => {
+                        tracing::info!("refused revoked device {} from {addr}", self.device_label(peer));
+                        let _ = reply.send(RegisterReply::Revoked);
+                    }
+                    Err(e) => {
+                        tracing::warn!("refused new device {} from {addr}: {e}", self.device_label(peer));
+                        let _ = reply.send(RegisterReply::Refused(e.to_string()));
+                    }
                 }
-                self.state.note_event(unix_now(), format!("{label} registered from {addr}"));
-                if reg.full {
-                    tracing::info!("{label} registered from {addr}; sending it the whole table");
-                } else {
-                    tracing::info!("{label} registered from {addr}");
-                }
-                tracing::debug!(seen_seq, epoch = format_args!("{epoch:016x}"), "registration of {label}");
-                self.deferred.push(reply);
             }
-            Command::Probe { reply } => self.deferred.push(reply),
+            Command::Probe { peer, reply } => {
+                if self.state.device_state(peer) == Some(DeviceState::Revoked) {
+                    let _ = reply.send(None);
+                } else {
+                    self.deferred.push(Deferred::Probe(reply));
+                }
+            }
+            Command::Admit { device, reply } => {
+                let _ = reply.send(self.admit(&device));
+            }
+            Command::Revoke { device, reply } => {
+                let _ = reply.send(self.revoke(&device));
+            }
             Command::Status { id, listen, reply } => {
                 let _ = reply.send(self.state.tracker_status(id, listen, unix_now()));
             }
@@ -398,12 +527,17 @@ impl Actor {
                 if self.state.is_current(peer, session) {
                     self.state.remove_peer(peer, unix_now());
                     self.devices_dirty = true;
-                    if let Some(token) = self.links.remove(&peer) {
-                        token.cancel();
+                    if let Some(link) = self.links.remove(&peer) {
+                        link.close(false);
                     }
                     let what = format!("{} left ({why})", self.state.label(peer));
                     tracing::info!("{what}");
                     self.state.note_event(unix_now(), what);
+                } else if self.pending.get(&peer).is_some_and(|p| p.arrival.session == session) {
+                    self.pending.remove(&peer);
+                    self.state.set_pending_online(peer, None);
+                    self.devices_dirty = true;
+                    tracing::info!("{} left while waiting for approval ({why})", self.device_label(peer));
                 }
             }
         }
@@ -413,12 +547,112 @@ impl Actor {
         let silent = self.state.expiry_after();
         for peer in self.state.expire(mono_now(), unix_now()) {
             self.devices_dirty = true;
-            if let Some(token) = self.links.remove(&peer) {
-                token.cancel();
+            if let Some(link) = self.links.remove(&peer) {
+                link.close(false);
             }
             let what = format!("{} expired: no message for {} s", self.state.label(peer), silent.as_secs());
             tracing::info!("{what}");
             self.state.note_event(unix_now(), what);
+        }
+    }
+
+    /// An admitted device joins the peer table (its `Welcome` goes out
+    /// after the commit).
+    fn join(&mut self, arrival: Arrival, name: &str, link: Link) {
+        let Arrival { peer, addr, seen_seq, epoch, .. } = arrival;
+        let reg = self.state.register(arrival, mono_now(), unix_now());
+        self.state.set_name(peer, name);
+        self.devices_dirty = true;
+        let label = self.state.label(peer);
+        if let Some(old) = self.links.insert(peer, link) {
+            old.close(false);
+            tracing::info!("{label} reconnected: its old session is closed");
+        }
+        if let Some(old) = self.pending.remove(&peer) {
+            old.link.close(false);
+            self.state.set_pending_online(peer, None);
+        }
+        self.state.note_event(unix_now(), format!("{label} registered from {addr}"));
+        if reg.full {
+            tracing::info!("{label} registered from {addr}; sending it the whole table");
+        } else {
+            tracing::info!("{label} registered from {addr}");
+        }
+        tracing::debug!(seen_seq, epoch = format_args!("{epoch:016x}"), "registration of {label}");
+    }
+
+    /// `name (shortid)` of any device, pending and revoked ones included.
+    fn device_label(&self, peer: PeerId) -> String {
+        match self.state.registry_name(peer) {
+            Some(name) => format!("{name} ({})", peer.fmt_short()),
+            None => self.state.label(peer),
+        }
+    }
+
+    /// What to type after `dartsync tracker admit` for `peer`: its name
+    /// when that names it alone, else its id.
+    fn admin_arg(&self, peer: PeerId) -> String {
+        match self.state.registry_name(peer) {
+            Some(name) if self.state.resolve_device(name) == Ok(peer) && !name.contains(char::is_whitespace) => {
+                name.to_owned()
+            }
+            Some(name) if self.state.resolve_device(name) == Ok(peer) => format!("'{name}'"),
+            _ => peer.to_string(),
+        }
+    }
+
+    /// `dartsync tracker admit`: a pending device with a session open
+    /// proceeds at once, as if it had just registered.
+    fn admit(&mut self, query: &str) -> Result<AdminDone, String> {
+        let peer = self.state.resolve_device(query).map_err(|e| e.to_string())?;
+        let now = unix_now();
+        let before = self.state.admit_device(peer, now).ok_or_else(|| format!("no device {query:?}"))?;
+        let label = self.device_label(peer);
+        if before != DeviceState::Admitted {
+            self.devices_dirty = true;
+            let what = match before {
+                DeviceState::Revoked => format!("{label} admitted again (it was revoked)"),
+                _ => format!("{label} admitted"),
+            };
+            tracing::info!("{what}");
+            self.state.note_event(now, what);
+            if let Some(pending) = self.pending.remove(&peer) {
+                self.state.set_pending_online(peer, None);
+                self.join(pending.arrival, &pending.name, pending.link);
+                self.deferred.push(Deferred::Admitted(pending.admitted));
+            }
+        }
+        Ok(self.done(peer, before))
+    }
+
+    /// `dartsync tracker revoke`: its sessions close at once (telling it
+    /// why), its holdings go, and its registrations are refused.
+    fn revoke(&mut self, query: &str) -> Result<AdminDone, String> {
+        let peer = self.state.resolve_device(query).map_err(|e| e.to_string())?;
+        let now = unix_now();
+        let label = self.device_label(peer);
+        let before = self.state.revoke_device(peer, now).ok_or_else(|| format!("no device {query:?}"))?;
+        if let Some(link) = self.links.remove(&peer) {
+            link.close(true);
+        }
+        if let Some(pending) = self.pending.remove(&peer) {
+            pending.link.close(true);
+        }
+        if before != DeviceState::Revoked {
+            self.devices_dirty = true;
+            let what = format!("{label} revoked");
+            tracing::warn!("{what}: its session is closed, its copies are no longer offered, its registrations are refused");
+            self.state.note_event(now, what);
+        }
+        Ok(self.done(peer, before))
+    }
+
+    fn done(&self, peer: PeerId, before: DeviceState) -> AdminDone {
+        AdminDone {
+            name: self.state.registry_name(peer).map_or_else(|| peer.fmt_short(), str::to_owned),
+            id: peer,
+            before,
+            state: self.state.device_state(peer).unwrap_or_default(),
         }
     }
 
@@ -457,13 +691,13 @@ impl Actor {
             *current = seq;
             changed
         });
+        let welcome = Welcome { interval_ms: self.interval_ms, piece_len: self.piece_len, epoch: self.state.epoch(), seq };
         for reply in self.deferred.drain(..) {
-            let _ = reply.send(Welcome {
-                interval_ms: self.interval_ms,
-                piece_len: self.piece_len,
-                epoch: self.state.epoch(),
-                seq,
-            });
+            let _ = match reply {
+                Deferred::Register(reply) => reply.send(RegisterReply::Welcome(welcome.clone())).map_err(drop),
+                Deferred::Probe(reply) => reply.send(Some(welcome.clone())).map_err(drop),
+                Deferred::Admitted(reply) => reply.send(welcome.clone()).map_err(drop),
+            };
         }
         Ok(())
     }

@@ -34,6 +34,7 @@ mod devices;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod registry;
 mod server;
 mod session;
 mod state;
@@ -44,7 +45,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use dartsync_shared::PeerId;
-use dartsync_shared::config::{ConfigError, TrackerConfig};
+use dartsync_shared::config::{AdmitPolicy, ConfigError, TrackerConfig};
 use dartsync_shared::control::{CONTROL_SOCKET, ControlServer, Handler, RequestKind};
 use dartsync_shared::dashboard::{Dashboard, DashboardError, Kind, TOKEN_FILE, load_or_create_token};
 use dartsync_shared::device::local_host_name;
@@ -167,6 +168,7 @@ impl Tracker {
         );
         let mut state = state;
         state.restore_names(loaded.names);
+        state.restore_registry(loaded.devices, actor::unix_now());
         let (records, tombstones) = state.counts();
         tracing::info!(
             "tracker state: {records} records ({tombstones} tombstones), {} known peers, epoch {:016x}, seq {}{}",
@@ -214,11 +216,17 @@ impl Tracker {
     /// Serves peers until `shutdown` is cancelled or the database fails.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), TrackerError> {
         let token = shutdown.child_token();
-        let (actor, handle) =
-            Actor::new(self.state, self.store, self.ceiling, self.config.interval, self.config.piece_len);
+        let (actor, handle) = Actor::new(
+            self.state,
+            self.store,
+            self.ceiling,
+            self.config.interval,
+            self.config.piece_len,
+            self.config.admit,
+        );
         let mut actor = AbortOnDropHandle::new(tokio::spawn(actor.run(token.clone())));
         let url = self.dashboard.as_ref().map(|d| d.url(&local_host_name()));
-        let handler = status_handler(handle.clone(), self.identity.peer_id(), self.addr, url);
+        let handler = status_handler(handle.clone(), self.identity.peer_id(), self.addr, url, self.config.admit);
         let control = control_socket(&self.config.data_dir, handler.clone(), &token);
         let dashboard = self.dashboard.map(|dashboard| {
             AbortOnDropHandle::new(tokio::spawn(dashboard.serve(Kind::Tracker, handler, token.clone())))
@@ -286,8 +294,16 @@ fn control_socket(
 }
 
 /// Answers the control socket and the dashboard's API: the status from
-/// the actor, the dashboard's `url` (with its token) when there is one.
-fn status_handler(actor: ActorHandle, id: PeerId, addr: SocketAddr, url: Option<String>) -> Handler {
+/// the actor, the dashboard's `url` (with its token) when there is one,
+/// and the device admin requests (`devices`, `admit`, `revoke`). The
+/// dashboard only ever sends `status`.
+fn status_handler(
+    actor: ActorHandle,
+    id: PeerId,
+    addr: SocketAddr,
+    url: Option<String>,
+    policy: AdmitPolicy,
+) -> Handler {
     let listen = addr.to_string();
     Arc::new(move |kind| {
         let (actor, listen, url) = (actor.clone(), listen.clone(), url.clone());
@@ -301,8 +317,27 @@ fn status_handler(actor: ActorHandle, id: PeerId, addr: SocketAddr, url: Option<
                     Some(url) => Ok(serde_json::json!({ "url": url })),
                     None => Err("the tracker runs without a dashboard: start it with --http ADDR".to_owned()),
                 },
+                RequestKind::Devices => {
+                    let status = actor.status(id, listen).await.ok_or("the tracker is stopping")?;
+                    Ok(serde_json::json!({ "admit": policy.as_str(), "devices": status.devices }))
+                }
+                RequestKind::Admit { device } => actor.admit(device).await.map(admin_answer),
+                RequestKind::Revoke { device } => actor.revoke(device).await.map(admin_answer),
+                other @ (RequestKind::Approve { .. } | RequestKind::Reject { .. }) => {
+                    Err(format!("`{}` is not supported by this tracker yet", other.name()))
+                }
                 other => Err(format!("`{}` is a request for a peer, and this is the tracker", other.name())),
             }
         })
+    })
+}
+
+/// The control answer to `admit` / `revoke`.
+fn admin_answer(done: actor::AdminDone) -> serde_json::Value {
+    serde_json::json!({
+        "name": done.name,
+        "id": done.id.to_string(),
+        "before": done.before.label(),
+        "state": done.state.label(),
     })
 }

@@ -46,6 +46,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dartsync_shared::PeerId;
@@ -60,7 +61,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::actor::{ActorHandle, LeaveReason, Verdict};
+use crate::actor::{ActorHandle, LeaveReason, Link, RegisterReply, Verdict};
 
 /// How long a connected peer may take to send `Register`.
 pub(crate) const REGISTER_TIMEOUT: Duration = HANDSHAKE_TIMEOUT;
@@ -102,6 +103,8 @@ enum SessionError {
     FirstFrame(CodecError),
     #[error("{0}")]
     Refused(String),
+    #[error("silent for {0:?} while waiting for approval")]
+    Silent(Duration),
 }
 
 impl SessionError {
@@ -114,6 +117,7 @@ impl SessionError {
             SessionError::NoRegister(_) | SessionError::FirstFrame(_) | SessionError::Refused(_) => {
                 Some(self.to_string())
             }
+            SessionError::Silent(_) => None,
             SessionError::Channel(_) => None,
         }
     }
@@ -130,7 +134,21 @@ enum End {
     Cancelled,
     /// A probe got its `Welcome`; it never joined the peer table.
     Probe,
+    /// The device is revoked (at `Register`, or the actor closed its
+    /// session for it): it is told so before the close.
+    Revoked,
 }
+
+/// How waiting for approval ended.
+enum Waited {
+    /// Admitted: carry on with this `Welcome`.
+    Admitted(Welcome),
+    /// The session ends.
+    End(End),
+}
+
+/// A pending device silent for this many keep-alive intervals is dropped.
+const PENDING_SILENT_INTERVALS: u32 = 3;
 
 /// Serves one authenticated connection to the end (the handshake is the
 /// accept loop's, `server`, under its pre-authentication limits).
@@ -140,6 +158,10 @@ pub(crate) async fn run(channel: SecureChannel<TcpStream>, remote: SocketAddr, s
     let mut refused = false;
     match serve(&mut reader, &mut writer, peer, remote, session, &ctx).await {
         Ok(End::Cancelled) => {}
+        Ok(End::Revoked) => {
+            tracing::info!("told revoked device {} from {remote} it is revoked; closing", peer.fmt_short());
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.send(&TrackerMessage::Revoked)).await;
+        }
         Ok(End::Probe) => tracing::debug!("answered a piece-length probe from {remote}"),
         Ok(End::Goodbye) => ctx.actor.left(peer, session, LeaveReason::Goodbye).await,
         Ok(End::Closed) => ctx.actor.left(peer, session, LeaveReason::Closed).await,
@@ -204,26 +226,89 @@ where
         return Err(SessionError::Protocol("invalid device name in Register"));
     }
     if register.probe {
-        let Some(welcome) = ctx.actor.probe().await else {
-            return Ok(End::Cancelled);
+        return match ctx.actor.probe(peer).await {
+            None => Ok(End::Cancelled),
+            Some(None) => Ok(End::Revoked),
+            Some(Some(welcome)) => {
+                writer.send(&TrackerMessage::Welcome(welcome)).await?;
+                Ok(End::Probe)
+            }
         };
-        writer.send(&TrackerMessage::Welcome(welcome)).await?;
-        return Ok(End::Probe);
     }
     let addr = SocketAddr::new(remote.ip(), register.listen_port);
     let token = ctx.shutdown.child_token();
+    let revoked = Arc::new(AtomicBool::new(false));
+    let link = Link { token: token.clone(), revoked: revoked.clone() };
     // Where this peer stands: what a heartbeat may claim it has seen.
     let (seen_seq, seen_epoch) = (register.seen_seq, register.epoch);
-    let registered =
-        ctx.actor.register(peer, addr, session, register.seen_seq, register.epoch, register.name, token.clone());
-    let Some(welcome) = registered.await else {
-        return Ok(End::Cancelled);
+    let registered = ctx.actor.register(peer, addr, session, register.seen_seq, register.epoch, register.name, link);
+    let welcome = match registered.await {
+        None => return Ok(End::Cancelled),
+        Some(RegisterReply::Welcome(welcome)) => welcome,
+        Some(RegisterReply::Revoked) => return Ok(End::Revoked),
+        Some(RegisterReply::Refused(reason)) => return Err(SessionError::Refused(reason)),
+        Some(RegisterReply::Pending { interval_ms, admitted }) => {
+            match wait_for_admission(reader, writer, interval_ms, admitted, &token, &revoked).await? {
+                Waited::Admitted(welcome) => welcome,
+                Waited::End(end) => return Ok(end),
+            }
+        }
     };
+    let closed = |revoked: &AtomicBool| if revoked.load(Ordering::Acquire) { End::Revoked } else { End::Cancelled };
     tokio::select! {
         biased;
-        () = token.cancelled() => Ok(End::Cancelled),
+        () = token.cancelled() => Ok(closed(&revoked)),
         end = read_loop(reader, peer, session, ctx) => end,
         end = write_loop(writer, welcome, (seen_seq, seen_epoch), peer, session, &ctx.actor) => end,
+    }
+}
+
+/// A pending device's session until an operator admits it: `Pending`
+/// now and every interval, the peer's `KeepAlive`s read (nothing else is
+/// allowed), nothing else sent. Ends with the `Welcome` when admitted, or
+/// when the peer leaves, goes silent, or the actor closes the session.
+async fn wait_for_admission<R, W>(
+    reader: &mut ChannelReader<R>,
+    writer: &mut ChannelWriter<W>,
+    interval_ms: u64,
+    mut admitted: tokio::sync::oneshot::Receiver<Welcome>,
+    token: &CancellationToken,
+    revoked: &AtomicBool,
+) -> Result<Waited, SessionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let interval = Duration::from_millis(interval_ms.max(1));
+    let silence = interval.saturating_mul(PENDING_SILENT_INTERVALS).max(REGISTER_TIMEOUT);
+    writer.send(&TrackerMessage::Pending { interval_ms }).await?;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let silent = tokio::time::sleep(silence);
+    tokio::pin!(silent);
+    loop {
+        tokio::select! {
+            biased;
+            () = token.cancelled() => {
+                let end = if revoked.load(Ordering::Acquire) { End::Revoked } else { End::Cancelled };
+                return Ok(Waited::End(end));
+            }
+            welcome = &mut admitted => {
+                return Ok(match welcome {
+                    Ok(welcome) => Waited::Admitted(welcome),
+                    Err(_) => Waited::End(End::Cancelled),
+                });
+            }
+            () = &mut silent => return Err(SessionError::Silent(silence)),
+            _ = tick.tick() => writer.send(&TrackerMessage::Pending { interval_ms }).await?,
+            // `recv_bounded` is cancel-safe: a frame half read stays in the reader.
+            msg = reader.recv_bounded::<PeerMessage>(MAX_CONTROL_FRAME) => match msg? {
+                None => return Ok(Waited::End(End::Closed)),
+                Some(PeerMessage::KeepAlive) => silent.as_mut().reset(tokio::time::Instant::now() + silence),
+                Some(PeerMessage::Goodbye) => return Ok(Waited::End(End::Goodbye)),
+                Some(_) => return Err(SessionError::Protocol("only KeepAlive is allowed while waiting for approval")),
+            },
+        }
     }
 }
 

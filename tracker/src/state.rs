@@ -107,7 +107,9 @@ use dartsync_shared::{Causality, FileRecord, PeerId, RelPath, ShortId, VersionVe
 use crate::compact::CompactRecord;
 use crate::conflict::conflict_path;
 use crate::devices::{ConflictLog, Devices};
+use crate::registry::{DeviceEntry, Registry};
 
+mod admission;
 mod view;
 
 /// How many alternative names are tried for one conflict copy.
@@ -272,6 +274,8 @@ pub(crate) struct PendingWrite {
     pub delete_peers: Vec<PeerId>,
     /// Device names to put (`Some`) or delete (`None`).
     pub names: Vec<(PeerId, Option<String>)>,
+    /// Device registry entries to put (`Some`) or delete (`None`).
+    pub devices: Vec<(PeerId, Option<DeviceEntry>)>,
 }
 
 impl PendingWrite {
@@ -282,6 +286,7 @@ impl PendingWrite {
             && self.put_peers.is_empty()
             && self.delete_peers.is_empty()
             && self.names.is_empty()
+            && self.devices.is_empty()
     }
 }
 
@@ -371,6 +376,11 @@ pub(crate) struct State {
     dirty_peers: BTreeSet<PeerId>,
     /// Names, reports, conflicts and notices of the devices.
     devices: Devices,
+    /// Admitted, pending and revoked devices (persisted).
+    registry: Registry,
+    /// Pending devices with a session open now (they are not in `peers`),
+    /// and where they connect from.
+    pending_online: HashMap<PeerId, SocketAddr>,
     /// The seq of the last record change (not a holders change): a peer
     /// that has seen it has seen every record.
     last_record_seq: u64,
@@ -396,6 +406,8 @@ impl State {
             dirty_entries: BTreeSet::new(),
             dirty_peers: BTreeSet::new(),
             devices: Devices::default(),
+            registry: Registry::default(),
+            pending_online: HashMap::new(),
             last_record_seq: 0,
         }
     }
@@ -534,6 +546,7 @@ impl State {
             self.known_by_age.remove(&(old.last_seen_unix, peer));
             self.dirty_peers.insert(peer);
             self.devices.forget(peer);
+            self.registry.forget(peer);
         }
     }
 
@@ -1045,6 +1058,7 @@ impl State {
             }
         }
         write.names = self.devices.take_dirty_names();
+        write.devices = self.registry.take_dirty();
         write
     }
 

@@ -2,8 +2,8 @@
 //!
 //! What survives a restart: every record (tombstones included) with the seq
 //! of its last record change, its author and tombstone time; the known-peer
-//! table (for tombstone GC) and the device names; the epoch; and a `seq`
-//! ceiling. Holders and the
+//! table (for tombstone GC) and the device names; the device registry
+//! (admitted, pending, revoked); the epoch; and a `seq` ceiling. Holders and the
 //! peer table are soft state and are never written.
 //!
 //! # Invariants
@@ -44,6 +44,9 @@ use dartsync_shared::{ContentHash, FileKind, FileRecord, PeerId, RelPath, ShortI
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use dartsync_shared::device::DeviceState;
+
+use crate::registry::DeviceEntry;
 use crate::state::{KnownPeer, PendingWrite, PersistedEntry};
 
 /// File name of the database inside the data directory.
@@ -60,6 +63,8 @@ const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
 const PEERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("peers");
 /// Device names by peer id (a name is checked again when read back).
 const NAMES: TableDefinition<&[u8], &str> = TableDefinition::new("names");
+/// The device registry by peer id: admitted, pending, revoked.
+const DEVICES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("devices");
 const META_KEY: &str = "meta";
 
 /// Why the tracker's database could not be used.
@@ -125,6 +130,20 @@ enum StoredMeta {
     V1 { epoch: u64, seq_ceiling: u64 },
 }
 
+/// A device's admission state as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum StoredState {
+    Admitted,
+    Pending,
+    Revoked,
+}
+
+/// One device of the registry; its id is the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum StoredDevice {
+    V1 { state: StoredState, name: String, since: u64 },
+}
+
 /// Kind of a stored record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum StoredKind {
@@ -172,6 +191,8 @@ pub(crate) struct Loaded {
     pub known: Vec<(PeerId, KnownPeer)>,
     /// Device names (valid ones; others are skipped with a warning).
     pub names: Vec<(PeerId, String)>,
+    /// The device registry.
+    pub devices: Vec<(PeerId, DeviceEntry)>,
 }
 
 /// The open database.
@@ -205,6 +226,7 @@ impl Store {
             tx.open_table(ENTRIES).map_err(|e| self.db_err(e))?;
             tx.open_table(PEERS).map_err(|e| self.db_err(e))?;
             tx.open_table(NAMES).map_err(|e| self.db_err(e))?;
+            tx.open_table(DEVICES).map_err(|e| self.db_err(e))?;
             created = meta.get(META_KEY).map_err(|e| self.db_err(e))?.is_none();
             if created {
                 let epoch = rand::random::<u64>().max(1);
@@ -260,6 +282,27 @@ impl Store {
             };
             names.push((PeerId(bytes), value.value().to_owned()));
         }
+        let mut devices = Vec::new();
+        let table = tx.open_table(DEVICES).map_err(|e| self.db_err(e))?;
+        for item in table.iter().map_err(|e| self.db_err(e))? {
+            let (key, value) = item.map_err(|e| self.db_err(e))?;
+            let bytes: [u8; 16] = key
+                .value()
+                .try_into()
+                .map_err(|_| StoreError::PeerId { path: self.path.clone(), len: key.value().len() })?;
+            let id = PeerId(bytes);
+            let StoredDevice::V1 { state, mut name, since } = self.decode("device", &id.to_string(), value.value())?;
+            if !name.is_empty() && dartsync_shared::device::check_device_name(&name).is_err() {
+                tracing::warn!("ignoring an invalid stored name of device {id}");
+                name.clear();
+            }
+            let state = match state {
+                StoredState::Admitted => DeviceState::Admitted,
+                StoredState::Pending => DeviceState::Pending,
+                StoredState::Revoked => DeviceState::Revoked,
+            };
+            devices.push((id, DeviceEntry { state, name, since }));
+        }
         if !obsolete.is_empty() {
             let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
             {
@@ -270,7 +313,7 @@ impl Store {
             }
             tx.commit().map_err(|e| self.db_err(e))?;
         }
-        Ok(Loaded { epoch, seq_ceiling, created, entries, known, names })
+        Ok(Loaded { epoch, seq_ceiling, created, entries, known, names, devices })
     }
 
     /// Writes `write` and, if given, a new seq ceiling, in one transaction.
@@ -298,6 +341,23 @@ impl Store {
             for (id, name) in &write.names {
                 match name {
                     Some(name) => table.insert(id.0.as_slice(), name.as_str()).map(drop),
+                    None => table.remove(id.0.as_slice()).map(drop),
+                }
+                .map_err(|e| self.db_err(e))?;
+            }
+            let mut table = tx.open_table(DEVICES).map_err(|e| self.db_err(e))?;
+            for (id, entry) in &write.devices {
+                match entry {
+                    Some(entry) => {
+                        let state = match entry.state {
+                            DeviceState::Admitted => StoredState::Admitted,
+                            DeviceState::Pending => StoredState::Pending,
+                            DeviceState::Revoked => StoredState::Revoked,
+                        };
+                        let value =
+                            self.encode(&StoredDevice::V1 { state, name: entry.name.clone(), since: entry.since })?;
+                        table.insert(id.0.as_slice(), value.as_slice()).map(drop)
+                    }
                     None => table.remove(id.0.as_slice()).map(drop),
                 }
                 .map_err(|e| self.db_err(e))?;
@@ -490,6 +550,32 @@ mod tests {
         assert_eq!(restored.persisted_view(), before);
         assert_eq!(before.1.len(), 4, "a/file, its conflict copy, b/link, the tombstone `late`");
         assert!(restored.seq() >= state.seq());
+    }
+
+    #[test]
+    fn device_admissions_and_revocations_survive_a_restart() {
+        use dartsync_shared::config::AdmitPolicy;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, loaded) = Store::open(dir.path()).unwrap();
+        let mut state = State::new(config(), ShortId(99), loaded.epoch);
+        let (a, b, c) = (PeerId([1; 16]), PeerId([2; 16]), PeerId([3; 16]));
+        state.arrive(a, "alice", AdmitPolicy::Approve, 10).unwrap();
+        state.arrive(b, "bob", AdmitPolicy::Approve, 11).unwrap();
+        state.arrive(c, "carol", AdmitPolicy::Auto, 12).unwrap();
+        state.admit_device(a, 13).unwrap();
+        state.revoke_device(c, 14).unwrap();
+        store.commit(state.epoch(), &state.take_dirty(), None).unwrap();
+        drop(store);
+
+        let (_, loaded) = Store::open(dir.path()).unwrap();
+        let mut restored =
+            State::restore(config(), ShortId(99), loaded.epoch, loaded.seq_ceiling, loaded.entries, loaded.known);
+        restored.restore_registry(loaded.devices, 20);
+        assert_eq!(restored.device_state(a), Some(DeviceState::Admitted));
+        assert_eq!(restored.device_state(b), Some(DeviceState::Pending));
+        assert_eq!(restored.device_state(c), Some(DeviceState::Revoked));
+        assert_eq!(restored.resolve_device("carol"), Ok(c));
+        assert_eq!(restored.arrive(c, "carol", AdmitPolicy::Auto, 21), Ok(DeviceState::Revoked));
     }
 
     #[test]

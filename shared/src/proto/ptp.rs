@@ -35,6 +35,15 @@
 //! [`TrackerMessage::Conflict`] to the online holders of a version that
 //! lost a conflict, after the delta that carries the copy.
 //!
+//! # Admission
+//! A device the tracker holds for approval gets [`TrackerMessage::Pending`]
+//! instead of `Welcome` (and again every interval; it answers each with
+//! `KeepAlive` and sends nothing else), then `Welcome` on the same session
+//! once it is admitted. A revoked device gets [`TrackerMessage::Revoked`]
+//! (at `Register`, or at once when revoked mid-session) and the session
+//! closes. `Devices` carries every device's [`DeviceState`]; peers serve
+//! chunks only to admitted ones.
+//!
 //! # Announce
 //! Up to [`MAX_RECORDS_PER_MESSAGE`] records and [`MAX_BATCH_BYTES`] encoded
 //! bytes (cut with [`announce_batches`]), each a version of one path as the
@@ -69,7 +78,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{ProtocolError, check_len};
 use crate::codec::{bounded_string, bounded_vec};
-use crate::device::MAX_DEVICE_NAME;
+use crate::device::{DeviceState, MAX_DEVICE_NAME};
 use crate::id::PeerId;
 use crate::limits::{
     MAX_BATCH_BYTES, MAX_DEVICES, MAX_HOLDERS_PER_ENTRY, MAX_REASON_LEN, MAX_RECORDS_PER_MESSAGE, VARINT_MAX,
@@ -140,6 +149,9 @@ pub struct DeviceInfo {
     /// Unix seconds it was last seen, for an offline device (0: never or
     /// online).
     pub last_seen: u64,
+    /// Admitted, pending or revoked: peers serve chunks only to admitted
+    /// devices.
+    pub state: DeviceState,
 }
 
 /// Sent to the device(s) whose version lost a conflict.
@@ -263,6 +275,17 @@ pub enum TrackerMessage {
     },
     /// This peer's version of a path lost a conflict.
     Conflict(ConflictNotice),
+    /// Answer to `Register` of a device that waits for the operator's
+    /// approval (`admit = "approve"`), repeated every interval while it
+    /// waits (the peer answers each with `KeepAlive`). It gets nothing else
+    /// until it is admitted; then `Welcome` follows on the same session.
+    Pending {
+        /// Keep-alive interval in milliseconds.
+        interval_ms: u64,
+    },
+    /// This device is revoked: the session closes after this message, and
+    /// every later registration is refused with it.
+    Revoked,
 }
 
 fn announce_records<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<FileRecord>, D::Error> {
@@ -373,6 +396,8 @@ impl TrackerMessage {
             TrackerMessage::Refused { .. } => "a Refused",
             TrackerMessage::Devices { .. } => "a device list",
             TrackerMessage::Conflict(_) => "a conflict notice",
+            TrackerMessage::Pending { .. } => "a pending notice",
+            TrackerMessage::Revoked => "a revocation",
         }
     }
 
@@ -408,6 +433,13 @@ impl TrackerMessage {
                 check_wire_name(&n.winner)?;
                 check_wire_name(&n.loser)
             }
+            TrackerMessage::Pending { interval_ms } => {
+                if *interval_ms == 0 {
+                    return Err(ProtocolError::Invalid("pending: zero interval"));
+                }
+                Ok(())
+            }
+            TrackerMessage::Revoked => Ok(()),
         }
     }
 }
@@ -466,6 +498,7 @@ mod tests {
                     online: true,
                     up_to_date: false,
                     last_seen: 0,
+                    state: DeviceState::Pending,
                 }],
             },
             TrackerMessage::Conflict(ConflictNotice {
@@ -475,6 +508,8 @@ mod tests {
                 loser: "bob".into(),
                 at: 1,
             }),
+            TrackerMessage::Pending { interval_ms: 1000 },
+            TrackerMessage::Revoked,
         ]
     }
 
@@ -498,7 +533,7 @@ mod tests {
         let firsts: Vec<u8> = peer_messages().iter().map(|m| encode(m).unwrap()[0]).collect();
         assert_eq!(firsts, [0, 1, 2, 3, 4, 5]);
         let firsts: Vec<u8> = tracker_messages().iter().map(|m| encode(m).unwrap()[0]).collect();
-        assert_eq!(firsts, [0, 1, 2, 3, 4]);
+        assert_eq!(firsts, [0, 1, 2, 3, 4, 5, 6]);
         assert_eq!(encode(&PeerMessage::KeepAlive).unwrap(), [3]);
         assert_eq!(
             encode(&PeerMessage::Register(Register::new(PeerId([0; 16]), 1, 2, 3, "a"))).unwrap(),
@@ -527,7 +562,7 @@ mod tests {
     #[test]
     fn unknown_variant_is_an_error() {
         assert!(decode::<PeerMessage>(&[200]).is_err());
-        assert!(decode::<TrackerMessage>(&[5]).is_err());
+        assert!(decode::<TrackerMessage>(&[7]).is_err());
     }
 
     #[test]
@@ -551,6 +586,7 @@ mod tests {
         assert!(PeerMessage::Announce { records }.validate().is_err());
         let bad = TrackerMessage::Welcome(Welcome { interval_ms: 0, piece_len: 262_144, epoch: 1, seq: 0 });
         assert!(bad.validate().is_err());
+        assert!(TrackerMessage::Pending { interval_ms: 0 }.validate().is_err());
     }
 
     /// A path of exactly `MAX_PATH_LEN` bytes.
@@ -601,6 +637,7 @@ mod tests {
                     online: true,
                     up_to_date: true,
                     last_seen: u64::MAX,
+                    state: DeviceState::Revoked,
                 };
                 MAX_DEVICES
             ],

@@ -3,6 +3,7 @@
 //! shows. Nothing here changes the state.
 
 use dartsync_shared::PeerId;
+use dartsync_shared::device::DeviceState;
 use dartsync_shared::limits::MAX_DEVICES;
 use dartsync_shared::proto::ptp::DeviceInfo;
 use dartsync_shared::status::{Conflict, MAX_LISTED, STATUS_SCHEMA, TrackerDevice, TrackerStatus};
@@ -17,16 +18,44 @@ impl State {
             && self.devices.report(peer).is_some_and(|r| r.up_to_date && r.seen_seq >= self.last_record_seq)
     }
 
-    /// Known peers, online first, then the most recently seen; at most
-    /// [`MAX_DEVICES`].
+    /// Known peers, online first, then pending devices with a session,
+    /// then the most recently seen, then the other pending and revoked
+    /// devices (the most recently changed first); at most [`MAX_DEVICES`].
     fn devices_in_order(&self) -> Vec<PeerId> {
         let online = self.peers.keys().copied();
         let mut ids: Vec<PeerId> = online.collect();
         ids.sort_by_key(|id| (self.devices.display_name(*id), *id));
+        let mut waiting: Vec<PeerId> = self.pending_online.keys().copied().collect();
+        waiting.sort_by_key(|id| (self.name_of(*id).unwrap_or_default().to_owned(), *id));
+        ids.extend(waiting);
         let offline = self.known_by_age.iter().rev().map(|(_, id)| *id).filter(|id| !self.peers.contains_key(id));
-        ids.extend(offline);
+        ids.extend(offline.filter(|id| !self.pending_online.contains_key(id)));
+        let mut rest: Vec<(u64, PeerId)> = self
+            .registry
+            .iter()
+            .filter(|(id, _)| !self.known.contains_key(id) && !self.pending_online.contains_key(id))
+            .map(|(id, e)| (e.since, id))
+            .collect();
+        rest.sort_by(|a, b| b.cmp(a));
+        ids.extend(rest.into_iter().map(|(_, id)| id));
         ids.truncate(MAX_DEVICES);
         ids
+    }
+
+    /// A device's name: as a known peer, else as the registry has it.
+    fn name_of(&self, peer: PeerId) -> Option<&str> {
+        self.devices.name(peer).or_else(|| self.registry_name(peer))
+    }
+
+    /// What people call a device: its name, else its short id.
+    fn display_name_of(&self, peer: PeerId) -> String {
+        self.name_of(peer).map_or_else(|| peer.fmt_short(), str::to_owned)
+    }
+
+    /// A device's state (a known peer without an entry counts as admitted:
+    /// it registered before the registry).
+    fn state_of(&self, peer: PeerId) -> DeviceState {
+        self.registry.state(peer).unwrap_or_default()
     }
 
     /// The device list sent to every session. It changes only when a device
@@ -35,13 +64,14 @@ impl State {
         self.devices_in_order()
             .into_iter()
             .map(|id| {
-                let online = self.peers.contains_key(&id);
+                let online = self.peers.contains_key(&id) || self.pending_online.contains_key(&id);
                 DeviceInfo {
                     peer_id: id,
-                    name: self.devices.name(id).unwrap_or_default().to_owned(),
+                    name: self.name_of(id).unwrap_or_default().to_owned(),
                     online,
                     up_to_date: self.up_to_date(id),
                     last_seen: if online { 0 } else { self.known.get(&id).map_or(0, |k| k.last_seen_unix) },
+                    state: self.state_of(id),
                 }
             })
             .collect()
@@ -55,15 +85,16 @@ impl State {
             .into_iter()
             .map(|peer| {
                 let online = self.peers.get(&peer);
+                let waiting = self.pending_addr(peer);
                 let report = self.devices.report(peer);
                 TrackerDevice {
-                    name: self.devices.display_name(peer),
+                    name: self.display_name_of(peer),
                     id: peer.to_string(),
-                    addr: online.map(|p| p.addr.to_string()),
-                    online: online.is_some(),
-                    last_seen: match online {
-                        Some(_) => Some(now_unix),
-                        None => self.known.get(&peer).map(|k| k.last_seen_unix),
+                    addr: online.map(|p| p.addr).or(waiting).map(|a| a.to_string()),
+                    online: online.is_some() || waiting.is_some(),
+                    last_seen: match (online, waiting) {
+                        (None, None) => self.known.get(&peer).map(|k| k.last_seen_unix),
+                        _ => Some(now_unix),
                     },
                     up_to_date: self.up_to_date(peer),
                     behind: online.map_or(0, |_| self.last_record_seq.saturating_sub(report.map_or(0, |r| r.seen_seq))),
@@ -71,6 +102,7 @@ impl State {
                     pending_bytes: report.map_or(0, |r| r.pending_bytes),
                     waiting: report.map_or(0, |r| r.waiting),
                     rate: report.map_or(0, |r| r.rate),
+                    state: self.state_of(peer),
                 }
             })
             .collect();
