@@ -28,7 +28,7 @@ use crate::sync::engine::{DiskReserve, Engine, EngineParts};
 use crate::sync::history::History;
 use crate::sync::index_source::IndexSource;
 use crate::sync::tracker_client::{ClientConfig, SummaryFn, TrackerClient, probe_welcome};
-use crate::transfer::{self, ChunkSource, DownloadLimits, Downloader, ServeConfig, ServeError};
+use crate::transfer::{self, ChunkSource, DownloadLimits, Downloader, PeerGate, ServeConfig, ServeError};
 
 /// Switches for end-to-end tests only; hidden from `--help`.
 #[derive(Debug, Clone, Default)]
@@ -167,6 +167,7 @@ pub async fn run(
                 pin_file: folder.dirs().tracker_pin.clone(),
                 name: name.clone(),
                 status: status.clone(),
+                gate: PeerGate::new(),
             };
             match probe_welcome(&probe).await {
                 Ok(welcome) => welcome.piece_len,
@@ -193,11 +194,15 @@ pub async fn run(
     let listen_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     tracing::info!("piece server listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
     let source = Arc::new(IndexSource::new(local.index().clone(), local.jails().clone()));
+    // Whom the piece server serves: the devices the tracker lists as
+    // admitted (the tracker client feeds it).
+    let gate = PeerGate::new();
     let serve_cfg = ServeConfig {
         slots_per_peer: config.upload_slots_per_peer,
         slots_total: config.upload_slots_total,
         corrupt_for_tests: hooks.corrupt_chunks,
         tmp_dir: local.dirs().tmp.clone(),
+        gate: gate.clone(),
     };
     let served_source: Arc<dyn ChunkSource> = if hooks.serve_delay.is_zero() {
         source.clone()
@@ -273,6 +278,7 @@ pub async fn run(
             pin_file: local.dirs().tracker_pin.clone(),
             name,
             status: status.clone(),
+            gate: gate.clone(),
         },
         summary,
         events_tx,

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dartsync_shared::PeerId;
+use dartsync_shared::device::DeviceState;
 use dartsync_shared::proto::ptp::DeviceInfo;
 use dartsync_shared::status::{
     Conflict, Device, FolderState, LastEvent, MAX_EVENTS, MAX_LISTED, PeerStatus, Pending, STATUS_SCHEMA, TrackerLink,
@@ -92,6 +93,8 @@ struct Board {
     name: String,
     id: PeerId,
     tracker: TrackerLink,
+    /// What the tracker last said about this device.
+    admission: DeviceState,
     devices: Vec<DeviceInfo>,
     engine: EngineView,
     conflicts: VecDeque<Conflict>,
@@ -117,6 +120,7 @@ impl StatusBoard {
             name,
             id,
             tracker: TrackerLink { addr: tracker_addr, connected: false, since: None, error: None },
+            admission: DeviceState::Admitted,
             devices: Vec::new(),
             engine: EngineView { busy: true, ..EngineView::default() },
             conflicts: VecDeque::new(),
@@ -130,6 +134,7 @@ impl StatusBoard {
     /// The tracker session is up.
     pub fn tracker_connected(&self) {
         let mut b = self.inner.lock();
+        b.admission = DeviceState::Admitted;
         b.tracker = TrackerLink { addr: b.tracker.addr.clone(), connected: true, since: Some(unix_now()), error: None };
     }
 
@@ -142,6 +147,13 @@ impl StatusBoard {
         }
         b.tracker.connected = false;
         b.tracker.error = Some(why);
+    }
+
+    /// The tracker says this device is pending or revoked (or, with
+    /// `Admitted`, no longer so); true when that is news.
+    pub fn set_admission(&self, state: DeviceState) -> bool {
+        let mut b = self.inner.lock();
+        std::mem::replace(&mut b.admission, state) != state
     }
 
     /// The tracker's latest device list.
@@ -240,11 +252,16 @@ impl StatusBoard {
                 up_to_date: d.up_to_date,
                 last_seen: if d.online { Some(unix_now()) } else { (d.last_seen > 0).then_some(d.last_seen) },
                 this_device: d.peer_id == my_id,
+                state: d.state,
             })
             .collect();
         PeerStatus {
             schema: STATUS_SCHEMA,
-            state: folder_state(b.tracker.connected, e.busy, e.waiting_total),
+            state: match b.admission {
+                DeviceState::Revoked => FolderState::Revoked,
+                DeviceState::Pending => FolderState::PendingApproval,
+                DeviceState::Admitted => folder_state(b.tracker.connected, e.busy, e.waiting_total),
+            },
             folder: b.folder.clone(),
             name: b.name.clone(),
             id: b.id.to_string(),
@@ -280,6 +297,21 @@ mod tests {
         assert_eq!(folder_state(true, true, 3), FolderState::Syncing);
         assert_eq!(folder_state(true, false, 3), FolderState::Waiting);
         assert_eq!(folder_state(true, false, 0), FolderState::UpToDate);
+    }
+
+    #[test]
+    fn pending_and_revoked_come_before_every_other_state() {
+        let b = board();
+        b.tracker_connected();
+        b.publish(EngineView::default());
+        assert!(b.set_admission(DeviceState::Pending));
+        assert!(!b.set_admission(DeviceState::Pending), "no news the second time");
+        assert_eq!(b.snapshot().state, FolderState::PendingApproval);
+        b.set_admission(DeviceState::Revoked);
+        b.tracker_failed("revoked".into());
+        assert_eq!(b.snapshot().state, FolderState::Revoked);
+        b.tracker_connected();
+        assert_eq!(b.snapshot().state, FolderState::UpToDate);
     }
 
     #[test]
@@ -337,6 +369,7 @@ mod tests {
                 online: true,
                 up_to_date: true,
                 last_seen: 0,
+                state: DeviceState::Admitted,
             },
             DeviceInfo {
                 peer_id: PeerId([2; 16]),
@@ -344,6 +377,7 @@ mod tests {
                 online: false,
                 up_to_date: false,
                 last_seen: 7,
+                state: DeviceState::Revoked,
             },
         ]);
         for n in 0..30 {

@@ -1,5 +1,6 @@
 //! Content between peers: the [`ChunkSource`] trait (what local bytes may
-//! serve a chunk), the piece server ([`serve`]) and the multi-source
+//! serve a chunk), the piece server ([`serve`]) with its [`PeerGate`]
+//! (admitted devices only), and the multi-source
 //! downloader ([`Downloader`]), plus the naming and progress format of the
 //! partial files both of them read (`part`).
 //!
@@ -10,6 +11,7 @@
 
 pub(crate) mod chunk_source;
 mod download;
+pub(crate) mod gate;
 pub(crate) mod part;
 mod serve;
 
@@ -17,4 +19,5 @@ pub use chunk_source::{ChunkSource, MemoryChunkSource};
 pub use download::{
     DownloadError, DownloadJob, DownloadLimits, DownloadOutcome, DownloadProgress, Downloader, HolderError, HolderStats,
 };
+pub use gate::{ADMISSION_GRACE, Admission, PeerGate};
 pub use serve::{ServeConfig, ServeError, bind, serve};

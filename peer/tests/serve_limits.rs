@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use dartsync_peer::transfer::{ChunkSource, MemoryChunkSource, ServeConfig, serve};
+use dartsync_peer::transfer::{ChunkSource, MemoryChunkSource, PeerGate, ServeConfig, serve};
 use dartsync_shared::channel::{self, ChannelError, FIRST_MESSAGE_TIMEOUT, SecureChannel};
 use dartsync_shared::chunk::{ChunkParams, ChunkedFile};
 use dartsync_shared::key::{ClusterKey, Identity};
@@ -82,7 +82,7 @@ impl Drop for Server {
 
 async fn start(key: &ClusterKey, source: Arc<dyn ChunkSource>, slots_per_peer: usize, slots_total: usize) -> Server {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = ServeConfig { slots_per_peer, slots_total, corrupt_for_tests: false, tmp_dir: tmp.path().into() };
+    let cfg = ServeConfig { slots_per_peer, slots_total, corrupt_for_tests: false, tmp_dir: tmp.path().into(), gate: PeerGate::open() };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();

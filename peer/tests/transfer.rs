@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use dartsync_peer::transfer::{ChunkSource, MemoryChunkSource};
 use dartsync_peer::transfer::{DownloadError, DownloadJob, DownloadLimits, DownloadOutcome, Downloader, HolderError};
-use dartsync_peer::transfer::{ServeConfig, serve};
+use dartsync_peer::transfer::{PeerGate, ServeConfig, serve};
 use dartsync_shared::channel::{self, SecureChannel};
 use dartsync_shared::chunk::{ChunkParams, ChunkedFile, chunk_bytes};
 use dartsync_shared::key::{ClusterKey, Identity};
@@ -101,7 +101,7 @@ impl Server {
     async fn start(key: &ClusterKey, source: Arc<dyn ChunkSource>, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let mut cfg =
-            ServeConfig { slots_per_peer: 4, slots_total: 16, corrupt_for_tests: false, tmp_dir: tmp.path().into() };
+            ServeConfig { slots_per_peer: 4, slots_total: 16, corrupt_for_tests: false, tmp_dir: tmp.path().into(), gate: PeerGate::open() };
         tweak(&mut cfg);
         Self::start_with(key, source, cfg, tmp).await
     }
@@ -888,7 +888,7 @@ async fn chunks_of_partial_temp_files_are_served() {
     partial[half.offset as usize..].fill(0);
     std::fs::write(tmp.path().join(format!("{}.part", f.content.to_hex())), &partial).unwrap();
     let cfg =
-        ServeConfig { slots_per_peer: 4, slots_total: 16, corrupt_for_tests: false, tmp_dir: tmp.path().to_owned() };
+        ServeConfig { slots_per_peer: 4, slots_total: 16, corrupt_for_tests: false, tmp_dir: tmp.path().to_owned(), gate: PeerGate::open() };
     let server = Server::start_with(&key, empty_source(), cfg, tempfile::tempdir().unwrap()).await;
     let mut client = server.client(&key, &Identity::generate()).await;
     client.send(&get(&f.content, &f.chunks[0])).await.unwrap();

@@ -23,6 +23,17 @@
 //! tracker on the address cannot take it down, and it reconnects by itself
 //! once the trusted tracker is back.
 //!
+//! # Admission
+//! A tracker holding this device for approval answers `Register` with
+//! `Pending`: the client warns once (and `dartsync status` says so),
+//! answers each `Pending` with `KeepAlive` and waits on the same
+//! connection for the `Welcome` that follows `dartsync tracker admit`;
+//! then the session proceeds as usual. `Revoked` (at `Register` or
+//! mid-session) is logged as an error, shown in status, and the client
+//! asks again only every [`REVOKED_PAUSE`]. Every device list the tracker
+//! pushes also goes to the piece server's [`PeerGate`], so this peer serves
+//! chunks only to devices the tracker lists as admitted.
+//!
 //! # A silent tracker
 //! The tracker answers `Register` and pushes deltas, but sends nothing to
 //! an idle peer, and a stopped tracker process still has its kernel
@@ -50,6 +61,7 @@ use std::time::Duration;
 
 use dartsync_shared::backoff::Backoff;
 use dartsync_shared::channel::{self, ChannelError, HANDSHAKE_TIMEOUT};
+use dartsync_shared::device::DeviceState;
 use dartsync_shared::id::PublicKey;
 use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::proto::ptp::{
@@ -65,6 +77,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::tracker_pin::{PinError, TrackerPin, Trust};
 use crate::status::StatusBoard;
+use crate::transfer::PeerGate;
 
 /// How long to wait for TCP connect, and for `Welcome` after `Register`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,6 +89,9 @@ const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// Pause after the tracker refused us outright (`Refused`): what it
 /// refused is what the next session would send again.
 const REFUSED_PAUSE: Duration = Duration::from_secs(300);
+/// Pause after the tracker said this device is revoked: only its operator
+/// can change that, so ask again rarely (a restart asks at once).
+const REVOKED_PAUSE: Duration = Duration::from_secs(900);
 /// Keep-alive intervals without a frame before the tracker is checked.
 const SILENT_INTERVALS: u32 = 3;
 /// The silence limit is never shorter than this.
@@ -166,6 +182,20 @@ pub enum ClientError {
         /// Its reason.
         reason: String,
     },
+    /// The tracker revoked this device.
+    #[error(
+        "the tracker at {addr} revoked this device ({label}): it syncs nothing until the tracker's operator \
+         runs `dartsync tracker admit {id}` on the tracker machine; asking again every {} min",
+        REVOKED_PAUSE.as_secs() / 60
+    )]
+    Revoked {
+        /// The address.
+        addr: String,
+        /// `NAME, id ID`.
+        label: String,
+        /// This device's id.
+        id: String,
+    },
     /// No frame for a while, and the liveness check failed.
     #[error("tracker silent for {secs} s, and a liveness check failed: {why}")]
     Silent {
@@ -220,6 +250,8 @@ pub(crate) enum Trouble {
     Untrusted,
     /// The tracker refused us.
     Refused,
+    /// The tracker revoked this device.
+    Revoked,
     /// An established session ended.
     Lost,
     /// Anything else before `Welcome`.
@@ -236,6 +268,7 @@ impl ClientError {
             ClientError::NoAnswer { .. } => Trouble::NoAnswer,
             ClientError::Untrusted(_) => Trouble::Untrusted,
             ClientError::Refused { .. } => Trouble::Refused,
+            ClientError::Revoked { .. } => Trouble::Revoked,
             ClientError::Silent { .. } => Trouble::Lost,
             ClientError::Channel(_) | ClientError::Protocol(_) | ClientError::Closed | ClientError::Summary(_) => {
                 Trouble::Other
@@ -330,6 +363,8 @@ pub struct ClientConfig {
     pub name: String,
     /// Where the link's state is shown (`dartsync status`).
     pub status: StatusBoard,
+    /// The piece server's gate, fed with every device list.
+    pub gate: PeerGate,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -423,7 +458,12 @@ async fn register(
     let mut register = Register::new(cfg.identity.peer_id(), cfg.listen_port, seen_seq, epoch, &cfg.name);
     register.probe = probe;
     writer.send(&PeerMessage::Register(register)).await?;
-    let welcome = read_welcome(&mut reader, &cfg.tracker_addr).await?;
+    let welcome = match read_welcome(&mut reader, &cfg.tracker_addr).await {
+        Ok(Answer::Welcome(welcome)) => welcome,
+        Ok(Answer::Pending { interval_ms }) => wait_for_admission(cfg, &mut reader, &mut writer, interval_ms).await?,
+        Err(ClientError::Revoked { .. }) => return Err(revoked(cfg)),
+        Err(e) => return Err(e),
+    };
     if pin.pin_async(&cfg.tracker_addr, tracker).await? == Trust::FirstContact {
         tracing::info!(
             "first contact with tracker {} at {}: trusting it from now on (pinned in {})",
@@ -435,8 +475,89 @@ async fn register(
     Ok((reader, writer, welcome, tracker))
 }
 
+/// The tracker's answer to `Register`.
+enum Answer {
+    /// Registered.
+    Welcome(Welcome),
+    /// This device waits for the operator's approval.
+    Pending { interval_ms: u64 },
+}
+
+/// `NAME, id ID` of this device.
+fn this_device(cfg: &ClientConfig) -> String {
+    format!("{}, id {}", cfg.name, cfg.identity.peer_id())
+}
+
+/// The error for a revocation, naming this device.
+fn revoked(cfg: &ClientConfig) -> ClientError {
+    ClientError::Revoked {
+        addr: cfg.tracker_addr.clone(),
+        label: this_device(cfg),
+        id: cfg.identity.peer_id().to_string(),
+    }
+}
+
+/// What to type after `dartsync tracker admit` for this device.
+fn admit_arg(cfg: &ClientConfig) -> String {
+    if cfg.name.is_empty() {
+        cfg.identity.peer_id().to_string()
+    } else if cfg.name.contains(|c: char| c.is_whitespace() || c == '\'') {
+        format!("\"{}\"", cfg.name)
+    } else {
+        cfg.name.clone()
+    }
+}
+
+/// Held for approval: says so (a warning once, and in `dartsync status`),
+/// answers each of the tracker's `Pending` with `KeepAlive`, and waits
+/// for the `Welcome` that follows `dartsync tracker admit`. Nothing else
+/// is sent meanwhile, and nothing else is expected.
+async fn wait_for_admission(
+    cfg: &ClientConfig,
+    reader: &mut Reader,
+    writer: &mut Writer,
+    interval_ms: u64,
+) -> Result<Welcome, ClientError> {
+    if cfg.status.set_admission(DeviceState::Pending) {
+        tracing::warn!(
+            "this device ({}) waits for approval: on the tracker machine run `dartsync tracker admit {}`",
+            this_device(cfg),
+            admit_arg(cfg)
+        );
+    }
+    cfg.status.tracker_failed("waiting for approval by the tracker's operator".into());
+    let silence = silence_limit(Duration::from_millis(interval_ms));
+    writer.send(&PeerMessage::KeepAlive).await?;
+    loop {
+        let msg = match tokio::time::timeout(silence, reader.recv::<TrackerMessage>()).await {
+            Err(_) => {
+                return Err(ClientError::Silent {
+                    secs: silence.as_secs(),
+                    why: "no word while waiting for approval".into(),
+                });
+            }
+            Ok(msg) => msg?.ok_or(ClientError::Closed)?,
+        };
+        msg.validate()?;
+        match msg {
+            TrackerMessage::Pending { .. } => writer.send(&PeerMessage::KeepAlive).await?,
+            TrackerMessage::Welcome(welcome) => {
+                tracing::info!("the tracker admitted this device ({})", this_device(cfg));
+                return Ok(welcome);
+            }
+            TrackerMessage::Revoked => return Err(revoked(cfg)),
+            TrackerMessage::Refused { reason } => {
+                return Err(ClientError::Refused { addr: cfg.tracker_addr.clone(), reason });
+            }
+            other => {
+                return Err(ClientError::Protocol(format!("{} while waiting for approval", other.kind())));
+            }
+        }
+    }
+}
+
 /// Waits for the tracker's answer to `Register`.
-async fn read_welcome(reader: &mut Reader, addr: &str) -> Result<Welcome, ClientError> {
+async fn read_welcome(reader: &mut Reader, addr: &str) -> Result<Answer, ClientError> {
     let not_a_tracker = |why: String| ClientError::NotATracker { addr: addr.to_owned(), why };
     let msg = match tokio::time::timeout(CONNECT_TIMEOUT, reader.recv::<TrackerMessage>()).await {
         Err(_) => {
@@ -450,8 +571,13 @@ async fn read_welcome(reader: &mut Reader, addr: &str) -> Result<Welcome, Client
     };
     msg.validate().map_err(|e| not_a_tracker(format!("invalid answer to Register: {e}")))?;
     match msg {
-        TrackerMessage::Welcome(w) => Ok(w),
+        TrackerMessage::Welcome(w) => Ok(Answer::Welcome(w)),
+        TrackerMessage::Pending { interval_ms } => Ok(Answer::Pending { interval_ms }),
         TrackerMessage::Refused { reason } => Err(ClientError::Refused { addr: addr.to_owned(), reason }),
+        // Completed with this device's name by `register`.
+        TrackerMessage::Revoked => {
+            Err(ClientError::Revoked { addr: addr.to_owned(), label: String::new(), id: String::new() })
+        }
         other => Err(not_a_tracker(format!("it answered Register with {}", other.kind()))),
     }
 }
@@ -510,8 +636,16 @@ async fn run(
             Err(e) => e,
         };
         cfg.status.tracker_failed(err.to_string());
+        let is_revoked = matches!(err, ClientError::Revoked { .. });
+        if is_revoked {
+            cfg.status.set_admission(DeviceState::Revoked);
+        }
         let now = std::time::Instant::now();
         let trouble = match welcomed {
+            _ if is_revoked => {
+                backoff.reset();
+                Trouble::Revoked
+            }
             Some(since) => {
                 // A session that got as far as Welcome starts the backoff
                 // afresh; one that lasted ends the streak of failures.
@@ -526,6 +660,10 @@ async fn run(
         };
         match troubles.failed(trouble, now) {
             Say::Quiet => {}
+            Say::First if trouble == Trouble::Revoked => tracing::error!("{err}"),
+            Say::Again { count, over } if trouble == Trouble::Revoked => {
+                tracing::error!("{err} ({count} refusals in {})", fmt_duration(over))
+            }
             Say::First if trouble == Trouble::Lost => tracing::warn!("tracker session ended: {err}; reconnecting"),
             Say::First => tracing::warn!("{err}"),
             Say::Again { count, over } if trouble == Trouble::Lost => tracing::warn!(
@@ -545,7 +683,11 @@ async fn run(
         // A tracker that refused us (record quota, full table, full
         // tracker) will refuse the same summary again: come back much later
         // rather than resend it every few seconds.
-        let delay = if matches!(err, ClientError::Refused { .. }) { REFUSED_PAUSE } else { backoff.next_delay() };
+        let delay = match err {
+            ClientError::Revoked { .. } => REVOKED_PAUSE,
+            ClientError::Refused { .. } => REFUSED_PAUSE,
+            _ => backoff.next_delay(),
+        };
         let pause = tokio::time::sleep(delay);
         tokio::pin!(pause);
         loop {
@@ -678,7 +820,14 @@ async fn session(
                             pending.push_back(TrackerEvent::Delta(delta));
                         }
                     }
-                    TrackerMessage::Devices { devices } => pending.push_back(TrackerEvent::Devices(devices)),
+                    TrackerMessage::Devices { devices } => {
+                        cfg.gate.update(&devices);
+                        pending.push_back(TrackerEvent::Devices(devices));
+                    }
+                    TrackerMessage::Revoked => return Err(revoked(cfg)),
+                    TrackerMessage::Pending { .. } => {
+                        return Err(ClientError::Protocol("Pending after Welcome".into()));
+                    }
                     TrackerMessage::Conflict(notice) => pending.push_back(TrackerEvent::Conflict(notice)),
                     TrackerMessage::Refused { reason } => {
                         return Err(ClientError::Refused { addr: cfg.tracker_addr.clone(), reason });
@@ -854,7 +1003,8 @@ mod tests {
     fn config(key: ClusterKey, addr: String, pin_file: std::path::PathBuf) -> ClientConfig {
         let identity = Identity::generate();
         let status = StatusBoard::new(std::path::Path::new("/f"), "test".into(), identity.peer_id(), addr.clone());
-        ClientConfig { tracker_addr: addr, listen_port: 1, key, identity, pin_file, name: "test".into(), status }
+        let gate = PeerGate::new();
+        ClientConfig { tracker_addr: addr, listen_port: 1, key, identity, pin_file, name: "test".into(), status, gate }
     }
 
     /// A fake tracker: accepts one connection with `key` and `identity`,

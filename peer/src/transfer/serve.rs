@@ -23,6 +23,14 @@
 //! concurrently. At most [`PIPELINE_DEPTH`] answers wait per connection;
 //! beyond that the reader stops reading (TCP backpressure).
 //!
+//! # Admitted peers only
+//! After the handshake (the cluster key) and an authenticated slot, the
+//! [`PeerGate`] decides: a peer the tracker lists as admitted is served; a
+//! revoked one is closed at once; one not listed yet gets
+//! [`ADMISSION_GRACE`] for a device list that admits it (a peer started a
+//! moment ago, or admitted a moment ago), then is closed. Each refused
+//! peer is logged once.
+//!
 //! # Upload slots
 //! Every request, `GetChunk` and `GetChunkList` alike, needs one slot of its
 //! requesting [`PeerId`] (shared by all connections of that peer) and one
@@ -53,7 +61,7 @@
 //! No knowledge of records, the tracker or the index's freshness: the
 //! [`ChunkSource`] decides what may be a candidate.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -76,6 +84,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::transfer::chunk_source::{ChunkSource, read_at_verified, read_verified};
+use crate::transfer::gate::{ADMISSION_GRACE, Admission, PeerGate};
 use crate::transfer::part::part_path;
 
 /// Most authenticated connections served at once; more are closed right
@@ -114,6 +123,9 @@ pub struct ServeConfig {
     /// The downloader's temp folder (`.dartsync/tmp`): chunks of
     /// `<content>.part` files there may be served too.
     pub tmp_dir: PathBuf,
+    /// Whom to serve: the devices the tracker lists as admitted
+    /// ([`PeerGate::open`] serves every holder of the cluster key).
+    pub gate: PeerGate,
 }
 
 /// Why the piece server stopped.
@@ -168,6 +180,7 @@ pub async fn serve(
         source,
         total: Arc::new(Semaphore::new(cfg.slots_total.max(1))),
         per_peer: Mutex::new(HashMap::new()),
+        refused_logged: Mutex::new(HashSet::new()),
         cfg,
     });
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -251,6 +264,14 @@ fn spawn_connection(
                 tracing::debug!("too many peer connections; closing a new one");
                 return;
             };
+            let peer = channel.remote_peer_id();
+            match ctx.cfg.gate.check(peer, ADMISSION_GRACE).await {
+                Admission::Admitted => {}
+                refused => {
+                    ctx.refused(peer, refused);
+                    return;
+                }
+            }
             connection(channel, ctx).await;
             drop(permit);
         }
@@ -270,7 +291,13 @@ struct Ctx {
     /// peer so the entry goes away with its last connection (the map stays
     /// bounded by [`MAX_CONNECTIONS`]). std Mutex: held for a lookup only.
     per_peer: Mutex<HashMap<PeerId, PeerSlots>>,
+    /// Peers already logged as refused by the gate (at most
+    /// [`MAX_REFUSED_LOGGED`]; then it starts over).
+    refused_logged: Mutex<HashSet<PeerId>>,
 }
+
+/// Refused peers remembered so each is logged once.
+const MAX_REFUSED_LOGGED: usize = 1024;
 
 struct PeerSlots {
     connections: usize,
@@ -278,6 +305,24 @@ struct PeerSlots {
 }
 
 impl Ctx {
+    /// Logs a connection the gate refused, once per peer.
+    fn refused(&self, peer: PeerId, why: Admission) {
+        let mut logged = self.refused_logged.lock();
+        if logged.len() >= MAX_REFUSED_LOGGED {
+            logged.clear();
+        }
+        let first = logged.insert(peer);
+        let why = match why {
+            Admission::Revoked => "the tracker revoked it",
+            _ => "the tracker does not list it as admitted",
+        };
+        if first {
+            tracing::warn!("refusing chunks to peer {}: {why}", peer.fmt_short());
+        } else {
+            tracing::debug!("refusing chunks to peer {}: {why}", peer.fmt_short());
+        }
+    }
+
     /// Registers a connection of `peer` and returns its slot semaphore plus
     /// a guard that unregisters it.
     fn register(self: &Arc<Self>, peer: PeerId) -> PeerGuard {
