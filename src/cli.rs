@@ -78,6 +78,13 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR|off")]
     pub http: Option<String>,
 
+    /// Tracker: who may join besides holding the cluster key. `auto`
+    /// (default): a new device is admitted on its first registration.
+    /// `approve`: a new device waits until `dartsync tracker admit NAME`
+    /// on the tracker's machine.
+    #[arg(long, value_name = "POLICY", value_parser = ["auto", "approve"])]
+    pub admit: Option<String>,
+
     /// Tracker: average chunk size in bytes handed to peers (default 262144).
     #[arg(long, value_name = "BYTES")]
     pub piece_len: Option<u32>,
@@ -187,6 +194,11 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Man,
 
+    /// Administer the tracker running on this machine: list, admit and
+    /// revoke devices.
+    #[command(after_long_help = TRACKER_AFTER_HELP)]
+    Tracker(TrackerArgs),
+
     /// Print the link to the tracker's web dashboard, with its login token
     /// (ask the tracker running on this machine; it must run with --http).
     DashboardUrl {
@@ -194,6 +206,59 @@ pub enum Command {
         /// --config, else ~/.local/share/dartsync/tracker).
         #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
+    },
+}
+
+const TRACKER_AFTER_HELP: &str = "\
+Exit codes:
+  0  done
+  1  refused (no such device, a name shared by several devices, ...)
+  2  the tracker cannot be reached (not running, or no access to its
+     control socket DATA_DIR/control.sock)
+
+Examples:
+  dartsync tracker devices              # every device: admitted, pending, revoked
+  dartsync tracker admit bobs-laptop    # let a pending device sync
+  dartsync tracker revoke 4f2k          # a lost laptop (a unique id prefix)";
+
+/// `dartsync tracker ...`.
+#[derive(Debug, clap::Args)]
+pub struct TrackerArgs {
+    /// The tracker's data directory, which holds its control socket
+    /// (default: `[tracker] data_dir` of --config, else
+    /// ~/.local/share/dartsync/tracker).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub data: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: TrackerCommand,
+}
+
+/// `dartsync tracker` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TrackerCommand {
+    /// List every device the tracker knows: name, id, state (admitted,
+    /// pending, revoked), online or last seen, address.
+    Devices {
+        /// Print the tracker's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Admit a device: a pending one starts syncing at once, a revoked one
+    /// may register again.
+    Admit {
+        /// The device's name, its id, or a unique prefix of its id.
+        #[arg(value_name = "NAME|ID")]
+        device: String,
+    },
+    /// Revoke a device: its session is dropped at once, its registrations
+    /// are refused, other peers stop serving it. Files it already has stay
+    /// on it.
+    Revoke {
+        /// The device's name, its id, or a unique prefix of its id.
+        #[arg(value_name = "NAME|ID")]
+        device: String,
     },
 }
 

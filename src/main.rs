@@ -1,6 +1,6 @@
 //! The `dartsync` binary: parses the command line, sets up logging and
 //! signals, and starts the tracker or a peer, or runs a subcommand
-//! (`init`, `status`, `completions`, `man`). All sync logic lives in the
+//! (`init`, `status`, `tracker`, `completions`, `man`). All sync logic lives in the
 //! library crates; this file only wires them up and reports errors.
 
 mod cli;
@@ -11,6 +11,7 @@ mod report;
 mod settings;
 mod status_cmd;
 mod status_view;
+mod tracker_cmd;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -42,6 +43,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Mode::Man => completions::print(&completions::man()?).map(|()| ExitCode::SUCCESS),
         Mode::Demo(request) => demo::run(&request),
         Mode::DashboardUrl { data_dir } => dashboard_url(&data_dir),
+        Mode::TrackerAdmin(request) => Ok(tracker_cmd::run(&request)),
         Mode::Tracker { config, key_file } => {
             let key = tracker_key(&key_file)?;
             runtime()?.block_on(async {

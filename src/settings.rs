@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use dartsync_shared::config::{self, ConfigFile, PeerConfig, TrackerConfig};
 
-use crate::cli::{Cli, Command, StatusArgs};
+use crate::cli::{Cli, Command, StatusArgs, TrackerCommand};
 use crate::status_cmd::{Output, StatusRequest, Target};
+use crate::tracker_cmd::{AdminAction, AdminRequest};
 
 /// What to run, fully resolved.
 #[derive(Debug)]
@@ -46,6 +47,8 @@ pub enum Mode {
         /// The tracker's data directory.
         data_dir: PathBuf,
     },
+    /// `dartsync tracker devices | admit | revoke`.
+    TrackerAdmin(AdminRequest),
     /// `dartsync completions SHELL`.
     Completions(clap_complete::Shell),
     /// `dartsync man`.
@@ -93,6 +96,18 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
             };
             return Ok(Mode::DashboardUrl { data_dir: absolute(&data_dir)? });
         }
+        Some(Command::Tracker(args)) => {
+            let data_dir = match args.data {
+                Some(dir) => dir,
+                None => TrackerConfig::from_section(&file.tracker)?.data_dir,
+            };
+            let action = match args.command {
+                TrackerCommand::Devices { json } => AdminAction::Devices { json },
+                TrackerCommand::Admit { device } => AdminAction::Admit(device),
+                TrackerCommand::Revoke { device } => AdminAction::Revoke(device),
+            };
+            return Ok(Mode::TrackerAdmin(AdminRequest { data_dir: absolute(&data_dir)?, action }));
+        }
         Some(Command::Demo(args)) => {
             let dir = std::path::absolute(&args.dir)
                 .with_context(|| format!("cannot resolve the demo folder {}", args.dir.display()))?;
@@ -120,6 +135,9 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         }
         if let Some(v) = &cli.http {
             cfg.http = config::parse_http(v)?;
+        }
+        if let Some(v) = &cli.admit {
+            cfg.admit = config::AdmitPolicy::parse(v)?;
         }
         cfg.validate()?;
         return Ok(Mode::Tracker { config: cfg, key_file });
@@ -200,6 +218,26 @@ mod tests {
 
     fn parse(args: &[&str]) -> anyhow::Result<Mode> {
         resolve(Cli::try_parse_from(std::iter::once("dartsync").chain(args.iter().copied()))?)
+    }
+
+    #[test]
+    fn tracker_admin_commands_and_the_admit_flag_resolve() {
+        match parse(&["tracker", "admit", "bob", "--data", "/d"]).unwrap() {
+            Mode::TrackerAdmin(req) => {
+                assert_eq!(req.data_dir, PathBuf::from("/d"));
+                assert_eq!(req.action, AdminAction::Admit("bob".into()));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["tracker", "--data", "/d", "devices", "--json"]).unwrap() {
+            Mode::TrackerAdmin(req) => assert_eq!(req.action, AdminAction::Devices { json: true }),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["--tracker", "--admit", "approve"]).unwrap() {
+            Mode::Tracker { config, .. } => assert_eq!(config.admit, config::AdmitPolicy::Approve),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["--tracker", "--admit", "maybe"]).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dartsync_shared::control::{self, CONTROL_SOCKET, ControlError, RequestKind};
-use dartsync_shared::status::{PeerStatus, STATUS_SCHEMA, TrackerStatus};
+use dartsync_shared::status::{DeviceState, PeerStatus, STATUS_SCHEMA, TrackerStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::status_view;
@@ -109,7 +109,9 @@ impl Snapshot {
     fn exit_code(&self) -> u8 {
         match self {
             Snapshot::Peer(s) => s.exit_code(),
-            Snapshot::Tracker(s) => u8::from(s.devices.iter().any(|d| d.online && !d.up_to_date)),
+            Snapshot::Tracker(s) => u8::from(
+                s.devices.iter().any(|d| d.state == DeviceState::Admitted && d.online && !d.up_to_date),
+            ),
         }
     }
 

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 pub use dartsync_shared::human::{count, duration, plural, size, thousands};
 
 use dartsync_shared::status::{
-    Conflict, Device, FolderState, PeerStatus, TrackerDevice, TrackerLink, TrackerStatus, Transfer,
+    Conflict, Device, DeviceState, FolderState, PeerStatus, TrackerDevice, TrackerLink, TrackerStatus, Transfer,
 };
 
 /// Characters of an id shown in the human output.
@@ -85,7 +85,12 @@ fn render(status: &PeerStatus, now: u64, with_transfers: bool) -> String {
     out.push('\n');
     let _ = writeln!(out, "Folder:  {}", status.folder);
     let _ = writeln!(out, "Device:  {} ({})", status.name, short_id(&status.id));
-    let _ = writeln!(out, "Tracker: {}", tracker_link(&status.tracker, now));
+    let link = match status.state {
+        FolderState::PendingApproval => format!("{}, connected, waiting for approval", status.tracker.addr),
+        FolderState::Revoked => format!("{}, this device is revoked", status.tracker.addr),
+        _ => tracker_link(&status.tracker, now),
+    };
+    let _ = writeln!(out, "Tracker: {link}");
     section(&mut out, "Devices", &devices(&status.devices, now));
     if with_transfers {
         section(&mut out, "Transfers", &transfers(status));
@@ -113,6 +118,18 @@ pub fn state_line(status: &PeerStatus, now: u64) -> String {
             parts => format!("{label}: {}", parts.join(", ")),
         },
         FolderState::Waiting => format!("{label}: {} (see below)", count(status.waiting_total, "file")),
+        FolderState::PendingApproval => {
+            let arg = if status.name.contains(char::is_whitespace) {
+                format!("\"{}\"", status.name)
+            } else {
+                status.name.clone()
+            };
+            format!("{label}: on the tracker machine run `dartsync tracker admit {arg}` (this device's id is {})", status.id)
+        }
+        FolderState::Revoked => format!(
+            "{label}: the tracker refuses this device (id {}); only its operator can admit it again",
+            status.id
+        ),
         FolderState::TrackerUnreachable => {
             let link = &status.tracker;
             let since = link.since.map(|t| format!(" for {}", duration(now.saturating_sub(t)))).unwrap_or_default();
@@ -177,6 +194,11 @@ fn presence(online: bool, last_seen: Option<u64>, now: u64) -> String {
 }
 
 fn device_sync(d: &Device) -> &'static str {
+    match d.state {
+        DeviceState::Pending => return "waiting for approval",
+        DeviceState::Revoked => return "revoked",
+        DeviceState::Admitted => {}
+    }
     match (d.up_to_date, d.online) {
         (true, _) => "up to date",
         (false, true) => "syncing",
@@ -258,14 +280,22 @@ pub fn render_tracker(status: &TrackerStatus, now: u64) -> String {
 
 /// `All 3 online devices up to date`, `1 of 3 online devices not up to
 /// date`, or `No device online`.
+/// Devices waiting for approval are counted apart: `All 3 online devices
+/// up to date; 1 device waits for approval`.
 pub fn tracker_summary(devices: &[TrackerDevice]) -> String {
-    let online = devices.iter().filter(|d| d.online).count() as u64;
-    let behind = devices.iter().filter(|d| d.online && !d.up_to_date).count() as u64;
-    match (online, behind) {
-        (0, _) => format!("No device online ({} known)", thousands(devices.len() as u64)),
+    let members = || devices.iter().filter(|d| d.state == DeviceState::Admitted);
+    let online = members().filter(|d| d.online).count() as u64;
+    let behind = members().filter(|d| d.online && !d.up_to_date).count() as u64;
+    let line = match (online, behind) {
+        (0, _) => format!("No device online ({} known)", thousands(members().count() as u64)),
         (1, 0) => "The 1 online device is up to date".to_owned(),
         (n, 0) => format!("All {} online devices up to date", thousands(n)),
         (n, b) => format!("{} of {} online {} not up to date", thousands(b), thousands(n), plural(n, "device")),
+    };
+    match devices.iter().filter(|d| d.state == DeviceState::Pending).count() as u64 {
+        0 => line,
+        1 => format!("{line}; 1 device waits for approval"),
+        n => format!("{line}; {} devices wait for approval", thousands(n)),
     }
 }
 
@@ -291,6 +321,11 @@ fn tracker_devices(devices: &[TrackerDevice], now: u64) -> String {
 /// `up to date`, or how far behind: `behind 3 changes, 12 files / 40 MB
 /// to fetch, 2 waiting`.
 pub fn progress(d: &TrackerDevice) -> String {
+    match d.state {
+        DeviceState::Pending => return "waiting for approval (`dartsync tracker admit`)".to_owned(),
+        DeviceState::Revoked => return "revoked".to_owned(),
+        DeviceState::Admitted => {}
+    }
     if d.up_to_date {
         return "up to date".to_owned();
     }
@@ -335,7 +370,15 @@ mod tests {
     }
 
     fn device(name: &str, id: &str, online: bool, up_to_date: bool, last_seen: u64) -> Device {
-        Device { name: name.into(), id: id.into(), online, up_to_date, last_seen: Some(last_seen), this_device: false }
+        Device {
+            name: name.into(),
+            id: id.into(),
+            online,
+            up_to_date,
+            last_seen: Some(last_seen),
+            this_device: false,
+            state: DeviceState::Admitted,
+        }
     }
 
     /// A peer "laptop" in a three-device cluster, up to date.
@@ -440,6 +483,24 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_pending_approval_and_revoked() {
+        let mut s = peer();
+        s.state = FolderState::PendingApproval;
+        s.devices.clear();
+        s.tracker.connected = false;
+        s.tracker.error = Some("waiting for approval by the tracker's operator".into());
+        insta::assert_snapshot!(render_peer(&s, NOW));
+        s.state = FolderState::Revoked;
+        assert_eq!(
+            state_line(&s, NOW),
+            format!("Revoked: the tracker refuses this device (id {}); only its operator can admit it again", s.id)
+        );
+        let mut d = device("tablet", "p3nd1ngq2w5e7y9u1i3o5p7a9b", true, false, NOW);
+        d.state = DeviceState::Pending;
+        assert_eq!(device_sync(&d), "waiting for approval");
+    }
+
+    #[test]
     fn snapshot_conflicts() {
         let mut s = peer();
         s.conflicts = vec![
@@ -490,6 +551,7 @@ mod tests {
             pending_bytes: 0,
             waiting: 0,
             rate: 0,
+            state: DeviceState::Admitted,
         }
     }
 
@@ -505,6 +567,12 @@ mod tests {
         old.up_to_date = false;
         old.behind = 1;
         old.waiting = 2;
+        let mut new = tracker_device("new-tablet", "p3nd1ngq2w5e7y9u1i3o5p7a9b", Some("192.168.1.30:0"), true);
+        new.state = DeviceState::Pending;
+        new.up_to_date = false;
+        let mut lost = tracker_device("lost-phone", "r3v0k3dq2w5e7y9u1i3o5p7a9b", None, false);
+        lost.state = DeviceState::Revoked;
+        lost.last_seen = Some(NOW - 7200);
         let status = TrackerStatus {
             schema: STATUS_SCHEMA,
             id: "t4r8ck3rq2w5e7y9u1i3o5p7a9".into(),
@@ -516,7 +584,9 @@ mod tests {
             devices: vec![
                 tracker_device("laptop", "k3m9qz7w2xv4p8rt6yb5nc1dfa", Some("192.168.1.10:40001"), true),
                 desktop,
+                new,
                 old,
+                lost,
             ],
             conflicts: vec![Conflict {
                 path: "notes/todo.md".into(),
@@ -539,6 +609,12 @@ mod tests {
         assert_eq!(tracker_summary(std::slice::from_ref(&a)), "1 of 1 online device not up to date");
         assert_eq!(progress(&a), "syncing");
         let b = tracker_device("b", "b", None, true);
-        assert_eq!(tracker_summary(&[a, b.clone(), b]), "1 of 3 online devices not up to date");
+        assert_eq!(tracker_summary(&[a.clone(), b.clone(), b]), "1 of 3 online devices not up to date");
+        let mut p = tracker_device("p", "p", None, true);
+        p.state = DeviceState::Pending;
+        p.up_to_date = false;
+        let mut r = tracker_device("r", "r", None, false);
+        r.state = DeviceState::Revoked;
+        assert_eq!(tracker_summary(&[a, p, r]), "1 of 1 online device not up to date; 1 device waits for approval");
     }
 }
