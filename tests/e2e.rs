@@ -20,4 +20,5 @@ mod sync;
 mod tidy;
 mod tracker_restart;
 mod tracker_trust;
+mod trust_devices;
 mod util;

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dartsync_shared::status::{
+    DeviceState,
     Device, FolderState, PeerStatus, Pending, STATUS_SCHEMA, TrackerDevice, TrackerLink, TrackerStatus,
 };
 
@@ -32,6 +33,7 @@ fn peer_status(state: FolderState) -> PeerStatus {
             up_to_date: state == FolderState::UpToDate,
             last_seen: Some(1),
             this_device: true,
+            state: DeviceState::Admitted,
         }],
         pending: if state == FolderState::Syncing {
             Pending { files: 2, bytes: 2_000_000, rate: 1_000_000, eta_secs: Some(2) }
@@ -207,6 +209,7 @@ fn status_tracker_is_up_to_date_when_every_online_device_is() {
         pending_bytes: 0,
         waiting: 0,
         rate: 0,
+        state: DeviceState::Admitted,
     };
     let mut tracker = TrackerStatus {
         schema: STATUS_SCHEMA,
