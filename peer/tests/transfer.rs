@@ -1084,3 +1084,61 @@ async fn successive_downloads_from_one_holder_share_one_connection_and_survive_i
     assert_eq!(proxy.accepted(), 2);
     server.stop().await;
 }
+
+/// The tracker's device list, as the gate gets it.
+fn listed(devices: &[(PeerId, dartsync_shared::device::DeviceState)]) -> Vec<dartsync_shared::proto::ptp::DeviceInfo> {
+    devices
+        .iter()
+        .map(|(peer_id, state)| dartsync_shared::proto::ptp::DeviceInfo {
+            peer_id: *peer_id,
+            name: String::new(),
+            online: true,
+            up_to_date: true,
+            last_seen: 0,
+            state: *state,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_gate_waits_for_a_late_list_serves_admitted_peers_and_drops_revoked_ones() {
+    use dartsync_shared::device::DeviceState::{Admitted, Revoked};
+    let key = ClusterKey::generate();
+    let bytes = det_bytes(29, MIB);
+    let f = chunk_bytes(&bytes, params());
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join(format!("{}.part", f.content.to_hex())), &bytes).unwrap();
+    let gate = PeerGate::new();
+    let cfg = ServeConfig {
+        slots_per_peer: 4,
+        slots_total: 16,
+        corrupt_for_tests: false,
+        tmp_dir: tmp.path().to_owned(),
+        gate: gate.clone(),
+    };
+    let server = Server::start_with(&key, empty_source(), cfg, tempfile::tempdir().unwrap()).await;
+    let (member, outcast) = (Identity::generate(), Identity::generate());
+    // A member that connects before this server has any device list: its
+    // request waits (within the grace) and is answered once the list comes.
+    let mut client = server.client(&key, &member).await;
+    client.send(&get(&f.content, &f.chunks[0])).await.unwrap();
+    let answer = tokio::spawn(async move {
+        let response = recv(&mut client).await;
+        (client, response)
+    });
+    gate.update(&listed(&[(outcast.peer_id(), Admitted)]));
+    gate.update(&listed(&[(outcast.peer_id(), Revoked), (member.peer_id(), Admitted)]));
+    let (mut client, response) = within(DEADLINE, "the late-listed member's answer", answer).await.unwrap();
+    assert!(matches!(response, P2pResponse::Chunk { hash, .. } if hash == f.chunks[0].hash));
+    // A revoked identity with the cluster key: closed without an answer.
+    let mut bad = server.client(&key, &outcast).await;
+    bad.send(&get(&f.content, &f.chunks[0])).await.unwrap();
+    let closed = within(DEADLINE, "the revoked peer's close", bad.recv::<P2pResponse>()).await;
+    assert!(matches!(closed, Ok(None) | Err(_)), "{closed:?}");
+    // Revoked while connected: its next request ends the connection.
+    gate.update(&listed(&[(member.peer_id(), Revoked)]));
+    client.send(&get(&f.content, &f.chunks[1])).await.unwrap();
+    let closed = within(DEADLINE, "the member's close after revocation", client.recv::<P2pResponse>()).await;
+    assert!(matches!(closed, Ok(None) | Err(_)), "{closed:?}");
+    server.stop().await;
+}

@@ -410,7 +410,7 @@ impl TrackerClient {
 /// first contact writes) the tracker pin.
 pub async fn probe_welcome(cfg: &ClientConfig) -> Result<Welcome, ClientError> {
     let pin = TrackerPin::new(cfg.pin_file.clone());
-    let (_reader, mut writer, welcome, _tracker) = register(cfg, &pin, 0, 0, true).await?;
+    let (_reader, mut writer, welcome, _tracker) = register(cfg, &pin, 0, 0, true, None).await?;
     let _ = writer.shutdown().await;
     Ok(welcome)
 }
@@ -453,6 +453,7 @@ async fn register(
     seen_seq: u64,
     epoch: u64,
     probe: bool,
+    commands: Option<&mut mpsc::Receiver<ClientCommand>>,
 ) -> Result<(Reader, Writer, Welcome, PublicKey), ClientError> {
     let (mut reader, mut writer, tracker) = open(cfg, pin).await?;
     let mut register = Register::new(cfg.identity.peer_id(), cfg.listen_port, seen_seq, epoch, &cfg.name);
@@ -460,7 +461,9 @@ async fn register(
     writer.send(&PeerMessage::Register(register)).await?;
     let welcome = match read_welcome(&mut reader, &cfg.tracker_addr).await {
         Ok(Answer::Welcome(welcome)) => welcome,
-        Ok(Answer::Pending { interval_ms }) => wait_for_admission(cfg, &mut reader, &mut writer, interval_ms).await?,
+        Ok(Answer::Pending { interval_ms }) => {
+            wait_for_admission(cfg, &mut reader, &mut writer, interval_ms, commands).await?
+        }
         Err(ClientError::Revoked { .. }) => return Err(revoked(cfg)),
         Err(e) => return Err(e),
     };
@@ -517,6 +520,7 @@ async fn wait_for_admission(
     reader: &mut Reader,
     writer: &mut Writer,
     interval_ms: u64,
+    commands: Option<&mut mpsc::Receiver<ClientCommand>>,
 ) -> Result<Welcome, ClientError> {
     if cfg.status.set_admission(DeviceState::Pending) {
         tracing::warn!(
@@ -528,16 +532,29 @@ async fn wait_for_admission(
     cfg.status.tracker_failed("waiting for approval by the tracker's operator".into());
     let silence = silence_limit(Duration::from_millis(interval_ms));
     writer.send(&PeerMessage::KeepAlive).await?;
+    let quiet = tokio::time::sleep(silence);
+    tokio::pin!(quiet);
+    let mut commands = commands;
     loop {
-        let msg = match tokio::time::timeout(silence, reader.recv::<TrackerMessage>()).await {
-            Err(_) => {
+        let msg = tokio::select! {
+            () = &mut quiet => {
                 return Err(ClientError::Silent {
                     secs: silence.as_secs(),
                     why: "no word while waiting for approval".into(),
                 });
             }
-            Ok(msg) => msg?.ok_or(ClientError::Closed)?,
+            // The engine's commands are dropped while we wait (as while
+            // disconnected): the summary sent after `Welcome` carries them.
+            cmd = async { match commands.as_deref_mut() { Some(c) => c.recv().await, None => std::future::pending().await } } => {
+                if cmd.is_none() {
+                    commands = None;
+                }
+                continue;
+            }
+            // `recv` is cancel-safe.
+            msg = reader.recv::<TrackerMessage>() => msg?.ok_or(ClientError::Closed)?,
         };
+        quiet.as_mut().reset(Instant::now() + silence);
         msg.validate()?;
         match msg {
             TrackerMessage::Pending { .. } => writer.send(&PeerMessage::KeepAlive).await?,
@@ -715,7 +732,7 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> Result<(), ClientError> {
     let (mut reader, mut writer, welcome, tracker) =
-        register(cfg, pin, progress.seen_seq, progress.epoch, false).await?;
+        register(cfg, pin, progress.seen_seq, progress.epoch, false, Some(&mut *commands)).await?;
     if welcome.epoch != progress.epoch {
         // A new tracker history: everything will be resent.
         progress.seen_seq = 0;

@@ -84,6 +84,12 @@ impl PeerGate {
         self.members.send_replace(Some(Arc::new(members)));
     }
 
+    /// True when the current list says `peer` is revoked (checked before
+    /// each request of an open connection).
+    pub fn is_revoked(&self, peer: PeerId) -> bool {
+        !self.open && self.members.borrow().as_deref().is_some_and(|m| m.revoked.contains(&peer))
+    }
+
     /// Whether to serve `peer`, waiting up to `grace` for a list that
     /// admits it if the current one does not.
     pub async fn check(&self, peer: PeerId, grace: Duration) -> Admission {
@@ -128,6 +134,7 @@ mod tests {
             device(3, DeviceState::Pending),
         ]);
         assert_eq!(gate.check(a, ADMISSION_GRACE).await, Admission::Admitted);
+        assert!(gate.is_revoked(r) && !gate.is_revoked(a) && !gate.is_revoked(p));
         let start = tokio::time::Instant::now();
         assert_eq!(gate.check(r, ADMISSION_GRACE).await, Admission::Revoked);
         assert_eq!(start.elapsed(), Duration::ZERO, "a revoked peer is refused without waiting");

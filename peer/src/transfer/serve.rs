@@ -29,7 +29,8 @@
 //! revoked one is closed at once; one not listed yet gets
 //! [`ADMISSION_GRACE`] for a device list that admits it (a peer started a
 //! moment ago, or admitted a moment ago), then is closed. Each refused
-//! peer is logged once.
+//! peer is logged once. A connection whose peer is revoked while it is
+//! open is closed at its next request.
 //!
 //! # Upload slots
 //! Every request, `GetChunk` and `GetChunkList` alike, needs one slot of its
@@ -460,6 +461,8 @@ enum ConnError {
     Send(ChannelError),
     #[error("idle for {0:?}")]
     Idle(Duration),
+    #[error("the tracker revoked this peer")]
+    Revoked,
 }
 
 /// What a connection did, for its closing debug line.
@@ -512,6 +515,10 @@ async fn connection_inner(channel: SecureChannel<TcpStream>, ctx: Arc<Ctx>) -> R
                     Ok(Ok(Some(request))) => request,
                 };
                 request.validate().map_err(ConnError::Invalid)?;
+                // Revoked while connected: not one more answer.
+                if ctx.cfg.gate.is_revoked(peer) {
+                    return Err(ConnError::Revoked);
+                }
                 let pending = ctx.start(request, &guard.slots);
                 if tx.send(pending).await.is_err() {
                     return Ok(());
