@@ -109,9 +109,9 @@ impl Snapshot {
     fn exit_code(&self) -> u8 {
         match self {
             Snapshot::Peer(s) => s.exit_code(),
-            Snapshot::Tracker(s) => u8::from(
-                s.devices.iter().any(|d| d.state == DeviceState::Admitted && d.online && !d.up_to_date),
-            ),
+            Snapshot::Tracker(s) => {
+                u8::from(s.devices.iter().any(|d| d.state == DeviceState::Admitted && d.online && !d.up_to_date))
+            }
         }
     }
 

@@ -124,12 +124,14 @@ pub fn state_line(status: &PeerStatus, now: u64) -> String {
             } else {
                 status.name.clone()
             };
-            format!("{label}: on the tracker machine run `dartsync tracker admit {arg}` (this device's id is {})", status.id)
+            format!(
+                "{label}: on the tracker machine run `dartsync tracker admit {arg}` (this device's id is {})",
+                status.id
+            )
         }
-        FolderState::Revoked => format!(
-            "{label}: the tracker refuses this device (id {}); only its operator can admit it again",
-            status.id
-        ),
+        FolderState::Revoked => {
+            format!("{label}: the tracker refuses this device (id {}); only its operator can admit it again", status.id)
+        }
         FolderState::TrackerUnreachable => {
             let link = &status.tracker;
             let since = link.since.map(|t| format!(" for {}", duration(now.saturating_sub(t)))).unwrap_or_default();

@@ -12,8 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use dartsync_shared::status::{
-    DeviceState,
-    Device, FolderState, PeerStatus, Pending, STATUS_SCHEMA, TrackerDevice, TrackerLink, TrackerStatus,
+    Device, DeviceState, FolderState, PeerStatus, Pending, STATUS_SCHEMA, TrackerDevice, TrackerLink, TrackerStatus,
 };
 
 use crate::util::run;

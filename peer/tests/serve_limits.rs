@@ -82,7 +82,13 @@ impl Drop for Server {
 
 async fn start(key: &ClusterKey, source: Arc<dyn ChunkSource>, slots_per_peer: usize, slots_total: usize) -> Server {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = ServeConfig { slots_per_peer, slots_total, corrupt_for_tests: false, tmp_dir: tmp.path().into(), gate: PeerGate::open() };
+    let cfg = ServeConfig {
+        slots_per_peer,
+        slots_total,
+        corrupt_for_tests: false,
+        tmp_dir: tmp.path().into(),
+        gate: PeerGate::open(),
+    };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();

@@ -100,8 +100,13 @@ struct Server {
 impl Server {
     async fn start(key: &ClusterKey, source: Arc<dyn ChunkSource>, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        let mut cfg =
-            ServeConfig { slots_per_peer: 4, slots_total: 16, corrupt_for_tests: false, tmp_dir: tmp.path().into(), gate: PeerGate::open() };
+        let mut cfg = ServeConfig {
+            slots_per_peer: 4,
+            slots_total: 16,
+            corrupt_for_tests: false,
+            tmp_dir: tmp.path().into(),
+            gate: PeerGate::open(),
+        };
         tweak(&mut cfg);
         Self::start_with(key, source, cfg, tmp).await
     }
@@ -887,8 +892,13 @@ async fn chunks_of_partial_temp_files_are_served() {
     let half = f.chunks[f.chunks.len() / 2];
     partial[half.offset as usize..].fill(0);
     std::fs::write(tmp.path().join(format!("{}.part", f.content.to_hex())), &partial).unwrap();
-    let cfg =
-        ServeConfig { slots_per_peer: 4, slots_total: 16, corrupt_for_tests: false, tmp_dir: tmp.path().to_owned(), gate: PeerGate::open() };
+    let cfg = ServeConfig {
+        slots_per_peer: 4,
+        slots_total: 16,
+        corrupt_for_tests: false,
+        tmp_dir: tmp.path().to_owned(),
+        gate: PeerGate::open(),
+    };
     let server = Server::start_with(&key, empty_source(), cfg, tempfile::tempdir().unwrap()).await;
     let mut client = server.client(&key, &Identity::generate()).await;
     client.send(&get(&f.content, &f.chunks[0])).await.unwrap();

@@ -641,7 +641,9 @@ impl Actor {
         if before != DeviceState::Revoked {
             self.devices_dirty = true;
             let what = format!("{label} revoked");
-            tracing::warn!("{what}: its session is closed, its copies are no longer offered, its registrations are refused");
+            tracing::warn!(
+                "{what}: its session is closed, its copies are no longer offered, its registrations are refused"
+            );
             self.state.note_event(now, what);
         }
         Ok(self.done(peer, before))
@@ -691,7 +693,8 @@ impl Actor {
             *current = seq;
             changed
         });
-        let welcome = Welcome { interval_ms: self.interval_ms, piece_len: self.piece_len, epoch: self.state.epoch(), seq };
+        let welcome =
+            Welcome { interval_ms: self.interval_ms, piece_len: self.piece_len, epoch: self.state.epoch(), seq };
         for reply in self.deferred.drain(..) {
             let _ = match reply {
                 Deferred::Register(reply) => reply.send(RegisterReply::Welcome(welcome.clone())).map_err(drop),

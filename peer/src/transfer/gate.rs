@@ -121,7 +121,14 @@ mod tests {
     use super::*;
 
     fn device(n: u8, state: DeviceState) -> DeviceInfo {
-        DeviceInfo { peer_id: PeerId([n; 16]), name: String::new(), online: true, up_to_date: true, last_seen: 0, state }
+        DeviceInfo {
+            peer_id: PeerId([n; 16]),
+            name: String::new(),
+            online: true,
+            up_to_date: true,
+            last_seen: 0,
+            state,
+        }
     }
 
     #[tokio::test(start_paused = true)]

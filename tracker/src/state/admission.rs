@@ -19,8 +19,7 @@ impl State {
     /// members already.
     pub fn restore_registry(&mut self, entries: Vec<(PeerId, DeviceEntry)>, now_unix: u64) {
         self.registry.restore(entries);
-        let members: Vec<PeerId> =
-            self.known.keys().copied().filter(|id| self.registry.state(*id).is_none()).collect();
+        let members: Vec<PeerId> = self.known.keys().copied().filter(|id| self.registry.state(*id).is_none()).collect();
         for peer in members {
             let name = self.devices.name(peer).unwrap_or_default().to_owned();
             // Under `Auto` a new entry is admitted; it is persisted with the next commit.
