@@ -325,6 +325,7 @@ mod tests {
                 up_to_date: false,
                 last_seen: Some(1_796_000_100),
                 this_device: true,
+                state: DeviceState::Admitted,
             }],
             pending: Pending { files: 1, bytes: 200, rate: 100, eta_secs: Some(2) },
             transfers: vec![Transfer { path: "a.bin".into(), size: 300, done: 100, sources: 2, elapsed_secs: 1 }],
@@ -365,6 +366,7 @@ mod tests {
                 pending_bytes: 200,
                 waiting: 0,
                 rate: 100,
+                state: DeviceState::Admitted,
             }],
             conflicts: vec![],
             events: vec![LastEvent {
