@@ -39,6 +39,18 @@
 //! at a time, so a slow peer costs one page of memory and falls behind
 //! harmlessly, and changes of one entry in between are coalesced.
 //!
+//! # Admission
+//! Each `Register` is decided by the device registry (`state::admission`,
+//! `registry`) under the configured [`AdmitPolicy`]: an admitted device
+//! joins the peer table; a pending one is answered
+//! [`RegisterReply::Pending`] and its arrival is held in `pending` (it never
+//! enters the peer table, so it holds, authors and is sent nothing) until
+//! `admit` registers it as if it had just arrived and hands its session the
+//! `Welcome`; a revoked one is answered [`RegisterReply::Revoked`]. `revoke`
+//! takes the device off the peer table (and so off every holders set) and
+//! closes its session through its [`Link`], flagged so the session says
+//! `Revoked` before it closes. Both are committed like any other change.
+//!
 //! Not here: the rules (`state`), sockets (`session`), the database (`store`).
 
 use std::collections::HashMap;

@@ -19,11 +19,11 @@
 //!
 //! # Files in `data_dir`
 //! - `identity`: the tracker's Noise static keypair (mode 0600).
-//! - `tracker.redb`: the table, known peers and their names, epoch, seq
-//!   ceiling.
+//! - `tracker.redb`: the table, known peers and their names, the device
+//!   registry (admitted, pending, revoked), epoch, seq ceiling.
 //! - `control.sock`: the control socket (mode 0600) `dartsync status
-//!   --tracker` asks, while the tracker runs (see
-//!   [`dartsync_shared::control`]).
+//!   --tracker` and `dartsync tracker devices | admit | revoke` ask, while
+//!   the tracker runs (see [`dartsync_shared::control`]).
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 

@@ -42,6 +42,16 @@
 //! stop us from reading its keep-alives, and a peer that stops sending is
 //! expired by the actor, which cancels the token.
 //!
+//! # Admission
+//! A device the actor holds for approval gets `Pending` and its session
+//! waits (`wait_for_admission`): `Pending` again every interval, only
+//! `KeepAlive` (and `Goodbye`) accepted from the peer, each frame read with
+//! [`MAX_CONTROL_FRAME`], dropped after three silent intervals; when the
+//! operator admits it the `Welcome` arrives and the session goes on as
+//! after any registration. A revoked device (at `Register`, or when the
+//! actor closes its session for a revocation) is sent `Revoked` before the
+//! close.
+//!
 //! Not here: any table rule (`state`), ordering of changes (`actor`).
 
 use std::net::SocketAddr;
