@@ -36,6 +36,8 @@ pub struct TestTracker {
     pub addr: SocketAddr,
     pub key: ClusterKey,
     pub epoch: u64,
+    /// The data directory (its control socket is `control.sock`).
+    pub data_dir: std::path::PathBuf,
     shutdown: CancellationToken,
     task: Option<JoinHandle<Result<(), TrackerError>>>,
     _dir: tempfile::TempDir,
@@ -70,7 +72,8 @@ impl TestTracker {
         let (addr, epoch) = (tracker.local_addr(), tracker.epoch());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(tracker.run(shutdown.clone()));
-        TestTracker { addr, key, epoch, shutdown, task: Some(task), _dir: dir }
+        let data_dir = dir.path().join("data");
+        TestTracker { addr, key, epoch, data_dir, shutdown, task: Some(task), _dir: dir }
     }
 
     /// Stops the tracker and checks it stopped cleanly.
