@@ -14,7 +14,16 @@
     syncing: "Syncing",
     waiting: "Waiting",
     tracker_unreachable: "Tracker unreachable",
+    pending_approval: "Waiting for approval",
+    revoked: "Revoked",
   };
+
+  // What a device's row says about it: its admission first, then its sync.
+  function deviceSync(d, fallback) {
+    if (d.state === "pending") return "waiting for approval";
+    if (d.state === "revoked") return "revoked";
+    return fallback;
+  }
 
   const $ = (id) => document.getElementById(id);
   const samples = []; // {t: Unix seconds, v: bytes per second}
@@ -236,6 +245,10 @@
       }
       case "waiting":
         return `${count(s.waiting_total, "file")} waiting (see below)`;
+      case "pending_approval":
+        return `on the tracker machine run: dartsync tracker admit ${s.name ?? s.id ?? ""}`;
+      case "revoked":
+        return "the tracker refuses this device; only its operator can admit it again";
       case "tracker_unreachable": {
         const since = link.since != null ? `for ${duration(nowSecs() - link.since)} ` : "";
         const why = link.error ? `${link.error} at ${link.addr}` : `${link.addr ?? ""}`;
@@ -266,7 +279,7 @@
 
     // Devices
     const devs = list(s.devices).map((d) =>
-      deviceRow(d, d.up_to_date ? "up to date" : d.online ? "syncing" : "behind", []));
+      deviceRow(d, deviceSync(d, d.up_to_date ? "up to date" : d.online ? "syncing" : "behind"), []));
     fill($("devices"), devs.length ? devs : [empty("No devices known yet.")]);
 
     // Folder facts
@@ -329,7 +342,7 @@
 
   function renderTracker(s) {
     const devices = list(s.devices);
-    const online = devices.filter((d) => d.online);
+    const online = devices.filter((d) => d.online && (d.state ?? "admitted") === "admitted");
     const behind = online.filter((d) => !d.up_to_date);
     const state = behind.length === 0 ? "up_to_date" : "syncing";
     let detail;
@@ -353,7 +366,7 @@
       rate += num(d.rate);
       const details = [];
       const behindBy = num(d.behind) > 0 ? `behind ${count(d.behind, "change")}` : null;
-      const sync = d.up_to_date ? "up to date" : d.online ? "syncing" : behindBy ?? "behind";
+      const sync = deviceSync(d, d.up_to_date ? "up to date" : d.online ? "syncing" : behindBy ?? "behind");
       if (behindBy && sync !== behindBy) details.push(behindBy);
       if (num(d.pending_files) > 0 || num(d.pending_bytes) > 0) {
         details.push(`${count(d.pending_files, "file")}, ${size(d.pending_bytes)} left`);
