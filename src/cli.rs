@@ -95,6 +95,14 @@ pub struct Cli {
     #[arg(long)]
     pub ignore_perms: bool,
 
+    /// Peer: receive the cluster's changes but never send this device's
+    /// own. Local edits stay here, are listed by `dartsync status`, and
+    /// `dartsync revert` puts back the cluster's version (keeping the local
+    /// one in the version history). A newer version from the cluster
+    /// replaces a local edit the same way.
+    #[arg(long)]
+    pub receive_only: bool,
+
     /// Peer: bytes to keep free on the folder's file system; a download that
     /// would eat into them waits (default: 1 GiB or 1%, the smaller).
     #[arg(long, value_name = "BYTES")]
@@ -187,6 +195,16 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Man,
 
+    /// Receive-only folder: put back the cluster's version of local
+    /// changes.
+    #[command(long_about = REVERT_LONG_ABOUT)]
+    Revert {
+        /// The synced folder, or a file or folder inside it (default: the
+        /// config file's `[peer] folder`, else ~/DartSync).
+        #[arg(value_name = "PATH")]
+        path: Option<PathBuf>,
+    },
+
     /// Print the link to the tracker's web dashboard, with its login token
     /// (ask the tracker running on this machine; it must run with --http).
     DashboardUrl {
@@ -215,6 +233,24 @@ is away, and its return. Each step prints how long it took to reach every
 device and how many bytes moved, and every folder is verified after each
 step. Exit code 0 only if every step converged: a smoke test for your
 machine.";
+
+const REVERT_LONG_ABOUT: &str = "\
+Receive-only folder: put back the cluster's version of local changes.
+
+A peer started with --receive-only never sends its own changes; they stay
+on this device and `dartsync status` lists them. `dartsync revert` asks
+the running peer to undo them: each changed or new file is moved into the
+version history (.dartsync/versions, see `dartsync versions PATH`), and the
+cluster's version is fetched again. With PATH inside the folder, only the
+changes under PATH are reverted.
+
+Exit codes: 0 reverted (or nothing to revert), 1 refused (the folder is not
+receive-only, or a path could not be reverted), 2 no peer runs for the
+folder.
+
+Examples:
+  dartsync revert                  # ~/DartSync, every local change
+  dartsync revert ~/Share/docs     # only what changed under docs/";
 
 const STATUS_LONG_ABOUT: &str = "\
 Show whether a folder is up to date.

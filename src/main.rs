@@ -8,6 +8,7 @@ mod completions;
 mod demo;
 mod logging;
 mod report;
+mod revert_cmd;
 mod settings;
 mod status_cmd;
 mod status_view;
@@ -38,6 +39,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match settings::resolve(cli)? {
         Mode::Init { key_file, force } => init(&key_file, force).map(|()| ExitCode::SUCCESS),
         Mode::Status(request) => Ok(status_cmd::run(&request)),
+        Mode::Revert(request) => Ok(revert_cmd::run(&request)),
         Mode::Completions(shell) => completions::print(&completions::completions(shell)).map(|()| ExitCode::SUCCESS),
         Mode::Man => completions::print(&completions::man()?).map(|()| ExitCode::SUCCESS),
         Mode::Demo(request) => demo::run(&request),

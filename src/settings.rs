@@ -39,6 +39,8 @@ pub enum Mode {
     },
     /// `dartsync status`.
     Status(StatusRequest),
+    /// `dartsync revert`.
+    Revert(crate::revert_cmd::RevertRequest),
     /// `dartsync demo`.
     Demo(crate::demo::DemoRequest),
     /// `dartsync dashboard-url`.
@@ -84,6 +86,7 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
     match cli.command {
         Some(Command::Init { force }) => return Ok(Mode::Init { key_file, force }),
         Some(Command::Status(args)) => return Ok(Mode::Status(status_request(args, &file)?)),
+        Some(Command::Revert { path }) => return Ok(Mode::Revert(revert_request(path, &file)?)),
         Some(Command::Completions { shell }) => return Ok(Mode::Completions(shell)),
         Some(Command::Man) => return Ok(Mode::Man),
         Some(Command::DashboardUrl { data }) => {
@@ -151,6 +154,9 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         if cli.ignore_perms {
             cfg.ignore_perms = true;
         }
+        if cli.receive_only {
+            cfg.receive_only = true;
+        }
         if let Some(v) = cli.min_disk_free {
             cfg.min_disk_free = Some(v);
         }
@@ -187,6 +193,22 @@ fn status_request(args: StatusArgs, file: &ConfigFile) -> anyhow::Result<StatusR
         (false, false) => Output::Human,
     };
     Ok(StatusRequest { target, output, wait: args.wait.map(std::time::Duration::from_secs) })
+}
+
+/// The folder `revert` asks, and the subtree.
+fn revert_request(path: Option<PathBuf>, file: &ConfigFile) -> anyhow::Result<crate::revert_cmd::RevertRequest> {
+    let Some(path) = path else {
+        let folder = absolute(&PeerConfig::from_section(&file.peer)?.folder)?;
+        return Ok(crate::revert_cmd::RevertRequest { folder, under: None });
+    };
+    let path = absolute(&path)?;
+    match crate::revert_cmd::locate(&path) {
+        Some((folder, under)) => Ok(crate::revert_cmd::RevertRequest { folder, under }),
+        None => anyhow::bail!(
+            "{} is not inside a folder that a running dartsync peer syncs (no .dartsync/control.sock above it)",
+            path.display()
+        ),
+    }
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {

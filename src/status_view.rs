@@ -84,7 +84,8 @@ fn render(status: &PeerStatus, now: u64, with_transfers: bool) -> String {
     out.push('\n');
     out.push('\n');
     let _ = writeln!(out, "Folder:  {}", status.folder);
-    let _ = writeln!(out, "Device:  {} ({})", status.name, short_id(&status.id));
+    let receive_only = if status.receive_only { ", receive-only" } else { "" };
+    let _ = writeln!(out, "Device:  {} ({}){receive_only}", status.name, short_id(&status.id));
     let _ = writeln!(out, "Tracker: {}", tracker_link(&status.tracker, now));
     section(&mut out, "Devices", &devices(&status.devices, now));
     if with_transfers {
@@ -92,6 +93,7 @@ fn render(status: &PeerStatus, now: u64, with_transfers: bool) -> String {
     }
     section(&mut out, "Waiting", &waiting(status));
     section(&mut out, "Conflicts", &conflicts(&status.conflicts, now));
+    section(&mut out, "Local changes (receive-only, not sent)", &local_changes(status));
     if status.unannounced > 0 {
         let _ = write!(out, "\nNot yet announced: {}\n", count(status.unannounced, "local change"));
     }
@@ -215,6 +217,23 @@ fn waiting(status: &PeerStatus) -> String {
     if status.waiting_total > listed {
         let _ = writeln!(out, "  and {} more", thousands(status.waiting_total - listed));
     }
+    out
+}
+
+/// A receive-only folder's kept local changes, and how to undo them.
+fn local_changes(status: &PeerStatus) -> String {
+    if status.local_changes_total == 0 {
+        return String::new();
+    }
+    let mut out = String::new();
+    for path in &status.local_changes {
+        let _ = writeln!(out, "  {path}");
+    }
+    let listed = status.local_changes.len() as u64;
+    if status.local_changes_total > listed {
+        let _ = writeln!(out, "  and {} more", thousands(status.local_changes_total - listed));
+    }
+    let _ = writeln!(out, "  `dartsync revert` puts back the cluster's version (the local one goes to the history)");
     out
 }
 
@@ -371,6 +390,9 @@ mod tests {
             last_event: None,
             events: vec![],
             dashboard: None,
+            receive_only: false,
+            local_changes: Vec::new(),
+            local_changes_total: 0,
         }
     }
 
@@ -421,6 +443,15 @@ mod tests {
             },
         ];
         s.waiting_total = 130;
+        insta::assert_snapshot!(render_peer(&s, NOW));
+    }
+
+    #[test]
+    fn snapshot_receive_only_with_local_changes() {
+        let mut s = peer();
+        s.receive_only = true;
+        s.local_changes = vec!["notes/todo.md".into(), "scratch.txt".into()];
+        s.local_changes_total = 3;
         insta::assert_snapshot!(render_peer(&s, NOW));
     }
 

@@ -49,6 +49,9 @@ fn peer_status(state: FolderState) -> PeerStatus {
         last_event: None,
         events: vec![],
         dashboard: None,
+        receive_only: false,
+        local_changes: Vec::new(),
+        local_changes_total: 0,
     }
 }
 

@@ -26,6 +26,7 @@
 //! rescan_secs = 600              # periodic full rescan
 //! versions_keep = 5              # old versions kept per path
 //! ignore_perms = false           # true: neither apply nor announce permission bits
+//! receive_only = false           # true: never announce local changes (`dartsync revert`)
 //! min_disk_free = 1073741824     # bytes kept free (default: 1 GiB or 1%, the smaller)
 //! upload_slots_per_peer = 8
 //! upload_slots_total = 32
@@ -133,6 +134,8 @@ pub struct PeerSection {
     /// Neither apply nor announce permission bits (file systems without
     /// Unix modes: vfat, exFAT, NTFS).
     pub ignore_perms: Option<bool>,
+    /// Receive the cluster's changes but never announce local ones.
+    pub receive_only: Option<bool>,
     /// Bytes to keep free on the folder's file system.
     pub min_disk_free: Option<u64>,
     /// Upload slots per requesting peer.
@@ -341,6 +344,10 @@ pub struct PeerConfig {
     /// get 0644 (folders 0755), and local permission changes are not
     /// announced (for file systems without Unix modes).
     pub ignore_perms: bool,
+    /// Receive the cluster's changes but never announce local ones: they
+    /// are listed by `dartsync status` and `dartsync revert` puts back the
+    /// cluster's version (the local one goes to the version history).
+    pub receive_only: bool,
     /// Bytes to keep free on the folder's file system; a download that
     /// would eat into them waits ("disk full"). `None`: the smaller of
     /// 1 GiB and 1% of the file system.
@@ -364,6 +371,7 @@ impl Default for PeerConfig {
             rescan: Duration::from_secs(600),
             versions_keep: 5,
             ignore_perms: false,
+            receive_only: false,
             min_disk_free: None,
             upload_slots_per_peer: 8,
             upload_slots_total: 32,
@@ -399,6 +407,9 @@ impl PeerConfig {
         }
         if let Some(v) = section.ignore_perms {
             cfg.ignore_perms = v;
+        }
+        if let Some(v) = section.receive_only {
+            cfg.receive_only = v;
         }
         if let Some(v) = section.min_disk_free {
             cfg.min_disk_free = Some(v);
@@ -462,6 +473,7 @@ mod tests {
             tracker_addr = "pi:7373"
             versions_keep = 9
             ignore_perms = true
+            receive_only = true
         "#;
         let file = ConfigFile::parse(text, Path::new("x.toml")).unwrap();
         assert_eq!(file.key_file.as_deref(), Some(Path::new("/k")));
@@ -474,6 +486,7 @@ mod tests {
         assert_eq!(p.tracker_addr.as_deref(), Some("pi:7373"));
         assert_eq!(p.versions_keep, 9);
         assert!(p.ignore_perms);
+        assert!(p.receive_only);
     }
 
     #[test]

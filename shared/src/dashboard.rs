@@ -344,6 +344,9 @@ mod tests {
             last_event: Some(LastEvent { at: 1_796_000_090, what: "synced a.txt (12 bytes)".into() }),
             events: vec![LastEvent { at: 1_796_000_090, what: "synced a.txt (12 bytes)".into() }],
             dashboard: Some("http://127.0.0.1:41234/".into()),
+            receive_only: false,
+            local_changes: Vec::new(),
+            local_changes_total: 0,
         };
         let tracker = TrackerStatus {
             schema: STATUS_SCHEMA,

@@ -175,6 +175,16 @@ pub struct PeerStatus {
     /// This peer's web dashboard, when it serves one.
     #[serde(default)]
     pub dashboard: Option<String>,
+    /// The folder is receive-only: local changes are never announced.
+    #[serde(default)]
+    pub receive_only: bool,
+    /// Receive-only: local changes kept here and not sent (at most
+    /// [`MAX_LISTED`]); `dartsync revert` puts back the cluster's version.
+    #[serde(default)]
+    pub local_changes: Vec<String>,
+    /// Receive-only: how many local changes in all.
+    #[serde(default)]
+    pub local_changes_total: u64,
 }
 
 /// Events a status lists at most.
