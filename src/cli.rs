@@ -82,6 +82,18 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES")]
     pub piece_len: Option<u32>,
 
+    /// Tracker: the mass-change brake holds one device's deletions and
+    /// overwrites of live files beyond this many within a minute until
+    /// `dartsync tracker approve` (default 1000; 0: no count limit).
+    #[arg(long, value_name = "N")]
+    pub mass_change_files: Option<u64>,
+
+    /// Tracker: ...or beyond this percentage of the live files (default
+    /// 50, from 50 files on; 0: no percentage limit). Both limits 0 turn
+    /// the brake off.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub mass_change_percent: Option<u8>,
+
     /// Peer: seconds between full rescans of the folder (default 600).
     #[arg(long, value_name = "SECS")]
     pub rescan: Option<u64>,
@@ -195,6 +207,11 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Man,
 
+    /// Administer the tracker running on this machine (over its local
+    /// control socket).
+    #[command(subcommand)]
+    Tracker(TrackerCommand),
+
     /// Receive-only folder: put back the cluster's version of local
     /// changes.
     #[command(long_about = REVERT_LONG_ABOUT)]
@@ -233,6 +250,55 @@ is away, and its return. Each step prints how long it took to reach every
 device and how many bytes moved, and every folder is verified after each
 step. Exit code 0 only if every step converged: a smoke test for your
 machine.";
+
+/// `dartsync tracker ...`: administration of the local tracker.
+#[derive(Debug, Subcommand)]
+pub enum TrackerCommand {
+    /// Publish a mass change the brake holds (every held one without
+    /// DEVICE).
+    #[command(long_about = APPROVE_LONG_ABOUT)]
+    Approve(HeldArgs),
+    /// Discard a mass change the brake holds; the device that made it gets
+    /// the cluster's version back (every held one without DEVICE).
+    #[command(long_about = REJECT_LONG_ABOUT)]
+    Reject(HeldArgs),
+}
+
+/// Options of `dartsync tracker approve|reject`.
+#[derive(Debug, clap::Args)]
+pub struct HeldArgs {
+    /// The device whose change to decide: its name, or its id (a unique
+    /// prefix is enough). Without it, every held change.
+    #[arg(value_name = "DEVICE")]
+    pub device: Option<String>,
+
+    /// The tracker's data directory, which holds its control socket
+    /// (default: the config file's `[tracker] data_dir`, else
+    /// ~/.local/share/dartsync/tracker).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+}
+
+const APPROVE_LONG_ABOUT: &str = "\
+Publish a mass change the brake holds.
+
+The tracker holds one device's changes instead of publishing them when,
+within a minute, they would delete or overwrite more than 1,000 files or
+more than half of the files (the limits are --mass-change-files and
+--mass-change-percent). It logs a warning naming the device, and `dartsync
+status --tracker` lists the held change. Approve it when the change was
+meant (a big clean-up): the tracker publishes it and every device applies
+it. The deleted and overwritten files stay in the other devices' version
+folders.";
+
+const REJECT_LONG_ABOUT: &str = "\
+Discard a mass change the brake holds.
+
+Use it when the change was a mistake (`rm -rf` in the wrong folder, a
+failing disk, malware encrypting files): the other devices never see it,
+and the device that made it puts the cluster's version back - deleted files
+are fetched again, overwritten ones are moved into its version folder and
+replaced by the cluster's version.";
 
 const REVERT_LONG_ABOUT: &str = "\
 Receive-only folder: put back the cluster's version of local changes.

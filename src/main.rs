@@ -12,6 +12,7 @@ mod revert_cmd;
 mod settings;
 mod status_cmd;
 mod status_view;
+mod tracker_cmd;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -40,6 +41,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Mode::Init { key_file, force } => init(&key_file, force).map(|()| ExitCode::SUCCESS),
         Mode::Status(request) => Ok(status_cmd::run(&request)),
         Mode::Revert(request) => Ok(revert_cmd::run(&request)),
+        Mode::TrackerAdmin(request) => Ok(tracker_cmd::run(&request)),
         Mode::Completions(shell) => completions::print(&completions::completions(shell)).map(|()| ExitCode::SUCCESS),
         Mode::Man => completions::print(&completions::man()?).map(|()| ExitCode::SUCCESS),
         Mode::Demo(request) => demo::run(&request),

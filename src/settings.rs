@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use dartsync_shared::config::{self, ConfigFile, PeerConfig, TrackerConfig};
 
-use crate::cli::{Cli, Command, StatusArgs};
+use crate::cli::{Cli, Command, StatusArgs, TrackerCommand};
 use crate::status_cmd::{Output, StatusRequest, Target};
 
 /// What to run, fully resolved.
@@ -39,6 +39,8 @@ pub enum Mode {
     },
     /// `dartsync status`.
     Status(StatusRequest),
+    /// `dartsync tracker ...`.
+    TrackerAdmin(crate::tracker_cmd::TrackerRequest),
     /// `dartsync revert`.
     Revert(crate::revert_cmd::RevertRequest),
     /// `dartsync demo`.
@@ -86,6 +88,7 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
     match cli.command {
         Some(Command::Init { force }) => return Ok(Mode::Init { key_file, force }),
         Some(Command::Status(args)) => return Ok(Mode::Status(status_request(args, &file)?)),
+        Some(Command::Tracker(cmd)) => return Ok(Mode::TrackerAdmin(tracker_request(cmd, &file)?)),
         Some(Command::Revert { path }) => return Ok(Mode::Revert(revert_request(path, &file)?)),
         Some(Command::Completions { shell }) => return Ok(Mode::Completions(shell)),
         Some(Command::Man) => return Ok(Mode::Man),
@@ -120,6 +123,12 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         }
         if let Some(v) = cli.piece_len {
             cfg.piece_len = v;
+        }
+        if let Some(v) = cli.mass_change_files {
+            cfg.mass_change_files = v;
+        }
+        if let Some(v) = cli.mass_change_percent {
+            cfg.mass_change_percent = v;
         }
         if let Some(v) = &cli.http {
             cfg.http = config::parse_http(v)?;
@@ -193,6 +202,20 @@ fn status_request(args: StatusArgs, file: &ConfigFile) -> anyhow::Result<StatusR
         (false, false) => Output::Human,
     };
     Ok(StatusRequest { target, output, wait: args.wait.map(std::time::Duration::from_secs) })
+}
+
+/// The tracker `dartsync tracker ...` asks, and what.
+fn tracker_request(cmd: TrackerCommand, file: &ConfigFile) -> anyhow::Result<crate::tracker_cmd::TrackerRequest> {
+    use crate::tracker_cmd::{Ask, TrackerRequest};
+    let (ask, data) = match cmd {
+        TrackerCommand::Approve(a) => (Ask::Approve(a.device), a.data),
+        TrackerCommand::Reject(a) => (Ask::Reject(a.device), a.data),
+    };
+    let data_dir = match data {
+        Some(dir) => dir,
+        None => TrackerConfig::from_section(&file.tracker)?.data_dir,
+    };
+    Ok(TrackerRequest { data_dir: absolute(&data_dir)?, ask })
 }
 
 /// The folder `revert` asks, and the subtree.

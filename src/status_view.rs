@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 pub use dartsync_shared::human::{count, duration, plural, size, thousands};
 
 use dartsync_shared::status::{
-    Conflict, Device, FolderState, PeerStatus, TrackerDevice, TrackerLink, TrackerStatus, Transfer,
+    Conflict, Device, FolderState, HeldChange, PeerStatus, TrackerDevice, TrackerLink, TrackerStatus, Transfer,
 };
 
 /// Characters of an id shown in the human output.
@@ -270,8 +270,27 @@ pub fn render_tracker(status: &TrackerStatus, now: u64) -> String {
         thousands(status.seq),
         status.epoch
     );
+    section(&mut out, "Held mass changes (approve or reject)", &held(&status.held, now));
     section(&mut out, "Devices", &tracker_devices(&status.devices, now));
     section(&mut out, "Conflicts", &conflicts(&status.conflicts, now));
+    out
+}
+
+/// Mass changes the brake holds, and the commands that decide them.
+fn held(held: &[HeldChange], now: u64) -> String {
+    let mut out = String::new();
+    for h in held {
+        let _ = writeln!(
+            out,
+            "  {} ({}): {} deleted, {} overwritten, held {}",
+            h.device,
+            short_id(&h.id),
+            thousands(h.deletes),
+            thousands(h.overwrites),
+            ago(now, h.since)
+        );
+        let _ = writeln!(out, "    dartsync tracker approve {0}   |   dartsync tracker reject {0}", h.device);
+    }
     out
 }
 
@@ -557,6 +576,14 @@ mod tests {
                 at: NOW - 240,
             }],
             events: vec![],
+            held: vec![HeldChange {
+                device: "desktop".into(),
+                id: "a7c2ht5vn3ke9wq4xm8pz6rb1j".into(),
+                deletes: 1_600,
+                overwrites: 0,
+                records: 1_601,
+                since: NOW - 90,
+            }],
         };
         insta::assert_snapshot!(render_tracker(&status, NOW));
     }

@@ -48,6 +48,7 @@ fn peer_status(state: FolderState) -> PeerStatus {
         received_bytes: 0,
         last_event: None,
         events: vec![],
+        held: vec![],
         dashboard: None,
         receive_only: false,
         local_changes: Vec::new(),

@@ -18,6 +18,9 @@
 //! max_records = 1000000          # entries of the global table (tombstones included)
 //! max_records_per_peer = 500000  # entries one peer may author
 //! max_known_peers = 4096         # peers remembered for tombstone GC
+//! mass_change_files = 1000       # brake: hold one device's deletions/overwrites beyond this many
+//! mass_change_percent = 50       #   ... or beyond this share of the live files (0 turns a limit off)
+//! mass_change_window_secs = 60   #   ... within this window
 //!
 //! [peer]
 //! folder = "/home/me/DartSync"   # default: ~/DartSync
@@ -111,6 +114,14 @@ pub struct TrackerSection {
     pub max_records_per_peer: Option<usize>,
     /// Most peers remembered (for tombstone GC) across restarts.
     pub max_known_peers: Option<usize>,
+    /// Mass-change brake: more deletions/overwrites than this by one
+    /// device in the window are held (0: no count limit).
+    pub mass_change_files: Option<u64>,
+    /// Mass-change brake: more than this percentage of the live files
+    /// (0: no percentage limit).
+    pub mass_change_percent: Option<u8>,
+    /// Mass-change brake: the window, in seconds.
+    pub mass_change_window_secs: Option<u64>,
 }
 
 /// The `[peer]` table.
@@ -212,6 +223,15 @@ pub struct TrackerConfig {
     pub max_known_peers: usize,
     /// The web dashboard's address (`None`: off, the default).
     pub http: Option<SocketAddr>,
+    /// The mass-change brake: one device's deletions and overwrites of
+    /// live files beyond this many within `mass_change_window` are held
+    /// until an operator approves them (0: no count limit).
+    pub mass_change_files: u64,
+    /// ...or beyond this percentage of the live files (0: no percentage
+    /// limit; applies from 50 changes on). Both 0: the brake is off.
+    pub mass_change_percent: u8,
+    /// The brake's window.
+    pub mass_change_window: Duration,
 }
 
 /// Default [`TrackerConfig::max_records`]: 1,000,000 entries, about 450 MiB
@@ -240,6 +260,9 @@ impl Default for TrackerConfig {
             max_records_per_peer: DEFAULT_MAX_RECORDS_PER_PEER,
             max_known_peers: DEFAULT_MAX_KNOWN_PEERS,
             http: None,
+            mass_change_files: 1000,
+            mass_change_percent: 50,
+            mass_change_window: Duration::from_secs(60),
         }
     }
 }
@@ -289,6 +312,15 @@ impl TrackerConfig {
         if let Some(v) = section.max_known_peers {
             cfg.max_known_peers = v;
         }
+        if let Some(v) = section.mass_change_files {
+            cfg.mass_change_files = v;
+        }
+        if let Some(v) = section.mass_change_percent {
+            cfg.mass_change_percent = v;
+        }
+        if let Some(v) = section.mass_change_window_secs {
+            cfg.mass_change_window = Duration::from_secs(v);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -297,6 +329,15 @@ impl TrackerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.interval.is_zero() || self.interval > Duration::from_secs(3600) {
             return Err(ConfigError::Invalid { field: "interval", why: "must be between 1 ms and 1 hour".into() });
+        }
+        if self.mass_change_percent > 100 {
+            return Err(ConfigError::Invalid { field: "mass_change_percent", why: "must be 0 (off) to 100".into() });
+        }
+        if self.mass_change_window.is_zero() || self.mass_change_window > Duration::from_secs(86_400) {
+            return Err(ConfigError::Invalid {
+                field: "mass_change_window_secs",
+                why: "must be between 1 second and 1 day".into(),
+            });
         }
         if !(MIN_PIECE_LEN..=MAX_PIECE_LEN).contains(&self.piece_len) {
             return Err(ConfigError::Invalid {

@@ -374,6 +374,7 @@ mod tests {
                 at: 1_796_000_000,
                 what: "alice (k3m9qz7w) registered from 192.168.1.5:40123".into(),
             }],
+            held: vec![],
         };
         let pretty = |kind, value| serde_json::to_string_pretty(&api_body(kind, value)).unwrap();
         insta::assert_snapshot!("api_v1_peer", pretty(Kind::Peer, serde_json::to_value(&peer).unwrap()));

@@ -40,7 +40,9 @@ pub mod ptp;
 ///   any static key travels, so a host without it learns no identity).
 /// - 4: `Register` carries the device name and a probe flag; `Report`,
 ///   `Devices` and `Conflict` messages (what `dartsync status` shows).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// - 5: `Brake` notices (the tracker's mass-change brake held, released or
+///   rejected the peer's changes).
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Why a decoded message was rejected by its `validate` method.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -252,6 +252,27 @@ pub struct TrackerStatus {
     /// (at most [`MAX_EVENTS`]).
     #[serde(default)]
     pub events: Vec<LastEvent>,
+    /// Mass changes held by the brake, waiting for `dartsync tracker
+    /// approve` or `reject`, oldest first.
+    #[serde(default)]
+    pub held: Vec<HeldChange>,
+}
+
+/// A device's mass change held by the tracker's brake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldChange {
+    /// The device's name.
+    pub device: String,
+    /// Its peer id.
+    pub id: String,
+    /// Deletions of live files counted so far.
+    pub deletes: u64,
+    /// Overwrites of live files counted so far.
+    pub overwrites: u64,
+    /// Records held (the latest per path).
+    pub records: u64,
+    /// When the brake tripped (Unix seconds).
+    pub since: u64,
 }
 
 impl PeerStatus {

@@ -28,6 +28,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod actor;
+mod brake;
 mod compact;
 mod conflict;
 mod devices;
@@ -56,7 +57,8 @@ use tokio_util::task::AbortOnDropHandle;
 
 pub use store::{DB_FILE, StoreError};
 
-use crate::actor::{Actor, ActorHandle};
+use crate::actor::{Actor, ActorHandle, BrakeAction};
+use crate::brake::BrakeConfig;
 use crate::session::SessionCtx;
 use crate::state::{State, StateConfig};
 use crate::store::Store;
@@ -215,7 +217,11 @@ impl Tracker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), TrackerError> {
         let token = shutdown.child_token();
         let (actor, handle) =
-            Actor::new(self.state, self.store, self.ceiling, self.config.interval, self.config.piece_len);
+            Actor::new(self.state, self.store, self.ceiling, self.config.interval, self.config.piece_len, BrakeConfig {
+                max_files: self.config.mass_change_files,
+                max_percent: self.config.mass_change_percent,
+                window: self.config.mass_change_window,
+            });
         let mut actor = AbortOnDropHandle::new(tokio::spawn(actor.run(token.clone())));
         let url = self.dashboard.as_ref().map(|d| d.url(&local_host_name()));
         let handler = status_handler(handle.clone(), self.identity.peer_id(), self.addr, url);
@@ -301,6 +307,12 @@ fn status_handler(actor: ActorHandle, id: PeerId, addr: SocketAddr, url: Option<
                     Some(url) => Ok(serde_json::json!({ "url": url })),
                     None => Err("the tracker runs without a dashboard: start it with --http ADDR".to_owned()),
                 },
+                RequestKind::Approve { device } => {
+                    actor.decide(BrakeAction::Approve, device).await.ok_or("the tracker is stopping")?
+                }
+                RequestKind::Reject { device } => {
+                    actor.decide(BrakeAction::Reject, device).await.ok_or("the tracker is stopping")?
+                }
                 other => Err(format!("`{}` is a request for a peer, and this is the tracker", other.name())),
             }
         })

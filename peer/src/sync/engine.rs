@@ -47,6 +47,7 @@ use crate::sync::tracker_client::{ClientCommand, TrackerClient, TrackerEvent};
 use crate::sync::waiting::{Parked, Reason, Waiting};
 use crate::transfer::{ChunkSource, DownloadError, DownloadJob, DownloadOutcome, DownloadProgress, Downloader};
 
+mod brake_notice;
 mod receive_only;
 
 pub use receive_only::EngineCommand;
@@ -417,6 +418,7 @@ impl Engine {
             }
             Event::Tracker(TrackerEvent::Devices(devices)) => self.parts.status.set_devices(devices),
             Event::Tracker(TrackerEvent::Conflict(notice)) => self.conflict_lost(notice),
+            Event::Tracker(TrackerEvent::Brake(notice)) => self.brake_notice(notice).await,
             Event::Download(done) => self.finish_download(*done).await,
             Event::Command(EngineCommand::Revert { under, reply }) => {
                 let _ = reply.send(self.revert(under).await);

@@ -72,7 +72,8 @@ use crate::codec::{bounded_string, bounded_vec};
 use crate::device::MAX_DEVICE_NAME;
 use crate::id::PeerId;
 use crate::limits::{
-    MAX_BATCH_BYTES, MAX_DEVICES, MAX_HOLDERS_PER_ENTRY, MAX_REASON_LEN, MAX_RECORDS_PER_MESSAGE, VARINT_MAX,
+    MAX_BATCH_BYTES, MAX_DEVICES, MAX_HOLDERS_PER_ENTRY, MAX_REASON_LEN, MAX_RECORDS_PER_MESSAGE, MAX_REJECTED_PATHS,
+    VARINT_MAX,
 };
 use crate::path::RelPath;
 use crate::record::{FileKind, FileRecord};
@@ -158,6 +159,35 @@ pub struct ConflictNotice {
     pub loser: String,
     /// Unix seconds when the tracker resolved it.
     pub at: u64,
+}
+
+/// The tracker's mass-change brake, about the receiving peer's own
+/// changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrakeNotice {
+    /// This peer's recent changes would delete or overwrite too much of the
+    /// cluster at once: they (and what follows) are held at the tracker
+    /// until an operator approves or rejects them there.
+    Held {
+        /// Deletions in the window that tripped the brake.
+        deletes: u64,
+        /// Overwrites in it.
+        overwrites: u64,
+        /// Live files in the table then.
+        live: u64,
+    },
+    /// The operator approved: the held changes are published.
+    Approved {
+        /// How many records.
+        records: u64,
+    },
+    /// The operator rejected the held changes to these paths: put the
+    /// cluster's version back. Long lists come in several notices.
+    Rejected {
+        /// At most [`MAX_REJECTED_PATHS`] (bounded while decoding).
+        #[serde(deserialize_with = "rejected_paths")]
+        paths: Vec<RelPath>,
+    },
 }
 
 /// Messages a peer sends to the tracker.
@@ -263,6 +293,13 @@ pub enum TrackerMessage {
     },
     /// This peer's version of a path lost a conflict.
     Conflict(ConflictNotice),
+    /// The mass-change brake held, released or rejected this peer's
+    /// changes.
+    Brake(BrakeNotice),
+}
+
+fn rejected_paths<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<RelPath>, D::Error> {
+    bounded_vec(deserializer, MAX_REJECTED_PATHS, "rejected paths")
 }
 
 fn announce_records<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<FileRecord>, D::Error> {
@@ -373,6 +410,7 @@ impl TrackerMessage {
             TrackerMessage::Refused { .. } => "a Refused",
             TrackerMessage::Devices { .. } => "a device list",
             TrackerMessage::Conflict(_) => "a conflict notice",
+            TrackerMessage::Brake(_) => "a brake notice",
         }
     }
 
@@ -408,6 +446,10 @@ impl TrackerMessage {
                 check_wire_name(&n.winner)?;
                 check_wire_name(&n.loser)
             }
+            TrackerMessage::Brake(BrakeNotice::Rejected { paths }) => {
+                check_len("rejected paths", paths.len(), MAX_REJECTED_PATHS)
+            }
+            TrackerMessage::Brake(_) => Ok(()),
         }
     }
 }
@@ -475,6 +517,7 @@ mod tests {
                 loser: "bob".into(),
                 at: 1,
             }),
+            TrackerMessage::Brake(BrakeNotice::Rejected { paths: vec![RelPath::new("a/b").unwrap()] }),
         ]
     }
 
@@ -498,7 +541,7 @@ mod tests {
         let firsts: Vec<u8> = peer_messages().iter().map(|m| encode(m).unwrap()[0]).collect();
         assert_eq!(firsts, [0, 1, 2, 3, 4, 5]);
         let firsts: Vec<u8> = tracker_messages().iter().map(|m| encode(m).unwrap()[0]).collect();
-        assert_eq!(firsts, [0, 1, 2, 3, 4]);
+        assert_eq!(firsts, [0, 1, 2, 3, 4, 5]);
         assert_eq!(encode(&PeerMessage::KeepAlive).unwrap(), [3]);
         assert_eq!(
             encode(&PeerMessage::Register(Register::new(PeerId([0; 16]), 1, 2, 3, "a"))).unwrap(),
@@ -527,7 +570,7 @@ mod tests {
     #[test]
     fn unknown_variant_is_an_error() {
         assert!(decode::<PeerMessage>(&[200]).is_err());
-        assert!(decode::<TrackerMessage>(&[5]).is_err());
+        assert!(decode::<TrackerMessage>(&[6]).is_err());
     }
 
     #[test]
@@ -606,6 +649,14 @@ mod tests {
             ],
         };
         assert!(encode(&devices).unwrap().len() <= MAX_BATCH_BYTES);
+        let rejected = TrackerMessage::Brake(BrakeNotice::Rejected {
+            paths: vec![RelPath::new(&longest_path()).unwrap(); MAX_REJECTED_PATHS],
+        });
+        assert!(encode(&rejected).unwrap().len() <= MAX_BATCH_BYTES);
+        let too_many = TrackerMessage::Brake(BrakeNotice::Rejected {
+            paths: vec![RelPath::new("a").unwrap(); MAX_REJECTED_PATHS + 1],
+        });
+        assert!(decode::<TrackerMessage>(&encode(&too_many).unwrap()).is_err());
         let have = PeerMessage::Have { path: RelPath::new(&longest_path()).unwrap(), version: longest_version() };
         let have = encode(&have).unwrap().len();
         assert!(have <= MAX_CONTROL_FRAME && have + 32 > MAX_CONTROL_FRAME, "{have} vs {MAX_CONTROL_FRAME}");

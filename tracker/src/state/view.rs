@@ -97,6 +97,7 @@ impl State {
             devices,
             conflicts,
             events: self.devices.events().cloned().collect(),
+            held: Vec::new(),
         }
     }
 }

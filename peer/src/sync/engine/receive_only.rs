@@ -161,7 +161,7 @@ impl Engine {
     /// folder is removed, a non-empty one kept) and forgets the index
     /// entry, so the path is planned afresh from the global record.
     /// Returns where the local version went.
-    async fn put_back(&mut self, path: &RelPath) -> Result<Option<std::path::PathBuf>, ApplyError> {
+    pub(super) async fn put_back(&mut self, path: &RelPath) -> Result<Option<std::path::PathBuf>, ApplyError> {
         self.cancel_download(path);
         let applier = self.applier.clone();
         let p = path.clone();
