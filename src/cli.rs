@@ -89,6 +89,18 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES")]
     pub piece_len: Option<u32>,
 
+    /// Tracker: the mass-change brake holds one device's deletions and
+    /// overwrites of live files beyond this many within a minute until
+    /// `dartsync tracker approve` (default 1000; 0: no count limit).
+    #[arg(long, value_name = "N")]
+    pub mass_change_files: Option<u64>,
+
+    /// Tracker: ...or beyond this percentage of the live files (default
+    /// 50, from 50 files on; 0: no percentage limit). Both limits 0 turn
+    /// the brake off.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub mass_change_percent: Option<u8>,
+
     /// Peer: seconds between full rescans of the folder (default 600).
     #[arg(long, value_name = "SECS")]
     pub rescan: Option<u64>,
@@ -101,6 +113,14 @@ pub struct Cli {
     /// vfat, exFAT or NTFS): files this peer writes get 0644, folders 0755.
     #[arg(long)]
     pub ignore_perms: bool,
+
+    /// Peer: receive the cluster's changes but never send this device's
+    /// own. Local edits stay here, are listed by `dartsync status`, and
+    /// `dartsync revert` puts back the cluster's version (keeping the local
+    /// one in the version history). A newer version from the cluster
+    /// replaces a local edit the same way.
+    #[arg(long)]
+    pub receive_only: bool,
 
     /// Peer: bytes to keep free on the folder's file system; a download that
     /// would eat into them waits (default: 1 GiB or 1%, the smaller).
@@ -194,10 +214,20 @@ pub enum Command {
     #[command(verbatim_doc_comment)]
     Man,
 
-    /// Administer the tracker running on this machine: list, admit and
-    /// revoke devices.
-    #[command(after_long_help = TRACKER_AFTER_HELP)]
-    Tracker(TrackerArgs),
+    /// Administer the tracker running on this machine (over its local
+    /// control socket).
+    #[command(subcommand)]
+    Tracker(TrackerCommand),
+
+    /// Receive-only folder: put back the cluster's version of local
+    /// changes.
+    #[command(long_about = REVERT_LONG_ABOUT)]
+    Revert {
+        /// The synced folder, or a file or folder inside it (default: the
+        /// config file's `[peer] folder`, else ~/DartSync).
+        #[arg(value_name = "PATH")]
+        path: Option<PathBuf>,
+    },
 
     /// Print the link to the tracker's web dashboard, with its login token
     /// (ask the tracker running on this machine; it must run with --http).
@@ -206,59 +236,6 @@ pub enum Command {
         /// --config, else ~/.local/share/dartsync/tracker).
         #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
-    },
-}
-
-const TRACKER_AFTER_HELP: &str = "\
-Exit codes:
-  0  done
-  1  refused (no such device, a name shared by several devices, ...)
-  2  the tracker cannot be reached (not running, or no access to its
-     control socket DATA_DIR/control.sock)
-
-Examples:
-  dartsync tracker devices              # every device: admitted, pending, revoked
-  dartsync tracker admit bobs-laptop    # let a pending device sync
-  dartsync tracker revoke 4f2k          # a lost laptop (a unique id prefix)";
-
-/// `dartsync tracker ...`.
-#[derive(Debug, clap::Args)]
-pub struct TrackerArgs {
-    /// The tracker's data directory, which holds its control socket
-    /// (default: `[tracker] data_dir` of --config, else
-    /// ~/.local/share/dartsync/tracker).
-    #[arg(long, value_name = "DIR", global = true)]
-    pub data: Option<PathBuf>,
-
-    /// What to do.
-    #[command(subcommand)]
-    pub command: TrackerCommand,
-}
-
-/// `dartsync tracker` subcommands.
-#[derive(Debug, Subcommand)]
-pub enum TrackerCommand {
-    /// List every device the tracker knows: name, id, state (admitted,
-    /// pending, revoked), online or last seen, address.
-    Devices {
-        /// Print the tracker's answer as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Admit a device: a pending one starts syncing at once, a revoked one
-    /// may register again.
-    Admit {
-        /// The device's name, its id, or a unique prefix of its id.
-        #[arg(value_name = "NAME|ID")]
-        device: String,
-    },
-    /// Revoke a device: its session is dropped at once, its registrations
-    /// are refused, other peers stop serving it. Files it already has stay
-    /// on it.
-    Revoke {
-        /// The device's name, its id, or a unique prefix of its id.
-        #[arg(value_name = "NAME|ID")]
-        device: String,
     },
 }
 
@@ -280,6 +257,126 @@ is away, and its return. Each step prints how long it took to reach every
 device and how many bytes moved, and every folder is verified after each
 step. Exit code 0 only if every step converged: a smoke test for your
 machine.";
+
+/// `dartsync tracker ...`: administration of the local tracker.
+#[derive(Debug, Subcommand)]
+pub enum TrackerCommand {
+    /// Publish a mass change the brake holds (every held one without
+    /// DEVICE).
+    #[command(long_about = APPROVE_LONG_ABOUT)]
+    Approve(HeldArgs),
+    /// Discard a mass change the brake holds; the device that made it gets
+    /// the cluster's version back (every held one without DEVICE).
+    #[command(long_about = REJECT_LONG_ABOUT)]
+    Reject(HeldArgs),
+    /// List every device the tracker knows: name, id, state (admitted,
+    /// pending, revoked), online or last seen, address.
+    #[command(after_long_help = DEVICES_AFTER_HELP)]
+    Devices(DevicesArgs),
+    /// Admit a device: a pending one starts syncing at once, a revoked one
+    /// may register again.
+    #[command(after_long_help = DEVICES_AFTER_HELP)]
+    Admit(DeviceArgs),
+    /// Revoke a device: its session is dropped at once, its registrations
+    /// are refused, other peers stop serving it. Files it already has stay
+    /// on it.
+    #[command(after_long_help = DEVICES_AFTER_HELP)]
+    Revoke(DeviceArgs),
+}
+
+/// Options of `dartsync tracker devices`.
+#[derive(Debug, clap::Args)]
+pub struct DevicesArgs {
+    /// Print the tracker's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The tracker's data directory, which holds its control socket
+    /// (default: the config file's `[tracker] data_dir`, else
+    /// ~/.local/share/dartsync/tracker).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+}
+
+/// Options of `dartsync tracker admit|revoke`.
+#[derive(Debug, clap::Args)]
+pub struct DeviceArgs {
+    /// The device's name, its id, or a unique prefix of its id.
+    #[arg(value_name = "NAME|ID")]
+    pub device: String,
+
+    /// The tracker's data directory, which holds its control socket
+    /// (default: the config file's `[tracker] data_dir`, else
+    /// ~/.local/share/dartsync/tracker).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+}
+
+const DEVICES_AFTER_HELP: &str = "\
+Exit codes:
+  0  done
+  1  refused (no such device, a name shared by several devices, ...)
+  2  the tracker cannot be reached (not running, or no access to its
+     control socket DATA_DIR/control.sock)
+
+Examples:
+  dartsync tracker devices              # every device: admitted, pending, revoked
+  dartsync tracker admit bobs-laptop    # let a pending device sync
+  dartsync tracker revoke 4f2k          # a lost laptop (a unique id prefix)";
+
+/// Options of `dartsync tracker approve|reject`.
+#[derive(Debug, clap::Args)]
+pub struct HeldArgs {
+    /// The device whose change to decide: its name, or its id (a unique
+    /// prefix is enough). Without it, every held change.
+    #[arg(value_name = "DEVICE")]
+    pub device: Option<String>,
+
+    /// The tracker's data directory, which holds its control socket
+    /// (default: the config file's `[tracker] data_dir`, else
+    /// ~/.local/share/dartsync/tracker).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+}
+
+const APPROVE_LONG_ABOUT: &str = "\
+Publish a mass change the brake holds.
+
+The tracker holds one device's changes instead of publishing them when,
+within a minute, they would delete or overwrite more than 1,000 files or
+more than half of the files (the limits are --mass-change-files and
+--mass-change-percent). It logs a warning naming the device, and `dartsync
+status --tracker` lists the held change. Approve it when the change was
+meant (a big clean-up): the tracker publishes it and every device applies
+it. The deleted and overwritten files stay in the other devices' version
+folders.";
+
+const REJECT_LONG_ABOUT: &str = "\
+Discard a mass change the brake holds.
+
+Use it when the change was a mistake (`rm -rf` in the wrong folder, a
+failing disk, malware encrypting files): the other devices never see it,
+and the device that made it puts the cluster's version back - deleted files
+are fetched again, overwritten ones are moved into its version folder and
+replaced by the cluster's version.";
+
+const REVERT_LONG_ABOUT: &str = "\
+Receive-only folder: put back the cluster's version of local changes.
+
+A peer started with --receive-only never sends its own changes; they stay
+on this device and `dartsync status` lists them. `dartsync revert` asks
+the running peer to undo them: each changed or new file is moved into the
+version history (.dartsync/versions, see `dartsync versions PATH`), and the
+cluster's version is fetched again. With PATH inside the folder, only the
+changes under PATH are reverted.
+
+Exit codes: 0 reverted (or nothing to revert), 1 refused (the folder is not
+receive-only, or a path could not be reverted), 2 no peer runs for the
+folder.
+
+Examples:
+  dartsync revert                  # ~/DartSync, every local change
+  dartsync revert ~/Share/docs     # only what changed under docs/";
 
 const STATUS_LONG_ABOUT: &str = "\
 Show whether a folder is up to date.

@@ -6,8 +6,10 @@
 mod cli;
 mod completions;
 mod demo;
+mod devices_cmd;
 mod logging;
 mod report;
+mod revert_cmd;
 mod settings;
 mod status_cmd;
 mod status_view;
@@ -39,11 +41,12 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match settings::resolve(cli)? {
         Mode::Init { key_file, force } => init(&key_file, force).map(|()| ExitCode::SUCCESS),
         Mode::Status(request) => Ok(status_cmd::run(&request)),
+        Mode::Revert(request) => Ok(revert_cmd::run(&request)),
+        Mode::TrackerAdmin(request) => Ok(tracker_cmd::run(&request)),
         Mode::Completions(shell) => completions::print(&completions::completions(shell)).map(|()| ExitCode::SUCCESS),
         Mode::Man => completions::print(&completions::man()?).map(|()| ExitCode::SUCCESS),
         Mode::Demo(request) => demo::run(&request),
         Mode::DashboardUrl { data_dir } => dashboard_url(&data_dir),
-        Mode::TrackerAdmin(request) => Ok(tracker_cmd::run(&request)),
         Mode::Tracker { config, key_file } => {
             let key = tracker_key(&key_file)?;
             runtime()?.block_on(async {

@@ -10,7 +10,6 @@ use dartsync_shared::config::{self, ConfigFile, PeerConfig, TrackerConfig};
 
 use crate::cli::{Cli, Command, StatusArgs, TrackerCommand};
 use crate::status_cmd::{Output, StatusRequest, Target};
-use crate::tracker_cmd::{AdminAction, AdminRequest};
 
 /// What to run, fully resolved.
 #[derive(Debug)]
@@ -40,6 +39,10 @@ pub enum Mode {
     },
     /// `dartsync status`.
     Status(StatusRequest),
+    /// `dartsync tracker ...`.
+    TrackerAdmin(crate::tracker_cmd::TrackerRequest),
+    /// `dartsync revert`.
+    Revert(crate::revert_cmd::RevertRequest),
     /// `dartsync demo`.
     Demo(crate::demo::DemoRequest),
     /// `dartsync dashboard-url`.
@@ -47,8 +50,6 @@ pub enum Mode {
         /// The tracker's data directory.
         data_dir: PathBuf,
     },
-    /// `dartsync tracker devices | admit | revoke`.
-    TrackerAdmin(AdminRequest),
     /// `dartsync completions SHELL`.
     Completions(clap_complete::Shell),
     /// `dartsync man`.
@@ -87,6 +88,8 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
     match cli.command {
         Some(Command::Init { force }) => return Ok(Mode::Init { key_file, force }),
         Some(Command::Status(args)) => return Ok(Mode::Status(status_request(args, &file)?)),
+        Some(Command::Tracker(cmd)) => return Ok(Mode::TrackerAdmin(tracker_request(cmd, &file)?)),
+        Some(Command::Revert { path }) => return Ok(Mode::Revert(revert_request(path, &file)?)),
         Some(Command::Completions { shell }) => return Ok(Mode::Completions(shell)),
         Some(Command::Man) => return Ok(Mode::Man),
         Some(Command::DashboardUrl { data }) => {
@@ -95,18 +98,6 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
                 None => TrackerConfig::from_section(&file.tracker)?.data_dir,
             };
             return Ok(Mode::DashboardUrl { data_dir: absolute(&data_dir)? });
-        }
-        Some(Command::Tracker(args)) => {
-            let data_dir = match args.data {
-                Some(dir) => dir,
-                None => TrackerConfig::from_section(&file.tracker)?.data_dir,
-            };
-            let action = match args.command {
-                TrackerCommand::Devices { json } => AdminAction::Devices { json },
-                TrackerCommand::Admit { device } => AdminAction::Admit(device),
-                TrackerCommand::Revoke { device } => AdminAction::Revoke(device),
-            };
-            return Ok(Mode::TrackerAdmin(AdminRequest { data_dir: absolute(&data_dir)?, action }));
         }
         Some(Command::Demo(args)) => {
             let dir = std::path::absolute(&args.dir)
@@ -132,6 +123,12 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         }
         if let Some(v) = cli.piece_len {
             cfg.piece_len = v;
+        }
+        if let Some(v) = cli.mass_change_files {
+            cfg.mass_change_files = v;
+        }
+        if let Some(v) = cli.mass_change_percent {
+            cfg.mass_change_percent = v;
         }
         if let Some(v) = &cli.http {
             cfg.http = config::parse_http(v)?;
@@ -168,6 +165,9 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         }
         if cli.ignore_perms {
             cfg.ignore_perms = true;
+        }
+        if cli.receive_only {
+            cfg.receive_only = true;
         }
         if let Some(v) = cli.min_disk_free {
             cfg.min_disk_free = Some(v);
@@ -207,6 +207,39 @@ fn status_request(args: StatusArgs, file: &ConfigFile) -> anyhow::Result<StatusR
     Ok(StatusRequest { target, output, wait: args.wait.map(std::time::Duration::from_secs) })
 }
 
+/// The tracker `dartsync tracker ...` asks, and what.
+fn tracker_request(cmd: TrackerCommand, file: &ConfigFile) -> anyhow::Result<crate::tracker_cmd::TrackerRequest> {
+    use crate::tracker_cmd::{Ask, TrackerRequest};
+    let (ask, data) = match cmd {
+        TrackerCommand::Approve(a) => (Ask::Approve(a.device), a.data),
+        TrackerCommand::Reject(a) => (Ask::Reject(a.device), a.data),
+        TrackerCommand::Devices(a) => (Ask::Devices { json: a.json }, a.data),
+        TrackerCommand::Admit(a) => (Ask::Admit(a.device), a.data),
+        TrackerCommand::Revoke(a) => (Ask::Revoke(a.device), a.data),
+    };
+    let data_dir = match data {
+        Some(dir) => dir,
+        None => TrackerConfig::from_section(&file.tracker)?.data_dir,
+    };
+    Ok(TrackerRequest { data_dir: absolute(&data_dir)?, ask })
+}
+
+/// The folder `revert` asks, and the subtree.
+fn revert_request(path: Option<PathBuf>, file: &ConfigFile) -> anyhow::Result<crate::revert_cmd::RevertRequest> {
+    let Some(path) = path else {
+        let folder = absolute(&PeerConfig::from_section(&file.peer)?.folder)?;
+        return Ok(crate::revert_cmd::RevertRequest { folder, under: None });
+    };
+    let path = absolute(&path)?;
+    match crate::revert_cmd::locate(&path) {
+        Some((folder, under)) => Ok(crate::revert_cmd::RevertRequest { folder, under }),
+        None => anyhow::bail!(
+            "{} is not inside a folder that a running dartsync peer syncs (no .dartsync/control.sock above it)",
+            path.display()
+        ),
+    }
+}
+
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("cannot resolve folder {}", path.display()))
 }
@@ -222,15 +255,16 @@ mod tests {
 
     #[test]
     fn tracker_admin_commands_and_the_admit_flag_resolve() {
+        use crate::tracker_cmd::Ask;
         match parse(&["tracker", "admit", "bob", "--data", "/d"]).unwrap() {
             Mode::TrackerAdmin(req) => {
                 assert_eq!(req.data_dir, PathBuf::from("/d"));
-                assert_eq!(req.action, AdminAction::Admit("bob".into()));
+                assert_eq!(req.ask, Ask::Admit("bob".into()));
             }
             other => panic!("{other:?}"),
         }
-        match parse(&["tracker", "--data", "/d", "devices", "--json"]).unwrap() {
-            Mode::TrackerAdmin(req) => assert_eq!(req.action, AdminAction::Devices { json: true }),
+        match parse(&["tracker", "devices", "--json", "--data", "/d"]).unwrap() {
+            Mode::TrackerAdmin(req) => assert_eq!(req.ask, Ask::Devices { json: true }),
             other => panic!("{other:?}"),
         }
         match parse(&["--tracker", "--admit", "approve"]).unwrap() {

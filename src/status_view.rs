@@ -11,7 +11,8 @@ use std::fmt::Write as _;
 pub use dartsync_shared::human::{count, duration, plural, size, thousands};
 
 use dartsync_shared::status::{
-    Conflict, Device, DeviceState, FolderState, PeerStatus, TrackerDevice, TrackerLink, TrackerStatus, Transfer,
+    Conflict, Device, DeviceState, FolderState, HeldChange, PeerStatus, TrackerDevice, TrackerLink, TrackerStatus,
+    Transfer,
 };
 
 /// Characters of an id shown in the human output.
@@ -84,7 +85,8 @@ fn render(status: &PeerStatus, now: u64, with_transfers: bool) -> String {
     out.push('\n');
     out.push('\n');
     let _ = writeln!(out, "Folder:  {}", status.folder);
-    let _ = writeln!(out, "Device:  {} ({})", status.name, short_id(&status.id));
+    let receive_only = if status.receive_only { ", receive-only" } else { "" };
+    let _ = writeln!(out, "Device:  {} ({}){receive_only}", status.name, short_id(&status.id));
     let link = match status.state {
         FolderState::PendingApproval => format!("{}, connected, waiting for approval", status.tracker.addr),
         FolderState::Revoked => format!("{}, this device is revoked", status.tracker.addr),
@@ -97,6 +99,7 @@ fn render(status: &PeerStatus, now: u64, with_transfers: bool) -> String {
     }
     section(&mut out, "Waiting", &waiting(status));
     section(&mut out, "Conflicts", &conflicts(&status.conflicts, now));
+    section(&mut out, "Local changes (receive-only, not sent)", &local_changes(status));
     if status.unannounced > 0 {
         let _ = write!(out, "\nNot yet announced: {}\n", count(status.unannounced, "local change"));
     }
@@ -242,6 +245,23 @@ fn waiting(status: &PeerStatus) -> String {
     out
 }
 
+/// A receive-only folder's kept local changes, and how to undo them.
+fn local_changes(status: &PeerStatus) -> String {
+    if status.local_changes_total == 0 {
+        return String::new();
+    }
+    let mut out = String::new();
+    for path in &status.local_changes {
+        let _ = writeln!(out, "  {path}");
+    }
+    let listed = status.local_changes.len() as u64;
+    if status.local_changes_total > listed {
+        let _ = writeln!(out, "  and {} more", thousands(status.local_changes_total - listed));
+    }
+    let _ = writeln!(out, "  `dartsync revert` puts back the cluster's version (the local one goes to the history)");
+    out
+}
+
 fn conflicts(conflicts: &[Conflict], now: u64) -> String {
     let mut out = String::new();
     for c in conflicts {
@@ -275,8 +295,27 @@ pub fn render_tracker(status: &TrackerStatus, now: u64) -> String {
         thousands(status.seq),
         status.epoch
     );
+    section(&mut out, "Held mass changes (approve or reject)", &held(&status.held, now));
     section(&mut out, "Devices", &tracker_devices(&status.devices, now));
     section(&mut out, "Conflicts", &conflicts(&status.conflicts, now));
+    out
+}
+
+/// Mass changes the brake holds, and the commands that decide them.
+fn held(held: &[HeldChange], now: u64) -> String {
+    let mut out = String::new();
+    for h in held {
+        let _ = writeln!(
+            out,
+            "  {} ({}): {} deleted, {} overwritten, held {}",
+            h.device,
+            short_id(&h.id),
+            thousands(h.deletes),
+            thousands(h.overwrites),
+            ago(now, h.since)
+        );
+        let _ = writeln!(out, "    dartsync tracker approve {0}   |   dartsync tracker reject {0}", h.device);
+    }
     out
 }
 
@@ -416,6 +455,9 @@ mod tests {
             last_event: None,
             events: vec![],
             dashboard: None,
+            receive_only: false,
+            local_changes: Vec::new(),
+            local_changes_total: 0,
         }
     }
 
@@ -466,6 +508,15 @@ mod tests {
             },
         ];
         s.waiting_total = 130;
+        insta::assert_snapshot!(render_peer(&s, NOW));
+    }
+
+    #[test]
+    fn snapshot_receive_only_with_local_changes() {
+        let mut s = peer();
+        s.receive_only = true;
+        s.local_changes = vec!["notes/todo.md".into(), "scratch.txt".into()];
+        s.local_changes_total = 3;
         insta::assert_snapshot!(render_peer(&s, NOW));
     }
 
@@ -598,6 +649,14 @@ mod tests {
                 at: NOW - 240,
             }],
             events: vec![],
+            held: vec![HeldChange {
+                device: "desktop".into(),
+                id: "a7c2ht5vn3ke9wq4xm8pz6rb1j".into(),
+                deletes: 1_600,
+                overwrites: 0,
+                records: 1_601,
+                since: NOW - 90,
+            }],
         };
         insta::assert_snapshot!(render_tracker(&status, NOW));
     }

@@ -13,6 +13,7 @@ mod hostile_client;
 mod pi;
 mod preauth;
 mod quickstart;
+mod receive_only;
 mod status_cli;
 mod status_live;
 mod storms;

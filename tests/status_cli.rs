@@ -50,6 +50,9 @@ fn peer_status(state: FolderState) -> PeerStatus {
         last_event: None,
         events: vec![],
         dashboard: None,
+        receive_only: false,
+        local_changes: Vec::new(),
+        local_changes_total: 0,
     }
 }
 
@@ -221,6 +224,7 @@ fn status_tracker_is_up_to_date_when_every_online_device_is() {
         devices: vec![device("a", true, true), device("b", false, false)],
         conflicts: vec![],
         events: vec![],
+        held: vec![],
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dartsync_shared::RelPath;
 use dartsync_shared::config::PeerConfig;
 use dartsync_shared::control::{CONTROL_SOCKET, ControlServer, Handler, RequestKind};
 use dartsync_shared::dashboard::{Dashboard, DashboardError, Kind, TOKEN_FILE, load_or_create_token};
@@ -24,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::local::{LocalConfig, LocalError, LocalState, OpenFolder};
 use crate::status::StatusBoard;
-use crate::sync::engine::{DiskReserve, Engine, EngineParts};
+use crate::sync::engine::{DiskReserve, Engine, EngineCommand, EngineParts};
 use crate::sync::history::History;
 use crate::sync::index_source::IndexSource;
 use crate::sync::tracker_client::{ClientConfig, SummaryFn, TrackerClient, probe_welcome};
@@ -113,9 +114,16 @@ async fn clean_temp_files(downloader: &Arc<Downloader>, cancel: &CancellationTok
     }
 }
 
-/// Answers the control socket and the dashboard's API from the board.
-fn status_handler(status: StatusBoard) -> Handler {
+/// How long a control request may wait for the engine.
+const ENGINE_ANSWER_WITHIN: Duration = Duration::from_secs(120);
+
+/// Answers the control socket and the dashboard's API from the board, and
+/// hands the engine what only it can do (`revert`).
+fn status_handler(status: StatusBoard, engine: mpsc::Sender<EngineCommand>) -> Handler {
     Arc::new(move |kind| {
+        if let RequestKind::Revert { path } = kind {
+            return Box::pin(ask_engine_to_revert(engine.clone(), path));
+        }
         let answer = match kind {
             RequestKind::Status => serde_json::to_value(status.snapshot()).map_err(|e| e.to_string()),
             RequestKind::DashboardUrl => match status.dashboard() {
@@ -126,6 +134,24 @@ fn status_handler(status: StatusBoard) -> Handler {
         };
         Box::pin(async move { answer })
     })
+}
+
+/// Sends `revert` to the engine and waits for its answer.
+async fn ask_engine_to_revert(
+    engine: mpsc::Sender<EngineCommand>,
+    path: Option<String>,
+) -> Result<serde_json::Value, String> {
+    let under = match path.as_deref().map(str::trim).filter(|p| !p.is_empty() && *p != ".") {
+        Some(p) => Some(RelPath::new(p.trim_end_matches('/')).map_err(|e| format!("bad path {p:?}: {e}"))?),
+        None => None,
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    engine.send(EngineCommand::Revert { under, reply }).await.map_err(|_| "the peer is stopping".to_owned())?;
+    match tokio::time::timeout(ENGINE_ANSWER_WITHIN, answer).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err("the peer is stopping".to_owned()),
+        Err(_) => Err("the peer did not answer in time; see its log".to_owned()),
+    }
 }
 
 /// How a supervised task ended.
@@ -188,6 +214,7 @@ pub async fn run(
     local_cfg.piece_len = piece_len;
     local_cfg.rescan = config.rescan;
     local_cfg.ignore_perms = config.ignore_perms;
+    local_cfg.receive_only = config.receive_only;
     let (local, changes) = LocalState::start(folder, local_cfg, tasks.clone()).await?;
 
     let listener = transfer::bind(config.listen).await?;
@@ -237,6 +264,7 @@ pub async fn run(
         });
     }
     let (events_tx, events_rx) = mpsc::channel(64);
+    let (commands_tx, commands_rx) = mpsc::channel(8);
     let index = local.index().clone();
     let summary: SummaryFn = Arc::new(move || index.records().map_err(|e| e.to_string()));
     let control_path = local.dirs().state.join(CONTROL_SOCKET);
@@ -244,7 +272,7 @@ pub async fn run(
         let (status, cancel) = (status.clone(), tasks.clone());
         match ControlServer::bind(&control_path) {
             Ok(server) => {
-                let handler = status_handler(status);
+                let handler = status_handler(status, commands_tx.clone());
                 supervised.spawn(async move {
                     server.serve(handler, cancel).await;
                     ("control socket", Ok(()))
@@ -263,7 +291,7 @@ pub async fn run(
         let url = dashboard.url(&local_host_name());
         tracing::info!("dashboard at {url}");
         status.set_dashboard(url);
-        let (handler, cancel) = (status_handler(status.clone()), tasks.clone());
+        let (handler, cancel) = (status_handler(status.clone(), commands_tx.clone()), tasks.clone());
         supervised.spawn(async move {
             dashboard.serve(Kind::Peer, handler, cancel).await;
             ("dashboard", Ok(()))
@@ -297,6 +325,8 @@ pub async fn run(
         max_parallel_downloads: config.max_parallel_downloads,
         chunked_with: piece_len,
         ignore_perms: config.ignore_perms,
+        receive_only: config.receive_only,
+        commands: commands_rx,
         min_disk_free: config.min_disk_free.map_or(DiskReserve::Default, DiskReserve::Bytes),
         status,
     });

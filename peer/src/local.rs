@@ -91,6 +91,8 @@ pub struct LocalConfig {
     /// folder as 0755, so a local `chmod` is no change (file systems
     /// without Unix modes).
     pub ignore_perms: bool,
+    /// Report local changes but never index them (a receive-only folder).
+    pub receive_only: bool,
 }
 
 impl LocalConfig {
@@ -110,6 +112,7 @@ impl LocalConfig {
             me,
             quiet: Self::DEFAULT_QUIET,
             ignore_perms: false,
+            receive_only: false,
         }
     }
 }
@@ -222,7 +225,7 @@ impl LocalState {
         let (changes_tx, changes_rx) = mpsc::channel(CHANGES_CAPACITY);
         let probe = Probe::new(jails.folder.clone(), ChunkParams::for_piece_len(cfg.piece_len), cfg.ignore_perms);
         let gate = Arc::new(WriteGate::new(index.clone(), probe));
-        let scanner_config = ScannerConfig { me: cfg.me, quiet: cfg.quiet };
+        let scanner_config = ScannerConfig { me: cfg.me, quiet: cfg.quiet, receive_only: cfg.receive_only };
         let scanner = Arc::new(Scanner::new(scanner_config, gate.clone(), rules, changes_tx, shutdown.clone()));
 
         // The watcher starts before the startup scan so no change between
@@ -337,6 +340,26 @@ impl LocalState {
             self.mark_dirty(&path);
         }
         Ok(outcome)
+    }
+
+    /// Puts back the cluster's view of `path`: runs `op` (which moves what
+    /// the disk holds there out of the way) and forgets the index entry,
+    /// both under the commit lock, so the engine then sees a path it never
+    /// had and fetches the global version. Used by `revert` in a
+    /// receive-only folder.
+    pub(crate) async fn set_aside<T, E, F>(&self, path: &RelPath, op: F) -> Result<T, E>
+    where
+        F: FnOnce() -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<LocalError> + Send + 'static,
+    {
+        let gate = self.inner.gate.clone();
+        let p = path.clone();
+        let done = tokio::task::spawn_blocking(move || gate.set_aside(&p, op))
+            .await
+            .map_err(|e| E::from(LocalError::Task(e)))??;
+        self.mark_dirty(path);
+        Ok(done)
     }
 
     /// Asks the scanner to re-check `path` (and its subtree) soon.

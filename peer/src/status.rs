@@ -85,6 +85,13 @@ pub(crate) struct EngineView {
     pub bytes: u64,
     /// Bytes downloaded by finished transfers since start (for the rate).
     pub finished_bytes: u64,
+    /// The folder is receive-only.
+    pub receive_only: bool,
+    /// Receive-only: local changes kept and not sent (at most
+    /// [`MAX_LISTED`]), and how many in all.
+    pub local_changes: Vec<String>,
+    /// All of them.
+    pub local_changes_total: u64,
 }
 
 #[derive(Debug)]
@@ -279,6 +286,9 @@ impl StatusBoard {
             last_event: b.events.front().cloned(),
             events: b.events.iter().cloned().collect(),
             dashboard: b.dashboard.clone(),
+            receive_only: e.receive_only,
+            local_changes: e.local_changes.clone(),
+            local_changes_total: e.local_changes_total,
         }
     }
 }

@@ -18,6 +18,9 @@
 //! max_records = 1000000          # entries of the global table (tombstones included)
 //! max_records_per_peer = 500000  # entries one peer may author
 //! max_known_peers = 4096         # peers remembered for tombstone GC
+//! mass_change_files = 1000       # brake: hold one device's deletions/overwrites beyond this many
+//! mass_change_percent = 50       #   ... or beyond this share of the live files (0 turns a limit off)
+//! mass_change_window_secs = 60   #   ... within this window
 //!
 //! [peer]
 //! folder = "/home/me/DartSync"   # default: ~/DartSync
@@ -26,6 +29,7 @@
 //! rescan_secs = 600              # periodic full rescan
 //! versions_keep = 5              # old versions kept per path
 //! ignore_perms = false           # true: neither apply nor announce permission bits
+//! receive_only = false           # true: never announce local changes (`dartsync revert`)
 //! min_disk_free = 1073741824     # bytes kept free (default: 1 GiB or 1%, the smaller)
 //! upload_slots_per_peer = 8
 //! upload_slots_total = 32
@@ -112,6 +116,14 @@ pub struct TrackerSection {
     pub max_known_peers: Option<usize>,
     /// Who may join: `"auto"` (default) or `"approve"`.
     pub admit: Option<String>,
+    /// Mass-change brake: more deletions/overwrites than this by one
+    /// device in the window are held (0: no count limit).
+    pub mass_change_files: Option<u64>,
+    /// Mass-change brake: more than this percentage of the live files
+    /// (0: no percentage limit).
+    pub mass_change_percent: Option<u8>,
+    /// Mass-change brake: the window, in seconds.
+    pub mass_change_window_secs: Option<u64>,
 }
 
 /// The `[peer]` table.
@@ -135,6 +147,8 @@ pub struct PeerSection {
     /// Neither apply nor announce permission bits (file systems without
     /// Unix modes: vfat, exFAT, NTFS).
     pub ignore_perms: Option<bool>,
+    /// Receive the cluster's changes but never announce local ones.
+    pub receive_only: Option<bool>,
     /// Bytes to keep free on the folder's file system.
     pub min_disk_free: Option<u64>,
     /// Upload slots per requesting peer.
@@ -213,6 +227,15 @@ pub struct TrackerConfig {
     pub http: Option<SocketAddr>,
     /// Who may join (default [`AdmitPolicy::Auto`]).
     pub admit: AdmitPolicy,
+    /// The mass-change brake: one device's deletions and overwrites of
+    /// live files beyond this many within `mass_change_window` are held
+    /// until an operator approves them (0: no count limit).
+    pub mass_change_files: u64,
+    /// ...or beyond this percentage of the live files (0: no percentage
+    /// limit; applies from 50 changes on). Both 0: the brake is off.
+    pub mass_change_percent: u8,
+    /// The brake's window.
+    pub mass_change_window: Duration,
 }
 
 /// Who may join a cluster, besides holding the cluster key.
@@ -275,6 +298,9 @@ impl Default for TrackerConfig {
             max_known_peers: DEFAULT_MAX_KNOWN_PEERS,
             http: None,
             admit: AdmitPolicy::Auto,
+            mass_change_files: 1000,
+            mass_change_percent: 50,
+            mass_change_window: Duration::from_secs(60),
         }
     }
 }
@@ -327,6 +353,15 @@ impl TrackerConfig {
         if let Some(v) = &section.admit {
             cfg.admit = AdmitPolicy::parse(v)?;
         }
+        if let Some(v) = section.mass_change_files {
+            cfg.mass_change_files = v;
+        }
+        if let Some(v) = section.mass_change_percent {
+            cfg.mass_change_percent = v;
+        }
+        if let Some(v) = section.mass_change_window_secs {
+            cfg.mass_change_window = Duration::from_secs(v);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -335,6 +370,15 @@ impl TrackerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.interval.is_zero() || self.interval > Duration::from_secs(3600) {
             return Err(ConfigError::Invalid { field: "interval", why: "must be between 1 ms and 1 hour".into() });
+        }
+        if self.mass_change_percent > 100 {
+            return Err(ConfigError::Invalid { field: "mass_change_percent", why: "must be 0 (off) to 100".into() });
+        }
+        if self.mass_change_window.is_zero() || self.mass_change_window > Duration::from_secs(86_400) {
+            return Err(ConfigError::Invalid {
+                field: "mass_change_window_secs",
+                why: "must be between 1 second and 1 day".into(),
+            });
         }
         if !(MIN_PIECE_LEN..=MAX_PIECE_LEN).contains(&self.piece_len) {
             return Err(ConfigError::Invalid {
@@ -382,6 +426,10 @@ pub struct PeerConfig {
     /// get 0644 (folders 0755), and local permission changes are not
     /// announced (for file systems without Unix modes).
     pub ignore_perms: bool,
+    /// Receive the cluster's changes but never announce local ones: they
+    /// are listed by `dartsync status` and `dartsync revert` puts back the
+    /// cluster's version (the local one goes to the version history).
+    pub receive_only: bool,
     /// Bytes to keep free on the folder's file system; a download that
     /// would eat into them waits ("disk full"). `None`: the smaller of
     /// 1 GiB and 1% of the file system.
@@ -405,6 +453,7 @@ impl Default for PeerConfig {
             rescan: Duration::from_secs(600),
             versions_keep: 5,
             ignore_perms: false,
+            receive_only: false,
             min_disk_free: None,
             upload_slots_per_peer: 8,
             upload_slots_total: 32,
@@ -440,6 +489,9 @@ impl PeerConfig {
         }
         if let Some(v) = section.ignore_perms {
             cfg.ignore_perms = v;
+        }
+        if let Some(v) = section.receive_only {
+            cfg.receive_only = v;
         }
         if let Some(v) = section.min_disk_free {
             cfg.min_disk_free = Some(v);
@@ -503,6 +555,7 @@ mod tests {
             tracker_addr = "pi:7373"
             versions_keep = 9
             ignore_perms = true
+            receive_only = true
         "#;
         let file = ConfigFile::parse(text, Path::new("x.toml")).unwrap();
         assert_eq!(file.key_file.as_deref(), Some(Path::new("/k")));
@@ -515,6 +568,7 @@ mod tests {
         assert_eq!(p.tracker_addr.as_deref(), Some("pi:7373"));
         assert_eq!(p.versions_keep, 9);
         assert!(p.ignore_perms);
+        assert!(p.receive_only);
     }
 
     #[test]

@@ -345,6 +345,9 @@ mod tests {
             last_event: Some(LastEvent { at: 1_796_000_090, what: "synced a.txt (12 bytes)".into() }),
             events: vec![LastEvent { at: 1_796_000_090, what: "synced a.txt (12 bytes)".into() }],
             dashboard: Some("http://127.0.0.1:41234/".into()),
+            receive_only: false,
+            local_changes: Vec::new(),
+            local_changes_total: 0,
         };
         let tracker = TrackerStatus {
             schema: STATUS_SCHEMA,
@@ -373,6 +376,7 @@ mod tests {
                 at: 1_796_000_000,
                 what: "alice (k3m9qz7w) registered from 192.168.1.5:40123".into(),
             }],
+            held: vec![],
         };
         let pretty = |kind, value| serde_json::to_string_pretty(&api_body(kind, value)).unwrap();
         insta::assert_snapshot!("api_v1_peer", pretty(Kind::Peer, serde_json::to_value(&peer).unwrap()));

@@ -58,6 +58,11 @@ pub const MAX_CHUNK_LEN: u32 = MAX_PIECE_LEN * 4;
 /// split over several messages (also at [`MAX_BATCH_BYTES`]).
 pub const MAX_RECORDS_PER_MESSAGE: usize = 4096;
 
+/// Most paths in one rejection notice of the mass-change brake (a longer
+/// list comes in several): 256 paths of the longest length take about
+/// 1 MiB, well within [`MAX_BATCH_BYTES`].
+pub const MAX_REJECTED_PATHS: usize = 256;
+
 /// Largest encoded `Announce` or `Delta` message, in bytes: 4 MiB.
 ///
 /// A sender cuts its record batches at [`MAX_RECORDS_PER_MESSAGE`] records

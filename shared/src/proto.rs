@@ -40,9 +40,11 @@ pub mod ptp;
 ///   any static key travels, so a host without it learns no identity).
 /// - 4: `Register` carries the device name and a probe flag; `Report`,
 ///   `Devices` and `Conflict` messages (what `dartsync status` shows).
-/// - 5: device admission: `Pending` and `Revoked` answers, and each
+/// - 5: `Brake` notices (the tracker's mass-change brake held, released or
+///   rejected the peer's changes).
+/// - 6: device admission: `Pending` and `Revoked` answers, and each
 ///   device's state (admitted, pending, revoked) in `Devices`.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// Why a decoded message was rejected by its `validate` method.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

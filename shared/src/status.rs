@@ -189,6 +189,16 @@ pub struct PeerStatus {
     /// This peer's web dashboard, when it serves one.
     #[serde(default)]
     pub dashboard: Option<String>,
+    /// The folder is receive-only: local changes are never announced.
+    #[serde(default)]
+    pub receive_only: bool,
+    /// Receive-only: local changes kept here and not sent (at most
+    /// [`MAX_LISTED`]); `dartsync revert` puts back the cluster's version.
+    #[serde(default)]
+    pub local_changes: Vec<String>,
+    /// Receive-only: how many local changes in all.
+    #[serde(default)]
+    pub local_changes_total: u64,
 }
 
 /// Events a status lists at most.
@@ -259,6 +269,27 @@ pub struct TrackerStatus {
     /// (at most [`MAX_EVENTS`]).
     #[serde(default)]
     pub events: Vec<LastEvent>,
+    /// Mass changes held by the brake, waiting for `dartsync tracker
+    /// approve` or `reject`, oldest first.
+    #[serde(default)]
+    pub held: Vec<HeldChange>,
+}
+
+/// A device's mass change held by the tracker's brake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldChange {
+    /// The device's name.
+    pub device: String,
+    /// Its peer id.
+    pub id: String,
+    /// Deletions of live files counted so far.
+    pub deletes: u64,
+    /// Overwrites of live files counted so far.
+    pub overwrites: u64,
+    /// Records held (the latest per path).
+    pub records: u64,
+    /// When the brake tripped (Unix seconds).
+    pub since: u64,
 }
 
 impl PeerStatus {

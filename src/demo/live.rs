@@ -149,6 +149,9 @@ mod tests {
             last_event: Some(LastEvent { at: NOW - 3, what: "synced hello.txt (17 B)".into() }),
             events: vec![],
             dashboard: None,
+            receive_only: false,
+            local_changes: Vec::new(),
+            local_changes_total: 0,
         }
     }
 

@@ -69,6 +69,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::TrackerError;
+use crate::brake::{Brake, BrakeConfig};
 use crate::state::{Arrival, Outcome, Page, State};
 use crate::store::{SEQ_RESERVE, Store};
 
@@ -77,6 +78,10 @@ use crate::store::{SEQ_RESERVE, Store};
 /// large batch also holds a batch slot, so the inbox adds no memory term of
 /// its own.
 const INBOX: usize = 32;
+
+mod held;
+
+pub(crate) use held::BrakeAction;
 
 /// How often a tombstone-GC pass starts.
 const GC_PERIOD: Duration = Duration::from_secs(600);
@@ -228,6 +233,8 @@ pub(crate) enum Command {
     Revoke { device: String, reply: oneshot::Sender<Result<AdminDone, String>> },
     /// `dartsync status --tracker`.
     Status { id: PeerId, listen: String, reply: oneshot::Sender<TrackerStatus> },
+    /// `dartsync tracker approve|reject [DEVICE]`.
+    Brake { action: BrakeAction, device: Option<String>, reply: oneshot::Sender<Result<serde_json::Value, String>> },
 }
 
 /// A cheap-clone handle for sessions.
@@ -282,6 +289,18 @@ impl ActorHandle {
     pub async fn status(&self, id: PeerId, listen: String) -> Option<TrackerStatus> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Status { id, listen, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Approves or rejects a held mass change; `None` when the actor is
+    /// gone.
+    pub async fn decide(
+        &self,
+        action: BrakeAction,
+        device: Option<String>,
+    ) -> Option<Result<serde_json::Value, String>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Brake { action, device, reply }).await.ok()?;
         rx.await.ok()
     }
 
@@ -347,6 +366,11 @@ pub(crate) struct Actor {
     piece_len: u32,
     /// Who may join.
     policy: AdmitPolicy,
+    /// The mass-change brake, and its window (for messages).
+    brake: Brake,
+    brake_window: Duration,
+    /// Peers already warned about a clock far ahead (once per run).
+    clock_warned: std::collections::HashSet<PeerId>,
 }
 
 /// Seconds since the Unix epoch by the wall clock (0 if it is before 1970).
@@ -374,6 +398,7 @@ impl Actor {
         ceiling: u64,
         interval: Duration,
         piece_len: u32,
+        brake: BrakeConfig,
         policy: AdmitPolicy,
     ) -> (Actor, ActorHandle) {
         let (tx, inbox) = mpsc::channel(INBOX);
@@ -393,6 +418,9 @@ impl Actor {
             interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
             piece_len,
             policy,
+            brake: Brake::new(brake),
+            brake_window: brake.window,
+            clock_warned: std::collections::HashSet::new(),
         };
         (actor, ActorHandle { tx, seq, devices })
     }
@@ -410,6 +438,7 @@ impl Actor {
                 biased;
                 () = shutdown.cancelled() => break Ok(()),
                 () = sleep_until(deadline) => self.expire(),
+                () = sleep_until(self.brake.next_deadline()) => self.release_staged(),
                 _ = gc.tick() => {
                     self.state.start_gc(unix_now());
                 }
@@ -494,7 +523,12 @@ impl Actor {
                 let _ = reply.send(self.revoke(&device));
             }
             Command::Status { id, listen, reply } => {
-                let _ = reply.send(self.state.tracker_status(id, listen, unix_now()));
+                let mut status = self.state.tracker_status(id, listen, unix_now());
+                status.held = self.held_changes();
+                let _ = reply.send(status);
+            }
+            Command::Brake { action, device, reply } => {
+                let _ = reply.send(self.decide(action, device.as_deref()));
             }
             Command::Message { peer, session, msg, slot, reply } => {
                 if !self.state.is_current(peer, session) {
@@ -502,20 +536,9 @@ impl Actor {
                 }
                 self.state.touch(peer, mono_now());
                 let verdict = match msg {
-                    PeerMessage::Announce { records } => {
-                        let announced = self.state.announce(peer, records, unix_now());
-                        for outcome in &announced.outcomes {
-                            log_outcome(&self.state, peer, outcome);
-                        }
-                        // Record changes make others not up to date.
-                        self.devices_dirty = true;
-                        // The session logs the refusal when it drops the peer.
-                        match announced.refused {
-                            Some(refusal) => Verdict::Refuse(refusal.to_string()),
-                            None => Verdict::Continue,
-                        }
-                    }
+                    PeerMessage::Announce { records } => self.announce(peer, records),
                     PeerMessage::Have { path, version } => {
+                        self.brake.settled(peer, &path);
                         if self.state.have(peer, &path, &version) {
                             tracing::trace!("{} now holds {path}", self.state.label(peer));
                         }
@@ -533,7 +556,11 @@ impl Actor {
                 let _ = reply.send(verdict);
             }
             Command::NextPage { peer, session, reply } => {
-                let _ = reply.send(self.state.next_page(peer, session));
+                let mut page = self.state.next_page(peer, session);
+                if let Some(page) = page.as_mut().filter(|p| !p.more) {
+                    page.brake = self.brake.take_notices(peer);
+                }
+                let _ = reply.send(page);
             }
             Command::Left { peer, session, why } => {
                 if self.state.is_current(peer, session) {

@@ -28,6 +28,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod actor;
+mod brake;
 mod compact;
 mod conflict;
 mod devices;
@@ -57,7 +58,8 @@ use tokio_util::task::AbortOnDropHandle;
 
 pub use store::{DB_FILE, StoreError};
 
-use crate::actor::{Actor, ActorHandle};
+use crate::actor::{Actor, ActorHandle, BrakeAction};
+use crate::brake::BrakeConfig;
 use crate::session::SessionCtx;
 use crate::state::{State, StateConfig};
 use crate::store::Store;
@@ -216,12 +218,18 @@ impl Tracker {
     /// Serves peers until `shutdown` is cancelled or the database fails.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), TrackerError> {
         let token = shutdown.child_token();
+        let brake = BrakeConfig {
+            max_files: self.config.mass_change_files,
+            max_percent: self.config.mass_change_percent,
+            window: self.config.mass_change_window,
+        };
         let (actor, handle) = Actor::new(
             self.state,
             self.store,
             self.ceiling,
             self.config.interval,
             self.config.piece_len,
+            brake,
             self.config.admit,
         );
         let mut actor = AbortOnDropHandle::new(tokio::spawn(actor.run(token.clone())));
@@ -323,8 +331,11 @@ fn status_handler(
                 }
                 RequestKind::Admit { device } => actor.admit(device).await.map(admin_answer),
                 RequestKind::Revoke { device } => actor.revoke(device).await.map(admin_answer),
-                other @ (RequestKind::Approve { .. } | RequestKind::Reject { .. }) => {
-                    Err(format!("`{}` is not supported by this tracker yet", other.name()))
+                RequestKind::Approve { device } => {
+                    actor.decide(BrakeAction::Approve, device).await.ok_or("the tracker is stopping")?
+                }
+                RequestKind::Reject { device } => {
+                    actor.decide(BrakeAction::Reject, device).await.ok_or("the tracker is stopping")?
                 }
                 other => Err(format!("`{}` is a request for a peer, and this is the tracker", other.name())),
             }

@@ -393,6 +393,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             for notice in page.notices {
                 writer.send(&TrackerMessage::Conflict(notice)).await?;
             }
+            for notice in page.brake {
+                writer.send(&TrackerMessage::Brake(notice)).await?;
+            }
             if !page.more {
                 break;
             }

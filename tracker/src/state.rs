@@ -23,6 +23,10 @@
 //! - R dominates G: accept R; holders = {A}, plus G's holders when the
 //!   content is the same bytes.
 //! - G dominates R: stale or replayed, ignored.
+//! - every accepted R's mtime is first clamped: one more than
+//!   [`MTIME_ALLOWANCE_SECS`] past the tracker's clock becomes the
+//!   tracker's time (a device whose clock runs far ahead would otherwise
+//!   win every conflict); the clamped record is what the table keeps.
 //! - concurrent (or equal vectors with different content): the winner is
 //!   the live version when the other is a deletion, else the later mtime,
 //!   ties broken by the larger author `PeerId` (the author of a record is
@@ -100,10 +104,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dartsync_shared::limits::{MAX_BATCH_BYTES, MAX_HOLDERS_PER_ENTRY, MAX_RECORDS_PER_MESSAGE};
-use dartsync_shared::proto::ptp::{ConflictNotice, Delta, DeltaEntry, Holder, PeerReport};
+use dartsync_shared::proto::ptp::{BrakeNotice, ConflictNotice, Delta, DeltaEntry, Holder, PeerReport};
 use dartsync_shared::version::CounterExhausted;
 use dartsync_shared::{Causality, FileRecord, PeerId, RelPath, ShortId, VersionVector};
 
+use crate::brake::Destructive;
 use crate::compact::CompactRecord;
 use crate::conflict::conflict_path;
 use crate::devices::{ConflictLog, Devices};
@@ -234,6 +239,8 @@ pub(crate) enum Refusal {
 pub(crate) struct Announced {
     /// One outcome per accepted record, in order.
     pub outcomes: Vec<Outcome>,
+    /// Records whose mtime was in the future and was clamped.
+    pub clamped: usize,
     /// Set when the batch was cut short; the rest was not looked at.
     pub refused: Option<Refusal>,
 }
@@ -343,6 +350,8 @@ pub(crate) struct Page {
     pub delta: Option<Delta>,
     /// Conflicts this peer's version lost, to send after the delta.
     pub notices: Vec<ConflictNotice>,
+    /// Mass-change brake notices for this peer (filled in by the actor).
+    pub brake: Vec<BrakeNotice>,
     /// More entries are waiting: ask again at once.
     pub more: bool,
 }
@@ -531,6 +540,11 @@ impl State {
         self.devices.label(peer)
     }
 
+    /// The name people know `peer` by (its short id if it has none).
+    pub fn display_name(&self, peer: PeerId) -> String {
+        self.devices.display_name(peer)
+    }
+
     /// Remembers `peer` as known (persisted).
     fn set_known(&mut self, peer: PeerId, k: KnownPeer) {
         if let Some(old) = self.known.insert(peer, k) {
@@ -678,13 +692,45 @@ impl State {
     /// record refused by a bound (see the module header).
     pub fn announce(&mut self, peer: PeerId, records: Vec<FileRecord>, now_unix: u64) -> Announced {
         let mut outcomes = Vec::with_capacity(records.len());
-        for record in records {
+        let mut clamped = 0;
+        for mut record in records {
             if let Some(refusal) = self.check_bounds(peer, &record) {
-                return Announced { outcomes, refused: Some(refusal) };
+                return Announced { outcomes, clamped, refused: Some(refusal) };
             }
+            clamped += usize::from(clamp_future_mtime(&mut record, now_unix));
             outcomes.push(self.announce_one(peer, record, now_unix));
         }
-        Announced { outcomes, refused: None }
+        Announced { outcomes, clamped, refused: None }
+    }
+
+    /// How many of `records` would delete or replace the content of a live
+    /// entry (what the mass-change brake counts). Versions the table
+    /// already has or supersedes count for nothing.
+    pub fn destructive(&self, records: &[FileRecord]) -> Destructive {
+        let mut d = Destructive::default();
+        for r in records {
+            let Some(e) = self.entries.get(&r.path) else { continue };
+            if e.record.deleted() {
+                continue;
+            }
+            match e.record.compare_from(&r.version) {
+                Causality::DominatedBy => continue,
+                Causality::Equal if e.record.same_content(r) => continue,
+                _ => {}
+            }
+            if r.deleted {
+                d.deletes += 1;
+            } else if !e.record.same_content(r) {
+                d.overwrites += 1;
+            }
+        }
+        d
+    }
+
+    /// Live (not deleted) entries: one pass over the table.
+    pub fn live_count(&self) -> u64 {
+        let (all, tombstones) = self.counts();
+        (all - tombstones) as u64
     }
 
     /// Refuses `record` if it could add an entry authored by `peer` while
@@ -837,7 +883,10 @@ impl State {
     }
 
     /// Makes `record` the global record of its path with a new seq.
-    fn put(&mut self, record: FileRecord, author: PeerId, holders: Vec<PeerId>, now_unix: u64) -> u64 {
+    fn put(&mut self, record: FileRecord, author: PeerId, mut holders: Vec<PeerId>, now_unix: u64) -> u64 {
+        // Only online peers hold anything (a held mass change may be
+        // approved while its device is away).
+        holders.retain(|h| self.peers.contains_key(h));
         self.seq += 1;
         let seq = self.seq;
         self.last_record_seq = seq;
@@ -908,7 +957,12 @@ impl State {
         if from >= self.seq {
             // Nothing was ever handed out (a new tracker): the `Welcome` was the whole table.
             p.full_pending = false;
-            return Some(Page { delta: None, notices: self.devices.take_notices(peer), more: false });
+            return Some(Page {
+                delta: None,
+                notices: self.devices.take_notices(peer),
+                brake: Vec::new(),
+                more: false,
+            });
         }
         let full = p.full_pending;
         let mut entries = Vec::new();
@@ -934,7 +988,12 @@ impl State {
         }
         // Notices go with the last page, after the copies they name.
         let notices = if more { Vec::new() } else { self.devices.take_notices(peer) };
-        Some(Page { delta: Some(Delta { epoch: self.epoch, from_seq: from, to_seq, full, entries }), notices, more })
+        Some(Page {
+            delta: Some(Delta { epoch: self.epoch, from_seq: from, to_seq, full, entries }),
+            notices,
+            brake: Vec::new(),
+            more,
+        })
     }
 
     fn delta_entry(&self, path: &RelPath, entry: &Entry) -> DeltaEntry {
@@ -1110,6 +1169,23 @@ impl State {
         assert!(self.known_by_age.iter().all(|(seen, id)| self.known[id].last_seen_unix == *seen));
         assert!(self.peers.keys().all(|id| self.known.contains_key(id)), "an online peer is not known");
     }
+}
+
+/// How far past the tracker's clock an announced mtime may be before it is
+/// clamped to the tracker's time: clocks of machines on one LAN rarely
+/// differ by more.
+pub(crate) const MTIME_ALLOWANCE_SECS: i64 = 60;
+
+/// Clamps an mtime more than [`MTIME_ALLOWANCE_SECS`] past `now_unix` to
+/// `now_unix`; true when it did.
+fn clamp_future_mtime(record: &mut FileRecord, now_unix: u64) -> bool {
+    let now_ns = i64::try_from(now_unix).unwrap_or(i64::MAX / 2).saturating_mul(1_000_000_000);
+    let limit = now_ns.saturating_add(MTIME_ALLOWANCE_SECS * 1_000_000_000);
+    if record.mtime_ns > limit {
+        record.mtime_ns = now_ns;
+        return true;
+    }
+    false
 }
 
 /// Drops from `h` (the holdings of `peer`) paths it no longer holds and
@@ -1356,6 +1432,35 @@ mod tests {
     }
 
     #[test]
+    fn a_clock_far_ahead_does_not_win_every_conflict() {
+        let now = T0 as i64;
+        // Peer 1's clock runs a year ahead; peer 2 edits concurrently,
+        // 30 s later by the tracker's clock.
+        let mut fx = Fixture::new();
+        fx.join(1);
+        fx.join(2);
+        let ahead = fx.state.announce(id(1), vec![file("f", "future", vv(&[(1, 1)]), now + 365 * 86_400)], T0);
+        assert_eq!(ahead.clamped, 1);
+        assert_eq!(fx.global("f").0.mtime_ns, now * 1_000_000_000, "kept at the tracker's time");
+        let later = fx.state.announce(id(2), vec![file("f", "honest", vv(&[(2, 1)]), now + 30)], T0 + 30);
+        assert_eq!(later.clamped, 0, "within the allowance");
+        assert!(matches!(later.outcomes[0], Outcome::Conflict { winner, .. } if winner == id(2)));
+        assert_eq!(fx.global("f").0.content, ContentHash::of(b"honest"));
+        fx.state.check_invariants();
+        // Within the allowance nothing is touched; ties still go to the
+        // larger id.
+        let mut rec = file("g", "x", vv(&[(1, 1)]), now + MTIME_ALLOWANCE_SECS);
+        assert!(!clamp_future_mtime(&mut rec, T0));
+        assert_eq!(rec.mtime_ns, (now + MTIME_ALLOWANCE_SECS) * 1_000_000_000);
+        let mut both = Fixture::new();
+        both.join(1);
+        both.join(2);
+        both.state.announce(id(1), vec![file("h", "a", vv(&[(1, 1)]), now + 9_999_999)], T0);
+        let out = both.state.announce(id(2), vec![file("h", "b", vv(&[(2, 1)]), now + 8_888_888)], T0);
+        assert!(matches!(out.outcomes[0], Outcome::Conflict { winner, .. } if winner == id(2)), "tie: larger id");
+    }
+
+    #[test]
     fn mtime_ties_go_to_the_larger_peer_id() {
         for (first, second, winner) in [(1u8, 2u8, 2u8), (2, 1, 2)] {
             let mut fx = Fixture::new();
@@ -1534,7 +1639,10 @@ mod tests {
         assert!(!second.more);
         let d2 = second.delta.unwrap();
         assert_eq!((d2.from_seq, d2.to_seq, d2.full, d2.entries.len()), (4096, n as u64, true, 10));
-        assert_eq!(fx.state.next_page(id(9), 9).unwrap(), Page { delta: None, notices: Vec::new(), more: false });
+        assert_eq!(
+            fx.state.next_page(id(9), 9).unwrap(),
+            Page { delta: None, notices: Vec::new(), brake: Vec::new(), more: false }
+        );
         // Later changes are incremental.
         fx.announce(1, file("new", "x", vv(&[(1, 1)]), 1));
         let d3 = fx.state.next_page(id(9), 9).unwrap().delta.unwrap();

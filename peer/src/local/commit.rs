@@ -186,6 +186,18 @@ impl WriteGate {
         Ok(Gated::Applied { value, agrees })
     }
 
+    /// Runs `op` and removes the index entry of `path`, under the commit
+    /// lock (see [`crate::local::LocalState::set_aside`]).
+    pub(crate) fn set_aside<T, E>(&self, path: &RelPath, op: impl FnOnce() -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<LocalError>,
+    {
+        let _guard = self.lock.lock();
+        let value = op()?;
+        self.index.write(|w| w.remove(path))?;
+        Ok(value)
+    }
+
     /// Stores `record` as the version of its path without a content change
     /// (e.g. the tracker merged vectors and our file already has the
     /// winner's content), if the disk holds exactly that content (or is

@@ -551,6 +551,23 @@ impl IndexWriter<'_> {
         self.entries.get(path.as_str())?.map(|v| decode_head(path.as_str(), v.value())).transpose()
     }
 
+    /// Removes the entry of `path` and its secondary rows (nothing if
+    /// there is none).
+    pub(crate) fn remove(&mut self, path: &RelPath) -> Result<(), LocalError> {
+        let key = path.as_str();
+        let Some(old) = self.head(path)? else { return Ok(()) };
+        if old.record.is_file() {
+            if let Some(list) = self.chunk_lists.remove(key)? {
+                for c in decode_chunks(key, list.value())? {
+                    self.by_chunk.remove((c.hash.0, key, c.offset))?;
+                }
+            }
+            self.by_content.remove((old.record.content.0, key))?;
+        }
+        self.entries.remove(key)?;
+        Ok(())
+    }
+
     /// Stores `record` (under its own path) with its chunk list and stat,
     /// keeping the secondary tables in step. Values are encoded before
     /// anything is changed, so an [`LocalError::Encode`] leaves the
@@ -630,6 +647,33 @@ mod tests {
         assert_eq!(index.all().unwrap().len(), 1);
         assert_eq!(index.records().unwrap(), vec![rec]);
         assert!(index.get(&RelPath::new("missing").unwrap()).unwrap().is_none());
+    }
+
+    #[test]
+    fn remove_forgets_the_entry_and_its_content_and_chunk_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = Index::open(&tmp.path().join("index.redb")).unwrap();
+        let bytes = det_bytes(3, 20_000);
+        let (a, chunks) = file("a", &bytes, 1);
+        let (b, b_chunks) = file("b", &bytes, 1);
+        index
+            .write(|w| {
+                w.put(&a, &chunks, stat(1))?;
+                w.put(&b, &b_chunks, stat(2))
+            })
+            .unwrap();
+        let first = chunks[0].hash;
+        assert_eq!(index.locate_chunk(&first).unwrap().len(), 2);
+        index.write(|w| w.remove(&a.path)).unwrap();
+        assert!(index.get(&a.path).unwrap().is_none());
+        let left = index.locate_chunk(&first).unwrap();
+        assert_eq!(left.len(), 1, "only b still holds the chunk: {left:?}");
+        assert!(index.chunk_list(&a.content).unwrap().is_some(), "b has the same content");
+        index.write(|w| w.remove(&b.path)).unwrap();
+        assert!(index.chunk_list(&a.content).unwrap().is_none());
+        assert!(index.locate_chunk(&first).unwrap().is_empty());
+        // Removing what is not there is fine.
+        index.write(|w| w.remove(&b.path)).unwrap();
     }
 
     #[test]

@@ -156,6 +156,11 @@ pub(crate) struct Scanner {
     me: ShortId,
     /// A file modified less than this long ago may still be being written.
     quiet: Duration,
+    /// Local changes are reported but never indexed (a receive-only
+    /// folder): the index keeps what the cluster gave, so the engine sees
+    /// them as unannounced edits and `revert` can put the cluster's
+    /// version back.
+    receive_only: bool,
     changes: mpsc::Sender<FileRecord>,
     shutdown: CancellationToken,
 }
@@ -165,6 +170,7 @@ pub(crate) struct Scanner {
 pub(crate) struct ScannerConfig {
     pub(crate) me: ShortId,
     pub(crate) quiet: Duration,
+    pub(crate) receive_only: bool,
 }
 
 fn tombstone(path: &RelPath, previous: &FileRecord, version: VersionVector) -> FileRecord {
@@ -203,7 +209,15 @@ impl Scanner {
         changes: mpsc::Sender<FileRecord>,
         shutdown: CancellationToken,
     ) -> Scanner {
-        Scanner { gate, rules: Mutex::new(rules), me: config.me, quiet: config.quiet, changes, shutdown }
+        Scanner {
+            gate,
+            rules: Mutex::new(rules),
+            me: config.me,
+            quiet: config.quiet,
+            receive_only: config.receive_only,
+            changes,
+            shutdown,
+        }
     }
 
     /// Re-reads `.dartsyncignore` if it changed and settled; true when the
@@ -399,6 +413,11 @@ impl Scanner {
                     let path = &p.entry.record.path;
                     if w.head(path)? != p.expected || Observed::of(self.gate.probe.lstat(path)?.as_ref()) != p.seen {
                         retry.push(path.clone());
+                        continue;
+                    }
+                    if p.emit && self.receive_only {
+                        // Reported, never indexed (see `receive_only`).
+                        out.push(p.entry.record);
                         continue;
                     }
                     match w.put(&p.entry.record, &p.entry.chunks, p.entry.stat) {
@@ -641,7 +660,7 @@ mod tests {
         let jail = Arc::new(Jail::open(&root).unwrap());
         let gate =
             Arc::new(WriteGate::new(index, Probe::new(jail.clone(), ChunkParams::for_piece_len(4096), ignore_perms)));
-        let config = ScannerConfig { me: ShortId(1), quiet: Duration::ZERO };
+        let config = ScannerConfig { me: ShortId(1), quiet: Duration::ZERO, receive_only: false };
         let scanner = Scanner::new(config, gate, IgnoreRules::load(jail), tx, CancellationToken::new());
         Fixture { _tmp: tmp, root, scanner, rx }
     }

@@ -24,6 +24,7 @@ fn config() -> LocalConfig {
         me: ME,
         quiet: Duration::from_millis(100),
         ignore_perms: false,
+        receive_only: false,
     }
 }
 

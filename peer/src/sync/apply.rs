@@ -22,7 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dartsync_shared::{FileKind, FileRecord};
+use dartsync_shared::{FileKind, FileRecord, RelPath};
 
 use crate::jail::{JailError, rel_path};
 use crate::local::dirs::Jails;
@@ -70,6 +70,13 @@ impl Applier {
         apply_metadata(&self.jails, &self.history, record, self.dir_mode(record))
     }
 
+    /// Moves what is at `path` out of the way: files and links go to the
+    /// history (returned), an empty folder is removed, a non-empty one is
+    /// kept. Used to put back the cluster's version over a local change.
+    pub(crate) fn set_aside(&self, path: &RelPath) -> Result<Option<PathBuf>, ApplyError> {
+        Ok(clear(&self.jails, &self.history, path)?.flatten())
+    }
+
     /// Moves a verified download into place (see [`install_file`]).
     pub(crate) fn install(&self, record: &FileRecord, temp: &Path) -> Result<Option<PathBuf>, ApplyError> {
         let mode = if self.ignore_perms { DEFAULT_FILE_MODE } else { record.mode & 0o777 };
@@ -114,8 +121,8 @@ fn ensure_parent(jails: &Jails, rel: &Path) -> Result<(), JailError> {
 /// Removes whatever is at the record's path to make room for a record of
 /// another kind: files and links go to the history, empty folders are
 /// removed, a non-empty folder is kept (`Ok(None)`).
-fn clear(jails: &Jails, history: &History, record: &FileRecord) -> Result<Cleared, ApplyError> {
-    let rel = rel_path(&record.path);
+fn clear(jails: &Jails, history: &History, path: &RelPath) -> Result<Cleared, ApplyError> {
+    let rel = rel_path(path);
     let meta = match jails.folder.lstat(rel) {
         Ok(meta) => meta,
         // Behind a symlink or a file: not in this folder, nothing to remove.
@@ -130,20 +137,20 @@ fn clear(jails: &Jails, history: &History, record: &FileRecord) -> Result<Cleare
             Err(e) => Err(e.into()),
         };
     }
-    Ok(Some(history.save(&jails.folder, &record.path)?))
+    Ok(Some(history.save(&jails.folder, path)?))
 }
 
 /// Applies a folder, symlink or deletion record; a folder gets `dir_mode`.
 fn apply_metadata(jails: &Jails, history: &History, record: &FileRecord, dir_mode: u32) -> Result<Cleared, ApplyError> {
     if record.deleted {
-        return clear(jails, history, record);
+        return clear(jails, history, &record.path);
     }
     let rel = rel_path(&record.path);
     let mut saved = None;
     match &record.kind {
         FileKind::Dir => {
             if jails.folder.lstat(rel)?.is_some_and(|m| !m.is_dir()) {
-                let Some(cleared) = clear(jails, history, record)? else { return Ok(None) };
+                let Some(cleared) = clear(jails, history, &record.path)? else { return Ok(None) };
                 saved = cleared;
             }
             ensure_parent(jails, rel)?;
@@ -152,7 +159,7 @@ fn apply_metadata(jails: &Jails, history: &History, record: &FileRecord, dir_mod
         FileKind::Symlink { target } => {
             ensure_parent(jails, rel)?;
             if jails.folder.lstat(rel)?.is_some_and(|m| m.is_dir()) {
-                let Some(cleared) = clear(jails, history, record)? else { return Ok(None) };
+                let Some(cleared) = clear(jails, history, &record.path)? else { return Ok(None) };
                 saved = cleared;
             } else if jails.folder.lstat(rel)?.is_some_and(|m| m.is_file()) {
                 saved = history.preserve(&jails.folder, &record.path)?;
@@ -183,7 +190,7 @@ fn install_file(
     let saved = match jails.folder.lstat(rel)? {
         Some(meta) if meta.is_file() => history.preserve(&jails.folder, &record.path)?,
         Some(meta) if meta.is_dir() => {
-            if clear(jails, history, record)?.is_none() {
+            if clear(jails, history, &record.path)?.is_none() {
                 return Err(ApplyError::FolderInTheWay { path: record.path.clone() });
             }
             None

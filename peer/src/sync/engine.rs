@@ -47,6 +47,12 @@ use crate::sync::tracker_client::{ClientCommand, TrackerClient, TrackerEvent};
 use crate::sync::waiting::{Parked, Reason, Waiting};
 use crate::transfer::{ChunkSource, DownloadError, DownloadJob, DownloadOutcome, DownloadProgress, Downloader};
 
+mod brake_notice;
+mod receive_only;
+
+pub use receive_only::EngineCommand;
+use receive_only::LocalEdits;
+
 /// The summary of waiting paths is logged when it changed and at least
 /// this long after the last one...
 const SUMMARY_MIN_GAP: Duration = Duration::from_secs(60);
@@ -85,6 +91,7 @@ enum Event {
     Local(FileRecord),
     Tracker(TrackerEvent),
     Download(Box<DownloadDone>),
+    Command(EngineCommand),
     Tick,
     Shutdown,
 }
@@ -141,6 +148,10 @@ pub struct EngineParts {
     pub chunked_with: u32,
     /// Neither apply nor announce permission bits.
     pub ignore_perms: bool,
+    /// Never announce local changes (see [`receive_only`]).
+    pub receive_only: bool,
+    /// Requests from the control socket.
+    pub commands: mpsc::Receiver<EngineCommand>,
     /// Free space kept on the folder's file system: a download that would
     /// eat into it waits.
     pub min_disk_free: DiskReserve,
@@ -231,6 +242,8 @@ pub struct Engine {
     epoch: Option<u64>,
     /// Where the engine stands (status, reports).
     standing: Standing,
+    /// Receive-only: local changes kept and not sent.
+    local_edits: LocalEdits,
 }
 
 impl Engine {
@@ -257,6 +270,7 @@ impl Engine {
             recheck: Deadlines::default(),
             epoch: None,
             standing: Standing::default(),
+            local_edits: LocalEdits::default(),
         }
     }
 
@@ -275,6 +289,7 @@ impl Engine {
                 },
                 Some(ev) = self.parts.tracker_events.recv() => Event::Tracker(ev),
                 Some(rec) = self.parts.local_changes.recv() => Event::Local(rec),
+                Some(cmd) = self.parts.commands.recv() => Event::Command(cmd),
                 _ = tick.tick() => Event::Tick,
             };
             if matches!(event, Event::Shutdown) {
@@ -284,6 +299,7 @@ impl Engine {
                 Event::Local(_) => "local",
                 Event::Tracker(_) => "tracker",
                 Event::Download(_) => "download",
+                Event::Command(_) => "command",
                 Event::Tick => "tick",
                 Event::Shutdown => "shutdown",
             };
@@ -338,6 +354,10 @@ impl Engine {
                         Some(rec) => batch.push(rec),
                         None => break,
                     }
+                }
+                if self.parts.receive_only {
+                    self.keep_local(batch);
+                    return;
                 }
                 let n = batch.len() as u64;
                 let first = &batch[0].path;
@@ -398,9 +418,14 @@ impl Engine {
             }
             Event::Tracker(TrackerEvent::Devices(devices)) => self.parts.status.set_devices(devices),
             Event::Tracker(TrackerEvent::Conflict(notice)) => self.conflict_lost(notice),
+            Event::Tracker(TrackerEvent::Brake(notice)) => self.brake_notice(notice).await,
             Event::Download(done) => self.finish_download(*done).await,
+            Event::Command(EngineCommand::Revert { under, reply }) => {
+                let _ = reply.send(self.revert(under).await);
+            }
             Event::Tick => {
                 let now = Instant::now();
+                self.verify_local_edits(now).await;
                 self.dirty.extend(self.waiting.take_due(now));
                 self.log_summary(now);
                 for path in self.recheck.take_due(now) {
@@ -519,6 +544,9 @@ impl Engine {
         let local = &self.parts.local;
         match action {
             Action::Nothing => Ok(()),
+            Action::AnnounceLocal if self.parts.receive_only => {
+                self.cluster_over_local(path, &global, before.as_ref()).await
+            }
             Action::AnnounceLocal => {
                 tracing::debug!(%path, "local edit not yet announced; announcing it instead of applying");
                 local.mark_dirty(path);
@@ -949,6 +977,7 @@ impl Engine {
         let pending_files = (self.active.len() + self.queued.len() + self.kept.len()) as u64;
         let pending_bytes =
             queued_bytes + self.active.values().map(|r| r.record.size.saturating_sub(r.progress.done())).sum::<u64>();
+        let (local_changes, local_changes_total) = self.local_edits.listed();
         let st = &self.standing;
         let view = EngineView {
             busy,
@@ -966,6 +995,9 @@ impl Engine {
             files: st.files,
             bytes: st.bytes,
             finished_bytes: st.finished_bytes,
+            receive_only: self.parts.receive_only,
+            local_changes,
+            local_changes_total,
         };
         self.parts.status.publish(view);
 

@@ -65,7 +65,8 @@ use dartsync_shared::device::DeviceState;
 use dartsync_shared::id::PublicKey;
 use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::proto::ptp::{
-    ConflictNotice, Delta, DeviceInfo, PeerMessage, PeerReport, Register, TrackerMessage, Welcome, announce_batches,
+    BrakeNotice, ConflictNotice, Delta, DeviceInfo, PeerMessage, PeerReport, Register, TrackerMessage, Welcome,
+    announce_batches,
 };
 use dartsync_shared::proto::{PROTOCOL_VERSION, ProtocolError};
 use dartsync_shared::{FileRecord, RelPath, VersionVector};
@@ -323,6 +324,9 @@ pub enum TrackerEvent {
     Devices(Vec<DeviceInfo>),
     /// A version this peer held lost a conflict.
     Conflict(ConflictNotice),
+    /// The tracker's mass-change brake held, released or rejected this
+    /// peer's changes.
+    Brake(BrakeNotice),
     /// An established session ended; the client is reconnecting.
     Disconnected(String),
 }
@@ -846,6 +850,7 @@ async fn session(
                         return Err(ClientError::Protocol("Pending after Welcome".into()));
                     }
                     TrackerMessage::Conflict(notice) => pending.push_back(TrackerEvent::Conflict(notice)),
+                    TrackerMessage::Brake(notice) => pending.push_back(TrackerEvent::Brake(notice)),
                     TrackerMessage::Refused { reason } => {
                         return Err(ClientError::Refused { addr: cfg.tracker_addr.clone(), reason });
                     }

@@ -81,7 +81,8 @@ use crate::codec::{bounded_string, bounded_vec};
 use crate::device::{DeviceState, MAX_DEVICE_NAME};
 use crate::id::PeerId;
 use crate::limits::{
-    MAX_BATCH_BYTES, MAX_DEVICES, MAX_HOLDERS_PER_ENTRY, MAX_REASON_LEN, MAX_RECORDS_PER_MESSAGE, VARINT_MAX,
+    MAX_BATCH_BYTES, MAX_DEVICES, MAX_HOLDERS_PER_ENTRY, MAX_REASON_LEN, MAX_RECORDS_PER_MESSAGE, MAX_REJECTED_PATHS,
+    VARINT_MAX,
 };
 use crate::path::RelPath;
 use crate::record::{FileKind, FileRecord};
@@ -170,6 +171,35 @@ pub struct ConflictNotice {
     pub loser: String,
     /// Unix seconds when the tracker resolved it.
     pub at: u64,
+}
+
+/// The tracker's mass-change brake, about the receiving peer's own
+/// changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrakeNotice {
+    /// This peer's recent changes would delete or overwrite too much of the
+    /// cluster at once: they (and what follows) are held at the tracker
+    /// until an operator approves or rejects them there.
+    Held {
+        /// Deletions in the window that tripped the brake.
+        deletes: u64,
+        /// Overwrites in it.
+        overwrites: u64,
+        /// Live files in the table then.
+        live: u64,
+    },
+    /// The operator approved: the held changes are published.
+    Approved {
+        /// How many records.
+        records: u64,
+    },
+    /// The operator rejected the held changes to these paths: put the
+    /// cluster's version back. Long lists come in several notices.
+    Rejected {
+        /// At most [`MAX_REJECTED_PATHS`] (bounded while decoding).
+        #[serde(deserialize_with = "rejected_paths")]
+        paths: Vec<RelPath>,
+    },
 }
 
 /// Messages a peer sends to the tracker.
@@ -275,6 +305,9 @@ pub enum TrackerMessage {
     },
     /// This peer's version of a path lost a conflict.
     Conflict(ConflictNotice),
+    /// The mass-change brake held, released or rejected this peer's
+    /// changes.
+    Brake(BrakeNotice),
     /// Answer to `Register` of a device that waits for the operator's
     /// approval (`admit = "approve"`), repeated every interval while it
     /// waits (the peer answers each with `KeepAlive`). It gets nothing else
@@ -286,6 +319,10 @@ pub enum TrackerMessage {
     /// This device is revoked: the session closes after this message, and
     /// every later registration is refused with it.
     Revoked,
+}
+
+fn rejected_paths<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<RelPath>, D::Error> {
+    bounded_vec(deserializer, MAX_REJECTED_PATHS, "rejected paths")
 }
 
 fn announce_records<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<FileRecord>, D::Error> {
@@ -396,6 +433,7 @@ impl TrackerMessage {
             TrackerMessage::Refused { .. } => "a Refused",
             TrackerMessage::Devices { .. } => "a device list",
             TrackerMessage::Conflict(_) => "a conflict notice",
+            TrackerMessage::Brake(_) => "a brake notice",
             TrackerMessage::Pending { .. } => "a pending notice",
             TrackerMessage::Revoked => "a revocation",
         }
@@ -433,6 +471,10 @@ impl TrackerMessage {
                 check_wire_name(&n.winner)?;
                 check_wire_name(&n.loser)
             }
+            TrackerMessage::Brake(BrakeNotice::Rejected { paths }) => {
+                check_len("rejected paths", paths.len(), MAX_REJECTED_PATHS)
+            }
+            TrackerMessage::Brake(_) => Ok(()),
             TrackerMessage::Pending { interval_ms } => {
                 if *interval_ms == 0 {
                     return Err(ProtocolError::Invalid("pending: zero interval"));
@@ -508,6 +550,7 @@ mod tests {
                 loser: "bob".into(),
                 at: 1,
             }),
+            TrackerMessage::Brake(BrakeNotice::Rejected { paths: vec![RelPath::new("a/b").unwrap()] }),
             TrackerMessage::Pending { interval_ms: 1000 },
             TrackerMessage::Revoked,
         ]
@@ -533,7 +576,7 @@ mod tests {
         let firsts: Vec<u8> = peer_messages().iter().map(|m| encode(m).unwrap()[0]).collect();
         assert_eq!(firsts, [0, 1, 2, 3, 4, 5]);
         let firsts: Vec<u8> = tracker_messages().iter().map(|m| encode(m).unwrap()[0]).collect();
-        assert_eq!(firsts, [0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(firsts, [0, 1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(encode(&PeerMessage::KeepAlive).unwrap(), [3]);
         assert_eq!(
             encode(&PeerMessage::Register(Register::new(PeerId([0; 16]), 1, 2, 3, "a"))).unwrap(),
@@ -562,7 +605,7 @@ mod tests {
     #[test]
     fn unknown_variant_is_an_error() {
         assert!(decode::<PeerMessage>(&[200]).is_err());
-        assert!(decode::<TrackerMessage>(&[7]).is_err());
+        assert!(decode::<TrackerMessage>(&[8]).is_err());
     }
 
     #[test]
@@ -643,6 +686,14 @@ mod tests {
             ],
         };
         assert!(encode(&devices).unwrap().len() <= MAX_BATCH_BYTES);
+        let rejected = TrackerMessage::Brake(BrakeNotice::Rejected {
+            paths: vec![RelPath::new(&longest_path()).unwrap(); MAX_REJECTED_PATHS],
+        });
+        assert!(encode(&rejected).unwrap().len() <= MAX_BATCH_BYTES);
+        let too_many = TrackerMessage::Brake(BrakeNotice::Rejected {
+            paths: vec![RelPath::new("a").unwrap(); MAX_REJECTED_PATHS + 1],
+        });
+        assert!(decode::<TrackerMessage>(&encode(&too_many).unwrap()).is_err());
         let have = PeerMessage::Have { path: RelPath::new(&longest_path()).unwrap(), version: longest_version() };
         let have = encode(&have).unwrap().len();
         assert!(have <= MAX_CONTROL_FRAME && have + 32 > MAX_CONTROL_FRAME, "{have} vs {MAX_CONTROL_FRAME}");

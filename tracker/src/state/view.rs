@@ -129,6 +129,7 @@ impl State {
             devices,
             conflicts,
             events: self.devices.events().cloned().collect(),
+            held: Vec::new(),
         }
     }
 }
