@@ -48,7 +48,6 @@ fn peer_status(state: FolderState) -> PeerStatus {
         received_bytes: 0,
         last_event: None,
         events: vec![],
-        held: vec![],
         dashboard: None,
         receive_only: false,
         local_changes: Vec::new(),
@@ -223,6 +222,7 @@ fn status_tracker_is_up_to_date_when_every_online_device_is() {
         devices: vec![device("a", true, true), device("b", false, false)],
         conflicts: vec![],
         events: vec![],
+        held: vec![],
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();

@@ -191,7 +191,11 @@ impl ActorHandle {
 
     /// Approves or rejects a held mass change; `None` when the actor is
     /// gone.
-    pub async fn decide(&self, action: BrakeAction, device: Option<String>) -> Option<Result<serde_json::Value, String>> {
+    pub async fn decide(
+        &self,
+        action: BrakeAction,
+        device: Option<String>,
+    ) -> Option<Result<serde_json::Value, String>> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Brake { action, device, reply }).await.ok()?;
         rx.await.ok()

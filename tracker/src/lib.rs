@@ -216,12 +216,18 @@ impl Tracker {
     /// Serves peers until `shutdown` is cancelled or the database fails.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), TrackerError> {
         let token = shutdown.child_token();
-        let (actor, handle) =
-            Actor::new(self.state, self.store, self.ceiling, self.config.interval, self.config.piece_len, BrakeConfig {
+        let (actor, handle) = Actor::new(
+            self.state,
+            self.store,
+            self.ceiling,
+            self.config.interval,
+            self.config.piece_len,
+            BrakeConfig {
                 max_files: self.config.mass_change_files,
                 max_percent: self.config.mass_change_percent,
                 window: self.config.mass_change_window,
-            });
+            },
+        );
         let mut actor = AbortOnDropHandle::new(tokio::spawn(actor.run(token.clone())));
         let url = self.dashboard.as_ref().map(|d| d.url(&local_host_name()));
         let handler = status_handler(handle.clone(), self.identity.peer_id(), self.addr, url);

@@ -944,7 +944,12 @@ impl State {
         if from >= self.seq {
             // Nothing was ever handed out (a new tracker): the `Welcome` was the whole table.
             p.full_pending = false;
-            return Some(Page { delta: None, notices: self.devices.take_notices(peer), brake: Vec::new(), more: false });
+            return Some(Page {
+                delta: None,
+                notices: self.devices.take_notices(peer),
+                brake: Vec::new(),
+                more: false,
+            });
         }
         let full = p.full_pending;
         let mut entries = Vec::new();
@@ -1620,7 +1625,10 @@ mod tests {
         assert!(!second.more);
         let d2 = second.delta.unwrap();
         assert_eq!((d2.from_seq, d2.to_seq, d2.full, d2.entries.len()), (4096, n as u64, true, 10));
-        assert_eq!(fx.state.next_page(id(9), 9).unwrap(), Page { delta: None, notices: Vec::new(), brake: Vec::new(), more: false });
+        assert_eq!(
+            fx.state.next_page(id(9), 9).unwrap(),
+            Page { delta: None, notices: Vec::new(), brake: Vec::new(), more: false }
+        );
         // Later changes are incremental.
         fx.announce(1, file("new", "x", vv(&[(1, 1)]), 1));
         let d3 = fx.state.next_page(id(9), 9).unwrap().delta.unwrap();

@@ -53,7 +53,8 @@ use dartsync_shared::channel::{self, ChannelError, HANDSHAKE_TIMEOUT};
 use dartsync_shared::id::PublicKey;
 use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::proto::ptp::{
-    BrakeNotice, ConflictNotice, Delta, DeviceInfo, PeerMessage, PeerReport, Register, TrackerMessage, Welcome, announce_batches,
+    BrakeNotice, ConflictNotice, Delta, DeviceInfo, PeerMessage, PeerReport, Register, TrackerMessage, Welcome,
+    announce_batches,
 };
 use dartsync_shared::proto::{PROTOCOL_VERSION, ProtocolError};
 use dartsync_shared::{FileRecord, RelPath, VersionVector};
