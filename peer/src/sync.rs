@@ -11,6 +11,7 @@ pub(crate) mod apply;
 mod case_names;
 pub(crate) mod engine;
 mod error;
+pub(crate) mod restore;
 pub(crate) mod history;
 pub(crate) mod index_source;
 mod install;
