@@ -1,7 +1,8 @@
 //! The `dartsync` binary: parses the command line, sets up logging and
 //! signals, and starts the tracker or a peer, or runs a subcommand
-//! (`init`, `status`, `completions`, `man`). All sync logic lives in the
-//! library crates; this file only wires them up and reports errors.
+//! (`init`, `status`, `versions`, `restore`, `completions`, `man`). All
+//! sync logic lives in the library crates; this file only wires them up
+//! and reports errors.
 
 mod cli;
 mod completions;
@@ -11,6 +12,7 @@ mod report;
 mod settings;
 mod status_cmd;
 mod status_view;
+mod versions_cmd;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -38,6 +40,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match settings::resolve(cli)? {
         Mode::Init { key_file, force } => init(&key_file, force).map(|()| ExitCode::SUCCESS),
         Mode::Status(request) => Ok(status_cmd::run(&request)),
+        Mode::Versions(request) => Ok(versions_cmd::run(&request)),
         Mode::Completions(shell) => completions::print(&completions::completions(shell)).map(|()| ExitCode::SUCCESS),
         Mode::Man => completions::print(&completions::man()?).map(|()| ExitCode::SUCCESS),
         Mode::Demo(request) => demo::run(&request),

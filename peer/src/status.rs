@@ -14,12 +14,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dartsync_shared::{PeerId, ShortId};
 use dartsync_shared::proto::ptp::DeviceInfo;
 use dartsync_shared::status::{
     Conflict, Device, FolderState, LastEvent, MAX_EVENTS, MAX_LISTED, PeerStatus, Pending, STATUS_SCHEMA, TrackerLink,
     Transfer, WaitingPath,
 };
+use dartsync_shared::{PeerId, ShortId};
 use parking_lot::Mutex;
 
 use crate::transfer::DownloadProgress;

@@ -199,7 +199,9 @@ mod tests {
         assert_eq!(t("2023-11-14").len_ns, 86_400 * NANOS);
         assert_eq!(utc_display(t("2023-11-14").start_ns), "2023-11-14 00:00:00");
         assert_eq!(utc_display(base + 5), "2023-11-14 22:13:20");
-        for bad in ["", "yesterday", "2023-13-01", "2023-02-30", "2023-11-14 25:00", "20231114-22", "2023-11-14 22:13:20.x"] {
+        for bad in
+            ["", "yesterday", "2023-13-01", "2023-02-30", "2023-11-14 25:00", "20231114-22", "2023-11-14 22:13:20.x"]
+        {
             assert!(parse_user_time(bad).is_err(), "{bad}");
         }
         assert!(t("2023-11-14 22:13").contains(base));

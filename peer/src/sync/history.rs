@@ -143,11 +143,8 @@ impl History {
     /// History kept in the jail `versions` under `policy`, its rows in
     /// `index`. Until the first sweep the budget is the policy's floor.
     pub(crate) fn new(versions: Arc<Jail>, index: Index, policy: VersionsPolicy) -> Self {
-        let totals = Totals {
-            bytes: AtomicU64::new(0),
-            budget: AtomicU64::new(policy.budget(0)),
-            over_budget: Notify::new(),
-        };
+        let totals =
+            Totals { bytes: AtomicU64::new(0), budget: AtomicU64::new(policy.budget(0)), over_budget: Notify::new() };
         History { versions, index, policy, names: None, totals: Arc::new(totals) }
     }
 
@@ -254,11 +251,7 @@ impl History {
 
     /// Runs `put` with fresh history names for `path` until one is free;
     /// returns the name and its time.
-    fn place(
-        &self,
-        path: &RelPath,
-        put: impl Fn(&Path) -> Result<(), JailError>,
-    ) -> Result<(PathBuf, i64), JailError> {
+    fn place(&self, path: &RelPath, put: impl Fn(&Path) -> Result<(), JailError>) -> Result<(PathBuf, i64), JailError> {
         let at = now_ns();
         let mut n = 0;
         loop {
@@ -331,7 +324,8 @@ impl History {
 
     /// Every file in the history (folders walked without following links).
     fn list_all(&self) -> Result<Vec<Listed>, JailError> {
-        let rows: BTreeMap<String, SavedMeta> = self.index.saved_with_prefix("").unwrap_or_default().into_iter().collect();
+        let rows: BTreeMap<String, SavedMeta> =
+            self.index.saved_with_prefix("").unwrap_or_default().into_iter().collect();
         let mut out = Vec::new();
         let mut dirs: Vec<Option<PathBuf>> = vec![None];
         while let Some(dir) = dirs.pop() {
@@ -456,7 +450,6 @@ mod tests {
 
     use dartsync_shared::test_util::{RecordBuilder, vv};
 
-
     use super::*;
 
     pub(crate) struct Fixture {
@@ -575,10 +568,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), f.root.path().join("docs")).unwrap();
         let path = RelPath::new("docs/secret").unwrap();
         assert!(matches!(f.history.save(&f.folder, &path, Cause::default()), Err(JailError::SymlinkInPath { .. })));
-        assert!(matches!(
-            f.history.preserve(&f.folder, &path, Cause::default()),
-            Err(JailError::SymlinkInPath { .. })
-        ));
+        assert!(matches!(f.history.preserve(&f.folder, &path, Cause::default()), Err(JailError::SymlinkInPath { .. })));
         assert_eq!(fs::read_to_string(outside.path().join("secret")).unwrap(), "s");
     }
 }

@@ -77,7 +77,13 @@ impl Versions {
             .map_err(|e| VersionsError::Local(crate::local::LocalError::Task(e)))??;
         let versions = self.describe(&listed);
         let near = if versions.is_empty() { self.inner.history.near(&path) } else { Vec::new() };
-        Ok(VersionList { schema: VERSIONS_SCHEMA, path: path.to_string(), device: self.inner.device.clone(), versions, near })
+        Ok(VersionList {
+            schema: VERSIONS_SCHEMA,
+            path: path.to_string(),
+            device: self.inner.device.clone(),
+            versions,
+            near,
+        })
     }
 
     /// Restores one saved version (see the module header).
@@ -154,22 +160,31 @@ impl Versions {
         let inside: Vec<usize> = (0..n).filter(|&i| span.contains(listed[i].saved_at_ns)).collect();
         match inside.as_slice() {
             [one] => Ok(*one),
-            [] => (0..n).rev().find(|&i| listed[i].saved_at_ns < span.start_ns).ok_or_else(|| {
-                VersionsError::NothingAt {
+            [] => {
+                (0..n).rev().find(|&i| listed[i].saved_at_ns < span.start_ns).ok_or_else(|| VersionsError::NothingAt {
                     path: path.clone(),
                     at: at.clone(),
                     oldest: utc_display(listed[0].saved_at_ns),
-                }
-            }),
+                })
+            }
             many => Err(VersionsError::Ambiguous {
                 path: path.clone(),
                 at: at.clone(),
-                candidates: many.iter().rev().map(|&i| format!("#{} ({})", n - i, utc_display(listed[i].saved_at_ns))).collect(),
+                candidates: many
+                    .iter()
+                    .rev()
+                    .map(|&i| format!("#{} ({})", n - i, utc_display(listed[i].saved_at_ns)))
+                    .collect(),
             }),
         }
     }
 
-    fn restore_locked(&self, path: &RelPath, target: &RelPath, req: &RestoreRequest) -> Result<Restored, VersionsError> {
+    fn restore_locked(
+        &self,
+        path: &RelPath,
+        target: &RelPath,
+        req: &RestoreRequest,
+    ) -> Result<Restored, VersionsError> {
         let history = &self.inner.history;
         let jails = self.inner.local.jails();
         let listed = self.listed(path)?;

@@ -46,7 +46,8 @@ pub(crate) fn parse(rel: &str) -> Option<(RelPath, i64)> {
         return None;
     }
     let (stamp, tail) = stamp.split_at(STAMP_LEN);
-    if !(tail.is_empty() || tail.strip_prefix('-').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+    if !(tail.is_empty()
+        || tail.strip_prefix('-').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
     {
         return None;
     }
@@ -68,7 +69,13 @@ mod tests {
         let second = name_for(&path, ns, 2);
         assert_eq!(parse(second.to_str().unwrap()), Some((path.clone(), ns)));
         assert!(second.to_str().unwrap().starts_with(&key_prefix(&path)));
-        for bad in ["x", "x~2023", "x~20231114-221320.123456789-", "x~20231114-221320.123456789z", "~20231114-221320.123456789"] {
+        for bad in [
+            "x",
+            "x~2023",
+            "x~20231114-221320.123456789-",
+            "x~20231114-221320.123456789z",
+            "~20231114-221320.123456789",
+        ] {
             assert_eq!(parse(bad), None, "{bad}");
         }
     }

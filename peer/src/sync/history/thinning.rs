@@ -142,11 +142,21 @@ mod tests {
     fn the_age_schedule_table() {
         // (versions of one path as ages, the ages that survive)
         let cases: Vec<(&str, Vec<i64>, Vec<i64>)> = vec![
-            ("everything from the last hour", vec![MIN, 2 * MIN, 30 * MIN, 59 * MIN], vec![MIN, 2 * MIN, 30 * MIN, 59 * MIN]),
+            (
+                "everything from the last hour",
+                vec![MIN, 2 * MIN, 30 * MIN, 59 * MIN],
+                vec![MIN, 2 * MIN, 30 * MIN, 59 * MIN],
+            ),
             (
                 "one per hour for a day: the oldest of each UTC hour",
                 // 19:10 and 19:40, then 21:10, 21:20 and 21:50 the day before.
-                vec![5 * HOUR - 10 * MIN, 5 * HOUR - 40 * MIN, 3 * HOUR - 10 * MIN, 3 * HOUR - 20 * MIN, 3 * HOUR - 50 * MIN],
+                vec![
+                    5 * HOUR - 10 * MIN,
+                    5 * HOUR - 40 * MIN,
+                    3 * HOUR - 10 * MIN,
+                    3 * HOUR - 20 * MIN,
+                    3 * HOUR - 50 * MIN,
+                ],
                 vec![5 * HOUR - 10 * MIN, 3 * HOUR - 10 * MIN],
             ),
             (
