@@ -21,3 +21,4 @@ mod tidy;
 mod tracker_restart;
 mod tracker_trust;
 mod util;
+mod versions;
