@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use dartsync_shared::time::{parse_user_time, utc_display};
 use dartsync_shared::versions::{DeviceRef, Restored, SavedVersion, VERSIONS_SCHEMA, VersionList};
-use dartsync_shared::{ContentHash, RelPath, ShortId};
+use dartsync_shared::{ContentHash, FileRecord, RelPath, ShortId};
 
 use crate::jail::{Jail, JailError, rel_path};
 use crate::local::LocalState;
+use crate::local::dirs::Jails;
 use crate::sync::error::VersionsError;
 use crate::sync::history::{Cause, History, Listed, now_ns};
 
@@ -49,8 +50,15 @@ pub struct Versions {
 
 #[derive(Debug)]
 struct Inner {
-    history: History,
+    core: Core,
     local: LocalState,
+}
+
+/// Everything but the running folder's state: the history, and this
+/// device's id and name (unit tests build one without a [`LocalState`]).
+#[derive(Debug)]
+struct Core {
+    history: History,
     me: ShortId,
     device: String,
 }
@@ -64,26 +72,16 @@ impl Versions {
     /// Versions of the folder of `local`, kept by `history`; `me` and
     /// `device` are this device's id and name.
     pub(crate) fn new(history: History, local: LocalState, me: ShortId, device: String) -> Versions {
-        Versions { inner: Arc::new(Inner { history, local, me, device }) }
+        Versions { inner: Arc::new(Inner { core: Core { history, me, device }, local }) }
     }
 
     /// The saved versions of `path`, newest first.
     pub async fn list(&self, path: &str) -> Result<VersionList, VersionsError> {
         let path = rel(path)?;
         let this = self.clone();
-        let p = path.clone();
-        let listed = tokio::task::spawn_blocking(move || this.listed(&p))
+        tokio::task::spawn_blocking(move || this.inner.core.list(&path))
             .await
-            .map_err(|e| VersionsError::Local(crate::local::LocalError::Task(e)))??;
-        let versions = self.describe(&listed);
-        let near = if versions.is_empty() { self.inner.history.near(&path) } else { Vec::new() };
-        Ok(VersionList {
-            schema: VERSIONS_SCHEMA,
-            path: path.to_string(),
-            device: self.inner.device.clone(),
-            versions,
-            near,
-        })
+            .map_err(|e| VersionsError::Local(crate::local::LocalError::Task(e)))?
     }
 
     /// Restores one saved version (see the module header).
@@ -101,19 +99,35 @@ impl Versions {
         Ok(restored)
     }
 
+    fn restore_locked(
+        &self,
+        path: &RelPath,
+        target: &RelPath,
+        req: &RestoreRequest,
+    ) -> Result<Restored, VersionsError> {
+        let replaced = self.inner.local.index().get(target)?.map(|e| e.record);
+        self.inner.core.restore_in(self.inner.local.jails(), replaced.as_ref(), path, target, req)
+    }
+}
+
+impl Core {
+    /// The answer to `versions`.
+    fn list(&self, path: &RelPath) -> Result<VersionList, VersionsError> {
+        let versions = self.describe(&self.listed(path)?);
+        let near = if versions.is_empty() { self.history.near(path) } else { Vec::new() };
+        Ok(VersionList { schema: VERSIONS_SCHEMA, path: path.to_string(), device: self.device.clone(), versions, near })
+    }
+
     /// The versions of `path`, oldest first, or why there are none.
     fn listed(&self, path: &RelPath) -> Result<Vec<Listed>, VersionsError> {
-        Ok(self.inner.history.list(path)?)
+        Ok(self.history.list(path)?)
     }
 
     /// Numbers and names `listed` (oldest first) as the answer shows it:
     /// newest first, from 1.
     fn describe(&self, listed: &[Listed]) -> Vec<SavedVersion> {
         let device = |id: Option<ShortId>, recorded: Option<&String>| {
-            id.map(|id| DeviceRef {
-                id: id.to_string(),
-                name: recorded.cloned().or_else(|| self.inner.history.name_of(id)),
-            })
+            id.map(|id| DeviceRef { id: id.to_string(), name: recorded.cloned().or_else(|| self.history.name_of(id)) })
         };
         listed
             .iter()
@@ -137,16 +151,16 @@ impl Versions {
     fn choose(&self, path: &RelPath, listed: &[Listed], req: &RestoreRequest) -> Result<usize, VersionsError> {
         let n = listed.len();
         if n == 0 {
-            if !self.inner.history.enabled() {
+            if !self.history.enabled() {
                 return Err(VersionsError::Off { path: path.clone() });
             }
-            let near = self.inner.history.near(path);
+            let near = self.history.near(path);
             let near = if near.is_empty() {
                 String::new()
             } else {
                 format!(" Saved versions here with a similar name: {}.", near.join(", "))
             };
-            return Err(VersionsError::NoVersions { path: path.clone(), device: self.inner.device.clone(), near });
+            return Err(VersionsError::NoVersions { path: path.clone(), device: self.device.clone(), near });
         }
         if let Some(number) = req.version {
             let k = usize::try_from(number).unwrap_or(usize::MAX);
@@ -179,14 +193,17 @@ impl Versions {
         }
     }
 
-    fn restore_locked(
+    /// The restore itself, in `jails`; `replaced` is the indexed record of
+    /// what is at `target`.
+    fn restore_in(
         &self,
+        jails: &Jails,
+        replaced: Option<&FileRecord>,
         path: &RelPath,
         target: &RelPath,
         req: &RestoreRequest,
     ) -> Result<Restored, VersionsError> {
-        let history = &self.inner.history;
-        let jails = self.inner.local.jails();
+        let history = &self.history;
         let listed = self.listed(path)?;
         let index = self.choose(path, &listed, req)?;
         let chosen = &listed[index];
@@ -202,8 +219,7 @@ impl Versions {
         if let Some(parent) = trel.parent().filter(|p| !p.as_os_str().is_empty()) {
             jails.folder.create_dir_all(parent, PARENT_MODE)?;
         }
-        let replaced = self.inner.local.index().get(target)?.map(|e| e.record);
-        let cause = Cause { saved: replaced.as_ref(), by: Some(self.inner.me), deleted: false };
+        let cause = Cause { saved: replaced, by: Some(self.me), deleted: false };
         let saved_as = if chosen.symlink {
             let link_target = history.jail().read_link(&chosen.file)?;
             let saved = history.preserve(&jails.folder, target, cause)?;
@@ -252,4 +268,99 @@ fn hash_of(jail: &Jail, rel: &Path) -> Result<ContentHash, JailError> {
         hasher.update(&buf[..n]);
     }
     Ok(ContentHash(*hasher.finalize().as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use dartsync_shared::config::VersionsPolicy;
+
+    use super::*;
+    use crate::local::index::Index;
+
+    fn setup() -> (tempfile::TempDir, Jails, Core) {
+        let root = tempfile::tempdir().unwrap();
+        for dir in [".dartsync/tmp", ".dartsync/versions"] {
+            fs::create_dir_all(root.path().join(dir)).unwrap();
+        }
+        let jails = Jails {
+            folder: Arc::new(Jail::open(root.path()).unwrap()),
+            tmp: Arc::new(Jail::open(&root.path().join(".dartsync/tmp")).unwrap()),
+            versions: Arc::new(Jail::open(&root.path().join(".dartsync/versions")).unwrap()),
+        };
+        let index = Index::open(&root.path().join(".dartsync/index.redb")).unwrap();
+        let history = History::new(jails.versions.clone(), index, VersionsPolicy::default());
+        (root, jails, Core { history, me: ShortId(1), device: "here".into() })
+    }
+
+    #[test]
+    fn restores_in_place_and_refuses_symlinked_parents() {
+        let (root, jails, core) = setup();
+        let path = RelPath::new("docs/a.txt").unwrap();
+        fs::create_dir_all(root.path().join("docs")).unwrap();
+        fs::write(root.path().join("docs/a.txt"), "old").unwrap();
+        core.history.save(&jails.folder, &path, Cause::default()).unwrap();
+        fs::write(root.path().join("docs/a.txt"), "new").unwrap();
+        let req = RestoreRequest { path: "docs/a.txt".into(), ..RestoreRequest::default() };
+        let done = core.restore_in(&jails, None, &path, &path, &req).unwrap();
+        assert_eq!(fs::read_to_string(root.path().join("docs/a.txt")).unwrap(), "old");
+        assert!(done.replaced_saved_as.is_some(), "the replaced file goes to the history first");
+        assert_eq!(core.list(&path).unwrap().versions.len(), 2);
+        // --to onto an existing file needs --force.
+        let to = RelPath::new("docs/b.txt").unwrap();
+        fs::write(root.path().join("docs/b.txt"), "b").unwrap();
+        let req = RestoreRequest { to: Some("docs/b.txt".into()), ..req };
+        assert!(matches!(core.restore_in(&jails, None, &path, &to, &req), Err(VersionsError::Exists { .. })));
+
+        // A parent replaced by a symlink to somewhere outside: refused,
+        // nothing written there.
+        let outside = tempfile::tempdir().unwrap();
+        fs::remove_dir_all(root.path().join("docs")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("docs")).unwrap();
+        let err = core.restore_in(&jails, None, &path, &path, &RestoreRequest::default()).unwrap_err();
+        assert!(matches!(err, VersionsError::Jail(JailError::SymlinkInPath { .. })), "{err}");
+        let elsewhere = RelPath::new("docs/new.txt").unwrap();
+        let req = RestoreRequest { to: Some("docs/new.txt".into()), ..RestoreRequest::default() };
+        let err = core.restore_in(&jails, None, &path, &elsewhere, &req).unwrap_err();
+        assert!(matches!(err, VersionsError::Jail(JailError::SymlinkInPath { .. })), "{err}");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0, "something was written outside");
+        assert_eq!(fs::read_dir(root.path().join(".dartsync/tmp")).unwrap().count(), 0, "temp file left behind");
+    }
+
+    #[test]
+    fn choosing_by_number_and_time() {
+        let (root, jails, core) = setup();
+        let path = RelPath::new("f").unwrap();
+        for body in ["1", "2", "3"] {
+            fs::write(root.path().join("f"), body).unwrap();
+            core.history.save(&jails.folder, &path, Cause::default()).unwrap();
+        }
+        let listed = core.listed(&path).unwrap();
+        let pick = |req: RestoreRequest| core.choose(&path, &listed, &req);
+        assert_eq!(pick(RestoreRequest::default()).unwrap(), 2, "the newest by default");
+        assert_eq!(pick(RestoreRequest { version: Some(3), ..Default::default() }).unwrap(), 0);
+        assert!(matches!(
+            pick(RestoreRequest { version: Some(4), ..Default::default() }),
+            Err(VersionsError::NoSuchNumber { .. })
+        ));
+        let stamp = |i: usize| utc_display(listed[i].saved_at_ns);
+        let exact = format!("{}.{:09}", stamp(1), listed[1].saved_at_ns.rem_euclid(1_000_000_000));
+        assert_eq!(pick(RestoreRequest { at: Some(exact), ..Default::default() }).unwrap(), 1);
+        let day = stamp(0)[..10].to_owned();
+        assert!(matches!(
+            pick(RestoreRequest { at: Some(day), ..Default::default() }),
+            Err(VersionsError::Ambiguous { .. })
+        ));
+        assert!(matches!(
+            pick(RestoreRequest { at: Some("1999-01-01".into()), ..Default::default() }),
+            Err(VersionsError::NothingAt { .. })
+        ));
+        assert!(matches!(
+            pick(RestoreRequest { at: Some("soon".into()), ..Default::default() }),
+            Err(VersionsError::BadTime(_))
+        ));
+        let none = core.choose(&RelPath::new("g").unwrap(), &[], &RestoreRequest::default()).unwrap_err();
+        assert!(none.to_string().contains("no saved versions of g on this device (here)"), "{none}");
+    }
 }
