@@ -23,3 +23,4 @@ mod tidy;
 mod tracker_restart;
 mod tracker_trust;
 mod util;
+mod versions;
