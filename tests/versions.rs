@@ -72,8 +72,17 @@ fn versions_survive_a_burst_and_restore_brings_files_back_everywhere() {
     eprintln!("three restores reached every peer in {:?}", started.elapsed());
 
     // Refusals: --to onto an existing file, an ambiguous --at, a number
-    // beyond the list, a path outside the folder, no peer running.
+    // beyond the list, a path outside the folder, no peer running. Two
+    // more versions, each waited for, so that peer 1 surely saved several
+    // today (a quick burst may reach it as fewer versions).
     let p1 = cluster.folder(1);
+    for k in 11..=12 {
+        let body = format!("version {k}\n");
+        write(&p0, "notes/burst.txt", body.as_bytes());
+        wait_until(CONVERGE, "peer 1 to get the next version", || {
+            std::fs::read_to_string(p1.join("notes/burst.txt")).is_ok_and(|b| b == body)
+        });
+    }
     let (code, _, err) = cli(&p1, &["restore", "notes/burst.txt", "--to", "notes/restored-on-2.txt"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("already exists; pass --force"), "{err}");
