@@ -105,9 +105,24 @@ pub struct Cli {
     #[arg(long, value_name = "SECS")]
     pub rescan: Option<u64>,
 
-    /// Peer: old versions kept per file in .dartsync/versions (default 5).
-    #[arg(long, value_name = "N")]
-    pub versions_keep: Option<usize>,
+    /// Peer: keep replaced and deleted files in .dartsync/versions (`on`,
+    /// the default) or not (`off`). Kept: every version from the last hour,
+    /// one per hour for a day, one per day up to --versions-max-age-days,
+    /// within --versions-budget-percent of the folder's size.
+    #[arg(long, value_name = "on|off")]
+    pub versions: Option<String>,
+
+    /// Peer: saved versions older than this many days are deleted
+    /// (default 30).
+    #[arg(long, value_name = "DAYS")]
+    pub versions_max_age_days: Option<u64>,
+
+    /// Peer: the version history's size budget, in percent of the folder's
+    /// size (default 10; never less than 64 MiB). Over it, the oldest
+    /// versions go first, but never the version from before a path's
+    /// latest burst of changes while any other version is left.
+    #[arg(long, value_name = "PERCENT")]
+    pub versions_budget_percent: Option<u8>,
 
     /// Peer: neither apply nor announce permission bits (for folders on
     /// vfat, exFAT or NTFS): files this peer writes get 0644, folders 0755.
@@ -228,6 +243,14 @@ pub enum Command {
         #[arg(value_name = "PATH")]
         path: Option<PathBuf>,
     },
+    /// List the saved versions of a file (asks the folder's running peer).
+    #[command(long_about = VERSIONS_LONG_ABOUT, after_long_help = VERSIONS_AFTER_HELP)]
+    Versions(VersionsArgs),
+
+    /// Put back a saved version of a file; it syncs everywhere as a new
+    /// version.
+    #[command(long_about = RESTORE_LONG_ABOUT, after_long_help = RESTORE_AFTER_HELP)]
+    Restore(RestoreArgs),
 
     /// Print the link to the tracker's web dashboard, with its login token
     /// (ask the tracker running on this machine; it must run with --http).
@@ -404,6 +427,112 @@ Examples:
   dartsync status --watch               # live progress, Ctrl-C to stop
   dartsync status --json | jq .pending  # machine-readable (docs/status.md)
   dartsync status --tracker             # on the tracker's machine";
+
+const VERSIONS_LONG_ABOUT: &str = "\
+List the saved versions of a file, newest first, numbered from 1: when
+each was saved (UTC), its size, the device that made it and what became of
+it (replaced or deleted, and by which device).
+
+A peer keeps a version when it replaces or deletes a file on behalf of the
+cluster, in DIR/.dartsync/versions: every version from the last hour, one
+per hour for a day, one per day for 30 days, within 10% of the folder's
+size (see --versions* in `dartsync --help`). Versions are per device: the
+device where a file was edited or deleted keeps no copy of what it had, the
+others do. Asks the running peer of the folder over its control socket.
+
+PATH is a file in the synced folder: relative to the current directory
+(the folder is the nearest parent holding .dartsync/, else the config
+file's [peer] folder, else ~/DartSync), or relative to --folder DIR.";
+
+const VERSIONS_AFTER_HELP: &str = "\
+Exit codes:
+  0  listed (also when there are none)
+  1  refused (e.g. the path is outside the folder)
+  2  no peer is running for the folder, or it cannot be asked
+
+Examples:
+  cd ~/DartSync && dartsync versions notes/todo.txt
+  dartsync versions --folder ~/DartSync notes/todo.txt
+  dartsync versions notes/todo.txt --json | jq '.versions[0]'";
+
+const RESTORE_LONG_ABOUT: &str = "\
+Put back a saved version of a file (see `dartsync versions`), by default
+the newest one, at its own path or at --to NEW_PATH.
+
+The restore goes through the normal sync path: the peer copies the saved
+version into a temp file, checks it against its recorded hash and renames
+it into place; the file it replaces is kept in the version history first.
+The scanner then sees a local change and announces it as a new version, so
+every device gets it. A deleted file comes back the same way. Asks the
+running peer of the folder over its control socket.";
+
+const RESTORE_AFTER_HELP: &str = "\
+Exit codes:
+  0  restored
+  1  refused (no saved versions here, no such number, an ambiguous --at,
+     --to exists without --force, a folder in the way, ...)
+  2  no peer is running for the folder, or it cannot be asked
+
+Examples:
+  dartsync restore notes/todo.txt                      # the newest saved version
+  dartsync restore notes/todo.txt --version 3          # number 3 of `dartsync versions`
+  dartsync restore notes/todo.txt --at '2024-05-01 10:15'   # saved in that minute (UTC)
+  dartsync restore notes/todo.txt --version 2 --to notes/todo-old.txt";
+
+/// Which file, in which folder (shared by `versions` and `restore`).
+#[derive(Debug, clap::Args)]
+pub struct FileArgs {
+    /// The file: relative to the current directory, or to --folder.
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+
+    /// The synced folder PATH is relative to (default: the nearest parent
+    /// of PATH holding .dartsync/, else the config file's `[peer] folder`,
+    /// else ~/DartSync).
+    #[arg(long, value_name = "DIR")]
+    pub folder: Option<PathBuf>,
+
+    /// Print the peer's answer as JSON and nothing else on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `dartsync versions`.
+#[derive(Debug, clap::Args)]
+pub struct VersionsArgs {
+    /// The file and folder.
+    #[command(flatten)]
+    pub file: FileArgs,
+}
+
+/// Options of `dartsync restore`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The file and folder.
+    #[command(flatten)]
+    pub file: FileArgs,
+
+    /// The version saved at TIME, as `dartsync versions` shows it (UTC:
+    /// `2024-05-01 10:15:00`, or just `2024-05-01 10:15`), RFC 3339 with an
+    /// offset, or a history stamp (`20240501-101500`); if none was saved
+    /// within that second (minute, day), the newest saved before it.
+    /// Several in the span: refused as ambiguous.
+    #[arg(long, value_name = "TIME", conflicts_with = "version")]
+    pub at: Option<String>,
+
+    /// The version numbered N by `dartsync versions` (1 = the newest).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub version: Option<u32>,
+
+    /// Write the version to NEW_PATH (in the same folder) instead, leaving
+    /// PATH as it is.
+    #[arg(long, value_name = "NEW_PATH")]
+    pub to: Option<PathBuf>,
+
+    /// With --to: replace what is at NEW_PATH (it is kept in the history).
+    #[arg(long, requires = "to")]
+    pub force: bool,
+}
 
 /// Options of `dartsync status`.
 #[derive(Debug, clap::Args)]

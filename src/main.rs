@@ -1,7 +1,8 @@
 //! The `dartsync` binary: parses the command line, sets up logging and
 //! signals, and starts the tracker or a peer, or runs a subcommand
-//! (`init`, `status`, `tracker`, `completions`, `man`). All sync logic lives in the
-//! library crates; this file only wires them up and reports errors.
+//! (`init`, `status`, `versions`, `restore`, `tracker`, `completions`,
+//! `man`). All sync logic lives in the library crates; this file only
+//! wires them up and reports errors.
 
 mod cli;
 mod completions;
@@ -14,6 +15,7 @@ mod settings;
 mod status_cmd;
 mod status_view;
 mod tracker_cmd;
+mod versions_cmd;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -43,6 +45,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Mode::Status(request) => Ok(status_cmd::run(&request)),
         Mode::Revert(request) => Ok(revert_cmd::run(&request)),
         Mode::TrackerAdmin(request) => Ok(tracker_cmd::run(&request)),
+        Mode::Versions(request) => Ok(versions_cmd::run(&request)),
         Mode::Completions(shell) => completions::print(&completions::completions(shell)).map(|()| ExitCode::SUCCESS),
         Mode::Man => completions::print(&completions::man()?).map(|()| ExitCode::SUCCESS),
         Mode::Demo(request) => demo::run(&request),

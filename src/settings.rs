@@ -10,6 +10,7 @@ use dartsync_shared::config::{self, ConfigFile, PeerConfig, TrackerConfig};
 
 use crate::cli::{Cli, Command, StatusArgs, TrackerCommand};
 use crate::status_cmd::{Output, StatusRequest, Target};
+use crate::versions_cmd::{Action, VersionsRequest};
 
 /// What to run, fully resolved.
 #[derive(Debug)]
@@ -43,6 +44,8 @@ pub enum Mode {
     TrackerAdmin(crate::tracker_cmd::TrackerRequest),
     /// `dartsync revert`.
     Revert(crate::revert_cmd::RevertRequest),
+    /// `dartsync versions` / `dartsync restore`.
+    Versions(VersionsRequest),
     /// `dartsync demo`.
     Demo(crate::demo::DemoRequest),
     /// `dartsync dashboard-url`.
@@ -90,6 +93,26 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         Some(Command::Status(args)) => return Ok(Mode::Status(status_request(args, &file)?)),
         Some(Command::Tracker(cmd)) => return Ok(Mode::TrackerAdmin(tracker_request(cmd, &file)?)),
         Some(Command::Revert { path }) => return Ok(Mode::Revert(revert_request(path, &file)?)),
+        Some(Command::Versions(args)) => {
+            let (folder, path) = versions_target(&args.file.path, args.file.folder.as_deref(), None, &file)?;
+            return Ok(Mode::Versions(VersionsRequest { folder, path, action: Action::List, json: args.file.json }));
+        }
+        Some(Command::Restore(args)) => {
+            let (folder, path) = versions_target(&args.file.path, args.file.folder.as_deref(), None, &file)?;
+            let to = match &args.to {
+                // Resolved like PATH; it must be in the same folder.
+                Some(to) => {
+                    let (to_folder, rel) = versions_target(to, args.file.folder.as_deref(), Some(&folder), &file)?;
+                    if to_folder != folder {
+                        bail!("--to {} is not in the synced folder {} of PATH", to.display(), folder.display());
+                    }
+                    Some(rel)
+                }
+                None => None,
+            };
+            let action = Action::Restore { at: args.at, version: args.version, to, force: args.force };
+            return Ok(Mode::Versions(VersionsRequest { folder, path, action, json: args.file.json }));
+        }
         Some(Command::Completions { shell }) => return Ok(Mode::Completions(shell)),
         Some(Command::Man) => return Ok(Mode::Man),
         Some(Command::DashboardUrl { data }) => {
@@ -160,8 +183,14 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         if let Some(v) = cli.rescan {
             cfg.rescan = std::time::Duration::from_secs(v);
         }
-        if let Some(v) = cli.versions_keep {
-            cfg.versions_keep = v;
+        if let Some(v) = &cli.versions {
+            cfg.versions.enabled = config::parse_on_off("versions", v)?;
+        }
+        if let Some(v) = cli.versions_max_age_days {
+            cfg.versions.max_age_days = v;
+        }
+        if let Some(v) = cli.versions_budget_percent {
+            cfg.versions.budget_percent = v;
         }
         if cli.ignore_perms {
             cfg.ignore_perms = true;
@@ -238,6 +267,23 @@ fn revert_request(path: Option<PathBuf>, file: &ConfigFile) -> anyhow::Result<cr
             path.display()
         ),
     }
+}
+
+/// The folder and folder-relative path of `path` for `versions` /
+/// `restore` (see [`crate::versions_cmd::locate`]); the default folder is
+/// `default`, else the config file's, else ~/DartSync.
+fn versions_target(
+    path: &Path,
+    folder: Option<&Path>,
+    default: Option<&Path>,
+    file: &ConfigFile,
+) -> anyhow::Result<(PathBuf, String)> {
+    let default_folder = match default {
+        Some(d) => d.to_path_buf(),
+        None => PeerConfig::from_section(&file.peer)?.folder,
+    };
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    crate::versions_cmd::locate(path, folder, &default_folder, &cwd).map_err(anyhow::Error::msg)
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
@@ -356,10 +402,55 @@ mod tests {
     }
 
     #[test]
+    fn versions_and_restore_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("f");
+        std::fs::create_dir_all(folder.join(".dartsync")).unwrap();
+        let f = folder.to_str().unwrap();
+        match parse(&["versions", "--folder", f, "docs/a.txt", "--json"]).unwrap() {
+            Mode::Versions(req) => {
+                assert_eq!((req.folder.as_path(), req.path.as_str(), req.json), (folder.as_path(), "docs/a.txt", true));
+                assert_eq!(req.action, Action::List);
+            }
+            other => panic!("{other:?}"),
+        }
+        let abs = folder.join("a.txt");
+        let to = folder.join("b.txt");
+        match parse(&["restore", abs.to_str().unwrap(), "--version", "2", "--to", to.to_str().unwrap(), "--force"])
+            .unwrap()
+        {
+            Mode::Versions(req) => {
+                assert_eq!(req.path, "a.txt");
+                assert_eq!(
+                    req.action,
+                    Action::Restore { at: None, version: Some(2), to: Some("b.txt".into()), force: true }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["restore", "--folder", f, "a", "--at", "2024-01-01", "--version", "1"]).is_err());
+        assert!(parse(&["restore", "--folder", f, "a", "--version", "0"]).is_err());
+        assert!(parse(&["restore", "--folder", f, "a", "--force"]).is_err(), "--force needs --to");
+        assert!(parse(&["restore", "--folder", f, "a", "--to", "../../x"]).is_err());
+        assert!(parse(&["--peer", "/x", "--versions", "maybe"]).is_err());
+        match parse(&["--peer", "/x", "--versions", "off", "--versions-budget-percent", "5"]).unwrap() {
+            Mode::Peer { config, .. } => assert!(!config.versions.enabled && config.versions.budget_percent == 5),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn clap_definitions_are_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-        for args in [&["--help"][..], &["status", "--help"], &["completions", "--help"], &["man", "--help"]] {
+        for args in [
+            &["--help"][..],
+            &["status", "--help"],
+            &["completions", "--help"],
+            &["man", "--help"],
+            &["versions", "--help"],
+            &["restore", "--help"],
+        ] {
             let err = Cli::try_parse_from(std::iter::once("dartsync").chain(args.iter().copied())).unwrap_err();
             assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp, "{args:?}");
         }

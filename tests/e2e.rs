@@ -2,6 +2,7 @@
 //! 127.0.0.1, each in its own temp folder. One test binary, one module per
 //! area, shared plumbing in `util`.
 
+mod brake;
 mod cli;
 mod cluster;
 mod dashboard;
@@ -23,3 +24,4 @@ mod tracker_restart;
 mod tracker_trust;
 mod trust_devices;
 mod util;
+mod versions;

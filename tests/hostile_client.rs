@@ -263,6 +263,16 @@ impl Hostile {
         self.send_and_wait(frame, &expect)
     }
 
+    /// Announces `records` (cut into batches that fit a frame) without
+    /// waiting for anything: for announcements the tracker may hold.
+    pub fn announce_no_wait(&mut self, records: &[FileRecord]) {
+        self.ensure_connected();
+        for batch in dartsync_shared::proto::ptp::announce_batches(records) {
+            let frame = codec::encode(&PeerMessage::Announce { records: batch.to_vec() }).expect("encode announce");
+            self.tx.as_ref().unwrap().send(Bytes::from(frame)).expect("session task alive");
+        }
+    }
+
     fn send_and_wait(&mut self, frame: Vec<u8>, expect: &[(String, VersionVector)]) -> Outcome {
         self.ensure_connected();
         let session = self.shared.lock().unwrap().session;

@@ -28,6 +28,7 @@ use crate::status::StatusBoard;
 use crate::sync::engine::{DiskReserve, Engine, EngineCommand, EngineParts};
 use crate::sync::history::History;
 use crate::sync::index_source::IndexSource;
+use crate::sync::restore::{RestoreRequest, Versions};
 use crate::sync::tracker_client::{ClientConfig, SummaryFn, TrackerClient, probe_welcome};
 use crate::transfer::{self, ChunkSource, DownloadLimits, Downloader, PeerGate, ServeConfig, ServeError};
 
@@ -114,21 +115,95 @@ async fn clean_temp_files(downloader: &Arc<Downloader>, cancel: &CancellationTok
     }
 }
 
+/// The whole history is thinned this often (also once at startup).
+const HISTORY_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// A save that takes the history over its budget starts a sweep, but not
+/// sooner than this after the last one.
+const HISTORY_SWEEP_GAP: Duration = Duration::from_secs(10);
+
+/// Thins the version history ([`History::sweep`]) at startup, hourly, and
+/// soon after a save takes it over its budget, until `cancel` fires.
+async fn thin_history(history: &History, local: &LocalState, cancel: &CancellationToken) {
+    loop {
+        let (h, index) = (history.clone(), local.index().clone());
+        let swept = tokio::task::spawn_blocking(move || {
+            let folder_bytes = index.live_bytes().map_err(|e| e.to_string())?;
+            h.sweep(folder_bytes).map_err(|e| e.to_string())
+        })
+        .await;
+        match swept {
+            Ok(Ok(s)) if s.deleted > 0 => tracing::info!(
+                deleted = s.deleted,
+                freed = s.freed,
+                kept = s.kept,
+                budget = s.budget,
+                "thinned the version history"
+            ),
+            Ok(Ok(s)) => tracing::debug!(kept = s.kept, budget = s.budget, "version history within its schedule"),
+            Ok(Err(e)) => tracing::warn!("cannot thin the version history: {e}"),
+            Err(e) => tracing::warn!("version history thinning failed: {e}"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(HISTORY_SWEEP_EVERY) => {}
+            () = history.over_budget() => {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(HISTORY_SWEEP_GAP) => {}
+                }
+            }
+        }
+    }
+}
+
 /// How long a control request may wait for the engine.
 const ENGINE_ANSWER_WITHIN: Duration = Duration::from_secs(120);
 
-/// Answers the control socket and the dashboard's API from the board, and
-/// hands the engine what only it can do (`revert`).
-fn status_handler(status: StatusBoard, engine: mpsc::Sender<EngineCommand>) -> Handler {
+/// Answers the dashboard's API from the board: reads only.
+fn status_handler(status: StatusBoard) -> Handler {
+    control_handler(status, None, None)
+}
+
+/// Answers the control socket (owner only): the board; with `versions`,
+/// `versions` and `restore` requests; with `engine`, `revert`.
+fn control_handler(
+    status: StatusBoard,
+    versions: Option<Versions>,
+    engine: Option<mpsc::Sender<EngineCommand>>,
+) -> Handler {
     Arc::new(move |kind| {
         if let RequestKind::Revert { path } = kind {
-            return Box::pin(ask_engine_to_revert(engine.clone(), path));
+            return match engine.clone() {
+                Some(engine) => Box::pin(ask_engine_to_revert(engine, path)),
+                None => Box::pin(async { Err("revert is possible only through the control socket".to_owned()) }),
+            };
         }
         let answer = match kind {
             RequestKind::Status => serde_json::to_value(status.snapshot()).map_err(|e| e.to_string()),
             RequestKind::DashboardUrl => match status.dashboard() {
                 Some(url) => Ok(serde_json::json!({ "url": url })),
                 None => Err("this peer serves no dashboard (started with --http off)".to_owned()),
+            },
+            RequestKind::Versions { path } => match versions.clone() {
+                Some(v) => {
+                    return Box::pin(async move {
+                        let list = v.list(&path).await.map_err(|e| e.to_string())?;
+                        serde_json::to_value(list).map_err(|e| e.to_string())
+                    });
+                }
+                None => Err("versions are listed only through the control socket".to_owned()),
+            },
+            RequestKind::Restore { path, at, version, to, force } => match versions.clone() {
+                Some(v) => {
+                    return Box::pin(async move {
+                        let restored = v
+                            .restore(RestoreRequest { path, at, version, to, force })
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        serde_json::to_value(restored).map_err(|e| e.to_string())
+                    });
+                }
+                None => Err("restore is possible only through the control socket".to_owned()),
             },
             other => Err(format!("`{}` is a request for the tracker, and this is a peer", other.name())),
         };
@@ -248,7 +323,19 @@ pub async fn run(
         },
     ));
 
+    let board = status.clone();
+    let history = History::new(local.jails().versions.clone(), local.index().clone(), config.versions)
+        .with_names(Arc::new(move |id| board.device_name(id)));
+    let versions = Versions::new(history.clone(), local.clone(), me.short(), name.clone());
+
     let mut supervised: JoinSet<TaskResult> = JoinSet::new();
+    {
+        let (history, local, cancel) = (history.clone(), local.clone(), tasks.clone());
+        supervised.spawn(async move {
+            thin_history(&history, &local, &cancel).await;
+            ("version history thinner", Ok(()))
+        });
+    }
     {
         let (downloader, cancel) = (downloader.clone(), tasks.clone());
         supervised.spawn(async move {
@@ -272,7 +359,7 @@ pub async fn run(
         let (status, cancel) = (status.clone(), tasks.clone());
         match ControlServer::bind(&control_path) {
             Ok(server) => {
-                let handler = status_handler(status, commands_tx.clone());
+                let handler = control_handler(status, Some(versions), Some(commands_tx.clone()));
                 supervised.spawn(async move {
                     server.serve(handler, cancel).await;
                     ("control socket", Ok(()))
@@ -291,7 +378,7 @@ pub async fn run(
         let url = dashboard.url(&local_host_name());
         tracing::info!("dashboard at {url}");
         status.set_dashboard(url);
-        let (handler, cancel) = (status_handler(status.clone(), commands_tx.clone()), tasks.clone());
+        let (handler, cancel) = (status_handler(status.clone()), tasks.clone());
         supervised.spawn(async move {
             dashboard.serve(Kind::Peer, handler, cancel).await;
             ("dashboard", Ok(()))
@@ -314,7 +401,7 @@ pub async fn run(
     );
     supervised.spawn(async move { ("tracker client", client_task.await.map_err(|e| e.to_string())) });
     let engine = Engine::new(EngineParts {
-        history: History::new(local.jails().versions.clone(), config.versions_keep),
+        history,
         local: local.clone(),
         client,
         tracker_events: events_rx,

@@ -362,6 +362,22 @@ impl LocalState {
         Ok(done)
     }
 
+    /// Runs `op` on the blocking pool under the commit lock: no engine
+    /// write and no scanner commit runs meanwhile. For writes a user asks
+    /// for (`dartsync restore`); the scanner then records them as a local
+    /// change like any other.
+    pub(crate) async fn with_commit_lock<T: Send + 'static>(
+        &self,
+        op: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, LocalError> {
+        let gate = self.inner.gate.clone();
+        Ok(tokio::task::spawn_blocking(move || {
+            let _locked = gate.lock();
+            op()
+        })
+        .await?)
+    }
+
     /// Asks the scanner to re-check `path` (and its subtree) soon.
     pub fn mark_dirty(&self, path: &RelPath) {
         if self.inner.commands.try_send(Command::Dirty(path.clone())).is_err() {

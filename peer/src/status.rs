@@ -14,13 +14,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dartsync_shared::PeerId;
 use dartsync_shared::device::DeviceState;
 use dartsync_shared::proto::ptp::DeviceInfo;
 use dartsync_shared::status::{
     Conflict, Device, FolderState, LastEvent, MAX_EVENTS, MAX_LISTED, PeerStatus, Pending, STATUS_SCHEMA, TrackerLink,
     Transfer, WaitingPath,
 };
+use dartsync_shared::{PeerId, ShortId};
 use parking_lot::Mutex;
 
 use crate::transfer::DownloadProgress;
@@ -166,6 +166,16 @@ impl StatusBoard {
     /// The tracker's latest device list.
     pub fn set_devices(&self, devices: Vec<DeviceInfo>) {
         self.inner.lock().devices = devices;
+    }
+
+    /// The name of the device whose version-vector id is `short` (this
+    /// one included), if the tracker's device list names it.
+    pub fn device_name(&self, short: ShortId) -> Option<String> {
+        let b = self.inner.lock();
+        if b.id.short() == short {
+            return Some(b.name.clone());
+        }
+        b.devices.iter().find(|d| d.peer_id.short() == short && !d.name.is_empty()).map(|d| d.name.clone())
     }
 
     /// A conflict this device's version lost.

@@ -15,6 +15,7 @@ pub(crate) mod history;
 pub(crate) mod index_source;
 mod install;
 mod plan;
+pub(crate) mod restore;
 pub(crate) mod tracker_client;
 mod tracker_pin;
 mod waiting;

@@ -27,7 +27,9 @@
 //! tracker_addr = "pi.local:7373"
 //! listen = "0.0.0.0:0"           # piece server; port 0 picks a free port
 //! rescan_secs = 600              # periodic full rescan
-//! versions_keep = 5              # old versions kept per path
+//! versions = "on"                # "off": replaced and deleted files are not kept
+//! versions_max_age_days = 30     # saved versions older than this are deleted
+//! versions_budget_percent = 10   # history size budget, % of the folder (at least 64 MiB)
 //! ignore_perms = false           # true: neither apply nor announce permission bits
 //! receive_only = false           # true: never announce local changes (`dartsync revert`)
 //! min_disk_free = 1073741824     # bytes kept free (default: 1 GiB or 1%, the smaller)
@@ -142,7 +144,13 @@ pub struct PeerSection {
     pub listen: Option<SocketAddr>,
     /// Full rescan period in seconds.
     pub rescan_secs: Option<u64>,
-    /// Old versions kept per path.
+    /// Version history: `"on"` (default) or `"off"`.
+    pub versions: Option<String>,
+    /// Age in days after which saved versions are deleted.
+    pub versions_max_age_days: Option<u64>,
+    /// The history's size budget in percent of the folder's size.
+    pub versions_budget_percent: Option<u8>,
+    /// Replaced by the three above; refused with a message saying so.
     pub versions_keep: Option<usize>,
     /// Neither apply nor announce permission bits (file systems without
     /// Unix modes: vfat, exFAT, NTFS).
@@ -403,6 +411,58 @@ impl TrackerConfig {
     }
 }
 
+/// The smallest size budget of the version history, whatever the
+/// percentage: 64 MiB (a small folder still keeps a useful history).
+pub const MIN_VERSIONS_BUDGET: u64 = 64 << 20;
+
+/// What the version history keeps: every version from the last hour, one
+/// per hour for a day, one per day up to `max_age_days`, within
+/// `budget_percent` of the folder's size (at least
+/// [`MIN_VERSIONS_BUDGET`]). The rules themselves live with the history
+/// (`peer::sync::history::thinning`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionsPolicy {
+    /// False: replaced and deleted files are not kept at all.
+    pub enabled: bool,
+    /// Saved versions older than this many days are deleted.
+    pub max_age_days: u64,
+    /// The history's size budget, in percent of the live files' size.
+    pub budget_percent: u8,
+}
+
+impl Default for VersionsPolicy {
+    fn default() -> Self {
+        VersionsPolicy { enabled: true, max_age_days: 30, budget_percent: 10 }
+    }
+}
+
+impl VersionsPolicy {
+    /// The budget in bytes for a folder whose live files hold `folder_bytes`.
+    pub fn budget(&self, folder_bytes: u64) -> u64 {
+        (folder_bytes / 100).saturating_mul(u64::from(self.budget_percent)).max(MIN_VERSIONS_BUDGET)
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_age_days == 0 || self.max_age_days > 36_500 {
+            return Err(ConfigError::Invalid { field: "versions_max_age_days", why: "must be 1 to 36500".into() });
+        }
+        if self.budget_percent == 0 || self.budget_percent > 100 {
+            return Err(ConfigError::Invalid { field: "versions_budget_percent", why: "must be 1 to 100".into() });
+        }
+        Ok(())
+    }
+}
+
+/// `"on"` / `"off"` (also true/false words) for the setting `field`.
+pub fn parse_on_off(field: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(ConfigError::Invalid { field, why: format!("expected \"on\" or \"off\", got {value:?}") }),
+    }
+}
+
 /// Resolved peer settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
@@ -420,8 +480,8 @@ pub struct PeerConfig {
     pub listen: SocketAddr,
     /// Full rescan period.
     pub rescan: Duration,
-    /// Old versions kept per path.
-    pub versions_keep: usize,
+    /// What the version history keeps.
+    pub versions: VersionsPolicy,
     /// Neither apply nor announce permission bits: files this peer writes
     /// get 0644 (folders 0755), and local permission changes are not
     /// announced (for file systems without Unix modes).
@@ -451,7 +511,7 @@ impl Default for PeerConfig {
             tracker_addr: None,
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             rescan: Duration::from_secs(600),
-            versions_keep: 5,
+            versions: VersionsPolicy::default(),
             ignore_perms: false,
             receive_only: false,
             min_disk_free: None,
@@ -484,8 +544,22 @@ impl PeerConfig {
         if let Some(v) = section.rescan_secs {
             cfg.rescan = Duration::from_secs(v);
         }
-        if let Some(v) = section.versions_keep {
-            cfg.versions_keep = v;
+        if section.versions_keep.is_some() {
+            return Err(ConfigError::Invalid {
+                field: "versions_keep",
+                why: "versions are now kept by age and size, not count: use versions = \"off\", \
+                      versions_max_age_days and versions_budget_percent"
+                    .into(),
+            });
+        }
+        if let Some(v) = &section.versions {
+            cfg.versions.enabled = parse_on_off("versions", v)?;
+        }
+        if let Some(v) = section.versions_max_age_days {
+            cfg.versions.max_age_days = v;
+        }
+        if let Some(v) = section.versions_budget_percent {
+            cfg.versions.budget_percent = v;
         }
         if let Some(v) = section.ignore_perms {
             cfg.ignore_perms = v;
@@ -518,6 +592,7 @@ impl PeerConfig {
         if self.rescan.is_zero() {
             return Err(ConfigError::Invalid { field: "rescan_secs", why: "must be at least 1".into() });
         }
+        self.versions.validate()?;
         for (field, value) in [
             ("upload_slots_per_peer", self.upload_slots_per_peer),
             ("upload_slots_total", self.upload_slots_total),
@@ -553,7 +628,9 @@ mod tests {
             [peer]
             folder = "/f"
             tracker_addr = "pi:7373"
-            versions_keep = 9
+            versions = "off"
+            versions_max_age_days = 7
+            versions_budget_percent = 25
             ignore_perms = true
             receive_only = true
         "#;
@@ -566,7 +643,7 @@ mod tests {
         let p = PeerConfig::from_section(&file.peer).unwrap();
         assert_eq!(p.folder, PathBuf::from("/f"));
         assert_eq!(p.tracker_addr.as_deref(), Some("pi:7373"));
-        assert_eq!(p.versions_keep, 9);
+        assert_eq!(p.versions, VersionsPolicy { enabled: false, max_age_days: 7, budget_percent: 25 });
         assert!(p.ignore_perms);
         assert!(p.receive_only);
     }
@@ -580,6 +657,23 @@ mod tests {
         assert!(TrackerConfig::from_section(&file.tracker).is_err());
         let file = ConfigFile::parse("[peer]\nupload_slots_total = 0\n", Path::new("c.toml")).unwrap();
         assert!(PeerConfig::from_section(&file.peer).is_err());
+        for (bad, says) in [
+            ("versions_keep = 5", "versions_max_age_days"),
+            ("versions = \"sometimes\"", "\"on\" or \"off\""),
+            ("versions_budget_percent = 0", "1 to 100"),
+            ("versions_max_age_days = 0", "1 to 36500"),
+        ] {
+            let file = ConfigFile::parse(&format!("[peer]\n{bad}\n"), Path::new("c.toml")).unwrap();
+            let err = PeerConfig::from_section(&file.peer).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_versions_budget_has_a_floor() {
+        let p = VersionsPolicy::default();
+        assert_eq!(p.budget(0), MIN_VERSIONS_BUDGET);
+        assert_eq!(p.budget(100 << 30), 10 << 30);
     }
 
     #[test]

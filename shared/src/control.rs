@@ -94,6 +94,9 @@ pub enum RequestKind {
         version: Option<u32>,
         /// Restore to this path instead.
         to: Option<String>,
+        /// Replace what is at `to` (kept in the history first).
+        #[serde(default)]
+        force: bool,
     },
     /// Peer (receive-only): put back the cluster's version of every local
     /// change under `path` (the whole folder when `None`), keeping the

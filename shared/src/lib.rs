@@ -40,6 +40,7 @@ pub mod status;
 pub mod test_util;
 pub mod time;
 pub mod version;
+pub mod versions;
 
 pub use chunk::{ChunkInfo, ChunkParams, ChunkedFile};
 pub use id::{ContentHash, PeerId, ShortId};

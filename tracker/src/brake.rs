@@ -7,11 +7,15 @@
 //! every `Announce` before the state sees it:
 //! - A device's destructive changes (deletions and overwrites of live
 //!   files) are counted in a sliding window ([`BrakeConfig::window`]).
-//! - Up to [`STAGE_AFTER`] of them in the window are published at once, so
-//!   everyday edits never wait. Beyond that, the device's announcements are
-//!   *staged*: kept back until it has been quiet for [`SETTLE`], then
-//!   published if the window stayed under the limits. A burst sent in many
-//!   small batches is therefore judged whole before any of it leaks out.
+//! - Deletions are always *staged*: kept back (with everything the device
+//!   announces after them, in order) until the device has been quiet for
+//!   [`SETTLE`], then published if the window stayed under the limits. An
+//!   `rm -rf` reaches the tracker in many small batches as the watcher sees
+//!   it; it is judged whole before any of it leaks out. A single deletion
+//!   waits [`SETTLE`] longer than an edit.
+//! - Overwrites are published at once while the window holds at most
+//!   [`STAGE_AFTER`] destructive changes (everyday edits never wait), and
+//!   staged beyond that: a mass overwrite leaks at most that many.
 //! - Over a limit (more than [`BrakeConfig::max_files`], or more than
 //!   [`BrakeConfig::max_percent`] of the live files and at least
 //!   [`MIN_FILES_FOR_PERCENT`]), everything staged and everything the
@@ -32,10 +36,11 @@ use std::time::{Duration, Instant};
 use dartsync_shared::proto::ptp::BrakeNotice;
 use dartsync_shared::{FileRecord, PeerId, RelPath, VersionVector};
 
-/// Destructive changes in the window published at once; more are staged.
+/// Overwrites published at once while the window holds at most this many
+/// destructive changes; beyond, they are staged.
 pub(crate) const STAGE_AFTER: u64 = 20;
 /// A staged device is judged after this long without an announcement.
-pub(crate) const SETTLE: Duration = Duration::from_secs(2);
+pub(crate) const SETTLE: Duration = Duration::from_secs(1);
 /// The percentage limit applies from this many destructive changes on
 /// (deleting 3 of 4 files is an everyday edit).
 pub(crate) const MIN_FILES_FOR_PERCENT: u64 = 50;
@@ -228,7 +233,7 @@ impl Brake {
             return if fits { Decision::Kept } else { Decision::TooMany };
         }
         let total = dev.window_total();
-        if dev.staged.is_empty() && total.total() <= STAGE_AFTER {
+        if dev.staged.is_empty() && destructive.deletes == 0 && total.total() <= STAGE_AFTER {
             return Decision::Publish(records);
         }
         let live = live();
@@ -342,6 +347,10 @@ mod tests {
         Destructive { deletes: n, overwrites: 0 }
     }
 
+    fn overwrites(n: u64) -> Destructive {
+        Destructive { deletes: 0, overwrites: n }
+    }
+
     #[test]
     fn limits_by_count_and_share_with_a_floor() {
         // (changes, live files, over?)
@@ -365,18 +374,25 @@ mod tests {
     }
 
     #[test]
-    fn everyday_edits_are_published_at_once() {
+    fn everyday_edits_are_published_at_once_and_a_deletion_after_it_settles() {
         let mut brake = Brake::new(LIMITS);
         let t0 = Instant::now();
         for i in 0..STAGE_AFTER {
             let batch = records(&format!("d{i}"), 1);
-            let d = brake.judge(peer(1), batch.clone(), deletes(1), || 10, t0, 0);
+            let d = brake.judge(peer(1), batch.clone(), overwrites(1), || 10, t0, 0);
             assert_eq!(d, Decision::Publish(batch));
         }
+        // One more overwrite in the window is staged.
+        assert_eq!(brake.judge(peer(1), records("o", 1), overwrites(1), || 10, t0, 0), Decision::Kept);
+        assert_eq!(brake.due(t0 + SETTLE).len(), 1);
+        // A single deletion waits until the device is quiet.
+        let t1 = t0 + Duration::from_secs(120);
+        assert_eq!(brake.judge(peer(2), records("del", 1), deletes(1), || 10, t1, 0), Decision::Kept);
+        assert_eq!(brake.next_deadline(), Some(t1 + SETTLE));
+        assert_eq!(brake.due(t1 + SETTLE)[0].1.len(), 1);
         // Non-destructive changes are never counted.
-        let d = brake.judge(peer(1), records("new", 500), Destructive::default(), || panic!("not needed"), t0, 0);
+        let d = brake.judge(peer(3), records("new", 500), Destructive::default(), || panic!("not needed"), t0, 0);
         assert!(matches!(d, Decision::Publish(r) if r.len() == 500));
-        assert!(brake.next_deadline().is_none());
     }
 
     #[test]
@@ -401,7 +417,7 @@ mod tests {
         assert!(matches!(brake.take_notices(peer(1)).as_slice(), [BrakeNotice::Held { deletes: 1100, .. }]));
         // Another device is not affected.
         let other = records("o", 1);
-        assert_eq!(brake.judge(peer(2), other.clone(), deletes(1), || 2000, t0, 0), Decision::Publish(other));
+        assert_eq!(brake.judge(peer(2), other.clone(), overwrites(1), || 2000, t0, 0), Decision::Publish(other));
         // Approve: all 1,600 come back for publishing, the window restarts.
         let approved = brake.approve(peer(1)).unwrap();
         assert_eq!(approved.len(), 1600);

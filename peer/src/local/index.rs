@@ -14,7 +14,9 @@
 //! - `by_content`: (content hash, path) -> () for live files, so a chunk
 //!   list can be found by content;
 //! - `by_chunk`: (chunk hash, path, offset) -> length for live files, so a
-//!   chunk can be copied from any local file holding it.
+//!   chunk can be copied from any local file holding it;
+//! - `saved_versions` (in [`saved`]): history file name -> who made and
+//!   replaced that saved version, its size and hash.
 //!
 //! Invariant: the two secondary tables are updated in the same write
 //! transaction as `entries`, so they always describe exactly the live files
@@ -46,6 +48,9 @@ use tokio::sync::Notify;
 
 use crate::local::error::LocalError;
 use crate::local::stat::StatKey;
+
+mod saved;
+pub use saved::SavedMeta;
 
 type Hash32 = [u8; 32];
 
@@ -318,6 +323,7 @@ impl Index {
             txn.open_table(CHUNK_LISTS)?;
             txn.open_table(BY_CONTENT)?;
             txn.open_table(BY_CHUNK)?;
+            txn.open_table(saved::SAVED)?;
             let mut meta = txn.open_table(META)?;
             let schema = meta.get(META_SCHEMA)?.map(|v| v.value());
             match schema {
@@ -465,6 +471,12 @@ impl Index {
             }
         }
         Ok(out)
+    }
+
+    /// Total size of the live files: what the version history's size
+    /// budget is a share of. Reads every entry (hourly, not per file).
+    pub(crate) fn live_bytes(&self) -> Result<u64, LocalError> {
+        Ok(self.heads(None)?.values().filter(|h| h.record.is_file()).map(|h| h.record.size).sum())
     }
 
     /// The record and stat of one path.

@@ -27,7 +27,7 @@ use dartsync_shared::{FileKind, FileRecord, RelPath};
 use crate::jail::{JailError, rel_path};
 use crate::local::dirs::Jails;
 use crate::sync::error::ApplyError;
-use crate::sync::history::History;
+use crate::sync::history::{Cause, History};
 
 /// Mode of parent folders the engine has to create before their own record
 /// arrives (the record's mode is applied when it does).
@@ -65,22 +65,31 @@ pub(crate) struct Applier {
 }
 
 impl Applier {
-    /// Applies a folder, symlink or deletion record.
-    pub(crate) fn metadata(&self, record: &FileRecord) -> Result<Cleared, ApplyError> {
-        apply_metadata(&self.jails, &self.history, record, self.dir_mode(record))
+    /// Applies a folder, symlink or deletion record; `replaced` is the
+    /// indexed record of what is there (for the history's metadata).
+    pub(crate) fn metadata(&self, record: &FileRecord, replaced: Option<&FileRecord>) -> Result<Cleared, ApplyError> {
+        apply_metadata(&self.jails, &self.history, record, self.dir_mode(record), Cause::replacing(replaced, record))
     }
 
     /// Moves what is at `path` out of the way: files and links go to the
-    /// history (returned), an empty folder is removed, a non-empty one is
-    /// kept. Used to put back the cluster's version over a local change.
-    pub(crate) fn set_aside(&self, path: &RelPath) -> Result<Option<PathBuf>, ApplyError> {
-        Ok(clear(&self.jails, &self.history, path)?.flatten())
+    /// history (returned; `local` is the record of the local version, when
+    /// known), an empty folder is removed, a non-empty one is kept. Used to
+    /// put back the cluster's version over a local change.
+    pub(crate) fn set_aside(&self, path: &RelPath, local: Option<&FileRecord>) -> Result<Option<PathBuf>, ApplyError> {
+        let cause = Cause { saved: local, by: None, deleted: false };
+        Ok(clear(&self.jails, &self.history, path, cause)?.flatten())
     }
 
-    /// Moves a verified download into place (see [`install_file`]).
-    pub(crate) fn install(&self, record: &FileRecord, temp: &Path) -> Result<Option<PathBuf>, ApplyError> {
+    /// Moves a verified download into place (see [`install_file`]);
+    /// `replaced` is the indexed record of what is there.
+    pub(crate) fn install(
+        &self,
+        record: &FileRecord,
+        temp: &Path,
+        replaced: Option<&FileRecord>,
+    ) -> Result<Option<PathBuf>, ApplyError> {
         let mode = if self.ignore_perms { DEFAULT_FILE_MODE } else { record.mode & 0o777 };
-        install_file(&self.jails, &self.history, record, temp, mode)
+        install_file(&self.jails, &self.history, record, temp, mode, Cause::replacing(replaced, record))
     }
 
     /// Applies a new version whose content this peer already has but whose
@@ -121,7 +130,7 @@ fn ensure_parent(jails: &Jails, rel: &Path) -> Result<(), JailError> {
 /// Removes whatever is at the record's path to make room for a record of
 /// another kind: files and links go to the history, empty folders are
 /// removed, a non-empty folder is kept (`Ok(None)`).
-fn clear(jails: &Jails, history: &History, path: &RelPath) -> Result<Cleared, ApplyError> {
+fn clear(jails: &Jails, history: &History, path: &RelPath, cause: Cause<'_>) -> Result<Cleared, ApplyError> {
     let rel = rel_path(path);
     let meta = match jails.folder.lstat(rel) {
         Ok(meta) => meta,
@@ -137,20 +146,26 @@ fn clear(jails: &Jails, history: &History, path: &RelPath) -> Result<Cleared, Ap
             Err(e) => Err(e.into()),
         };
     }
-    Ok(Some(history.save(&jails.folder, path)?))
+    Ok(Some(history.save(&jails.folder, path, cause)?))
 }
 
 /// Applies a folder, symlink or deletion record; a folder gets `dir_mode`.
-fn apply_metadata(jails: &Jails, history: &History, record: &FileRecord, dir_mode: u32) -> Result<Cleared, ApplyError> {
+fn apply_metadata(
+    jails: &Jails,
+    history: &History,
+    record: &FileRecord,
+    dir_mode: u32,
+    cause: Cause<'_>,
+) -> Result<Cleared, ApplyError> {
     if record.deleted {
-        return clear(jails, history, &record.path);
+        return clear(jails, history, &record.path, cause);
     }
     let rel = rel_path(&record.path);
     let mut saved = None;
     match &record.kind {
         FileKind::Dir => {
             if jails.folder.lstat(rel)?.is_some_and(|m| !m.is_dir()) {
-                let Some(cleared) = clear(jails, history, &record.path)? else { return Ok(None) };
+                let Some(cleared) = clear(jails, history, &record.path, cause)? else { return Ok(None) };
                 saved = cleared;
             }
             ensure_parent(jails, rel)?;
@@ -159,10 +174,10 @@ fn apply_metadata(jails: &Jails, history: &History, record: &FileRecord, dir_mod
         FileKind::Symlink { target } => {
             ensure_parent(jails, rel)?;
             if jails.folder.lstat(rel)?.is_some_and(|m| m.is_dir()) {
-                let Some(cleared) = clear(jails, history, &record.path)? else { return Ok(None) };
+                let Some(cleared) = clear(jails, history, &record.path, cause)? else { return Ok(None) };
                 saved = cleared;
             } else if jails.folder.lstat(rel)?.is_some_and(|m| m.is_file()) {
-                saved = history.preserve(&jails.folder, &record.path)?;
+                saved = history.preserve(&jails.folder, &record.path, cause)?;
             }
             // Replaces a file or link at the path atomically.
             jails.folder.create_symlink(rel, Path::new(target))?;
@@ -184,20 +199,21 @@ fn install_file(
     record: &FileRecord,
     temp: &Path,
     mode: u32,
+    cause: Cause<'_>,
 ) -> Result<Option<PathBuf>, ApplyError> {
     let rel = rel_path(&record.path);
     ensure_parent(jails, rel)?;
     let saved = match jails.folder.lstat(rel)? {
-        Some(meta) if meta.is_file() => history.preserve(&jails.folder, &record.path)?,
+        Some(meta) if meta.is_file() => history.preserve(&jails.folder, &record.path, cause)?,
         Some(meta) if meta.is_dir() => {
-            if clear(jails, history, &record.path)?.is_none() {
+            if clear(jails, history, &record.path, cause)?.is_none() {
                 return Err(ApplyError::FolderInTheWay { path: record.path.clone() });
             }
             None
         }
         // A link or special file is replaced by the rename itself; keep a
         // link's target text in the history all the same.
-        Some(_) => history.preserve(&jails.folder, &record.path)?,
+        Some(_) => history.preserve(&jails.folder, &record.path, cause)?,
         None => None,
     };
     let name = temp.file_name().map(Path::new).unwrap_or(temp);
@@ -234,7 +250,8 @@ mod tests {
             tmp: Arc::new(Jail::open(&root.path().join(".dartsync/tmp")).unwrap()),
             versions: Arc::new(Jail::open(&root.path().join(".dartsync/versions")).unwrap()),
         };
-        let history = History::new(jails.versions.clone(), 5);
+        let index = crate::local::index::Index::open(&root.path().join(".dartsync/index.redb")).unwrap();
+        let history = History::new(jails.versions.clone(), index, Default::default());
         Fixture { root, applier: Applier { jails, history, ignore_perms: false } }
     }
 
@@ -256,7 +273,7 @@ mod tests {
         let rec = RecordBuilder::file("a/b.txt").mode(0o4755).mtime_ns(MTIME_NS).build();
         fs::create_dir_all(f.path("a")).unwrap();
         fs::write(f.path("a/b.txt"), b"old").unwrap();
-        f.applier.install(&rec, &temp).unwrap();
+        f.applier.install(&rec, &temp, None).unwrap();
         assert_eq!(fs::read(f.path("a/b.txt")).unwrap(), b"new");
         let meta = fs::metadata(f.path("a/b.txt")).unwrap();
         assert_eq!(meta.modified().unwrap(), mtime_of(&rec));
@@ -272,13 +289,13 @@ mod tests {
         fs::create_dir_all(f.path("d/e")).unwrap();
         fs::write(f.path("d/e/f"), b"x").unwrap();
         let gone_dir = RecordBuilder::dir("d/e").tombstone().build();
-        let out = f.applier.metadata(&gone_dir).unwrap();
+        let out = f.applier.metadata(&gone_dir, None).unwrap();
         assert_eq!(out, None, "a non-empty folder is kept");
-        let out = f.applier.metadata(&RecordBuilder::file("d/e/f").tombstone().build()).unwrap();
+        let out = f.applier.metadata(&RecordBuilder::file("d/e/f").tombstone().build(), None).unwrap();
         assert!(out.is_some_and(|saved| saved.is_some()));
         assert!(!f.path("d/e/f").exists());
         assert_eq!(f.applier.history.versions_of(&rel("d/e/f")).unwrap().len(), 1);
-        let out = f.applier.metadata(&gone_dir).unwrap();
+        let out = f.applier.metadata(&gone_dir, None).unwrap();
         assert_eq!(out, Some(None));
         assert!(!f.path("d/e").exists());
     }
@@ -286,10 +303,10 @@ mod tests {
     #[test]
     fn folders_and_links_are_created() {
         let f = fixture();
-        f.applier.metadata(&RecordBuilder::dir("x/y").build()).unwrap();
+        f.applier.metadata(&RecordBuilder::dir("x/y").build(), None).unwrap();
         assert!(f.path("x/y").is_dir());
         let link = RecordBuilder::symlink("x/l", "y").mtime_ns(MTIME_NS).build();
-        f.applier.metadata(&link).unwrap();
+        f.applier.metadata(&link, None).unwrap();
         assert_eq!(fs::read_link(f.path("x/l")).unwrap(), PathBuf::from("y"));
         assert_eq!(fs::symlink_metadata(f.path("x/l")).unwrap().modified().unwrap(), mtime_of(&link));
         let file = RecordBuilder::file("x/f").mode(0o2600).build();
@@ -305,16 +322,16 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), f.path("docs")).unwrap();
         let temp = f.temp("x.done", b"payload");
         let file = RecordBuilder::file("docs/x").build();
-        let err = f.applier.install(&file, &temp).unwrap_err();
+        let err = f.applier.install(&file, &temp, None).unwrap_err();
         assert!(err.is_permanent(), "{err}");
         for rec in [RecordBuilder::dir("docs/d").build(), RecordBuilder::symlink("docs/l", "x").build()] {
-            let err = f.applier.metadata(&rec).unwrap_err();
+            let err = f.applier.metadata(&rec, None).unwrap_err();
             assert!(err.is_permanent(), "{}: {err}", rec.path);
         }
         // A deletion behind the link finds nothing of the folder's there.
         fs::write(outside.path().join("x"), b"not the folder's").unwrap();
         let gone = RecordBuilder::file("docs/x").tombstone().build();
-        assert_eq!(f.applier.metadata(&gone).unwrap(), Some(None));
+        assert_eq!(f.applier.metadata(&gone, None).unwrap(), Some(None));
         let left: Vec<_> = fs::read_dir(outside.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, ["x"], "something outside was written or removed");
         assert_eq!(fs::read(outside.path().join("x")).unwrap(), b"not the folder's");
@@ -326,13 +343,13 @@ mod tests {
         f.applier.ignore_perms = true;
         let mut rec = RecordBuilder::file("p.txt").mode(0o600).build();
         let temp = f.temp("p.done", b"p");
-        f.applier.install(&rec, &temp).unwrap();
+        f.applier.install(&rec, &temp, None).unwrap();
         assert_eq!(fs::metadata(f.path("p.txt")).unwrap().permissions().mode() & 0o7777, 0o644);
         rec.mode = 0o700;
         f.applier.mode(&rec).unwrap();
         assert_eq!(fs::metadata(f.path("p.txt")).unwrap().permissions().mode() & 0o7777, 0o644);
         let dir = RecordBuilder::dir("d").mode(0o700).build();
-        f.applier.metadata(&dir).unwrap();
+        f.applier.metadata(&dir, None).unwrap();
         assert_eq!(fs::metadata(f.path("d")).unwrap().permissions().mode() & 0o7777, 0o755);
     }
 }

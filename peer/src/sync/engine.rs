@@ -588,7 +588,7 @@ impl Engine {
                         // lock: an install that finished a moment ago (after
                         // `local_view` above) is exactly what is cleared.
                         let replaced = index.get(&record.path)?;
-                        let cleared = applier.metadata(&record)?;
+                        let cleared = applier.metadata(&record, replaced.as_ref().map(|r| &r.record))?;
                         // Known to the chunk source before the index forgets
                         // the file (still under the commit lock), so a
                         // download copying its chunks right now finds them.

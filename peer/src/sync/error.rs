@@ -64,3 +64,94 @@ impl ApplyError {
         }
     }
 }
+
+/// Why `dartsync versions` or `dartsync restore` was refused; the text is
+/// what the user reads.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum VersionsError {
+    /// Not a path inside the synced folder.
+    #[error("{path:?} is not a path inside the synced folder: {why}")]
+    InvalidPath {
+        /// As given.
+        path: String,
+        /// Why not.
+        why: String,
+    },
+    /// The history holds nothing for the path.
+    #[error(
+        "no saved versions of {path} on this device ({device}). Versions exist only on the devices that \
+         replaced or deleted the file on behalf of the cluster (the device where it was edited or deleted \
+         keeps none): try `dartsync versions` on the other devices.{near}"
+    )]
+    NoVersions {
+        /// The path.
+        path: RelPath,
+        /// This device's name.
+        device: String,
+        /// Similar names with versions, as a sentence (or empty).
+        near: String,
+    },
+    /// Version history is off here.
+    #[error("no saved versions of {path}: version history is off on this device (versions = \"off\")")]
+    Off {
+        /// The path.
+        path: RelPath,
+    },
+    /// `--version N` beyond the list.
+    #[error("{path} has {count} saved version(s) here; there is no number {number} (1 is the newest)")]
+    NoSuchNumber {
+        /// The path.
+        path: RelPath,
+        /// Asked for.
+        number: u32,
+        /// How many there are.
+        count: usize,
+    },
+    /// `--at` could not be read.
+    #[error("{0}")]
+    BadTime(String),
+    /// `--at` before every saved version.
+    #[error("no version of {path} was saved at or before {at} (UTC); the oldest is from {oldest} (UTC)")]
+    NothingAt {
+        /// The path.
+        path: RelPath,
+        /// As given.
+        at: String,
+        /// The oldest version's time.
+        oldest: String,
+    },
+    /// `--at` matches several versions.
+    #[error("{at} matches {} versions of {path}: {}; pick one with --version N or a more precise --at", .candidates.len(), .candidates.join(", "))]
+    Ambiguous {
+        /// The path.
+        path: RelPath,
+        /// As given.
+        at: String,
+        /// `#N (time)` of each match.
+        candidates: Vec<String>,
+    },
+    /// `--to` names something that exists.
+    #[error("{path} already exists; pass --force to replace it (what is there is kept in the version history first)")]
+    Exists {
+        /// The target.
+        path: RelPath,
+    },
+    /// A folder is where the file would go.
+    #[error("{path} is a folder; restore to another path with --to")]
+    FolderInTheWay {
+        /// The target.
+        path: RelPath,
+    },
+    /// The saved copy does not hash to what was recorded.
+    #[error("the saved version {file} does not match its recorded content hash; not restored")]
+    Damaged {
+        /// The history file.
+        file: String,
+    },
+    /// A jailed file-system operation failed.
+    #[error(transparent)]
+    Jail(#[from] JailError),
+    /// The index failed.
+    #[error(transparent)]
+    Local(#[from] LocalError),
+}

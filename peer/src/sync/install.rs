@@ -55,7 +55,7 @@ impl Installer {
                 // The entry being replaced, read under the commit lock so it
                 // is exactly what the history receives.
                 let before = previous.get(&target.path)?;
-                let saved = applier.install(&target, &temp)?;
+                let saved = applier.install(&target, &temp, before.as_ref().map(|b| &b.record))?;
                 // Known to the chunk source before the index forgets the old
                 // content, so a download copying its chunks right now finds
                 // them in the history.

@@ -165,7 +165,10 @@ impl Engine {
         self.cancel_download(path);
         let applier = self.applier.clone();
         let p = path.clone();
-        let saved = self.parts.local.set_aside(path, move || applier.set_aside(&p)).await?;
+        // The local version's record, when the scanner reported it (its
+        // author is this device).
+        let local = self.local_edits.edits.get(path).cloned();
+        let saved = self.parts.local.set_aside(path, move || applier.set_aside(&p, local.as_ref())).await?;
         self.local_edits.edits.remove(path);
         if self.global.contains_key(path) {
             self.dirty.insert(path.clone());
