@@ -175,7 +175,17 @@ fn a_revoked_device_is_dropped_at_once_refused_after_and_not_served_by_peers() {
         c.tracker.as_ref().unwrap().lines().iter().filter(|l| l.contains("refused revoked device")).count() >= 1
     });
 
-    // Peers refuse its identity on their piece servers, and serve members.
+    // Peers refuse its identity on their piece servers, and serve members,
+    // once their device list says it is revoked (pushed at once).
+    wait_until(SHORT, "peer0 to learn of the revocation", || {
+        let (_, out, _) = run(&["status", "--json", c.folder(0).to_str().unwrap()], &[]);
+        let status: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        status["devices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| d["id"] == revoked_id.peer_id().to_string() && d["state"] == "revoked")
+    });
     let key = ClusterKey::load(&c.key).unwrap();
     let server = c.peer(0).wait_for_line("piece server listening on ", SHORT);
     let addr: std::net::SocketAddr =

@@ -648,7 +648,6 @@ impl Actor {
         let before = self.state.admit_device(peer, now).ok_or_else(|| format!("no device {query:?}"))?;
         let label = self.device_label(peer);
         if before != DeviceState::Admitted {
-            self.devices_dirty = true;
             let what = match before {
                 DeviceState::Revoked => format!("{label} admitted again (it was revoked)"),
                 _ => format!("{label} admitted"),
@@ -660,6 +659,8 @@ impl Actor {
                 self.join(pending.arrival, &pending.name, pending.link);
                 self.deferred.push(Deferred::Admitted(pending.admitted));
             }
+            // Peers serve it once their list says so: publish it now.
+            self.publish_devices();
         }
         Ok(self.done(peer, before))
     }
@@ -678,7 +679,9 @@ impl Actor {
             pending.link.close(true);
         }
         if before != DeviceState::Revoked {
-            self.devices_dirty = true;
+            // Peers learn whom to refuse from the device list: publish it
+            // now, not at the next tick.
+            self.publish_devices();
             let what = format!("{label} revoked");
             tracing::warn!(
                 "{what}: its session is closed, its copies are no longer offered, its registrations are refused"
