@@ -10,17 +10,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dartsync_shared::control::{self, CONTROL_SOCKET, ControlError, RequestKind};
+use dartsync_shared::control::RequestKind;
 use dartsync_shared::status::{DeviceState, TrackerDevice};
 
+use crate::control_cmd::UNREACHABLE;
+use crate::status_cmd::Target;
 use crate::status_view::ago;
 
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Exit code of a refused request.
-const REFUSED: u8 = 1;
-/// Exit code when the tracker cannot be asked.
-const UNREACHABLE: u8 = 2;
 
 /// What to ask the tracker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,26 +50,11 @@ pub fn run(req: &AdminRequest) -> ExitCode {
         AdminAction::Admit(device) => RequestKind::Admit { device: device.clone() },
         AdminAction::Revoke(device) => RequestKind::Revoke { device: device.clone() },
     };
-    let socket = req.data_dir.join(CONTROL_SOCKET);
-    let answer = match control::request(&socket, &req.data_dir, kind, REQUEST_TIMEOUT) {
+    let target = Target::Tracker { data_dir: req.data_dir.clone() };
+    let hint = " (or pass --data DIR if it uses another)";
+    let answer = match crate::control_cmd::ask(&target, kind, REQUEST_TIMEOUT, hint) {
         Ok(answer) => answer,
-        Err(ControlError::Remote(why)) => {
-            eprintln!("error: {why}");
-            return ExitCode::from(REFUSED);
-        }
-        Err(ControlError::NotRunning { .. }) => {
-            eprintln!(
-                "error: no dartsync tracker is running with data directory {dir} (no control socket at {socket}); \
-                 pass --data DIR if it uses another",
-                dir = req.data_dir.display(),
-                socket = socket.display()
-            );
-            return ExitCode::from(UNREACHABLE);
-        }
-        Err(other) => {
-            eprintln!("error: cannot ask the tracker: {other}");
-            return ExitCode::from(UNREACHABLE);
-        }
+        Err(code) => return code,
     };
     match &req.action {
         AdminAction::Devices { json: true } => println!("{answer}"),

@@ -6,6 +6,7 @@
 
 mod cli;
 mod completions;
+mod control_cmd;
 mod demo;
 mod devices_cmd;
 mod logging;

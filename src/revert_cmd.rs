@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use dartsync_shared::control::{self, CONTROL_SOCKET, ControlError, RequestKind};
+use dartsync_shared::control::{CONTROL_SOCKET, RequestKind};
 use dartsync_shared::human::plural;
 
 use crate::status_cmd::Target;
@@ -42,20 +42,9 @@ pub fn locate(path: &Path) -> Option<(PathBuf, Option<String>)> {
 pub fn run(req: &RevertRequest) -> ExitCode {
     let target = Target::Peer { folder: req.folder.clone() };
     let kind = RequestKind::Revert { path: req.under.clone() };
-    match control::request(&target.socket(), &req.folder, kind, REVERT_TIMEOUT) {
+    match crate::control_cmd::ask(&target, kind, REVERT_TIMEOUT, "") {
         Ok(answer) => report(&req.folder, &answer),
-        Err(ControlError::NotRunning { .. }) => {
-            eprintln!("dartsync: {}", target.not_running());
-            ExitCode::from(2)
-        }
-        Err(ControlError::Remote(why)) => {
-            eprintln!("dartsync: cannot revert: {why}");
-            ExitCode::from(1)
-        }
-        Err(other) => {
-            eprintln!("dartsync: {other}");
-            ExitCode::from(2)
-        }
+        Err(code) => code,
     }
 }
 
@@ -90,9 +79,9 @@ fn report(folder: &Path, answer: &serde_json::Value) -> ExitCode {
         }
     }
     for f in &failed {
-        eprintln!("dartsync: cannot revert {f}");
+        eprintln!("error: cannot revert {f}");
     }
-    if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(crate::control_cmd::REFUSED) }
 }
 
 #[cfg(test)]

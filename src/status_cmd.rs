@@ -70,7 +70,8 @@ impl Target {
         }
     }
 
-    fn owner(&self) -> &Path {
+    /// The folder or data directory the socket belongs to.
+    pub fn owner(&self) -> &Path {
         match self {
             Target::Peer { folder } => folder,
             Target::Tracker { data_dir } => data_dir,

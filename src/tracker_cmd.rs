@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use dartsync_shared::control::{self, ControlError, RequestKind};
+use dartsync_shared::control::RequestKind;
 use dartsync_shared::human::thousands;
 
 use crate::devices_cmd::{AdminAction, AdminRequest};
@@ -55,23 +55,12 @@ pub fn run(req: &TrackerRequest) -> ExitCode {
         Ask::Admit(device) => return devices(req, AdminAction::Admit(device.clone())),
         Ask::Revoke(device) => return devices(req, AdminAction::Revoke(device.clone())),
     };
-    match control::request(&target.socket(), &req.data_dir, kind, TIMEOUT) {
+    match crate::control_cmd::ask(&target, kind, TIMEOUT, "") {
         Ok(answer) => {
             print!("{}", describe(&req.ask, &answer));
             ExitCode::SUCCESS
         }
-        Err(ControlError::NotRunning { .. }) => {
-            eprintln!("dartsync: {}", target.not_running());
-            ExitCode::from(2)
-        }
-        Err(ControlError::Remote(why)) => {
-            eprintln!("dartsync: {why}");
-            ExitCode::from(1)
-        }
-        Err(other) => {
-            eprintln!("dartsync: {other}");
-            ExitCode::from(2)
-        }
+        Err(code) => code,
     }
 }
 

@@ -8,19 +8,18 @@ use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use dartsync_shared::control::{self, CONTROL_SOCKET, ControlError, RequestKind};
+use dartsync_shared::control::RequestKind;
 use dartsync_shared::human;
 use dartsync_shared::time::utc_display;
 use dartsync_shared::versions::{Restored, SavedVersion, VERSIONS_SCHEMA, VersionList};
+
+use crate::control_cmd::UNREACHABLE;
+use crate::status_cmd::Target;
 
 /// How long `versions` may take.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `restore` may take (it copies the file).
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
-/// Exit code when the request was refused.
-const REFUSED: u8 = 1;
-/// Exit code when the peer cannot be asked.
-const UNREACHABLE: u8 = 2;
 
 /// What to do, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,7 +108,7 @@ pub fn locate(
 
 /// Runs the command; the exit code is the command's.
 pub fn run(req: &VersionsRequest) -> ExitCode {
-    let socket = req.folder.join(".dartsync").join(CONTROL_SOCKET);
+    let target = Target::Peer { folder: req.folder.clone() };
     let (kind, timeout) = match &req.action {
         Action::List => (RequestKind::Versions { path: req.path.clone() }, LIST_TIMEOUT),
         Action::Restore { at, version, to, force } => (
@@ -123,25 +122,10 @@ pub fn run(req: &VersionsRequest) -> ExitCode {
             RESTORE_TIMEOUT,
         ),
     };
-    let raw = match control::request(&socket, &req.folder, kind, timeout) {
+    let hint = "; versions are listed and restored by the running peer";
+    let raw = match crate::control_cmd::ask(&target, kind, timeout, hint) {
         Ok(raw) => raw,
-        Err(ControlError::Remote(why)) => {
-            eprintln!("error: {why}");
-            return ExitCode::from(REFUSED);
-        }
-        Err(ControlError::NotRunning { .. }) => {
-            eprintln!(
-                "error: no dartsync peer is running for {folder} (no control socket at {socket}); versions are \
-                 listed and restored by the running peer: start one with: dartsync --peer {folder} --tracker-addr HOST",
-                folder = req.folder.display(),
-                socket = socket.display()
-            );
-            return ExitCode::from(UNREACHABLE);
-        }
-        Err(other) => {
-            eprintln!("error: {other}");
-            return ExitCode::from(UNREACHABLE);
-        }
+        Err(code) => return code,
     };
     if raw.get("schema").and_then(serde_json::Value::as_u64) != Some(u64::from(VERSIONS_SCHEMA)) {
         eprintln!("error: the peer answered another versions schema than {VERSIONS_SCHEMA}; use the same release");
