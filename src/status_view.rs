@@ -99,6 +99,7 @@ fn render(status: &PeerStatus, now: u64, with_transfers: bool) -> String {
     }
     section(&mut out, "Waiting", &waiting(status));
     section(&mut out, "Conflicts", &conflicts(&status.conflicts, now));
+    section(&mut out, "Held by the tracker", &held_by_tracker(status, now));
     section(&mut out, "Local changes (receive-only, not sent)", &local_changes(status));
     if status.unannounced > 0 {
         let _ = write!(out, "\nNot yet announced: {}\n", count(status.unannounced, "local change"));
@@ -243,6 +244,19 @@ fn waiting(status: &PeerStatus) -> String {
         let _ = writeln!(out, "  and {} more", thousands(status.waiting_total - listed));
     }
     out
+}
+
+/// This device's mass change the tracker holds, and what decides it.
+fn held_by_tracker(status: &PeerStatus, now: u64) -> String {
+    let Some(h) = status.held_by_tracker else { return String::new() };
+    format!(
+        "  {} deleted, {} overwritten here, held {}: no other device gets them until\n  \
+         `dartsync tracker approve {name}` on the tracker machine (`reject {name}` puts the cluster's version back here)\n",
+        thousands(h.deletes),
+        thousands(h.overwrites),
+        ago(now, h.since),
+        name = status.name,
+    )
 }
 
 /// A receive-only folder's kept local changes, and how to undo them.
@@ -458,6 +472,7 @@ mod tests {
             receive_only: false,
             local_changes: Vec::new(),
             local_changes_total: 0,
+            held_by_tracker: None,
         }
     }
 
@@ -517,6 +532,14 @@ mod tests {
         s.receive_only = true;
         s.local_changes = vec!["notes/todo.md".into(), "scratch.txt".into()];
         s.local_changes_total = 3;
+        insta::assert_snapshot!(render_peer(&s, NOW));
+    }
+
+    #[test]
+    fn snapshot_held_by_the_tracker() {
+        let mut s = peer();
+        s.held_by_tracker =
+            Some(dartsync_shared::status::HeldByTracker { deletes: 1_600, overwrites: 2, since: NOW - 30 });
         insta::assert_snapshot!(render_peer(&s, NOW));
     }
 

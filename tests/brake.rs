@@ -54,6 +54,12 @@ fn wait_held(cluster: &Cluster, device: &str, records: u64) -> Value {
     }
 }
 
+/// `dartsync status --json DIR` of a peer.
+fn peer_status(folder: &Path) -> Value {
+    let (_, out, _) = run(&["status", "--json", folder.to_str().unwrap()], &[]);
+    serde_json::from_str(&out).unwrap_or(Value::Null)
+}
+
 fn files_in(tree: &Tree) -> usize {
     tree.values().filter(|n| matches!(n, crate::cluster::Node::File(..))).count()
 }
@@ -131,6 +137,12 @@ fn mass_deletions_are_held_until_approved_and_a_rejected_device_gets_its_files_b
     let held = wait_held(&cluster, "peer3", (DELETED_DIRS * PER_DIR) as u64);
     assert!(held["deletes"].as_u64().unwrap() >= (DELETED_DIRS * PER_DIR) as u64, "{held}");
     cluster.peer(3).wait_for_line("the tracker holds this device's recent changes", CONVERGE);
+    let peer3 = cluster.folder(3);
+    wait_until(CONVERGE, "peer 3's status to say its changes are held", || {
+        peer_status(&peer3)["held_by_tracker"]["deletes"].as_u64().is_some_and(|d| d > 1000)
+    });
+    let (_, out, _) = run(&["status", peer3.to_str().unwrap()], &[]);
+    assert!(out.contains("Held by the tracker") && out.contains("dartsync tracker approve peer3"), "{out}");
     for i in 0..3 {
         assert_eq!(files_in(&snapshot(&cluster.folder(i))), total, "peer{i} lost files to the held deletion");
     }
@@ -144,6 +156,7 @@ fn mass_deletions_are_held_until_approved_and_a_rejected_device_gets_its_files_b
     let back = cluster.wait_converged(0, SLOW);
     assert_eq!(back, full, "after reject every peer has every file again");
     cluster.peer(3).wait_for_line("the tracker rejected this device's mass change", CONVERGE);
+    assert!(peer_status(&peer3)["held_by_tracker"].is_null(), "no longer held");
 
     // Nothing is held now: approve says so.
     let (code, _, err) = tracker(&cluster, &["approve"]);

@@ -53,6 +53,7 @@ fn peer_status(state: FolderState) -> PeerStatus {
         receive_only: false,
         local_changes: Vec::new(),
         local_changes_total: 0,
+        held_by_tracker: None,
     }
 }
 

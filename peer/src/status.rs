@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dartsync_shared::device::DeviceState;
 use dartsync_shared::proto::ptp::DeviceInfo;
 use dartsync_shared::status::{
-    Conflict, Device, FolderState, LastEvent, MAX_EVENTS, MAX_LISTED, PeerStatus, Pending, STATUS_SCHEMA, TrackerLink,
-    Transfer, WaitingPath,
+    Conflict, Device, FolderState, HeldByTracker, LastEvent, MAX_EVENTS, MAX_LISTED, PeerStatus, Pending,
+    STATUS_SCHEMA, TrackerLink, Transfer, WaitingPath,
 };
 use dartsync_shared::{PeerId, ShortId};
 use parking_lot::Mutex;
@@ -109,6 +109,8 @@ struct Board {
     events: VecDeque<LastEvent>,
     /// This peer's dashboard URL.
     dashboard: Option<String>,
+    /// This device's changes held by the tracker's brake.
+    held: Option<HeldByTracker>,
     /// (when, bytes in place across all downloads) samples for the rate.
     samples: VecDeque<(Instant, u64)>,
 }
@@ -133,6 +135,7 @@ impl StatusBoard {
             conflicts: VecDeque::new(),
             events: VecDeque::new(),
             dashboard: None,
+            held: None,
             samples: VecDeque::new(),
         };
         StatusBoard { inner: Arc::new(Mutex::new(board)) }
@@ -194,6 +197,11 @@ impl StatusBoard {
             b.events.pop_back();
         }
         b.events.push_front(LastEvent { at: unix_now(), what });
+    }
+
+    /// The tracker holds this device's mass change (`None`: no longer).
+    pub fn set_held(&self, held: Option<HeldByTracker>) {
+        self.inner.lock().held = held;
     }
 
     /// The dashboard this peer serves.
@@ -299,6 +307,7 @@ impl StatusBoard {
             receive_only: e.receive_only,
             local_changes: e.local_changes.clone(),
             local_changes_total: e.local_changes_total,
+            held_by_tracker: b.held,
         }
     }
 }

@@ -199,6 +199,21 @@ pub struct PeerStatus {
     /// Receive-only: how many local changes in all.
     #[serde(default)]
     pub local_changes_total: u64,
+    /// This device's recent changes are held by the tracker's mass-change
+    /// brake, waiting for `dartsync tracker approve` or `reject` there.
+    #[serde(default)]
+    pub held_by_tracker: Option<HeldByTracker>,
+}
+
+/// This device's mass change, held by the tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldByTracker {
+    /// Deletions counted when the brake tripped.
+    pub deletes: u64,
+    /// Overwrites counted then.
+    pub overwrites: u64,
+    /// When this device heard of it (Unix seconds).
+    pub since: u64,
 }
 
 /// Events a status lists at most.

@@ -152,6 +152,7 @@ mod tests {
             receive_only: false,
             local_changes: Vec::new(),
             local_changes_total: 0,
+            held_by_tracker: None,
         }
     }
 

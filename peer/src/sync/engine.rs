@@ -396,6 +396,9 @@ impl Engine {
                 st.caught_up_to = Some(welcome.seq);
                 // The session's summary carried every local change.
                 st.unannounced = 0;
+                // A new session: the tracker says again if it holds a
+                // mass change of ours (it forgets them when it restarts).
+                self.parts.status.set_held(None);
                 st.reported = None;
                 self.epoch = Some(welcome.epoch);
                 let ours = self.parts.chunked_with;

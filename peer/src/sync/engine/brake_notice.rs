@@ -5,8 +5,14 @@
 
 use dartsync_shared::human::{plural, thousands};
 use dartsync_shared::proto::ptp::BrakeNotice;
+use dartsync_shared::status::HeldByTracker;
 
 use super::Engine;
+
+/// Seconds since the Unix epoch (0 before 1970).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
 
 impl Engine {
     /// Handles one brake notice from the tracker.
@@ -29,12 +35,15 @@ impl Engine {
                     thousands(deletes),
                     thousands(overwrites)
                 ));
+                self.parts.status.set_held(Some(HeldByTracker { deletes, overwrites, since: unix_now() }));
             }
             BrakeNotice::Approved { records } => {
                 tracing::info!("the tracker approved this device's held mass change ({records} records): published");
                 self.parts.status.event("mass change approved on the tracker".to_owned());
+                self.parts.status.set_held(None);
             }
             BrakeNotice::Rejected { paths } => {
+                self.parts.status.set_held(None);
                 let mut put_back = 0u64;
                 for path in &paths {
                     let Ok((indexed, modified)) = self.parts.local.local_view(path).await else { continue };
