@@ -421,6 +421,10 @@ impl LocalState {
     }
 }
 
+/// A folder recorded for the first time is scanned again this much later:
+/// files created in it before the watcher added its watch make no event.
+const NEW_DIR_RECHECK: Duration = Duration::from_millis(1500);
+
 /// The scanner task: owns the dirty set, the retry timers and the watcher.
 struct ScanTask {
     scanner: Arc<Scanner>,
@@ -592,6 +596,10 @@ impl ScanTask {
                 let at = Instant::now() + self.retry_delay;
                 for path in report.retry {
                     self.retry.insert_if_absent(path, at);
+                }
+                let later = Instant::now() + NEW_DIR_RECHECK;
+                for dir in report.new_dirs {
+                    self.retry.insert_if_absent(dir, later);
                 }
                 if report.emitted > 0 {
                     tracing::debug!(changes = report.emitted, "{what} done");

@@ -69,6 +69,10 @@ pub(crate) struct ScanReport {
     /// Paths to check again after the quiet period (still being written, or
     /// changed while the scan looked at them).
     pub(crate) retry: Vec<RelPath>,
+    /// Folders this scan recorded for the first time: files created in
+    /// them before the watcher watched them made no event, so they are
+    /// looked at again a moment later.
+    pub(crate) new_dirs: Vec<RelPath>,
     /// The scan stopped early because of shutdown.
     pub(crate) interrupted: bool,
 }
@@ -405,6 +409,7 @@ impl Scanner {
         }
         let pending = std::mem::take(&mut batch.pending);
         let retry = &mut batch.report.retry;
+        let new_dirs = &mut batch.report.new_dirs;
         let committed = {
             let _guard = self.gate.lock();
             self.gate.index.write(|w| {
@@ -414,6 +419,9 @@ impl Scanner {
                     if w.head(path)? != p.expected || Observed::of(self.gate.probe.lstat(path)?.as_ref()) != p.seen {
                         retry.push(path.clone());
                         continue;
+                    }
+                    if p.expected.is_none() && p.entry.record.kind == FileKind::Dir && !p.entry.record.deleted {
+                        new_dirs.push(path.clone());
                     }
                     if p.emit && self.receive_only {
                         // Reported, never indexed (see `receive_only`).
