@@ -94,7 +94,9 @@ fn ctrl_c_stops_every_process_the_demo_started_and_a_rerun_reuses_the_folder() {
     }
     // Something to sync while it runs: the live view shows it.
     std::fs::write(demo_dir.join("alice/hello.txt"), b"hi").unwrap();
-    wait_until(Duration::from_secs(60), "hello.txt at dave", || demo_dir.join("dave/hello.txt").exists());
+    wait_until(Duration::from_secs(60), "hello.txt at every peer", || {
+        ["bob", "carol", "dave"].iter().all(|p| demo_dir.join(p).join("hello.txt").exists())
+    });
     wait_until(Duration::from_secs(30), "the live view", || demo.text().contains("Up to date"));
 
     let (status, text) = demo.interrupt();
