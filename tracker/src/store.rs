@@ -213,6 +213,13 @@ impl Store {
         Ok((store, loaded))
     }
 
+    /// A stored peer id key (16 bytes).
+    fn peer_key(&self, raw: &[u8]) -> Result<PeerId, StoreError> {
+        let bytes: [u8; 16] =
+            raw.try_into().map_err(|_| StoreError::PeerId { path: self.path.clone(), len: raw.len() })?;
+        Ok(PeerId(bytes))
+    }
+
     fn db_err(&self, e: impl Into<redb::Error>) -> StoreError {
         StoreError::Db { path: self.path.clone(), source: e.into() }
     }
@@ -262,11 +269,7 @@ impl Store {
         let table = tx.open_table(PEERS).map_err(|e| self.db_err(e))?;
         for item in table.iter().map_err(|e| self.db_err(e))? {
             let (key, value) = item.map_err(|e| self.db_err(e))?;
-            let bytes: [u8; 16] = key
-                .value()
-                .try_into()
-                .map_err(|_| StoreError::PeerId { path: self.path.clone(), len: key.value().len() })?;
-            let id = PeerId(bytes);
+            let id = self.peer_key(key.value())?;
             let StoredPeer::V1 { acked_seq, last_seen_unix } = self.decode("peer", &id.to_string(), value.value())?;
             known.push((id, KnownPeer { acked_seq, last_seen_unix }));
         }
@@ -286,11 +289,7 @@ impl Store {
         let table = tx.open_table(DEVICES).map_err(|e| self.db_err(e))?;
         for item in table.iter().map_err(|e| self.db_err(e))? {
             let (key, value) = item.map_err(|e| self.db_err(e))?;
-            let bytes: [u8; 16] = key
-                .value()
-                .try_into()
-                .map_err(|_| StoreError::PeerId { path: self.path.clone(), len: key.value().len() })?;
-            let id = PeerId(bytes);
+            let id = self.peer_key(key.value())?;
             let StoredDevice::V1 { state, mut name, since } = self.decode("device", &id.to_string(), value.value())?;
             if !name.is_empty() && dartsync_shared::device::check_device_name(&name).is_err() {
                 tracing::warn!("ignoring an invalid stored name of device {id}");
