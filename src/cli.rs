@@ -252,6 +252,16 @@ pub enum Command {
     #[command(long_about = RESTORE_LONG_ABOUT, after_long_help = RESTORE_AFTER_HELP)]
     Restore(RestoreArgs),
 
+    /// On the tracker's machine: make a one-time code that lets one more
+    /// device join (`dartsync join CODE` on that device).
+    #[command(long_about = INVITE_LONG_ABOUT)]
+    Invite(InviteArgs),
+
+    /// Join a cluster with an invite code from `dartsync invite`, then
+    /// start syncing DIR.
+    #[command(long_about = JOIN_LONG_ABOUT, after_long_help = JOIN_AFTER_HELP)]
+    Join(JoinArgs),
+
     /// Print the link to the tracker's web dashboard, with its login token
     /// (ask the tracker running on this machine; it must run with --http).
     DashboardUrl {
@@ -280,6 +290,82 @@ is away, and its return. Each step prints how long it took to reach every
 device and how many bytes moved, and every folder is verified after each
 step. Exit code 0 only if every step converged: a smoke test for your
 machine.";
+
+const INVITE_LONG_ABOUT: &str = "\
+On the tracker's machine: make a one-time code that lets one more device
+join the cluster, without copying the key file.
+
+Asks the tracker running on this machine (over its local control socket)
+and prints a code such as 7-otter-basket-maple. On the new device, run
+`dartsync join 7-otter-basket-maple`. The code is good for one device, for
+--minutes (default 10), and for 3 wrong tries; the words never travel over
+the network (the join runs a password-authenticated key exchange, SPAKE2),
+so someone listening on the LAN learns nothing from it. A device that joins
+with a code is admitted even when the tracker runs with --admit approve.";
+
+const JOIN_LONG_ABOUT: &str = "\
+Join a cluster with an invite code from `dartsync invite`, then start
+syncing DIR (default: the config file's `[peer] folder`, else ~/DartSync).
+
+Connects to the tracker (--tracker-addr), proves the code without sending
+it, and receives the cluster key and the tracker's identity over the
+encrypted channel the code opened. The key is written to the key file
+(default ~/.config/dartsync/cluster.key, mode 0600) and the tracker's
+identity is pinned in DIR/.dartsync/tracker.pin; then the peer starts, as
+`dartsync --peer DIR` would. A wrong, expired or used code writes nothing.
+With --no-start only the key and the pin are saved.";
+
+const JOIN_AFTER_HELP: &str = "\
+Examples:
+  dartsync join 7-otter-basket-maple --tracker-addr pi.local
+  dartsync join 7-otter-basket-maple ~/Shared --tracker-addr 192.168.1.20:7373 --no-start
+
+Exit codes: 0 joined (and, without --no-start, the peer stopped cleanly);
+1 the join failed (the message says why; nothing was written).";
+
+/// Options of `dartsync invite`.
+#[derive(Debug, clap::Args)]
+pub struct InviteArgs {
+    /// How long the code is good for, in minutes (1 to 1440).
+    #[arg(long, value_name = "MINUTES", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1440))]
+    pub minutes: u32,
+
+    /// Print the tracker's answer as JSON (`code`, `minutes`, `expires_unix`).
+    #[arg(long)]
+    pub json: bool,
+
+    /// The tracker's data directory, which holds its control socket
+    /// (default: the config file's `[tracker] data_dir`, else
+    /// ~/.local/share/dartsync/tracker).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+}
+
+/// Options of `dartsync join`.
+#[derive(Debug, clap::Args)]
+pub struct JoinArgs {
+    /// The code `dartsync invite` printed, e.g. 7-otter-basket-maple.
+    #[arg(value_name = "CODE")]
+    pub code: String,
+
+    /// The folder to sync (created if missing).
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// The tracker, HOST:PORT (port defaults to 7373).
+    #[arg(long, value_name = "ADDR")]
+    pub tracker_addr: Option<String>,
+
+    /// This device's name, shown to the other devices (default: the
+    /// hostname).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Save the key and the tracker's identity, but do not start syncing.
+    #[arg(long)]
+    pub no_start: bool,
+}
 
 /// `dartsync tracker ...`: administration of the local tracker.
 #[derive(Debug, Subcommand)]

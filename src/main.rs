@@ -9,6 +9,8 @@ mod completions;
 mod control_cmd;
 mod demo;
 mod devices_cmd;
+mod invite_cmd;
+mod join_cmd;
 mod logging;
 mod report;
 mod revert_cmd;
@@ -51,6 +53,20 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Mode::Man => completions::print(&completions::man()?).map(|()| ExitCode::SUCCESS),
         Mode::Demo(request) => demo::run(&request),
         Mode::DashboardUrl { data_dir } => dashboard_url(&data_dir),
+        Mode::Invite(request) => Ok(invite_cmd::run(&request)),
+        Mode::Join(request) => {
+            let Some(config) = runtime()?.block_on(join_cmd::join(&request))? else {
+                return Ok(ExitCode::SUCCESS);
+            };
+            let key = ClusterKey::load(&request.key_file).context("cannot load the cluster key")?;
+            runtime()?.block_on(async {
+                let shutdown = shutdown_on_signal()?;
+                dartsync_peer::run(config, key, dartsync_peer::TestHooks::default(), shutdown)
+                    .await
+                    .context("peer failed")
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Mode::Tracker { config, key_file } => {
             let key = tracker_key(&key_file)?;
             runtime()?.block_on(async {

@@ -53,6 +53,10 @@ pub enum Mode {
         /// The tracker's data directory.
         data_dir: PathBuf,
     },
+    /// `dartsync invite`.
+    Invite(crate::invite_cmd::InviteRequest),
+    /// `dartsync join`.
+    Join(Box<crate::join_cmd::JoinRequest>),
     /// `dartsync completions SHELL`.
     Completions(clap_complete::Shell),
     /// `dartsync man`.
@@ -122,6 +126,18 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
             };
             return Ok(Mode::DashboardUrl { data_dir: absolute(&data_dir)? });
         }
+        Some(Command::Invite(args)) => {
+            let data_dir = match args.data {
+                Some(dir) => dir,
+                None => TrackerConfig::from_section(&file.tracker)?.data_dir,
+            };
+            return Ok(Mode::Invite(crate::invite_cmd::InviteRequest {
+                data_dir: absolute(&data_dir)?,
+                minutes: args.minutes,
+                json: args.json,
+            }));
+        }
+        Some(Command::Join(args)) => return Ok(Mode::Join(Box::new(join_request(args, &file, key_file)?))),
         Some(Command::Demo(args)) => {
             let dir = std::path::absolute(&args.dir)
                 .with_context(|| format!("cannot resolve the demo folder {}", args.dir.display()))?;
@@ -234,6 +250,30 @@ fn status_request(args: StatusArgs, file: &ConfigFile) -> anyhow::Result<StatusR
         (false, false) => Output::Human,
     };
     Ok(StatusRequest { target, output, wait: args.wait.map(std::time::Duration::from_secs) })
+}
+
+/// What `dartsync join` does: the code is checked here, before anything
+/// touches the network or the disk.
+fn join_request(
+    args: crate::cli::JoinArgs,
+    file: &ConfigFile,
+    key_file: PathBuf,
+) -> anyhow::Result<crate::join_cmd::JoinRequest> {
+    let code = dartsync_shared::invite_code::InviteCode::parse(&args.code)?;
+    let mut peer = PeerConfig::from_section(&file.peer)?;
+    if let Some(dir) = args.dir {
+        peer.folder = dir;
+    }
+    peer.folder = absolute(&peer.folder)?;
+    if let Some(addr) = args.tracker_addr {
+        peer.tracker_addr = Some(addr);
+    }
+    peer.tracker_addr = peer.tracker_addr.as_deref().map(with_default_port);
+    if let Some(name) = args.name {
+        peer.name = Some(name);
+    }
+    peer.validate()?;
+    Ok(crate::join_cmd::JoinRequest { code, peer, key_file, start: !args.no_start })
 }
 
 /// The tracker `dartsync tracker ...` asks, and what.

@@ -22,6 +22,7 @@ mod deadlines;
 #[doc(hidden)]
 pub mod fuzzing;
 mod jail;
+pub mod join;
 mod local;
 mod status;
 mod sync;

@@ -17,5 +17,5 @@ mod install;
 mod plan;
 pub(crate) mod restore;
 pub(crate) mod tracker_client;
-mod tracker_pin;
+pub(crate) mod tracker_pin;
 mod waiting;

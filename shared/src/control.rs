@@ -105,6 +105,12 @@ pub enum RequestKind {
         /// A path relative to the synced folder.
         path: Option<String>,
     },
+    /// Tracker: a one-time invite code for `dartsync join`, valid for
+    /// `minutes` (default 10): `{"code", "minutes", "expires_unix"}`.
+    Invite {
+        /// Validity in minutes (1 to 1440).
+        minutes: Option<u32>,
+    },
 }
 
 impl RequestKind {
@@ -121,6 +127,7 @@ impl RequestKind {
             RequestKind::Versions { .. } => "versions",
             RequestKind::Restore { .. } => "restore",
             RequestKind::Revert { .. } => "revert",
+            RequestKind::Invite { .. } => "invite",
         }
     }
 }

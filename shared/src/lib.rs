@@ -28,6 +28,8 @@ pub mod error;
 pub mod hex;
 pub mod human;
 pub mod id;
+pub mod invite_code;
+pub mod join;
 pub mod key;
 pub mod limits;
 mod noise;

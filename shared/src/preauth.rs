@@ -402,6 +402,19 @@ pub struct PreAuthPermit {
 }
 
 impl PreAuthPermit {
+    /// Resolves when a newcomer displaced this connection (it sent nothing
+    /// authentic in time): the caller closes it.
+    pub fn displaced(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.displace.cancelled()
+    }
+
+    /// The connection sent an authentic first message (of a handshake this
+    /// module does not run itself, such as a join): it may no longer be
+    /// displaced.
+    pub fn mark_authentic(&self) {
+        self.first_message_ok();
+    }
+
     /// The connection sent an authentic first message: it may no longer be
     /// displaced.
     fn first_message_ok(&self) {

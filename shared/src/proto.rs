@@ -27,6 +27,7 @@
 //! receiver calls before acting on it (record counts, record consistency,
 //! chunk lengths). Unknown variants are decode errors.
 
+pub mod join;
 pub mod p2p;
 pub mod ptp;
 

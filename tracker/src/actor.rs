@@ -229,6 +229,8 @@ pub(crate) enum Command {
     Probe { peer: PeerId, reply: oneshot::Sender<Option<Welcome>> },
     /// `dartsync tracker admit DEVICE`.
     Admit { device: String, reply: oneshot::Sender<Result<AdminDone, String>> },
+    /// A device joined with an invite code (`dartsync join`): admitted.
+    Invited { peer: PeerId, name: String, reply: oneshot::Sender<Result<(), String>> },
     /// `dartsync tracker revoke DEVICE`.
     Revoke { device: String, reply: oneshot::Sender<Result<AdminDone, String>> },
     /// `dartsync status --tracker`.
@@ -275,6 +277,14 @@ impl ActorHandle {
     pub async fn admit(&self, device: String) -> Result<AdminDone, String> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Admit { device, reply }).await.map_err(|_| "the tracker is stopping".to_owned())?;
+        rx.await.map_err(|_| "the tracker is stopping".to_owned())?
+    }
+
+    /// Admits a device that proved an invite code; `Err` says why not
+    /// (revoked, or the tracker is stopping).
+    pub async fn invited(&self, peer: PeerId, name: String) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Invited { peer, name, reply }).await.map_err(|_| "the tracker is stopping".to_owned())?;
         rx.await.map_err(|_| "the tracker is stopping".to_owned())?
     }
 
@@ -522,6 +532,9 @@ impl Actor {
             Command::Revoke { device, reply } => {
                 let _ = reply.send(self.revoke(&device));
             }
+            Command::Invited { peer, name, reply } => {
+                let _ = reply.send(self.invited(peer, &name));
+            }
             Command::Status { id, listen, reply } => {
                 let mut status = self.state.tracker_status(id, listen, unix_now());
                 status.held = self.held_changes();
@@ -663,6 +676,34 @@ impl Actor {
             self.publish_devices();
         }
         Ok(self.done(peer, before))
+    }
+
+    /// `dartsync join` with a good code: the device is admitted before it
+    /// ever registers (also under `--admit approve`; the code was the
+    /// approval), unless it was revoked.
+    fn invited(&mut self, peer: PeerId, name: &str) -> Result<(), String> {
+        let now = unix_now();
+        match self.state.invite_device(peer, name, now) {
+            Err(_) => Err(format!(
+                "this device ({}) was revoked; on the tracker's machine, `dartsync tracker admit {}` lets it back in",
+                peer.fmt_short(),
+                peer
+            )),
+            Ok(before) => {
+                let what = format!("{name} ({}) joined with an invite code", peer.fmt_short());
+                tracing::info!("{what}");
+                self.state.note_event(now, what);
+                if let Some(pending) = self.pending.remove(&peer) {
+                    self.state.set_pending_online(peer, None);
+                    self.join(pending.arrival, &pending.name, pending.link);
+                    self.deferred.push(Deferred::Admitted(pending.admitted));
+                }
+                if before != Some(DeviceState::Admitted) {
+                    self.publish_devices();
+                }
+                Ok(())
+            }
+        }
     }
 
     /// `dartsync tracker revoke`: its sessions close at once (telling it

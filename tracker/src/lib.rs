@@ -35,6 +35,8 @@ mod devices;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod invite;
+mod join;
 mod registry;
 mod server;
 mod session;
@@ -60,6 +62,7 @@ pub use store::{DB_FILE, StoreError};
 
 use crate::actor::{Actor, ActorHandle, BrakeAction};
 use crate::brake::BrakeConfig;
+use crate::invite::Invites;
 use crate::session::SessionCtx;
 use crate::state::{State, StateConfig};
 use crate::store::Store;
@@ -234,7 +237,9 @@ impl Tracker {
         );
         let mut actor = AbortOnDropHandle::new(tokio::spawn(actor.run(token.clone())));
         let url = self.dashboard.as_ref().map(|d| d.url(&local_host_name()));
-        let handler = status_handler(handle.clone(), self.identity.peer_id(), self.addr, url, self.config.admit);
+        let invites = Arc::new(Invites::new());
+        let handler =
+            status_handler(handle.clone(), self.identity.peer_id(), self.addr, url, self.config.admit, invites.clone());
         let control = control_socket(&self.config.data_dir, handler.clone(), &token);
         let dashboard = self.dashboard.map(|dashboard| {
             AbortOnDropHandle::new(tokio::spawn(dashboard.serve(Kind::Tracker, handler, token.clone())))
@@ -245,6 +250,7 @@ impl Tracker {
             actor: handle,
             shutdown: token.clone(),
             batch_slots: Arc::new(Semaphore::new(session::BATCH_SLOTS)),
+            invites,
         });
         let serve = server::serve(self.listener, ctx, self.config.max_peers, token.clone());
         tokio::pin!(serve);
@@ -311,10 +317,11 @@ fn status_handler(
     addr: SocketAddr,
     url: Option<String>,
     policy: AdmitPolicy,
+    invites: Arc<Invites>,
 ) -> Handler {
     let listen = addr.to_string();
     Arc::new(move |kind| {
-        let (actor, listen, url) = (actor.clone(), listen.clone(), url.clone());
+        let (actor, listen, url, invites) = (actor.clone(), listen.clone(), url.clone(), invites.clone());
         Box::pin(async move {
             match kind {
                 RequestKind::Status => {
@@ -337,10 +344,27 @@ fn status_handler(
                 RequestKind::Reject { device } => {
                     actor.decide(BrakeAction::Reject, device).await.ok_or("the tracker is stopping")?
                 }
+                RequestKind::Invite { minutes } => new_invite(&invites, minutes),
                 other => Err(format!("`{}` is a request for a peer, and this is the tracker", other.name())),
             }
         })
     })
+}
+
+/// `dartsync invite`: a new code and how long it is good for.
+fn new_invite(invites: &Invites, minutes: Option<u32>) -> Result<serde_json::Value, String> {
+    let validity = minutes.map_or(invite::DEFAULT_VALIDITY, |m| std::time::Duration::from_secs(u64::from(m) * 60));
+    let (code, _) = invites.create(validity, tokio::time::Instant::now()).map_err(|e| e.to_string())?;
+    let expires_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .saturating_add(validity.as_secs());
+    tracing::info!("invite {} made, valid for {} minutes", code.nameplate(), validity.as_secs() / 60);
+    Ok(serde_json::json!({
+        "code": code.to_string(),
+        "minutes": validity.as_secs() / 60,
+        "expires_unix": expires_unix,
+    }))
 }
 
 /// The control answer to `admit` / `revoke`.

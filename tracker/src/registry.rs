@@ -135,6 +135,18 @@ impl Registry {
         Some(before)
     }
 
+    /// `peer` joined with an invite calling itself `name`: admitted under
+    /// either policy, unless it was revoked (then nothing changes and the
+    /// answer is `Err`). Returns its state before (`None`: new).
+    pub fn invited(&mut self, peer: PeerId, name: &str, now_unix: u64) -> Result<Option<DeviceState>, DeviceState> {
+        let before = self.state(peer);
+        if before == Some(DeviceState::Revoked) {
+            return Err(DeviceState::Revoked);
+        }
+        self.put(peer, DeviceState::Admitted, name, now_unix);
+        Ok(before)
+    }
+
     /// Marks `peer` revoked; returns its state before (`None`: unknown,
     /// nothing changed).
     pub fn revoke(&mut self, peer: PeerId, now_unix: u64) -> Option<DeviceState> {

@@ -53,6 +53,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::join;
 use crate::session::{self, SessionCtx};
 
 /// Connections beyond the cap answered with `Refused` at the same time.
@@ -127,6 +128,10 @@ impl Admission {
         sessions.spawn(
             async move {
                 let _ = stream.set_nodelay(true);
+                if join::starts_with_magic(&stream).await {
+                    join::serve(stream, remote, place, ctx).await;
+                    return;
+                }
                 // Failures are counted and logged by the limiter.
                 let Ok(channel) = preauth.handshake(place, stream, &ctx.key, &ctx.identity).await else {
                     return;

@@ -72,6 +72,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::actor::{ActorHandle, LeaveReason, Link, RegisterReply, Verdict};
+use crate::invite::Invites;
 
 /// How long a connected peer may take to send `Register`.
 pub(crate) const REGISTER_TIMEOUT: Duration = HANDSHAKE_TIMEOUT;
@@ -96,6 +97,8 @@ pub(crate) struct SessionCtx {
     pub shutdown: CancellationToken,
     /// [`BATCH_SLOTS`] permits, one per large frame in flight.
     pub batch_slots: Arc<Semaphore>,
+    /// The open invites (`dartsync join` connections).
+    pub invites: Arc<Invites>,
 }
 
 /// Why a session dropped its peer.

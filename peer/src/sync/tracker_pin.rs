@@ -156,6 +156,12 @@ impl TrackerPin {
         Ok(Trust::FirstContact)
     }
 
+    /// Pins `key`, replacing any pin: the device just joined this tracker
+    /// with an invite code, which proved the tracker's key directly.
+    pub(crate) fn replace(&self, key: &PublicKey) -> Result<(), PinError> {
+        self.write(key)
+    }
+
     /// Writes the pin atomically with mode 0600.
     fn write(&self, key: &PublicKey) -> Result<(), PinError> {
         let write_err = |source| PinError::Write { file: self.file.clone(), source };
@@ -163,7 +169,8 @@ impl TrackerPin {
         tmp_name.push(".tmp");
         let tmp = self.file.with_file_name(tmp_name);
         let text = format!(
-            "# The DartSync tracker this folder trusts (tracker id {}), pinned at first contact.\n\
+            "# The DartSync tracker this folder trusts (tracker id {}), pinned at first contact\n\
+             # (or when this device joined it with an invite code).\n\
              # If the tracker was reinstalled on purpose, delete this file and restart the peer.\n\
              {}\n",
             key.peer_id(),

@@ -54,6 +54,16 @@ impl State {
         self.registry.admit(peer, now_unix)
     }
 
+    /// `peer` joined with an invite (see [`crate::registry::Registry::invited`]).
+    pub fn invite_device(
+        &mut self,
+        peer: PeerId,
+        name: &str,
+        now_unix: u64,
+    ) -> Result<Option<DeviceState>, DeviceState> {
+        self.registry.invited(peer, name, now_unix)
+    }
+
     /// Revokes `peer` and takes it off the peer table (so off every
     /// holders set) if it is online; its state before (`None`: unknown).
     pub fn revoke_device(&mut self, peer: PeerId, now_unix: u64) -> Option<DeviceState> {
