@@ -11,6 +11,7 @@ mod errors;
 mod faults;
 mod hostile;
 mod hostile_client;
+mod join;
 mod pi;
 mod preauth;
 mod quickstart;
