@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use dartsync_shared::test_util::eventually;
 
+use crate::util::run;
+
 use crate::cluster::{
     CONVERGE, Cluster, Node, Options, concurrent_edits_while_tracker_is_down, random_bytes, snapshot, write,
 };
@@ -89,11 +91,22 @@ fn corrupt_holder_is_detected_and_dropped() {
     write(&cluster.folder(0), "data.bin", &random_bytes(32 * MIB, 5));
     let expected = snapshot(&cluster.folder(0));
     cluster.wait_tree(&expected, CONVERGE);
-    // Peer 1 becomes a liar.
+    // Peer 1 becomes a liar; the honest holders serve slowly, so the
+    // newcomer's downloader surely asks the liar for some chunks.
     cluster.kill_peer(1);
     cluster.start_peer_with(1, &["--test-corrupt-chunks"]);
     let liar = peer_short_id(&cluster, 1);
-    cluster.wait_registered(1, 1);
+    for honest in [0, 2] {
+        cluster.kill_peer(honest);
+        cluster.start_peer_with(honest, &["--test-serve-delay-ms", "20"]);
+    }
+    for i in 0..3 {
+        // Registered again, and up to date: its holdings are back at the
+        // tracker before the newcomer asks who holds data.bin.
+        cluster.wait_registered(i, 1);
+        let (status, out, err) = run(&["status", cluster.folder(i).to_str().unwrap(), "--wait", "60"], &[]);
+        assert!(status.success(), "peer{i} not up to date: {out}{err}");
+    }
     fs::create_dir_all(cluster.folder(3)).unwrap();
     cluster.start_peer(3);
     cluster.wait_tree(&expected, CONVERGE);
