@@ -147,7 +147,9 @@ fn the_tracker_and_peer_pages_show_devices_transfers_and_offline_peers_in_a_brow
     let (_, peer_json, _) = run(&["status", "--json", cluster.folder(1).to_str().unwrap()], &[]);
     let peer_url = serde_json::from_str::<Value>(&peer_json).unwrap()["dashboard"].as_str().unwrap().to_owned();
     assert!(peer_url.starts_with("http://127.0.0.1:"), "{peer_url}");
-    write(&cluster.folder(3), "movie.bin", &random_bytes(6 << 20, 9));
+    // Big enough (512 chunks, 100 ms each from its only holder) to be seen
+    // in flight even when rendering a page takes seconds.
+    write(&cluster.folder(3), "movie.bin", &random_bytes(32 << 20, 9));
     wait_dom(&browser, profile, &peer_url, "the transfer of movie.bin", |dom| {
         dom.split("id=\"transfers\"").nth(1).is_some_and(|t| t.contains("movie.bin") && t.contains("<progress"))
     });
