@@ -96,6 +96,9 @@ pub(crate) struct SessionCtx {
     pub shutdown: CancellationToken,
     /// [`BATCH_SLOTS`] permits, one per large frame in flight.
     pub batch_slots: Arc<Semaphore>,
+    /// The open invite nameplates announced on the LAN.
+    #[allow(dead_code)] // for the invite table
+    pub nameplates: crate::discovery::Nameplates,
 }
 
 /// Why a session dropped its peer.
