@@ -19,7 +19,8 @@ use clap::{ArgGroup, Parser, Subcommand};
 /// Typical set-up:
 ///   dartsync init                                  # once: create the cluster key
 ///   dartsync --tracker                             # on the always-on machine
-///   dartsync --peer ~/DartSync --tracker-addr pi:7373   # on every laptop
+///   dartsync --peer ~/DartSync                     # on every laptop (finds the tracker on the LAN)
+///   dartsync --peer ~/DartSync --tracker-addr pi:7373   # ... or names it
 ///   dartsync status                                # is this folder up to date?
 #[derive(Debug, Parser)]
 #[command(name = "dartsync", version, about, long_about, verbatim_doc_comment)]
@@ -46,9 +47,21 @@ pub struct Cli {
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 
-    /// Peer: the tracker to register with, HOST:PORT (port defaults to 7373).
+    /// Peer: the tracker to register with, HOST:PORT (port defaults to
+    /// 7373). Without it the peer finds its cluster's tracker on the LAN
+    /// (mDNS), remembers the address in DIR/.dartsync/tracker.addr and
+    /// looks again when that address stops answering.
     #[arg(long, value_name = "ADDR")]
     pub tracker_addr: Option<String>,
+
+    /// No LAN discovery (mDNS). Tracker: do not announce this tracker on
+    /// the LAN (it never does while listening on loopback). Peer: do not
+    /// look for the tracker on the LAN; --tracker-addr is then needed.
+    /// The announcement carries the tracker's port and id, its open invite
+    /// numbers and a fingerprint derived from the cluster key (never the
+    /// key).
+    #[arg(long, env = "DARTSYNC_NO_DISCOVERY", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_discovery: bool,
 
     /// Tracker: state directory for the file table database
     /// (default ~/.local/share/dartsync/tracker).

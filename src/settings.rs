@@ -159,6 +159,9 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         if let Some(v) = &cli.admit {
             cfg.admit = config::AdmitPolicy::parse(v)?;
         }
+        if cli.no_discovery {
+            cfg.discovery = false;
+        }
         cfg.validate()?;
         return Ok(Mode::Tracker { config: cfg, key_file });
     }
@@ -200,6 +203,9 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         }
         if let Some(v) = cli.min_disk_free {
             cfg.min_disk_free = Some(v);
+        }
+        if cli.no_discovery {
+            cfg.discovery = false;
         }
         cfg.folder = absolute(&cfg.folder)?;
         cfg.validate()?;
@@ -347,6 +353,14 @@ mod tests {
         }
         match parse(&["--peer"]).unwrap() {
             Mode::Peer { config, .. } => assert!(config.folder.ends_with("DartSync")),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["--peer", "/tmp/x", "--no-discovery"]).unwrap() {
+            Mode::Peer { config, .. } => assert!(!config.discovery && config.tracker_addr.is_none()),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["--tracker", "--no-discovery"]).unwrap() {
+            Mode::Tracker { config, .. } => assert!(!config.discovery),
             other => panic!("{other:?}"),
         }
         assert!(matches!(parse(&["init", "--key-file", "/k"]).unwrap(), Mode::Init { .. }));

@@ -316,7 +316,7 @@ mod tests {
                 addr: "pi.local:7373".into(),
                 connected: true,
                 since: Some(1_796_000_000),
-                error: None,
+                error: None, discovered: false,
             },
             devices: vec![Device {
                 name: "alice".into(),

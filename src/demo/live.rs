@@ -134,7 +134,7 @@ mod tests {
                 addr: "127.0.0.1:40123".into(),
                 connected: true,
                 since: Some(NOW - 60),
-                error: None,
+                error: None, discovered: false,
             },
             devices: vec![],
             pending: Pending::default(),
