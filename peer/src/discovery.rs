@@ -190,7 +190,20 @@ pub async fn search(
 ) -> Result<Option<Candidate>, DiscoveryError> {
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut settled_at: Option<Instant> = None;
+    let mut passed_over: Vec<String> = Vec::new();
     loop {
+        for other in browser.candidates().iter().filter(|c| !filter.matches(c)) {
+            if !passed_over.contains(&other.instance) && passed_over.len() < MAX_CANDIDATES {
+                passed_over.push(other.instance.clone());
+                let why = match filter {
+                    Filter::Fingerprint(_) => {
+                        format!("another cluster ({})", other.announcement.fingerprint.fmt_short())
+                    }
+                    Filter::Nameplate(n) => format!("no open invite {n}"),
+                };
+                tracing::debug!("passing over the tracker at {} (tracker {}): {why}", other.addr(), other.id());
+            }
+        }
         let found: Vec<Candidate> =
             matching(browser.candidates(), &filter).into_iter().filter(|c| judge.accept(c)).collect();
         match found.len() {
