@@ -455,7 +455,8 @@ mod tests {
                 addr: "pi.local:7373".into(),
                 connected: true,
                 since: Some(NOW - 7_500),
-                error: None, discovered: false,
+                error: None,
+                discovered: false,
             },
             devices: vec![
                 me,
@@ -556,7 +557,8 @@ mod tests {
             addr: "pi.local:7373".into(),
             connected: false,
             since: Some(NOW - 300),
-            error: Some("connection refused".into()), discovered: false,
+            error: Some("connection refused".into()),
+            discovered: false,
         };
         s.devices.clear();
         s.unannounced = 3;

@@ -218,3 +218,35 @@ fn a_peer_picks_its_own_clusters_tracker_among_two() {
         assert!(!lines.iter().any(|l| l.contains("registered with tracker") && l.contains(&b_addr)), "{lines:#?}");
     }
 }
+
+#[test]
+fn a_tracker_that_moves_to_another_address_is_found_again() {
+    let Some(lan) = Lan::new(3) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let key = make_key(dir.path(), "cluster.key");
+    let data = dir.path().join("data");
+    let erin = dir.path().join("erin");
+    let mut tracker = lan.tracker(1, "tracker", &key, &data);
+    let mut e = lan.peer(2, "erin", &erin, &key);
+    wait_connected(&erin, &format!("{}:7373", lan.ip(1)));
+
+    // The same tracker (same data, so the same pinned identity) comes back
+    // on another address, as a Pi with a new DHCP lease would.
+    tracker.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(tracker.wait_exit(Duration::from_secs(20)), Some(0));
+    let _moved = lan.tracker(3, "tracker-moved", &key, &data);
+    let moved = format!("{}:7373", lan.ip(3));
+    wait_connected(&erin, &moved);
+    e.wait_for_line(&format!("found the tracker of this cluster on the LAN at {moved}"), FIND);
+    wait_until(FIND, "the new address to be remembered", || {
+        std::fs::read_to_string(erin.join(".dartsync/tracker.addr")).is_ok_and(|t| t.lines().any(|l| l == moved))
+    });
+
+    // Restarted, the peer tries the remembered address first.
+    e.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(e.wait_exit(Duration::from_secs(20)), Some(0));
+    let again = lan.peer(2, "erin-again", &erin, &key);
+    again.wait_for_line(&format!("trying the tracker address found on the LAN last time: {moved}"), FIND);
+    again.wait_for_line(&format!("registered with tracker {moved}"), FIND);
+    assert!(!again.lines().iter().any(|l| l.contains("looking for the tracker")), "{:#?}", again.lines());
+}

@@ -28,8 +28,8 @@ use crate::status::StatusBoard;
 use crate::sync::engine::{DiskReserve, Engine, EngineCommand, EngineParts};
 use crate::sync::history::History;
 use crate::sync::index_source::IndexSource;
-use crate::sync::restore::{RestoreRequest, Versions};
 use crate::sync::locate::{self, Locator};
+use crate::sync::restore::{RestoreRequest, Versions};
 use crate::sync::tracker_client::{ClientConfig, SummaryFn, TrackerClient, probe_welcome};
 use crate::transfer::{self, ChunkSource, DownloadLimits, Downloader, PeerGate, ServeConfig, ServeError};
 

@@ -39,9 +39,7 @@ pub enum DiscoveryError {
         after: Duration,
     },
     /// Several distinct trackers match.
-    #[error(
-        "several trackers on the LAN match ({what}): {list}; pass --tracker-addr HOST:PORT to choose one"
-    )]
+    #[error("several trackers on the LAN match ({what}): {list}; pass --tracker-addr HOST:PORT to choose one")]
     Several {
         /// What was looked for.
         what: String,

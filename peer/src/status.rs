@@ -181,7 +181,6 @@ impl StatusBoard {
         link_failed(&mut b, why);
     }
 
-
     /// The tracker says this device is pending or revoked (or, with
     /// `Admitted`, no longer so); true when that is news.
     pub fn set_admission(&self, state: DeviceState) -> bool {

@@ -316,7 +316,8 @@ mod tests {
                 addr: "pi.local:7373".into(),
                 connected: true,
                 since: Some(1_796_000_000),
-                error: None, discovered: false,
+                error: None,
+                discovered: false,
             },
             devices: vec![Device {
                 name: "alice".into(),

@@ -253,9 +253,8 @@ impl Announcement {
             if len > MAX_PROPERTY_LEN {
                 return Err(AnnouncementError::OversizeProperty(len));
             }
-            let slot = [KEY_VERSION, KEY_FINGERPRINT, KEY_ID, KEY_INVITES]
-                .into_iter()
-                .find(|k| k.eq_ignore_ascii_case(key));
+            let slot =
+                [KEY_VERSION, KEY_FINGERPRINT, KEY_ID, KEY_INVITES].into_iter().find(|k| k.eq_ignore_ascii_case(key));
             match slot {
                 Some(k) => {
                     if known.insert(k, value).is_some() {
