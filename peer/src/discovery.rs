@@ -291,7 +291,7 @@ mod tests {
         assert!(b.candidates().is_empty());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_tracker_heard_later_is_found() {
         let (mut b, tx) = offline();
         let filter = Filter::Fingerprint(DiscoveryFingerprint([0xa; 16]));
@@ -304,9 +304,9 @@ mod tests {
         assert!(matches!(gone, DiscoveryError::Mdns(_)), "{gone}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_single_match_settles_and_several_are_an_error() {
-        let (mut b, _) = offline();
+        let (mut b, _tx) = offline();
         b.apply(resolved(1, 0xa, "10.77.0.2", &[5]));
         b.apply(resolved(2, 0xb, "10.77.0.3", &[]));
         let filter = Filter::Fingerprint(DiscoveryFingerprint([0xa; 16]));
