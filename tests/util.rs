@@ -28,7 +28,9 @@ pub use dartsync_shared::test_util::eventually as wait_until;
 /// and peers given `--tracker-addr` never browse.
 pub fn no_discovery<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut args = args.to_vec();
-    if args.iter().any(|a| *a == "--tracker" || *a == "--peer") && !args.contains(&"--no-discovery") {
+    // A mode starts with a flag; a subcommand (`status --tracker`) does not.
+    let mode = args.first().is_some_and(|a| a.starts_with('-'));
+    if mode && args.iter().any(|a| *a == "--tracker" || *a == "--peer") && !args.contains(&"--no-discovery") {
         args.push("--no-discovery");
     }
     args
