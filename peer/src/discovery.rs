@@ -57,12 +57,22 @@ pub struct Browser {
     /// a daemon (it would join multicast groups on real interfaces).
     daemon: Option<ServiceDaemon>,
     events: Events,
+    /// What is looked for: other announcements are not kept, so a flood
+    /// of strangers cannot crowd out the tracker looked for.
+    filter: Filter,
+    /// Valid announcements `filter` accepts, at most [`MAX_CANDIDATES`].
     candidates: Vec<Candidate>,
+    /// Instances already logged as passed over (at most
+    /// [`MAX_CANDIDATES`]; beyond that, silence).
+    passed_over: Vec<String>,
 }
 
 impl std::fmt::Debug for Browser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Browser").field("candidates", &self.candidates).finish_non_exhaustive()
+        f.debug_struct("Browser")
+            .field("filter", &self.filter)
+            .field("candidates", &self.candidates)
+            .finish_non_exhaustive()
     }
 }
 
@@ -75,16 +85,21 @@ enum Events {
 }
 
 impl Browser {
-    /// Starts the daemon and the browse.
-    pub fn start() -> Result<Browser, DiscoveryError> {
+    /// Starts the daemon and the browse for what `filter` accepts.
+    pub fn start(filter: Filter) -> Result<Browser, DiscoveryError> {
         let mdns = |e: mdns_sd::Error| DiscoveryError::Mdns(e.to_string());
         let daemon = ServiceDaemon::new().map_err(mdns)?;
         daemon.disable_interface(vec![IfKind::IPv6, IfKind::LoopbackV4, IfKind::LoopbackV6]).map_err(mdns)?;
         let events = daemon.browse(SERVICE_TYPE).map_err(mdns)?;
-        Ok(Browser { daemon: Some(daemon), events: Events::Mdns(events), candidates: Vec::new() })
+        Ok(Browser::with(Some(daemon), Events::Mdns(events), filter))
     }
 
-    /// Every valid announcement heard and not withdrawn, one per instance.
+    fn with(daemon: Option<ServiceDaemon>, events: Events, filter: Filter) -> Browser {
+        Browser { daemon, events, filter, candidates: Vec::new(), passed_over: Vec::new() }
+    }
+
+    /// Every valid announcement the filter accepts heard and not
+    /// withdrawn, one per instance.
     pub fn candidates(&self) -> &[Candidate] {
         &self.candidates
     }
@@ -115,7 +130,14 @@ impl Browser {
                     service.txt_properties.iter().map(|p| (p.key(), p.val())),
                 );
                 match parsed {
-                    Ok(candidate) => self.insert(candidate),
+                    Ok(candidate) if self.filter.matches(&candidate) => self.insert(candidate),
+                    Ok(other) => {
+                        self.pass_over(&other);
+                        // It may have matched before (an invite closed).
+                        let before = self.candidates.len();
+                        self.candidates.retain(|c| c.instance != other.instance);
+                        before != self.candidates.len()
+                    }
                     Err(e) => {
                         let name: String = service.fullname.chars().take(80).collect();
                         tracing::debug!("ignoring the announcement {name:?} heard on the LAN: {e}");
@@ -130,6 +152,19 @@ impl Browser {
             }
             _ => false,
         }
+    }
+
+    /// Logs (once per instance) why `other` is not kept.
+    fn pass_over(&mut self, other: &Candidate) {
+        if self.passed_over.contains(&other.instance) || self.passed_over.len() >= MAX_CANDIDATES {
+            return;
+        }
+        self.passed_over.push(other.instance.clone());
+        let why = match self.filter {
+            Filter::Fingerprint(_) => format!("another cluster ({})", other.announcement.fingerprint.fmt_short()),
+            Filter::Nameplate(n) => format!("no open invite {n}"),
+        };
+        tracing::debug!("passing over the tracker at {} (tracker {}): {why}", other.addr(), other.id());
     }
 
     fn insert(&mut self, candidate: Candidate) -> bool {
@@ -177,33 +212,20 @@ impl Judge for AcceptAll {
     }
 }
 
-/// Browses until exactly one tracker that `filter` and `judge` accept has
-/// been the only one for [`SETTLE`]. `timeout` `None`: looks until found.
-/// `Ok(None)`: nothing found before the timeout.
+/// Browses until exactly one tracker that the browser's filter and
+/// `judge` accept has been the only one for [`SETTLE`]. `timeout` `None`:
+/// looks until found. `Ok(None)`: nothing found before the timeout (a
+/// match still settling then gets its [`SETTLE`]).
 pub async fn search(
     browser: &mut Browser,
-    filter: Filter,
     judge: &mut (dyn Judge + Send),
     timeout: Option<Duration>,
 ) -> Result<Option<Candidate>, DiscoveryError> {
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut settled_at: Option<Instant> = None;
-    let mut passed_over: Vec<String> = Vec::new();
     loop {
-        for other in browser.candidates().iter().filter(|c| !filter.matches(c)) {
-            if !passed_over.contains(&other.instance) && passed_over.len() < MAX_CANDIDATES {
-                passed_over.push(other.instance.clone());
-                let why = match filter {
-                    Filter::Fingerprint(_) => {
-                        format!("another cluster ({})", other.announcement.fingerprint.fmt_short())
-                    }
-                    Filter::Nameplate(n) => format!("no open invite {n}"),
-                };
-                tracing::debug!("passing over the tracker at {} (tracker {}): {why}", other.addr(), other.id());
-            }
-        }
         let found: Vec<Candidate> =
-            matching(browser.candidates(), &filter).into_iter().filter(|c| judge.accept(c)).collect();
+            matching(browser.candidates(), &browser.filter).into_iter().filter(|c| judge.accept(c)).collect();
         match found.len() {
             0 => settled_at = None,
             1 => {
@@ -214,19 +236,17 @@ pub async fn search(
             }
             _ => {
                 return Err(DiscoveryError::Several {
-                    what: filter.to_string(),
+                    what: browser.filter.to_string(),
                     list: describe(&found),
                     candidates: found,
                 });
             }
         }
-        let wake = match (settled_at, deadline) {
-            (Some(s), Some(d)) => Some(s.min(d)),
-            (s, d) => s.or(d),
-        };
-        if let Some(d) = deadline
+        // While one match settles, wait for it; else for the deadline.
+        let wake = settled_at.or(deadline);
+        if settled_at.is_none()
+            && let Some(d) = deadline
             && Instant::now() >= d
-            && settled_at.is_none()
         {
             return Ok(None);
         }
@@ -248,8 +268,8 @@ pub async fn search(
 /// [`Candidate::addr`]. Several trackers matching is an error, and so is
 /// none ([`DiscoveryError::NotFound`]).
 pub async fn discover(filter: Filter, timeout: Duration) -> Result<Candidate, DiscoveryError> {
-    let mut browser = Browser::start()?;
-    search(&mut browser, filter, &mut AcceptAll, Some(timeout))
+    let mut browser = Browser::start(filter)?;
+    search(&mut browser, &mut AcceptAll, Some(timeout))
         .await?
         .ok_or_else(|| DiscoveryError::NotFound { what: filter.to_string(), after: timeout })
 }
@@ -268,56 +288,74 @@ mod tests {
         ServiceEvent::ServiceResolved(Box::new(info.as_resolved_service()))
     }
 
+    const A: Filter = Filter::Fingerprint(DiscoveryFingerprint([0xa; 16]));
+
     /// A browser fed by hand: no daemon, no network.
-    fn offline() -> (Browser, tokio::sync::mpsc::UnboundedSender<ServiceEvent>) {
+    fn offline(filter: Filter) -> (Browser, tokio::sync::mpsc::UnboundedSender<ServiceEvent>) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        (Browser { daemon: None, events: Events::Test(rx), candidates: Vec::new() }, tx)
+        (Browser::with(None, Events::Test(rx), filter), tx)
     }
 
     #[tokio::test]
-    async fn hostile_announcements_are_ignored_and_withdrawn_ones_forgotten() {
-        let (mut b, _) = offline();
+    async fn hostile_or_foreign_announcements_are_not_kept_and_withdrawn_ones_forgotten() {
+        let (mut b, _tx) = offline(A);
         assert!(b.apply(resolved(1, 0xa, "10.77.0.2", &[3])));
         assert!(!b.apply(resolved(1, 0xa, "10.77.0.2", &[3])), "the same announcement again changes nothing");
         assert!(b.apply(resolved(1, 0xa, "10.77.0.2", &[3, 4])), "new nameplates replace the old");
         assert_eq!(b.candidates()[0].announcement.nameplates, [3, 4]);
-        // Loopback only, a wrong version: ignored.
+        // Loopback only, a wrong version, another cluster: not kept.
         assert!(!b.apply(resolved(2, 0xa, "127.0.0.1", &[])));
         let bad = ServiceInfo::new(SERVICE_TYPE, "evil", "h.local.", "10.77.0.9", 7373, &[("v", "9")][..]).unwrap();
         assert!(!b.apply(ServiceEvent::ServiceResolved(Box::new(bad.as_resolved_service()))));
+        for i in 10..=250u8 {
+            assert!(!b.apply(resolved(i, 0xb, "10.77.0.3", &[])), "a flood of strangers is not kept");
+        }
+        assert_eq!(b.passed_over.len(), MAX_CANDIDATES, "nor logged without bound");
         assert_eq!(b.candidates().len(), 1);
         let name = b.candidates()[0].instance.clone();
         assert!(b.apply(ServiceEvent::ServiceRemoved(SERVICE_TYPE.into(), name)));
         assert!(b.candidates().is_empty());
     }
 
+    #[tokio::test]
+    async fn a_closed_invite_drops_the_candidate() {
+        let (mut b, _tx) = offline(Filter::Nameplate(7));
+        assert!(b.apply(resolved(1, 0xa, "10.77.0.2", &[7])));
+        assert!(b.apply(resolved(1, 0xa, "10.77.0.2", &[])), "invite 7 closed");
+        assert!(b.candidates().is_empty());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_tracker_heard_later_is_found() {
-        let (mut b, tx) = offline();
-        let filter = Filter::Fingerprint(DiscoveryFingerprint([0xa; 16]));
+        let (mut b, tx) = offline(A);
         tx.send(resolved(2, 0xb, "10.77.0.3", &[])).unwrap();
         tx.send(resolved(1, 0xa, "10.77.0.2", &[])).unwrap();
-        let found = search(&mut b, filter, &mut AcceptAll, None).await.unwrap().unwrap();
+        let found = search(&mut b, &mut AcceptAll, None).await.unwrap().unwrap();
         assert_eq!(found.id(), PeerId([1; 16]));
         drop(tx);
-        let gone = search(&mut b, Filter::Nameplate(1), &mut AcceptAll, None).await.unwrap_err();
+        b.apply(ServiceEvent::ServiceRemoved(SERVICE_TYPE.into(), found.instance));
+        let gone = search(&mut b, &mut AcceptAll, None).await.unwrap_err();
         assert!(matches!(gone, DiscoveryError::Mdns(_)), "{gone}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_single_match_settles_and_several_are_an_error() {
-        let (mut b, _tx) = offline();
+        let (mut b, _tx) = offline(A);
         b.apply(resolved(1, 0xa, "10.77.0.2", &[5]));
         b.apply(resolved(2, 0xb, "10.77.0.3", &[]));
-        let filter = Filter::Fingerprint(DiscoveryFingerprint([0xa; 16]));
-        let found = search(&mut b, filter, &mut AcceptAll, Some(Duration::from_secs(10))).await.unwrap().unwrap();
+        let found = search(&mut b, &mut AcceptAll, Some(Duration::from_secs(10))).await.unwrap().unwrap();
         assert_eq!(found.addr().to_string(), "10.77.0.2:7373");
-        let by_nameplate = search(&mut b, Filter::Nameplate(5), &mut AcceptAll, Some(Duration::from_secs(10))).await;
-        assert_eq!(by_nameplate.unwrap().unwrap().id(), PeerId([1; 16]));
-        let none = search(&mut b, Filter::Nameplate(6), &mut AcceptAll, Some(Duration::from_millis(10))).await;
+        let (mut by_nameplate, _tx2) = offline(Filter::Nameplate(5));
+        by_nameplate.apply(resolved(1, 0xa, "10.77.0.2", &[5]));
+        by_nameplate.apply(resolved(2, 0xb, "10.77.0.3", &[6]));
+        let found = search(&mut by_nameplate, &mut AcceptAll, Some(Duration::from_secs(10))).await;
+        assert_eq!(found.unwrap().unwrap().id(), PeerId([1; 16]));
+        let (mut nothing, _tx3) = offline(Filter::Nameplate(9));
+        nothing.apply(resolved(1, 0xa, "10.77.0.2", &[5]));
+        let none = search(&mut nothing, &mut AcceptAll, Some(Duration::from_millis(10))).await;
         assert!(none.unwrap().is_none());
         b.apply(resolved(3, 0xa, "10.77.0.4", &[]));
-        let err = search(&mut b, filter, &mut AcceptAll, Some(Duration::from_secs(10))).await.unwrap_err();
+        let err = search(&mut b, &mut AcceptAll, Some(Duration::from_secs(10))).await.unwrap_err();
         let text = err.to_string();
         assert!(text.contains("10.77.0.2:7373") && text.contains("10.77.0.4:7373"), "{text}");
         assert!(text.contains("--tracker-addr"), "{text}");
@@ -328,7 +366,7 @@ mod tests {
                 c.id() == self.0
             }
         }
-        let found = search(&mut b, filter, &mut Only(PeerId([3; 16])), Some(Duration::from_secs(10))).await;
+        let found = search(&mut b, &mut Only(PeerId([3; 16])), Some(Duration::from_secs(10))).await;
         assert_eq!(found.unwrap().unwrap().addr().to_string(), "10.77.0.4:7373");
     }
 }

@@ -111,8 +111,8 @@ impl Locator {
         self.status.tracker_looking(looking);
         let pinned = self.pin.load().ok().flatten().map(|key| key.peer_id());
         let mut judge = PinJudge { pinned, told: Vec::new(), pin_file: self.pin.file().to_owned() };
-        let mut browser = Browser::start()?;
-        let found = search(&mut browser, Filter::Fingerprint(self.fingerprint), &mut judge, timeout).await?;
+        let mut browser = Browser::start(Filter::Fingerprint(self.fingerprint))?;
+        let found = search(&mut browser, &mut judge, timeout).await?;
         drop(browser);
         let Some(candidate) = found else {
             return Ok(None);
