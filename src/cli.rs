@@ -19,7 +19,8 @@ use clap::{ArgGroup, Parser, Subcommand};
 /// Typical set-up:
 ///   dartsync init                                  # once: create the cluster key
 ///   dartsync --tracker                             # on the always-on machine
-///   dartsync --peer ~/DartSync --tracker-addr pi:7373   # on every laptop
+///   dartsync --peer ~/DartSync                     # on every laptop (finds the tracker on the LAN)
+///   dartsync --peer ~/DartSync --tracker-addr pi:7373   # ... or names it
 ///   dartsync status                                # is this folder up to date?
 #[derive(Debug, Parser)]
 #[command(name = "dartsync", version, about, long_about, verbatim_doc_comment)]
@@ -46,9 +47,21 @@ pub struct Cli {
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 
-    /// Peer: the tracker to register with, HOST:PORT (port defaults to 7373).
+    /// Peer: the tracker to register with, HOST:PORT (port defaults to
+    /// 7373). Without it the peer finds its cluster's tracker on the LAN
+    /// (mDNS), remembers the address in DIR/.dartsync/tracker.addr and
+    /// looks again when that address stops answering.
     #[arg(long, value_name = "ADDR")]
     pub tracker_addr: Option<String>,
+
+    /// No LAN discovery (mDNS). Tracker: do not announce this tracker on
+    /// the LAN (it never does while listening on loopback). Peer: do not
+    /// look for the tracker on the LAN; --tracker-addr is then needed.
+    /// The announcement carries the tracker's port and id, its open invite
+    /// numbers and a fingerprint derived from the cluster key (never the
+    /// key).
+    #[arg(long, env = "DARTSYNC_NO_DISCOVERY", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_discovery: bool,
 
     /// Tracker: state directory for the file table database
     /// (default ~/.local/share/dartsync/tracker).
@@ -307,17 +320,18 @@ const JOIN_LONG_ABOUT: &str = "\
 Join a cluster with an invite code from `dartsync invite`, then start
 syncing DIR (default: the config file's `[peer] folder`, else ~/DartSync).
 
-Connects to the tracker (--tracker-addr), proves the code without sending
-it, and receives the cluster key and the tracker's identity over the
+Finds the tracker on the LAN (it announces the numbers of its open
+invites; or give --tracker-addr), proves the code without sending it, and receives the cluster key and the tracker's identity over the
 encrypted channel the code opened. The key is written to the key file
 (default ~/.config/dartsync/cluster.key, mode 0600) and the tracker's
-identity is pinned in DIR/.dartsync/tracker.pin; then the peer starts, as
-`dartsync --peer DIR` would. A wrong, expired or used code writes nothing.
+identity is pinned in DIR/.dartsync/tracker.pin (its address remembered
+in DIR/.dartsync/tracker.addr); then the peer starts, as `dartsync --peer
+DIR` would. A wrong, expired or used code writes nothing.
 With --no-start only the key and the pin are saved.";
 
 const JOIN_AFTER_HELP: &str = "\
 Examples:
-  dartsync join 7-otter-basket-maple --tracker-addr pi.local
+  dartsync join 7-otter-basket-maple
   dartsync join 7-otter-basket-maple ~/Shared --tracker-addr 192.168.1.20:7373 --no-start
 
 Exit codes: 0 joined (and, without --no-start, the peer stopped cleanly);
@@ -353,7 +367,9 @@ pub struct JoinArgs {
     #[arg(value_name = "DIR")]
     pub dir: Option<PathBuf>,
 
-    /// The tracker, HOST:PORT (port defaults to 7373).
+    /// The tracker, HOST:PORT (port defaults to 7373). Without it, `join`
+    /// looks on the LAN (mDNS, up to 15 s) for the tracker that announces
+    /// this code's number.
     #[arg(long, value_name = "ADDR")]
     pub tracker_addr: Option<String>,
 

@@ -15,6 +15,9 @@ use dartsync_shared::device::default_device_name;
 use dartsync_shared::invite_code::InviteCode;
 use dartsync_shared::key::ClusterKey;
 
+/// How long `join` looks on the LAN for the tracker that made the code.
+const DISCOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// A resolved `dartsync join` command line.
 #[derive(Debug)]
 pub struct JoinRequest {
@@ -32,8 +35,20 @@ pub struct JoinRequest {
 pub async fn join(req: &JoinRequest) -> anyhow::Result<Option<PeerConfig>> {
     let folder = &req.peer.folder;
     refuse_existing_key(req)?;
-    let Some(addr) = req.peer.tracker_addr.clone() else {
-        bail!("pass the tracker's address: dartsync join {} --tracker-addr HOST[:PORT]", req.code.nameplate());
+    let addr = match req.peer.tracker_addr.clone() {
+        Some(addr) => addr,
+        None if !req.peer.discovery => {
+            bail!("LAN discovery is off: pass the tracker's address with --tracker-addr HOST[:PORT]")
+        }
+        None => {
+            println!("Looking on the LAN for the tracker with invite {} ...", req.code.nameplate());
+            dartsync_peer::join::find_inviting_tracker(&req.code, DISCOVERY_TIMEOUT).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}\nIs the tracker running on this LAN, with the invite still open? Or pass its address \
+                     with --tracker-addr HOST[:PORT]"
+                )
+            })?
+        }
     };
     let name = req.peer.name.clone().unwrap_or_else(default_device_name);
     let joined = dartsync_peer::join::join(folder, &addr, &req.code, &name).await?;
@@ -78,7 +93,11 @@ fn refuse_existing_key(req: &JoinRequest) -> anyhow::Result<()> {
 /// The command that starts the peer later.
 fn start_command(req: &JoinRequest, addr: &str) -> String {
     let mut cmd = format!("dartsync --peer {}", shell_quote(&req.peer.folder.display().to_string()));
-    cmd.push_str(&format!(" --tracker-addr {addr}"));
+    // The folder remembers the address; a name the user gave (pi.local) is
+    // kept for when the tracker's address changes.
+    if req.peer.tracker_addr.is_some() {
+        cmd.push_str(&format!(" --tracker-addr {addr}"));
+    }
     if req.key_file != dartsync_shared::config::default_key_file() {
         cmd.push_str(&format!(" --key-file {}", shell_quote(&req.key_file.display().to_string())));
     }

@@ -137,7 +137,9 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
                 json: args.json,
             }));
         }
-        Some(Command::Join(args)) => return Ok(Mode::Join(Box::new(join_request(args, &file, key_file)?))),
+        Some(Command::Join(args)) => {
+            return Ok(Mode::Join(Box::new(join_request(args, &file, key_file, cli.no_discovery)?)));
+        }
         Some(Command::Demo(args)) => {
             let dir = std::path::absolute(&args.dir)
                 .with_context(|| format!("cannot resolve the demo folder {}", args.dir.display()))?;
@@ -174,6 +176,9 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         }
         if let Some(v) = &cli.admit {
             cfg.admit = config::AdmitPolicy::parse(v)?;
+        }
+        if cli.no_discovery {
+            cfg.discovery = false;
         }
         cfg.validate()?;
         return Ok(Mode::Tracker { config: cfg, key_file });
@@ -217,6 +222,9 @@ pub fn resolve(cli: Cli) -> anyhow::Result<Mode> {
         if let Some(v) = cli.min_disk_free {
             cfg.min_disk_free = Some(v);
         }
+        if cli.no_discovery {
+            cfg.discovery = false;
+        }
         cfg.folder = absolute(&cfg.folder)?;
         cfg.validate()?;
         let hooks = dartsync_peer::TestHooks {
@@ -258,6 +266,7 @@ fn join_request(
     args: crate::cli::JoinArgs,
     file: &ConfigFile,
     key_file: PathBuf,
+    no_discovery: bool,
 ) -> anyhow::Result<crate::join_cmd::JoinRequest> {
     let code = dartsync_shared::invite_code::InviteCode::parse(&args.code)?;
     let mut peer = PeerConfig::from_section(&file.peer)?;
@@ -271,6 +280,9 @@ fn join_request(
     peer.tracker_addr = peer.tracker_addr.as_deref().map(with_default_port);
     if let Some(name) = args.name {
         peer.name = Some(name);
+    }
+    if no_discovery {
+        peer.discovery = false;
     }
     peer.validate()?;
     Ok(crate::join_cmd::JoinRequest { code, peer, key_file, start: !args.no_start })
@@ -387,6 +399,14 @@ mod tests {
         }
         match parse(&["--peer"]).unwrap() {
             Mode::Peer { config, .. } => assert!(config.folder.ends_with("DartSync")),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["--peer", "/tmp/x", "--no-discovery"]).unwrap() {
+            Mode::Peer { config, .. } => assert!(!config.discovery && config.tracker_addr.is_none()),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["--tracker", "--no-discovery"]).unwrap() {
+            Mode::Tracker { config, .. } => assert!(!config.discovery),
             other => panic!("{other:?}"),
         }
         assert!(matches!(parse(&["init", "--key-file", "/k"]).unwrap(), Mode::Init { .. }));

@@ -168,11 +168,16 @@ fn syncing_details(status: &PeerStatus) -> Vec<String> {
 
 fn tracker_link(link: &TrackerLink, now: u64) -> String {
     let since = |t: Option<u64>| t.map(|t| format!(" for {}", duration(now.saturating_sub(t)))).unwrap_or_default();
+    let addr = match (link.addr.is_empty(), link.discovered) {
+        (true, _) => "not found yet".to_owned(),
+        (false, true) => format!("{} (found on the LAN)", link.addr),
+        (false, false) => link.addr.clone(),
+    };
     if link.connected {
-        format!("{}, connected{}", link.addr, since(link.since))
+        format!("{addr}, connected{}", since(link.since))
     } else {
         let why = link.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
-        format!("{}, unreachable{}{why}", link.addr, since(link.since))
+        format!("{addr}, unreachable{}{why}", since(link.since))
     }
 }
 
@@ -451,6 +456,7 @@ mod tests {
                 connected: true,
                 since: Some(NOW - 7_500),
                 error: None,
+                discovered: false,
             },
             devices: vec![
                 me,
@@ -552,6 +558,7 @@ mod tests {
             connected: false,
             since: Some(NOW - 300),
             error: Some("connection refused".into()),
+            discovered: false,
         };
         s.devices.clear();
         s.unannounced = 3;

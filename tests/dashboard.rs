@@ -215,6 +215,7 @@ fn off_loopback_the_tracker_dashboard_refuses_requests_without_its_token() {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &ns.0]).arg(bin()).args([
         "--tracker",
+        "--no-discovery",
         "--listen",
         "127.0.0.1:0",
         "--http",

@@ -24,6 +24,7 @@ impl Demo {
         let mut child = Command::new(bin())
             .args(["demo", dir.to_str().unwrap(), "--peers", "4"])
             .env_remove("RUST_LOG")
+            .env("DARTSYNC_NO_DISCOVERY", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

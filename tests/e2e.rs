@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `dartsync` binary, as separate processes on
-//! 127.0.0.1, each in its own temp folder. One test binary, one module per
+//! 127.0.0.1 (LAN discovery: inside network namespaces the test makes,
+//! `netns`), each in its own temp folder. One test binary, one module per
 //! area, shared plumbing in `util`.
 
 mod brake;
@@ -12,6 +13,7 @@ mod faults;
 mod hostile;
 mod hostile_client;
 mod join;
+mod netns;
 mod pi;
 mod preauth;
 mod quickstart;

@@ -259,7 +259,7 @@ fn emulated_tracker_welcomes_a_native_peer() {
         let key = ClusterKey::load(&key_file).expect("load the key dartsync init wrote");
 
         let mut cmd = emulated(target, &binary);
-        cmd.args(["--tracker", "--listen", "127.0.0.1:0", "--interval", "5", "--key-file"])
+        cmd.args(["--tracker", "--no-discovery", "--listen", "127.0.0.1:0", "--interval", "5", "--key-file"])
             .arg(&key_file)
             .arg("--data")
             .arg(dir.path().join("data"))

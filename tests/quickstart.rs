@@ -196,6 +196,8 @@ impl ScriptRun {
             .env("HOME", &home)
             .env("TMPDIR", &tmp)
             .env("NO_COLOR", "1")
+            // No test outside a network namespace of its own may multicast.
+            .env("DARTSYNC_NO_DISCOVERY", "1")
             .env_remove("RUST_LOG")
             .env_remove("XDG_CONFIG_HOME")
             .env_remove("XDG_DATA_HOME")

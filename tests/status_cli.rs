@@ -24,7 +24,13 @@ fn peer_status(state: FolderState) -> PeerStatus {
         folder: "/somewhere".into(),
         name: "laptop".into(),
         id: "k3m9qz7w2xv4p8rt6yb5nc1dfa".into(),
-        tracker: TrackerLink { addr: "127.0.0.1:7373".into(), connected: true, since: Some(1), error: None },
+        tracker: TrackerLink {
+            addr: "127.0.0.1:7373".into(),
+            connected: true,
+            since: Some(1),
+            error: None,
+            discovered: false,
+        },
         devices: vec![Device {
             name: "laptop".into(),
             id: "k3m9qz7w2xv4p8rt6yb5nc1dfa".into(),

@@ -21,10 +21,25 @@ pub fn bin() -> PathBuf {
 /// passed (the workspace's one poller, `test_util::eventually`).
 pub use dartsync_shared::test_util::eventually as wait_until;
 
+/// Arguments with `--no-discovery` added when they start a tracker or a
+/// peer: no test outside a network namespace of its own may send
+/// multicast (`tests/netns.rs` starts its processes itself, with
+/// discovery on). Belt and braces: trackers on loopback never announce,
+/// and peers given `--tracker-addr` never browse.
+pub fn no_discovery<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut args = args.to_vec();
+    // A mode starts with a flag; a subcommand (`status --tracker`) does not.
+    let mode = args.first().is_some_and(|a| a.starts_with('-'));
+    if mode && args.iter().any(|a| *a == "--tracker" || *a == "--peer") && !args.contains(&"--no-discovery") {
+        args.push("--no-discovery");
+    }
+    args
+}
+
 /// Runs `dartsync` to completion with `args`; returns (status, stdout, stderr).
 pub fn run(args: &[&str], env: &[(&str, &Path)]) -> (std::process::ExitStatus, String, String) {
     let mut cmd = Command::new(bin());
-    cmd.args(args).env_remove("RUST_LOG");
+    cmd.args(no_discovery(args)).env_remove("RUST_LOG").env("DARTSYNC_NO_DISCOVERY", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -69,7 +84,7 @@ impl Proc {
     /// Spawns `dartsync args...` with `RUST_LOG` set to `log`.
     pub fn spawn(name: &str, args: &[&str], log: &str) -> Proc {
         let mut cmd = Command::new(bin());
-        cmd.args(args).env("RUST_LOG", log).env("NO_COLOR", "1");
+        cmd.args(no_discovery(args)).env("RUST_LOG", log).env("NO_COLOR", "1").env("DARTSYNC_NO_DISCOVERY", "1");
         Proc::spawn_command(name, cmd)
     }
 

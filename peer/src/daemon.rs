@@ -28,6 +28,7 @@ use crate::status::StatusBoard;
 use crate::sync::engine::{DiskReserve, Engine, EngineCommand, EngineParts};
 use crate::sync::history::History;
 use crate::sync::index_source::IndexSource;
+use crate::sync::locate::{self, Locator};
 use crate::sync::restore::{RestoreRequest, Versions};
 use crate::sync::tracker_client::{ClientConfig, SummaryFn, TrackerClient, probe_welcome};
 use crate::transfer::{self, ChunkSource, DownloadLimits, Downloader, PeerGate, ServeConfig, ServeError};
@@ -70,9 +71,16 @@ impl ChunkSource for SlowSource {
 /// Why the peer stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    /// No tracker address was configured.
-    #[error("no tracker address: pass --tracker-addr HOST:PORT (or set peer.tracker_addr in the config file)")]
+    /// No tracker address was configured and LAN discovery is off.
+    #[error(
+        "no tracker address: pass --tracker-addr HOST:PORT (or set peer.tracker_addr in the config file), \
+         or drop --no-discovery to find the tracker on the LAN"
+    )]
     NoTracker,
+    /// Looking for the tracker on the LAN failed (several trackers of the
+    /// cluster, or no mDNS).
+    #[error(transparent)]
+    Discovery(#[from] crate::discovery::DiscoveryError),
     /// The folder's state could not be opened.
     #[error(transparent)]
     Local(#[from] LocalError),
@@ -91,6 +99,11 @@ pub enum PeerError {
         why: String,
     },
 }
+
+/// On a folder's first start without a tracker address, how long to look
+/// on the LAN for the tracker (to learn the cluster's chunk size) before
+/// indexing with the default; the tracker client keeps looking after.
+const FIRST_START_DISCOVERY: Duration = Duration::from_secs(10);
 
 /// Partial downloads untouched this long are abandoned: removed.
 const STALE_TEMP_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -239,7 +252,9 @@ pub async fn run(
     hooks: TestHooks,
     shutdown: CancellationToken,
 ) -> Result<(), PeerError> {
-    let tracker_addr = config.tracker_addr.clone().ok_or(PeerError::NoTracker)?;
+    if config.tracker_addr.is_none() && !config.discovery {
+        return Err(PeerError::NoTracker);
+    }
     let folder_path = config.folder.clone();
     let folder = tokio::task::spawn_blocking(move || OpenFolder::open(&folder_path))
         .await
@@ -253,13 +268,43 @@ pub async fn run(
         folder.dirs().root.display(),
         key.fingerprint()
     );
+    // Without --tracker-addr: the address found on the LAN last time, else
+    // none yet (the LAN is asked).
+    let mut tracker_addr = match &config.tracker_addr {
+        Some(addr) => addr.clone(),
+        None => locate::remembered(&folder.dirs().tracker_addr).unwrap_or_default(),
+    };
     let status = StatusBoard::new(&folder.dirs().root, name.clone(), me, tracker_addr.clone());
+    let locator = match &config.tracker_addr {
+        Some(_) => None,
+        None => {
+            status.set_tracker_addr(tracker_addr.clone(), true);
+            if !tracker_addr.is_empty() {
+                tracing::info!("trying the tracker address found on the LAN last time: {tracker_addr}");
+            }
+            Some(Arc::new(Locator::new(
+                key.discovery_fingerprint(),
+                folder.dirs().tracker_addr.clone(),
+                folder.dirs().tracker_pin.clone(),
+                status.clone(),
+            )))
+        }
+    };
 
     // The chunking granularity this folder was indexed with; a new folder
     // is chunked with the cluster's piece length from the start.
     let piece_len = match folder.piece_len() {
         Some(p) => p,
         None => {
+            if tracker_addr.is_empty()
+                && let Some(locator) = &locator
+                && let Some(found) = locator.find(Some(FIRST_START_DISCOVERY)).await?
+            {
+                // A first start with no address: the LAN was asked for a
+                // while, so the folder is chunked with the cluster's piece
+                // length.
+                tracker_addr = found;
+            }
             let probe = ClientConfig {
                 tracker_addr: tracker_addr.clone(),
                 listen_port: 0,
@@ -269,9 +314,19 @@ pub async fn run(
                 name: name.clone(),
                 status: status.clone(),
                 gate: PeerGate::new(),
+                locator: None,
             };
-            match probe_welcome(&probe).await {
-                Ok(welcome) => welcome.piece_len,
+            let probed = match tracker_addr.is_empty() {
+                true => Err("no tracker found on the LAN yet".to_owned()),
+                false => probe_welcome(&probe).await.map_err(|e| e.to_string()),
+            };
+            match probed {
+                Ok(welcome) => {
+                    if let Some(locator) = &locator {
+                        locator.remember(&tracker_addr).await;
+                    }
+                    welcome.piece_len
+                }
                 Err(e) => {
                     tracing::warn!(
                         "cannot reach the tracker to learn the cluster's chunk size ({e}); indexing with the \
@@ -394,12 +449,19 @@ pub async fn run(
             name,
             status: status.clone(),
             gate: gate.clone(),
+            locator,
         },
         summary,
         events_tx,
         tasks.clone(),
     );
-    supervised.spawn(async move { ("tracker client", client_task.await.map_err(|e| e.to_string())) });
+    supervised.spawn(async move {
+        let ended = match client_task.await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        ("tracker client", ended)
+    });
     let engine = Engine::new(EngineParts {
         history,
         local: local.clone(),

@@ -6,7 +6,9 @@
 //! tracker; runs the join handshake (`dartsync_shared::join`); and, only
 //! once the tracker has handed over the key, pins the tracker's identity
 //! in the folder's `.dartsync/tracker.pin` (replacing any older pin: the
-//! code proved this tracker directly). Writing the cluster key file is
+//! code proved this tracker directly) and remembering its address in
+//! `.dartsync/tracker.addr` (tried first by the next start without an
+//! address). Writing the cluster key file is
 //! the caller's (it owns where keys live). A failed join leaves no pin and
 //! no key; at most an empty folder with its `.dartsync/`.
 
@@ -19,6 +21,7 @@ use dartsync_shared::join::{self, JoinError};
 use dartsync_shared::key::ClusterKey;
 use dartsync_shared::{PeerId, hex};
 
+use crate::discovery::{DiscoveryError, Filter, discover};
 use crate::local::{LocalError, OpenFolder};
 use crate::sync::tracker_pin::{PinError, TrackerPin};
 
@@ -88,6 +91,13 @@ impl Joined {
     }
 }
 
+/// Finds the tracker whose LAN announcement lists `code`'s nameplate
+/// (waiting at most `timeout`): its address.
+pub async fn find_inviting_tracker(code: &InviteCode, timeout: Duration) -> Result<String, DiscoveryError> {
+    let found = discover(Filter::Nameplate(code.nameplate()), timeout).await?;
+    Ok(found.addr().to_string())
+}
+
 /// Joins the tracker at `tracker_addr` (HOST:PORT) with `code`, as the
 /// device `name` syncing `folder`.
 pub async fn join(folder: &Path, tracker_addr: &str, code: &InviteCode, name: &str) -> Result<Joined, PeerJoinError> {
@@ -142,6 +152,15 @@ async fn join_folder(
     tokio::task::spawn_blocking(move || pin.replace(&tracker))
         .await
         .map_err(|e| PeerJoinError::Task(e.to_string()))??;
+    // The next `dartsync --peer DIR` without an address tries this one
+    // first. Only a convenience: a failure is a warning.
+    let remember = opened.dirs().tracker_addr.clone();
+    let text = addr.to_string();
+    match tokio::task::spawn_blocking(move || crate::sync::locate::write_atomically(&remember, &text)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("cannot remember the tracker address in the folder: {e}"),
+        Err(e) => tracing::warn!("cannot remember the tracker address in the folder: {e}"),
+    }
     // Release the folder lock before the caller starts the peer on it.
     drop(opened);
     Ok(Joined { key: granted.key, tracker, device: identity.peer_id(), addr })

@@ -1,6 +1,7 @@
 //! `dartsync-peer`: one synced folder on one device.
 //!
-//! Three subsystems, one folder each, under [`daemon`] which wires them:
+//! Three subsystems, one folder each, and a leaf module, under [`daemon`]
+//! which wires them:
 //! - `local` — the peer's view of its own folder: layout, index, scanner,
 //!   watcher, ignore rules, and the write gate every write of the engine
 //!   passes through. No network code.
@@ -9,15 +10,19 @@
 //!   not records' history or the tracker.
 //! - `sync` — the tracker client, the sync engine (plan, install, apply),
 //!   the version history and the index-backed chunk source.
+//! - `discovery` — finding a tracker on the LAN (mDNS browse, pick one by
+//!   cluster fingerprint or invite nameplate); public: `dartsync join`
+//!   calls [`discovery::discover`].
 //!
-//! Imports point down: `daemon` -> `sync` -> `local`, `transfer`; `local`
-//! and `transfer` never import `sync`, and no module imports a module that
-//! imports it. Entry point: [`run`].
+//! Imports point down: `daemon` -> `sync` -> `local`, `transfer`,
+//! `discovery`; `local`, `transfer` and `discovery` never import `sync`,
+//! and no module imports a module that imports it. Entry point: [`run`].
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod daemon;
 mod deadlines;
+pub mod discovery;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -115,6 +115,16 @@ struct Board {
     samples: VecDeque<(Instant, u64)>,
 }
 
+/// The link is down (or not up yet) because of `why`; `since` moves only
+/// when it goes down (or on the first failure).
+fn link_failed(b: &mut Board, why: String) {
+    if b.tracker.connected || b.tracker.since.is_none() {
+        b.tracker.since = Some(unix_now());
+    }
+    b.tracker.connected = false;
+    b.tracker.error = Some(why);
+}
+
 /// The shared board (cheap to clone).
 #[derive(Debug, Clone)]
 pub(crate) struct StatusBoard {
@@ -128,7 +138,7 @@ impl StatusBoard {
             folder: folder.display().to_string(),
             name,
             id,
-            tracker: TrackerLink { addr: tracker_addr, connected: false, since: None, error: None },
+            tracker: TrackerLink { addr: tracker_addr, connected: false, since: None, error: None, discovered: false },
             admission: DeviceState::Admitted,
             devices: Vec::new(),
             engine: EngineView { busy: true, ..EngineView::default() },
@@ -145,18 +155,30 @@ impl StatusBoard {
     pub fn tracker_connected(&self) {
         let mut b = self.inner.lock();
         b.admission = DeviceState::Admitted;
-        b.tracker = TrackerLink { addr: b.tracker.addr.clone(), connected: true, since: Some(unix_now()), error: None };
+        b.tracker.connected = true;
+        b.tracker.since = Some(unix_now());
+        b.tracker.error = None;
+    }
+
+    /// The tracker address changed (found on the LAN when `discovered`).
+    pub fn set_tracker_addr(&self, addr: String, discovered: bool) {
+        let mut b = self.inner.lock();
+        b.tracker.addr = addr;
+        b.tracker.discovered = discovered;
+    }
+
+    /// The peer is looking for its tracker on the LAN (`why` says so).
+    pub fn tracker_looking(&self, why: String) {
+        let mut b = self.inner.lock();
+        b.tracker.discovered = true;
+        link_failed(&mut b, why);
     }
 
     /// A session failed or ended; `since` moves only when the link goes
     /// down (or the first attempt fails), not at every retry.
     pub fn tracker_failed(&self, why: String) {
         let mut b = self.inner.lock();
-        if b.tracker.connected || b.tracker.since.is_none() {
-            b.tracker.since = Some(unix_now());
-        }
-        b.tracker.connected = false;
-        b.tracker.error = Some(why);
+        link_failed(&mut b, why);
     }
 
     /// The tracker says this device is pending or revoked (or, with

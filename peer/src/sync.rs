@@ -1,5 +1,6 @@
 //! Keeping the folder in step with the cluster: the tracker client (one
-//! PTP session), the engine (the main loop: plan per path, then install,
+//! PTP session) and where it finds the tracker (`locate`: the remembered
+//! address, else the LAN), the engine (the main loop: plan per path, then install,
 //! apply or announce), the file-system side of applying records, the
 //! version history, and the index-backed chunk source the transfer layer
 //! reads local content through.
@@ -14,6 +15,7 @@ mod error;
 pub(crate) mod history;
 pub(crate) mod index_source;
 mod install;
+pub(crate) mod locate;
 mod plan;
 pub(crate) mod restore;
 pub(crate) mod tracker_client;

@@ -21,10 +21,12 @@
 //! mass_change_files = 1000       # brake: hold one device's deletions/overwrites beyond this many
 //! mass_change_percent = 50       #   ... or beyond this share of the live files (0 turns a limit off)
 //! mass_change_window_secs = 60   #   ... within this window
+//! discovery = true               # announce the tracker on the LAN (mDNS; never on loopback)
 //!
 //! [peer]
 //! folder = "/home/me/DartSync"   # default: ~/DartSync
-//! tracker_addr = "pi.local:7373"
+//! tracker_addr = "pi.local:7373"   # none: find the cluster's tracker on the LAN
+//! discovery = true               # false: never look for the tracker on the LAN
 //! listen = "0.0.0.0:0"           # piece server; port 0 picks a free port
 //! rescan_secs = 600              # periodic full rescan
 //! versions = "on"                # "off": replaced and deleted files are not kept
@@ -126,6 +128,8 @@ pub struct TrackerSection {
     pub mass_change_percent: Option<u8>,
     /// Mass-change brake: the window, in seconds.
     pub mass_change_window_secs: Option<u64>,
+    /// Announce the tracker on the LAN (DNS-SD over mDNS; default true).
+    pub discovery: Option<bool>,
 }
 
 /// The `[peer]` table.
@@ -165,6 +169,9 @@ pub struct PeerSection {
     pub upload_slots_total: Option<usize>,
     /// Files downloaded at once.
     pub max_parallel_downloads: Option<usize>,
+    /// Without a tracker address, look for the tracker on the LAN
+    /// (default true).
+    pub discovery: Option<bool>,
 }
 
 impl ConfigFile {
@@ -244,6 +251,9 @@ pub struct TrackerConfig {
     pub mass_change_percent: u8,
     /// The brake's window.
     pub mass_change_window: Duration,
+    /// Announce this tracker on the LAN (DNS-SD over mDNS). Even when
+    /// true, a tracker listening on a loopback address announces nothing.
+    pub discovery: bool,
 }
 
 /// Who may join a cluster, besides holding the cluster key.
@@ -309,6 +319,7 @@ impl Default for TrackerConfig {
             mass_change_files: 1000,
             mass_change_percent: 50,
             mass_change_window: Duration::from_secs(60),
+            discovery: true,
         }
     }
 }
@@ -369,6 +380,9 @@ impl TrackerConfig {
         }
         if let Some(v) = section.mass_change_window_secs {
             cfg.mass_change_window = Duration::from_secs(v);
+        }
+        if let Some(v) = section.discovery {
+            cfg.discovery = v;
         }
         cfg.validate()?;
         Ok(cfg)
@@ -474,8 +488,12 @@ pub struct PeerConfig {
     /// The web dashboard's address (`None`: off; default `127.0.0.1:0`,
     /// a free loopback port).
     pub http: Option<SocketAddr>,
-    /// The tracker, `host:port`.
+    /// The tracker, `host:port`. `None`: found on the LAN when
+    /// `discovery` is on.
     pub tracker_addr: Option<String>,
+    /// Without `tracker_addr`, look for the cluster's tracker on the LAN
+    /// (DNS-SD over mDNS). Ignored when `tracker_addr` is set.
+    pub discovery: bool,
     /// Piece server listen address.
     pub listen: SocketAddr,
     /// Full rescan period.
@@ -509,6 +527,7 @@ impl Default for PeerConfig {
             name: None,
             http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             tracker_addr: None,
+            discovery: true,
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             rescan: Duration::from_secs(600),
             versions: VersionsPolicy::default(),
@@ -579,6 +598,9 @@ impl PeerConfig {
         if let Some(v) = section.max_parallel_downloads {
             cfg.max_parallel_downloads = v;
         }
+        if let Some(v) = section.discovery {
+            cfg.discovery = v;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -633,6 +655,7 @@ mod tests {
             versions_budget_percent = 25
             ignore_perms = true
             receive_only = true
+            discovery = false
         "#;
         let file = ConfigFile::parse(text, Path::new("x.toml")).unwrap();
         assert_eq!(file.key_file.as_deref(), Some(Path::new("/k")));
@@ -646,6 +669,10 @@ mod tests {
         assert_eq!(p.versions, VersionsPolicy { enabled: false, max_age_days: 7, budget_percent: 25 });
         assert!(p.ignore_perms);
         assert!(p.receive_only);
+        assert!(!p.discovery);
+        assert!(t.discovery, "on by default");
+        let off = ConfigFile::parse("[tracker]\ndiscovery = false\n", Path::new("x.toml")).unwrap();
+        assert!(!TrackerConfig::from_section(&off.tracker).unwrap().discovery);
     }
 
     #[test]

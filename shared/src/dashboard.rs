@@ -317,6 +317,7 @@ mod tests {
                 connected: true,
                 since: Some(1_796_000_000),
                 error: None,
+                discovered: false,
             },
             devices: vec![Device {
                 name: "alice".into(),

@@ -207,6 +207,14 @@ impl ClusterKey {
         hex::encode(&hash.as_bytes()[..4])
     }
 
+    /// The publishable fingerprint trackers announce on the LAN (`fp=`):
+    /// the first 16 bytes of `blake3::derive_key("dartsync cluster
+    /// discovery fingerprint v1", key)`. Neither the key nor the 4-byte
+    /// [`ClusterKey::fingerprint`] of the logs can be computed from it.
+    pub fn discovery_fingerprint(&self) -> crate::discovery::DiscoveryFingerprint {
+        crate::discovery::DiscoveryFingerprint::of_key(&self.0)
+    }
+
     /// Reads a key file.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let text = read_secret_file(path, Secrecy::Strict, Kind::ClusterKey)?;
@@ -321,6 +329,16 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert_eq!(ClusterKey::load(&path).unwrap(), key);
         assert!(matches!(key.save_new(&path), Err(KeyError::Exists(_))));
+    }
+
+    #[test]
+    fn the_discovery_fingerprint_is_neither_the_key_nor_the_log_fingerprint() {
+        let key = ClusterKey::from_bytes([7; 32]);
+        let fp = key.discovery_fingerprint().to_string();
+        assert_eq!(fp.len(), 32);
+        assert!(!fp.starts_with(&key.fingerprint()));
+        assert!(!hex::encode(key.as_bytes()).contains(&fp[..8]));
+        assert_eq!(fp, ClusterKey::from_bytes([7; 32]).discovery_fingerprint().to_string());
     }
 
     #[test]

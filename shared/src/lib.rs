@@ -5,7 +5,9 @@
 //! ([`channel`]), the record and version-vector types ([`record`],
 //! [`version`]), identities ([`id`]), the only gate from wire paths to disk
 //! paths ([`path`]), content-defined chunking ([`chunk`]), the cluster key
-//! ([`key`]) and the configuration file ([`config`]), plus two small
+//! ([`key`]), the LAN discovery model ([`discovery`]: what a tracker
+//! announces, how announcements are checked and picked) and the
+//! configuration file ([`config`]), plus two small
 //! helpers every crate uses: [`hex`] and [`backoff`]. With the `test-util`
 //! feature, `test_util` holds the helpers of every crate's tests.
 //!
@@ -24,6 +26,7 @@ pub mod config;
 pub mod control;
 pub mod dashboard;
 pub mod device;
+pub mod discovery;
 pub mod error;
 pub mod hex;
 pub mod human;

@@ -67,6 +67,11 @@ pub struct TrackerLink {
     pub since: Option<u64>,
     /// Why the last attempt failed, while not connected.
     pub error: Option<String>,
+    /// The address was found on the LAN (no `--tracker-addr`); while
+    /// none is found yet, `addr` is empty and `error` says the peer is
+    /// looking.
+    #[serde(default)]
+    pub discovered: bool,
 }
 
 /// One device of the cluster, as a peer learns it from the tracker.

@@ -135,6 +135,7 @@ mod tests {
                 connected: true,
                 since: Some(NOW - 60),
                 error: None,
+                discovered: false,
             },
             devices: vec![],
             pending: Pending::default(),

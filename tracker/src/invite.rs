@@ -7,9 +7,9 @@
 //! table lives in memory only: a restarted tracker has no open invites
 //! (nothing secret is ever written to disk).
 //!
-//! The nameplates of the open invites are published on a `watch` channel
-//! (the LAN announcement carries them, so a joining laptop finds the
-//! tracker that holds its invite).
+//! The nameplates of the open invites are handed to the LAN announcement
+//! ([`Nameplates`]), so a joining laptop finds the tracker that holds its
+//! invite.
 //!
 //! Not here: the handshake (`dartsync_shared::join`), serving a join
 //! connection (`join`).
@@ -21,7 +21,8 @@ use dartsync_shared::invite_code::{InviteCode, MAX_NAMEPLATE};
 use dartsync_shared::join::MAX_FAILURES;
 use parking_lot::Mutex;
 use rand::Rng;
-use tokio::sync::watch;
+
+use crate::discovery::Nameplates;
 use tokio::time::Instant;
 
 /// Invites open at once.
@@ -66,18 +67,13 @@ struct Open {
 #[derive(Debug)]
 pub(crate) struct Invites {
     open: Mutex<BTreeMap<u16, Open>>,
-    nameplates: watch::Sender<Vec<u16>>,
+    nameplates: Nameplates,
 }
 
 impl Invites {
-    pub fn new() -> Invites {
-        Invites { open: Mutex::new(BTreeMap::new()), nameplates: watch::Sender::new(Vec::new()) }
-    }
-
-    /// The nameplates of the open invites, kept current.
-    #[allow(dead_code)] // until the LAN announcement follows it
-    pub fn nameplates(&self) -> watch::Receiver<Vec<u16>> {
-        self.nameplates.subscribe()
+    /// No open invites; their nameplates go to `nameplates`.
+    pub fn new(nameplates: Nameplates) -> Invites {
+        Invites { open: Mutex::new(BTreeMap::new()), nameplates }
     }
 
     /// Makes an invite valid for `validity` from `now`.
@@ -143,14 +139,7 @@ impl Invites {
     }
 
     fn publish(&self, open: &BTreeMap<u16, Open>) {
-        let list: Vec<u16> = open.keys().copied().collect();
-        self.nameplates.send_if_modified(|current| {
-            let changed = *current != list;
-            if changed {
-                current.clone_from(&list);
-            }
-            changed
-        });
+        self.nameplates.set_nameplates(open.keys().copied().collect());
     }
 }
 
@@ -169,31 +158,31 @@ mod tests {
 
     #[test]
     fn an_invite_is_found_by_its_nameplate_until_it_expires() {
-        let invites = Invites::new();
+        let invites = Invites::new(Nameplates::default());
         let now = Instant::now();
         let (code, expires) = invites.create(TEN_MIN, now).unwrap();
         assert_eq!(expires, now + TEN_MIN);
         assert_eq!(invites.lookup(code.nameplate(), now), Some(code.clone()));
-        assert_eq!(*invites.nameplates().borrow(), vec![code.nameplate()]);
+        assert_eq!(invites.nameplates.nameplates(), vec![code.nameplate()]);
         assert_eq!(invites.lookup(code.nameplate(), expires), None);
-        assert!(invites.nameplates().borrow().is_empty(), "an expired nameplate is no longer announced");
+        assert!(invites.nameplates.nameplates().is_empty(), "an expired nameplate is no longer announced");
         assert!(!invites.consume(&code, expires), "an expired invite cannot be used");
     }
 
     #[test]
     fn an_invite_admits_one_device() {
-        let invites = Invites::new();
+        let invites = Invites::new(Nameplates::default());
         let now = Instant::now();
         let (code, _) = invites.create(TEN_MIN, now).unwrap();
         assert!(invites.consume(&code, now));
         assert!(!invites.consume(&code, now), "a code is good for one device");
         assert_eq!(invites.lookup(code.nameplate(), now), None);
-        assert!(invites.nameplates().borrow().is_empty());
+        assert!(invites.nameplates.nameplates().is_empty());
     }
 
     #[test]
     fn wrong_guesses_are_counted_and_burn_the_invite() {
-        let invites = Invites::new();
+        let invites = Invites::new(Nameplates::default());
         let now = Instant::now();
         let (code, _) = invites.create(TEN_MIN, now).unwrap();
         for n in 1..MAX_FAILURES {
@@ -207,7 +196,7 @@ mod tests {
 
     #[test]
     fn at_most_max_open_invites_and_sane_validities() {
-        let invites = Invites::new();
+        let invites = Invites::new(Nameplates::default());
         let now = Instant::now();
         let mut plates = Vec::new();
         for _ in 0..MAX_OPEN {
@@ -219,7 +208,7 @@ mod tests {
         assert_eq!(invites.create(TEN_MIN, now), Err(InviteError::TooMany));
         // Expired ones make room.
         assert!(invites.create(TEN_MIN, now + TEN_MIN).is_ok());
-        assert_eq!(Invites::new().create(Duration::ZERO, now), Err(InviteError::Validity));
-        assert_eq!(Invites::new().create(MAX_VALIDITY * 2, now), Err(InviteError::Validity));
+        assert_eq!(Invites::new(Nameplates::default()).create(Duration::ZERO, now), Err(InviteError::Validity));
+        assert_eq!(Invites::new(Nameplates::default()).create(MAX_VALIDITY * 2, now), Err(InviteError::Validity));
     }
 }

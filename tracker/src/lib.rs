@@ -13,6 +13,10 @@
 //! - `actor`: the one task that owns the `state` (table, peers, seq, epoch,
 //!   expiry, tombstone GC) and commits every change to the `store` (redb in
 //!   `data_dir`) before any peer can see it.
+//! - `discovery`: announces the tracker on the LAN (DNS-SD over mDNS) when
+//!   discovery is on and it listens on a non-loopback address; the open
+//!   invite nameplates it announces are set through [`Nameplates`]
+//!   ([`Tracker::nameplates`]).
 //!
 //! Shutdown: cancelling the token stops the accept loop, every session and
 //! the actor. A failed database commit stops the tracker with an error.
@@ -32,6 +36,7 @@ mod brake;
 mod compact;
 mod conflict;
 mod devices;
+mod discovery;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -58,6 +63,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+pub use discovery::Nameplates;
 pub use store::{DB_FILE, StoreError};
 
 use crate::actor::{Actor, ActorHandle, BrakeAction};
@@ -128,6 +134,8 @@ pub struct Tracker {
     ceiling: u64,
     /// The web dashboard, when `--http` asked for one.
     dashboard: Option<Dashboard>,
+    /// The open invite nameplates announced on the LAN.
+    nameplates: Nameplates,
 }
 
 impl Tracker {
@@ -200,7 +208,18 @@ impl Tracker {
             None => None,
         };
         tracing::info!(key = key.fingerprint(), id = %identity.peer_id(), "tracker listening on {addr}");
-        Ok(Tracker { config, key, identity, listener, addr, store: Arc::new(store), state, ceiling, dashboard })
+        Ok(Tracker {
+            config,
+            key,
+            identity,
+            listener,
+            addr,
+            store: Arc::new(store),
+            state,
+            ceiling,
+            dashboard,
+            nameplates: Nameplates::default(),
+        })
     }
 
     /// The bound address.
@@ -216,6 +235,13 @@ impl Tracker {
     /// The tracker's epoch.
     pub fn epoch(&self) -> u64 {
         self.state.epoch()
+    }
+
+    /// The handle that sets the open invite nameplates announced on the
+    /// LAN (`inv=`); cheap to clone, usable while the tracker runs (a
+    /// no-op when the tracker is not announced).
+    pub fn nameplates(&self) -> Nameplates {
+        self.nameplates.clone()
     }
 
     /// Serves peers until `shutdown` is cancelled or the database fails.
@@ -237,13 +263,23 @@ impl Tracker {
         );
         let mut actor = AbortOnDropHandle::new(tokio::spawn(actor.run(token.clone())));
         let url = self.dashboard.as_ref().map(|d| d.url(&local_host_name()));
-        let invites = Arc::new(Invites::new());
+        let invites = Arc::new(Invites::new(self.nameplates.clone()));
         let handler =
             status_handler(handle.clone(), self.identity.peer_id(), self.addr, url, self.config.admit, invites.clone());
         let control = control_socket(&self.config.data_dir, handler.clone(), &token);
         let dashboard = self.dashboard.map(|dashboard| {
             AbortOnDropHandle::new(tokio::spawn(dashboard.serve(Kind::Tracker, handler, token.clone())))
         });
+        let announcer = discovery::spawn(
+            discovery::AnnounceConfig {
+                scope: discovery::scope(self.addr, self.config.discovery),
+                addr: self.addr,
+                fingerprint: self.key.discovery_fingerprint(),
+                id: self.identity.peer_id(),
+            },
+            &self.nameplates,
+            token.clone(),
+        );
         let ctx = Arc::new(SessionCtx {
             key: self.key,
             identity: self.identity,
@@ -270,6 +306,9 @@ impl Tracker {
         }
         if let Some(dashboard) = dashboard {
             let _ = dashboard.await;
+        }
+        if let Some(announcer) = announcer {
+            let _ = announcer.await;
         }
         let result = match joined {
             Ok(result) => result,

@@ -169,6 +169,7 @@ fn tracker_child_process() {
     let key = ClusterKey::from_bytes(dartsync_shared::hex::decode32(key).unwrap());
     let config = TrackerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        discovery: false,
         data_dir: data_dir.into(),
         interval: Duration::from_millis(interval_ms.parse().unwrap()),
         piece_len: DEFAULT_PIECE_LEN,

@@ -4,7 +4,8 @@
 //! `DIR/.dartsync/` holds the node identity (`identity`, mode 0600), the
 //! redb index (`index.redb`), downloads in progress (`tmp/`), replaced or
 //! deleted files (`versions/`) and, once a tracker has answered, the
-//! tracker's pinned identity (`tracker.pin`, see `sync::tracker_pin`), and
+//! tracker's pinned identity (`tracker.pin`, see `sync::tracker_pin`), the
+//! tracker address found on the LAN (`tracker.addr`, see `sync::locate`), and
 //! the lock of the running peer (`lock`, see [`FolderLock`]). It is created on first start, never synced
 //! and never announced: [`dartsync_shared::RelPath`] cannot name anything
 //! under it, and the scanner never descends into it.
@@ -37,6 +38,8 @@ pub const TMP_DIR: &str = "tmp";
 pub const VERSIONS_DIR: &str = "versions";
 /// Name of the tracker's pinned identity inside `.dartsync/`.
 pub const TRACKER_PIN_FILE: &str = "tracker.pin";
+/// Name of the tracker address found on the LAN, inside `.dartsync/`.
+pub const TRACKER_ADDR_FILE: &str = "tracker.addr";
 /// Name of the lock file inside `.dartsync/` (see [`FolderLock`]).
 pub const LOCK_FILE: &str = "lock";
 
@@ -71,6 +74,9 @@ pub struct PeerDirs {
     /// `root/.dartsync/tracker.pin`: the tracker's identity, pinned at
     /// first contact (written by the tracker client, not here).
     pub tracker_pin: PathBuf,
+    /// `root/.dartsync/tracker.addr`: the tracker address last found on
+    /// the LAN (written by `sync::locate`, not here).
+    pub tracker_addr: PathBuf,
     /// `root/.dartsync/lock`: held by the running peer ([`FolderLock`]).
     pub lock: PathBuf,
 }
@@ -100,6 +106,7 @@ impl PeerDirs {
             identity: state.join(IDENTITY_FILE),
             index: state.join(INDEX_FILE),
             tracker_pin: state.join(TRACKER_PIN_FILE),
+            tracker_addr: state.join(TRACKER_ADDR_FILE),
             lock: state.join(LOCK_FILE),
             state,
             root,

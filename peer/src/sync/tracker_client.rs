@@ -46,6 +46,16 @@
 //! reconnects. Any frame cancels a check. A tracker that sends a frame at
 //! least once per interval is never checked this way.
 //!
+//! # A tracker found on the LAN
+//! Without `--tracker-addr` the config carries a [`Locator`]: the client
+//! starts from the remembered address (or looks on the LAN first when
+//! there is none), remembers an address once a tracker there answered
+//! `Register`, and after [`REDISCOVER_AFTER`] failed attempts in a row to
+//! reach it (unreachable or silent) looks on the LAN again for up to
+//! [`REDISCOVER_WAIT`] (a Pi with a new DHCP lease) before retrying. Several
+//! trackers of the cluster on the LAN end the client with an error asking
+//! for `--tracker-addr`.
+//!
 //! # Failures in the log
 //! A failure is classified ([`Trouble`]: unreachable, wrong cluster key,
 //! not a tracker, no answer, untrusted tracker, refused, session lost) and
@@ -76,6 +86,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::locate::Locator;
 use super::tracker_pin::{PinError, TrackerPin, Trust};
 use crate::status::StatusBoard;
 use crate::transfer::PeerGate;
@@ -99,6 +110,12 @@ const SILENT_INTERVALS: u32 = 3;
 const MIN_SILENCE: Duration = Duration::from_secs(3);
 /// The liveness check may take at least this long.
 const MIN_LIVENESS: Duration = Duration::from_secs(3);
+/// Failed attempts in a row to reach a tracker found on the LAN before
+/// the LAN is asked again.
+const REDISCOVER_AFTER: u32 = 3;
+/// How long one such search may take before the client retries the
+/// address it has.
+const REDISCOVER_WAIT: Duration = Duration::from_secs(30);
 /// A session that lasted this long ends a streak of failures in the log.
 const STABLE_SESSION: Duration = Duration::from_secs(60);
 /// Pauses between log lines about one kind of failure that goes on: the
@@ -122,6 +139,10 @@ pub(crate) fn liveness_limit(interval: Duration) -> Duration {
 /// Why one session with the tracker ended (or never began).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// Looking for the tracker on the LAN failed (several trackers, or no
+    /// mDNS).
+    #[error(transparent)]
+    Discovery(#[from] crate::discovery::DiscoveryError),
     /// The tracker address did not resolve.
     #[error("cannot resolve the tracker address {addr} ({source}) — is --tracker-addr right?")]
     Resolve {
@@ -271,9 +292,11 @@ impl ClientError {
             ClientError::Refused { .. } => Trouble::Refused,
             ClientError::Revoked { .. } => Trouble::Revoked,
             ClientError::Silent { .. } => Trouble::Lost,
-            ClientError::Channel(_) | ClientError::Protocol(_) | ClientError::Closed | ClientError::Summary(_) => {
-                Trouble::Other
-            }
+            ClientError::Channel(_)
+            | ClientError::Protocol(_)
+            | ClientError::Closed
+            | ClientError::Summary(_)
+            | ClientError::Discovery(_) => Trouble::Other,
         }
     }
 }
@@ -369,6 +392,10 @@ pub struct ClientConfig {
     pub status: StatusBoard,
     /// The piece server's gate, fed with every device list.
     pub gate: PeerGate,
+    /// Without `--tracker-addr`: where the tracker is found (and
+    /// remembered). `tracker_addr` is then where to start, empty when no
+    /// address is known yet.
+    pub(crate) locator: Option<Arc<Locator>>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -395,7 +422,7 @@ impl TrackerClient {
         summary: SummaryFn,
         events: mpsc::Sender<TrackerEvent>,
         shutdown: CancellationToken,
-    ) -> (TrackerClient, JoinHandle<()>) {
+    ) -> (TrackerClient, JoinHandle<Result<(), ClientError>>) {
         let (tx, rx) = mpsc::channel(256);
         let task = tokio::spawn(run(cfg, summary, events, rx, shutdown));
         (TrackerClient { commands: tx }, task)
@@ -629,19 +656,58 @@ struct Progress {
     epoch: u64,
 }
 
+/// Asks the locator for the tracker's address (until found when none is
+/// known, else for [`REDISCOVER_WAIT`]) and makes it `cfg`'s. `Ok(false)`:
+/// shutdown came first.
+async fn locate(cfg: &mut ClientConfig, shutdown: &CancellationToken) -> Result<bool, ClientError> {
+    let Some(locator) = cfg.locator.clone() else {
+        return Ok(true);
+    };
+    let wait = if cfg.tracker_addr.is_empty() { None } else { Some(REDISCOVER_WAIT) };
+    let found = tokio::select! {
+        found = locator.find(wait) => found,
+        () = shutdown.cancelled() => return Ok(false),
+    };
+    let found = match found {
+        Ok(found) => found,
+        // mDNS trouble with an address still in hand: keep trying it.
+        Err(e @ crate::discovery::DiscoveryError::Mdns(_)) if !cfg.tracker_addr.is_empty() => {
+            tracing::warn!("{e}");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match found {
+        Some(addr) => cfg.tracker_addr = addr,
+        None => {
+            tracing::info!("no tracker of this cluster answered on the LAN; trying {} again", cfg.tracker_addr);
+            cfg.status.set_tracker_addr(cfg.tracker_addr.clone(), true);
+        }
+    }
+    Ok(true)
+}
+
 async fn run(
-    cfg: ClientConfig,
+    mut cfg: ClientConfig,
     summary: SummaryFn,
     events: mpsc::Sender<TrackerEvent>,
     mut commands: mpsc::Receiver<ClientCommand>,
     shutdown: CancellationToken,
-) {
+) -> Result<(), ClientError> {
     let pin = TrackerPin::new(cfg.pin_file.clone());
     let mut progress = Progress::default();
     let mut backoff = Backoff::new(RECONNECT_MIN, RECONNECT_MAX);
     let mut troubles = RepeatLog::default();
     let mut attempt = 0u64;
+    // Failed attempts in a row to reach the address (for re-discovery).
+    let mut unreachable = 0u32;
     loop {
+        if cfg.tracker_addr.is_empty() || (cfg.locator.is_some() && unreachable >= REDISCOVER_AFTER) {
+            unreachable = 0;
+            if !locate(&mut cfg, &shutdown).await? {
+                return Ok(());
+            }
+        }
         attempt += 1;
         tracing::debug!(attempt, "connecting to tracker {}", cfg.tracker_addr);
         let mut welcomed = None;
@@ -650,12 +716,16 @@ async fn run(
         let result = tokio::select! {
             biased;
             r = session(&cfg, &pin, &summary, &events, &mut commands, &mut progress, &mut welcomed, &shutdown) => r,
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
         };
         let err = match result {
-            Ok(()) => return,
+            Ok(()) => return Ok(()),
             Err(e) => e,
         };
+        match (&welcomed, err.trouble()) {
+            (None, Trouble::Unreachable | Trouble::NoAnswer) => unreachable += 1,
+            _ => unreachable = 0,
+        }
         cfg.status.tracker_failed(err.to_string());
         let is_revoked = matches!(err, ClientError::Revoked { .. });
         if is_revoked {
@@ -696,7 +766,7 @@ async fn run(
             }
         }
         if welcomed.is_some() && events.send(TrackerEvent::Disconnected(err.to_string())).await.is_err() {
-            return;
+            return Ok(());
         }
         // Drop commands while disconnected: what they say is already in the
         // index, and the next session's summary (read after this pause)
@@ -713,9 +783,9 @@ async fn run(
         tokio::pin!(pause);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return Ok(()),
                 _ = &mut pause => break,
-                cmd = commands.recv() => if cmd.is_none() { return },
+                cmd = commands.recv() => if cmd.is_none() { return Ok(()) },
             }
         }
     }
@@ -744,6 +814,9 @@ async fn session(
     }
     *welcomed = Some(std::time::Instant::now());
     tracing::info!("registered with tracker {}", cfg.tracker_addr);
+    if let Some(locator) = &cfg.locator {
+        locator.remember(&cfg.tracker_addr).await;
+    }
     tracing::debug!(
         epoch = format_args!("{:016x}", welcome.epoch),
         seq = welcome.seq,
@@ -1026,7 +1099,17 @@ mod tests {
         let identity = Identity::generate();
         let status = StatusBoard::new(std::path::Path::new("/f"), "test".into(), identity.peer_id(), addr.clone());
         let gate = PeerGate::new();
-        ClientConfig { tracker_addr: addr, listen_port: 1, key, identity, pin_file, name: "test".into(), status, gate }
+        ClientConfig {
+            tracker_addr: addr,
+            listen_port: 1,
+            key,
+            identity,
+            pin_file,
+            name: "test".into(),
+            status,
+            gate,
+            locator: None,
+        }
     }
 
     /// A fake tracker: accepts one connection with `key` and `identity`,

@@ -59,6 +59,8 @@ impl TestTracker {
         let dir = tempfile::tempdir().unwrap();
         let mut config = TrackerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
+            // Loopback never announces; no multicast from tests either way.
+            discovery: false,
             data_dir: dir.path().join("data"),
             interval,
             piece_len: DEFAULT_PIECE_LEN,
