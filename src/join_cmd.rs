@@ -44,8 +44,8 @@ pub async fn join(req: &JoinRequest) -> anyhow::Result<Option<PeerConfig>> {
             println!("Looking on the LAN for the tracker with invite {} ...", req.code.nameplate());
             dartsync_peer::join::find_inviting_tracker(&req.code, DISCOVERY_TIMEOUT).await.map_err(|e| {
                 anyhow::anyhow!(
-                    "{e}\nIs the tracker running on this LAN, with the invite still open? Or pass its address \
-                     with --tracker-addr HOST[:PORT]"
+                    "{e}: is the tracker running on this LAN, and the invite still open (good for one device, \
+                     for the minutes `dartsync invite` printed)? Or pass its address with --tracker-addr HOST[:PORT]"
                 )
             })?
         }

@@ -250,3 +250,122 @@ fn a_tracker_that_moves_to_another_address_is_found_again() {
     again.wait_for_line(&format!("registered with tracker {moved}"), FIND);
     assert!(!again.lines().iter().any(|l| l.contains("looking for the tracker")), "{:#?}", again.lines());
 }
+
+impl Lan {
+    /// Runs `dartsync ARGS` to completion in node `i`'s namespace,
+    /// discovery on: (exit code, stdout, stderr).
+    fn run(&self, i: usize, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.nodes[i - 1]])
+            .arg(bin())
+            .args(args)
+            .env_remove("DARTSYNC_NO_DISCOVERY")
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run ip netns exec");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// `dartsync invite --json --data DATA` (the control socket is a file:
+/// no namespace needed): the code.
+fn invite(data: &Path) -> String {
+    let (status, out, err) = run(&["invite", "--json", "--data", path(data)], &[]);
+    assert!(status.success(), "invite failed: {err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    answer["code"].as_str().unwrap().to_owned()
+}
+
+fn nameplate(code: &str) -> &str {
+    code.split('-').next().unwrap()
+}
+
+#[test]
+fn devices_join_with_a_code_and_no_address_or_key_and_sync() {
+    let Some(lan) = Lan::new(3) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (tracker_key, data) = (dir.path().join("tracker.key"), dir.path().join("data"));
+    // The tracker makes its own key; nobody copies it anywhere.
+    let _tracker = lan.tracker(1, "tracker", &tracker_key, &data);
+    let tracker_addr = format!("{}:7373", lan.ip(1));
+    let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
+    let (alice_key, bob_key) = (dir.path().join("alice.key"), dir.path().join("bob.key"));
+
+    // A wrong code first: a clean failure, nothing written.
+    let code = invite(&data);
+    let wrong = format!(
+        "{}-{}",
+        nameplate(&code),
+        if code.ends_with("-acid") { "acorn-acorn-acorn" } else { "acid-acid-acid" }
+    );
+    let (exit, out, err) =
+        lan.run(2, &["join", &wrong, path(&alice), "--key-file", path(&alice_key), "--name", "alice", "--no-start"]);
+    assert_eq!(exit, 1, "{out}{err}");
+    assert!(err.contains("did not accept the code"), "{err}");
+    assert!(!alice_key.exists() && !alice.exists(), "a wrong code writes nothing");
+
+    // The right code: found on the LAN by its number, joined, syncing.
+    let a = lan.spawn(2, "alice", &["join", &code, path(&alice), "--key-file", path(&alice_key), "--name", "alice"]);
+    let b_code = invite(&data);
+    let b = lan.spawn(3, "bob", &["join", &b_code, path(&bob), "--key-file", path(&bob_key), "--name", "bob"]);
+    for (peer, folder) in [(&a, &alice), (&b, &bob)] {
+        peer.wait_for_line(&format!("registered with tracker {tracker_addr}"), FIND);
+        let s = status(folder).unwrap();
+        assert_eq!(s["tracker"]["connected"], true, "{s}");
+    }
+    let tracker_key_text = std::fs::read_to_string(&tracker_key).unwrap();
+    for key in [&alice_key, &bob_key] {
+        assert_eq!(std::fs::read_to_string(key).unwrap(), tracker_key_text, "the cluster key arrived");
+    }
+    std::fs::write(alice.join("hello.txt"), b"joined by code\n").unwrap();
+    wait_file(&bob, "hello.txt", b"joined by code\n");
+
+    // A code is good once.
+    let carol = dir.path().join("carol");
+    let (exit, _, err) =
+        lan.run(3, &["join", &code, path(&carol), "--key-file", path(&dir.path().join("carol.key")), "--no-start"]);
+    assert_eq!(exit, 1, "{err}");
+    assert!(
+        err.contains("a tracker with open invite") && err.contains("was not found on the LAN"),
+        "a used code fails: {err}"
+    );
+    assert!(!dir.path().join("carol.key").exists());
+    drop((a, b));
+}
+
+#[test]
+fn a_code_joins_the_tracker_that_made_it_among_two_clusters() {
+    let Some(lan) = Lan::new(3) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (key_a, key_b) = (dir.path().join("a.key"), dir.path().join("b.key"));
+    let (data_a, data_b) = (dir.path().join("data-a"), dir.path().join("data-b"));
+    let _tracker_a = lan.tracker(1, "tracker-a", &key_a, &data_a);
+    let _tracker_b = lan.tracker(2, "tracker-b", &key_b, &data_b);
+    let code_a = invite(&data_a);
+    // Nameplates are random; two open invites on one LAN rarely share one.
+    let code_b = loop {
+        let code = invite(&data_b);
+        if nameplate(&code) != nameplate(&code_a) {
+            break code;
+        }
+    };
+    let folder = dir.path().join("frank");
+    let key = dir.path().join("frank.key");
+    let (exit, out, err) =
+        lan.run(3, &["join", &code_b, path(&folder), "--key-file", path(&key), "--name", "frank", "--no-start"]);
+    assert_eq!(exit, 0, "{out}{err}");
+    assert!(out.contains(&format!("through the tracker at {}:7373", lan.ip(2))), "{out}");
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), std::fs::read_to_string(&key_b).unwrap(), "cluster B's key");
+    // The folder remembers B, and starting it later needs no address.
+    let remembered = std::fs::read_to_string(folder.join(".dartsync/tracker.addr")).unwrap();
+    assert!(remembered.contains(&format!("{}:7373", lan.ip(2))), "{remembered}");
+    let f = lan.peer(3, "frank", &folder, &key);
+    f.wait_for_line(&format!("registered with tracker {}:7373", lan.ip(2)), FIND);
+    // Cluster A's invite is untouched: still open, still good.
+    let (status, out, _) = run(&["status", "--tracker", "--json", "--data", path(&data_a)], &[]);
+    assert!(status.code().is_some_and(|c| c < 2), "{out}");
+}

@@ -31,7 +31,7 @@ pub enum DiscoveryError {
     #[error("cannot look for the tracker on the LAN (mDNS): {0}")]
     Mdns(String),
     /// Nothing matched in time.
-    #[error("found no {what} on the LAN within {} s", after.as_secs())]
+    #[error("{what} was not found on the LAN within {} s", after.as_secs())]
     NotFound {
         /// What was looked for ("tracker of cluster 1a2b3c4d").
         what: String,

@@ -384,7 +384,7 @@ impl fmt::Display for Filter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Filter::Fingerprint(fp) => write!(f, "the tracker of cluster {}", fp.fmt_short()),
-            Filter::Nameplate(n) => write!(f, "the tracker with open invite {n}"),
+            Filter::Nameplate(n) => write!(f, "a tracker with open invite {n}"),
         }
     }
 }
