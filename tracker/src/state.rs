@@ -63,10 +63,13 @@
 //! last message; [`State::expire`] removes peers past it. Removing a peer
 //! (expiry, `Goodbye`, disconnect, or a new `Register` of the same id)
 //! removes it from every holders set, which is a change of those entries.
-//! `holdings` is the reverse index (peer -> paths it was made a holder of),
-//! so a removal costs O(entries that peer holds), never a pass over the
-//! table. `sent_seq` is how far deltas have been handed to the peer's
-//! session.
+//! An online peer has a small *slot* (`u16`, reused after it leaves), and a
+//! holders set is a sorted list of slots: 2 bytes per holder per entry,
+//! where the peer's id would take 16 and a reverse index (peer -> paths)
+//! another 8 to 16. The price: removing a peer is one pass over the table
+//! (a few milliseconds per 100,000 entries; peers expiring together share
+//! one pass), on disconnects, which are rare next to announcements.
+//! `sent_seq` is how far deltas have been handed to the peer's session.
 //!
 //! # Deltas
 //! [`State::next_page`] hands a session the entries with `seq` in
@@ -153,8 +156,9 @@ struct Entry {
     author: PeerId,
     /// Unix seconds when a tombstone was accepted; `None` for live records.
     deleted_at: Option<u64>,
-    /// Online peers holding exactly `record`, sorted, no duplicates.
-    holders: Vec<PeerId>,
+    /// Slots of the online peers holding exactly `record`, sorted, no
+    /// duplicates.
+    holders: Vec<u16>,
 }
 
 /// An online peer.
@@ -170,18 +174,51 @@ struct Peer {
     sent_seq: u64,
     /// The peer gets a whole-table resend (`full: true`) until caught up.
     full_pending: bool,
+    /// Its slot in holders sets ([`NO_SLOT`]: none, it holds nothing).
+    slot: u16,
 }
 
-/// The reverse of `Entry::holders` for one online peer.
+/// A slot no peer gets: with every slot taken (65,535 peers online at
+/// once, beyond any `max_peers`), a newcomer holds nothing.
+const NO_SLOT: u16 = u16::MAX;
+
+/// The slots of online peers (see the module header).
 #[derive(Debug, Default)]
-struct Holdings {
-    /// Paths of the entries this peer was made a holder of. A superset: an
-    /// entry may have been replaced or collected since (then it is skipped)
-    /// and a path may appear twice (held, replaced, held again); compacted
-    /// when it grows past twice `live`.
-    paths: Vec<Arc<RelPath>>,
-    /// Entries whose `holders` contain this peer.
-    live: usize,
+struct Slots {
+    /// Slot -> the online peer in it.
+    peers: Vec<Option<PeerId>>,
+    /// Slots free for reuse.
+    free: Vec<u16>,
+}
+
+impl Slots {
+    /// A slot for `peer` ([`NO_SLOT`] when all are taken).
+    fn take(&mut self, peer: PeerId) -> u16 {
+        if let Some(slot) = self.free.pop() {
+            self.peers[usize::from(slot)] = Some(peer);
+            return slot;
+        }
+        match u16::try_from(self.peers.len()) {
+            Ok(slot) if slot != NO_SLOT => {
+                self.peers.push(Some(peer));
+                slot
+            }
+            _ => NO_SLOT,
+        }
+    }
+
+    /// Frees `slot` (no holders set may name it any more).
+    fn release(&mut self, slot: u16) {
+        if let Some(place) = self.peers.get_mut(usize::from(slot)) {
+            *place = None;
+            self.free.push(slot);
+        }
+    }
+
+    /// The peer in `slot`.
+    fn peer(&self, slot: u16) -> Option<PeerId> {
+        self.peers.get(usize::from(slot)).copied().flatten()
+    }
 }
 
 /// A tombstone-GC pass in progress.
@@ -370,8 +407,8 @@ pub(crate) struct State {
     /// `seq -> path` of every entry, by its current `seq`.
     by_seq: BTreeMap<u64, Arc<RelPath>>,
     peers: HashMap<PeerId, Peer>,
-    /// What each online peer holds (the reverse of `Entry::holders`).
-    holdings: HashMap<PeerId, Holdings>,
+    /// Online peers' slots (holders sets name these).
+    slots: Slots,
     /// Entries authored per peer (only non-zero counts).
     authored: HashMap<PeerId, usize>,
     /// Heartbeat deadlines, soonest first.
@@ -406,7 +443,7 @@ impl State {
             entries: BTreeMap::new(),
             by_seq: BTreeMap::new(),
             peers: HashMap::new(),
-            holdings: HashMap::new(),
+            slots: Slots::default(),
             authored: HashMap::new(),
             deadlines: BTreeSet::new(),
             known: BTreeMap::new(),
@@ -494,7 +531,7 @@ impl State {
         // peer restored from a backup has not seen what it once had.
         let acked = if incremental { seen_seq } else { 0 };
         self.set_known(peer, KnownPeer { acked_seq: acked, last_seen_unix: now_unix });
-        self.holdings.insert(peer, Holdings::default());
+        let slot = self.slots.take(peer);
         let deadline = now + self.expiry_after();
         self.deadlines.insert((deadline, peer));
         self.peers.insert(
@@ -505,6 +542,7 @@ impl State {
                 deadline,
                 sent_seq: if incremental { seen_seq } else { 0 },
                 full_pending: !incremental,
+                slot,
             },
         );
         self.evict_known();
@@ -608,55 +646,74 @@ impl State {
             if at > now {
                 break;
             }
-            self.remove_peer(peer, now_unix);
+            // Off the deadlines now; the table pass is shared below.
+            self.deadlines.pop_first();
             expired.push(peer);
         }
+        self.remove_peers(&expired, now_unix);
         expired
     }
 
-    /// Removes `peer` from the peer table and from every holders set, in
-    /// O(entries it holds). Returns false if it was not online.
+    /// Removes `peer` from the peer table and from every holders set (one
+    /// pass over the table). Returns false if it was not online.
     pub fn remove_peer(&mut self, peer: PeerId, now_unix: u64) -> bool {
-        let Some(p) = self.peers.remove(&peer) else {
-            return false;
-        };
-        self.deadlines.remove(&(p.deadline, peer));
-        self.devices.offline(peer);
-        if let Some(&k) = self.known.get(&peer) {
-            self.set_known(peer, KnownPeer { last_seen_unix: now_unix, ..k });
+        self.remove_peers(&[peer], now_unix) == 1
+    }
+
+    /// Removes `peers` from the peer table and from every holders set, in
+    /// one pass over the table; how many were online.
+    fn remove_peers(&mut self, peers: &[PeerId], now_unix: u64) -> usize {
+        let mut slots = Vec::new();
+        let mut removed = 0;
+        for &peer in peers {
+            let Some(p) = self.peers.remove(&peer) else {
+                continue;
+            };
+            removed += 1;
+            self.deadlines.remove(&(p.deadline, peer));
+            self.devices.offline(peer);
+            if let Some(&k) = self.known.get(&peer) {
+                self.set_known(peer, KnownPeer { last_seen_unix: now_unix, ..k });
+            }
+            if p.slot != NO_SLOT {
+                slots.push(p.slot);
+            }
         }
+        if slots.is_empty() {
+            return removed;
+        }
+        slots.sort_unstable();
         let mut changed = Vec::new();
-        for path in self.holdings.remove(&peer).map(|h| h.paths).unwrap_or_default() {
-            if let Some(entry) = self.entries.get_mut(&path)
-                && let Ok(i) = entry.holders.binary_search(&peer)
-            {
-                entry.holders.remove(i);
+        for entry in self.entries.values_mut() {
+            let before = entry.holders.len();
+            if before == 0 {
+                continue;
+            }
+            entry.holders.retain(|h| slots.binary_search(h).is_err());
+            if entry.holders.len() != before {
+                if entry.holders.is_empty() {
+                    entry.holders = Vec::new();
+                }
                 changed.push(entry.seq);
             }
+        }
+        for slot in slots {
+            self.slots.release(slot);
         }
         for old in changed {
             self.bump_entry(old);
         }
-        true
+        removed
     }
 
-    /// `peer` became a holder of the entry at `path` (the table's key).
-    fn note_held(&mut self, peer: PeerId, path: &Arc<RelPath>) {
-        let Some(h) = self.holdings.get_mut(&peer) else {
-            return;
-        };
-        h.paths.push(path.clone());
-        h.live += 1;
-        if h.paths.len() > 2 * h.live + 64 {
-            compact_holdings(peer, h, &self.entries);
-        }
+    /// `peer`'s slot, if it is online and has one.
+    fn slot_of(&self, peer: PeerId) -> Option<u16> {
+        self.peers.get(&peer).map(|p| p.slot).filter(|s| *s != NO_SLOT)
     }
 
-    /// `peer` stopped holding one entry (replaced or collected).
-    fn note_released(&mut self, peer: PeerId) {
-        if let Some(h) = self.holdings.get_mut(&peer) {
-            h.live = h.live.saturating_sub(1);
-        }
+    /// `[peer's slot]`, or nothing if it has none.
+    fn own_slot(&self, peer: PeerId) -> Vec<u16> {
+        self.slot_of(peer).into_iter().collect()
     }
 
     /// Entries authored by `peer`.
@@ -768,7 +825,8 @@ impl State {
     fn announce_one(&mut self, peer: PeerId, record: FileRecord, now_unix: u64) -> Outcome {
         let path = record.path.clone();
         let Some(global) = self.entries.get(&path) else {
-            let seq = self.put(record, peer, vec![peer], now_unix);
+            let holders = self.own_slot(peer);
+            let seq = self.put(record, peer, holders, now_unix);
             return Outcome::Accepted { path, seq };
         };
         match global.record.compare_from(&record.version) {
@@ -781,7 +839,9 @@ impl State {
             }
             Causality::Dominates => {
                 let mut holders = if global.record.same_content(&record) { global.holders.clone() } else { Vec::new() };
-                insert_sorted(&mut holders, peer);
+                if let Some(slot) = self.slot_of(peer) {
+                    insert_sorted(&mut holders, slot);
+                }
                 let seq = self.put(record, peer, holders, now_unix);
                 Outcome::Accepted { path, seq }
             }
@@ -809,20 +869,24 @@ impl State {
             let (mut winner, author) = if announced_wins { (announced, announcer) } else { (global, global_author) };
             winner.version = merged;
             let mut holders = global_holders;
-            insert_sorted(&mut holders, announcer);
+            if let Some(slot) = self.slot_of(announcer) {
+                insert_sorted(&mut holders, slot);
+            }
             let seq = self.put(winner, author, holders, now_unix);
             return Outcome::Merged { path, seq };
         }
+        let announcer_slot = self.own_slot(announcer);
         let (mut winner, winner_author, winner_holders, loser, loser_author, loser_holders) = if announced_wins {
-            (announced, announcer, vec![announcer], global, global_author, global_holders)
+            (announced, announcer, announcer_slot, global, global_author, global_holders)
         } else {
-            (global, global_author, global_holders, announced, announcer, vec![announcer])
+            (global, global_author, global_holders, announced, announcer, announcer_slot)
         };
         winner.version = merged;
         let seq = self.put(winner, winner_author, winner_holders, now_unix);
         let loser_deleted = loser.deleted;
         // Who held the losing version is told (the author too, if online).
-        let mut tell = loser_holders.clone();
+        let mut tell: Vec<PeerId> = loser_holders.iter().filter_map(|s| self.slots.peer(*s)).collect();
+        tell.sort_unstable();
         insert_sorted(&mut tell, loser_author);
         tell.retain(|p| self.peers.contains_key(p));
         let copy =
@@ -844,7 +908,7 @@ impl State {
         &mut self,
         mut loser: FileRecord,
         author: PeerId,
-        holders: Vec<PeerId>,
+        holders: Vec<u16>,
         now_unix: u64,
     ) -> Option<RelPath> {
         let original = loser.path.clone();
@@ -861,7 +925,7 @@ impl State {
                     // The same copy was kept before (a replayed conflict).
                     Causality::Equal if existing.record.same_content(&loser) => {
                         for h in holders {
-                            self.add_holder(&path, h);
+                            self.add_holder_slot(&path, h);
                         }
                         return Some(path);
                     }
@@ -883,10 +947,10 @@ impl State {
     }
 
     /// Makes `record` the global record of its path with a new seq.
-    fn put(&mut self, record: FileRecord, author: PeerId, mut holders: Vec<PeerId>, now_unix: u64) -> u64 {
-        // Only online peers hold anything (a held mass change may be
-        // approved while its device is away).
-        holders.retain(|h| self.peers.contains_key(h));
+    fn put(&mut self, record: FileRecord, author: PeerId, mut holders: Vec<u16>, now_unix: u64) -> u64 {
+        // Only online peers hold anything (slots of peers gone meanwhile
+        // are free).
+        holders.retain(|h| self.slots.peer(*h).is_some());
         self.seq += 1;
         let seq = self.seq;
         self.last_record_seq = seq;
@@ -901,27 +965,10 @@ impl State {
         let deleted_at = record.deleted.then_some(now_unix);
         let record = CompactRecord::new(record);
         let entry = Box::new(Entry { record, seq, record_seq: seq, author, deleted_at, holders });
-        let new_holders = entry.holders.clone();
-        let old = self.entries.insert(path.clone(), entry);
-        let old_holders = match old {
-            Some(old) => {
-                self.sub_authored(old.author);
-                old.holders
-            }
-            None => Vec::new(),
-        };
+        if let Some(old) = self.entries.insert(path.clone(), entry) {
+            self.sub_authored(old.author);
+        }
         self.add_authored(author);
-        // Keep the reverse index: who stopped and who started holding it.
-        for h in &old_holders {
-            if new_holders.binary_search(h).is_err() {
-                self.note_released(*h);
-            }
-        }
-        for h in new_holders {
-            if old_holders.binary_search(&h).is_err() {
-                self.note_held(h, &path);
-            }
-        }
         self.by_seq.insert(seq, path.clone());
         self.dirty_entries.insert(path);
         seq
@@ -929,22 +976,24 @@ impl State {
 
     /// Adds a holder; a change (new seq) only if it was not one already.
     fn add_holder(&mut self, path: &RelPath, peer: PeerId) -> bool {
-        if !self.peers.contains_key(&peer) {
+        match self.slot_of(peer) {
+            Some(slot) => self.add_holder_slot(path, slot),
+            None => false,
+        }
+    }
+
+    /// [`Self::add_holder`] by slot.
+    fn add_holder_slot(&mut self, path: &RelPath, slot: u16) -> bool {
+        if self.slots.peer(slot).is_none() {
             return false;
         }
-        let Some((key, entry)) = self.entries.get_key_value(path) else {
-            return false;
-        };
-        if entry.holders.binary_search(&peer).is_ok() {
-            return false;
-        }
-        let key = key.clone();
         let Some(entry) = self.entries.get_mut(path) else {
             return false;
         };
-        insert_sorted(&mut entry.holders, peer);
+        if !insert_sorted(&mut entry.holders, slot) {
+            return false;
+        }
         let old = entry.seq;
-        self.note_held(peer, &key);
         self.bump_entry(old);
         true
     }
@@ -997,12 +1046,16 @@ impl State {
     }
 
     fn delta_entry(&self, path: &RelPath, entry: &Entry) -> DeltaEntry {
-        let holders = entry
+        let mut holders: Vec<Holder> = entry
             .holders
             .iter()
-            .filter_map(|id| self.peers.get(id).map(|p| Holder { peer_id: *id, addr: p.addr }))
+            .filter_map(|slot| {
+                let id = self.slots.peer(*slot)?;
+                self.peers.get(&id).map(|p| Holder { peer_id: id, addr: p.addr })
+            })
             .take(MAX_HOLDERS_PER_ENTRY)
             .collect();
+        holders.sort_unstable_by_key(|h| h.peer_id);
         DeltaEntry { record: entry.record.to_record(path), seq: entry.seq, holders }
     }
 
@@ -1061,7 +1114,13 @@ impl State {
             let unconfirmed = acked.partition_point(|a| *a < e.record_seq);
             // ... must all hold it.
             let confirmed_by_holding =
-                || e.holders.iter().filter(|h| self.known.get(h).is_some_and(|k| k.acked_seq < e.record_seq)).count();
+                || {
+                    e.holders
+                        .iter()
+                        .filter_map(|s| self.slots.peer(*s))
+                        .filter(|h| self.known.get(h).is_some_and(|k| k.acked_seq < e.record_seq))
+                        .count()
+                };
             if old || unconfirmed == 0 || unconfirmed == confirmed_by_holding() {
                 collectable.push(path.clone());
             }
@@ -1072,9 +1131,6 @@ impl State {
             if let Some(e) = self.entries.remove(&path) {
                 self.by_seq.remove(&e.seq);
                 self.sub_authored(e.author);
-                for h in &e.holders {
-                    self.note_released(*h);
-                }
                 dropped.push(RelPath::clone(&path));
                 self.dirty_entries.insert(path);
             }
@@ -1135,7 +1191,11 @@ impl State {
     #[cfg(test)]
     pub fn entry(&self, path: &str) -> Option<(FileRecord, u64, Vec<PeerId>)> {
         let path = RelPath::new(path).ok()?;
-        self.entries.get(&path).map(|e| (e.record.to_record(&path), e.seq, e.holders.clone()))
+        self.entries.get(&path).map(|e| {
+            let mut holders: Vec<PeerId> = e.holders.iter().filter_map(|s| self.slots.peer(*s)).collect();
+            holders.sort_unstable();
+            (e.record.to_record(&path), e.seq, holders)
+        })
     }
 
     /// Checks the internal indexes agree (tests).
@@ -1147,23 +1207,24 @@ impl State {
             assert!(*seq <= self.seq);
         }
         assert_eq!(self.deadlines.len(), self.peers.len());
-        let mut held: HashMap<PeerId, usize> = HashMap::new();
         let mut authored: HashMap<PeerId, usize> = HashMap::new();
         for (path, e) in &self.entries {
-            assert!(e.holders.windows(2).all(|w| w[0] < w[1]));
-            assert!(e.holders.iter().all(|h| self.peers.contains_key(h)), "offline holder");
+            assert!(e.holders.windows(2).all(|w| w[0] < w[1]), "{path}: holders not sorted");
+            for h in &e.holders {
+                let peer = self.slots.peer(*h).unwrap_or_else(|| panic!("{path}: free slot {h} holds it"));
+                assert_eq!(self.peers[&peer].slot, *h, "{path}: slot {h} is not {peer}'s");
+            }
             assert!(e.record_seq <= e.seq);
             *authored.entry(e.author).or_default() += 1;
-            for h in &e.holders {
-                *held.entry(*h).or_default() += 1;
-                let listed = self.holdings[h].paths.iter().any(|p| **p == **path);
-                assert!(listed, "{path} held by {h} but not in its holdings");
-            }
         }
         assert_eq!(authored, self.authored);
-        assert_eq!(self.holdings.len(), self.peers.len());
-        for (id, h) in &self.holdings {
-            assert_eq!(h.live, held.get(id).copied().unwrap_or(0), "live holdings of {id}");
+        let taken = self.slots.peers.iter().filter(|p| p.is_some()).count();
+        assert_eq!(taken, self.peers.values().filter(|p| p.slot != NO_SLOT).count(), "slots in use");
+        assert_eq!(taken + self.slots.free.len(), self.slots.peers.len(), "every slot is taken or free");
+        for (id, p) in &self.peers {
+            if p.slot != NO_SLOT {
+                assert_eq!(self.slots.peer(p.slot), Some(*id), "{id}'s slot");
+            }
         }
         assert_eq!(self.known.len(), self.known_by_age.len());
         assert!(self.known_by_age.iter().all(|(seen, id)| self.known[id].last_seen_unix == *seen));
@@ -1188,22 +1249,6 @@ fn clamp_future_mtime(record: &mut FileRecord, now_unix: u64) -> bool {
     false
 }
 
-/// Drops from `h` (the holdings of `peer`) paths it no longer holds and
-/// duplicates, keeping the table's own key of each path.
-fn compact_holdings(peer: PeerId, h: &mut Holdings, entries: &BTreeMap<Arc<RelPath>, Box<Entry>>) {
-    let mut kept: Vec<Arc<RelPath>> = std::mem::take(&mut h.paths)
-        .into_iter()
-        .filter_map(|path| {
-            let (key, entry) = entries.get_key_value(&path)?;
-            entry.holders.binary_search(&peer).is_ok().then(|| key.clone())
-        })
-        .collect();
-    kept.sort_unstable_by_key(Arc::as_ptr);
-    kept.dedup_by(|a, b| Arc::ptr_eq(a, b));
-    h.live = kept.len();
-    h.paths = kept;
-}
-
 fn persisted(path: &RelPath, e: &Entry) -> PersistedEntry {
     PersistedEntry { record: e.record.to_record(path), seq: e.record_seq, author: e.author, deleted_at: e.deleted_at }
 }
@@ -1211,7 +1256,7 @@ fn persisted(path: &RelPath, e: &Entry) -> PersistedEntry {
 /// Inserts into a sorted vector; false if already present. Grows the
 /// vector by exactly one: holder lists are short and there is one per
 /// entry, so doubling would cost more memory than the copies it saves.
-fn insert_sorted(v: &mut Vec<PeerId>, id: PeerId) -> bool {
+fn insert_sorted<T: Ord>(v: &mut Vec<T>, id: T) -> bool {
     match v.binary_search(&id) {
         Ok(_) => false,
         Err(i) => {
@@ -1731,13 +1776,12 @@ mod tests {
             assert!(fx.state.have(id(2), &RelPath::new(&format!("f{i}")).unwrap(), &vv(&[(1, 1)])));
         }
         fx.state.check_invariants();
-        assert_eq!(fx.state.holdings[&id(2)].paths.len(), 3, "the reverse index lists exactly what peer 2 holds");
         let seq = fx.state.seq();
         assert!(fx.state.remove_peer(id(2), T0));
         fx.state.check_invariants();
         assert_eq!(fx.state.seq(), seq + 3, "three entries changed, no others");
         let changed: Vec<&str> = fx.state.by_seq.range(seq + 1..).map(|(_, p)| p.as_str()).collect();
-        assert_eq!(changed, ["f3", "f250", "f499"]);
+        assert_eq!(changed, ["f250", "f3", "f499"], "in table order");
         // Peer 1's removal changes its 500 entries.
         assert!(fx.state.remove_peer(id(1), T0));
         assert_eq!(fx.state.seq(), seq + 3 + 500);
@@ -1745,22 +1789,30 @@ mod tests {
     }
 
     #[test]
-    fn holdings_stay_within_twice_what_is_held() {
-        // Peer 2 holds one path whose entry is replaced over and over: the
-        // reverse index drops stale paths instead of growing with the churn.
+    fn slots_are_reused_and_a_new_peer_never_inherits_holdings() {
         let mut fx = Fixture::new();
         fx.join(1);
         fx.join(2);
-        let mut version = vv(&[(1, 1)]);
-        for round in 0..1_000u64 {
-            fx.state.announce(id(1), vec![file("hot", &round.to_string(), version.clone(), 1)], T0);
-            fx.state.have(id(2), &RelPath::new("hot").unwrap(), &version);
-            version = version.bumped(id(1).short()).unwrap();
-        }
+        fx.state.announce(id(1), vec![file("f", "x", vv(&[(1, 1)]), 1)], T0);
+        assert!(fx.state.have(id(2), &RelPath::new("f").unwrap(), &vv(&[(1, 1)])));
+        assert_eq!(fx.global("f").2, vec![id(1), id(2)]);
+        // Peer 2 leaves; peer 3 takes its slot and holds nothing yet.
+        assert!(fx.state.remove_peer(id(2), T0));
+        fx.join(3);
         fx.state.check_invariants();
-        let held = &fx.state.holdings[&id(2)];
-        assert_eq!(held.live, 1);
-        assert!(held.paths.len() <= 2 * held.live + 65, "{} paths for 1 held", held.paths.len());
+        assert_eq!(fx.state.peers[&id(3)].slot, 1, "the freed slot is reused");
+        assert_eq!(fx.global("f").2, vec![id(1)]);
+        // Peers expiring together: one pass, every holders set cleaned.
+        fx.join(4);
+        assert!(fx.state.have(id(3), &RelPath::new("f").unwrap(), &vv(&[(1, 1)])));
+        assert!(fx.state.have(id(4), &RelPath::new("f").unwrap(), &vv(&[(1, 1)])));
+        let later = Instant::now() + Duration::from_secs(3600);
+        let mut expired = fx.state.expire(later, T0 + 3600);
+        expired.sort_unstable();
+        assert_eq!(expired, vec![id(1), id(3), id(4)]);
+        fx.state.check_invariants();
+        assert!(fx.global("f").2.is_empty());
+        assert!(fx.state.slots.peers.iter().all(Option::is_none));
     }
 
     #[test]
