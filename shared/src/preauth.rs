@@ -664,6 +664,15 @@ impl PreAuthLimiter {
         result
     }
 
+    /// The connection holding `permit` sent nothing by the first-message
+    /// deadline (its caller waited for it): counted and logged like a
+    /// handshake that timed out, and its place released.
+    pub fn silent(&self, permit: PreAuthPermit) {
+        let addr = permit.addr;
+        drop(permit);
+        self.failed(addr, &ChannelError::NoFirstMessage(channel::FIRST_MESSAGE_TIMEOUT));
+    }
+
     /// Counts and (rate-limited) logs a failed handshake with `addr`.
     fn failed(&self, addr: SocketAddr, error: &ChannelError) {
         let fault = match error {

@@ -29,26 +29,39 @@ use crate::session::SessionCtx;
 /// How long to wait for the first bytes to tell a join from a handshake.
 const PEEK_TIMEOUT: Duration = dartsync_shared::channel::FIRST_MESSAGE_TIMEOUT;
 
-/// Whether `stream` starts with the join magic. Waits (at most
-/// [`PEEK_TIMEOUT`]) only while the bytes so far are a prefix of it; a
-/// Noise handshake is told apart by its first byte. Reads nothing.
-pub(crate) async fn starts_with_magic(stream: &TcpStream) -> bool {
+/// What a new connection's first bytes say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FirstBytes {
+    /// The join magic.
+    Join,
+    /// Anything else: the Noise handshake (which judges it).
+    Handshake,
+    /// Nothing within [`PEEK_TIMEOUT`] (the first-message deadline of
+    /// every connection), or the connection closed or failed.
+    Silent,
+}
+
+/// Tells a join from a handshake by the first bytes of `stream`, reading
+/// nothing. Waits for more only while the bytes so far are a prefix of
+/// the magic (a Noise handshake differs at its first byte); all of it
+/// within [`PEEK_TIMEOUT`].
+pub(crate) async fn first_bytes(stream: &TcpStream) -> FirstBytes {
     let deadline = Instant::now() + PEEK_TIMEOUT;
     let mut buf = [0u8; JOIN_MAGIC.len()];
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => n,
-            _ => return false,
+            _ => return FirstBytes::Silent,
         };
         if buf[..n] != JOIN_MAGIC[..n] {
-            return false;
+            return FirstBytes::Handshake;
         }
         if n == JOIN_MAGIC.len() {
-            return true;
+            return FirstBytes::Join;
         }
         // A prefix of the magic so far: wait for the rest.
         if Instant::now() >= deadline {
-            return false;
+            return FirstBytes::Silent;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -128,9 +128,15 @@ impl Admission {
         sessions.spawn(
             async move {
                 let _ = stream.set_nodelay(true);
-                if join::starts_with_magic(&stream).await {
-                    join::serve(stream, remote, place, ctx).await;
-                    return;
+                let first = tokio::select! {
+                    biased;
+                    () = place.displaced() => return,
+                    first = join::first_bytes(&stream) => first,
+                };
+                match first {
+                    join::FirstBytes::Join => return join::serve(stream, remote, place, ctx).await,
+                    join::FirstBytes::Silent => return preauth.silent(place),
+                    join::FirstBytes::Handshake => {}
                 }
                 // Failures are counted and logged by the limiter.
                 let Ok(channel) = preauth.handshake(place, stream, &ctx.key, &ctx.identity).await else {
