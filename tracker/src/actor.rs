@@ -665,17 +665,24 @@ impl Actor {
                 DeviceState::Revoked => format!("{label} admitted again (it was revoked)"),
                 _ => format!("{label} admitted"),
             };
-            tracing::info!("{what}");
-            self.state.note_event(now, what);
-            if let Some(pending) = self.pending.remove(&peer) {
-                self.state.set_pending_online(peer, None);
-                self.join(pending.arrival, &pending.name, pending.link);
-                self.deferred.push(Deferred::Admitted(pending.admitted));
-            }
-            // Peers serve it once their list says so: publish it now.
-            self.publish_devices();
+            self.became_admitted(peer, now, what);
         }
         Ok(self.done(peer, before))
+    }
+
+    /// `peer` is admitted now (`what` says how): logged, noted, its
+    /// pending session (if one is open) proceeds as if it had just
+    /// registered, and the device list goes out at once (peers serve it
+    /// once their list says so).
+    fn became_admitted(&mut self, peer: PeerId, now: u64, what: String) {
+        tracing::info!("{what}");
+        self.state.note_event(now, what);
+        if let Some(pending) = self.pending.remove(&peer) {
+            self.state.set_pending_online(peer, None);
+            self.join(pending.arrival, &pending.name, pending.link);
+            self.deferred.push(Deferred::Admitted(pending.admitted));
+        }
+        self.publish_devices();
     }
 
     /// `dartsync join` with a good code: the device is admitted before it
@@ -691,15 +698,11 @@ impl Actor {
             )),
             Ok(before) => {
                 let what = format!("{name} ({}) joined with an invite code", peer.fmt_short());
-                tracing::info!("{what}");
-                self.state.note_event(now, what);
-                if let Some(pending) = self.pending.remove(&peer) {
-                    self.state.set_pending_online(peer, None);
-                    self.join(pending.arrival, &pending.name, pending.link);
-                    self.deferred.push(Deferred::Admitted(pending.admitted));
-                }
-                if before != Some(DeviceState::Admitted) {
-                    self.publish_devices();
+                if before == Some(DeviceState::Admitted) {
+                    tracing::info!("{what}");
+                    self.state.note_event(now, what);
+                } else {
+                    self.became_admitted(peer, now, what);
                 }
                 Ok(())
             }
