@@ -110,6 +110,7 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     let base_seq = peers.iter().map(SimPeer::seq).max().unwrap_or(0);
     let quarter = layout.records / 4;
     let start = Instant::now();
+    let cpu_start = procfs::sample(pid)?.cpu_ticks;
     let lists = (0..layout.peers).map(|p| layout.authored(p, 0..quarter)).collect();
     announce(&peers, &records, lists, opts.announce_parallel).await?;
     settle(&peers, base_seq + quarter as u64, opts.phase_timeout, "a quarter of the records", &mut o.notes).await?;
@@ -119,17 +120,22 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     let seq =
         settle(&peers, base_seq + layout.records as u64, opts.phase_timeout, "every record", &mut o.notes).await?;
     o.announce_secs = start.elapsed().as_secs_f64();
-    o.entries_rss_kib = procfs::sample(pid)?.rss_kib;
+    let reading = procfs::sample(pid)?;
+    o.entries_rss_kib = reading.rss_kib;
+    o.announce_cpu_secs = cpu_secs(reading.cpu_ticks - cpu_start);
     o.entry_bytes = slope_bytes(o.quarter_rss_kib, o.entries_rss_kib, (layout.records - quarter) as u64);
     say(format!("{} records in {:.1} s: {} KiB", layout.records, o.announce_secs, o.entries_rss_kib));
 
     let start = Instant::now();
+    let cpu_start = reading.cpu_ticks;
     let lists = (0..layout.peers).map(|p| layout.held(p)).collect();
     announce(&peers, &records, lists, opts.announce_parallel).await?;
     let extra = layout.holdings() - layout.records as u64;
     settle(&peers, seq + extra, opts.phase_timeout, "every holder", &mut o.notes).await?;
     o.holders_secs = start.elapsed().as_secs_f64();
-    o.holders_rss_kib = procfs::sample(pid)?.rss_kib;
+    let reading = procfs::sample(pid)?;
+    o.holders_rss_kib = reading.rss_kib;
+    o.holders_cpu_secs = cpu_secs(reading.cpu_ticks - cpu_start);
     o.holder_bytes = slope_bytes(o.entries_rss_kib, o.holders_rss_kib, extra);
     o.max_holders_listed =
         peers.iter().map(|p| p.seen.max_holders.load(std::sync::atomic::Ordering::Relaxed)).max().unwrap_or(0);
@@ -150,7 +156,8 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     check_alive(&peers)?;
     let steady = procfs::sample(pid)?;
     o.steady_rss_kib = steady.rss_kib;
-    o.steady_bytes_per_holding = (steady.rss_kib * 1024) / layout.holdings().max(1);
+    o.steady_bytes_per_holding = slope_bytes(0, steady.rss_kib, layout.holdings());
+    o.table_bytes_per_holding = slope_bytes(o.sessions_rss_kib, steady.rss_kib, layout.holdings());
     say(format!("steady: {} KiB", o.steady_rss_kib));
 
     // Keep-alive CPU.
@@ -305,6 +312,10 @@ async fn settle(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+fn cpu_secs(ticks: u64) -> f64 {
+    ticks as f64 / procfs::ticks_per_second() as f64
 }
 
 fn check_alive(peers: &[SimPeer]) -> Result<(), LoadError> {
