@@ -73,6 +73,9 @@ impl Default for Options {
     }
 }
 
+/// Attempts to connect one peer.
+const CONNECT_ATTEMPTS: u32 = 10;
+
 /// Quiet time after which a phase counts as settled even below the
 /// expected seq (a tracker that gives holder changes no seq of their own).
 const QUIET: Duration = Duration::from_secs(5);
@@ -95,8 +98,11 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     // Connect.
     let start = Instant::now();
     let probe = Probe::new();
-    let peers = connect_all(target, &layout, opts.connect_parallel, &probe).await?;
+    let (peers, retries) = connect_all(target, &layout, opts.connect_parallel, &probe).await?;
     o.connect_secs = start.elapsed().as_secs_f64();
+    if retries > 0 {
+        o.notes.push(format!("{retries} handshakes were retried while the peers connected (the tracker was busy)"));
+    }
     o.interval_ms = peers[0].welcome.interval_ms;
     tokio::time::sleep(Duration::from_secs(1)).await;
     o.sessions_rss_kib = procfs::sample(pid)?.rss_kib;
@@ -230,7 +236,7 @@ async fn connect_all(
     layout: &Layout,
     parallel: usize,
     probe: &Arc<Probe>,
-) -> Result<Vec<SimPeer>, LoadError> {
+) -> Result<(Vec<SimPeer>, u32), LoadError> {
     let gate = Arc::new(Semaphore::new(parallel.max(1)));
     let mut tasks = JoinSet::new();
     for index in 0..layout.peers {
@@ -238,15 +244,30 @@ async fn connect_all(
         let phase = index as f64 / layout.peers as f64;
         tasks.spawn(async move {
             let _permit = gate.acquire_owned().await.expect("the gate stays open");
-            SimPeer::connect(&target, index, phase, probe).await
+            // A busy tracker may drop a handshake (2 s for its first
+            // message): retry like a real peer would, with a growing pause.
+            let mut attempt = 0;
+            loop {
+                match SimPeer::connect(&target, index, phase, probe.clone()).await {
+                    Ok(peer) => return Ok((peer, attempt)),
+                    Err(e) if attempt + 1 >= CONNECT_ATTEMPTS => return Err(e),
+                    Err(_) => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(250) * attempt).await;
+                    }
+                }
+            }
         });
     }
     let mut peers = Vec::with_capacity(layout.peers);
+    let mut retries = 0;
     while let Some(joined) = tasks.join_next().await {
-        peers.push(joined.map_err(|e| LoadError::Task(e.to_string()))??);
+        let (peer, attempts) = joined.map_err(|e| LoadError::Task(e.to_string()))??;
+        retries += attempts;
+        peers.push(peer);
     }
     peers.sort_by_key(|p| p.index);
-    Ok(peers)
+    Ok((peers, retries))
 }
 
 /// Each peer `p` announces `lists[p]` (record indexes), in batches;
