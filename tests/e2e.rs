@@ -23,6 +23,7 @@ mod status_live;
 mod storms;
 mod sync;
 mod tidy;
+mod tracker_load;
 mod tracker_restart;
 mod tracker_trust;
 mod trust_devices;

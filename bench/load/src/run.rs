@@ -1,0 +1,347 @@
+//! One load run against a [`Target`], phase by phase:
+//!
+//! 1. idle: the tracker's RSS before any session;
+//! 2. connect: N simulated peers register (a few handshakes at a time: the
+//!    tracker's pre-auth pool takes 8 per source address);
+//! 3. entries: the authors announce a quarter of the records, then the
+//!    rest, and every session receives them (RSS after each: the slope is
+//!    the cost of one entry, the redb page cache filling in the first part);
+//! 4. holders: every other holder announces the same records and every
+//!    session receives the holder changes (RSS: the cost of a holding);
+//! 5. steady: every peer reports itself up to date; RSS once settled;
+//! 6. keep-alive CPU: the tracker's CPU share over a window in which the
+//!    peers only send keep-alives at the interval the tracker asked for;
+//! 7. fan-out: peer 0 announces edits one at a time; for each, the delay
+//!    until every session has received the delta holding it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dartsync_shared::FileRecord;
+use dartsync_shared::proto::ptp::{PeerMessage, announce_batches};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::LoadError;
+use crate::layout::{self, Layout};
+use crate::procfs;
+use crate::report::Outcome;
+use crate::sim::{Probe, SimPeer};
+use crate::stats::{Latencies, slope_bytes};
+use crate::tracker::Target;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Simulated peers.
+    pub peers: usize,
+    /// Records in the table.
+    pub records: usize,
+    /// Peers holding each record (`None`: every peer).
+    pub holders: Option<usize>,
+    /// Edits for the fan-out measurement (0 skips it).
+    pub edits: usize,
+    /// The keep-alive CPU window (zero skips it).
+    pub cpu_window: Duration,
+    /// Longest wait for one phase.
+    pub phase_timeout: Duration,
+    /// Longest wait for one edit to reach every session.
+    pub edit_timeout: Duration,
+    /// Handshakes at a time.
+    pub connect_parallel: usize,
+    /// Peers announcing at a time.
+    pub announce_parallel: usize,
+    /// Progress lines on stderr.
+    pub progress: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            peers: 50,
+            records: 100_000,
+            holders: None,
+            edits: 20,
+            cpu_window: Duration::from_secs(30),
+            phase_timeout: Duration::from_secs(900),
+            edit_timeout: Duration::from_secs(10),
+            connect_parallel: 6,
+            announce_parallel: 8,
+            progress: true,
+        }
+    }
+}
+
+/// Attempts to connect one peer.
+const CONNECT_ATTEMPTS: u32 = 10;
+
+/// Quiet time after which a phase counts as settled even below the
+/// expected seq (a tracker that gives holder changes no seq of their own).
+const QUIET: Duration = Duration::from_secs(5);
+
+/// Runs every phase against `target`.
+pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> {
+    let layout = Layout::new(opts.peers, opts.records, opts.holders.unwrap_or(opts.peers));
+    let say = |what: String| {
+        if opts.progress {
+            eprintln!("[load] {what}");
+        }
+    };
+    let pid = target.pid;
+    let mut o = Outcome { peers: layout.peers, records: layout.records, holders: layout.holders, ..Outcome::default() };
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    o.idle_rss_kib = procfs::sample(pid)?.rss_kib;
+    say(format!("idle tracker: {} KiB", o.idle_rss_kib));
+
+    // Connect.
+    let start = Instant::now();
+    let probe = Probe::new();
+    let (peers, retries) = connect_all(target, &layout, opts.connect_parallel, &probe).await?;
+    o.connect_secs = start.elapsed().as_secs_f64();
+    if retries > 0 {
+        o.notes.push(format!("{retries} handshakes were retried while the peers connected (the tracker was busy)"));
+    }
+    o.interval_ms = peers[0].welcome.interval_ms;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    o.sessions_rss_kib = procfs::sample(pid)?.rss_kib;
+    o.session_bytes = slope_bytes(o.idle_rss_kib, o.sessions_rss_kib, layout.peers as u64);
+    say(format!("{} sessions in {:.1} s: {} KiB", layout.peers, o.connect_secs, o.sessions_rss_kib));
+
+    // Entries, then holders.
+    let ids: Vec<_> = peers.iter().map(|p| p.id).collect();
+    let records: Arc<Vec<FileRecord>> =
+        Arc::new((0..layout.records).map(|i| layout::record(i, ids[layout.author_of(i)])).collect());
+    let base_seq = peers.iter().map(SimPeer::seq).max().unwrap_or(0);
+    let quarter = layout.records / 4;
+    let start = Instant::now();
+    let cpu_start = procfs::sample(pid)?.cpu_ticks;
+    let lists = (0..layout.peers).map(|p| layout.authored(p, 0..quarter)).collect();
+    announce(&peers, &records, lists, opts.announce_parallel).await?;
+    settle(&peers, base_seq + quarter as u64, opts.phase_timeout, "a quarter of the records", &mut o.notes).await?;
+    o.quarter_rss_kib = procfs::sample(pid)?.rss_kib;
+    let lists = (0..layout.peers).map(|p| layout.authored(p, quarter..layout.records)).collect();
+    announce(&peers, &records, lists, opts.announce_parallel).await?;
+    let seq =
+        settle(&peers, base_seq + layout.records as u64, opts.phase_timeout, "every record", &mut o.notes).await?;
+    o.announce_secs = start.elapsed().as_secs_f64();
+    let reading = procfs::sample(pid)?;
+    o.entries_rss_kib = reading.rss_kib;
+    o.announce_cpu_secs = cpu_secs(reading.cpu_ticks - cpu_start);
+    o.entry_bytes = slope_bytes(o.quarter_rss_kib, o.entries_rss_kib, (layout.records - quarter) as u64);
+    say(format!("{} records in {:.1} s: {} KiB", layout.records, o.announce_secs, o.entries_rss_kib));
+
+    let start = Instant::now();
+    let cpu_start = reading.cpu_ticks;
+    let lists = (0..layout.peers).map(|p| layout.held(p)).collect();
+    announce(&peers, &records, lists, opts.announce_parallel).await?;
+    let extra = layout.holdings() - layout.records as u64;
+    settle(&peers, seq + extra, opts.phase_timeout, "every holder", &mut o.notes).await?;
+    o.holders_secs = start.elapsed().as_secs_f64();
+    let reading = procfs::sample(pid)?;
+    o.holders_rss_kib = reading.rss_kib;
+    o.holders_cpu_secs = cpu_secs(reading.cpu_ticks - cpu_start);
+    o.holder_bytes = slope_bytes(o.entries_rss_kib, o.holders_rss_kib, extra);
+    o.max_holders_listed =
+        peers.iter().map(|p| p.seen.max_holders.load(std::sync::atomic::Ordering::Relaxed)).max().unwrap_or(0);
+    let listed = layout.holders.min(dartsync_shared::limits::MAX_HOLDERS_PER_ENTRY);
+    if layout.records > 0 && o.max_holders_listed < listed {
+        o.notes.push(format!(
+            "at most {} holders were listed on an entry, {listed} expected: the tracker did not take every copy as a holder",
+            o.max_holders_listed
+        ));
+    }
+    say(format!("{} holdings in {:.1} s: {} KiB", layout.holdings(), o.holders_secs, o.holders_rss_kib));
+
+    // Steady state.
+    for peer in &peers {
+        peer.report_up_to_date().await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    check_alive(&peers)?;
+    let steady = procfs::sample(pid)?;
+    o.steady_rss_kib = steady.rss_kib;
+    o.steady_bytes_per_holding = slope_bytes(0, steady.rss_kib, layout.holdings());
+    o.table_bytes_per_holding = slope_bytes(o.sessions_rss_kib, steady.rss_kib, layout.holdings());
+    say(format!("steady: {} KiB", o.steady_rss_kib));
+
+    // Keep-alive CPU.
+    if !opts.cpu_window.is_zero() {
+        say(format!("measuring keep-alive CPU for {} s", opts.cpu_window.as_secs()));
+        o.keepalive_cpu_percent = Some(procfs::measure_cpu(pid, opts.cpu_window).await?);
+        o.cpu_window_secs = opts.cpu_window.as_secs_f64();
+        check_alive(&peers)?;
+    }
+
+    // Fan-out.
+    let mut samples = Vec::new();
+    let mut lasts = Vec::new();
+    let edits = opts.edits.min(layout.records);
+    let stride = (layout.records / edits.max(1)).max(1);
+    let editor = &peers[0];
+    for n in 0..edits {
+        let edit = layout::edited(&records[n * stride], editor.id.short(), n as u64);
+        let mut hits = probe.arm(edit.path.clone(), edit.version.clone());
+        let sent = Instant::now();
+        editor.send(PeerMessage::Announce { records: vec![edit] }).await?;
+        let mut reached = vec![false; layout.peers];
+        let mut count = 0;
+        let mut last = Duration::ZERO;
+        let deadline = sent + opts.edit_timeout;
+        while count < layout.peers {
+            match tokio::time::timeout_at(deadline, hits.recv()).await {
+                Ok(Some((peer, at))) if !reached[peer] => {
+                    reached[peer] = true;
+                    count += 1;
+                    last = at.saturating_duration_since(sent);
+                    samples.push(last);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        probe.disarm();
+        if count == layout.peers {
+            o.edits_complete += 1;
+            lasts.push(last);
+        } else {
+            o.notes
+                .push(format!("edit {n} reached {count} of {} sessions within {:?}", layout.peers, opts.edit_timeout));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    o.edits = edits;
+    o.fanout = Latencies::of(&samples);
+    o.fanout_all = Latencies::of(&lasts);
+    if edits > 0 {
+        say(format!(
+            "fan-out: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            o.fanout.p50_ms, o.fanout.p99_ms, o.fanout.max_ms
+        ));
+    }
+    check_alive(&peers)?;
+    o.peak_rss_kib = procfs::sample(pid)?.hwm_kib;
+
+    let mut closing = JoinSet::new();
+    for peer in peers {
+        closing.spawn(peer.close());
+    }
+    while closing.join_next().await.is_some() {}
+    Ok(o)
+}
+
+async fn connect_all(
+    target: &Target,
+    layout: &Layout,
+    parallel: usize,
+    probe: &Arc<Probe>,
+) -> Result<(Vec<SimPeer>, u32), LoadError> {
+    let gate = Arc::new(Semaphore::new(parallel.max(1)));
+    let mut tasks = JoinSet::new();
+    for index in 0..layout.peers {
+        let (gate, target, probe) = (gate.clone(), target.clone(), probe.clone());
+        let phase = index as f64 / layout.peers as f64;
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await.expect("the gate stays open");
+            // A busy tracker may drop a handshake (2 s for its first
+            // message): retry like a real peer would, with a growing pause.
+            let mut attempt = 0;
+            loop {
+                match SimPeer::connect(&target, index, phase, probe.clone()).await {
+                    Ok(peer) => return Ok((peer, attempt)),
+                    Err(e) if attempt + 1 >= CONNECT_ATTEMPTS => return Err(e),
+                    Err(_) => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(250) * attempt).await;
+                    }
+                }
+            }
+        });
+    }
+    let mut peers = Vec::with_capacity(layout.peers);
+    let mut retries = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (peer, attempts) = joined.map_err(|e| LoadError::Task(e.to_string()))??;
+        retries += attempts;
+        peers.push(peer);
+    }
+    peers.sort_by_key(|p| p.index);
+    Ok((peers, retries))
+}
+
+/// Each peer `p` announces `lists[p]` (record indexes), in batches;
+/// `parallel` peers at a time.
+async fn announce(
+    peers: &[SimPeer],
+    records: &Arc<Vec<FileRecord>>,
+    lists: Vec<Vec<usize>>,
+    parallel: usize,
+) -> Result<(), LoadError> {
+    let gate = Arc::new(Semaphore::new(parallel.max(1)));
+    let mut tasks = JoinSet::new();
+    for (peer, list) in peers.iter().zip(lists) {
+        if list.is_empty() {
+            continue;
+        }
+        let (gate, records, sender) = (gate.clone(), records.clone(), peer.sender());
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await.expect("the gate stays open");
+            for part in list.chunks(dartsync_shared::limits::MAX_RECORDS_PER_MESSAGE) {
+                let part: Vec<FileRecord> = part.iter().map(|&i| records[i].clone()).collect();
+                for batch in announce_batches(&part) {
+                    sender.send(PeerMessage::Announce { records: batch.to_vec() }).await?;
+                }
+            }
+            Ok::<(), LoadError>(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.map_err(|e| LoadError::Task(e.to_string()))??;
+    }
+    Ok(())
+}
+
+/// Waits until every session has seen `expected` (or every session
+/// stands at the same seq for [`QUIET`], noted); returns the seq reached.
+async fn settle(
+    peers: &[SimPeer],
+    expected: u64,
+    timeout: Duration,
+    what: &str,
+    notes: &mut Vec<String>,
+) -> Result<u64, LoadError> {
+    let deadline = Instant::now() + timeout;
+    let mut last = (0, 0);
+    let mut since = Instant::now();
+    loop {
+        check_alive(peers)?;
+        let min = peers.iter().map(SimPeer::seq).min().unwrap_or(expected);
+        let max = peers.iter().map(SimPeer::seq).max().unwrap_or(expected);
+        if min >= expected {
+            return Ok(min);
+        }
+        if (min, max) != last {
+            last = (min, max);
+            since = Instant::now();
+        } else if min == max && since.elapsed() >= QUIET {
+            notes.push(format!("{what}: every session settled at seq {min}, below the {expected} expected"));
+            return Ok(min);
+        }
+        if Instant::now() >= deadline {
+            return Err(LoadError::Timeout { what: what.to_owned(), min, max, expected });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn cpu_secs(ticks: u64) -> f64 {
+    ticks as f64 / procfs::ticks_per_second() as f64
+}
+
+fn check_alive(peers: &[SimPeer]) -> Result<(), LoadError> {
+    match peers.iter().find_map(|p| p.end_reason().map(|why| (p.index, why))) {
+        Some((index, what)) => Err(LoadError::Session { index, what }),
+        None => Ok(()),
+    }
+}
