@@ -73,7 +73,11 @@
 //!
 //! # Deltas
 //! [`State::next_page`] hands a session the entries with `seq` in
-//! `(sent_seq, seq]`, at most [`MAX_RECORDS_PER_MESSAGE`] and about half a
+//! `(sent_seq, seq]` (except an entry whose record the peer was sent
+//! already and holds: only its holders changed, and holders are what a
+//! peer needs to fetch a record it lacks; with every peer holding every
+//! file, this is what keeps holder changes from costing peers x entries
+//! x peers), at most [`MAX_RECORDS_PER_MESSAGE`] and about half a
 //! frame of bytes per page; the last page's `to_seq` is the current seq (so
 //! a page may be empty and only move the peer forward). A peer registering
 //! with another epoch, or a `seen_seq` beyond ours, starts from 0 and every
@@ -1014,12 +1018,19 @@ impl State {
             });
         }
         let full = p.full_pending;
+        let me = p.slot;
         let mut entries = Vec::new();
         let mut bytes = 0usize;
         let mut last = from;
         let mut more = false;
         for (&seq, path) in self.by_seq.range(from + 1..) {
             let entry = &self.entries[path];
+            if !full && entry.record_seq <= from && me != NO_SLOT && entry.holders.binary_search(&me).is_ok() {
+                // Only its holders changed since this peer was sent the
+                // record, and it holds the record: it needs no sources.
+                last = seq;
+                continue;
+            }
             let size = estimate_size(path, entry);
             if entries.len() == MAX_RECORDS_PER_MESSAGE || (!entries.is_empty() && bytes + size > DELTA_BYTE_BUDGET) {
                 more = true;
@@ -1658,9 +1669,44 @@ mod tests {
         fx.state.check_invariants();
         // Its summary makes it a holder again, at its new address.
         fx.announce(1, file("a", "x", vv(&[(1, 1)]), 1));
+        // It has the record and holds it: its own holder change is not
+        // sent back to it, only its seq moves on.
         let delta = fx.state.next_page(id(1), 42).unwrap().delta.unwrap();
         assert_eq!(delta.from_seq, 1);
+        assert!(delta.entries.is_empty(), "{delta:?}");
+        assert_eq!(delta.to_seq, fx.state.seq());
+        // A peer that lacks it learns the holder at its new address.
+        fx.join(2);
+        let delta = fx.state.next_page(id(2), 2).unwrap().delta.unwrap();
         assert_eq!(delta.entries[0].holders, vec![Holder { peer_id: id(1), addr }]);
+    }
+
+    #[test]
+    fn holder_changes_go_only_to_peers_that_lack_the_record() {
+        let mut fx = Fixture::new();
+        for n in 1..=3 {
+            fx.join(n);
+        }
+        fx.announce(1, file("f", "x", vv(&[(1, 1)]), 1));
+        for n in 1..=3 {
+            let delta = fx.state.next_page(id(n), u64::from(n)).unwrap().delta.unwrap();
+            assert_eq!(delta.entries.len(), 1, "everyone gets the new record");
+        }
+        // Peer 2 fetched it: peer 3, which lacks it, hears of the new
+        // source; peers 1 and 2 hold it and hear nothing.
+        assert!(fx.state.have(id(2), &RelPath::new("f").unwrap(), &vv(&[(1, 1)])));
+        let page = |fx: &mut Fixture, n: u8| fx.state.next_page(id(n), u64::from(n)).unwrap().delta.unwrap();
+        assert!(page(&mut fx, 1).entries.is_empty());
+        assert!(page(&mut fx, 2).entries.is_empty());
+        let to_3 = page(&mut fx, 3);
+        assert_eq!(to_3.entries.len(), 1);
+        assert_eq!(to_3.entries[0].holders.iter().map(|h| h.peer_id).collect::<Vec<_>>(), vec![id(1), id(2)]);
+        // A new record version goes to everyone, holders or not.
+        fx.announce(1, file("f", "y", vv(&[(1, 2)]), 2));
+        for n in 1..=3 {
+            assert_eq!(page(&mut fx, n).entries.len(), 1, "peer {n}");
+        }
+        fx.state.check_invariants();
     }
 
     #[test]

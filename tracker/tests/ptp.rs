@@ -46,11 +46,15 @@ async fn an_announce_reaches_the_other_peer_as_exactly_that_delta() {
     assert_eq!((d.from_seq, d.to_seq, d.full), (1, 2, false));
     assert_eq!(d.entries, vec![DeltaEntry { record: r2, seq: 2, holders: vec![holder] }]);
 
-    // B downloads r1 and says so: both are holders now.
+    // B downloads r1 and says so: both are holders now. A and B hold it,
+    // so they are not told (only their seq moves); a peer that lacks it is.
     b.send(&PeerMessage::Have { path: r1.path.clone(), version: r1.version.clone() }).await;
     let d = b.delta().await;
-    assert_eq!(d.entries.len(), 1);
-    let holders: Vec<_> = d.entries[0].holders.iter().map(|h| h.peer_id).collect();
+    assert_eq!((d.to_seq, d.entries.len()), (3, 0), "{d:?}");
+    let mut c = tracker.peer(4003).await;
+    let d = c.delta().await;
+    let r1_entry = d.entries.iter().find(|e| e.record.path == r1.path).unwrap();
+    let holders: Vec<_> = r1_entry.holders.iter().map(|h| h.peer_id).collect();
     assert_eq!(holders.len(), 2);
     assert!(holders.contains(&a.id()) && holders.contains(&b.id()));
     tracker.stop().await;
@@ -286,7 +290,12 @@ async fn a_reconnect_with_the_same_id_replaces_the_old_session() {
     assert_eq!(d.entries.len(), 1);
     assert!(d.entries[0].holders.is_empty());
     new.announce(vec![file("x", "x", edit(&VersionVector::new(), id.peer_id()), 1)]).await;
+    // Applied (its own page moves on, empty: it holds the record) ...
     let d = new.delta().await;
+    assert!(d.entries.is_empty(), "{d:?}");
+    // ... and another peer sees it as the holder, at its new address.
+    let mut other = tracker.peer(4002).await;
+    let d = other.delta().await;
     let port: Vec<_> = d.entries[0].holders.iter().map(|h| h.addr.port()).collect();
     assert_eq!(port, vec![4999]);
     tracker.stop().await;
