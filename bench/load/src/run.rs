@@ -6,8 +6,11 @@
 //! 3. entries: the authors announce a quarter of the records, then the
 //!    rest, and every session receives them (RSS after each: the slope is
 //!    the cost of one entry, the redb page cache filling in the first part);
-//! 4. holders: every other holder announces the same records and every
-//!    session receives the holder changes (RSS: the cost of a holding);
+//! 4. holders: every other holder announces the same records; every
+//!    session's seq moves past the holder changes (the entries themselves
+//!    go only to sessions that lack the record); RSS: the cost of a
+//!    holding; then a fresh observer reads the whole table to check the
+//!    holders lists;
 //! 5. steady: every peer reports itself up to date; RSS once settled;
 //! 6. keep-alive CPU: the tracker's CPU share over a window in which the
 //!    peers only send keep-alives at the interval the tracker asked for;
@@ -143,8 +146,19 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     o.holders_rss_kib = reading.rss_kib;
     o.holders_cpu_secs = cpu_secs(reading.cpu_ticks - cpu_start);
     o.holder_bytes = slope_bytes(o.entries_rss_kib, o.holders_rss_kib, extra);
-    o.max_holders_listed =
-        peers.iter().map(|p| p.seen.max_holders.load(std::sync::atomic::Ordering::Relaxed)).max().unwrap_or(0);
+    // The holders list reaches the peers that lack a record; here every
+    // session holds what it holds, so a fresh observer (after the RSS
+    // reading) reads the whole table and the holders it lists.
+    let observer = SimPeer::connect(target, layout.peers, 0.0, probe.clone()).await?;
+    let observed = std::slice::from_ref(&observer);
+    settle(observed, seq + extra, opts.phase_timeout, "the observer's table", &mut o.notes).await?;
+    o.max_holders_listed = peers
+        .iter()
+        .chain(observed)
+        .map(|p| p.seen.max_holders.load(std::sync::atomic::Ordering::Relaxed))
+        .max()
+        .unwrap_or(0);
+    observer.close().await;
     let listed = layout.holders.min(dartsync_shared::limits::MAX_HOLDERS_PER_ENTRY);
     if layout.records > 0 && o.max_holders_listed < listed {
         o.notes.push(format!(
