@@ -1124,14 +1124,13 @@ impl State {
             // Known peers that have not confirmed it by seen_seq ...
             let unconfirmed = acked.partition_point(|a| *a < e.record_seq);
             // ... must all hold it.
-            let confirmed_by_holding =
-                || {
-                    e.holders
-                        .iter()
-                        .filter_map(|s| self.slots.peer(*s))
-                        .filter(|h| self.known.get(h).is_some_and(|k| k.acked_seq < e.record_seq))
-                        .count()
-                };
+            let confirmed_by_holding = || {
+                e.holders
+                    .iter()
+                    .filter_map(|s| self.slots.peer(*s))
+                    .filter(|h| self.known.get(h).is_some_and(|k| k.acked_seq < e.record_seq))
+                    .count()
+            };
             if old || unconfirmed == 0 || unconfirmed == confirmed_by_holding() {
                 collectable.push(path.clone());
             }
