@@ -90,8 +90,20 @@ const GC_PERIOD: Duration = Duration::from_secs(600);
 const GC_SLICE: usize = 1024;
 
 /// How often the device list is recomputed (when something changed) and,
-/// if it differs, published to every session.
+/// if it differs, published to every session: this often up to
+/// [`DEVICES_SESSIONS_PER_STEP`] sessions, and one more step per that many
+/// sessions beyond (a list of N devices to N sessions costs N², so with
+/// 1,000 peers reporting it goes out every 5 s, not 4 times a second).
 const DEVICES_EVERY: Duration = Duration::from_millis(250);
+
+/// Sessions per [`DEVICES_EVERY`] step of the device-list period.
+const DEVICES_SESSIONS_PER_STEP: usize = 50;
+
+/// The period of device-list publication with `online` sessions.
+fn devices_period(online: usize) -> Duration {
+    let steps = u32::try_from(online.div_ceil(DEVICES_SESSIONS_PER_STEP)).unwrap_or(u32::MAX).max(1);
+    DEVICES_EVERY.saturating_mul(steps)
+}
 
 /// The device list as published to sessions.
 pub(crate) type DeviceList = Arc<Vec<DeviceInfo>>;
@@ -439,8 +451,9 @@ impl Actor {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), TrackerError> {
         let mut gc = tokio::time::interval(GC_PERIOD);
         gc.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut devices = tokio::time::interval(DEVICES_EVERY);
-        devices.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The device list goes out at most once per period (which grows
+        // with the sessions); changes in between wait for it.
+        let mut devices_at = tokio::time::Instant::now();
         let mut collected = 0usize;
         let result = loop {
             let deadline = self.state.next_deadline();
@@ -452,7 +465,10 @@ impl Actor {
                 _ = gc.tick() => {
                     self.state.start_gc(unix_now());
                 }
-                _ = devices.tick(), if self.devices_dirty => self.publish_devices(),
+                () = tokio::time::sleep_until(devices_at), if self.devices_dirty => {
+                    self.publish_devices();
+                    devices_at = tokio::time::Instant::now() + devices_period(self.links.len());
+                }
                 cmd = self.inbox.recv() => match cmd {
                     Some(cmd) => self.handle(cmd),
                     None => break Ok(()),
@@ -817,5 +833,18 @@ fn log_outcome(state: &State, peer: PeerId, outcome: &Outcome) {
         Outcome::Unresolvable { path, error } => {
             tracing::warn!("ignored {path} from {peer}: concurrent with the global version, and {error}")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_list_period_grows_with_the_sessions() {
+        assert_eq!(devices_period(0), DEVICES_EVERY);
+        assert_eq!(devices_period(50), DEVICES_EVERY);
+        assert_eq!(devices_period(51), DEVICES_EVERY * 2);
+        assert_eq!(devices_period(1000), Duration::from_secs(5));
     }
 }
