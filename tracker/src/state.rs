@@ -73,11 +73,14 @@
 //!
 //! # Deltas
 //! [`State::next_page`] hands a session the entries with `seq` in
-//! `(sent_seq, seq]` (except an entry whose record the peer was sent
-//! already and holds: only its holders changed, and holders are what a
-//! peer needs to fetch a record it lacks; with every peer holding every
-//! file, this is what keeps holder changes from costing peers x entries
-//! x peers), at most [`MAX_RECORDS_PER_MESSAGE`] and about half a
+//! `(sent_seq, seq]`, except entries where all the session has not seen
+//! is holders that came (no record change, no holder gone: `removed_seq`)
+//! and the peer holds the record itself or the entry has more than
+//! [`HOLDER_FANOUT`] holders: holders are what a peer needs to fetch a
+//! record it lacks, and more than a few add little. With every peer
+//! holding every file, this keeps a cluster's start (each peer announcing
+//! what it holds) from paging every entry to every session once per
+//! holder, at most [`MAX_RECORDS_PER_MESSAGE`] and about half a
 //! frame of bytes per page; the last page's `to_seq` is the current seq (so
 //! a page may be empty and only move the peer forward). A peer registering
 //! with another epoch, or a `seen_seq` beyond ours, starts from 0 and every
@@ -163,6 +166,10 @@ struct Entry {
     /// Slots of the online peers holding exactly `record`, sorted, no
     /// duplicates.
     holders: Vec<u16>,
+    /// Seq of the last change that took a holder away (0: none since the
+    /// record): a peer that has seen it and the record is missing only
+    /// holders that came since.
+    removed_seq: u64,
 }
 
 /// An online peer.
@@ -489,7 +496,15 @@ impl State {
             }
             state.by_seq.insert(seq, path.clone());
             let record = CompactRecord::new(record);
-            let entry = Box::new(Entry { record, seq, record_seq: seq, author, deleted_at, holders: Vec::new() });
+            let entry = Box::new(Entry {
+                record,
+                seq,
+                record_seq: seq,
+                author,
+                deleted_at,
+                holders: Vec::new(),
+                removed_seq: 0,
+            });
             state.entries.insert(path, entry);
             *state.authored.entry(author).or_default() += 1;
         }
@@ -705,7 +720,7 @@ impl State {
             self.slots.release(slot);
         }
         for old in changed {
-            self.bump_entry(old);
+            self.bump_entry(old, true);
         }
         removed
     }
@@ -738,12 +753,16 @@ impl State {
         }
     }
 
-    /// Gives the entry whose seq is `old` the next seq (a holders change).
-    fn bump_entry(&mut self, old: u64) {
+    /// Gives the entry whose seq is `old` the next seq (a holders change:
+    /// `removal` when a holder went).
+    fn bump_entry(&mut self, old: u64, removal: bool) {
         if let Some(path) = self.by_seq.remove(&old) {
             self.seq += 1;
             if let Some(entry) = self.entries.get_mut(&path) {
                 entry.seq = self.seq;
+                if removal {
+                    entry.removed_seq = self.seq;
+                }
             }
             self.by_seq.insert(self.seq, path);
         }
@@ -968,7 +987,7 @@ impl State {
         };
         let deleted_at = record.deleted.then_some(now_unix);
         let record = CompactRecord::new(record);
-        let entry = Box::new(Entry { record, seq, record_seq: seq, author, deleted_at, holders });
+        let entry = Box::new(Entry { record, seq, record_seq: seq, author, deleted_at, holders, removed_seq: 0 });
         if let Some(old) = self.entries.insert(path.clone(), entry) {
             self.sub_authored(old.author);
         }
@@ -998,7 +1017,7 @@ impl State {
             return false;
         }
         let old = entry.seq;
-        self.bump_entry(old);
+        self.bump_entry(old, false);
         true
     }
 
@@ -1025,9 +1044,7 @@ impl State {
         let mut more = false;
         for (&seq, path) in self.by_seq.range(from + 1..) {
             let entry = &self.entries[path];
-            if !full && entry.record_seq <= from && me != NO_SLOT && entry.holders.binary_search(&me).is_ok() {
-                // Only its holders changed since this peer was sent the
-                // record, and it holds the record: it needs no sources.
+            if !full && only_holders_came(entry, from, me) {
                 last = seq;
                 continue;
             }
@@ -1257,6 +1274,23 @@ fn clamp_future_mtime(record: &mut FileRecord, now_unix: u64) -> bool {
         return true;
     }
     false
+}
+
+/// Holders a peer that lacks a record is told about as they come (more
+/// sources help little; beyond them, new holders reach it with the next
+/// change of the record or the next departure of a holder).
+const HOLDER_FANOUT: usize = 8;
+
+/// True when the only change to `e` that a session which was handed
+/// everything up to `sent` has not seen is holders that came, and the
+/// peer (in `slot`) needs no news of them: it holds the record itself, or
+/// it knows enough sources already. Such a change is not paged to it.
+fn only_holders_came(e: &Entry, sent: u64, slot: u16) -> bool {
+    if e.record_seq > sent || e.removed_seq > sent {
+        return false;
+    }
+    let holds = slot != NO_SLOT && e.holders.binary_search(&slot).is_ok();
+    holds || e.holders.len() > HOLDER_FANOUT
 }
 
 fn persisted(path: &RelPath, e: &Entry) -> PersistedEntry {
@@ -1678,6 +1712,39 @@ mod tests {
         fx.join(2);
         let delta = fx.state.next_page(id(2), 2).unwrap().delta.unwrap();
         assert_eq!(delta.entries[0].holders, vec![Holder { peer_id: id(1), addr }]);
+    }
+
+    #[test]
+    fn a_peer_lacking_a_record_hears_of_a_few_new_holders_and_of_every_departure() {
+        let mut fx = Fixture::new();
+        for n in 1..=12 {
+            fx.join(n);
+        }
+        fx.announce(1, file("f", "x", vv(&[(1, 1)]), 1));
+        let page = |fx: &mut Fixture, n: u8| fx.state.next_page(id(n), u64::from(n)).unwrap().delta.unwrap();
+        assert_eq!(page(&mut fx, 12).entries.len(), 1);
+        // Holders 2..=8 are paged to peer 12 (it lacks the record) ...
+        for n in 2..=HOLDER_FANOUT as u8 {
+            assert!(fx.state.have(id(n), &RelPath::new("f").unwrap(), &vv(&[(1, 1)])));
+            assert_eq!(page(&mut fx, 12).entries.len(), 1, "holder {n}");
+        }
+        // ... more are not: it knows eight sources.
+        for n in HOLDER_FANOUT as u8 + 1..=11 {
+            assert!(fx.state.have(id(n), &RelPath::new("f").unwrap(), &vv(&[(1, 1)])));
+            assert!(page(&mut fx, 12).entries.is_empty(), "holder {n}");
+        }
+        // A holder leaving is always paged, with every holder left.
+        assert!(fx.state.remove_peer(id(3), T0));
+        let delta = page(&mut fx, 12);
+        assert_eq!(delta.entries.len(), 1);
+        assert_eq!(delta.entries[0].holders.len(), 10);
+        assert!(delta.entries[0].holders.iter().all(|h| h.peer_id != id(3)));
+        // A departure, then an arrival before the next page: still paged.
+        assert!(fx.state.remove_peer(id(4), T0));
+        fx.join(4);
+        assert!(fx.state.have(id(4), &RelPath::new("f").unwrap(), &vv(&[(1, 1)])));
+        assert_eq!(page(&mut fx, 12).entries.len(), 1);
+        fx.state.check_invariants();
     }
 
     #[test]
