@@ -56,7 +56,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dartsync_shared::PeerId;
@@ -178,6 +178,48 @@ pub(crate) struct Link {
     pub token: CancellationToken,
     /// Set before `token` is cancelled when the device was revoked.
     pub revoked: Arc<AtomicBool>,
+    /// When the session last heard from its peer.
+    pub heard: Heard,
+}
+
+/// When a session last read a frame from its peer, or that a frame of it
+/// is being applied right now: a peer whose message waits in a busy
+/// actor's queue is alive, whatever its deadline says.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Heard(Arc<AtomicU64>);
+
+impl Heard {
+    /// A frame of the peer is being applied.
+    const IN_FLIGHT: u64 = u64::MAX;
+
+    /// The session read a frame now (or finished applying one).
+    pub fn now(&self) {
+        let ms = mono_now().saturating_duration_since(heard_base()).as_millis();
+        self.0.store(
+            u64::try_from(ms).unwrap_or(u64::MAX - 1).saturating_add(1).min(Self::IN_FLIGHT - 1),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A frame of the peer went to the actor and is not applied yet.
+    pub fn in_flight(&self) {
+        self.0.store(Self::IN_FLIGHT, Ordering::Relaxed);
+    }
+
+    /// When the peer was last heard (`now` while a frame is in flight).
+    fn when(&self, now: std::time::Instant) -> Option<std::time::Instant> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            Self::IN_FLIGHT => Some(now),
+            ms => Some(heard_base() + Duration::from_millis(ms - 1)),
+        }
+    }
+}
+
+/// The origin of [`Heard`]'s clock.
+fn heard_base() -> std::time::Instant {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(mono_now)
 }
 
 impl Link {
@@ -613,7 +655,10 @@ impl Actor {
 
     fn expire(&mut self) {
         let silent = self.state.expiry_after();
-        for peer in self.state.expire(mono_now(), unix_now()) {
+        let now = mono_now();
+        let links = &self.links;
+        let heard = |peer: PeerId| links.get(&peer).and_then(|l| l.heard.when(now));
+        for peer in self.state.expire(now, unix_now(), heard) {
             self.devices_dirty = true;
             if let Some(link) = self.links.remove(&peer) {
                 link.close(false);

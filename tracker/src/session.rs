@@ -71,7 +71,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::actor::{ActorHandle, LeaveReason, Link, RegisterReply, Verdict};
+use crate::actor::{ActorHandle, Heard, LeaveReason, Link, RegisterReply, Verdict};
 use crate::invite::Invites;
 
 /// How long a connected peer may take to send `Register`.
@@ -251,7 +251,8 @@ where
     let addr = SocketAddr::new(remote.ip(), register.listen_port);
     let token = ctx.shutdown.child_token();
     let revoked = Arc::new(AtomicBool::new(false));
-    let link = Link { token: token.clone(), revoked: revoked.clone() };
+    let heard = Heard::default();
+    let link = Link { token: token.clone(), revoked: revoked.clone(), heard: heard.clone() };
     // Where this peer stands: what a heartbeat may claim it has seen.
     let (seen_seq, seen_epoch) = (register.seen_seq, register.epoch);
     let registered = ctx.actor.register(peer, addr, session, register.seen_seq, register.epoch, register.name, link);
@@ -271,7 +272,7 @@ where
     tokio::select! {
         biased;
         () = token.cancelled() => Ok(closed(&revoked)),
-        end = read_loop(reader, peer, session, ctx) => end,
+        end = read_loop(reader, peer, session, ctx, &heard) => end,
         end = write_loop(writer, welcome, (seen_seq, seen_epoch), peer, session, &ctx.actor) => end,
     }
 }
@@ -330,11 +331,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
     peer: PeerId,
     session: u64,
     ctx: &SessionCtx,
+    heard: &Heard,
 ) -> Result<End, SessionError> {
     loop {
         let Some(len) = reader.peek_frame_len().await? else {
             return Ok(End::Closed);
         };
+        heard.now();
         // A batch waits for a slot before its body is read; one too long
         // for any message fails in `recv_bounded` before it is read either.
         let slot = if (MAX_CONTROL_FRAME + 1..=MAX_BATCH_BYTES).contains(&len) {
@@ -352,11 +355,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
         match msg {
             PeerMessage::Register(_) => return Err(SessionError::Protocol("a second Register")),
             PeerMessage::Goodbye => return Ok(End::Goodbye),
-            msg => match ctx.actor.message(peer, session, msg, slot).await {
-                Some(Verdict::Continue) => {}
-                Some(Verdict::Refuse(reason)) => return Err(SessionError::Refused(reason)),
-                None => return Ok(End::Cancelled),
-            },
+            msg => {
+                heard.in_flight();
+                let verdict = ctx.actor.message(peer, session, msg, slot).await;
+                heard.now();
+                match verdict {
+                    Some(Verdict::Continue) => {}
+                    Some(Verdict::Refuse(reason)) => return Err(SessionError::Refused(reason)),
+                    None => return Ok(End::Cancelled),
+                }
+            }
         }
     }
 }

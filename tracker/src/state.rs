@@ -658,12 +658,20 @@ impl State {
         self.deadlines.first().map(|(at, _)| *at)
     }
 
-    /// Removes every peer whose deadline is at or before `now`.
-    pub fn expire(&mut self, now: Instant, now_unix: u64) -> Vec<PeerId> {
+    /// Removes every peer whose deadline is at or before `now`, unless
+    /// `heard` says its session read from it since (`Some(when)`, within
+    /// the expiry window: a busy tracker had not applied its message yet),
+    /// which re-arms its deadline from then.
+    pub fn expire(&mut self, now: Instant, now_unix: u64, heard: impl Fn(PeerId) -> Option<Instant>) -> Vec<PeerId> {
         let mut expired = Vec::new();
+        let window = self.expiry_after();
         while let Some(&(at, peer)) = self.deadlines.first() {
             if at > now {
                 break;
+            }
+            if let Some(when) = heard(peer).filter(|w| *w + window > now) {
+                self.touch(peer, when);
+                continue;
             }
             // Off the deadlines now; the table pass is shared below.
             self.deadlines.pop_first();
@@ -1668,9 +1676,9 @@ mod tests {
         assert_eq!(fx.state.next_deadline(), Some(start + Duration::from_secs(30)));
         // Peer 2 keeps talking, peer 1 goes silent.
         fx.state.touch(id(2), start + Duration::from_secs(20));
-        assert!(fx.state.expire(start + Duration::from_secs(29), T0).is_empty());
+        assert!(fx.state.expire(start + Duration::from_secs(29), T0, |_| None).is_empty());
         let seq = fx.state.seq();
-        assert_eq!(fx.state.expire(start + Duration::from_secs(30), T0), vec![id(1)]);
+        assert_eq!(fx.state.expire(start + Duration::from_secs(30), T0, |_| None), vec![id(1)]);
         fx.state.check_invariants();
         assert_eq!(fx.global("a").2, vec![id(2)]);
         assert_eq!(fx.global("b").2, vec![]);
@@ -1916,7 +1924,7 @@ mod tests {
         assert!(fx.state.have(id(3), &RelPath::new("f").unwrap(), &vv(&[(1, 1)])));
         assert!(fx.state.have(id(4), &RelPath::new("f").unwrap(), &vv(&[(1, 1)])));
         let later = Instant::now() + Duration::from_secs(3600);
-        let mut expired = fx.state.expire(later, T0 + 3600);
+        let mut expired = fx.state.expire(later, T0 + 3600, |_| None);
         expired.sort_unstable();
         assert_eq!(expired, vec![id(1), id(3), id(4)]);
         fx.state.check_invariants();
