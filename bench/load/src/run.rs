@@ -151,7 +151,16 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     // reading) reads the whole table and the holders it lists.
     let observer = SimPeer::connect(target, layout.peers, 0.0, probe.clone()).await?;
     let observed = std::slice::from_ref(&observer);
-    settle(observed, seq + extra, opts.phase_timeout, "the observer's table", &mut o.notes).await?;
+    // Its `Welcome` says the seq at once; the table follows in pages.
+    let deadline = Instant::now() + opts.phase_timeout;
+    while observer.seen.entries.load(std::sync::atomic::Ordering::Relaxed) < layout.records as u64 {
+        check_alive(observed)?;
+        if Instant::now() >= deadline {
+            o.notes.push("the observer did not receive the whole table in time".to_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     o.max_holders_listed = peers
         .iter()
         .chain(observed)
