@@ -13,7 +13,7 @@ small="${1:-10000}"
 large="${2:-50000}"
 bin="${DARTSYNC_BIN:-target/release/dartsync}"
 [ -x "$bin" ] || { echo "build first: cargo build --release (or set DARTSYNC_BIN)" >&2; exit 1; }
-export DARTSYNC_NO_DISCOVERY=1 RUST_LOG=warn
+export DARTSYNC_NO_DISCOVERY=1
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -35,7 +35,7 @@ for i in range(n):
     with open(os.path.join(d, f"f{i:07}.txt"), "wb") as f:
         f.write(i.to_bytes(8, "little") * 128)
 PY
-  "$bin" --tracker --listen 127.0.0.1:0 --data "$dir/t" --key-file "$dir/key" 2>"$dir/t.log" &
+  RUST_LOG=info "$bin" --tracker --listen 127.0.0.1:0 --data "$dir/t" --key-file "$dir/key" 2>"$dir/t.log" &
   pids+=($!)
   local addr=""
   for _ in $(seq 100); do
@@ -43,11 +43,12 @@ PY
     [ -n "$addr" ] && break
     sleep 0.1
   done
+  [ -n "$addr" ] || { echo "the tracker did not start: $(cat "$dir/t.log")" >&2; exit 1; }
   local start=$SECONDS
-  "$bin" --peer "$dir/a" --tracker-addr "$addr" --listen 127.0.0.1:0 --key-file "$dir/key" --http off 2>"$dir/a.log" &
+  RUST_LOG=warn "$bin" --peer "$dir/a" --tracker-addr "$addr" --listen 127.0.0.1:0 --key-file "$dir/key" --http off 2>"$dir/a.log" &
   local a=$!; pids+=($a)
   "$bin" status --wait 600 "$dir/a" >/dev/null
-  "$bin" --peer "$dir/b" --tracker-addr "$addr" --listen 127.0.0.1:0 --key-file "$dir/key" --http off 2>"$dir/b.log" &
+  RUST_LOG=warn "$bin" --peer "$dir/b" --tracker-addr "$addr" --listen 127.0.0.1:0 --key-file "$dir/key" --http off 2>"$dir/b.log" &
   local b=$!; pids+=($b)
   "$bin" status --wait 900 "$dir/b" >/dev/null
   sleep 2
