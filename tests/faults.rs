@@ -26,7 +26,12 @@ fn peer_short_id(cluster: &Cluster, i: usize) -> String {
 #[test]
 fn killed_download_resumes_without_refetching_and_never_shows_partial_files() {
     let mut cluster = Cluster::start(Options { peers: 3, ..Options::default() });
-    // Restart peer 0 as a slow server so a download takes seconds.
+    // Restart peer 0 as a slow server so a download takes seconds, and
+    // make it the only source: peers 1 and 2 would otherwise fetch the file
+    // and serve it at full speed to a newcomer that starts late on a busy
+    // machine, which then finishes before anything is persisted.
+    cluster.kill_peer(1);
+    cluster.kill_peer(2);
     cluster.kill_peer(0);
     cluster.start_peer_with(0, &["--test-serve-delay-ms", "40"]);
     let size = 48 * MIB;
