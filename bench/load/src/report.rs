@@ -149,15 +149,7 @@ fn mib(kib: u64) -> String {
 }
 
 fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    dartsync_shared::human::thousands(u64::try_from(n).unwrap_or(u64::MAX))
 }
 
 /// The goals judged against `o`.
