@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,9 @@ use dartsync_peer::transfer::{ChunkSource, MemoryChunkSource};
 use dartsync_peer::transfer::{DownloadError, DownloadJob, DownloadLimits, DownloadOutcome, Downloader, HolderError};
 use dartsync_peer::transfer::{PeerGate, ServeConfig, serve};
 use dartsync_shared::channel::{self, SecureChannel};
+use dartsync_shared::chunk::parts::PART_MAX;
 use dartsync_shared::chunk::{ChunkParams, ChunkedFile, chunk_bytes};
+use dartsync_shared::codec::encode;
 use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::limits::{CHUNK_LIST_PAGE, MAX_CHUNK_LEN};
 use dartsync_shared::proto::p2p::{ChunkListPage, P2pRequest, P2pResponse};
@@ -61,9 +63,14 @@ impl Site {
     }
 
     fn put(&self, name: &str, bytes: &[u8]) -> ChunkedFile {
+        self.put_with(name, bytes, params())
+    }
+
+    /// [`Self::put`] chunked with `params`.
+    fn put_with(&self, name: &str, bytes: &[u8], params: ChunkParams) -> ChunkedFile {
         let path = self.dir.path().join(name);
         std::fs::write(&path, bytes).unwrap();
-        self.source.add_file(&path, params()).unwrap()
+        self.source.add_file(&path, params).unwrap()
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -1025,11 +1032,13 @@ async fn corrupt_mode_flips_a_byte_of_every_chunk() {
     server.stop().await;
 }
 
-/// A TCP forwarder to `to` that counts the connections it accepted and can
-/// cut every open one (as a holder closing idle connections would).
+/// A TCP forwarder to `to` that counts the connections it accepted and the
+/// bytes it carried (both ways, counted as they pass), and can cut every
+/// open one (as a holder closing idle connections would).
 struct CountingProxy {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
+    bytes: Arc<AtomicU64>,
     open: Arc<Mutex<Vec<JoinHandle<()>>>>,
     task: JoinHandle<()>,
 }
@@ -1039,19 +1048,31 @@ impl CountingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
+        let bytes = Arc::new(AtomicU64::new(0));
         let open: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (count, handles) = (accepted.clone(), open.clone());
+        let (count, carried, handles) = (accepted.clone(), bytes.clone(), open.clone());
         let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
+                let carried = carried.clone();
                 handles.lock().unwrap().push(tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(to).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(to).await {
+                        let (from_client, to_client) = inbound.into_split();
+                        let (from_server, to_server) = outbound.into_split();
+                        tokio::join!(
+                            pump(from_client, to_server, carried.clone()),
+                            pump(from_server, to_client, carried)
+                        );
                     }
                 }));
             }
         });
-        CountingProxy { addr, accepted, open, task }
+        CountingProxy { addr, accepted, bytes, open, task }
+    }
+
+    /// Bytes carried so far, both directions.
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
     }
 
     fn accepted(&self) -> usize {
@@ -1064,6 +1085,22 @@ impl CountingProxy {
             handle.abort();
         }
     }
+}
+
+/// Copies `from` to `to`, counting into `carried` before each write.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    carried: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        carried.fetch_add(n as u64, Ordering::SeqCst);
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Drop for CountingProxy {
@@ -1158,4 +1195,103 @@ async fn the_gate_waits_for_a_late_list_serves_admitted_peers_and_drops_revoked_
     let closed = within(DEADLINE, "the member's close after revocation", client.recv::<P2pResponse>()).await;
     assert!(matches!(closed, Ok(None) | Err(_)), "{closed:?}");
     server.stop().await;
+}
+
+/// What one edit-with-a-base download did: the outcome, the bytes on the
+/// wire, and the bytes of the new version's chunks the base lacks.
+struct EditRun {
+    outcome: DownloadOutcome,
+    wire: u64,
+    changed_chunk_bytes: u64,
+    new: ChunkedFile,
+}
+
+/// Serves `new` (from `holders` servers, the first lying about every chunk
+/// byte if `liar_first`) to a downloader whose folder has `old`, chunked
+/// with `params`, through a counting proxy; the job names `old` as its
+/// base when `with_base`.
+async fn edit_run(old: &[u8], new: &[u8], params: ChunkParams, with_base: bool, liar_first: bool) -> EditRun {
+    let key = ClusterKey::generate();
+    let remote = Site::new(&[]);
+    let new_chunked = remote.put_with("f", new, params);
+    let local = Site::new(&[]);
+    let old_chunked = local.put_with("f", old, params);
+    let liar = Server::start(&key, remote.source.clone(), |c| c.corrupt_for_tests = true).await;
+    let honest = Server::start(&key, remote.source.clone(), |_| {}).await;
+    let proxy = CountingProxy::start(if liar_first { liar.addr } else { honest.addr }).await;
+    let first = Holder { peer_id: if liar_first { liar.peer_id } else { honest.peer_id }, addr: proxy.addr };
+    let holders = if liar_first { vec![first, honest.holder()] } else { vec![first] };
+    let tmp = tempfile::tempdir().unwrap();
+    let d = downloader(&key, local.source.clone(), tmp.path());
+    let mut job = DownloadJob::new(record("f", &new_chunked), holders);
+    if with_base {
+        job = job.with_base(old_chunked.chunks.clone());
+    }
+    let outcome =
+        within(Duration::from_secs(120), "the download", d.download(job, CancellationToken::new())).await.unwrap();
+    check_outcome(&outcome, new);
+    let old_hashes: HashSet<_> = old_chunked.chunks.iter().map(|c| c.hash).collect();
+    let changed_chunk_bytes =
+        new_chunked.chunks.iter().filter(|c| !old_hashes.contains(&c.hash)).map(|c| u64::from(c.len)).sum();
+    let wire = proxy.bytes();
+    liar.stop().await;
+    honest.stop().await;
+    EditRun { outcome, wire, changed_chunk_bytes, new: new_chunked }
+}
+
+#[tokio::test]
+async fn a_small_edit_moves_a_slice_of_the_chunk_list_not_all_of_it() {
+    // 16 MiB in 16 KiB pieces: a list of about 1,000 chunks, 45 KB whole.
+    let old = det_bytes(40, 16 * MIB);
+    let mut new = old.clone();
+    new.insert(8 * MIB, 0x5A);
+    let whole = edit_run(&old, &new, params(), false, false).await;
+    let sliced = edit_run(&old, &new, params(), true, false).await;
+    let page = ChunkListPage::of(ContentHash::of(&new), &sliced.new.chunks, 0, CHUNK_LIST_PAGE).unwrap();
+    let list_bytes = encode(&P2pResponse::ChunkList(page)).unwrap().len() as u64;
+    assert!(sliced.new.chunks.len() >= 500, "{} chunks", sliced.new.chunks.len());
+    // Without a base the whole list travels (the measure works)...
+    let overhead = |run: &EditRun| run.wire - run.outcome.bytes_fetched;
+    assert!(overhead(&whole) >= list_bytes, "{} bytes besides content, list {list_bytes}", overhead(&whole));
+    // ...with one, a summary and a group or two of it.
+    assert!(
+        overhead(&sliced) < list_bytes / 4,
+        "{} bytes besides content; the whole list is {list_bytes}",
+        overhead(&sliced)
+    );
+}
+
+#[tokio::test]
+async fn a_one_byte_change_in_a_big_chunk_fetches_only_the_parts_around_it() {
+    let params = ChunkParams::for_piece_len(256 * 1024);
+    let old = det_bytes(41, 4 * MIB);
+    let mut overwritten = old.clone();
+    overwritten[2 * MIB + 123] ^= 0x01;
+    let mut inserted = old.clone();
+    inserted.insert(MIB + 77, 0x5A);
+    for (what, new, most_parts) in [("overwrite", &overwritten, 1), ("insertion", &inserted, 4)] {
+        let run = edit_run(&old, new, params, true, false).await;
+        let fetched = run.outcome.bytes_fetched;
+        assert!(fetched > 0, "{what}");
+        assert!(fetched <= most_parts * u64::from(PART_MAX), "{what}: fetched {fetched}");
+        assert!(
+            fetched * 4 <= run.changed_chunk_bytes,
+            "{what}: fetched {fetched} of {} changed chunk bytes",
+            run.changed_chunk_bytes
+        );
+        assert!(run.outcome.holders[0].dropped.is_none(), "{what}: {:?}", run.outcome.holders);
+    }
+}
+
+#[tokio::test]
+async fn a_holder_lying_about_parts_is_dropped_and_the_chunk_comes_whole_from_another() {
+    let params = ChunkParams::for_piece_len(256 * 1024);
+    let old = det_bytes(42, 4 * MIB);
+    let mut new = old.clone();
+    new[3 * MIB] ^= 0x01;
+    let run = edit_run(&old, &new, params, true, true).await;
+    let holders = &run.outcome.holders;
+    assert!(holders[0].dropped.as_ref().is_some_and(HolderError::is_lie), "{holders:?}");
+    assert_eq!(holders[0].bytes, 0, "nothing of the liar's was accepted");
+    assert_eq!(holders[1].bytes, run.changed_chunk_bytes, "the honest holder sent the changed chunk whole");
 }

@@ -9,6 +9,14 @@
 //!
 //! This module does no file-system work of its own (no stat, no retry on a
 //! file that changes while read): callers own that.
+//!
+//! Two finer views serve small edits of big files: [`summary`] names groups
+//! of a chunk list so a receiver fetches only the part of the list that
+//! changed, and [`parts`] cuts one chunk finer so it fetches only the part
+//! of a chunk that changed.
+
+pub mod parts;
+pub mod summary;
 
 use std::io::Read;
 

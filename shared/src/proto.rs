@@ -45,7 +45,9 @@ pub mod ptp;
 ///   rejected the peer's changes).
 /// - 6: device admission: `Pending` and `Revoked` answers, and each
 ///   device's state (admitted, pending, revoked) in `Devices`.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// - 7: small edits of big files: `GetChunkListSummary`, `GetChunkParts`
+///   and `GetPart` with their answers (P2P).
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// Why a decoded message was rejected by its `validate` method.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

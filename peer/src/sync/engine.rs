@@ -26,7 +26,7 @@ use dartsync_shared::human::{plural, size};
 use dartsync_shared::path::case_fold_key;
 use dartsync_shared::proto::ptp::{ConflictNotice, Delta, Holder, PeerReport};
 use dartsync_shared::status::{Conflict, FolderState, MAX_LISTED, WaitingPath};
-use dartsync_shared::{FileRecord, PeerId, RelPath};
+use dartsync_shared::{ChunkInfo, FileRecord, PeerId, RelPath};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -654,7 +654,10 @@ impl Engine {
                     self.park(path, "cannot download", short);
                     return Ok(());
                 }
-                self.start_download(global);
+                // The version replaced here, if it is a file: only what it
+                // lacks is fetched.
+                let base = before.filter(|b| b.record.is_file()).map(|b| b.chunks).unwrap_or_default();
+                self.start_download(global, base);
                 Ok(())
             }
         }
@@ -666,7 +669,7 @@ impl Engine {
         }
     }
 
-    fn start_download(&mut self, global: GlobalEntry) {
+    fn start_download(&mut self, global: GlobalEntry, base: Vec<ChunkInfo>) {
         let path = global.record.path.clone();
         if let Some(active) = self.active.get(&path) {
             if active.record.version == global.record.version {
@@ -680,7 +683,7 @@ impl Engine {
             return;
         }
         let cancel = CancellationToken::new();
-        let job = DownloadJob::new(global.record.clone(), global.holders);
+        let job = DownloadJob::new(global.record.clone(), global.holders).with_base(base);
         self.active.insert(path.clone(), Running::new(global.record.clone(), cancel.clone(), job.progress.clone()));
         let downloader = self.parts.downloader.clone();
         let installer = Installer {

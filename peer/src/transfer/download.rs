@@ -4,7 +4,11 @@
 //! # Steps of [`Downloader::download`]
 //! 1. **Chunk list**: from the local [`ChunkSource`] if some local file has
 //!    the same content (a rename or copy: no network at all), else from the
-//!    holders in turn. A list is accepted only if its hash equals the
+//!    holders in turn. With a base list of
+//!    [`DownloadLimits::summary_min_base`] chunks or more, a holder is first asked for the list's summary and only the
+//!    groups the base lacks are fetched
+//!    ([`dartsync_shared::chunk::summary`]); a rebuilt list that fails its
+//!    check is fetched whole. A list is accepted only if its hash equals the
 //!    record's `chunks` and it tiles `[0, size)`; a holder sending another
 //!    list is dropped as a liar. Holders answering `Busy` (a chunk-list page
 //!    takes an upload slot too) are asked again in rounds with the busy
@@ -15,7 +19,8 @@
 //!    then copy every missing chunk the `ChunkSource` can produce (old
 //!    version of the file, any other file) after verifying it, and chunks
 //!    that repeat inside the file. This is the delta sync and the rename
-//!    handling.
+//!    handling. Then [`refine`]: chunks that replace base chunks are
+//!    fetched part by part, only the parts the base lacks.
 //! 3. **Network** ([`worker`]): one connection per holder, several requests
 //!    in flight each, one shared queue of missing chunks; lying, failing or
 //!    `NotAvailable` holders are dropped and their chunks requeued, `Busy`
@@ -48,6 +53,7 @@
 mod assemble;
 mod error;
 mod links;
+mod refine;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -59,9 +65,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
+use dartsync_shared::chunk::summary::ListPlan;
 use dartsync_shared::chunk::{ChunkParams, chunk_list_hash, chunk_list_is_well_formed};
 use dartsync_shared::key::{ClusterKey, Identity};
-use dartsync_shared::limits::MAX_PIECE_LEN;
+use dartsync_shared::limits::{MAX_PIECE_LEN, MIN_CHUNK_LEN};
 use dartsync_shared::proto::p2p::{ChunkListAssembler, P2pRequest, P2pResponse};
 use dartsync_shared::proto::ptp::Holder;
 use dartsync_shared::{ChunkInfo, ContentHash, FileRecord, PeerId};
@@ -73,6 +80,7 @@ use crate::transfer::chunk_source::ChunkSource;
 use crate::transfer::part::{self, Bitmap, PartState};
 use assemble::{FinishError, finish, prepare};
 pub use error::{DownloadError, HolderError};
+use refine::{LocalParts, Refined, Refiner};
 use worker::{Conn, Group, Work, WorkerCtx, WorkerEnd};
 pub use worker::{DownloadLimits, HolderStats};
 
@@ -86,12 +94,24 @@ pub struct DownloadJob {
     pub holders: Vec<Holder>,
     /// Filled in while the download runs (for status and progress logs).
     pub progress: Arc<DownloadProgress>,
+    /// The chunk list of the version this one replaces on this peer, if
+    /// any (its *base*): only the parts of the new chunk list and of the
+    /// changed chunks that the base lacks are fetched. A hint: everything
+    /// read from it is verified.
+    pub base: Vec<ChunkInfo>,
 }
 
 impl DownloadJob {
-    /// A job with fresh progress counters.
+    /// A job with fresh progress counters and no base.
     pub fn new(record: FileRecord, holders: Vec<Holder>) -> DownloadJob {
-        DownloadJob { record, holders, progress: Arc::default() }
+        DownloadJob { record, holders, progress: Arc::default(), base: Vec::new() }
+    }
+
+    /// The same job with `base` as the chunk list of the version it
+    /// replaces.
+    pub fn with_base(mut self, base: Vec<ChunkInfo>) -> DownloadJob {
+        self.base = base;
+        self
     }
 }
 
@@ -255,7 +275,7 @@ impl Downloader {
             return Ok(outcome(temp_path, Vec::new(), (0, 0, 0), stats, started));
         }
 
-        let (chunks, conn) = self.chunk_list(&record, &holders, &mut stats, &cancel).await?;
+        let (chunks, mut conn) = self.chunk_list(&record, &holders, &job.base, &mut stats, &cancel).await?;
         let chunks: Arc<[ChunkInfo]> = chunks.into();
         let groups: Arc<[Group]> = group_chunks(&chunks).into();
 
@@ -275,10 +295,31 @@ impl Downloader {
         };
         let part = part::part_path(&self.tmp_dir, &record.content);
         let state_path = part::state_path(&self.tmp_dir, &record.content);
-        let (bytes_resumed, bytes_local) = (prepared.bytes_resumed, prepared.bytes_local);
+        let (bytes_resumed, mut bytes_local) = (prepared.bytes_resumed, prepared.bytes_local);
+        let (mut missing, mut header) = (prepared.missing, prepared.header);
         job.progress.add(bytes_resumed + bytes_local);
+        if !missing.is_empty() && !job.base.is_empty() && !cancel.is_cancelled() {
+            let mut step = RefineStep {
+                record: &record,
+                chunks: &chunks,
+                groups: &groups,
+                file: &prepared.file,
+                holders: &holders,
+                stats: &mut stats,
+                conn: &mut conn,
+            };
+            let refined = self.refine(&mut step, &job.base, &missing, &cancel).await;
+            for &g in &refined.groups {
+                for &i in &groups[g].members {
+                    header.done.set(i, true);
+                }
+            }
+            missing.retain(|g| !refined.groups.contains(g));
+            bytes_local += refined.bytes_local;
+            job.progress.add(refined.bytes_local + refined.bytes_fetched);
+        }
         tracing::debug!(
-            %path, chunks = chunks.len(), bytes_resumed, bytes_local, missing_groups = prepared.missing.len(),
+            %path, chunks = chunks.len(), bytes_resumed, bytes_local, missing_groups = missing.len(),
             "local chunks in place"
         );
         let work = Arc::new(
@@ -286,8 +327,8 @@ impl Downloader {
                 prepared.file.clone(),
                 chunks.clone(),
                 groups,
-                prepared.missing,
-                prepared.header,
+                missing,
+                header,
                 state_path,
                 self.ctx.limits.persist_every_bytes,
             )
@@ -302,6 +343,10 @@ impl Downloader {
                 return Err(cancelled());
             }
             self.fetch(&record, &work, &holders, conn, &mut stats, &cancel).await?;
+        } else if let Some((i, conn)) = conn {
+            // Clean (nothing in flight): kept for the next download.
+            let (reader, writer) = conn.split();
+            self.ctx.links.put(holders[i].peer_id, holders[i].addr, reader, writer);
         }
 
         let temp_path = {
@@ -376,6 +421,7 @@ impl Downloader {
         &self,
         record: &FileRecord,
         holders: &[Holder],
+        base: &[ChunkInfo],
         stats: &mut [HolderStats],
         cancel: &CancellationToken,
     ) -> Result<(Vec<ChunkInfo>, Option<(usize, Conn)>), DownloadError> {
@@ -405,7 +451,7 @@ impl Downloader {
                 }
                 let fetched = tokio::select! {
                     () = cancel.cancelled() => return Err(DownloadError::Cancelled { path: record.path.clone() }),
-                    r = self.fetch_list(holder, record) => r,
+                    r = self.fetch_list(holder, record, base) => r,
                 };
                 match fetched {
                     Ok((list, conn)) => return Ok((list, Some((i, conn)))),
@@ -443,11 +489,23 @@ impl Downloader {
         Err(DownloadError::NoChunkList { path: record.path.clone(), failures })
     }
 
-    /// Fetches the chunk list from one holder, page by page (a list of any
-    /// length fits: each page is one bounded frame), and checks it.
-    async fn fetch_list(&self, holder: &Holder, record: &FileRecord) -> Result<(Vec<ChunkInfo>, Conn), HolderError> {
+    /// Fetches the chunk list from one holder, rebuilt from `base` and the
+    /// list's summary when `base` is long enough, else (or when that fails
+    /// its check) page by page (a list of any length fits: each page is one
+    /// bounded frame), and checks it.
+    async fn fetch_list(
+        &self,
+        holder: &Holder,
+        record: &FileRecord,
+        base: &[ChunkInfo],
+    ) -> Result<(Vec<ChunkInfo>, Conn), HolderError> {
         let limits = &self.ctx.limits;
         let mut conn = worker::connect(holder, &self.ctx.key, &self.ctx.identity, limits.connect_timeout).await?;
+        if base.len() >= limits.summary_min_base
+            && let Some(list) = self.rebuild_list(&mut conn, record, base).await?
+        {
+            return Ok((list, conn));
+        }
         let mut list = ChunkListAssembler::new(record.content, record.size);
         while !list.is_complete() {
             let request = P2pRequest::GetChunkList {
@@ -457,22 +515,162 @@ impl Downloader {
                 max: limits.chunk_list_page,
             };
             conn.send(&request).await.map_err(HolderError::Channel)?;
-            let response = tokio::time::timeout(limits.request_timeout, conn.recv::<P2pResponse>())
-                .await
-                .map_err(|_| HolderError::Timeout(limits.request_timeout))?
-                .map_err(HolderError::Channel)?
-                .ok_or(HolderError::Closed)?;
-            response.validate().map_err(HolderError::Protocol)?;
-            match response {
+            match self.answer(&mut conn).await? {
                 P2pResponse::ChunkList(page) => list.push(page).map_err(HolderError::ChunkList)?,
                 P2pResponse::NotAvailable => return Err(HolderError::NotAvailable),
                 P2pResponse::Busy => return Err(HolderError::Busy),
-                P2pResponse::Chunk { .. } => return Err(HolderError::Unexpected("a chunk instead of a chunk list")),
+                _ => return Err(HolderError::Unexpected("not a chunk list page")),
             }
         }
         let chunks = list.finish().map_err(HolderError::ChunkList)?;
         check_list(&chunks, record).map_err(HolderError::BadChunkList)?;
         Ok((chunks, conn))
+    }
+
+    /// The next answer on `conn`, validated.
+    async fn answer(&self, conn: &mut Conn) -> Result<P2pResponse, HolderError> {
+        let timeout = self.ctx.limits.request_timeout;
+        let response = tokio::time::timeout(timeout, conn.recv::<P2pResponse>())
+            .await
+            .map_err(|_| HolderError::Timeout(timeout))?
+            .map_err(HolderError::Channel)?
+            .ok_or(HolderError::Closed)?;
+        response.validate().map_err(HolderError::Protocol)?;
+        Ok(response)
+    }
+
+    /// The chunk list rebuilt from `base` and the holder's summary of it,
+    /// fetching only the ranges of groups `base` lacks. `Ok(None)` (with
+    /// the connection clean) when the holder has no summary for it or the
+    /// rebuilt list fails its check: the caller fetches the list whole.
+    async fn rebuild_list(
+        &self,
+        conn: &mut Conn,
+        record: &FileRecord,
+        base: &[ChunkInfo],
+    ) -> Result<Option<Vec<ChunkInfo>>, HolderError> {
+        let request = P2pRequest::GetChunkListSummary { path: record.path.clone(), content: record.content };
+        conn.send(&request).await.map_err(HolderError::Channel)?;
+        let summary = match self.answer(conn).await? {
+            P2pResponse::ChunkListSummary(summary) if summary.content == record.content => summary,
+            P2pResponse::ChunkListSummary(_) => return Err(HolderError::Unexpected("a summary of another content")),
+            P2pResponse::NotAvailable => return Ok(None),
+            P2pResponse::Busy => return Err(HolderError::Busy),
+            _ => return Err(HolderError::Unexpected("not a chunk list summary")),
+        };
+        let plan = ListPlan::new(&summary, base);
+        if plan.total() > record.size.div_ceil(u64::from(MIN_CHUNK_LEN)) {
+            return Err(HolderError::BadChunkList("its summary claims more chunks than the file can have"));
+        }
+        let ranges: Vec<(u64, u32)> = plan.fetches().collect();
+        let mut fetched = Vec::with_capacity(ranges.len());
+        for window in ranges.chunks(self.ctx.limits.in_flight_per_holder.max(1)) {
+            for &(first, max) in window {
+                let request =
+                    P2pRequest::GetChunkList { path: record.path.clone(), content: record.content, first, max };
+                conn.send(&request).await.map_err(HolderError::Channel)?;
+            }
+            for &(first, max) in window {
+                match self.answer(conn).await? {
+                    P2pResponse::ChunkList(page)
+                        if page.content == record.content
+                            && page.first == first
+                            && page.chunks.len() == max as usize =>
+                    {
+                        fetched.push(page.chunks);
+                    }
+                    P2pResponse::ChunkList(_) => {
+                        return Err(HolderError::BadChunkList("a page other than the range asked for"));
+                    }
+                    P2pResponse::NotAvailable => return Err(HolderError::NotAvailable),
+                    P2pResponse::Busy => return Err(HolderError::Busy),
+                    _ => return Err(HolderError::Unexpected("not a chunk list page")),
+                }
+            }
+        }
+        let from_network: usize = fetched.iter().map(Vec::len).sum();
+        match plan.rebuild(base, &fetched, record.size) {
+            Ok(list) if check_list(&list, record).is_ok() => {
+                tracing::debug!(
+                    path = %record.path, chunks = list.len(), fetched = from_network, groups = summary.groups.len(),
+                    "chunk list rebuilt from the base"
+                );
+                Ok(Some(list))
+            }
+            Ok(_) => {
+                tracing::debug!(path = %record.path, "rebuilt chunk list fails its check; fetching it whole");
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::debug!(path = %record.path, error = %e, "chunk list cannot be rebuilt; fetching it whole");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Step 2½ ([`refine`]): chunks replacing base chunks fetched part by
+    /// part. Uses the connection the list came over, else a fresh one to
+    /// the first usable holder; a holder that lies is marked dropped. What
+    /// fails otherwise is left to the network phase.
+    async fn refine(
+        &self,
+        step: &mut RefineStep<'_>,
+        base: &[ChunkInfo],
+        missing: &[usize],
+        cancel: &CancellationToken,
+    ) -> Refined {
+        let mut out = Refined::default();
+        let local = {
+            let (source, base, chunks) = (self.source.clone(), base.to_vec(), step.chunks.clone());
+            tokio::task::spawn_blocking(move || LocalParts::load(&base, &chunks, source.as_ref())).await
+        };
+        let Ok(Some(local)) = local else { return out };
+        let (i, mut conn) = match step.conn.take() {
+            Some(reused) => reused,
+            None => {
+                let Some(i) = step.stats.iter().position(|s| s.dropped.is_none()) else { return out };
+                let limits = &self.ctx.limits;
+                let holder = &step.holders[i];
+                match worker::connect(holder, &self.ctx.key, &self.ctx.identity, limits.connect_timeout).await {
+                    Ok(conn) => (i, conn),
+                    Err(e) => {
+                        tracing::debug!(peer = %holder.peer_id.fmt_short(), error = %e, "cannot refine chunks");
+                        return out;
+                    }
+                }
+            }
+        };
+        let mut refiner = Refiner {
+            conn: &mut conn,
+            record: step.record,
+            chunks: step.chunks,
+            groups: step.groups,
+            local: &local,
+            file: step.file,
+            limits: &self.ctx.limits,
+        };
+        let result = tokio::select! {
+            () = cancel.cancelled() => Err(None),
+            r = refiner.run(missing, &mut out) => r.map_err(Some),
+        };
+        let holder = &step.holders[i];
+        let stats = &mut step.stats[i];
+        stats.bytes += out.bytes_fetched;
+        stats.chunks += out.groups.len() as u64;
+        match result {
+            Ok(()) => *step.conn = Some((i, conn)),
+            Err(None) => {}
+            Err(Some(e)) if e.is_lie() => {
+                tracing::warn!(peer = %holder.peer_id.fmt_short(), addr = %holder.addr, error = %e, "holder dropped: it sent bad data");
+                stats.dropped = Some(e);
+            }
+            Err(Some(e)) => tracing::debug!(peer = %holder.peer_id.fmt_short(), error = %e, "refining chunks stopped"),
+        }
+        tracing::debug!(
+            path = %step.record.path, refined = out.groups.len(), bytes_local = out.bytes_local,
+            bytes_fetched = out.bytes_fetched, "chunks refined from the base"
+        );
+        out
     }
 
     /// Step 3: every usable holder fetches from the shared queue until it is
@@ -611,6 +809,17 @@ fn outcome(
         holders,
         elapsed: started.elapsed(),
     }
+}
+
+/// What [`Downloader::refine`] works on, borrowed from the download.
+struct RefineStep<'a> {
+    record: &'a FileRecord,
+    chunks: &'a Arc<[ChunkInfo]>,
+    groups: &'a [Group],
+    file: &'a Arc<File>,
+    holders: &'a [Holder],
+    stats: &'a mut [HolderStats],
+    conn: &'a mut Option<(usize, Conn)>,
 }
 
 /// Contents being downloaded now, so one content has one writer.

@@ -1,6 +1,6 @@
-//! The piece server: answers other peers' `GetChunkList` and `GetChunk`
-//! requests (P2P protocol, [`dartsync_shared::proto::p2p`]) from local
-//! content.
+//! The piece server: answers other peers' requests (P2P protocol,
+//! [`dartsync_shared::proto::p2p`]: chunk-list pages and summaries, chunks,
+//! the parts of a chunk and single parts) from local content.
 //!
 //! # Shape
 //! [`serve`] runs an accept loop (cancel token first, then reaping finished
@@ -33,22 +33,24 @@
 //! open is closed at its next request.
 //!
 //! # Upload slots
-//! Every request, `GetChunk` and `GetChunkList` alike, needs one slot of its
+//! Every request, of whatever kind, needs one slot of its
 //! requesting [`PeerId`] (shared by all connections of that peer) and one
 //! of the server's total; a request that finds either full is answered
 //! `Busy` at once, never queued (the brief's BUSY/READY). A slot is held
 //! from the request until its answer is about to be written, so a client
 //! that keeps at most `slots_per_peer` requests in flight never sees `Busy`
 //! from its own requests. (A chunk-list page is a whole-list lookup plus
-//! up to 3 MiB of answer: as costly as a chunk, so it is bounded the same
-//! way.)
+//! up to 3 MiB of answer, and a chunk's parts a chunk read and cut: as
+//! costly as a chunk, so they are bounded the same way.)
 //!
 //! # Invariants
 //! - Only verified bytes leave: a chunk is read from each candidate the
 //!   [`ChunkSource`] names, or from the downloader's partial file
 //!   `<content>.part` in `tmp_dir`, and sent only if it hashes to the
-//!   requested hash. A file changed since indexing answers `NotAvailable`,
-//!   never wrong bytes. (The hidden `corrupt_for_tests` switch breaks this on
+//!   requested hash (a part: read at its place inside such a candidate,
+//!   sent only if it hashes to the part's hash; a chunk's parts are cut
+//!   from verified bytes). A file changed since indexing answers
+//!   `NotAvailable`, never wrong bytes. (The hidden `corrupt_for_tests` switch breaks this on
 //!   purpose, after verification, so downloaders can be tested against a
 //!   liar.)
 //! - Nothing under `.dartsync/` is reachable by name: requests carry hashes,
@@ -70,12 +72,14 @@ use std::time::Duration;
 
 use dartsync_shared::backoff::Backoff;
 use dartsync_shared::channel::{ChannelError, ChannelWriter, SecureChannel};
+use dartsync_shared::chunk::parts::cut_parts;
+use dartsync_shared::chunk::summary::summarize;
 use dartsync_shared::codec::CodecError;
 use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::preauth::{self, PreAuthConfig, PreAuthLimiter, PreAuthPermit};
 use dartsync_shared::proto::ProtocolError;
 use dartsync_shared::proto::p2p::{ChunkListPage, P2pRequest, P2pResponse};
-use dartsync_shared::{ContentHash, PeerId};
+use dartsync_shared::{ChunkInfo, ContentHash, PeerId};
 use parking_lot::Mutex;
 use tokio::io::WriteHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -373,6 +377,47 @@ impl Ctx {
                 });
                 Pending::Work { job, slots: held }
             }
+            P2pRequest::GetChunkListSummary { content, .. } => {
+                let Some(held) = self.take_slots(slots) else {
+                    return Pending::Ready(P2pResponse::Busy);
+                };
+                let source = self.source.clone();
+                let job = tokio::task::spawn_blocking(move || {
+                    source
+                        .chunk_list(&content)
+                        .and_then(|chunks| summarize(content, &chunks))
+                        .map_or(P2pResponse::NotAvailable, P2pResponse::ChunkListSummary)
+                });
+                Pending::Work { job, slots: held }
+            }
+            P2pRequest::GetChunkParts { content, chunk } => {
+                let Some(held) = self.take_slots(slots) else {
+                    return Pending::Ready(P2pResponse::Busy);
+                };
+                let source = self.source.clone();
+                let part = part_path(&self.cfg.tmp_dir, &content);
+                let job = tokio::task::spawn_blocking(move || {
+                    match read_chunk(source.as_ref(), &part, chunk.offset, chunk.len, &chunk.hash, false) {
+                        P2pResponse::Chunk { hash, bytes } => {
+                            P2pResponse::ChunkParts { hash, parts: cut_parts(&bytes) }
+                        }
+                        other => other,
+                    }
+                });
+                Pending::Work { job, slots: held }
+            }
+            P2pRequest::GetPart { content, chunk, at, len, hash } => {
+                let Some(held) = self.take_slots(slots) else {
+                    return Pending::Ready(P2pResponse::Busy);
+                };
+                let source = self.source.clone();
+                let part = part_path(&self.cfg.tmp_dir, &content);
+                let corrupt = self.cfg.corrupt_for_tests;
+                let job = tokio::task::spawn_blocking(move || {
+                    read_part(source.as_ref(), &part, &chunk, at, len, &hash, corrupt)
+                });
+                Pending::Work { job, slots: held }
+            }
         }
     }
 }
@@ -439,6 +484,34 @@ fn read_chunk(
 ) -> P2pResponse {
     let found = read_verified(source, &source.locate(hash, len), len, hash)
         .or_else(|| read_at_verified(part, offset, len, hash).ok().flatten());
+    match found {
+        Some(mut bytes) => {
+            if corrupt && let Some(first) = bytes.first_mut() {
+                *first ^= 0xFF;
+            }
+            P2pResponse::Chunk { hash: *hash, bytes }
+        }
+        None => P2pResponse::NotAvailable,
+    }
+}
+
+/// `len` bytes at `at` inside `chunk` (validated: the range lies inside
+/// the chunk), read where the chunk itself may be read and sent only if
+/// they hash to `hash`.
+fn read_part(
+    source: &dyn ChunkSource,
+    part: &std::path::Path,
+    chunk: &ChunkInfo,
+    at: u32,
+    len: u32,
+    hash: &ContentHash,
+    corrupt: bool,
+) -> P2pResponse {
+    let at = u64::from(at);
+    let candidates: Vec<_> =
+        source.locate(&chunk.hash, chunk.len).into_iter().map(|(path, offset)| (path, offset + at)).collect();
+    let found = read_verified(source, &candidates, len, hash)
+        .or_else(|| read_at_verified(part, chunk.offset.saturating_add(at), len, hash).ok().flatten());
     match found {
         Some(mut bytes) => {
             if corrupt && let Some(first) = bytes.first_mut() {
@@ -559,7 +632,7 @@ async fn write_answers(
             }
             P2pResponse::Busy => served.busy += 1,
             P2pResponse::NotAvailable => served.not_available += 1,
-            P2pResponse::ChunkList { .. } => {}
+            P2pResponse::ChunkList(_) | P2pResponse::ChunkListSummary(_) | P2pResponse::ChunkParts { .. } => {}
         }
         match writer.send(&response).await {
             Ok(()) => {}

@@ -31,11 +31,28 @@
 //! (a file changed since indexing answers `NotAvailable`) and answers
 //! [`P2pResponse::Chunk`]. `Busy` means its upload slots are full: the
 //! client moves that chunk to another holder (the brief's BUSY/READY).
+//!
+//! # Small edits of big files (protocol 7)
+//! A receiver that has an older version of the file (its *base*) does not
+//! need the whole new chunk list, nor the whole of a changed chunk:
+//! - `GetChunkListSummary` asks for the list's content-defined groups and
+//!   their digests ([`ListSummary`], [`crate::chunk::summary`]); the
+//!   receiver fetches with `GetChunkList` only the ranges of groups its
+//!   base list lacks, rebuilds the list and checks its hash against the
+//!   record as always. `NotAvailable` (no such content, or a list too long
+//!   for a summary) sends it back to fetching the list whole.
+//! - `GetChunkParts` asks for the finer cut of one chunk
+//!   ([`crate::chunk::parts`]): the receiver reads the parts it has
+//!   locally, asks for each missing one with `GetPart` (a byte range of the
+//!   chunk, verified against the part's hash by both sides) and writes the
+//!   chunk only once it hashes to the chunk's hash.
 
 use serde::{Deserialize, Serialize};
 
 use super::{ProtocolError, check_len};
 use crate::chunk::ChunkInfo;
+use crate::chunk::parts::{MAX_PARTS, PART_MAX, PartInfo};
+use crate::chunk::summary::ListSummary;
 use crate::id::ContentHash;
 use crate::limits::{CHUNK_LIST_PAGE, MAX_CHUNK_LEN, MAX_CHUNKS_PER_FILE, MAX_FRAME_LEN, MIN_CHUNK_LEN};
 use crate::path::RelPath;
@@ -78,6 +95,34 @@ pub enum P2pRequest {
         /// blake3 of the chunk bytes.
         hash: ContentHash,
     },
+    /// The summary of the chunk list of a version (protocol 7).
+    GetChunkListSummary {
+        /// The path (a hint for the holder's lookup).
+        path: RelPath,
+        /// The whole-file hash of the version.
+        content: ContentHash,
+    },
+    /// The parts of one chunk (protocol 7).
+    GetChunkParts {
+        /// The whole-file hash the chunk belongs to.
+        content: ContentHash,
+        /// The chunk, as the chunk list names it.
+        chunk: ChunkInfo,
+    },
+    /// One part of a chunk: `len` bytes at `at` inside `chunk`, hashing to
+    /// `hash` (protocol 7). Answered with [`P2pResponse::Chunk`].
+    GetPart {
+        /// The whole-file hash the chunk belongs to.
+        content: ContentHash,
+        /// The chunk, as the chunk list names it.
+        chunk: ChunkInfo,
+        /// Offset of the part inside the chunk.
+        at: u32,
+        /// Length of the part: 1 to [`PART_MAX`].
+        len: u32,
+        /// blake3 of the part's bytes.
+        hash: ContentHash,
+    },
 }
 
 /// Responses a holder sends, one per request, in request order.
@@ -97,6 +142,20 @@ pub enum P2pResponse {
     NotAvailable,
     /// Upload slots full; ask another holder.
     Busy,
+    /// The summary of a chunk list: the answer to `GetChunkListSummary`.
+    ChunkListSummary(ListSummary),
+    /// The parts of a chunk: the answer to `GetChunkParts`.
+    ChunkParts {
+        /// The chunk hash that was asked for.
+        hash: ContentHash,
+        /// The parts in order (bounded while decoding).
+        #[serde(deserialize_with = "chunk_parts")]
+        parts: Vec<PartInfo>,
+    },
+}
+
+fn chunk_parts<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<PartInfo>, D::Error> {
+    crate::codec::bounded_vec(deserializer, MAX_PARTS, "chunk parts")
 }
 
 /// One page of a chunk list: the answer to `GetChunkList`.
@@ -165,6 +224,16 @@ impl P2pRequest {
             P2pRequest::GetChunk { len, .. } if *len > MAX_CHUNK_LEN => {
                 Err(ProtocolError::Invalid("get chunk: length above the chunk limit"))
             }
+            P2pRequest::GetChunkParts { chunk, .. } | P2pRequest::GetPart { chunk, .. }
+                if chunk.len > MAX_CHUNK_LEN =>
+            {
+                Err(ProtocolError::Invalid("chunk parts: chunk length above the chunk limit"))
+            }
+            P2pRequest::GetPart { chunk, at, len, .. }
+                if *len == 0 || *len > PART_MAX || u64::from(*at) + u64::from(*len) > u64::from(chunk.len) =>
+            {
+                Err(ProtocolError::Invalid("get part: range outside the chunk or longer than PART_MAX"))
+            }
             _ => Ok(()),
         }
     }
@@ -176,6 +245,14 @@ impl P2pResponse {
         match self {
             P2pResponse::ChunkList(page) => page.validate(),
             P2pResponse::Chunk { bytes, .. } => check_len("chunk bytes", bytes.len(), MAX_CHUNK_LEN as usize),
+            P2pResponse::ChunkListSummary(summary) => summary.validate(),
+            P2pResponse::ChunkParts { parts, .. } => {
+                check_len("chunk parts", parts.len(), MAX_PARTS)?;
+                if parts.iter().any(|p| p.len == 0 || p.len > PART_MAX) {
+                    return Err(ProtocolError::Invalid("chunk parts: a part outside 1..=PART_MAX bytes"));
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -364,6 +441,7 @@ impl ChunkListAssembler {
 mod tests {
     use super::*;
     use crate::chunk::chunk_list_hash;
+    use crate::chunk::summary::{GroupDigest, GroupSummary, MAX_SUMMARY_GROUPS};
     use crate::codec::{FrameCodec, decode, encode};
     use bytes::{Bytes, BytesMut};
     use tokio_util::codec::{Decoder, Encoder};
@@ -390,7 +468,14 @@ mod tests {
                 max: CHUNK_LIST_PAGE,
             },
             P2pRequest::GetChunk { content: ContentHash::of(b"a"), offset: 5, len: 9, hash: ContentHash::of(b"c") },
+            P2pRequest::GetChunkListSummary { path: RelPath::new("a").unwrap(), content: ContentHash::of(b"a") },
+            P2pRequest::GetChunkParts { content: ContentHash::of(b"a"), chunk: a_chunk() },
+            P2pRequest::GetPart { content: ContentHash::of(b"a"), chunk: a_chunk(), at: 2, len: 3, hash: hash(1) },
         ]
+    }
+
+    fn a_chunk() -> ChunkInfo {
+        ChunkInfo { offset: 10, len: 5, hash: ContentHash::of(b"abcde") }
     }
 
     fn responses() -> Vec<P2pResponse> {
@@ -404,6 +489,11 @@ mod tests {
             P2pResponse::Chunk { hash: ContentHash::of(b"abc"), bytes: b"abc".to_vec() },
             P2pResponse::NotAvailable,
             P2pResponse::Busy,
+            P2pResponse::ChunkListSummary(ListSummary {
+                content: ContentHash::of(b"a"),
+                groups: vec![GroupSummary { count: 3, digest: GroupDigest([7; 16]) }],
+            }),
+            P2pResponse::ChunkParts { hash: hash(2), parts: vec![PartInfo { len: 5, hash: hash(3) }] },
         ]
     }
 
@@ -444,6 +534,62 @@ mod tests {
         });
         let want = [&[0u8][..], &[0xBB; 32], &[251, 0x2C, 0x01], &[2], &[1, 7, 3], &[0xCC; 32]].concat();
         assert_eq!(encode(&resp).unwrap(), want);
+    }
+
+    #[test]
+    fn summary_and_parts_bytes_are_pinned() {
+        // Protocol 7: GetChunkListSummary = variant 2, path, content.
+        let req =
+            P2pRequest::GetChunkListSummary { path: RelPath::new("a").unwrap(), content: ContentHash([0xAA; 32]) };
+        assert_eq!(encode(&req).unwrap(), [&[2u8, 1, b'a'][..], &[0xAA; 32]].concat());
+        // GetPart = variant 4, content, chunk (offset, len, hash), at, len, hash.
+        let chunk = ChunkInfo { offset: 1, len: 9, hash: ContentHash([0xCC; 32]) };
+        let req = P2pRequest::GetPart {
+            content: ContentHash([0xAA; 32]),
+            chunk,
+            at: 4,
+            len: 5,
+            hash: ContentHash([0xDD; 32]),
+        };
+        let want = [&[4u8][..], &[0xAA; 32], &[1, 9], &[0xCC; 32], &[4, 5], &[0xDD; 32]].concat();
+        assert_eq!(encode(&req).unwrap(), want);
+        // ChunkListSummary = variant 4, content, groups (count, 16-byte digest).
+        let resp = P2pResponse::ChunkListSummary(ListSummary {
+            content: ContentHash([0xBB; 32]),
+            groups: vec![GroupSummary { count: 2, digest: GroupDigest([0xEE; 16]) }],
+        });
+        assert_eq!(encode(&resp).unwrap(), [&[4u8][..], &[0xBB; 32], &[1, 2], &[0xEE; 16]].concat());
+    }
+
+    #[test]
+    fn part_requests_and_answers_are_bounded() {
+        let part = |at, len| P2pRequest::GetPart {
+            content: ContentHash::of(b"a"),
+            chunk: ChunkInfo { offset: 0, len: 100_000, hash: hash(0) },
+            at,
+            len,
+            hash: hash(1),
+        };
+        assert!(part(0, PART_MAX).validate().is_ok());
+        assert!(part(100_000 - 10, 10).validate().is_ok());
+        assert!(part(100_000 - 10, 11).validate().is_err(), "runs past the chunk");
+        assert!(part(u32::MAX, 1).validate().is_err(), "overflowing range");
+        assert!(part(0, 0).validate().is_err());
+        assert!(part(0, PART_MAX + 1).validate().is_err());
+        let huge = ChunkInfo { offset: 0, len: MAX_CHUNK_LEN + 1, hash: hash(0) };
+        assert!(P2pRequest::GetChunkParts { content: hash(0), chunk: huge }.validate().is_err());
+        let parts = |len| P2pResponse::ChunkParts { hash: hash(0), parts: vec![PartInfo { len, hash: hash(1) }] };
+        assert!(parts(PART_MAX).validate().is_ok());
+        assert!(parts(0).validate().is_err());
+        assert!(parts(PART_MAX + 1).validate().is_err());
+        // A part list longer than MAX_PARTS does not even decode.
+        let long =
+            P2pResponse::ChunkParts { hash: hash(0), parts: vec![PartInfo { len: 1, hash: hash(1) }; MAX_PARTS + 1] };
+        assert!(decode::<P2pResponse>(&encode(&long).unwrap()).is_err());
+        // Nor a summary longer than MAX_SUMMARY_GROUPS.
+        let groups = vec![GroupSummary { count: 1, digest: GroupDigest([0; 16]) }; MAX_SUMMARY_GROUPS + 1];
+        let long = P2pResponse::ChunkListSummary(ListSummary { content: hash(0), groups });
+        assert!(decode::<P2pResponse>(&encode(&long).unwrap()).is_err());
     }
 
     #[test]

@@ -32,6 +32,7 @@ use parking_lot::Mutex;
 use std::time::Duration;
 
 use dartsync_shared::channel::{self, SecureChannel};
+use dartsync_shared::chunk::parts::PART_AVG;
 use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::limits::CHUNK_LIST_PAGE;
 use dartsync_shared::proto::p2p::{P2pRequest, P2pResponse};
@@ -69,6 +70,12 @@ pub struct DownloadLimits {
     /// Chunk-list entries asked for per request (holders answer at most
     /// [`CHUNK_LIST_PAGE`]); tests lower it to exercise paging.
     pub chunk_list_page: u32,
+    /// Shortest base list worth asking for the new list's summary (a
+    /// shorter list is fetched whole: 128 entries are about 6 KB).
+    pub summary_min_base: usize,
+    /// Shortest chunk worth fetching part by part (a shorter one is
+    /// fetched whole).
+    pub refine_min_chunk: u32,
 }
 
 impl Default for DownloadLimits {
@@ -82,6 +89,8 @@ impl Default for DownloadLimits {
             busy_give_up: Duration::from_secs(120),
             persist_every_bytes: 8 * 1024 * 1024,
             chunk_list_page: CHUNK_LIST_PAGE,
+            summary_min_base: 128,
+            refine_min_chunk: 4 * PART_AVG,
         }
     }
 }
@@ -575,8 +584,8 @@ impl HolderWorker {
                     paused_until = Some(Instant::now() + backoff);
                 }
                 P2pResponse::NotAvailable => return Err(Stop::Holder(HolderError::NotAvailable)),
-                P2pResponse::ChunkList { .. } => {
-                    return Err(Stop::Holder(HolderError::Unexpected("a chunk list instead of a chunk")));
+                P2pResponse::ChunkList(_) | P2pResponse::ChunkListSummary(_) | P2pResponse::ChunkParts { .. } => {
+                    return Err(Stop::Holder(HolderError::Unexpected("a chunk list or part list instead of a chunk")));
                 }
             }
         }
