@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dartsync_shared::channel;
+use dartsync_shared::chunk::parts::cut_parts;
+use dartsync_shared::chunk::summary::summarize;
 use dartsync_shared::chunk::{ChunkInfo, ChunkParams, chunk_bytes};
 use dartsync_shared::codec;
 use dartsync_shared::key::{ClusterKey, Identity};
@@ -60,7 +62,9 @@ struct Shared {
 }
 
 /// Content this client serves: whole-file hash -> (bytes, chunk list).
-type Store = Arc<Mutex<HashMap<ContentHash, (Vec<u8>, Vec<ChunkInfo>)>>>;
+type Store = Arc<Mutex<StoreMap>>;
+/// Content -> its bytes and chunk list.
+type StoreMap = HashMap<ContentHash, (Vec<u8>, Vec<ChunkInfo>)>;
 
 /// The hostile peer.
 pub struct Hostile {
@@ -384,7 +388,7 @@ async fn open_session(
     Ok(welcome)
 }
 
-/// The piece server: answers `GetChunkList` and `GetChunk` for the content
+/// The piece server: answers every P2P request for the content
 /// in `store`, in request order, on every accepted connection.
 async fn serve(listener: TcpListener, key: ClusterKey, identity: Identity, store: Store, shared: Arc<Mutex<Shared>>) {
     loop {
@@ -426,5 +430,39 @@ fn answer(store: &Store, shared: &Mutex<Shared>, request: P2pRequest) -> P2pResp
             shared.lock().unwrap().chunks_served += 1;
             P2pResponse::Chunk { hash, bytes: piece.to_vec() }
         }
+        P2pRequest::GetChunkListSummary { content, .. } => {
+            match store.get(&content).and_then(|(_, chunks)| summarize(content, chunks)) {
+                Some(summary) => P2pResponse::ChunkListSummary(summary),
+                None => P2pResponse::NotAvailable,
+            }
+        }
+        P2pRequest::GetChunkParts { content, chunk } => match verified_range(&store, &content, &chunk, 0, chunk.len) {
+            Some(piece) => P2pResponse::ChunkParts { hash: chunk.hash, parts: cut_parts(piece) },
+            None => P2pResponse::NotAvailable,
+        },
+        P2pRequest::GetPart { content, chunk, at, len, hash } => {
+            match verified_range(&store, &content, &chunk, at, len).filter(|part| ContentHash::of(part) == hash) {
+                Some(part) => P2pResponse::Chunk { hash, bytes: part.to_vec() },
+                None => P2pResponse::NotAvailable,
+            }
+        }
     }
+}
+
+/// `len` bytes at `at` inside `chunk` of `content`, if the chunk is there
+/// and verifies.
+fn verified_range<'a>(
+    store: &'a StoreMap,
+    content: &ContentHash,
+    chunk: &ChunkInfo,
+    at: u32,
+    len: u32,
+) -> Option<&'a [u8]> {
+    let (bytes, _) = store.get(content)?;
+    let start = usize::try_from(chunk.offset).ok()?;
+    let whole = bytes.get(start..start.checked_add(chunk.len as usize)?)?;
+    if ContentHash::of(whole) != chunk.hash {
+        return None;
+    }
+    whole.get(at as usize..(at as usize).checked_add(len as usize)?)
 }
