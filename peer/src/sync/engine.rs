@@ -48,8 +48,10 @@ use crate::sync::waiting::{Parked, Reason, Waiting};
 use crate::transfer::{ChunkSource, DownloadError, DownloadJob, DownloadOutcome, DownloadProgress, Downloader};
 
 mod brake_notice;
+mod queued;
 mod receive_only;
 
+use queued::Queued;
 pub use receive_only::EngineCommand;
 use receive_only::LocalEdits;
 
@@ -235,7 +237,7 @@ pub struct Engine {
     /// On a case-insensitive folder, which path owns each case-folded name.
     case_names: Option<CaseNames>,
     /// Paths waiting for a free download slot.
-    queued: BTreeSet<RelPath>,
+    queued: Queued,
     /// Paths the engine wrote, to re-check once the watcher has settled.
     recheck: Deadlines<RelPath, Instant>,
     /// The tracker epoch the global table belongs to.
@@ -266,7 +268,7 @@ impl Engine {
             kept: HashMap::new(),
             last_summary: (String::new(), None),
             case_names,
-            queued: BTreeSet::new(),
+            queued: Queued::default(),
             recheck: Deadlines::default(),
             epoch: None,
             standing: Standing::default(),
@@ -536,6 +538,16 @@ impl Engine {
         {
             return Err(ApplyError::CaseCollision { path: path.clone(), other: other.clone() });
         }
+        // Every download slot taken: a file waits its turn without a look
+        // at the disk, which it gets when it leaves the queue (a burst of
+        // thousands of files looked at each twice otherwise).
+        if global.record.is_file()
+            && self.active.len() >= self.parts.max_parallel_downloads
+            && !self.active.contains_key(path)
+        {
+            self.queued.insert(path.clone(), global.record.size);
+            return Ok(());
+        }
         let (before, modified) = self.parts.local.local_view(path).await?;
         let action = plan(&global.record, before.as_ref().map(|e| &e.record), modified);
         if action != Action::Download {
@@ -664,6 +676,7 @@ impl Engine {
     }
 
     fn cancel_download(&mut self, path: &RelPath) {
+        self.queued.remove(path);
         if let Some(active) = self.active.remove(path) {
             active.cancel.cancel();
         }
@@ -679,7 +692,7 @@ impl Engine {
             self.cancel_download(&path);
         }
         if self.active.len() >= self.parts.max_parallel_downloads {
-            self.queued.insert(path);
+            self.queued.insert(path, global.record.size);
             return;
         }
         let cancel = CancellationToken::new();
@@ -968,7 +981,7 @@ impl Engine {
         self.standing.published = Some(now);
         let busy = self.busy();
         let waiting_total = self.waiting.len() as u64;
-        let queued_bytes: u64 = self.queued.iter().filter_map(|p| self.global.get(p)).map(|g| g.record.size).sum();
+        let queued_bytes = self.queued.bytes();
         let transfers: Vec<TransferView> = self
             .active
             .iter()

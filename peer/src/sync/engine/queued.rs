@@ -1,0 +1,83 @@
+//! Downloads waiting for a free slot: their paths in path order (parents
+//! before children), with the bytes they will fetch summed as they come and
+//! go, because status reads that sum after every finished download (a
+//! pass over thousands of queued paths each time made a burst of small
+//! files quadratic).
+
+use std::collections::BTreeMap;
+
+use dartsync_shared::RelPath;
+
+/// The queue of downloads waiting for a slot.
+#[derive(Debug, Default)]
+pub(super) struct Queued {
+    /// Path -> the size of the version it waits to fetch.
+    paths: BTreeMap<RelPath, u64>,
+    /// Sum of the sizes in `paths`.
+    bytes: u64,
+}
+
+impl Queued {
+    /// Queues `path` (a version of `size` bytes), replacing what was queued
+    /// for it.
+    pub(super) fn insert(&mut self, path: RelPath, size: u64) {
+        if let Some(old) = self.paths.insert(path, size) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+    }
+
+    /// Takes the first path in path order.
+    pub(super) fn pop_first(&mut self) -> Option<RelPath> {
+        let (path, size) = self.paths.pop_first()?;
+        self.bytes -= size;
+        Some(path)
+    }
+
+    /// Forgets `path` if it is queued.
+    pub(super) fn remove(&mut self, path: &RelPath) {
+        if let Some(size) = self.paths.remove(path) {
+            self.bytes -= size;
+        }
+    }
+
+    /// Paths queued.
+    pub(super) fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// True when nothing waits.
+    pub(super) fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Bytes the queued downloads will fetch (their versions' sizes).
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dartsync_shared::test_util::rel;
+
+    #[test]
+    fn the_sum_follows_inserts_replacements_pops_and_removals() {
+        let mut q = Queued::default();
+        q.insert(rel("b"), 10);
+        q.insert(rel("a"), 5);
+        q.insert(rel("c"), 7);
+        assert_eq!((q.len(), q.bytes()), (3, 22));
+        q.insert(rel("b"), 1); // a newer version of b
+        assert_eq!((q.len(), q.bytes()), (3, 13));
+        assert_eq!(q.pop_first(), Some(rel("a")));
+        assert_eq!(q.bytes(), 8);
+        q.remove(&rel("c"));
+        q.remove(&rel("never"));
+        assert_eq!((q.len(), q.bytes()), (1, 1));
+        assert_eq!(q.pop_first(), Some(rel("b")));
+        assert!(q.is_empty());
+        assert_eq!((q.pop_first(), q.bytes()), (None, 0));
+    }
+}
