@@ -28,7 +28,11 @@ pub(crate) type Reader = ChannelReader<ReadHalf<TcpStream>>;
 pub(crate) type Writer = ChannelWriter<WriteHalf<TcpStream>>;
 
 /// Idle links kept per holder at most.
-pub(crate) const MAX_IDLE_PER_HOLDER: usize = 4;
+/// As many as downloads run at once by default (`max_parallel_downloads`
+/// = 16, each on its own link): with only 4 kept, a burst of small files
+/// made a Noise handshake for three files in four (an eighth of a
+/// receiver's CPU per file went to Diffie-Hellman).
+pub(crate) const MAX_IDLE_PER_HOLDER: usize = 16;
 /// An idle link older than this is closed rather than reused.
 pub(crate) const MAX_IDLE: Duration = Duration::from_secs(30);
 
