@@ -12,6 +12,7 @@ mod devices_cmd;
 mod invite_cmd;
 mod join_cmd;
 mod logging;
+mod malloc_tuning;
 mod report;
 mod revert_cmd;
 mod settings;
@@ -31,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 use crate::settings::Mode;
 
 fn main() -> ExitCode {
+    // Before any thread exists (see the module).
+    malloc_tuning::limit_arenas();
     let cli = cli::Cli::parse();
     logging::init(settings::log_level(&cli));
     match run(cli) {
@@ -69,6 +72,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         }
         Mode::Tracker { config, key_file } => {
             let key = tracker_key(&key_file)?;
+            malloc_tuning::unmap_large_blocks();
             runtime()?.block_on(async {
                 let shutdown = shutdown_on_signal()?;
                 dartsync_tracker::run(config, key, shutdown).await.context("tracker failed")

@@ -50,7 +50,7 @@ use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::codec::{self, CodecError, FrameCodec};
 use crate::id::{PeerId, PublicKey};
@@ -403,13 +403,18 @@ impl<R: AsyncRead + Unpin> ChannelReader<R> {
 
     /// Receives one raw frame (an encoded message).
     pub async fn recv_frame(&mut self) -> Result<Option<BytesMut>, ChannelError> {
-        let mut out = vec![0u8; MAX_NOISE_MSG];
+        // Scratch space for one decrypted message, sized by the largest
+        // one seen (a small message does not pay for zeroing 64 KiB).
+        let mut out = Vec::new();
         loop {
             if let Some(frame) = self.frame_codec.decode(&mut self.plain)? {
                 return Ok(Some(frame));
             }
             match self.frames.next().await {
                 Some(Ok(msg)) => {
+                    if out.len() < msg.len() {
+                        out.resize(msg.len(), 0);
+                    }
                     let n = self.decrypt_one(&msg, &mut out)?;
                     self.plain.extend_from_slice(&out[..n]);
                 }
@@ -481,6 +486,24 @@ impl<R: AsyncRead + Unpin> ChannelReader<R> {
         }
     }
 
+    /// Gives back the memory of buffers grown for earlier frames (up to a
+    /// whole maximum chunk each), keeping only bytes already received and
+    /// not yet read: for a reader that will sit idle, such as a pooled
+    /// link. The next frame grows them again as needed.
+    pub fn release_buffers(&mut self) {
+        // `plain` may be a view into the allocation of a large frame
+        // received earlier; a copy of what it holds owns just that.
+        self.plain = BytesMut::from(&self.plain[..]);
+        let read = self.frames.read_buffer_mut();
+        *read = BytesMut::from(&read[..]);
+    }
+
+    /// Bytes of buffer this reader holds (capacity, not content); a buffer
+    /// still shared with a frame handed out counts only its own part.
+    pub fn buffer_capacity(&self) -> usize {
+        self.plain.capacity() + self.frames.read_buffer().capacity()
+    }
+
     /// Reads and drops whatever the remote still sends, one Noise message
     /// at a time (never decrypted or buffered), until it closes. After a
     /// `Refused`, this lets the connection close cleanly: a socket closed
@@ -507,11 +530,30 @@ impl<W: AsyncWrite + Unpin> ChannelWriter<W> {
         self.send_frame(Bytes::from(encoded)).await
     }
 
-    /// Sends one raw frame (an encoded message).
+    /// Sends one raw frame (an encoded message). The length prefix and the
+    /// frame are sealed piece by piece as if joined (the same Noise
+    /// messages), without a copy of the whole frame: sending a chunk or a
+    /// delta page costs one Noise message of memory beyond the frame.
     pub async fn send_frame(&mut self, frame: Bytes) -> Result<(), ChannelError> {
-        let mut plain = BytesMut::with_capacity(frame.len() + 4);
-        self.frame_codec.encode(frame, &mut plain)?;
-        self.send_plain(&plain).await
+        let prefix = self.frame_codec.prefix(frame.len())?;
+        let total = prefix.len() + frame.len();
+        let mut piece = Vec::with_capacity(total.min(MAX_PLAINTEXT));
+        let mut sealed = vec![0u8; total.min(MAX_PLAINTEXT) + TAG_LEN];
+        piece.extend_from_slice(&prefix);
+        let mut rest = &frame[..];
+        loop {
+            let take = (MAX_PLAINTEXT - piece.len()).min(rest.len());
+            let (head, tail) = rest.split_at(take);
+            piece.extend_from_slice(head);
+            rest = tail;
+            self.seal_and_feed(&piece, &mut sealed).await?;
+            piece.clear();
+            if rest.is_empty() {
+                break;
+            }
+        }
+        SinkExt::<Bytes>::flush(&mut self.sink).await?;
+        Ok(())
     }
 
     /// Sends `bytes` as channel plaintext without a frame header.
@@ -526,14 +568,35 @@ impl<W: AsyncWrite + Unpin> ChannelWriter<W> {
     }
 
     async fn send_plain(&mut self, plain: &[u8]) -> Result<(), ChannelError> {
-        let mut buf = vec![0u8; MAX_NOISE_MSG];
+        // Room for the largest piece and its tag, not always 64 KiB.
+        let mut sealed = vec![0u8; plain.len().min(MAX_PLAINTEXT) + TAG_LEN];
         for piece in plain.chunks(MAX_PLAINTEXT) {
-            let n = self.transport.0.write_message(self.nonce, piece, &mut buf).map_err(ChannelError::Noise)?;
-            self.nonce += 1;
-            self.sink.feed(Bytes::copy_from_slice(&buf[..n])).await?;
+            self.seal_and_feed(piece, &mut sealed).await?;
         }
         SinkExt::<Bytes>::flush(&mut self.sink).await?;
         Ok(())
+    }
+
+    /// Encrypts one piece of plaintext (at most [`MAX_PLAINTEXT`] bytes)
+    /// into `sealed` (room for it and its tag) and queues it, unflushed.
+    async fn seal_and_feed(&mut self, piece: &[u8], sealed: &mut [u8]) -> Result<(), ChannelError> {
+        let n = self.transport.0.write_message(self.nonce, piece, sealed).map_err(ChannelError::Noise)?;
+        self.nonce += 1;
+        self.sink.feed(Bytes::copy_from_slice(&sealed[..n])).await?;
+        Ok(())
+    }
+
+    /// Gives back the memory of the write buffer, keeping whatever it
+    /// still holds (nothing after a completed send): for a writer that
+    /// will sit idle, such as a pooled link.
+    pub fn release_buffers(&mut self) {
+        let buf = self.sink.write_buffer_mut();
+        *buf = BytesMut::from(&buf[..]);
+    }
+
+    /// Bytes of buffer this writer holds (capacity, not content).
+    pub fn buffer_capacity(&self) -> usize {
+        self.sink.write_buffer().capacity()
     }
 
     /// Flushes and shuts down the write direction.
@@ -864,5 +927,66 @@ mod tests {
         w.send_plain(&[0xFF, 0xFF, 0xFF, 0xFF, 0]).await.unwrap();
         let err = server.recv::<PeerMessage>().await.unwrap_err();
         assert!(matches!(err, ChannelError::Codec(CodecError::Oversized { .. })), "{err}");
+    }
+
+    /// A connected channel pair over an in-memory pipe.
+    async fn channels() -> (SecureChannel<tokio::io::DuplexStream>, SecureChannel<tokio::io::DuplexStream>) {
+        let key = ClusterKey::generate();
+        let (a, b) = pair();
+        let k2 = key.clone();
+        let server = tokio::spawn(async move { accept(b, &k2, &Identity::generate()).await.unwrap() });
+        let client = connect(a, &key, &Identity::generate()).await.unwrap();
+        (client, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn frames_at_noise_message_boundaries_arrive_whole() {
+        let (client, server) = channels().await;
+        let (_cr, mut w) = client.split();
+        let (mut r, _sw) = server.split();
+        // The prefix and the frame are sealed piece by piece without being
+        // joined: every split point around one and two Noise messages.
+        for len in
+            [0, 1, MAX_PLAINTEXT - 5, MAX_PLAINTEXT - 4, MAX_PLAINTEXT - 3, 2 * MAX_PLAINTEXT - 4, 2 * MAX_PLAINTEXT]
+        {
+            let frame = crate::test_util::det_bytes(len as u64, len);
+            let sender = async {
+                w.send_frame(Bytes::from(frame.clone())).await.unwrap();
+            };
+            let (got, ()) = tokio::join!(r.recv_frame(), sender);
+            assert_eq!(got.unwrap().unwrap(), frame, "frame of {len} bytes");
+        }
+    }
+
+    #[tokio::test]
+    async fn released_buffers_keep_only_unread_bytes() {
+        let (client, server) = channels().await;
+        let (mut r, _cw) = client.split();
+        let (_sr, mut w) = server.split();
+        let bytes = crate::test_util::det_bytes(3, 1 << 20);
+        let chunk = P2pResponse::Chunk { hash: crate::id::ContentHash::of(&bytes), bytes };
+        let sent = chunk.clone();
+        let sender = tokio::spawn(async move {
+            w.send(&sent).await.unwrap();
+            // Two small frames after it, in one go: the second one stays
+            // buffered in the reader.
+            w.send_unframed(&[0, 0, 0, 1, 3, 0, 0, 0, 1, 3]).await.unwrap();
+            w
+        });
+        assert_eq!(r.recv::<P2pResponse>().await.unwrap(), Some(chunk));
+        assert_eq!(r.recv::<PeerMessage>().await.unwrap(), Some(PeerMessage::KeepAlive));
+        // Receiving after the big frame reused its allocation.
+        assert!(r.buffer_capacity() >= 1 << 20, "{}", r.buffer_capacity());
+        let mut w = sender.await.unwrap();
+        assert!(w.buffer_capacity() > 0);
+
+        r.release_buffers();
+        w.release_buffers();
+        assert!(r.buffer_capacity() <= 64, "{}", r.buffer_capacity());
+        assert_eq!(w.buffer_capacity(), 0);
+        // The buffered frame survived, and the channel still works.
+        assert_eq!(r.recv::<PeerMessage>().await.unwrap(), Some(PeerMessage::KeepAlive));
+        w.send(&PeerMessage::KeepAlive).await.unwrap();
+        assert_eq!(r.recv::<PeerMessage>().await.unwrap(), Some(PeerMessage::KeepAlive));
     }
 }

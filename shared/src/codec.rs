@@ -37,7 +37,7 @@
 
 mod guard;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::codec::{Decoder, Encoder};
@@ -168,6 +168,15 @@ impl FrameCodec {
         usize::try_from(u32::from_be_bytes(prefix)).ok()
     }
 
+    /// The length prefix of a frame of `len` bytes; [`CodecError::Oversized`]
+    /// above the codec's maximum. For senders that write the prefix and the
+    /// payload without joining them first.
+    pub fn prefix(&self, len: usize) -> Result<[u8; PREFIX_LEN], CodecError> {
+        let max = self.max;
+        let len = u32::try_from(len).ok().filter(|_| len <= max).ok_or(CodecError::Oversized { len, max })?;
+        Ok(len.to_be_bytes())
+    }
+
     /// Like [`Decoder::decode`], with a bound of `max` bytes (at most the
     /// codec's own) for this frame: a longer prefix is
     /// [`CodecError::Oversized`] as soon as it is seen, before the body is
@@ -222,13 +231,9 @@ impl Encoder<Bytes> for FrameCodec {
     type Error = CodecError;
 
     fn encode(&mut self, item: Bytes, dst: &mut BytesMut) -> Result<(), CodecError> {
-        let max = self.max;
-        let len = u32::try_from(item.len())
-            .ok()
-            .filter(|_| item.len() <= max)
-            .ok_or(CodecError::Oversized { len: item.len(), max })?;
+        let prefix = self.prefix(item.len())?;
         dst.reserve(PREFIX_LEN + item.len());
-        dst.put_u32(len);
+        dst.extend_from_slice(&prefix);
         dst.extend_from_slice(&item);
         Ok(())
     }

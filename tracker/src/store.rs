@@ -55,8 +55,13 @@ pub const DB_FILE: &str = "tracker.redb";
 /// How far the persisted seq ceiling runs ahead of the current seq.
 pub(crate) const SEQ_RESERVE: u64 = 4096;
 
-/// redb page cache: the table is small and the host is a Pi.
-const CACHE_BYTES: usize = 8 * 1024 * 1024;
+/// redb page cache. The tracker reads its database only once, at
+/// [`Store::open`] (the whole state then lives in memory); afterwards it
+/// only writes, and a write transaction needs just the pages on the paths
+/// it changes, read back from the OS page cache if they are not here. A
+/// larger cache only kept the pages read at the load and those written
+/// since (up to 8 MiB before, on top of the same table in memory).
+const CACHE_BYTES: usize = 2 * 1024 * 1024;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");

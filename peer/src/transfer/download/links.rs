@@ -10,6 +10,11 @@
 //! holder. The server may still have closed a link meanwhile: the worker
 //! that took it retries once on a fresh connection if the link failed
 //! before any chunk arrived on it.
+//!
+//! A link's buffers grow to the largest frame it carried (a chunk of up to
+//! [`MAX_CHUNK_LEN`](dartsync_shared::limits::MAX_CHUNK_LEN) bytes); a link
+//! is pooled with them given back, so the idle links of every holder cost
+//! a few KiB each, not a chunk each.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -72,7 +77,9 @@ impl Links {
 
     /// Keeps a link with nothing in flight for the next download from the
     /// same holder; expired links of every holder are closed meanwhile.
-    pub(crate) fn put(&self, peer: PeerId, addr: SocketAddr, reader: Reader, writer: Writer) {
+    pub(crate) fn put(&self, peer: PeerId, addr: SocketAddr, mut reader: Reader, mut writer: Writer) {
+        reader.release_buffers();
+        writer.release_buffers();
         let mut idle = self.idle.lock();
         idle.retain(|_, links| {
             links.retain(|l| l.since.elapsed() < MAX_IDLE);
@@ -82,5 +89,56 @@ impl Links {
         if links.len() < MAX_IDLE_PER_HOLDER {
             links.push(Idle { reader, writer, since: Instant::now() });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dartsync_shared::channel;
+    use dartsync_shared::key::{ClusterKey, Identity};
+    use dartsync_shared::proto::p2p::P2pResponse;
+    use dartsync_shared::{ContentHash, test_util};
+    use tokio::net::TcpListener;
+
+    /// A link over loopback TCP and the holder's end of it.
+    async fn link() -> (Reader, Writer, channel::SecureChannel<TcpStream>) {
+        let key = ClusterKey::generate();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server_key = key.clone();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            channel::accept(stream, &server_key, &Identity::generate()).await.unwrap()
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (reader, writer) = channel::connect(stream, &key, &Identity::generate()).await.unwrap().split();
+        (reader, writer, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_pooled_link_keeps_no_chunk_sized_buffer() {
+        let (mut reader, writer, mut holder) = link().await;
+        let bytes = test_util::det_bytes(7, 1 << 20);
+        let chunk = P2pResponse::Chunk { hash: ContentHash::of(&bytes), bytes };
+        // A big frame, then a small one: receiving the second reuses the
+        // big frame's allocation, as a link in use does.
+        holder.send(&chunk).await.unwrap();
+        holder.send(&P2pResponse::Busy).await.unwrap();
+        assert_eq!(reader.recv::<P2pResponse>().await.unwrap(), Some(chunk));
+        assert_eq!(reader.recv::<P2pResponse>().await.unwrap(), Some(P2pResponse::Busy));
+        assert!(reader.buffer_capacity() >= 1 << 20, "in use: {}", reader.buffer_capacity());
+
+        let links = Links::default();
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let holder_id = reader.remote_peer_id();
+        links.put(holder_id, addr, reader, writer);
+        let (mut reader, writer) = links.take(holder_id, addr).unwrap();
+        assert_eq!(reader.buffer_capacity(), 0);
+        assert_eq!(writer.buffer_capacity(), 0);
+
+        // Still a working link: the next frame arrives whole.
+        holder.send(&P2pResponse::Busy).await.unwrap();
+        assert_eq!(reader.recv::<P2pResponse>().await.unwrap(), Some(P2pResponse::Busy));
     }
 }
