@@ -6,7 +6,10 @@
 //! Pure (times are passed in) and owned by the actor, which asks it about
 //! every `Announce` before the state sees it:
 //! - A device's destructive changes (deletions and overwrites of live
-//!   files) are counted in a sliding window ([`BrakeConfig::window`]).
+//!   files) are counted in a sliding window ([`BrakeConfig::window`]), by
+//!   distinct path: a file saved fifty times in a minute is one file
+//!   changed, not fifty (a path both overwritten and deleted counts as a
+//!   deletion).
 //! - Deletions are always *staged*: kept back (with everything the device
 //!   announces after them, in order) until the device has been quiet for
 //!   [`SETTLE`], then published if the window stayed under the limits. An
@@ -80,18 +83,97 @@ impl BrakeConfig {
     }
 }
 
-/// How many changes of a batch would delete or overwrite live files.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The changes of a batch that would delete or overwrite live files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Destructive {
     /// Live files (or folders, links) deleted.
-    pub deletes: u64,
+    pub deleted: Vec<RelPath>,
     /// Live files replaced by other content.
-    pub overwrites: u64,
+    pub overwritten: Vec<RelPath>,
 }
 
 impl Destructive {
+    fn deletes(&self) -> u64 {
+        self.deleted.len() as u64
+    }
+
+    fn overwrites(&self) -> u64 {
+        self.overwritten.len() as u64
+    }
+}
+
+/// Destructive changes in the window, by distinct path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    deletes: u64,
+    overwrites: u64,
+}
+
+impl Counts {
     fn total(self) -> u64 {
         self.deletes + self.overwrites
+    }
+}
+
+/// A device's destructive changes of the last window, counted by distinct
+/// path as they come and go (no pass over the window per announcement).
+#[derive(Debug, Default)]
+struct PathWindow {
+    /// (when, path, deleted?) in arrival order.
+    events: VecDeque<(Instant, RelPath, bool)>,
+    /// Path -> (overwrites, deletions) of it in the window.
+    paths: HashMap<RelPath, (u32, u32)>,
+    counts: Counts,
+}
+
+impl PathWindow {
+    /// What one path counts as, given its overwrites and deletions.
+    fn class((overwrites, deletes): (u32, u32)) -> Counts {
+        match (overwrites, deletes) {
+            (_, 1..) => Counts { deletes: 1, overwrites: 0 },
+            (1.., 0) => Counts { deletes: 0, overwrites: 1 },
+            (0, 0) => Counts::default(),
+        }
+    }
+
+    fn adjust(&mut self, path: &RelPath, deleted: bool, up: bool) {
+        let entry = self.paths.entry(path.clone()).or_default();
+        let before = Self::class(*entry);
+        let slot = if deleted { &mut entry.1 } else { &mut entry.0 };
+        *slot = if up { slot.saturating_add(1) } else { slot.saturating_sub(1) };
+        let now = *entry;
+        if now == (0, 0) {
+            self.paths.remove(path);
+        }
+        let after = Self::class(now);
+        self.counts.deletes = self.counts.deletes + after.deletes - before.deletes;
+        self.counts.overwrites = self.counts.overwrites + after.overwrites - before.overwrites;
+    }
+
+    fn push(&mut self, now: Instant, changes: &Destructive) {
+        for (paths, deleted) in [(&changes.deleted, true), (&changes.overwritten, false)] {
+            for path in paths {
+                self.adjust(path, deleted, true);
+                self.events.push_back((now, path.clone(), deleted));
+            }
+        }
+    }
+
+    /// Forgets what is older than `window`.
+    fn expire(&mut self, now: Instant, window: Duration) {
+        while self.events.front().is_some_and(|(at, _, _)| now.saturating_duration_since(*at) > window) {
+            if let Some((_, path, deleted)) = self.events.pop_front() {
+                self.adjust(&path, deleted, false);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = PathWindow::default();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.events.is_empty()
     }
 }
 
@@ -126,8 +208,8 @@ pub(crate) struct HeldSummary {
 
 #[derive(Debug, Default)]
 struct DeviceBrake {
-    /// (when, deletes, overwrites) of recent destructive announcements.
-    window: VecDeque<(Instant, Destructive)>,
+    /// Recent destructive changes.
+    window: PathWindow,
     /// Records kept back while the device is judged: latest per path.
     staged: BTreeMap<RelPath, FileRecord>,
     /// When the device last announced while staged.
@@ -139,13 +221,6 @@ struct DeviceBrake {
 }
 
 impl DeviceBrake {
-    fn window_total(&self) -> Destructive {
-        self.window.iter().fold(Destructive::default(), |a, (_, d)| Destructive {
-            deletes: a.deletes + d.deletes,
-            overwrites: a.overwrites + d.overwrites,
-        })
-    }
-
     fn keep(&mut self, records: Vec<FileRecord>) -> bool {
         for r in records {
             self.staged.insert(r.path.clone(), r);
@@ -216,24 +291,20 @@ impl Brake {
         }
         let window = self.config.window;
         let dev = self.devices.entry(peer).or_default();
-        while dev.window.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > window) {
-            dev.window.pop_front();
-        }
-        if destructive.total() > 0 {
-            dev.window.push_back((now, destructive));
-        }
+        dev.window.expire(now, window);
+        dev.window.push(now, &destructive);
         if dev.held.is_some() {
             let fits = dev.keep(records);
             let records = dev.staged.len();
             if let Some(held) = dev.held.as_mut() {
-                held.deletes += destructive.deletes;
-                held.overwrites += destructive.overwrites;
+                held.deletes += destructive.deletes();
+                held.overwrites += destructive.overwrites();
                 held.records = records;
             }
             return if fits { Decision::Kept } else { Decision::TooMany };
         }
-        let total = dev.window_total();
-        if dev.staged.is_empty() && destructive.deletes == 0 && total.total() <= STAGE_AFTER {
+        let total = dev.window.counts;
+        if dev.staged.is_empty() && destructive.deleted.is_empty() && total.total() <= STAGE_AFTER {
             return Decision::Publish(records);
         }
         let live = live();
@@ -275,9 +346,7 @@ impl Brake {
         }
         let window = self.config.window;
         for dev in self.devices.values_mut() {
-            while dev.window.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) > window) {
-                dev.window.pop_front();
-            }
+            dev.window.expire(now, window);
         }
         self.devices.retain(|_, d| !d.idle());
         out
@@ -343,12 +412,49 @@ mod tests {
         (0..n).map(|i| RecordBuilder::file(&format!("{prefix}/{i}")).tombstone().build()).collect()
     }
 
-    fn deletes(n: u64) -> Destructive {
-        Destructive { deletes: n, overwrites: 0 }
+    /// `n` paths never used before in this test binary.
+    fn fresh_paths(n: u64) -> Vec<RelPath> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let first = NEXT.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        (first..first + n).map(|i| RelPath::new(&format!("fresh/{i}")).unwrap()).collect()
     }
 
+    /// Deletions of `n` distinct paths.
+    fn deletes(n: u64) -> Destructive {
+        Destructive { deleted: fresh_paths(n), overwritten: Vec::new() }
+    }
+
+    /// Overwrites of `n` distinct paths.
     fn overwrites(n: u64) -> Destructive {
-        Destructive { deletes: 0, overwrites: n }
+        Destructive { deleted: Vec::new(), overwritten: fresh_paths(n) }
+    }
+
+    #[test]
+    fn a_file_saved_again_and_again_counts_once_and_is_never_held() {
+        let mut brake = Brake::new(LIMITS);
+        let t0 = Instant::now();
+        let path = RelPath::new("notes.txt").unwrap();
+        // 500 saves of one file within the window, in a cluster of one file.
+        for i in 0..500u64 {
+            let batch = vec![RecordBuilder::file("notes.txt").build()];
+            let same = Destructive { deleted: Vec::new(), overwritten: vec![path.clone()] };
+            let at = t0 + Duration::from_millis(100 * i);
+            assert_eq!(brake.judge(peer(1), batch.clone(), same, || 1, at, 0), Decision::Publish(batch), "save {i}");
+        }
+        assert!(brake.held().is_empty());
+        // Deleted after all that: one deletion, staged until quiet, then published.
+        let t1 = t0 + Duration::from_secs(50);
+        let gone = Destructive { deleted: vec![path.clone()], overwritten: Vec::new() };
+        let tomb = vec![RecordBuilder::file("notes.txt").tombstone().build()];
+        assert_eq!(brake.judge(peer(1), tomb, gone, || 1, t1, 0), Decision::Kept);
+        assert_eq!(brake.due(t1 + SETTLE)[0].1.len(), 1);
+        // Distinct files still count one by one: the 21st is staged.
+        let t2 = t1 + Duration::from_secs(120);
+        for i in 0..STAGE_AFTER {
+            let batch = records(&format!("many{i}"), 1);
+            assert_eq!(brake.judge(peer(2), batch.clone(), overwrites(1), || 1000, t2, 0), Decision::Publish(batch));
+        }
+        assert_eq!(brake.judge(peer(2), records("one-more", 1), overwrites(1), || 1000, t2, 0), Decision::Kept);
     }
 
     #[test]

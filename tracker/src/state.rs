@@ -807,9 +807,9 @@ impl State {
                 _ => {}
             }
             if r.deleted {
-                d.deletes += 1;
+                d.deleted.push(r.path.clone());
             } else if !e.record.same_content(r) {
-                d.overwrites += 1;
+                d.overwritten.push(r.path.clone());
             }
         }
         d

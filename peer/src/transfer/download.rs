@@ -5,10 +5,10 @@
 //! 1. **Chunk list**: from the local [`ChunkSource`] if some local file has
 //!    the same content (a rename or copy: no network at all), else from the
 //!    holders in turn. With a base list of
-//!    [`DownloadLimits::summary_min_base`] chunks or more, a holder is first asked for the list's summary and only the
-//!    groups the base lacks are fetched
-//!    ([`dartsync_shared::chunk::summary`]); a rebuilt list that fails its
-//!    check is fetched whole. A list is accepted only if its hash equals the
+//!    [`DownloadLimits::summary_min_base`] chunks or more, a holder is
+//!    first asked for the list's summary and only the groups the base
+//!    lacks are fetched ([`dartsync_shared::chunk::summary`]); a rebuilt
+//!    list that fails its check is fetched whole. A list is accepted only if its hash equals the
 //!    record's `chunks` and it tiles `[0, size)`; a holder sending another
 //!    list is dropped as a liar. Holders answering `Busy` (a chunk-list page
 //!    takes an upload slot too) are asked again in rounds with the busy
@@ -53,6 +53,7 @@
 mod assemble;
 mod error;
 mod links;
+mod list;
 mod refine;
 mod worker;
 
@@ -65,11 +66,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
-use dartsync_shared::chunk::summary::ListPlan;
-use dartsync_shared::chunk::{ChunkParams, chunk_list_hash, chunk_list_is_well_formed};
 use dartsync_shared::key::{ClusterKey, Identity};
-use dartsync_shared::limits::{MAX_PIECE_LEN, MIN_CHUNK_LEN};
-use dartsync_shared::proto::p2p::{ChunkListAssembler, P2pRequest, P2pResponse};
 use dartsync_shared::proto::ptp::Holder;
 use dartsync_shared::{ChunkInfo, ContentHash, FileRecord, PeerId};
 use tokio::sync::Notify;
@@ -80,7 +77,7 @@ use crate::transfer::chunk_source::ChunkSource;
 use crate::transfer::part::{self, Bitmap, PartState};
 use assemble::{FinishError, finish, prepare};
 pub use error::{DownloadError, HolderError};
-use refine::{LocalParts, Refined, Refiner};
+use refine::RefineStep;
 use worker::{Conn, Group, Work, WorkerCtx, WorkerEnd};
 pub use worker::{DownloadLimits, HolderStats};
 
@@ -183,35 +180,6 @@ impl std::fmt::Debug for Downloader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Downloader").field("tmp_dir", &self.tmp_dir).field("limits", &self.ctx.limits).finish()
     }
-}
-
-/// The chunk-size bound for checking received lists: the protocol maximum,
-/// not the tracker's current piece length, so files chunked before a
-/// piece-length change still download (the list hash is the authority).
-fn list_params() -> ChunkParams {
-    ChunkParams::for_piece_len(MAX_PIECE_LEN)
-}
-
-/// Checks a chunk list against the record it should describe.
-fn check_list(list: &[ChunkInfo], record: &FileRecord) -> Result<(), &'static str> {
-    if chunk_list_hash(list) != record.chunks {
-        return Err("its hash differs from the record's");
-    }
-    if !chunk_list_is_well_formed(list, record.size, list_params()) {
-        return Err("it does not tile the file");
-    }
-    Ok(())
-}
-
-/// The chunk list of a file cut into a single chunk, derived from the
-/// record alone: that chunk is the whole file, so its hash is the content
-/// hash. `None` when the record's list hash says the file has more chunks
-/// (or the guess does not tile the file). Saves a round trip for every
-/// small file.
-fn single_chunk_list(record: &FileRecord) -> Option<Vec<ChunkInfo>> {
-    let len = u32::try_from(record.size).ok().filter(|&len| len > 0)?;
-    let list = vec![ChunkInfo { offset: 0, len, hash: record.content }];
-    check_list(&list, record).is_ok().then_some(list)
 }
 
 /// Groups chunks by (hash, len), in order of first appearance.
@@ -415,264 +383,6 @@ impl Downloader {
         Ok(done)
     }
 
-    /// Step 1: a verified chunk list, from the local source or a holder
-    /// (whose connection is returned for reuse).
-    async fn chunk_list(
-        &self,
-        record: &FileRecord,
-        holders: &[Holder],
-        base: &[ChunkInfo],
-        stats: &mut [HolderStats],
-        cancel: &CancellationToken,
-    ) -> Result<(Vec<ChunkInfo>, Option<(usize, Conn)>), DownloadError> {
-        let (source, content) = (self.source.clone(), record.content);
-        let local = tokio::task::spawn_blocking(move || source.chunk_list(&content)).await.ok().flatten();
-        if let Some(list) = local {
-            match check_list(&list, record) {
-                Ok(()) => {
-                    tracing::debug!(path = %record.path, "chunk list from a local file");
-                    return Ok((list, None));
-                }
-                Err(why) => tracing::debug!(path = %record.path, why, "local chunk list does not fit the record"),
-            }
-        }
-        if let Some(list) = single_chunk_list(record) {
-            return Ok((list, None));
-        }
-        // Holders answering `Busy` (upload slots full, chunk lists included)
-        // are asked again after a pause, in rounds, like busy chunks.
-        let limits = &self.ctx.limits;
-        let (started, mut busy_streak) = (Instant::now(), 0u32);
-        loop {
-            let mut busy = Vec::new();
-            for (i, holder) in holders.iter().enumerate() {
-                if stats[i].dropped.is_some() {
-                    continue;
-                }
-                let fetched = tokio::select! {
-                    () = cancel.cancelled() => return Err(DownloadError::Cancelled { path: record.path.clone() }),
-                    r = self.fetch_list(holder, record, base) => r,
-                };
-                match fetched {
-                    Ok((list, conn)) => return Ok((list, Some((i, conn)))),
-                    Err(HolderError::Busy) => {
-                        stats[i].busy += 1;
-                        busy.push(i);
-                    }
-                    Err(e) => {
-                        if e.is_lie() {
-                            tracing::warn!(peer = %holder.peer_id.fmt_short(), addr = %holder.addr, error = %e, "holder dropped: it sent bad data");
-                        } else {
-                            tracing::debug!(peer = %holder.peer_id.fmt_short(), addr = %holder.addr, error = %e, "holder dropped");
-                        }
-                        stats[i].dropped = Some(e);
-                    }
-                }
-            }
-            if busy.is_empty() || started.elapsed() >= limits.busy_give_up {
-                for i in busy {
-                    stats[i].dropped = Some(HolderError::BusyTooLong(limits.busy_give_up));
-                }
-                break;
-            }
-            let pause = limits
-                .busy_backoff
-                .saturating_mul(1 << busy_streak.min(16))
-                .min(limits.busy_backoff_max.max(limits.busy_backoff));
-            busy_streak += 1;
-            tokio::select! {
-                () = cancel.cancelled() => return Err(DownloadError::Cancelled { path: record.path.clone() }),
-                () = tokio::time::sleep(pause) => {}
-            }
-        }
-        let failures = stats.iter_mut().filter_map(|s| s.dropped.take().map(|e| (s.peer_id, e))).collect();
-        Err(DownloadError::NoChunkList { path: record.path.clone(), failures })
-    }
-
-    /// Fetches the chunk list from one holder, rebuilt from `base` and the
-    /// list's summary when `base` is long enough, else (or when that fails
-    /// its check) page by page (a list of any length fits: each page is one
-    /// bounded frame), and checks it.
-    async fn fetch_list(
-        &self,
-        holder: &Holder,
-        record: &FileRecord,
-        base: &[ChunkInfo],
-    ) -> Result<(Vec<ChunkInfo>, Conn), HolderError> {
-        let limits = &self.ctx.limits;
-        let mut conn = worker::connect(holder, &self.ctx.key, &self.ctx.identity, limits.connect_timeout).await?;
-        if base.len() >= limits.summary_min_base
-            && let Some(list) = self.rebuild_list(&mut conn, record, base).await?
-        {
-            return Ok((list, conn));
-        }
-        let mut list = ChunkListAssembler::new(record.content, record.size);
-        while !list.is_complete() {
-            let request = P2pRequest::GetChunkList {
-                path: record.path.clone(),
-                content: record.content,
-                first: list.next_index(),
-                max: limits.chunk_list_page,
-            };
-            conn.send(&request).await.map_err(HolderError::Channel)?;
-            match self.answer(&mut conn).await? {
-                P2pResponse::ChunkList(page) => list.push(page).map_err(HolderError::ChunkList)?,
-                P2pResponse::NotAvailable => return Err(HolderError::NotAvailable),
-                P2pResponse::Busy => return Err(HolderError::Busy),
-                _ => return Err(HolderError::Unexpected("not a chunk list page")),
-            }
-        }
-        let chunks = list.finish().map_err(HolderError::ChunkList)?;
-        check_list(&chunks, record).map_err(HolderError::BadChunkList)?;
-        Ok((chunks, conn))
-    }
-
-    /// The next answer on `conn`, validated.
-    async fn answer(&self, conn: &mut Conn) -> Result<P2pResponse, HolderError> {
-        let timeout = self.ctx.limits.request_timeout;
-        let response = tokio::time::timeout(timeout, conn.recv::<P2pResponse>())
-            .await
-            .map_err(|_| HolderError::Timeout(timeout))?
-            .map_err(HolderError::Channel)?
-            .ok_or(HolderError::Closed)?;
-        response.validate().map_err(HolderError::Protocol)?;
-        Ok(response)
-    }
-
-    /// The chunk list rebuilt from `base` and the holder's summary of it,
-    /// fetching only the ranges of groups `base` lacks. `Ok(None)` (with
-    /// the connection clean) when the holder has no summary for it or the
-    /// rebuilt list fails its check: the caller fetches the list whole.
-    async fn rebuild_list(
-        &self,
-        conn: &mut Conn,
-        record: &FileRecord,
-        base: &[ChunkInfo],
-    ) -> Result<Option<Vec<ChunkInfo>>, HolderError> {
-        let request = P2pRequest::GetChunkListSummary { path: record.path.clone(), content: record.content };
-        conn.send(&request).await.map_err(HolderError::Channel)?;
-        let summary = match self.answer(conn).await? {
-            P2pResponse::ChunkListSummary(summary) if summary.content == record.content => summary,
-            P2pResponse::ChunkListSummary(_) => return Err(HolderError::Unexpected("a summary of another content")),
-            P2pResponse::NotAvailable => return Ok(None),
-            P2pResponse::Busy => return Err(HolderError::Busy),
-            _ => return Err(HolderError::Unexpected("not a chunk list summary")),
-        };
-        let plan = ListPlan::new(&summary, base);
-        if plan.total() > record.size.div_ceil(u64::from(MIN_CHUNK_LEN)) {
-            return Err(HolderError::BadChunkList("its summary claims more chunks than the file can have"));
-        }
-        let ranges: Vec<(u64, u32)> = plan.fetches().collect();
-        let mut fetched = Vec::with_capacity(ranges.len());
-        for window in ranges.chunks(self.ctx.limits.in_flight_per_holder.max(1)) {
-            for &(first, max) in window {
-                let request =
-                    P2pRequest::GetChunkList { path: record.path.clone(), content: record.content, first, max };
-                conn.send(&request).await.map_err(HolderError::Channel)?;
-            }
-            for &(first, max) in window {
-                match self.answer(conn).await? {
-                    P2pResponse::ChunkList(page)
-                        if page.content == record.content
-                            && page.first == first
-                            && page.chunks.len() == max as usize =>
-                    {
-                        fetched.push(page.chunks);
-                    }
-                    P2pResponse::ChunkList(_) => {
-                        return Err(HolderError::BadChunkList("a page other than the range asked for"));
-                    }
-                    P2pResponse::NotAvailable => return Err(HolderError::NotAvailable),
-                    P2pResponse::Busy => return Err(HolderError::Busy),
-                    _ => return Err(HolderError::Unexpected("not a chunk list page")),
-                }
-            }
-        }
-        let from_network: usize = fetched.iter().map(Vec::len).sum();
-        match plan.rebuild(base, &fetched, record.size) {
-            Ok(list) if check_list(&list, record).is_ok() => {
-                tracing::debug!(
-                    path = %record.path, chunks = list.len(), fetched = from_network, groups = summary.groups.len(),
-                    "chunk list rebuilt from the base"
-                );
-                Ok(Some(list))
-            }
-            Ok(_) => {
-                tracing::debug!(path = %record.path, "rebuilt chunk list fails its check; fetching it whole");
-                Ok(None)
-            }
-            Err(e) => {
-                tracing::debug!(path = %record.path, error = %e, "chunk list cannot be rebuilt; fetching it whole");
-                Ok(None)
-            }
-        }
-    }
-
-    /// Step 2½ ([`refine`]): chunks replacing base chunks fetched part by
-    /// part. Uses the connection the list came over, else a fresh one to
-    /// the first usable holder; a holder that lies is marked dropped. What
-    /// fails otherwise is left to the network phase.
-    async fn refine(
-        &self,
-        step: &mut RefineStep<'_>,
-        base: &[ChunkInfo],
-        missing: &[usize],
-        cancel: &CancellationToken,
-    ) -> Refined {
-        let mut out = Refined::default();
-        let local = {
-            let (source, base, chunks) = (self.source.clone(), base.to_vec(), step.chunks.clone());
-            tokio::task::spawn_blocking(move || LocalParts::load(&base, &chunks, source.as_ref())).await
-        };
-        let Ok(Some(local)) = local else { return out };
-        let (i, mut conn) = match step.conn.take() {
-            Some(reused) => reused,
-            None => {
-                let Some(i) = step.stats.iter().position(|s| s.dropped.is_none()) else { return out };
-                let limits = &self.ctx.limits;
-                let holder = &step.holders[i];
-                match worker::connect(holder, &self.ctx.key, &self.ctx.identity, limits.connect_timeout).await {
-                    Ok(conn) => (i, conn),
-                    Err(e) => {
-                        tracing::debug!(peer = %holder.peer_id.fmt_short(), error = %e, "cannot refine chunks");
-                        return out;
-                    }
-                }
-            }
-        };
-        let mut refiner = Refiner {
-            conn: &mut conn,
-            record: step.record,
-            chunks: step.chunks,
-            groups: step.groups,
-            local: &local,
-            file: step.file,
-            limits: &self.ctx.limits,
-        };
-        let result = tokio::select! {
-            () = cancel.cancelled() => Err(None),
-            r = refiner.run(missing, &mut out) => r.map_err(Some),
-        };
-        let holder = &step.holders[i];
-        let stats = &mut step.stats[i];
-        stats.bytes += out.bytes_fetched;
-        stats.chunks += out.groups.len() as u64;
-        match result {
-            Ok(()) => *step.conn = Some((i, conn)),
-            Err(None) => {}
-            Err(Some(e)) if e.is_lie() => {
-                tracing::warn!(peer = %holder.peer_id.fmt_short(), addr = %holder.addr, error = %e, "holder dropped: it sent bad data");
-                stats.dropped = Some(e);
-            }
-            Err(Some(e)) => tracing::debug!(peer = %holder.peer_id.fmt_short(), error = %e, "refining chunks stopped"),
-        }
-        tracing::debug!(
-            path = %step.record.path, refined = out.groups.len(), bytes_local = out.bytes_local,
-            bytes_fetched = out.bytes_fetched, "chunks refined from the base"
-        );
-        out
-    }
-
     /// Step 3: every usable holder fetches from the shared queue until it is
     /// empty, or every holder is gone, or `cancel` fires.
     async fn fetch(
@@ -811,17 +521,6 @@ fn outcome(
     }
 }
 
-/// What [`Downloader::refine`] works on, borrowed from the download.
-struct RefineStep<'a> {
-    record: &'a FileRecord,
-    chunks: &'a Arc<[ChunkInfo]>,
-    groups: &'a [Group],
-    file: &'a Arc<File>,
-    holders: &'a [Holder],
-    stats: &'a mut [HolderStats],
-    conn: &'a mut Option<(usize, Conn)>,
-}
-
 /// Contents being downloaded now, so one content has one writer.
 #[derive(Debug, Default)]
 struct Active {
@@ -882,29 +581,6 @@ mod tests {
         let groups = group_chunks(&chunks);
         let members: Vec<_> = groups.iter().map(|g| g.members.clone()).collect();
         assert_eq!(members, vec![vec![0, 2], vec![1], vec![3]]);
-    }
-
-    #[test]
-    fn a_one_chunk_file_needs_no_chunk_list_and_a_bigger_one_does() {
-        use dartsync_shared::chunk::{ChunkParams, chunk_bytes};
-        use dartsync_shared::test_util::{RecordBuilder, det_bytes};
-        let params = ChunkParams::for_piece_len(64 * 1024);
-        let record_of = |bytes: &[u8]| {
-            let chunked = chunk_bytes(bytes, params);
-            let mut record = RecordBuilder::file("f").body(bytes).build();
-            record.chunks = chunked.chunks_hash;
-            (record, chunked.chunks)
-        };
-        let (small, chunks) = record_of(&det_bytes(1, 10_000));
-        assert_eq!(chunks.len(), 1);
-        assert_eq!(single_chunk_list(&small), Some(chunks));
-        let (big, chunks) = record_of(&det_bytes(2, 2_000_000));
-        assert!(chunks.len() > 1);
-        assert_eq!(single_chunk_list(&big), None);
-        // A record whose list hash lies about the content is not trusted.
-        let mut lying = small.clone();
-        lying.content = ContentHash::of(b"other");
-        assert_eq!(single_chunk_list(&lying), None);
     }
 
     #[tokio::test]

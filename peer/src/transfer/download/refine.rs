@@ -35,8 +35,13 @@ use dartsync_shared::chunk::parts::{PartInfo, cut_parts, part_offsets, parts_til
 use dartsync_shared::proto::p2p::{P2pRequest, P2pResponse};
 use dartsync_shared::{ChunkInfo, ContentHash, FileRecord};
 
+use dartsync_shared::proto::ptp::Holder;
+use tokio_util::sync::CancellationToken;
+
+use super::Downloader;
 use super::error::HolderError;
-use super::worker::{Conn, DownloadLimits, Group};
+use super::links::{Reader, Writer};
+use super::worker::{self, Conn, DownloadLimits, Group, HolderStats};
 use crate::transfer::chunk_source::{ChunkSource, OpenCandidates};
 
 /// Most bytes of replaced base chunks read and held for refinement.
@@ -110,7 +115,8 @@ pub(super) struct Refined {
 
 /// One refinement run over one connection.
 pub(super) struct Refiner<'a> {
-    pub(super) conn: &'a mut Conn,
+    pub(super) reader: &'a mut Reader,
+    pub(super) writer: &'a mut Writer,
     pub(super) record: &'a FileRecord,
     pub(super) chunks: &'a [ChunkInfo],
     pub(super) groups: &'a [Group],
@@ -231,12 +237,12 @@ impl Refiner<'_> {
     async fn exchange(&mut self, requests: Vec<P2pRequest>) -> Result<Vec<P2pResponse>, HolderError> {
         let n = requests.len();
         for request in &requests {
-            self.conn.send(request).await.map_err(HolderError::Channel)?;
+            self.writer.send(request).await.map_err(HolderError::Channel)?;
         }
         let timeout = self.limits.request_timeout;
         let mut answers = Vec::with_capacity(n);
         for _ in 0..n {
-            let answer = tokio::time::timeout(timeout, self.conn.recv::<P2pResponse>())
+            let answer = tokio::time::timeout(timeout, self.reader.recv::<P2pResponse>())
                 .await
                 .map_err(|_| HolderError::Timeout(timeout))?
                 .map_err(HolderError::Channel)?
@@ -245,6 +251,97 @@ impl Refiner<'_> {
             answers.push(answer);
         }
         Ok(answers)
+    }
+}
+
+/// What [`Downloader::refine`] works on, borrowed from the download.
+pub(super) struct RefineStep<'a> {
+    pub(super) record: &'a FileRecord,
+    pub(super) chunks: &'a Arc<[ChunkInfo]>,
+    pub(super) groups: &'a [Group],
+    pub(super) file: &'a Arc<File>,
+    pub(super) holders: &'a [Holder],
+    pub(super) stats: &'a mut [HolderStats],
+    pub(super) conn: &'a mut Option<(usize, Conn)>,
+}
+
+impl Downloader {
+    /// Step 2½ ([`refine`]): chunks replacing base chunks fetched part by
+    /// part. Uses the connection the list came over, else a kept or a new
+    /// one to the first usable holder, and keeps it afterwards; a holder that lies is marked dropped. What
+    /// fails otherwise is left to the network phase.
+    pub(super) async fn refine(
+        &self,
+        step: &mut RefineStep<'_>,
+        base: &[ChunkInfo],
+        missing: &[usize],
+        cancel: &CancellationToken,
+    ) -> Refined {
+        let mut out = Refined::default();
+        let worth_it = missing.iter().any(|&g| step.groups[g].len >= self.ctx.limits.refine_min_chunk);
+        if !worth_it {
+            return out;
+        }
+        let local = {
+            let (source, base, chunks) = (self.source.clone(), base.to_vec(), step.chunks.clone());
+            tokio::task::spawn_blocking(move || LocalParts::load(&base, &chunks, source.as_ref())).await
+        };
+        let Ok(Some(local)) = local else { return out };
+        // The link the list came over, else a kept one, else a new one: a
+        // burst of edits must not cost a handshake each.
+        let (i, (mut reader, mut writer)) = match step.conn.take() {
+            Some((i, conn)) => (i, conn.split()),
+            None => {
+                let Some(i) = step.stats.iter().position(|s| s.dropped.is_none()) else { return out };
+                let holder = &step.holders[i];
+                match self.ctx.links.take(holder.peer_id, holder.addr) {
+                    Some(link) => (i, link),
+                    None => {
+                        let timeout = self.ctx.limits.connect_timeout;
+                        match worker::connect(holder, &self.ctx.key, &self.ctx.identity, timeout).await {
+                            Ok(conn) => (i, conn.split()),
+                            Err(e) => {
+                                tracing::debug!(peer = %holder.peer_id.fmt_short(), error = %e, "cannot refine chunks");
+                                return out;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let mut refiner = Refiner {
+            reader: &mut reader,
+            writer: &mut writer,
+            record: step.record,
+            chunks: step.chunks,
+            groups: step.groups,
+            local: &local,
+            file: step.file,
+            limits: &self.ctx.limits,
+        };
+        let result = tokio::select! {
+            () = cancel.cancelled() => Err(None),
+            r = refiner.run(missing, &mut out) => r.map_err(Some),
+        };
+        let holder = &step.holders[i];
+        let stats = &mut step.stats[i];
+        stats.bytes += out.bytes_fetched;
+        stats.chunks += out.groups.len() as u64;
+        match result {
+            // Clean: kept for the network phase, which takes it first.
+            Ok(()) => self.ctx.links.put(holder.peer_id, holder.addr, reader, writer),
+            Err(None) => {}
+            Err(Some(e)) if e.is_lie() => {
+                tracing::warn!(peer = %holder.peer_id.fmt_short(), addr = %holder.addr, error = %e, "holder dropped: it sent bad data");
+                stats.dropped = Some(e);
+            }
+            Err(Some(e)) => tracing::debug!(peer = %holder.peer_id.fmt_short(), error = %e, "refining chunks stopped"),
+        }
+        tracing::debug!(
+            path = %step.record.path, refined = out.groups.len(), bytes_local = out.bytes_local,
+            bytes_fetched = out.bytes_fetched, "chunks refined from the base"
+        );
+        out
     }
 }
 
