@@ -69,6 +69,7 @@ impl Site {
     /// [`Self::put`] chunked with `params`.
     fn put_with(&self, name: &str, bytes: &[u8], params: ChunkParams) -> ChunkedFile {
         let path = self.dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, bytes).unwrap();
         self.source.add_file(&path, params).unwrap()
     }
@@ -362,7 +363,53 @@ impl ChunkSource for AnyContent {
     }
 }
 
+/// A file that moves while it is copied from (as a rename's tombstone,
+/// applied meanwhile, moves the old file into the history): the first
+/// `moved_after` lookups name the place it is leaving, later ones its new
+/// place.
+struct MovedAway {
+    inner: Arc<MemoryChunkSource>,
+    gone: PathBuf,
+    moved_after: usize,
+    lookups: AtomicUsize,
+}
+
+impl ChunkSource for MovedAway {
+    fn chunk_list(&self, content: &ContentHash) -> Option<Vec<ChunkInfo>> {
+        self.inner.chunk_list(content)
+    }
+
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
+        if self.lookups.fetch_add(1, Ordering::SeqCst) < self.moved_after {
+            return vec![(self.gone.clone(), 0)];
+        }
+        self.inner.locate(hash, len)
+    }
+}
+
 // ---------------------------------------------------------------- downloader
+
+#[tokio::test]
+async fn a_file_moved_away_while_it_is_copied_from_is_found_at_its_new_place() {
+    let key = ClusterKey::generate();
+    let bytes = det_bytes(32, 2 * MIB);
+    let local = Site::new(&[("history/old-name", &bytes)]);
+    let chunked = chunk_bytes(&bytes, params());
+    assert!(chunked.chunks.len() > 10);
+    // The move completes while the first half of the chunks is looked up.
+    let source = Arc::new(MovedAway {
+        inner: local.source.clone(),
+        gone: local.path("old-name"),
+        moved_after: chunked.chunks.len() / 2,
+        lookups: AtomicUsize::new(0),
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let d = downloader(&key, source, tmp.path());
+    let dead = Holder { peer_id: Identity::generate().peer_id(), addr: dead_addr().await };
+    let outcome = download(&d, &record("new-name", &chunked), vec![dead]).await.unwrap();
+    check_outcome(&outcome, &bytes);
+    assert_eq!((outcome.bytes_local, outcome.bytes_fetched), (bytes.len() as u64, 0));
+}
 
 #[tokio::test]
 async fn a_chunk_list_of_many_pages_is_fetched_page_by_page() {

@@ -84,39 +84,65 @@ pub(super) fn prepare(
         tracing::debug!(part = %part.display(), marked, verified = done.count(), bytes_resumed, "resuming partial download");
     }
 
-    let mut bytes_local = 0;
-    let mut missing = Vec::new();
-    let mut open = OpenCandidates::default();
-    for (g, group) in groups.iter().enumerate() {
-        if group.members.iter().all(|&i| done.get(i)) {
-            continue;
-        }
-        if cancel.is_cancelled() {
-            missing.push(g);
-            continue;
-        }
-        let bytes = match group.members.iter().find(|&&i| done.get(i)) {
-            Some(&i) => read_part_chunk(&file, &chunks[i]).map_err(at_part)?,
-            // A candidate that vanished (moved into the history just now)
-            // may be known under its new name a moment later: look again.
-            None => open
-                .read_verified(source, &source.locate(&group.hash, group.len), group.len, &group.hash)
-                .or_else(|| open.read_verified(source, &source.locate(&group.hash, group.len), group.len, &group.hash)),
-        };
-        let Some(bytes) = bytes else {
-            missing.push(g);
-            continue;
-        };
-        for &i in &group.members {
-            if !done.get(i) {
-                file.write_all_at(&bytes, chunks[i].offset).map_err(at_part)?;
-                done.set(i, true);
-                bytes_local += u64::from(group.len);
-            }
-        }
-    }
+    let wanted: Vec<usize> = (0..groups.len()).filter(|&g| !groups[g].members.iter().all(|&i| done.get(i))).collect();
+    let mut copy = LocalCopy { file: &file, chunks, groups, source, cancel, done: &mut done, bytes: 0 };
+    // Two passes: a candidate that vanished (its file moved into the
+    // history by a deletion applied while this one copies, as when a
+    // rename's tombstone and new record arrive together) is known under
+    // its new name a moment later. The second pass looks again, with
+    // fresh opens, at what the first could not find, once the rest of the
+    // file is copied: by then that deletion is done.
+    let misses = copy.pass(wanted).map_err(at_part)?;
+    let missing = copy.pass(misses).map_err(at_part)?;
+    let bytes_local = copy.bytes;
     header.done = done;
     Ok(Prepared { file: Arc::new(file), header, missing, bytes_resumed, bytes_local })
+}
+
+/// Copies chunks from local files into the `.part`.
+struct LocalCopy<'a> {
+    file: &'a File,
+    chunks: &'a [ChunkInfo],
+    groups: &'a [Group],
+    source: &'a dyn ChunkSource,
+    cancel: &'a CancellationToken,
+    done: &'a mut Bitmap,
+    /// Bytes written so far (every member offset counted).
+    bytes: u64,
+}
+
+impl LocalCopy<'_> {
+    /// Copies each group of `todo` a local file (or a done member) has;
+    /// returns the others, in order.
+    fn pass(&mut self, todo: Vec<usize>) -> std::io::Result<Vec<usize>> {
+        let mut open = OpenCandidates::default();
+        let mut misses = Vec::new();
+        for g in todo {
+            let group = &self.groups[g];
+            if self.cancel.is_cancelled() {
+                misses.push(g);
+                continue;
+            }
+            let bytes = match group.members.iter().find(|&&i| self.done.get(i)) {
+                Some(&i) => read_part_chunk(self.file, &self.chunks[i])?,
+                None => {
+                    open.read_verified(self.source, &self.source.locate(&group.hash, group.len), group.len, &group.hash)
+                }
+            };
+            let Some(bytes) = bytes else {
+                misses.push(g);
+                continue;
+            };
+            for &i in &group.members {
+                if !self.done.get(i) {
+                    self.file.write_all_at(&bytes, self.chunks[i].offset)?;
+                    self.done.set(i, true);
+                    self.bytes += u64::from(group.len);
+                }
+            }
+        }
+        Ok(misses)
+    }
 }
 
 pub(super) enum FinishError {
