@@ -348,76 +348,42 @@ impl Ctx {
         Some(Slots { _mine: mine, _all: all })
     }
 
-    /// Starts the work for one request; the result is awaited in order by
+    /// Starts the work for one request (every kind takes an upload slot
+    /// and runs on the blocking pool); the result is awaited in order by
     /// the writer.
     fn start(&self, request: P2pRequest, slots: &Arc<Semaphore>) -> Pending {
-        match request {
-            P2pRequest::GetChunkList { content, first, max, .. } => {
-                let Some(held) = self.take_slots(slots) else {
-                    return Pending::Ready(P2pResponse::Busy);
-                };
-                let source = self.source.clone();
-                let job = tokio::task::spawn_blocking(move || {
-                    source
-                        .chunk_list(&content)
-                        .and_then(|chunks| ChunkListPage::of(content, &chunks, first, max))
-                        .map_or(P2pResponse::NotAvailable, P2pResponse::ChunkList)
-                });
-                Pending::Work { job, slots: held }
+        let Some(held) = self.take_slots(slots) else {
+            return Pending::Ready(P2pResponse::Busy);
+        };
+        let (source, tmp_dir, corrupt) = (self.source.clone(), self.cfg.tmp_dir.clone(), self.cfg.corrupt_for_tests);
+        let job = tokio::task::spawn_blocking(move || answer(source.as_ref(), &tmp_dir, request, corrupt));
+        Pending::Work { job, slots: held }
+    }
+}
+
+/// The answer to one validated request, from local content. Blocking.
+fn answer(source: &dyn ChunkSource, tmp_dir: &std::path::Path, request: P2pRequest, corrupt: bool) -> P2pResponse {
+    match request {
+        P2pRequest::GetChunkList { content, first, max, .. } => source
+            .chunk_list(&content)
+            .and_then(|chunks| ChunkListPage::of(content, &chunks, first, max))
+            .map_or(P2pResponse::NotAvailable, P2pResponse::ChunkList),
+        P2pRequest::GetChunk { content, offset, len, hash } => {
+            read_chunk(source, &part_path(tmp_dir, &content), offset, len, &hash, corrupt)
+        }
+        P2pRequest::GetChunkListSummary { content, .. } => source
+            .chunk_list(&content)
+            .and_then(|chunks| summarize(content, &chunks))
+            .map_or(P2pResponse::NotAvailable, P2pResponse::ChunkListSummary),
+        P2pRequest::GetChunkParts { content, chunk } => {
+            let part = part_path(tmp_dir, &content);
+            match read_chunk(source, &part, chunk.offset, chunk.len, &chunk.hash, false) {
+                P2pResponse::Chunk { hash, bytes } => P2pResponse::ChunkParts { hash, parts: cut_parts(&bytes) },
+                other => other,
             }
-            P2pRequest::GetChunk { content, offset, len, hash } => {
-                let Some(held) = self.take_slots(slots) else {
-                    return Pending::Ready(P2pResponse::Busy);
-                };
-                let source = self.source.clone();
-                let part = part_path(&self.cfg.tmp_dir, &content);
-                let corrupt = self.cfg.corrupt_for_tests;
-                let job = tokio::task::spawn_blocking(move || {
-                    read_chunk(source.as_ref(), &part, offset, len, &hash, corrupt)
-                });
-                Pending::Work { job, slots: held }
-            }
-            P2pRequest::GetChunkListSummary { content, .. } => {
-                let Some(held) = self.take_slots(slots) else {
-                    return Pending::Ready(P2pResponse::Busy);
-                };
-                let source = self.source.clone();
-                let job = tokio::task::spawn_blocking(move || {
-                    source
-                        .chunk_list(&content)
-                        .and_then(|chunks| summarize(content, &chunks))
-                        .map_or(P2pResponse::NotAvailable, P2pResponse::ChunkListSummary)
-                });
-                Pending::Work { job, slots: held }
-            }
-            P2pRequest::GetChunkParts { content, chunk } => {
-                let Some(held) = self.take_slots(slots) else {
-                    return Pending::Ready(P2pResponse::Busy);
-                };
-                let source = self.source.clone();
-                let part = part_path(&self.cfg.tmp_dir, &content);
-                let job = tokio::task::spawn_blocking(move || {
-                    match read_chunk(source.as_ref(), &part, chunk.offset, chunk.len, &chunk.hash, false) {
-                        P2pResponse::Chunk { hash, bytes } => {
-                            P2pResponse::ChunkParts { hash, parts: cut_parts(&bytes) }
-                        }
-                        other => other,
-                    }
-                });
-                Pending::Work { job, slots: held }
-            }
-            P2pRequest::GetPart { content, chunk, at, len, hash } => {
-                let Some(held) = self.take_slots(slots) else {
-                    return Pending::Ready(P2pResponse::Busy);
-                };
-                let source = self.source.clone();
-                let part = part_path(&self.cfg.tmp_dir, &content);
-                let corrupt = self.cfg.corrupt_for_tests;
-                let job = tokio::task::spawn_blocking(move || {
-                    read_part(source.as_ref(), &part, &chunk, at, len, &hash, corrupt)
-                });
-                Pending::Work { job, slots: held }
-            }
+        }
+        P2pRequest::GetPart { content, chunk, at, len, hash } => {
+            read_part(source, &part_path(tmp_dir, &content), &chunk, at, len, &hash, corrupt)
         }
     }
 }
