@@ -538,16 +538,6 @@ impl Engine {
         {
             return Err(ApplyError::CaseCollision { path: path.clone(), other: other.clone() });
         }
-        // Every download slot taken: a file waits its turn without a look
-        // at the disk, which it gets when it leaves the queue (a burst of
-        // thousands of files looked at each twice otherwise).
-        if global.record.is_file()
-            && self.active.len() >= self.parts.max_parallel_downloads
-            && !self.active.contains_key(path)
-        {
-            self.queued.insert(path.clone(), global.record.size);
-            return Ok(());
-        }
         let (before, modified) = self.parts.local.local_view(path).await?;
         let action = plan(&global.record, before.as_ref().map(|e| &e.record), modified);
         if action != Action::Download {
