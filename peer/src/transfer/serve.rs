@@ -369,7 +369,8 @@ fn answer(source: &dyn ChunkSource, tmp_dir: &std::path::Path, request: P2pReque
             .and_then(|chunks| ChunkListPage::of(content, &chunks, first, max))
             .map_or(P2pResponse::NotAvailable, P2pResponse::ChunkList),
         P2pRequest::GetChunk { content, offset, len, hash } => {
-            read_chunk(source, &part_path(tmp_dir, &content), offset, len, &hash, corrupt)
+            let chunk = ChunkInfo { offset, len, hash };
+            read_range(source, &part_path(tmp_dir, &content), &chunk, 0, len, &hash, corrupt)
         }
         P2pRequest::GetChunkListSummary { content, .. } => source
             .chunk_list(&content)
@@ -377,13 +378,13 @@ fn answer(source: &dyn ChunkSource, tmp_dir: &std::path::Path, request: P2pReque
             .map_or(P2pResponse::NotAvailable, P2pResponse::ChunkListSummary),
         P2pRequest::GetChunkParts { content, chunk } => {
             let part = part_path(tmp_dir, &content);
-            match read_chunk(source, &part, chunk.offset, chunk.len, &chunk.hash, false) {
+            match read_range(source, &part, &chunk, 0, chunk.len, &chunk.hash, false) {
                 P2pResponse::Chunk { hash, bytes } => P2pResponse::ChunkParts { hash, parts: cut_parts(&bytes) },
                 other => other,
             }
         }
         P2pRequest::GetPart { content, chunk, at, len, hash } => {
-            read_part(source, &part_path(tmp_dir, &content), &chunk, at, len, &hash, corrupt)
+            read_range(source, &part_path(tmp_dir, &content), &chunk, at, len, &hash, corrupt)
         }
     }
 }
@@ -438,33 +439,12 @@ impl Pending {
     }
 }
 
-/// Reads one chunk from the first candidate that verifies: the source's
-/// candidates, then the partial temp file of `content`.
-fn read_chunk(
-    source: &dyn ChunkSource,
-    part: &std::path::Path,
-    offset: u64,
-    len: u32,
-    hash: &ContentHash,
-    corrupt: bool,
-) -> P2pResponse {
-    let found = read_verified(source, &source.locate(hash, len), len, hash)
-        .or_else(|| read_at_verified(part, offset, len, hash).ok().flatten());
-    match found {
-        Some(mut bytes) => {
-            if corrupt && let Some(first) = bytes.first_mut() {
-                *first ^= 0xFF;
-            }
-            P2pResponse::Chunk { hash: *hash, bytes }
-        }
-        None => P2pResponse::NotAvailable,
-    }
-}
-
-/// `len` bytes at `at` inside `chunk` (validated: the range lies inside
-/// the chunk), read where the chunk itself may be read and sent only if
+/// `len` bytes at `at` inside `chunk` (a whole chunk: `at` 0 and the
+/// chunk's length; a part: a range the request validation kept inside the
+/// chunk), read where the chunk may be read (each candidate the
+/// [`ChunkSource`] names, else the downloader's `.part`) and sent only if
 /// they hash to `hash`.
-fn read_part(
+fn read_range(
     source: &dyn ChunkSource,
     part: &std::path::Path,
     chunk: &ChunkInfo,
