@@ -248,9 +248,13 @@ impl ChunkSource for GatedSource {
 }
 
 /// Serves only the first `left` chunk lookups, then nothing.
+/// Serves only the chunks in `served`. Which chunks a holder has is fixed
+/// by their place in the file, not by the order of lookups: a holder reads
+/// the chunks of pipelined requests in parallel, so a count of lookups
+/// would hand out its quota in a racy order.
 struct LimitedSource {
     inner: Arc<MemoryChunkSource>,
-    left: AtomicUsize,
+    served: std::collections::HashSet<ContentHash>,
 }
 
 impl ChunkSource for LimitedSource {
@@ -259,17 +263,15 @@ impl ChunkSource for LimitedSource {
     }
 
     fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
-        match self.left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
-            Ok(_) => self.inner.locate(hash, len),
-            Err(_) => Vec::new(),
-        }
+        if self.served.contains(hash) { self.inner.locate(hash, len) } else { Vec::new() }
     }
 }
 
-/// A holder that serves the first `served` chunks of `site`, then answers
-/// `NotAvailable`.
-async fn flaky_server(key: &ClusterKey, site: &Site, served: usize) -> Server {
-    let source = LimitedSource { inner: site.source.clone(), left: AtomicUsize::new(served) };
+/// A holder that serves the first `served` chunks of `chunks` (of `site`)
+/// and answers `NotAvailable` for the others.
+async fn flaky_server(key: &ClusterKey, site: &Site, chunks: &[ChunkInfo], served: usize) -> Server {
+    let served = chunks[..served].iter().map(|c| c.hash).collect();
+    let source = LimitedSource { inner: site.source.clone(), served };
     Server::start(key, Arc::new(source), |_| {}).await
 }
 
@@ -664,7 +666,7 @@ async fn a_whole_file_mismatch_deletes_the_partial_file() {
 async fn a_small_failed_download_leaves_no_state_and_is_fetched_again() {
     const SERVED: usize = 10;
     let OneFile { key, bytes, chunked, rec, site } = one_file(10, MIB);
-    let flaky = flaky_server(&key, &site, SERVED).await;
+    let flaky = flaky_server(&key, &site, &chunked.chunks, SERVED).await;
     let tmp = tempfile::tempdir().unwrap();
     // 1 MiB is below the default persist threshold: no state file, no
     // fsync, nothing to resume.
@@ -685,7 +687,7 @@ async fn a_small_failed_download_leaves_no_state_and_is_fetched_again() {
 async fn a_failed_download_resumes_and_fetches_only_the_rest() {
     const SERVED: usize = 10;
     let OneFile { key, bytes, chunked, rec, site } = one_file(10, MIB);
-    let flaky = flaky_server(&key, &site, SERVED).await;
+    let flaky = flaky_server(&key, &site, &chunked.chunks, SERVED).await;
     let tmp = tempfile::tempdir().unwrap();
     let d = resumable_downloader(&key, empty_source(), tmp.path());
     let err = download(&d, &rec, vec![flaky.holder()]).await.unwrap_err();
@@ -713,7 +715,7 @@ async fn a_failed_download_resumes_and_fetches_only_the_rest() {
 #[tokio::test]
 async fn a_damaged_partial_file_is_reverified_on_resume() {
     let OneFile { key, bytes, chunked, rec, site } = one_file(11, 512 * KIB);
-    let flaky = flaky_server(&key, &site, 6).await;
+    let flaky = flaky_server(&key, &site, &chunked.chunks, 6).await;
     let tmp = tempfile::tempdir().unwrap();
     let d = resumable_downloader(&key, empty_source(), tmp.path());
     download(&d, &rec, vec![flaky.holder()]).await.unwrap_err();
