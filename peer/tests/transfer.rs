@@ -310,11 +310,12 @@ impl ChunkSource for RendezvousSource {
     }
 }
 
-/// Serves the first `free` chunk lookups, then blocks the rest on a gate
+/// Serves the chunks in `free` (fixed by place, not by lookup order), and
+/// blocks the lookups of the others on a gate
 /// (and finds nothing once it opens).
 struct GatedAfter {
     inner: Arc<MemoryChunkSource>,
-    free: AtomicUsize,
+    free: std::collections::HashSet<ContentHash>,
     gate: Arc<Gate>,
 }
 
@@ -324,13 +325,11 @@ impl ChunkSource for GatedAfter {
     }
 
     fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
-        match self.free.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
-            Ok(_) => self.inner.locate(hash, len),
-            Err(_) => {
-                self.gate.wait();
-                Vec::new()
-            }
+        if self.free.contains(hash) {
+            return self.inner.locate(hash, len);
         }
+        self.gate.wait();
+        Vec::new()
     }
 }
 
@@ -744,7 +743,8 @@ async fn a_killed_download_resumes_from_its_last_persisted_progress() {
     const SERVED: usize = 12;
     let gate = Arc::new(Gate::default());
     let _open_on_exit = GateGuard(gate.clone());
-    let source = GatedAfter { inner: site.source.clone(), free: AtomicUsize::new(SERVED), gate: gate.clone() };
+    let free = chunked.chunks[..SERVED].iter().map(|c| c.hash).collect();
+    let source = GatedAfter { inner: site.source.clone(), free, gate: gate.clone() };
     let server = Server::start(&key, Arc::new(source), |_| {}).await;
     let tmp = tempfile::tempdir().unwrap();
     let limits = DownloadLimits { persist_every_bytes: 64 * 1024, ..DownloadLimits::default() };
