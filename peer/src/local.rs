@@ -309,9 +309,14 @@ impl LocalState {
     /// stat moved. An ignored file at a path the index does not know
     /// counts as a difference (never overwritten silently).
     pub(crate) async fn local_view(&self, path: &RelPath) -> Result<(Option<IndexEntry>, bool), LocalError> {
-        let gate = self.inner.gate.clone();
-        let p = path.clone();
-        tokio::task::spawn_blocking(move || Ok((gate.index.get(&p)?, gate.differs(&p)?))).await?
+        let (local, p) = (self.clone(), path.clone());
+        tokio::task::spawn_blocking(move || local.local_view_blocking(&p)).await?
+    }
+
+    /// [`LocalState::local_view`] for blocking code, so many paths share
+    /// one trip to the blocking pool.
+    pub(crate) fn local_view_blocking(&self, path: &RelPath) -> Result<(Option<IndexEntry>, bool), LocalError> {
+        Ok((self.inner.gate.index.get(path)?, self.inner.gate.differs(path)?))
     }
 
     /// Runs `op` — a write of `record.path` on behalf of the cluster — and

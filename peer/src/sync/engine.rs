@@ -32,7 +32,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::deadlines::Deadlines;
-use crate::jail::rel_path;
 use crate::local::LocalState;
 use crate::local::commit::Gated;
 use crate::status::{EngineView, StatusBoard, TransferView, folder_state};
@@ -48,9 +47,11 @@ use crate::sync::waiting::{Parked, Reason, Waiting};
 use crate::transfer::{ChunkSource, DownloadError, DownloadJob, DownloadOutcome, DownloadProgress, Downloader};
 
 mod brake_notice;
+mod look;
 mod queued;
 mod receive_only;
 
+use look::RoundLook;
 use queued::Queued;
 pub use receive_only::EngineCommand;
 use receive_only::LocalEdits;
@@ -92,7 +93,10 @@ struct GlobalEntry {
 enum Event {
     Local(FileRecord),
     Tracker(TrackerEvent),
-    Download(Box<DownloadDone>),
+    /// Finished downloads: the first, and every other that finished by
+    /// the time it was taken (one reconcile round and one status refresh
+    /// for a burst of small files, not one each).
+    Download(Vec<DownloadDone>),
     Command(EngineCommand),
     Tick,
     Shutdown,
@@ -284,11 +288,22 @@ impl Engine {
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Event::Shutdown,
-                Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => match done {
-                    Ok(done) => Event::Download(Box::new(done)),
-                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                    Err(_) => continue,
-                },
+                Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => {
+                    let mut finished = Vec::new();
+                    let mut next = Some(done);
+                    while let Some(done) = next {
+                        match done {
+                            Ok(done) => finished.push(done),
+                            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                            Err(_) => {}
+                        }
+                        next = self.jobs.try_join_next();
+                    }
+                    if finished.is_empty() {
+                        continue;
+                    }
+                    Event::Download(finished)
+                }
                 Some(ev) = self.parts.tracker_events.recv() => Event::Tracker(ev),
                 Some(rec) = self.parts.local_changes.recv() => Event::Local(rec),
                 Some(cmd) = self.parts.commands.recv() => Event::Command(cmd),
@@ -424,7 +439,11 @@ impl Engine {
             Event::Tracker(TrackerEvent::Devices(devices)) => self.parts.status.set_devices(devices),
             Event::Tracker(TrackerEvent::Conflict(notice)) => self.conflict_lost(notice),
             Event::Tracker(TrackerEvent::Brake(notice)) => self.brake_notice(notice).await,
-            Event::Download(done) => self.finish_download(*done).await,
+            Event::Download(finished) => {
+                for done in finished {
+                    self.finish_download(done).await;
+                }
+            }
             Event::Command(EngineCommand::Revert { under, reply }) => {
                 let _ = reply.send(self.revert(under).await);
             }
@@ -513,8 +532,15 @@ impl Engine {
             paths.into_iter().partition(|p| self.global.get(p).is_some_and(|g| g.record.deleted));
         // BTreeSet order puts parents before children; reverse for deletions.
         deletions.reverse();
+        let files = others
+            .iter()
+            .filter(|p| self.global.get(*p).is_some_and(|g| g.record.is_file() && !g.record.deleted))
+            .cloned()
+            .collect();
+        let looked = others.iter().chain(&deletions).filter(|p| self.global.contains_key(*p)).cloned().collect();
+        let mut look = RoundLook::take(&self.parts.local, &self.applier.jails, looked, files).await;
         for path in others.into_iter().chain(deletions) {
-            if let Err(e) = self.reconcile(&path).await {
+            if let Err(e) = self.reconcile(&path, &mut look).await {
                 let reason = if e.is_permanent() {
                     Reason::Refused(e.to_string())
                 } else {
@@ -525,7 +551,9 @@ impl Engine {
         }
     }
 
-    async fn reconcile(&mut self, path: &RelPath) -> Result<(), ApplyError> {
+    /// Brings `path` in line with its global record, planning with what
+    /// `look` read of it (or a fresh look if the round did not read it).
+    async fn reconcile(&mut self, path: &RelPath, look: &mut RoundLook) -> Result<(), ApplyError> {
         let Some(global) = self.global.get(path).cloned() else {
             self.waiting.resolve(path);
             return Ok(());
@@ -538,7 +566,16 @@ impl Engine {
         {
             return Err(ApplyError::CaseCollision { path: path.clone(), other: other.clone() });
         }
-        let (before, modified) = self.parts.local.local_view(path).await?;
+        let (view, blocked_parent) = match look.path(path) {
+            Some(l) => (l.view.ok(), l.blocked_parent),
+            None => (None, None),
+        };
+        let (before, modified) = match view {
+            Some(view) => view,
+            // Not read by the round, or the read failed: once more, with
+            // the error if it fails again.
+            None => self.parts.local.local_view(path).await?,
+        };
         let action = plan(&global.record, before.as_ref().map(|e| &e.record), modified);
         if action != Action::Download {
             self.cancel_download(path);
@@ -641,18 +678,10 @@ impl Engine {
                 }
                 // A parent this peer can never write through (a symlink, a
                 // file) would waste the whole download: refuse before it.
-                if let Some(parent) = path.parent() {
-                    let jails = self.applier.jails.clone();
-                    let checked = tokio::task::spawn_blocking(move || jails.folder.lstat(rel_path(&parent)).map(drop))
-                        .await
-                        .map_err(|e| ApplyError::from(crate::local::LocalError::Task(e)))?;
-                    if let Err(e) = checked
-                        && e.is_permanent()
-                    {
-                        return Err(e.into());
-                    }
+                if let Some(e) = blocked_parent {
+                    return Err(e.into());
                 }
-                if let Some(short) = self.disk_short_for(&global.record).await {
+                if let Some(short) = self.disk_short_for(&global.record, look.space) {
                     self.park(path, "cannot download", short);
                     return Ok(());
                 }
@@ -782,12 +811,11 @@ impl Engine {
         rest
     }
 
-    /// `Some(reason)` when the folder's file system lacks room for
-    /// `record` plus the reserve.
-    async fn disk_short_for(&self, record: &FileRecord) -> Option<Reason> {
-        let jails = self.applier.jails.clone();
+    /// `Some(reason)` when the folder's file system (`space`, as the round
+    /// measured it) lacks room for `record` plus the reserve.
+    fn disk_short_for(&self, record: &FileRecord, space: Option<crate::jail::Space>) -> Option<Reason> {
+        let free = space?;
         let reserve = self.parts.min_disk_free;
-        let free = tokio::task::spawn_blocking(move || jails.folder.free_space()).await.ok()?.ok()?;
         let need = record.size.saturating_add(reserve.bytes(free.total));
         (free.available < need).then_some(Reason::DiskFull { need, free: free.available })
     }

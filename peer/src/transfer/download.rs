@@ -319,8 +319,8 @@ impl Downloader {
 
         let temp_path = {
             drop(prepared.file);
-            let (tmp_dir, content) = (self.tmp_dir.clone(), record.content);
-            tokio::task::spawn_blocking(move || finish(&tmp_dir, &content))
+            let (tmp_dir, content, list) = (self.tmp_dir.clone(), record.content, chunks.clone());
+            tokio::task::spawn_blocking(move || finish(&tmp_dir, &content, &list))
                 .await
                 .map_err(|e| self.io_err(&part, std::io::Error::other(e)))?
                 .map_err(|e| match e {

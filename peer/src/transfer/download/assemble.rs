@@ -90,10 +90,16 @@ pub(super) fn prepare(
     // history by a deletion applied while this one copies, as when a
     // rename's tombstone and new record arrive together) is known under
     // its new name a moment later. The second pass looks again, with
-    // fresh opens, at what the first could not find, once the rest of the
-    // file is copied: by then that deletion is done.
-    let misses = copy.pass(wanted).map_err(at_part)?;
-    let missing = copy.pass(misses).map_err(at_part)?;
+    // fresh opens, at what the first was named a file for but could not
+    // read, once the rest of the file is copied: by then that deletion is
+    // done. (The history learns a file's new name before the index
+    // forgets the old one, so content that is here always has a name.)
+    let (vanished, mut missing) = copy.pass(wanted).map_err(at_part)?;
+    if !vanished.is_empty() {
+        let (again, never) = copy.pass(vanished).map_err(at_part)?;
+        missing.extend(again.into_iter().chain(never));
+        missing.sort_unstable();
+    }
     let bytes_local = copy.bytes;
     header.done = done;
     Ok(Prepared { file: Arc::new(file), header, missing, bytes_resumed, bytes_local })
@@ -112,11 +118,12 @@ struct LocalCopy<'a> {
 }
 
 impl LocalCopy<'_> {
-    /// Copies each group of `todo` a local file (or a done member) has;
-    /// returns the others, in order.
-    fn pass(&mut self, todo: Vec<usize>) -> std::io::Result<Vec<usize>> {
+    /// Copies each group of `todo` a local file (or a done member) has.
+    /// Returns the others, in order, in two lists: those a local file was
+    /// named for but did not yield (worth a second look), and the rest.
+    fn pass(&mut self, todo: Vec<usize>) -> std::io::Result<(Vec<usize>, Vec<usize>)> {
         let mut open = OpenCandidates::default();
-        let mut misses = Vec::new();
+        let (mut vanished, mut misses) = (Vec::new(), Vec::new());
         for g in todo {
             let group = &self.groups[g];
             if self.cancel.is_cancelled() {
@@ -126,7 +133,17 @@ impl LocalCopy<'_> {
             let bytes = match group.members.iter().find(|&&i| self.done.get(i)) {
                 Some(&i) => read_part_chunk(self.file, &self.chunks[i])?,
                 None => {
-                    open.read_verified(self.source, &self.source.locate(&group.hash, group.len), group.len, &group.hash)
+                    let candidates = self.source.locate(&group.hash, group.len);
+                    if candidates.is_empty() {
+                        misses.push(g);
+                        continue;
+                    }
+                    let bytes = open.read_verified(self.source, &candidates, group.len, &group.hash);
+                    if bytes.is_none() {
+                        vanished.push(g);
+                        continue;
+                    }
+                    bytes
                 }
             };
             let Some(bytes) = bytes else {
@@ -141,7 +158,7 @@ impl LocalCopy<'_> {
                 }
             }
         }
-        Ok(misses)
+        Ok((vanished, misses))
     }
 }
 
@@ -154,14 +171,19 @@ pub(super) enum FinishError {
 /// `.done` name, drop the state file. Nothing is fsynced here: the
 /// installer fsyncs the file before renaming it into place, and a `.done`
 /// lost in a crash is fetched again.
-pub(super) fn finish(tmp_dir: &Path, content: &ContentHash) -> Result<PathBuf, FinishError> {
+///
+/// A file of one chunk whose hash is the content hash was verified whole
+/// as that chunk was written (fetched, copied or resumed, each checked
+/// against its hash): `chunks` says so, and it is not read again.
+pub(super) fn finish(tmp_dir: &Path, content: &ContentHash, chunks: &[ChunkInfo]) -> Result<PathBuf, FinishError> {
     let part = part::part_path(tmp_dir, content);
     let state = part::state_path(tmp_dir, content);
     let at = |p: &Path| {
         let p = p.to_owned();
         move |e| FinishError::Io(p, e)
     };
-    let actual = hash_file(&part).map_err(at(&part))?;
+    let verified_whole = matches!(chunks, [only] if only.hash == *content);
+    let actual = if verified_whole { *content } else { hash_file(&part).map_err(at(&part))? };
     if actual != *content {
         part::remove_if_exists(&part).map_err(at(&part))?;
         part::remove_if_exists(&state).map_err(at(&state))?;

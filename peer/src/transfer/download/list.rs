@@ -1,6 +1,7 @@
 //! Step 1 of a download: the chunk list of the version, verified against
-//! the record. From a local file with the same content (a rename or copy:
-//! no network), derived from the record for a one-chunk file, rebuilt from
+//! the record. Derived from the record for a one-chunk file (no lookup),
+//! from a local file with the same content (a rename or copy: no
+//! network), rebuilt from
 //! the base list and a holder's summary (only the groups the base lacks
 //! travel), or fetched whole in pages, from the holders in turn with the
 //! busy backoff.
@@ -58,6 +59,11 @@ impl Downloader {
         stats: &mut [HolderStats],
         cancel: &CancellationToken,
     ) -> Result<(Vec<ChunkInfo>, Option<(usize, Conn)>), DownloadError> {
+        // A one-chunk file's list follows from the record: no lookup at
+        // all (most small files).
+        if let Some(list) = single_chunk_list(record) {
+            return Ok((list, None));
+        }
         let (source, content) = (self.source.clone(), record.content);
         let local = tokio::task::spawn_blocking(move || source.chunk_list(&content)).await.ok().flatten();
         if let Some(list) = local {
@@ -68,9 +74,6 @@ impl Downloader {
                 }
                 Err(why) => tracing::debug!(path = %record.path, why, "local chunk list does not fit the record"),
             }
-        }
-        if let Some(list) = single_chunk_list(record) {
-            return Ok((list, None));
         }
         // Holders answering `Busy` (upload slots full, chunk lists included)
         // are asked again after a pause, in rounds, like busy chunks.
