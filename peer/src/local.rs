@@ -347,6 +347,35 @@ impl LocalState {
         Ok(outcome)
     }
 
+    /// [`LocalState::apply_if_unmodified`] for many writes at once: one
+    /// blocking task, one hold of the commit lock, one index commit (see
+    /// [`WriteGate::apply_all_if_unmodified`]). One result per write, in
+    /// order.
+    pub(crate) async fn apply_all_if_unmodified<T, E, F>(
+        &self,
+        writes: Vec<(FileRecord, Vec<ChunkInfo>, F)>,
+    ) -> Vec<Result<Gated<T>, E>>
+    where
+        F: FnOnce() -> Result<Option<T>, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<LocalError> + Send + 'static,
+    {
+        let gate = self.inner.gate.clone();
+        let paths: Vec<RelPath> = writes.iter().map(|(record, _, _)| record.path.clone()).collect();
+        let outcomes = match tokio::task::spawn_blocking(move || gate.apply_all_if_unmodified(writes)).await {
+            Ok(outcomes) => outcomes,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down.
+            Err(_) => return paths.iter().map(|_| Err(E::from(LocalError::Stopped))).collect(),
+        };
+        for (path, outcome) in paths.iter().zip(&outcomes) {
+            if matches!(outcome, Ok(Gated::Refused | Gated::Applied { agrees: false, .. })) {
+                self.mark_dirty(path);
+            }
+        }
+        outcomes
+    }
+
     /// Puts back the cluster's view of `path`: runs `op` (which moves what
     /// the disk holds there out of the way) and forgets the index entry,
     /// both under the commit lock, so the engine then sees a path it never

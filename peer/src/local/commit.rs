@@ -13,6 +13,8 @@
 //! runs it in `spawn_blocking`. It does not decide what to write (the sync
 //! engine does) and performs no write of its own but the index entry.
 
+use std::collections::HashSet;
+
 use dartsync_shared::chunk::{ChunkInfo, chunk_list_hash};
 use dartsync_shared::{Causality, FileKind, FileRecord, RelPath};
 use parking_lot::{Mutex, MutexGuard};
@@ -39,6 +41,16 @@ pub(crate) enum Gated<T> {
         /// Whether the disk matched the record afterwards.
         agrees: bool,
     },
+}
+
+/// A write made under the commit lock whose index entry is not stored
+/// yet ([`WriteGate::apply_all_if_unmodified`]).
+struct Unstored {
+    /// Its place among the batch's results.
+    at: usize,
+    record: FileRecord,
+    chunks: Vec<ChunkInfo>,
+    stat: Option<StatKey>,
 }
 
 /// See the module docs.
@@ -105,6 +117,18 @@ impl WriteGate {
     /// (the entry is stored without a stat, so the next check re-examines
     /// it).
     fn store_applied_locked(&self, record: &FileRecord, chunks: &[ChunkInfo]) -> Result<bool, LocalError> {
+        let (stat, agrees) = self.stat_applied(record)?;
+        let chunks = if record.is_file() { chunks } else { &[] };
+        // The disk write is already durable; the entry joins the next group
+        // commit (see `Index::write_soon` for why losing it is harmless).
+        self.index.write_soon(|w| w.put(record, chunks, stat))?;
+        Ok(agrees)
+    }
+
+    /// The stat to index for a record the peer just wrote, and whether
+    /// the disk holds what the record describes (without a stat when it
+    /// does not, so the next check re-examines the path).
+    fn stat_applied(&self, record: &FileRecord) -> Result<(Option<StatKey>, bool), LocalError> {
         let meta = self.probe.lstat(&record.path)?;
         let matching = match (&record.kind, &meta) {
             _ if record.deleted => None,
@@ -114,11 +138,7 @@ impl WriteGate {
             _ => None,
         };
         let agrees = if record.deleted { meta.is_none() } else { matching.is_some() };
-        let chunks = if record.is_file() { chunks } else { &[] };
-        // The disk write is already durable; the entry joins the next group
-        // commit (see `Index::write_soon` for why losing it is harmless).
-        self.index.write_soon(|w| w.put(record, chunks, matching))?;
-        Ok(agrees)
+        Ok((matching, agrees))
     }
 
     /// Checks a record handed in by the rest of the peer.
@@ -168,22 +188,95 @@ impl WriteGate {
     where
         E: From<LocalError>,
     {
-        let path = &record.path;
-        Self::check_record(path, record, chunks)?;
+        Self::check_record(&record.path, record, chunks)?;
         let _guard = self.lock.lock();
+        let Some(value) = self.run_if_unmodified_locked(record, op)? else { return Ok(Gated::Refused) };
+        let Some(value) = value else { return Ok(Gated::Declined) };
+        let agrees = self.store_applied_locked(record, chunks)?;
+        Ok(Gated::Applied { value, agrees })
+    }
+
+    /// [`WriteGate::apply_if_unmodified`] for many writes, in order, under
+    /// one hold of the commit lock and with their index entries in one
+    /// commit (a burst of small downloads: one transaction, not one per
+    /// file). Each write gets its own result, as if made alone. A path
+    /// written twice in one batch sees its first write indexed before the
+    /// second is checked.
+    pub(crate) fn apply_all_if_unmodified<T, E, F>(
+        &self,
+        writes: Vec<(FileRecord, Vec<ChunkInfo>, F)>,
+    ) -> Vec<Result<Gated<T>, E>>
+    where
+        E: From<LocalError>,
+        F: FnOnce() -> Result<Option<T>, E>,
+    {
+        let _guard = self.lock.lock();
+        let mut results: Vec<Result<Gated<T>, E>> = Vec::with_capacity(writes.len());
+        let mut unstored: Vec<Unstored> = Vec::new();
+        let mut paths = HashSet::new();
+        for (record, chunks, op) in writes {
+            if !paths.insert(record.path.clone()) {
+                self.store_all_locked(std::mem::take(&mut unstored), &mut results);
+                paths = HashSet::from([record.path.clone()]);
+            }
+            let checked = Self::check_record(&record.path, &record, &chunks).map_err(E::from);
+            let result = checked.and_then(|()| match self.run_if_unmodified_locked(&record, op)? {
+                None => Ok(Gated::Refused),
+                Some(None) => Ok(Gated::Declined),
+                Some(Some(value)) => {
+                    let (stat, agrees) = self.stat_applied(&record)?;
+                    let chunks = if record.is_file() { chunks } else { Vec::new() };
+                    unstored.push(Unstored { at: results.len(), record, chunks, stat });
+                    Ok(Gated::Applied { value, agrees })
+                }
+            });
+            results.push(result);
+        }
+        self.store_all_locked(unstored, &mut results);
+        results
+    }
+
+    /// Indexes the entries of writes already made, in one commit; if that
+    /// fails, each on its own, so only a write whose own entry cannot be
+    /// stored reports the error.
+    fn store_all_locked<T, E: From<LocalError>>(&self, unstored: Vec<Unstored>, results: &mut [Result<Gated<T>, E>]) {
+        if unstored.is_empty() {
+            return;
+        }
+        let together = self.index.write_soon(|w| unstored.iter().try_for_each(|u| w.put(&u.record, &u.chunks, u.stat)));
+        if together.is_ok() {
+            return;
+        }
+        for u in unstored {
+            if let Err(e) = self.index.write_soon(|w| w.put(&u.record, &u.chunks, u.stat)) {
+                results[u.at] = Err(e.into());
+            }
+        }
+    }
+
+    /// Under the commit lock: `None` (nothing run) when the disk differs
+    /// from the index for the record's path or the index holds a version
+    /// the record does not supersede; otherwise what `op` returned.
+    fn run_if_unmodified_locked<T, E>(
+        &self,
+        record: &FileRecord,
+        op: impl FnOnce() -> Result<Option<T>, E>,
+    ) -> Result<Option<Option<T>>, E>
+    where
+        E: From<LocalError>,
+    {
+        let path = &record.path;
         if self.differs(path)? {
-            return Ok(Gated::Refused);
+            return Ok(None);
         }
         // Never replace a version the incoming one does not supersede (a
         // local edit indexed since the caller decided).
         if let Some(known) = self.index.head(path)?
             && !matches!(record.version.compare(&known.record.version), Causality::Dominates | Causality::Equal)
         {
-            return Ok(Gated::Refused);
+            return Ok(None);
         }
-        let Some(value) = op()? else { return Ok(Gated::Declined) };
-        let agrees = self.store_applied_locked(record, chunks)?;
-        Ok(Gated::Applied { value, agrees })
+        op().map(Some)
     }
 
     /// Runs `op` and removes the index entry of `path`, under the commit

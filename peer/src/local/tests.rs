@@ -433,6 +433,89 @@ async fn applied_writes_do_not_echo() {
     peer.stop().await;
 }
 
+/// A write for a batch: renames `part` over `dest` when run (and counts
+/// the run in `ran`).
+fn rename_op(
+    part: PathBuf,
+    dest: PathBuf,
+    ran: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> impl FnOnce() -> Result<Option<()>, LocalError> + Send + 'static {
+    move || {
+        ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::fs::rename(&part, &dest).map_err(|source| LocalError::Io { path: dest.clone(), source })?;
+        Ok(Some(()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_writes_is_checked_write_by_write_and_indexed_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut peer = Peer::start(tmp.path(), config()).await;
+    std::fs::write(peer.path("edited.txt"), b"indexed").unwrap();
+    peer.wait_for(&["+edited.txt"]).await;
+    // An edit the scanner has not seen yet: the batch must refuse that one
+    // write and make the others.
+    std::fs::write(peer.path("edited.txt"), b"unannounced local edit").unwrap();
+
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut writes = Vec::new();
+    let mut expected = Vec::new();
+    for (i, name) in ["a.txt", "edited.txt", "b.txt", "a.txt"].iter().enumerate() {
+        let bytes = format!("version {i} of {name}").into_bytes();
+        let chunked = chunk_bytes(&bytes, ChunkParams::for_piece_len(PIECE_LEN));
+        // The second write of a.txt is a newer version than the first.
+        // edited.txt's is concurrent with the local edit whether or not the
+        // scanner has indexed it yet: refused either way.
+        let version = if *name == "edited.txt" { vv(&[(99, 1)]) } else { vv(&[(99, i as u64 + 1)]) };
+        let record = RecordBuilder::file(name).chunked(&chunked).version(version).build();
+        let part = peer.state.dirs().tmp.join(format!("{i}.part"));
+        std::fs::write(&part, &bytes).unwrap();
+        writes.push((record.clone(), chunked.chunks.clone(), rename_op(part, peer.path(name), ran.clone())));
+        expected.push(record);
+    }
+    let results = peer.state.apply_all_if_unmodified::<(), LocalError, _>(writes).await;
+    let results: Vec<Gated<()>> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        results,
+        [
+            Gated::Applied { value: (), agrees: true },
+            Gated::Refused,
+            Gated::Applied { value: (), agrees: true },
+            Gated::Applied { value: (), agrees: true },
+        ]
+    );
+    assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 3, "the refused write never ran");
+    let index = peer.state.index();
+    for i in [2, 3] {
+        let entry = index.get(&expected[i].path).unwrap().unwrap();
+        assert_eq!(entry.record, expected[i], "write {i} indexed as applied");
+        assert!(!peer.state.local_view(&expected[i].path).await.unwrap().1, "write {i} indexed with its stat");
+    }
+    assert_eq!(std::fs::read(peer.path("a.txt")).unwrap(), b"version 3 of a.txt");
+    // (The scanner may index the local edit meanwhile, never the refused write.)
+    assert_ne!(index.get(&rel("edited.txt")).unwrap().unwrap().record, expected[1], "the refused write was indexed");
+    assert_eq!(std::fs::read(peer.path("edited.txt")).unwrap(), b"unannounced local edit");
+
+    // Two versions of one path in one batch: the second sees the first
+    // indexed (with its stat), so it replaces it rather than being taken
+    // for a local edit.
+    let mut writes = Vec::new();
+    for (i, n) in [(7u64, 10u64), (8, 20)] {
+        let bytes = format!("version {n} of c.txt").into_bytes();
+        let chunked = chunk_bytes(&bytes, ChunkParams::for_piece_len(PIECE_LEN));
+        let record = RecordBuilder::file("c.txt").chunked(&chunked).version(vv(&[(99, n)])).build();
+        let part = peer.state.dirs().tmp.join(format!("{i}.part"));
+        std::fs::write(&part, &bytes).unwrap();
+        writes.push((record, chunked.chunks.clone(), rename_op(part, peer.path("c.txt"), ran.clone())));
+    }
+    let results = peer.state.apply_all_if_unmodified::<(), LocalError, _>(writes).await;
+    let results: Vec<Gated<()>> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(results, [Gated::Applied { value: (), agrees: true }, Gated::Applied { value: (), agrees: true }]);
+    assert_eq!(std::fs::read(peer.path("c.txt")).unwrap(), b"version 20 of c.txt");
+    assert_eq!(index.get(&rel("c.txt")).unwrap().unwrap().record.version, vv(&[(99, 20)]));
+    peer.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adopt_version_and_mark_dirty() {
     let tmp = tempfile::tempdir().unwrap();

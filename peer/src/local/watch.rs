@@ -4,7 +4,8 @@
 //!
 //! notify's callback runs on its own thread and only forwards raw events
 //! into a channel. A second thread, the coalescer, drains that channel:
-//! it drops access-only events and paths under `.dartsync/`, merges
+//! it drops access-only events and paths under `.dartsync/` (which is
+//! not watched at all where the backend allows it), merges
 //! repeated paths, and `try_send`s each batch into a bounded channel at
 //! once (a burst is gathered for at most [`GATHER`]). It never blocks on
 //! the scanner and never touches the index. When the channel is full, or
@@ -152,7 +153,16 @@ impl Watcher {
         let config = notify::Config::default().with_follow_symlinks(false);
         let mut watcher = notify::RecommendedWatcher::new(handler, config)?;
         watcher.watch(root, RecursiveMode::Recursive)?;
-        let coalescer = Coalescer { state_dir: root.join(STATE_DIR), pending: HashMap::new(), wakeup };
+        let state_dir = root.join(STATE_DIR);
+        // The peer's own writes under `.dartsync/` (downloads, the index,
+        // the history) are not the folder's: unwatched, they cost neither
+        // the kernel nor notify's thread an event each. Best effort (a
+        // backend that cannot drop part of a recursive watch keeps it);
+        // the coalescer drops whatever still comes from there.
+        if let Err(error) = watcher.unwatch(&state_dir) {
+            tracing::debug!(%error, "the state folder stays watched; its events are dropped");
+        }
+        let coalescer = Coalescer { state_dir, pending: HashMap::new(), wakeup };
         std::thread::Builder::new()
             .name("dartsync-watch".into())
             .spawn(move || coalescer.run(raw_rx, paths))

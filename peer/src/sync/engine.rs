@@ -225,6 +225,8 @@ pub struct Engine {
     parts: EngineParts,
     /// Carries out records in the folder.
     applier: Applier,
+    /// Moves finished downloads into place, in batches.
+    installer: Installer,
     global: HashMap<RelPath, GlobalEntry>,
     active: HashMap<RelPath, Running>,
     jobs: JoinSet<DownloadDone>,
@@ -253,7 +255,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// A new engine over `parts`.
+    /// A new engine over `parts` (starts its installing task: needs a
+    /// tokio runtime).
     pub fn new(parts: EngineParts) -> Self {
         let applier = Applier {
             jails: parts.local.jails().clone(),
@@ -261,9 +264,11 @@ impl Engine {
             ignore_perms: parts.ignore_perms,
         };
         let case_names = parts.local.case_insensitive().then(CaseNames::default);
+        let installer = Installer::start(applier.clone(), parts.local.clone(), parts.source.clone());
         Engine {
             parts,
             applier,
+            installer,
             global: HashMap::new(),
             active: HashMap::new(),
             jobs: JoinSet::new(),
@@ -718,11 +723,7 @@ impl Engine {
         let job = DownloadJob::new(global.record.clone(), global.holders).with_base(base);
         self.active.insert(path.clone(), Running::new(global.record.clone(), cancel.clone(), job.progress.clone()));
         let downloader = self.parts.downloader.clone();
-        let installer = Installer {
-            applier: self.applier.clone(),
-            local: self.parts.local.clone(),
-            source: self.parts.source.clone(),
-        };
+        let installer = self.installer.clone();
         let record = global.record;
         self.jobs.spawn(async move {
             let result = match downloader.download(job, cancel.clone()).await {
@@ -751,11 +752,7 @@ impl Engine {
         let progress = Arc::new(DownloadProgress::default());
         progress.add(record.size);
         self.active.insert(path.clone(), Running::new(record.clone(), cancel, progress));
-        let installer = Installer {
-            applier: self.applier.clone(),
-            local: self.parts.local.clone(),
-            source: self.parts.source.clone(),
-        };
+        let installer = self.installer.clone();
         let path = path.clone();
         tracing::debug!(%path, "retrying the install of the verified download");
         self.jobs.spawn(async move {

@@ -1,25 +1,40 @@
-//! [`Installer`]: moves a finished download into the folder through the
-//! write gate, inside the download's own task (so installs run
-//! concurrently), and tells the chunk source where the replaced content
-//! went.
+//! [`Installer`]: moves finished downloads into the folder through the
+//! write gate, and tells the chunk source where replaced content went.
+//!
+//! Download tasks hand their verified files to one installing task, which
+//! takes everything queued at that moment (at most [`MAX_BATCH`]) as one
+//! batch: one blocking task, one hold of the commit lock, one index commit
+//! ([`LocalState::apply_all_if_unmodified`]). A burst of small files costs
+//! a transaction per batch, not per file; a lone file is installed at once.
 //!
 //! The one authoritative check — the disk still equals the index and the
-//! record supersedes the indexed version — happens under the commit lock
-//! in [`LocalState::apply_if_unmodified`]; nothing here repeats it
-//! optimistically. The `.done` temp file is consumed (renamed into place),
-//! removed when the write gate refuses it, or left for the engine when the
-//! install fails (it retries only the install).
+//! record supersedes the indexed version — happens for each file under the
+//! commit lock; nothing here repeats it optimistically. The `.done` temp
+//! file is consumed (renamed into place), removed when the write gate
+//! refuses it, or left for the engine when the install fails (it retries
+//! only the install).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use dartsync_shared::FileRecord;
+use dartsync_shared::chunk::ChunkInfo;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::local::LocalState;
 use crate::local::commit::Gated;
+use crate::local::index::Index;
+use crate::local::{LocalError, LocalState};
 use crate::sync::apply::Applier;
 use crate::sync::error::ApplyError;
 use crate::sync::index_source::IndexSource;
 use crate::transfer::DownloadOutcome;
+
+/// Files installed in one batch at most (the commit lock is held for the
+/// whole batch, so a scan waits at most that long).
+const MAX_BATCH: usize = 128;
+/// Installs waiting for the installing task at most; a download task
+/// beyond that waits for room (the engine bounds them anyway).
+const QUEUE: usize = 1024;
 
 /// What became of a finished download.
 #[derive(Debug)]
@@ -34,39 +49,40 @@ pub(crate) enum Installed {
     Failed(ApplyError),
 }
 
+/// One verified download waiting to be installed.
+struct Request {
+    record: FileRecord,
+    chunks: Vec<ChunkInfo>,
+    temp: PathBuf,
+    reply: oneshot::Sender<Result<Gated<()>, ApplyError>>,
+}
+
 /// What a download task needs to move its result into place; cheap to
-/// clone.
+/// clone. The installing task ends when the last clone is dropped.
 #[derive(Debug, Clone)]
 pub(crate) struct Installer {
     pub(crate) applier: Applier,
-    pub(crate) local: LocalState,
-    pub(crate) source: Arc<IndexSource>,
+    queue: mpsc::Sender<Request>,
 }
 
 impl Installer {
+    /// Starts the installing task (needs a tokio runtime).
+    pub(crate) fn start(applier: Applier, local: LocalState, source: Arc<IndexSource>) -> Installer {
+        let (queue, requests) = mpsc::channel(QUEUE);
+        tokio::spawn(install_batches(requests, applier.clone(), local, source));
+        Installer { applier, queue }
+    }
+
     /// Moves a verified download into place unless the write gate refuses.
     pub(crate) async fn install(&self, record: &FileRecord, outcome: &DownloadOutcome) -> Installed {
-        let (applier, temp) = (self.applier.clone(), outcome.temp_path.clone());
-        let target = record.clone();
-        let (previous, source) = (self.local.index().clone(), self.source.clone());
-        let result = self
-            .local
-            .apply_if_unmodified(record.clone(), outcome.chunks.clone(), move || {
-                // The entry being replaced, read under the commit lock so it
-                // is exactly what the history receives.
-                let before = previous.get(&target.path)?;
-                let saved = applier.install(&target, &temp, before.as_ref().map(|b| &b.record))?;
-                // Known to the chunk source before the index forgets the old
-                // content, so a download copying its chunks right now finds
-                // them in the history.
-                if let (Some(saved), Some(before)) = (saved, before)
-                    && before.record.is_file()
-                {
-                    source.remember_history(saved, before.record.content, &before.chunks);
-                }
-                Ok::<_, ApplyError>(Some(()))
-            })
-            .await;
+        let (reply, answer) = oneshot::channel();
+        let request =
+            Request { record: record.clone(), chunks: outcome.chunks.clone(), temp: outcome.temp_path.clone(), reply };
+        let stopped = || Err(ApplyError::from(LocalError::Stopped));
+        let result = match self.queue.send(request).await {
+            Ok(()) => answer.await.unwrap_or_else(|_| stopped()),
+            Err(_) => stopped(),
+        };
         let installed = match result {
             Ok(Gated::Applied { .. }) => return Installed::Yes,
             Ok(Gated::Refused | Gated::Declined) => Installed::Skipped,
@@ -77,5 +93,62 @@ impl Installer {
         // Not wanted here: the temp file is ours to remove.
         self.applier.discard_temp(&outcome.temp_path);
         installed
+    }
+}
+
+/// The installing task: everything queued at once is one batch.
+async fn install_batches(
+    mut requests: mpsc::Receiver<Request>,
+    applier: Applier,
+    local: LocalState,
+    source: Arc<IndexSource>,
+) {
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH
+            && let Ok(next) = requests.try_recv()
+        {
+            batch.push(next);
+        }
+        let (writes, replies): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|r| {
+                let op = install_op(&applier, local.index(), &source, r.record.clone(), r.temp);
+                ((r.record, r.chunks, op), r.reply)
+            })
+            .unzip();
+        let results = local.apply_all_if_unmodified(writes).await;
+        for (reply, result) in replies.into_iter().zip(results) {
+            // A download task that is gone no longer needs the answer.
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// The write of one install, run under the commit lock: the verified
+/// temp file renamed over `target.path`, what it replaces saved in the
+/// history first.
+fn install_op(
+    applier: &Applier,
+    index: &Index,
+    source: &Arc<IndexSource>,
+    target: FileRecord,
+    temp: PathBuf,
+) -> impl FnOnce() -> Result<Option<()>, ApplyError> + Send + 'static {
+    let (applier, previous, source) = (applier.clone(), index.clone(), source.clone());
+    move || {
+        // The entry being replaced, read under the commit lock so it is
+        // exactly what the history receives.
+        let before = previous.get(&target.path)?;
+        let saved = applier.install(&target, &temp, before.as_ref().map(|b| &b.record))?;
+        // Known to the chunk source before the index forgets the old
+        // content, so a download copying its chunks right now finds them
+        // in the history.
+        if let (Some(saved), Some(before)) = (saved, before)
+            && before.record.is_file()
+        {
+            source.remember_history(saved, before.record.content, &before.chunks);
+        }
+        Ok(Some(()))
     }
 }
