@@ -120,9 +120,36 @@ pub fn chunk_reader<R: Read>(reader: R, params: ChunkParams) -> std::io::Result<
     Ok(ChunkedFile { size, content: whole.finalize().into(), chunks, chunks_hash })
 }
 
-/// Chunks an in-memory buffer.
+/// Chunks an in-memory buffer (the same cut points as [`chunk_reader`],
+/// without its buffer of `params.max` bytes).
 pub fn chunk_bytes(bytes: &[u8], params: ChunkParams) -> ChunkedFile {
-    chunk_reader(bytes, params).expect("reading from a slice cannot fail")
+    let chunks: Vec<ChunkInfo> = fastcdc::v2020::FastCDC::new(bytes, params.min, params.avg, params.max)
+        .map(|c| {
+            let data = &bytes[c.offset..c.offset + c.length];
+            // A chunk is at most `params.max` (a u32) long.
+            ChunkInfo { offset: c.offset as u64, len: c.length as u32, hash: ContentHash::of(data) }
+        })
+        .collect();
+    let chunks_hash = chunk_list_hash(&chunks);
+    ChunkedFile { size: bytes.len() as u64, content: ContentHash::of(bytes), chunks, chunks_hash }
+}
+
+/// [`chunk_reader`] for a source expected to hold `expected` bytes: one
+/// that fits in a chunk buffer is read whole into a buffer of its own size
+/// and chunked in memory (most files are small; the streaming chunker
+/// allocates `params.max` bytes whatever the size). A source longer than
+/// expected is still read to its end, by the streaming chunker.
+pub fn chunk_reader_sized<R: Read>(mut reader: R, params: ChunkParams, expected: u64) -> std::io::Result<ChunkedFile> {
+    let max = u64::from(params.max);
+    if expected > max {
+        return chunk_reader(reader, params);
+    }
+    let mut head = Vec::with_capacity(expected as usize + 1);
+    (&mut reader).take(max + 1).read_to_end(&mut head)?;
+    if head.len() as u64 <= max {
+        return Ok(chunk_bytes(&head, params));
+    }
+    chunk_reader(std::io::Cursor::new(head).chain(reader), params)
 }
 
 #[cfg(test)]
@@ -154,6 +181,21 @@ mod tests {
             }
             if size == 0 {
                 assert!(f.chunks.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn in_memory_sized_and_streaming_chunking_agree() {
+        let params = ChunkParams::default();
+        for (i, size) in INTERESTING_SIZES.into_iter().enumerate() {
+            let data = det_bytes(100 + i as u64, size);
+            let streamed = chunk_reader(data.as_slice(), params).unwrap();
+            assert_eq!(chunk_bytes(&data, params), streamed, "size {size}");
+            // Right, too small and too large an expectation: the same result.
+            for expected in [size as u64, 0, size as u64 / 2, size as u64 + 5] {
+                let sized = chunk_reader_sized(data.as_slice(), params, expected).unwrap();
+                assert_eq!(sized, streamed, "size {size}, expected {expected}");
             }
         }
     }

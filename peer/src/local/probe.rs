@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dartsync_shared::RelPath;
-use dartsync_shared::chunk::{ChunkParams, ChunkedFile, chunk_reader};
+use dartsync_shared::chunk::{ChunkParams, ChunkedFile, chunk_reader_sized};
 use dartsync_shared::record::link_target_stays_inside;
 use parking_lot::Mutex;
 
@@ -211,8 +211,9 @@ impl Probe {
         if !stable(&Meta::of_file(&file).map_err(HashError::Read)?) {
             return Ok(None);
         }
-        let chunked = chunk_reader(Counting { inner: &file, counter: &self.bytes_hashed }, self.params)
-            .map_err(HashError::Read)?;
+        let chunked =
+            chunk_reader_sized(Counting { inner: &file, counter: &self.bytes_hashed }, self.params, before.size)
+                .map_err(HashError::Read)?;
         if !stable(&Meta::of_file(&file).map_err(HashError::Read)?) || chunked.size != before.size {
             return Ok(None);
         }

@@ -485,6 +485,12 @@ impl Scanner {
     /// one did. A changed `.dartsyncignore` turns this into a full scan
     /// (paths may have become ignored or visible anywhere).
     pub(crate) fn check_paths(&self, paths: BTreeMap<RelPath, Option<i64>>) -> Result<ScanReport, LocalError> {
+        // The peer's own writes that these events may report are indexed
+        // under the commit lock right after they are made (an install
+        // batch: all its renames, then one commit). Waiting for the lock
+        // once means none is still unrecorded, so none is hashed here for
+        // nothing and then dropped at the commit.
+        drop(self.gate.lock());
         let how = How { force: false, settled: Settled::of(&paths) };
         let mut early = ScanReport::default();
         if self.reload_ignore(&mut early, &how.settled) {
