@@ -852,19 +852,20 @@ impl Engine {
                     outcome.elapsed.as_secs_f64(),
                     how.join(", ")
                 );
-                // Exact counts for tests and debugging.
-                let by_holder: Vec<String> = outcome
-                    .fetched_by_holder
-                    .iter()
-                    .filter(|(_, n)| *n > 0)
-                    .map(|(id, n)| format!("{}={n}", id.fmt_short()))
-                    .collect();
+                // Exact counts for tests and debugging (the list is built
+                // only when the line is logged).
                 tracing::debug!(
                     "transfer of {path} done: local={} fetched={} resumed={} from [{}]",
                     outcome.bytes_local,
                     outcome.bytes_fetched,
                     outcome.bytes_resumed,
-                    by_holder.join(", ")
+                    outcome
+                        .fetched_by_holder
+                        .iter()
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(id, n)| format!("{}={n}", id.fmt_short()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
                 self.recheck.insert(path.clone(), Instant::now() + RECHECK_AFTER);
                 self.recovered(&path);
