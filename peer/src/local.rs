@@ -316,7 +316,10 @@ impl LocalState {
     /// [`LocalState::local_view`] for blocking code, so many paths share
     /// one trip to the blocking pool.
     pub(crate) fn local_view_blocking(&self, path: &RelPath) -> Result<(Option<IndexEntry>, bool), LocalError> {
-        Ok((self.inner.gate.index.get(path)?, self.inner.gate.differs(path)?))
+        let gate = &self.inner.gate;
+        let entry = gate.index.get(path)?;
+        let differs = gate.differs_from(path, entry.as_ref().map(|e| (&e.record, e.stat)))?;
+        Ok((entry, differs))
     }
 
     /// Runs `op` — a write of `record.path` on behalf of the cluster — and

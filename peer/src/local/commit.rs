@@ -75,28 +75,40 @@ impl WriteGate {
 
     /// True when the disk differs from the index for `path`: an unannounced
     /// edit, or something that appeared or vanished. Reads the file only if
-    /// its stat moved.
+    /// its stat moved. (The peer itself reads the entry once and calls
+    /// [`WriteGate::differs_from`].)
+    #[cfg(test)]
     pub(crate) fn differs(&self, path: &RelPath) -> Result<bool, LocalError> {
         let head = self.index.head(path)?;
+        self.differs_from(path, head.as_ref().map(|h| (&h.record, h.stat)))
+    }
+
+    /// [`WriteGate::differs`] against an indexed record and stat the caller
+    /// has just read (`None`: the index has no entry for `path`).
+    pub(crate) fn differs_from(
+        &self,
+        path: &RelPath,
+        indexed: Option<(&FileRecord, Option<StatKey>)>,
+    ) -> Result<bool, LocalError> {
         let meta = self.probe.lstat(path)?;
-        let live = head.as_ref().filter(|h| !h.record.deleted);
+        let live = indexed.filter(|(record, _)| !record.deleted);
         let differs = match (live, self.probe.classify(path, meta.as_ref())) {
             (None, Disk::Missing) => false,
             (None, _) => true,
             (Some(_), Disk::Missing | Disk::Unsyncable(_)) => true,
-            (Some(h), Disk::Dir(_)) => h.record.kind != FileKind::Dir,
-            (Some(h), Disk::Symlink(_, target)) => {
-                !matches!(&h.record.kind, FileKind::Symlink { target: t } if *t == target)
+            (Some((record, _)), Disk::Dir(_)) => record.kind != FileKind::Dir,
+            (Some((record, _)), Disk::Symlink(_, target)) => {
+                !matches!(&record.kind, FileKind::Symlink { target: t } if *t == target)
             }
-            (Some(h), Disk::File(stat)) => {
-                if h.record.kind != FileKind::File {
+            (Some((record, indexed_stat)), Disk::File(stat)) => {
+                if record.kind != FileKind::File {
                     true
-                } else if let Some(known) = h.stat.filter(|s| s.same_content_stamp(&stat)) {
+                } else if let Some(known) = indexed_stat.filter(|s| s.same_content_stamp(&stat)) {
                     known.mode != stat.mode
                 } else {
                     match self.probe.hash_file(path, &stat) {
                         Ok(Some(chunked)) => {
-                            chunked.content != h.record.content || h.stat.is_some_and(|s| s.mode != stat.mode)
+                            chunked.content != record.content || indexed_stat.is_some_and(|s| s.mode != stat.mode)
                         }
                         // Being written: certainly not what the index says.
                         Ok(None) => true,
@@ -266,12 +278,13 @@ impl WriteGate {
         E: From<LocalError>,
     {
         let path = &record.path;
-        if self.differs(path)? {
+        let head = self.index.head(path)?;
+        if self.differs_from(path, head.as_ref().map(|h| (&h.record, h.stat)))? {
             return Ok(None);
         }
         // Never replace a version the incoming one does not supersede (a
         // local edit indexed since the caller decided).
-        if let Some(known) = self.index.head(path)?
+        if let Some(known) = head
             && !matches!(record.version.compare(&known.record.version), Causality::Dominates | Causality::Equal)
         {
             return Ok(None);
