@@ -75,7 +75,13 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             malloc_tuning::unmap_large_blocks();
             runtime()?.block_on(async {
                 let shutdown = shutdown_on_signal()?;
-                dartsync_tracker::run(config, key, shutdown).await.context("tracker failed")
+                dartsync_tracker::Tracker::bind(config, key)
+                    .await
+                    .context("tracker failed")?
+                    .release_memory_with(malloc_tuning::release_free_memory)
+                    .run(shutdown)
+                    .await
+                    .context("tracker failed")
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -1,6 +1,7 @@
 //! glibc malloc tuning, applied in `main` before any thread exists: at
 //! most one malloc arena per core, and for the tracker, large blocks
-//! always from `mmap`.
+//! always from `mmap`; and the tracker's `malloc_trim` after bursts of
+//! paging (called by `dartsync_tracker`'s `memory` task, which says when).
 //!
 //! glibc gives threads that meet a locked arena a new one, up to 8 per
 //! core, and memory freed into an arena stays with it. A peer runs tokio's
@@ -54,16 +55,32 @@ pub(crate) fn unmap_large_blocks() {
     set(libc::M_MMAP_THRESHOLD, 128 * 1024);
 }
 
+/// Gives the heap's free pages back to the kernel (`malloc_trim(0)`): the
+/// tracker's release function (see `dartsync_tracker::ReleaseFn`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub(crate) fn release_free_memory() {
+    // SAFETY: `malloc_trim` takes an integer, locks each arena itself and
+    // only returns pages no live block uses; it is safe from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Not glibc: nothing to tune.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub(crate) fn limit_arenas() {}
+
+/// Not glibc: the allocator keeps what it keeps.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) fn release_free_memory() {}
 
 /// Not glibc: nothing to tune.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub(crate) fn unmap_large_blocks() {}
 
-/// The one `unsafe` call of the binary (the library crates forbid
-/// `unsafe`): `mallopt(param, value)` takes two integers, touches no
+/// One of the binary's two `unsafe` calls (the library crates forbid
+/// `unsafe`; the other is `malloc_trim`): `mallopt(param, value)` takes two integers, touches no
 /// memory of ours and may be called at any time; it returns 0 only for a
 /// parameter or value it refuses, which changes nothing.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -2,8 +2,9 @@
 //!
 //! The tracker holds one record per path for the whole folder, on a Pi, so
 //! the table does not store the wire type: the path lives once, in the
-//! table's key, and the version vector is a boxed slice instead of a
-//! `BTreeMap` (whose first node alone costs about 200 bytes). Converting
+//! table's key, and the version vector is one pair in place (one writer,
+//! most records) or a boxed slice, instead of a `BTreeMap` (whose first
+//! node alone costs about 200 bytes). Converting
 //! back ([`CompactRecord::to_record`]) yields exactly the record that was
 //! stored; the causality and content comparisons the rules need work on the
 //! compact form directly.
@@ -12,44 +13,73 @@
 
 use dartsync_shared::{Causality, ContentHash, FileKind, FileRecord, RelPath, ShortId, VersionVector};
 
-/// Kind of a compact record; a symlink target is boxed (16 bytes, not 24).
+/// A version vector with one writer (most records) needs no allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum CompactKind {
-    File,
-    Dir,
-    Symlink(Box<str>),
+enum CompactVersion {
+    /// Exactly one `(peer, counter)`.
+    One((ShortId, u64)),
+    /// None, or more than one, in peer order.
+    Many(Box<[(ShortId, u64)]>),
 }
 
-/// One version of one path, without its path.
+impl CompactVersion {
+    fn as_slice(&self) -> &[(ShortId, u64)] {
+        match self {
+            CompactVersion::One(pair) => std::slice::from_ref(pair),
+            CompactVersion::Many(pairs) => pairs,
+        }
+    }
+}
+
+/// One version of one path, without its path: 120 bytes, and a heap block
+/// only for a symlink's target or a vector of several writers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CompactRecord {
-    kind: CompactKind,
     size: u64,
     mtime_ns: i64,
-    mode: u32,
-    deleted: bool,
     content: ContentHash,
     chunks: ContentHash,
     /// `(peer, counter)` in peer order, no zero counters (as in `VersionVector`).
-    version: Box<[(ShortId, u64)]>,
+    version: CompactVersion,
+    /// A symlink's target (doubly boxed: a thin pointer, 8 bytes); `None`
+    /// for files and folders.
+    symlink: Option<Box<Box<str>>>,
+    mode: u32,
+    /// A folder (when `symlink` is `None`).
+    dir: bool,
+    deleted: bool,
 }
 
 impl CompactRecord {
     /// The compact form of `record` (its path is dropped).
     pub fn new(record: FileRecord) -> Self {
+        let (dir, symlink) = match record.kind {
+            FileKind::File => (false, None),
+            FileKind::Dir => (true, None),
+            FileKind::Symlink { target } => (false, Some(Box::new(target.into_boxed_str()))),
+        };
+        let version = match record.version.len() {
+            1 => CompactVersion::One(record.version.iter().next().expect("one entry")),
+            _ => CompactVersion::Many(record.version.iter().collect()),
+        };
         CompactRecord {
-            kind: match record.kind {
-                FileKind::File => CompactKind::File,
-                FileKind::Dir => CompactKind::Dir,
-                FileKind::Symlink { target } => CompactKind::Symlink(target.into_boxed_str()),
-            },
             size: record.size,
             mtime_ns: record.mtime_ns,
-            mode: record.mode,
-            deleted: record.deleted,
             content: record.content,
             chunks: record.chunks,
-            version: record.version.iter().collect(),
+            version,
+            symlink,
+            mode: record.mode,
+            dir,
+            deleted: record.deleted,
+        }
+    }
+
+    fn kind(&self) -> FileKind {
+        match (&self.symlink, self.dir) {
+            (Some(target), _) => FileKind::Symlink { target: target.to_string() },
+            (None, true) => FileKind::Dir,
+            (None, false) => FileKind::File,
         }
     }
 
@@ -57,11 +87,7 @@ impl CompactRecord {
     pub fn to_record(&self, path: &RelPath) -> FileRecord {
         FileRecord {
             path: path.clone(),
-            kind: match &self.kind {
-                CompactKind::File => FileKind::File,
-                CompactKind::Dir => FileKind::Dir,
-                CompactKind::Symlink(target) => FileKind::Symlink { target: target.to_string() },
-            },
+            kind: self.kind(),
             size: self.size,
             mtime_ns: self.mtime_ns,
             mode: self.mode,
@@ -74,7 +100,7 @@ impl CompactRecord {
 
     /// The version vector.
     pub fn version(&self) -> VersionVector {
-        VersionVector::from_entries(self.version.iter().copied())
+        VersionVector::from_entries(self.version.as_slice().iter().copied())
     }
 
     /// True for a tombstone.
@@ -84,15 +110,12 @@ impl CompactRecord {
 
     /// Number of entries of the version vector.
     pub fn version_len(&self) -> usize {
-        self.version.len()
+        self.version.as_slice().len()
     }
 
     /// Length of the symlink target, 0 for other kinds.
     pub fn target_len(&self) -> usize {
-        match &self.kind {
-            CompactKind::Symlink(target) => target.len(),
-            _ => 0,
-        }
+        self.symlink.as_ref().map_or(0, |target| target.len())
     }
 
     /// How `other`'s version relates to this one (`other.compare(self)`).
@@ -102,14 +125,15 @@ impl CompactRecord {
 
     /// True when the version vector is exactly `other`.
     pub fn version_is(&self, other: &VersionVector) -> bool {
-        self.version.len() == other.len() && self.version.iter().copied().eq(other.iter())
+        let mine = self.version.as_slice();
+        mine.len() == other.len() && mine.iter().copied().eq(other.iter())
     }
 
     /// `FileRecord::same_content` against a full record.
     pub fn same_content(&self, other: &FileRecord) -> bool {
-        let kind_eq = match (&self.kind, &other.kind) {
-            (CompactKind::File, FileKind::File) | (CompactKind::Dir, FileKind::Dir) => true,
-            (CompactKind::Symlink(a), FileKind::Symlink { target: b }) => **a == **b,
+        let kind_eq = match (&self.symlink, self.dir, &other.kind) {
+            (None, false, FileKind::File) | (None, true, FileKind::Dir) => true,
+            (Some(a), _, FileKind::Symlink { target: b }) => ***a == **b,
             _ => false,
         };
         self.deleted == other.deleted
@@ -122,6 +146,18 @@ impl CompactRecord {
 mod tests {
     use super::*;
     use dartsync_shared::test_util::RecordBuilder;
+
+    #[test]
+    fn a_record_of_one_writer_fits_120_bytes_without_a_heap_block() {
+        assert_eq!(std::mem::size_of::<CompactRecord>(), 120);
+        let record = RecordBuilder::file("a").body("x").version(VersionVector::from_entries([(ShortId(4), 9)])).build();
+        let compact = CompactRecord::new(record.clone());
+        assert!(matches!(compact.version, CompactVersion::One((ShortId(4), 9))));
+        assert!(compact.symlink.is_none());
+        assert_eq!(compact.to_record(&record.path), record);
+        let empty = RecordBuilder::file("b").version(VersionVector::new()).build();
+        assert_eq!(CompactRecord::new(empty.clone()).to_record(&empty.path), empty, "an empty vector round-trips");
+    }
 
     #[test]
     fn round_trips_and_compares_like_the_full_record() {

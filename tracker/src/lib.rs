@@ -42,6 +42,7 @@ mod discovery;
 pub mod fuzzing;
 mod invite;
 mod join;
+mod memory;
 mod registry;
 mod server;
 mod session;
@@ -64,6 +65,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 pub use discovery::Nameplates;
+pub use memory::ReleaseFn;
 pub use store::{DB_FILE, StoreError};
 
 use crate::actor::{Actor, ActorHandle, BrakeAction};
@@ -136,6 +138,8 @@ pub struct Tracker {
     dashboard: Option<Dashboard>,
     /// The open invite nameplates announced on the LAN.
     nameplates: Nameplates,
+    /// Gives freed heap back after paging bursts (see `memory`).
+    release_memory: Option<ReleaseFn>,
 }
 
 impl Tracker {
@@ -219,6 +223,7 @@ impl Tracker {
             ceiling,
             dashboard,
             nameplates: Nameplates::default(),
+            release_memory: None,
         })
     }
 
@@ -242,6 +247,15 @@ impl Tracker {
     /// no-op when the tracker is not announced).
     pub fn nameplates(&self) -> Nameplates {
         self.nameplates.clone()
+    }
+
+    /// Calls `release` (the binary's `malloc_trim(0)`) on the blocking pool
+    /// after bursts of paging, so memory freed between live entries goes
+    /// back to the system; without it the allocator keeps what it keeps.
+    #[must_use]
+    pub fn release_memory_with(mut self, release: ReleaseFn) -> Tracker {
+        self.release_memory = Some(release);
+        self
     }
 
     /// Serves peers until `shutdown` is cancelled or the database fails.
@@ -280,6 +294,8 @@ impl Tracker {
             &self.nameplates,
             token.clone(),
         );
+        let churn = memory::Churn::default();
+        let releaser = self.release_memory.map(|release| memory::spawn(release, churn.clone(), token.clone()));
         let ctx = Arc::new(SessionCtx {
             key: self.key,
             identity: self.identity,
@@ -287,6 +303,7 @@ impl Tracker {
             shutdown: token.clone(),
             batch_slots: Arc::new(Semaphore::new(session::BATCH_SLOTS)),
             invites,
+            churn,
         });
         let serve = server::serve(self.listener, ctx, self.config.max_peers, token.clone());
         tokio::pin!(serve);
@@ -309,6 +326,9 @@ impl Tracker {
         }
         if let Some(announcer) = announcer {
             let _ = announcer.await;
+        }
+        if let Some(releaser) = releaser {
+            let _ = releaser.await;
         }
         let result = match joined {
             Ok(result) => result,

@@ -73,6 +73,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actor::{ActorHandle, Heard, LeaveReason, Link, RegisterReply, Verdict};
 use crate::invite::Invites;
+use crate::memory::Churn;
 
 /// How long a connected peer may take to send `Register`.
 pub(crate) const REGISTER_TIMEOUT: Duration = HANDSHAKE_TIMEOUT;
@@ -99,6 +100,8 @@ pub(crate) struct SessionCtx {
     pub batch_slots: Arc<Semaphore>,
     /// The open invites (`dartsync join` connections).
     pub invites: Arc<Invites>,
+    /// Bytes paged out and batches taken in (see `memory`).
+    pub churn: Churn,
 }
 
 /// Why a session dropped its peer.
@@ -273,7 +276,7 @@ where
         biased;
         () = token.cancelled() => Ok(closed(&revoked)),
         end = read_loop(reader, peer, session, ctx, &heard) => end,
-        end = write_loop(writer, welcome, (seen_seq, seen_epoch), peer, session, &ctx.actor) => end,
+        end = write_loop(writer, welcome, (seen_seq, seen_epoch), peer, session, ctx) => end,
     }
 }
 
@@ -351,6 +354,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let Some(msg) = reader.recv_bounded::<PeerMessage>(MAX_BATCH_BYTES).await? else {
             return Ok(End::Closed);
         };
+        if slot.is_some() {
+            ctx.churn.add(len);
+        }
         msg.validate()?;
         match msg {
             PeerMessage::Register(_) => return Err(SessionError::Protocol("a second Register")),
@@ -375,8 +381,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     seen: (u64, u64),
     peer: PeerId,
     session: u64,
-    actor: &ActorHandle,
+    ctx: &SessionCtx,
 ) -> Result<End, SessionError> {
+    let actor = &ctx.actor;
     let mut committed = actor.subscribe();
     let mut devices = actor.subscribe_devices();
     let interval = Duration::from_millis(welcome.interval_ms.max(1));
@@ -399,6 +406,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 // Encoded, the decoded page is dropped: a peer that reads
                 // slowly holds only the bytes being sent.
                 let frame = codec::encode(&TrackerMessage::Delta(delta)).map_err(ChannelError::from)?;
+                ctx.churn.add(frame.len());
                 writer.send_frame(frame.into()).await?;
             }
             for notice in page.notices {

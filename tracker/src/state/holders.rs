@@ -1,0 +1,244 @@
+//! [`HolderSet`]: the slots of the online peers that hold one entry's
+//! record, in the fewest bytes per entry.
+//!
+//! There is one set per entry, so its size is a per-record cost of the
+//! tracker. A cluster with up to 64 online peers (slots are reused, so the
+//! slots in use stay below the number online) keeps the set as a 64-bit
+//! map inside the entry: 16 bytes and no allocation, whether one peer or
+//! all of them hold the record. Past slot 63 it moves to the heap, as a
+//! sorted list of slots (2 bytes per holder) or a bitmap over the slots (1
+//! bit per online peer), whichever is smaller; every change picks again, and
+//! a set whose slots all fall below 64 again goes back inside.
+//!
+//! Not here: what a slot is, or who gets one (`state`'s `Slots`).
+
+/// The slots holding one record; iterated in ascending order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HolderSet {
+    /// Slots 0..64, bit `s` for slot `s`.
+    Small(u64),
+    /// Some slot is 64 or more.
+    Wide(Box<Wide>),
+}
+
+/// The heap forms of a [`HolderSet`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Wide {
+    /// Sorted slots, no duplicates.
+    List(Box<[u16]>),
+    /// Bit `s % 64` of word `s / 64` for slot `s`; the last word is not 0.
+    Map(Box<[u64]>),
+}
+
+impl Default for HolderSet {
+    fn default() -> Self {
+        HolderSet::Small(0)
+    }
+}
+
+impl HolderSet {
+    /// The set holding `slot` only, or nothing.
+    pub fn of(slot: Option<u16>) -> Self {
+        let mut set = HolderSet::default();
+        if let Some(slot) = slot {
+            set.insert(slot);
+        }
+        set
+    }
+
+    /// How many slots.
+    pub fn len(&self) -> usize {
+        match self {
+            HolderSet::Small(bits) => bits.count_ones() as usize,
+            HolderSet::Wide(wide) => match &**wide {
+                Wide::List(list) => list.len(),
+                Wide::Map(words) => words.iter().map(|w| w.count_ones() as usize).sum(),
+            },
+        }
+    }
+
+    /// True when no slot is in it.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, HolderSet::Small(0))
+    }
+
+    /// True when `slot` is in it.
+    pub fn contains(&self, slot: u16) -> bool {
+        match self {
+            HolderSet::Small(bits) => slot < 64 && bits & (1 << slot) != 0,
+            HolderSet::Wide(wide) => match &**wide {
+                Wide::List(list) => list.binary_search(&slot).is_ok(),
+                Wide::Map(words) => words.get(usize::from(slot / 64)).is_some_and(|w| w & (1 << (slot % 64)) != 0),
+            },
+        }
+    }
+
+    /// The slots, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        let (list, words): (&[u16], &[u64]) = match self {
+            HolderSet::Small(bits) => (&[], std::slice::from_ref(bits)),
+            HolderSet::Wide(wide) => match &**wide {
+                Wide::List(list) => (list, &[]),
+                Wide::Map(words) => (&[], words),
+            },
+        };
+        let mapped = words.iter().enumerate().flat_map(|(i, &word)| {
+            // At most 1,024 words (65,536 slots / 64): the base fits.
+            let base = u16::try_from(i * 64).unwrap_or(u16::MAX);
+            bits_of(word).map(move |bit| base + bit)
+        });
+        list.iter().copied().chain(mapped)
+    }
+
+    /// Adds `slot`; false if it was in already.
+    pub fn insert(&mut self, slot: u16) -> bool {
+        if self.contains(slot) {
+            return false;
+        }
+        if let HolderSet::Small(bits) = self
+            && slot < 64
+        {
+            *bits |= 1 << slot;
+            return true;
+        }
+        let mut slots: Vec<u16> = self.iter().collect();
+        let at = slots.partition_point(|s| *s < slot);
+        slots.insert(at, slot);
+        *self = HolderSet::from_sorted(&slots);
+        true
+    }
+
+    /// Keeps the slots for which `keep` is true; true if any went.
+    pub fn retain(&mut self, mut keep: impl FnMut(u16) -> bool) -> bool {
+        if let HolderSet::Small(bits) = self {
+            let before = *bits;
+            for bit in bits_of(before) {
+                if !keep(bit) {
+                    *bits &= !(1 << bit);
+                }
+            }
+            return *bits != before;
+        }
+        let before: Vec<u16> = self.iter().collect();
+        let after: Vec<u16> = before.iter().copied().filter(|s| keep(*s)).collect();
+        if after.len() == before.len() {
+            return false;
+        }
+        *self = HolderSet::from_sorted(&after);
+        true
+    }
+
+    /// The smallest form of the sorted, distinct `slots`.
+    fn from_sorted(slots: &[u16]) -> Self {
+        let Some(&max) = slots.last() else {
+            return HolderSet::default();
+        };
+        if max < 64 {
+            return HolderSet::Small(slots.iter().fold(0, |bits, s| bits | 1 << s));
+        }
+        let words = usize::from(max / 64) + 1;
+        if slots.len() * 2 <= words * 8 {
+            return HolderSet::Wide(Box::new(Wide::List(slots.into())));
+        }
+        let mut map = vec![0u64; words];
+        for s in slots {
+            map[usize::from(s / 64)] |= 1 << (s % 64);
+        }
+        HolderSet::Wide(Box::new(Wide::Map(map.into())))
+    }
+}
+
+/// The set bits of `word`, ascending.
+fn bits_of(mut word: u64) -> impl Iterator<Item = u16> {
+    std::iter::from_fn(move || {
+        if word == 0 {
+            return None;
+        }
+        let bit = word.trailing_zeros();
+        word &= word - 1;
+        u16::try_from(bit).ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The set and a `BTreeSet` model agree on everything.
+    fn check(set: &HolderSet, model: &BTreeSet<u16>) {
+        assert_eq!(set.iter().collect::<Vec<_>>(), model.iter().copied().collect::<Vec<_>>());
+        assert_eq!(set.len(), model.len());
+        assert_eq!(set.is_empty(), model.is_empty());
+        for s in [0, 1, 63, 64, 65, 127, 128, 999, 1000, u16::MAX - 1] {
+            assert_eq!(set.contains(s), model.contains(&s), "slot {s}");
+        }
+        assert_eq!(
+            set,
+            &HolderSet::from_sorted(&model.iter().copied().collect::<Vec<_>>()),
+            "not in its smallest form"
+        );
+    }
+
+    #[test]
+    fn a_small_cluster_stays_inside_the_entry() {
+        assert_eq!(std::mem::size_of::<HolderSet>(), 16);
+        let mut set = HolderSet::default();
+        for s in 0..64 {
+            assert!(set.insert(s));
+        }
+        assert!(!set.insert(5), "in already");
+        assert!(matches!(set, HolderSet::Small(u64::MAX)));
+        assert_eq!(set.len(), 64);
+        assert!(set.retain(|s| s % 2 == 0));
+        assert_eq!(set.iter().collect::<Vec<_>>(), (0..64).step_by(2).collect::<Vec<_>>());
+        assert!(!set.retain(|_| true), "nothing went");
+    }
+
+    #[test]
+    fn a_wide_set_takes_the_smaller_of_a_list_and_a_map() {
+        let few = HolderSet::from_sorted(&[3, 700, 999]);
+        assert!(matches!(&few, HolderSet::Wide(w) if matches!(**w, Wide::List(_))), "{few:?}");
+        let many: Vec<u16> = (0..1000).collect();
+        let many = HolderSet::from_sorted(&many);
+        assert!(matches!(&many, HolderSet::Wide(w) if matches!(&**w, Wide::Map(m) if m.len() == 16)), "{many:?}");
+        let mut back = HolderSet::from_sorted(&[3, 700]);
+        assert!(back.retain(|s| s < 64));
+        assert_eq!(back, HolderSet::Small(1 << 3), "back inside once every slot is below 64");
+    }
+
+    #[test]
+    fn every_operation_agrees_with_a_plain_set() {
+        // A fixed pseudo-random walk over inserts and removals that crosses
+        // every form (small, list, map) both ways.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut set = HolderSet::default();
+        let mut model = BTreeSet::new();
+        for step in 0..20_000 {
+            let roll = next();
+            let range = match (step / 2_000) % 3 {
+                0 => 64,
+                1 => 200,
+                _ => 1_200,
+            };
+            let slot = u16::try_from(roll % range).unwrap();
+            if roll % 5 < 3 {
+                assert_eq!(set.insert(slot), model.insert(slot), "insert {slot}");
+            } else {
+                let cut = u16::try_from(next() % range).unwrap();
+                let went = set.retain(|s| s != slot && s < cut.max(32));
+                let before = model.len();
+                model.retain(|s| *s != slot && *s < cut.max(32));
+                assert_eq!(went, model.len() != before, "retain");
+            }
+            check(&set, &model);
+        }
+    }
+}
