@@ -13,6 +13,10 @@ use crate::LoadError;
 pub struct ProcSample {
     /// Resident memory now, KiB.
     pub rss_kib: u64,
+    /// Of it, anonymous memory (`RssAnon`: heap, stacks; not the
+    /// binary's and libraries' file pages, which are shared with every
+    /// process mapping them and which the kernel can drop), KiB.
+    pub anon_kib: u64,
     /// Peak resident memory since the process started (or since the peak
     /// was last reset), KiB.
     pub hwm_kib: u64,
@@ -28,8 +32,30 @@ pub fn sample(pid: u32) -> Result<ProcSample, LoadError> {
     Ok(ProcSample {
         rss_kib: status_kib(&status, "VmRSS:").ok_or_else(|| bad("no VmRSS in status"))?,
         hwm_kib: status_kib(&status, "VmHWM:").ok_or_else(|| bad("no VmHWM in status"))?,
+        anon_kib: status_kib(&status, "RssAnon:").ok_or_else(|| bad("no RssAnon in status"))?,
         cpu_ticks: stat_cpu_ticks(&stat).ok_or_else(|| bad("malformed stat"))?,
     })
+}
+
+/// How long [`settled`] waits at most for the RSS to stop moving.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
+/// A reading once the RSS has stopped moving (two readings 250 ms apart
+/// within 256 KiB of each other), or the last one after [`SETTLE_LIMIT`]:
+/// the tracker hands freed heap back a moment after a burst of paging,
+/// and a reading taken in between would count the pages it is about to
+/// give back.
+pub async fn settled(pid: u32) -> Result<ProcSample, LoadError> {
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    let mut last = sample(pid)?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = sample(pid)?;
+        if now.rss_kib.abs_diff(last.rss_kib) <= 256 || Instant::now() >= deadline {
+            return Ok(now);
+        }
+        last = now;
+    }
 }
 
 fn read(pid: u32, file: &str) -> Result<String, LoadError> {
@@ -94,12 +120,13 @@ pub fn raise_nofile_limit() -> Result<u64, LoadError> {
 mod tests {
     use super::*;
 
-    const STATUS: &str = "Name:\tdartsync\nVmPeak:\t  100 kB\nVmHWM:\t    9216 kB\nVmRSS:\t    8192 kB\nThreads:\t3\n";
+    const STATUS: &str = "Name:\tdartsync\nVmPeak:\t  100 kB\nVmHWM:\t    9216 kB\nVmRSS:\t    8192 kB\nRssAnon:\t    1024 kB\nThreads:\t3\n";
 
     #[test]
     fn status_fields_are_read_in_kib() {
         assert_eq!(status_kib(STATUS, "VmRSS:"), Some(8192));
         assert_eq!(status_kib(STATUS, "VmHWM:"), Some(9216));
+        assert_eq!(status_kib(STATUS, "RssAnon:"), Some(1024));
         assert_eq!(status_kib(STATUS, "VmSwap:"), None);
     }
 

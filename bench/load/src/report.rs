@@ -29,6 +29,10 @@ pub struct Outcome {
     pub holders_rss_kib: u64,
     /// ... settled after every peer reported, KiB: the steady state.
     pub steady_rss_kib: u64,
+    /// Of the idle RSS, anonymous memory (not file pages), KiB.
+    pub idle_anon_kib: u64,
+    /// Of the steady RSS, anonymous memory (not file pages), KiB.
+    pub steady_anon_kib: u64,
     /// Peak RSS of the whole run (`VmHWM`), KiB.
     pub peak_rss_kib: u64,
     /// One idle session, bytes (slope over the sessions).
@@ -251,6 +255,8 @@ pub fn render(o: &Outcome, rows: &[GoalRow]) -> String {
     row("... every holder", mib(o.holders_rss_kib));
     row("... steady (every peer reported)", mib(o.steady_rss_kib));
     row("... peak of the run", mib(o.peak_rss_kib));
+    row("anonymous RSS (heap, not the binary's file pages): idle", mib(o.idle_anon_kib));
+    row("... steady", mib(o.steady_anon_kib));
     row("one idle session", format!("{} B", o.session_bytes));
     row("one entry (author holding it)", format!("{} B", o.entry_bytes));
     row("each further holder of an entry", format!("{} B", o.holder_bytes));
@@ -357,6 +363,6 @@ mod tests {
         assert!(text.contains("| one entry (author holding it) | 500 B |\n"), "{text}");
         assert!(text.contains("measured, other scale | pass |"), "{text}");
         assert!(text.ends_with("\nNote: something odd\n"), "{text}");
-        assert_eq!(text.lines().filter(|l| l.starts_with("| ")).count(), 1 + 5 + 1 + 19);
+        assert_eq!(text.lines().filter(|l| l.starts_with("| ")).count(), 1 + 5 + 1 + 21);
     }
 }

@@ -95,7 +95,8 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     let mut o = Outcome { peers: layout.peers, records: layout.records, holders: layout.holders, ..Outcome::default() };
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    o.idle_rss_kib = procfs::sample(pid)?.rss_kib;
+    let idle = procfs::settled(pid).await?;
+    (o.idle_rss_kib, o.idle_anon_kib) = (idle.rss_kib, idle.anon_kib);
     say(format!("idle tracker: {} KiB", o.idle_rss_kib));
 
     // Connect.
@@ -123,13 +124,13 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     let lists = (0..layout.peers).map(|p| layout.authored(p, 0..quarter)).collect();
     announce(&peers, &records, lists, opts.announce_parallel).await?;
     settle(&peers, base_seq + quarter as u64, opts.phase_timeout, "a quarter of the records", &mut o.notes).await?;
-    o.quarter_rss_kib = procfs::sample(pid)?.rss_kib;
+    o.quarter_rss_kib = procfs::settled(pid).await?.rss_kib;
     let lists = (0..layout.peers).map(|p| layout.authored(p, quarter..layout.records)).collect();
     announce(&peers, &records, lists, opts.announce_parallel).await?;
     let seq =
         settle(&peers, base_seq + layout.records as u64, opts.phase_timeout, "every record", &mut o.notes).await?;
     o.announce_secs = start.elapsed().as_secs_f64();
-    let reading = procfs::sample(pid)?;
+    let reading = procfs::settled(pid).await?;
     o.entries_rss_kib = reading.rss_kib;
     o.announce_cpu_secs = cpu_secs(reading.cpu_ticks - cpu_start);
     o.entry_bytes = slope_bytes(o.quarter_rss_kib, o.entries_rss_kib, (layout.records - quarter) as u64);
@@ -142,7 +143,7 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     let extra = layout.holdings() - layout.records as u64;
     settle(&peers, seq + extra, opts.phase_timeout, "every holder", &mut o.notes).await?;
     o.holders_secs = start.elapsed().as_secs_f64();
-    let reading = procfs::sample(pid)?;
+    let reading = procfs::settled(pid).await?;
     o.holders_rss_kib = reading.rss_kib;
     o.holders_cpu_secs = cpu_secs(reading.cpu_ticks - cpu_start);
     o.holder_bytes = slope_bytes(o.entries_rss_kib, o.holders_rss_kib, extra);
@@ -183,8 +184,8 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     check_alive(&peers)?;
-    let steady = procfs::sample(pid)?;
-    o.steady_rss_kib = steady.rss_kib;
+    let steady = procfs::settled(pid).await?;
+    (o.steady_rss_kib, o.steady_anon_kib) = (steady.rss_kib, steady.anon_kib);
     o.steady_bytes_per_holding = slope_bytes(0, steady.rss_kib, layout.holdings());
     o.table_bytes_per_holding = slope_bytes(o.sessions_rss_kib, steady.rss_kib, layout.holdings());
     say(format!("steady: {} KiB", o.steady_rss_kib));
