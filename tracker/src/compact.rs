@@ -9,9 +9,14 @@
 //! stored; the causality and content comparisons the rules need work on the
 //! compact form directly.
 //!
+//! [`RecordAt`] serializes a compact record under its path byte for byte
+//! as the `FileRecord` it stands for, so delta pages are encoded straight
+//! from the table (no record, path copy or vector map built per entry).
+//!
 //! Not here: any rule about which record wins (see `state`).
 
 use dartsync_shared::{Causality, ContentHash, FileKind, FileRecord, RelPath, ShortId, VersionVector};
+use serde::ser::{Serialize, SerializeMap, SerializeStruct, SerializeStructVariant, Serializer};
 
 /// A version vector with one writer (most records) needs no allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,9 +147,78 @@ impl CompactRecord {
     }
 }
 
+/// A compact record at its path, serialized exactly as
+/// `FileRecord { path, kind, size, mtime_ns, mode, content, chunks,
+/// version, deleted }` (serde's derive: fields in order; `RelPath` as a
+/// string; `FileKind` as variants 0, 1, 2 `{ target }`; the vector as a
+/// newtype around a map). A test holds it to the real encoding.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordAt<'a> {
+    /// The path (the table's key).
+    pub path: &'a str,
+    /// The record.
+    pub record: &'a CompactRecord,
+}
+
+impl Serialize for RecordAt<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let r = self.record;
+        let mut out = serializer.serialize_struct("FileRecord", 9)?;
+        out.serialize_field("path", self.path)?;
+        out.serialize_field("kind", &KindOf(r))?;
+        out.serialize_field("size", &r.size)?;
+        out.serialize_field("mtime_ns", &r.mtime_ns)?;
+        out.serialize_field("mode", &r.mode)?;
+        out.serialize_field("content", &r.content)?;
+        out.serialize_field("chunks", &r.chunks)?;
+        out.serialize_field("version", &VersionOf(r.version.as_slice()))?;
+        out.serialize_field("deleted", &r.deleted)?;
+        out.end()
+    }
+}
+
+/// A record's kind, serialized as `FileKind`.
+struct KindOf<'a>(&'a CompactRecord);
+
+impl Serialize for KindOf<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match (&self.0.symlink, self.0.dir) {
+            (Some(target), _) => {
+                let mut out = serializer.serialize_struct_variant("FileKind", 2, "Symlink", 1)?;
+                out.serialize_field("target", &***target)?;
+                out.end()
+            }
+            (None, true) => serializer.serialize_unit_variant("FileKind", 1, "Dir"),
+            (None, false) => serializer.serialize_unit_variant("FileKind", 0, "File"),
+        }
+    }
+}
+
+/// A vector's pairs, serialized as `VersionVector` (a newtype around a map).
+struct VersionOf<'a>(&'a [(ShortId, u64)]);
+
+impl Serialize for VersionOf<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_newtype_struct("VersionVector", &PairsAsMap(self.0))
+    }
+}
+
+struct PairsAsMap<'a>(&'a [(ShortId, u64)]);
+
+impl Serialize for PairsAsMap<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = serializer.serialize_map(Some(self.0.len()))?;
+        for (peer, counter) in self.0 {
+            out.serialize_entry(peer, counter)?;
+        }
+        out.end()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dartsync_shared::codec;
     use dartsync_shared::test_util::RecordBuilder;
 
     #[test]
@@ -157,6 +231,26 @@ mod tests {
         assert_eq!(compact.to_record(&record.path), record);
         let empty = RecordBuilder::file("b").version(VersionVector::new()).build();
         assert_eq!(CompactRecord::new(empty.clone()).to_record(&empty.path), empty, "an empty vector round-trips");
+    }
+
+    #[test]
+    fn a_record_at_its_path_encodes_byte_for_byte_as_the_full_record() {
+        let two = VersionVector::from_entries([(ShortId(3), 2), (ShortId(1), 7)]);
+        let one = VersionVector::from_entries([(ShortId(u64::MAX), 1)]);
+        for builder in [
+            RecordBuilder::file("a/b c").body("x").version(two.clone()),
+            RecordBuilder::file("ü/é.txt").body("").version(one.clone()),
+            RecordBuilder::dir("d").version(one.clone()),
+            RecordBuilder::symlink("a/l", "../ü/x").version(two.clone()),
+            RecordBuilder::file("gone").version(two).tombstone(),
+            RecordBuilder::file("none").version(VersionVector::new()),
+        ] {
+            let record = builder.mtime_ns(-3).mode(0o751).build();
+            let compact = CompactRecord::new(record.clone());
+            let at = RecordAt { path: record.path.as_str(), record: &compact };
+            assert_eq!(codec::encode(&at).unwrap(), codec::encode(&record).unwrap(), "{record:?}");
+            assert_eq!(codec::encode_stored(&at).unwrap(), codec::encode_stored(&record).unwrap(), "{record:?}");
+        }
     }
 
     #[test]

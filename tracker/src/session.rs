@@ -403,9 +403,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             };
             if let Some(delta) = page.delta {
                 last_to = delta.to_seq;
-                // Encoded, the decoded page is dropped: a peer that reads
-                // slowly holds only the bytes being sent.
-                let frame = codec::encode(&TrackerMessage::Delta(delta)).map_err(ChannelError::from)?;
+                // Encoded by the actor: a peer that reads slowly holds
+                // only the bytes being sent.
+                let frame = delta.frame.map_err(ChannelError::from)?;
                 ctx.churn.add(frame.len());
                 writer.send_frame(frame.into()).await?;
             }
@@ -438,13 +438,27 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 let Some(page) = actor.next_page(peer, session).await else {
                     return Ok(End::Cancelled);
                 };
-                let delta = match page.delta {
-                    Some(delta) => delta,
-                    None => Delta { epoch, from_seq: last_to, to_seq: last_to, full: false, entries: Vec::new() },
+                let frame = match page.delta {
+                    Some(delta) => {
+                        last_to = delta.to_seq;
+                        delta.frame
+                    }
+                    None => codec::encode(&TrackerMessage::Delta(Delta {
+                        epoch,
+                        from_seq: last_to,
+                        to_seq: last_to,
+                        full: false,
+                        entries: Vec::new(),
+                    })),
                 };
-                last_to = delta.to_seq;
-                let frame = codec::encode(&TrackerMessage::Delta(delta)).map_err(ChannelError::from)?;
-                writer.send_frame(frame.into()).await?;
+                writer.send_frame(frame.map_err(ChannelError::from)?.into()).await?;
+                for notice in page.notices {
+                    writer.send(&TrackerMessage::Conflict(notice)).await?;
+                }
+                for notice in page.brake {
+                    writer.send(&TrackerMessage::Brake(notice)).await?;
+                }
+                // The rest of a long backlog follows at once (the loop's top).
             }
         }
     }

@@ -115,8 +115,11 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dartsync_shared::codec::CodecError;
 use dartsync_shared::limits::{MAX_BATCH_BYTES, MAX_HOLDERS_PER_ENTRY, MAX_RECORDS_PER_MESSAGE};
-use dartsync_shared::proto::ptp::{BrakeNotice, ConflictNotice, Delta, DeltaEntry, Holder, PeerReport};
+#[cfg(test)]
+use dartsync_shared::proto::ptp::Delta;
+use dartsync_shared::proto::ptp::{BrakeNotice, ConflictNotice, Holder, PeerReport};
 use dartsync_shared::version::CounterExhausted;
 use dartsync_shared::{Causality, FileRecord, PeerId, RelPath, ShortId, VersionVector};
 
@@ -129,8 +132,10 @@ use crate::registry::{DeviceEntry, Registry};
 mod admission;
 mod holders;
 mod view;
+mod wire;
 
 use holders::HolderSet;
+use wire::{PageEntry, PageOut};
 
 /// How many alternative names are tried for one conflict copy.
 const MAX_CONFLICT_NAME_ATTEMPTS: u32 = 16;
@@ -418,16 +423,37 @@ pub(crate) struct Registration {
 }
 
 /// The next piece of a peer's delta stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct Page {
     /// The delta to send; `None` when the peer has seen everything.
-    pub delta: Option<Delta>,
+    pub delta: Option<EncodedDelta>,
     /// Conflicts this peer's version lost, to send after the delta.
     pub notices: Vec<ConflictNotice>,
     /// Mass-change brake notices for this peer (filled in by the actor).
     pub brake: Vec<BrakeNotice>,
     /// More entries are waiting: ask again at once.
     pub more: bool,
+}
+
+/// A delta page, encoded (see `wire`).
+#[derive(Debug)]
+pub(crate) struct EncodedDelta {
+    /// The page's `to_seq`: the peer's `seen_seq` once it has it.
+    pub to_seq: u64,
+    /// The frame of `TrackerMessage::Delta`; an error only if the page
+    /// could not be encoded, which its byte budget rules out.
+    pub frame: Result<Vec<u8>, CodecError>,
+}
+
+#[cfg(test)]
+impl EncodedDelta {
+    /// The `Delta` the frame holds.
+    pub fn decode(&self) -> Delta {
+        match dartsync_shared::codec::decode(self.frame.as_ref().expect("the page encodes")) {
+            Ok(dartsync_shared::proto::ptp::TrackerMessage::Delta(delta)) => delta,
+            other => panic!("not a delta: {other:?}"),
+        }
+    }
 }
 
 /// The tracker's whole in-memory state.
@@ -1066,7 +1092,8 @@ impl State {
         }
         let full = p.full_pending;
         let me = p.slot;
-        let mut entries = Vec::new();
+        let mut entries: Vec<PageEntry<'_>> = Vec::new();
+        let mut holders: Vec<Holder> = Vec::new();
         let mut bytes = 0usize;
         let mut last = from;
         let mut more = false;
@@ -1082,10 +1109,25 @@ impl State {
                 break;
             }
             bytes += size;
-            entries.push(self.delta_entry(path, entry));
+            let first = holders.len();
+            holders.extend(
+                entry
+                    .holders
+                    .iter()
+                    .filter_map(|slot| {
+                        let id = self.slots.peer(slot)?;
+                        self.peers.get(&id).map(|p| Holder { peer_id: id, addr: p.addr })
+                    })
+                    .take(MAX_HOLDERS_PER_ENTRY),
+            );
+            holders[first..].sort_unstable_by_key(|h| h.peer_id);
+            entries.push(PageEntry { path, entry, holders: first..holders.len() });
             last = seq;
         }
         let to_seq = if more { last } else { self.seq };
+        let page = PageOut { epoch: self.epoch, from_seq: from, to_seq, full, entries: &entries, holders: &holders };
+        let frame = page.encode();
+        drop(entries);
         let p = self.peers.get_mut(&peer).expect("peer looked up above");
         p.sent_seq = to_seq;
         if !more {
@@ -1093,26 +1135,7 @@ impl State {
         }
         // Notices go with the last page, after the copies they name.
         let notices = if more { Vec::new() } else { self.devices.take_notices(peer) };
-        Some(Page {
-            delta: Some(Delta { epoch: self.epoch, from_seq: from, to_seq, full, entries }),
-            notices,
-            brake: Vec::new(),
-            more,
-        })
-    }
-
-    fn delta_entry(&self, path: &str, entry: &Entry) -> DeltaEntry {
-        let mut holders: Vec<Holder> = entry
-            .holders
-            .iter()
-            .filter_map(|slot| {
-                let id = self.slots.peer(slot)?;
-                self.peers.get(&id).map(|p| Holder { peer_id: id, addr: p.addr })
-            })
-            .take(MAX_HOLDERS_PER_ENTRY)
-            .collect();
-        holders.sort_unstable_by_key(|h| h.peer_id);
-        DeltaEntry { record: entry.record.to_record(&rel(path)), seq: entry.seq, holders }
+        Some(Page { delta: Some(EncodedDelta { to_seq, frame }), notices, brake: Vec::new(), more })
     }
 
     /// Starts a tombstone-GC pass (see the module header), unless one is
@@ -1365,6 +1388,40 @@ mod tests {
         // The per-record cost that ARCHITECTURE.md's memory formula uses:
         // a 184-byte block (192 with glibc's header) per entry.
         assert_eq!(std::mem::size_of::<Entry>(), 184);
+    }
+
+    #[test]
+    fn a_page_encodes_byte_for_byte_as_the_delta_of_its_entries() {
+        let mut fx = Fixture::new();
+        for n in 1..=3 {
+            fx.join(n);
+        }
+        fx.announce(1, file("a", "x", vv(&[(1, 1)]), 1));
+        fx.announce(2, file("a", "x", vv(&[(1, 1)]), 1));
+        fx.announce(1, RecordBuilder::symlink("d/l", "../a").version(vv(&[(1, 1), (2, 3)])).build());
+        fx.announce(2, tombstone("t", vv(&[(2, 1)]), 5));
+        fx.announce(1, RecordBuilder::dir("d").version(vv(&[(1, 2)])).build());
+        let page = fx.state.next_page(id(3), 3).unwrap().delta.unwrap();
+        let frame = page.frame.as_ref().unwrap().clone();
+        let delta = page.decode();
+        assert_eq!((delta.epoch, delta.from_seq, delta.to_seq, delta.full), (77, 0, fx.state.seq, false));
+        let mut expected = Vec::new();
+        for path in ["a", "d/l", "t", "d"] {
+            let (record, seq, holders) = fx.global(path);
+            let holders = holders
+                .into_iter()
+                .map(|peer| {
+                    let n = peer.0[0];
+                    Holder { peer_id: peer, addr: SocketAddr::from(([127, 0, 0, n], 4000 + u16::from(n))) }
+                })
+                .collect();
+            expected.push(dartsync_shared::proto::ptp::DeltaEntry { record, seq, holders });
+        }
+        expected.sort_by_key(|e| e.seq);
+        assert_eq!(expected[0].holders.len(), 2, "a has two holders");
+        assert_eq!(delta.entries, expected);
+        let owned = dartsync_shared::codec::encode(&dartsync_shared::proto::ptp::TrackerMessage::Delta(delta)).unwrap();
+        assert_eq!(frame, owned, "the same bytes as the derived encoding");
     }
 
     fn config() -> StateConfig {
@@ -1718,13 +1775,13 @@ mod tests {
         assert_eq!(fx.state.next_deadline(), Some(start + Duration::from_secs(50)));
         // The next page for peer 2 carries exactly those two entries.
         let page = fx.state.next_page(id(2), 2).unwrap();
-        let delta = page.delta.unwrap();
+        let delta = page.delta.unwrap().decode();
         assert!(!page.more);
         let got: Vec<_> = delta.entries.iter().filter(|e| e.seq > seq).map(|e| e.record.path.as_str()).collect();
         assert_eq!(got, vec!["a", "b"]);
         assert!(delta.entries.iter().all(|e| e.holders.iter().all(|h| h.peer_id != id(1))));
         // An expired peer's stale session gets nothing.
-        assert_eq!(fx.state.next_page(id(1), 1), None);
+        assert!(fx.state.next_page(id(1), 1).is_none());
         assert!(!fx.state.remove_peer(id(1), T0));
     }
 
@@ -1757,12 +1814,12 @@ mod tests {
         fx.state.check_invariants();
         // Its summary makes it a holder again, at its new address.
         fx.announce(1, file("a", "x", vv(&[(1, 1)]), 1));
-        let delta = fx.state.next_page(id(1), 42).unwrap().delta.unwrap();
+        let delta = fx.state.next_page(id(1), 42).unwrap().delta.unwrap().decode();
         assert_eq!(delta.from_seq, 1);
         assert_eq!(delta.to_seq, fx.state.seq());
         // A peer that lacks it learns the holder at its new address.
         fx.join(2);
-        let delta = fx.state.next_page(id(2), 2).unwrap().delta.unwrap();
+        let delta = fx.state.next_page(id(2), 2).unwrap().delta.unwrap().decode();
         assert_eq!(delta.entries[0].holders, vec![Holder { peer_id: id(1), addr }]);
     }
 
@@ -1773,7 +1830,7 @@ mod tests {
             fx.join(n);
         }
         fx.announce(1, file("f", "x", vv(&[(1, 1)]), 1));
-        let page = |fx: &mut Fixture, n: u8| fx.state.next_page(id(n), u64::from(n)).unwrap().delta.unwrap();
+        let page = |fx: &mut Fixture, n: u8| fx.state.next_page(id(n), u64::from(n)).unwrap().delta.unwrap().decode();
         assert_eq!(page(&mut fx, 12).entries.len(), 1);
         // Holders 2..=8 are paged to peer 12 (it lacks the record) ...
         for n in 2..=HOLDER_FANOUT as u8 {
@@ -1807,13 +1864,13 @@ mod tests {
         }
         fx.announce(1, file("f", "x", vv(&[(1, 1)]), 1));
         for n in 1..=3 {
-            let delta = fx.state.next_page(id(n), u64::from(n)).unwrap().delta.unwrap();
+            let delta = fx.state.next_page(id(n), u64::from(n)).unwrap().delta.unwrap().decode();
             assert_eq!(delta.entries.len(), 1, "everyone gets the new record");
         }
         // Peer 2 fetched it: peer 3, which lacks it, hears of the new
         // source; peers 1 and 2 hold it and hear nothing.
         assert!(fx.state.have(id(2), &RelPath::new("f").unwrap(), &vv(&[(1, 1)])));
-        let page = |fx: &mut Fixture, n: u8| fx.state.next_page(id(n), u64::from(n)).unwrap().delta.unwrap();
+        let page = |fx: &mut Fixture, n: u8| fx.state.next_page(id(n), u64::from(n)).unwrap().delta.unwrap().decode();
         assert!(page(&mut fx, 1).entries.is_empty());
         assert!(page(&mut fx, 2).entries.is_empty());
         let to_3 = page(&mut fx, 3);
@@ -1842,19 +1899,17 @@ mod tests {
         );
         let first = fx.state.next_page(id(9), 9).unwrap();
         assert!(first.more);
-        let d1 = first.delta.unwrap();
+        let d1 = first.delta.unwrap().decode();
         assert_eq!((d1.from_seq, d1.to_seq, d1.full, d1.entries.len()), (0, 4096, true, 4096));
         let second = fx.state.next_page(id(9), 9).unwrap();
         assert!(!second.more);
-        let d2 = second.delta.unwrap();
+        let d2 = second.delta.unwrap().decode();
         assert_eq!((d2.from_seq, d2.to_seq, d2.full, d2.entries.len()), (4096, n as u64, true, 10));
-        assert_eq!(
-            fx.state.next_page(id(9), 9).unwrap(),
-            Page { delta: None, notices: Vec::new(), brake: Vec::new(), more: false }
-        );
+        let caught_up = fx.state.next_page(id(9), 9).unwrap();
+        assert!(caught_up.delta.is_none() && caught_up.notices.is_empty() && !caught_up.more, "{caught_up:?}");
         // Later changes are incremental.
         fx.announce(1, file("new", "x", vv(&[(1, 1)]), 1));
-        let d3 = fx.state.next_page(id(9), 9).unwrap().delta.unwrap();
+        let d3 = fx.state.next_page(id(9), 9).unwrap().delta.unwrap().decode();
         assert!(!d3.full);
         assert_eq!((d3.from_seq, d3.to_seq, d3.entries.len()), (n as u64, n as u64 + 1, 1));
         // A peer of this epoch that saw seq 4100 gets only what came after.
@@ -1862,7 +1917,7 @@ mod tests {
         assert!(
             !fx.state.register(Arrival { peer: id(8), addr, session: 8, seen_seq: 4100, epoch: 77 }, fx.now, T0).full
         );
-        let d4 = fx.state.next_page(id(8), 8).unwrap().delta.unwrap();
+        let d4 = fx.state.next_page(id(8), 8).unwrap().delta.unwrap().decode();
         let paths: Vec<_> = d4.entries.iter().map(|e| e.seq).collect();
         assert_eq!(paths, (4101..=n as u64 + 1).collect::<Vec<_>>());
         // A peer claiming a seq from the future gets the full table.
