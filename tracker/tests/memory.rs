@@ -426,7 +426,9 @@ async fn the_table_costs_a_bounded_amount_per_entry_and_session() {
         marks[2],
         db / n as u64
     );
-    assert!(per_entry < 1024, "{per_entry} bytes per entry");
+    // Measured 509 B (this process frees nothing back to the kernel: no
+    // release function; 556 B before pages were encoded from the table).
+    assert!(per_entry < 768, "{per_entry} bytes per entry");
 
     // A second holder of every entry: what each further online holder costs.
     let mut holder = tracker.peer(4003).await;
@@ -441,7 +443,9 @@ async fn the_table_costs_a_bounded_amount_per_entry_and_session() {
     println!(
         "memory: a second holder of {n} entries: tracker RSS {before} -> {after} KiB, {per_holding} bytes per entry"
     );
-    assert!(per_holding < 256, "{per_holding} bytes per entry and holder");
+    // Measured 30 B (a holder is a bit in the entry; the rest is the seq
+    // index moving): 46 B with holder lists.
+    assert!(per_holding < 128, "{per_holding} bytes per entry and holder");
     holder.goodbye().await;
 
     // The entries stay when their author leaves: they are the folder.
