@@ -101,6 +101,16 @@ impl HolderSet {
             *bits |= 1 << slot;
             return true;
         }
+        // A bitmap that covers the slot stays the smaller form with one
+        // more holder: set the bit in place (every peer of a big cluster
+        // announcing what it holds lands here).
+        if let HolderSet::Wide(wide) = self
+            && let Wide::Map(words) = &mut **wide
+            && let Some(word) = words.get_mut(usize::from(slot / 64))
+        {
+            *word |= 1 << (slot % 64);
+            return true;
+        }
         let mut slots: Vec<u16> = self.iter().collect();
         let at = slots.partition_point(|s| *s < slot);
         slots.insert(at, slot);
