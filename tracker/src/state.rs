@@ -86,7 +86,8 @@
 //! frame of bytes per page; the last page's `to_seq` is the current seq (so
 //! a page may be empty and only move the peer forward). A peer registering
 //! with another epoch, or a `seen_seq` beyond ours, starts from 0 and every
-//! page until it is caught up is marked `full`.
+//! page until it is caught up is marked `full`. A page leaves as an encoded
+//! frame, written straight from the table (`wire`).
 //!
 //! # Tombstone GC
 //! Tracking "every peer that ever held the path" per path would cost a set
