@@ -468,13 +468,14 @@ impl<R: AsyncRead + Unpin> ChannelReader<R> {
     }
 
     /// Reads and decrypts one Noise message into the plaintext buffer
-    /// (`out` is scratch space, sized on first use). False at a clean end
-    /// of stream between frames.
+    /// (`out` is scratch space, sized by the largest message seen: a
+    /// keep-alive does not pay for zeroing 64 KiB). False at a clean end of
+    /// stream between frames.
     async fn read_more(&mut self, out: &mut Vec<u8>) -> Result<bool, ChannelError> {
         match self.frames.next().await {
             Some(Ok(msg)) => {
-                if out.len() < MAX_NOISE_MSG {
-                    out.resize(MAX_NOISE_MSG, 0);
+                if out.len() < msg.len() {
+                    out.resize(msg.len(), 0);
                 }
                 let n = self.decrypt_one(&msg, out)?;
                 self.plain.extend_from_slice(&out[..n]);
