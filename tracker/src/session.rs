@@ -61,7 +61,7 @@ use std::time::Duration;
 
 use dartsync_shared::PeerId;
 use dartsync_shared::channel::{ChannelError, ChannelReader, ChannelWriter, HANDSHAKE_TIMEOUT, SecureChannel};
-use dartsync_shared::codec::{self, CodecError};
+use dartsync_shared::codec::CodecError;
 use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::limits::{MAX_BATCH_BYTES, MAX_CONTROL_FRAME, MAX_REASON_LEN, MAX_REGISTER_FRAME};
 use dartsync_shared::proto::ProtocolError;
@@ -74,6 +74,7 @@ use tokio_util::sync::CancellationToken;
 use crate::actor::{ActorHandle, Heard, LeaveReason, Link, RegisterReply, Verdict};
 use crate::invite::Invites;
 use crate::memory::Churn;
+use crate::state::Page;
 
 /// How long a connected peer may take to send `Register`.
 pub(crate) const REGISTER_TIMEOUT: Duration = HANDSHAKE_TIMEOUT;
@@ -375,6 +376,32 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
+/// Sends one page: its delta frame, if it has one (counted as churn, and
+/// its `to_seq` noted in `last_to`), then its notices. Returns whether more
+/// pages are waiting.
+async fn send_page<W: AsyncWrite + Unpin>(
+    writer: &mut ChannelWriter<W>,
+    page: Page,
+    last_to: &mut u64,
+    churn: &Churn,
+) -> Result<bool, SessionError> {
+    if let Some(delta) = page.delta {
+        *last_to = delta.to_seq;
+        // Encoded by the actor: a peer that reads slowly holds only the
+        // bytes being sent.
+        let frame = delta.frame.map_err(ChannelError::from)?;
+        churn.add(frame.len());
+        writer.send_frame(frame.into()).await?;
+    }
+    for notice in page.notices {
+        writer.send(&TrackerMessage::Conflict(notice)).await?;
+    }
+    for notice in page.brake {
+        writer.send(&TrackerMessage::Brake(notice)).await?;
+    }
+    Ok(page.more)
+}
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     writer: &mut ChannelWriter<W>,
     welcome: Welcome,
@@ -401,21 +428,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             let Some(page) = actor.next_page(peer, session).await else {
                 return Ok(End::Cancelled);
             };
-            if let Some(delta) = page.delta {
-                last_to = delta.to_seq;
-                // Encoded by the actor: a peer that reads slowly holds
-                // only the bytes being sent.
-                let frame = delta.frame.map_err(ChannelError::from)?;
-                ctx.churn.add(frame.len());
-                writer.send_frame(frame.into()).await?;
-            }
-            for notice in page.notices {
-                writer.send(&TrackerMessage::Conflict(notice)).await?;
-            }
-            for notice in page.brake {
-                writer.send(&TrackerMessage::Brake(notice)).await?;
-            }
-            if !page.more {
+            if !send_page(writer, page, &mut last_to, &ctx.churn).await? {
                 break;
             }
         }
@@ -438,26 +451,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 let Some(page) = actor.next_page(peer, session).await else {
                     return Ok(End::Cancelled);
                 };
-                let frame = match page.delta {
-                    Some(delta) => {
-                        last_to = delta.to_seq;
-                        delta.frame
-                    }
-                    None => codec::encode(&TrackerMessage::Delta(Delta {
-                        epoch,
-                        from_seq: last_to,
-                        to_seq: last_to,
-                        full: false,
-                        entries: Vec::new(),
-                    })),
-                };
-                writer.send_frame(frame.map_err(ChannelError::from)?.into()).await?;
-                for notice in page.notices {
-                    writer.send(&TrackerMessage::Conflict(notice)).await?;
+                if page.delta.is_none() {
+                    let empty = Delta { epoch, from_seq: last_to, to_seq: last_to, full: false, entries: Vec::new() };
+                    writer.send(&TrackerMessage::Delta(empty)).await?;
                 }
-                for notice in page.brake {
-                    writer.send(&TrackerMessage::Brake(notice)).await?;
-                }
+                send_page(writer, page, &mut last_to, &ctx.churn).await?;
                 // The rest of a long backlog follows at once (the loop's top).
             }
         }

@@ -1128,7 +1128,6 @@ impl State {
         let to_seq = if more { last } else { self.seq };
         let page = PageOut { epoch: self.epoch, from_seq: from, to_seq, full, entries: &entries, holders: &holders };
         let frame = page.encode();
-        drop(entries);
         let p = self.peers.get_mut(&peer).expect("peer looked up above");
         p.sent_seq = to_seq;
         if !more {
