@@ -64,7 +64,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             let key = ClusterKey::load(&request.key_file).context("cannot load the cluster key")?;
             runtime()?.block_on(async {
                 let shutdown = shutdown_on_signal()?;
-                dartsync_peer::run(config, key, dartsync_peer::TestHooks::default(), shutdown)
+                let release = Some(malloc_tuning::release_free_memory as dartsync_peer::ReleaseFn);
+                dartsync_peer::run(config, key, dartsync_peer::TestHooks::default(), release, shutdown)
                     .await
                     .context("peer failed")
             })?;
@@ -96,7 +97,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             })?;
             runtime()?.block_on(async {
                 let shutdown = shutdown_on_signal()?;
-                dartsync_peer::run(config, key, hooks, shutdown).await.context("peer failed")
+                let release = Some(malloc_tuning::release_free_memory as dartsync_peer::ReleaseFn);
+                dartsync_peer::run(config, key, hooks, release, shutdown).await.context("peer failed")
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -1,7 +1,8 @@
 //! glibc malloc tuning, applied in `main` before any thread exists: at
 //! most one malloc arena per core, and for the tracker, large blocks
 //! always from `mmap`; and the tracker's `malloc_trim` after bursts of
-//! paging (called by `dartsync_tracker`'s `memory` task, which says when).
+//! paging (called by `dartsync_tracker`'s `memory` task, which says when)
+//! and the peer's after bursts of syncing (its engine says when).
 //!
 //! glibc gives threads that meet a locked arena a new one, up to 8 per
 //! core, and memory freed into an arena stays with it. A peer runs tokio's
@@ -56,7 +57,8 @@ pub(crate) fn unmap_large_blocks() {
 }
 
 /// Gives the heap's free pages back to the kernel (`malloc_trim(0)`): the
-/// tracker's release function (see `dartsync_tracker::ReleaseFn`).
+/// tracker's and the peer's release function (see
+/// `dartsync_tracker::ReleaseFn`, `dartsync_peer::ReleaseFn`).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 pub(crate) fn release_free_memory() {

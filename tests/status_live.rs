@@ -206,3 +206,33 @@ fn a_new_peer_logs_nothing_per_file_for_old_tombstones() {
     assert!(up.contains("up to date (1 file, 10 B)"), "{up}");
     assert!(cluster.folder(4).join("kept.txt").exists());
 }
+
+#[test]
+fn a_peer_is_not_up_to_date_before_its_startup_scan_is_announced() {
+    // A folder of 3,000 files before its peer first starts: its startup
+    // scan takes a while, and until every file is announced the peer must
+    // not say "up to date" (it once did, with 0 files, a moment after
+    // registering; a second peer that then waited for "up to date" got
+    // an empty folder).
+    let mut cluster = Cluster::start(Options { peers: 0, ..Options::default() });
+    let p0 = cluster.folder(0);
+    for n in 0..3000 {
+        write(&p0, &format!("d{:02}/f{n:04}.txt", n / 100), format!("file {n}").as_bytes());
+    }
+    let want = snapshot(&p0);
+    cluster.start_peer(0);
+    // What a user runs: `status --wait` on each, once.
+    let wait = |folder: &Path| -> Value {
+        let (code, out, err) = run(&["status", "--wait", "300", "--json", folder.to_str().unwrap()], &[]);
+        assert_eq!(code.code(), Some(0), "{}: {out}{err}", folder.display());
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let json = wait(&p0);
+    assert_eq!(json["files"], 3000, "peer0 said up to date before the cluster had its files: {json:#}");
+    fs::create_dir_all(cluster.folder(1)).unwrap();
+    cluster.start_peer(1);
+    assert_eq!(wait(&cluster.folder(1))["files"], 3000);
+    // Both said up to date: the new peer has every file, at once.
+    let got = snapshot(&cluster.folder(1));
+    assert!(got == want, "peer1 said up to date without every file: {}", crate::cluster::diff(&want, &got));
+}

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::local::{LocalConfig, LocalError, LocalState, OpenFolder};
 use crate::status::StatusBoard;
-use crate::sync::engine::{DiskReserve, Engine, EngineCommand, EngineParts};
+use crate::sync::engine::{DiskReserve, Engine, EngineCommand, EngineParts, ReleaseFn};
 use crate::sync::history::History;
 use crate::sync::index_source::IndexSource;
 use crate::sync::locate::{self, Locator};
@@ -245,11 +245,14 @@ async fn ask_engine_to_revert(
 /// How a supervised task ended.
 type TaskResult = (&'static str, Result<(), String>);
 
-/// Runs the peer until `shutdown` is cancelled.
+/// Runs the peer until `shutdown` is cancelled. `release_memory`, if
+/// given, is called (on a blocking thread) after bursts of syncing to give
+/// freed heap back to the system: the binary passes glibc's `malloc_trim`.
 pub async fn run(
     config: PeerConfig,
     key: ClusterKey,
     hooks: TestHooks,
+    release_memory: Option<ReleaseFn>,
     shutdown: CancellationToken,
 ) -> Result<(), PeerError> {
     if config.tracker_addr.is_none() && !config.discovery {
@@ -478,6 +481,7 @@ pub async fn run(
         commands: commands_rx,
         min_disk_free: config.min_disk_free.map_or(DiskReserve::Default, DiskReserve::Bytes),
         status,
+        release_memory,
     });
     let engine_cancel = tasks.clone();
     supervised.spawn(async move {

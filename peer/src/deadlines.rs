@@ -44,6 +44,11 @@ impl<K: Ord + Hash + Clone, I: Ord + Copy> Deadlines<K, I> {
         }
     }
 
+    /// Number of keys.
+    pub(crate) fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
     /// The earliest deadline.
     pub(crate) fn next(&self) -> Option<I> {
         self.by_time.first().map(|(at, _)| *at)

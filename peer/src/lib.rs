@@ -35,3 +35,4 @@ pub mod transfer;
 
 pub use daemon::{PeerError, TestHooks, run};
 pub use local::{LocalConfig, LocalState, OpenFolder};
+pub use sync::engine::ReleaseFn;

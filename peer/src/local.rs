@@ -30,6 +30,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dartsync_shared::chunk::{ChunkInfo, ChunkParams};
@@ -134,6 +135,9 @@ struct Inner {
     wakeup: Arc<Wakeup>,
     /// Number of full scans finished (successfully or not).
     scans: tokio::sync::watch::Receiver<u64>,
+    /// Paths the scanner saw change and has not recorded yet (still being
+    /// written, or changed while it looked).
+    unsettled: Arc<AtomicUsize>,
     tasks: TaskTracker,
     /// The folder's lock, held for as long as this state lives (last, so
     /// it is released after everything above is dropped).
@@ -244,6 +248,7 @@ impl LocalState {
 
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
         let (scans_tx, scans_rx) = tokio::sync::watch::channel(0u64);
+        let unsettled = Arc::new(AtomicUsize::new(0));
         let task = ScanTask {
             scanner,
             index: index.clone(),
@@ -256,9 +261,11 @@ impl LocalState {
             watch_rx,
             wakeup: wakeup.clone(),
             scans: scans_tx,
+            unsettled: unsettled.clone(),
             shutdown,
             dirty: BTreeMap::new(),
             retry: Deadlines::default(),
+            new_dirs: Deadlines::default(),
             waiters: Vec::new(),
             want_full: false,
             next_full: Instant::now() + cfg.rescan,
@@ -277,6 +284,7 @@ impl LocalState {
             commands: commands_tx,
             wakeup,
             scans: scans_rx,
+            unsettled,
             tasks,
             _lock: lock,
         };
@@ -446,6 +454,20 @@ impl LocalState {
         let _ = scans.wait_for(|n| *n >= 1).await;
     }
 
+    /// True once the startup scan has finished (or the scanner stopped):
+    /// until then, files of the folder may not be indexed or announced
+    /// yet, so the folder is not up to date whatever the tracker says.
+    pub fn initial_scan_finished(&self) -> bool {
+        *self.inner.scans.borrow() >= 1 || self.inner.scans.has_changed().is_err()
+    }
+
+    /// True while the scanner holds changed paths it has not recorded and
+    /// announced yet: files still being written (it waits for them to
+    /// settle), or changed while it looked at them.
+    pub fn changes_unsettled(&self) -> bool {
+        self.inner.unsettled.load(Ordering::Acquire) > 0
+    }
+
     /// Total bytes read for hashing since start.
     pub fn bytes_hashed(&self) -> u64 {
         self.inner.gate.probe.bytes_hashed()
@@ -477,11 +499,17 @@ struct ScanTask {
     watch_rx: mpsc::Receiver<Vec<Touched>>,
     wakeup: Arc<Wakeup>,
     scans: tokio::sync::watch::Sender<u64>,
+    /// `retry.len()` after each step, for [`LocalState::changes_unsettled`].
+    unsettled: Arc<AtomicUsize>,
     shutdown: CancellationToken,
     /// Paths to check, with the instant an event certified each complete.
     dirty: BTreeMap<RelPath, Option<i64>>,
-    /// Paths to re-check, ordered by when.
+    /// Changed paths to re-check once they settled, ordered by when.
     retry: Deadlines<RelPath, Instant>,
+    /// New folders to look at again (files made in them before they were
+    /// watched), ordered by when: not known changes, so kept apart from
+    /// `retry`.
+    new_dirs: Deadlines<RelPath, Instant>,
     /// Callers of `rescan_now` waiting for the next full scan.
     waiters: Vec<oneshot::Sender<()>>,
     want_full: bool,
@@ -527,8 +555,12 @@ async fn flush_index(index: Index, shutdown: CancellationToken) {
 impl ScanTask {
     async fn run(mut self) {
         self.full_scan(self.rechunk).await;
+        self.publish_unsettled();
         while !self.shutdown.is_cancelled() {
-            let next_retry = self.retry.next();
+            let next_retry = match (self.retry.next(), self.new_dirs.next()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let wake = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => Wake::Stop,
@@ -555,8 +587,14 @@ impl ScanTask {
                 self.on_paths(paths);
             }
             self.step().await;
+            self.publish_unsettled();
         }
         tracing::debug!("local state stopped");
+    }
+
+    /// Tells [`LocalState::changes_unsettled`] what waits to settle.
+    fn publish_unsettled(&self) {
+        self.unsettled.store(self.retry.len() + self.dirty.len(), Ordering::Release);
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -588,7 +626,8 @@ impl ScanTask {
         if self.wakeup.take_rescan() {
             self.want_full = true;
         }
-        for path in self.retry.take_due(Instant::now()) {
+        let now = Instant::now();
+        for path in self.retry.take_due(now).into_iter().chain(self.new_dirs.take_due(now)) {
             self.touch(path, None);
         }
         if self.want_full || !self.waiters.is_empty() {
@@ -636,7 +675,7 @@ impl ScanTask {
                 }
                 let later = Instant::now() + NEW_DIR_RECHECK;
                 for dir in report.new_dirs {
-                    self.retry.insert_if_absent(dir, later);
+                    self.new_dirs.insert_if_absent(dir, later);
                 }
                 if report.emitted > 0 {
                     tracing::debug!(changes = report.emitted, "{what} done");

@@ -17,7 +17,6 @@
 //! vectors stay valid.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -75,8 +74,110 @@ pub enum Causality {
 }
 
 /// A version vector: per-peer change counters for one path.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct VersionVector(BTreeMap<ShortId, u64>);
+///
+/// Stored as `(peer, counter)` pairs sorted by peer: one writer (most
+/// paths) sits inline, more in one boxed slice. A `BTreeMap` took a
+/// ~200-byte node per vector, and a peer keeps one vector per path of the
+/// folder in memory. The wire form is that of a map (as the `BTreeMap`
+/// was): a decoded vector keeps the last counter of a repeated peer.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct VersionVector(Pairs);
+
+/// The pairs of a vector, sorted by peer, each peer once.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+enum Pairs {
+    #[default]
+    Empty,
+    One([(ShortId, u64); 1]),
+    Many(Box<[(ShortId, u64)]>),
+}
+
+impl Pairs {
+    fn as_slice(&self) -> &[(ShortId, u64)] {
+        match self {
+            Pairs::Empty => &[],
+            Pairs::One(one) => one,
+            Pairs::Many(many) => many,
+        }
+    }
+
+    /// From pairs already sorted by peer, each peer once.
+    fn from_sorted(pairs: Vec<(ShortId, u64)>) -> Pairs {
+        match pairs.as_slice() {
+            [] => Pairs::Empty,
+            [one] => Pairs::One([*one]),
+            _ => Pairs::Many(pairs.into_boxed_slice()),
+        }
+    }
+
+    /// From pairs in any order; of a repeated peer the last counter stays.
+    fn from_unsorted(mut pairs: Vec<(ShortId, u64)>) -> Pairs {
+        // A stable sort keeps repeated peers in their order: keep the last.
+        pairs.sort_by_key(|(peer, _)| *peer);
+        let mut out: Vec<(ShortId, u64)> = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            match out.last_mut() {
+                Some(last) if last.0 == pair.0 => *last = pair,
+                _ => out.push(pair),
+            }
+        }
+        Pairs::from_sorted(out)
+    }
+}
+
+impl std::fmt::Debug for VersionVector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.as_slice().iter().map(|(p, c)| (p, c))).finish()
+    }
+}
+
+impl Serialize for VersionVector {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// The pairs as a map (the newtype's content).
+        struct AsMap<'a>(&'a [(ShortId, u64)]);
+        impl Serialize for AsMap<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(p, c)| (p, c)))
+            }
+        }
+        serializer.serialize_newtype_struct("VersionVector", &AsMap(self.0.as_slice()))
+    }
+}
+
+impl<'de> Deserialize<'de> for VersionVector {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Newtype;
+        impl<'de> serde::de::Visitor<'de> for Newtype {
+            type Value = VersionVector;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a version vector")
+            }
+            fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<VersionVector, D::Error> {
+                d.deserialize_map(Map)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<VersionVector, A::Error> {
+                Map.visit_map(map)
+            }
+        }
+        struct Map;
+        impl<'de> serde::de::Visitor<'de> for Map {
+            type Value = VersionVector;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of peer to counter")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<VersionVector, A::Error> {
+                // The size hint comes from the wire: never trust it for more
+                // than the most a valid vector holds.
+                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(0).min(MAX_VERSION_ENTRIES + 1));
+                while let Some(pair) = map.next_entry::<ShortId, u64>()? {
+                    pairs.push(pair);
+                }
+                Ok(VersionVector(Pairs::from_unsorted(pairs)))
+            }
+        }
+        deserializer.deserialize_newtype_struct("VersionVector", Newtype)
+    }
+}
 
 impl VersionVector {
     /// The empty vector: a path nobody has changed yet.
@@ -87,30 +188,33 @@ impl VersionVector {
     /// Builds a vector from `(peer, counter)` pairs, dropping zero counters
     /// and keeping the largest counter of repeated peers.
     pub fn from_entries(entries: impl IntoIterator<Item = (ShortId, u64)>) -> Self {
-        let mut vv = Self::new();
-        for (peer, counter) in entries {
-            vv.raise(peer, counter);
-        }
-        vv
+        let mut pairs: Vec<(ShortId, u64)> = entries.into_iter().filter(|(_, c)| *c > 0).collect();
+        // Of a repeated peer the largest counter goes last, where
+        // `from_unsorted` keeps it.
+        pairs.sort_unstable();
+        VersionVector(Pairs::from_unsorted(pairs))
     }
 
     /// The counter of `peer` (zero when absent).
     pub fn get(&self, peer: ShortId) -> u64 {
-        self.0.get(&peer).copied().unwrap_or(0)
+        let pairs = self.0.as_slice();
+        pairs.binary_search_by_key(&peer, |(p, _)| *p).map_or(0, |i| pairs[i].1)
     }
 
-    /// Raises `peer`'s counter to at least `counter`.
-    fn raise(&mut self, peer: ShortId, counter: u64) {
-        if counter == 0 {
-            return;
+    /// Sets `peer`'s counter to `counter` (zero is stored too: only a
+    /// decoded vector or a test has one, and [`Self::check`] refuses it).
+    fn set(&mut self, peer: ShortId, counter: u64) {
+        let mut pairs = self.0.as_slice().to_vec();
+        match pairs.binary_search_by_key(&peer, |(p, _)| *p) {
+            Ok(i) => pairs[i].1 = counter,
+            Err(i) => pairs.insert(i, (peer, counter)),
         }
-        let slot = self.0.entry(peer).or_insert(0);
-        *slot = (*slot).max(counter);
+        self.0 = Pairs::from_sorted(pairs);
     }
 
     /// The largest counter in the vector (zero when empty).
     pub fn max_counter(&self) -> u64 {
-        self.0.values().copied().max().unwrap_or(0)
+        self.iter().map(|(_, c)| c).max().unwrap_or(0)
     }
 
     /// Records a local change by `peer`: its counter becomes one more than
@@ -122,7 +226,7 @@ impl VersionVector {
     pub fn bump(&mut self, peer: ShortId) -> Result<(), CounterExhausted> {
         let max = self.max_counter();
         let next = max.checked_add(1).filter(|n| *n <= MAX_COUNTER).ok_or(CounterExhausted { peer, max })?;
-        self.0.insert(peer, next);
+        self.set(peer, next);
         Ok(())
     }
 
@@ -135,19 +239,65 @@ impl VersionVector {
 
     /// The least vector that dominates or equals both inputs.
     pub fn merge(&self, other: &Self) -> Self {
-        let mut merged = self.clone();
-        for (&peer, &counter) in &other.0 {
-            merged.raise(peer, counter);
+        let (a, b) = (self.0.as_slice(), other.0.as_slice());
+        let mut merged = Vec::with_capacity(a.len() + b.len());
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) if x.0 == y.0 => {
+                    merged.push((x.0, x.1.max(y.1)));
+                    i += 1;
+                    j += 1;
+                }
+                (Some(x), Some(y)) if x.0 < y.0 => {
+                    merged.push(*x);
+                    i += 1;
+                }
+                (Some(x), None) => {
+                    merged.push(*x);
+                    i += 1;
+                }
+                (_, Some(y)) => {
+                    merged.push(*y);
+                    j += 1;
+                }
+                (None, None) => break,
+            }
         }
-        merged
+        // Zero counters (only in unchecked vectors) stay out of merges.
+        merged.retain(|(_, c)| *c > 0);
+        VersionVector(Pairs::from_sorted(merged))
     }
 
     /// How `self` relates to `other`.
     pub fn compare(&self, other: &Self) -> Causality {
+        let (a, b) = (self.0.as_slice(), other.0.as_slice());
         let mut self_ahead = false;
         let mut other_ahead = false;
-        for peer in self.0.keys().chain(other.0.keys()) {
-            match self.get(*peer).cmp(&other.get(*peer)) {
+        let (mut i, mut j) = (0, 0);
+        // A merge walk over both sorted lists; an absent peer counts zero.
+        loop {
+            let (x, y) = match (a.get(i), b.get(j)) {
+                (Some(x), Some(y)) if x.0 == y.0 => {
+                    i += 1;
+                    j += 1;
+                    (x.1, y.1)
+                }
+                (Some(x), Some(y)) if x.0 < y.0 => {
+                    i += 1;
+                    (x.1, 0)
+                }
+                (Some(x), None) => {
+                    i += 1;
+                    (x.1, 0)
+                }
+                (_, Some(y)) => {
+                    j += 1;
+                    (0, y.1)
+                }
+                (None, None) => break,
+            };
+            match x.cmp(&y) {
                 Ordering::Greater => self_ahead = true,
                 Ordering::Less => other_ahead = true,
                 Ordering::Equal => {}
@@ -173,17 +323,17 @@ impl VersionVector {
 
     /// Number of peers with a non-zero counter.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.as_slice().len()
     }
 
     /// True for the empty vector.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        matches!(self.0, Pairs::Empty)
     }
 
     /// The `(peer, counter)` pairs in peer order.
     pub fn iter(&self) -> impl Iterator<Item = (ShortId, u64)> + '_ {
-        self.0.iter().map(|(p, c)| (*p, *c))
+        self.0.as_slice().iter().copied()
     }
 
     /// Checks a decoded vector: canonical form (no zero counters), at most
@@ -191,10 +341,10 @@ impl VersionVector {
     /// [`MAX_COUNTER`]. Decoded vectors must pass this before use. The empty
     /// vector passes (a record additionally needs one entry).
     pub fn check(&self) -> Result<(), VersionError> {
-        if self.0.len() > MAX_VERSION_ENTRIES {
-            return Err(VersionError::TooManyEntries { len: self.0.len() });
+        if self.len() > MAX_VERSION_ENTRIES {
+            return Err(VersionError::TooManyEntries { len: self.len() });
         }
-        for (&peer, &counter) in &self.0 {
+        for (peer, counter) in self.iter() {
             if counter == 0 {
                 return Err(VersionError::ZeroCounter { peer });
             }
@@ -265,7 +415,7 @@ mod tests {
     fn check_table() {
         let too_many = VersionVector::from_entries((1..=MAX_VERSION_ENTRIES as u64 + 1).map(|p| (ShortId(p), 1)));
         let mut zero = vv(&[(1, 1)]);
-        zero.0.insert(ShortId(4), 0);
+        zero.set(ShortId(4), 0);
         let cases = [
             (vv(&[]), Ok(())),
             (vv(&[(1, 1), (2, MAX_COUNTER)]), Ok(())),
@@ -281,6 +431,53 @@ mod tests {
             assert_eq!(v.check(), want, "{v:?}");
             assert_eq!(v.is_well_formed(), want.is_ok());
         }
+    }
+
+    /// The representation before pairs: its encoding is the wire format.
+    #[derive(Serialize, Deserialize)]
+    struct AsBTreeMap(std::collections::BTreeMap<ShortId, u64>);
+
+    #[test]
+    fn encodes_as_the_map_it_replaced() {
+        for pairs in [vec![], vec![(7, 1)], vec![(1, 3), (9, 2), (4, 1 << 40)]] {
+            let v = vv(&pairs);
+            let old = AsBTreeMap(pairs.iter().map(|&(p, c)| (ShortId(p), c)).collect());
+            let bytes = crate::codec::encode(&v).unwrap();
+            assert_eq!(bytes, crate::codec::encode(&old).unwrap(), "{v:?}");
+            assert_eq!(crate::codec::decode::<VersionVector>(&bytes).unwrap(), v);
+            let json = serde_json::to_string(&v).unwrap();
+            assert_eq!(json, serde_json::to_string(&old).unwrap());
+            assert_eq!(serde_json::from_str::<VersionVector>(&json).unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn a_decoded_repeated_peer_keeps_its_last_counter_and_zeros_are_kept_for_check() {
+        // Hand-built map encodings: a repeated key, and a zero counter.
+        #[derive(Serialize)]
+        struct Raw(#[serde(serialize_with = "as_map")] Vec<(u64, u64)>);
+        fn as_map<S: serde::Serializer>(pairs: &[(u64, u64)], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(pairs.iter().map(|(p, c)| (ShortId(*p), *c)))
+        }
+        let bytes = crate::codec::encode(&Raw(vec![(5, 1), (2, 9), (5, 3)])).unwrap();
+        let v: VersionVector = crate::codec::decode(&bytes).unwrap();
+        assert_eq!(v.iter().collect::<Vec<_>>(), vec![(ShortId(2), 9), (ShortId(5), 3)]);
+        let bytes = crate::codec::encode(&Raw(vec![(3, 0), (1, 1)])).unwrap();
+        let v: VersionVector = crate::codec::decode(&bytes).unwrap();
+        assert_eq!(v.check(), Err(VersionError::ZeroCounter { peer: ShortId(3) }));
+    }
+
+    #[test]
+    fn one_writer_needs_no_allocation() {
+        assert!(std::mem::size_of::<VersionVector>() <= 24);
+        assert!(matches!(vv(&[(3, 1)]).0, Pairs::One(_)));
+        assert!(matches!(vv(&[]).0, Pairs::Empty));
+        assert!(matches!(vv(&[(1, 1), (2, 1)]).0, Pairs::Many(_)));
+    }
+
+    /// The reference model: the map the pairs replaced.
+    fn model(v: &VersionVector) -> std::collections::BTreeMap<ShortId, u64> {
+        v.iter().collect()
     }
 
     fn arb_vv() -> impl Strategy<Value = VersionVector> {
@@ -327,6 +524,30 @@ mod tests {
             if a.dominates(&b) && b.dominates(&c) {
                 prop_assert!(a.dominates(&c));
             }
+        }
+
+        #[test]
+        fn pairs_behave_as_the_map(a in arb_vv(), b in arb_vv(), peer in 0u64..7) {
+            let (ma, mb) = (model(&a), model(&b));
+            prop_assert_eq!(a.get(ShortId(peer)), ma.get(&ShortId(peer)).copied().unwrap_or(0));
+            let mut merged = ma.clone();
+            for (p, c) in &mb {
+                let slot = merged.entry(*p).or_insert(0);
+                *slot = (*slot).max(*c);
+            }
+            prop_assert_eq!(model(&a.merge(&b)), merged);
+            let ahead = ma.keys().chain(mb.keys()).any(|p| a.get(*p) > b.get(*p));
+            let behind = ma.keys().chain(mb.keys()).any(|p| a.get(*p) < b.get(*p));
+            let want = match (ahead, behind) {
+                (false, false) => Causality::Equal,
+                (true, false) => Causality::Dominates,
+                (false, true) => Causality::DominatedBy,
+                (true, true) => Causality::Concurrent,
+            };
+            prop_assert_eq!(a.compare(&b), want);
+            let bumped = a.bumped(ShortId(peer)).unwrap();
+            prop_assert_eq!(bumped.get(ShortId(peer)), a.max_counter() + 1);
+            prop_assert_eq!(bumped.len(), ma.len() + usize::from(!ma.contains_key(&ShortId(peer))));
         }
 
         #[test]

@@ -62,10 +62,13 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 const META_SCHEMA: &str = "schema";
 const META_PIECE_LEN: &str = "piece_len";
-/// redb page cache. The default (1 GiB) would let a large index grow the
-/// peer's memory far beyond what a scan needs; 64 MiB holds the hot pages
-/// of an index of ~100,000 files.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// redb page cache (a tenth of it buffers writes). The default (1 GiB)
+/// would let a large index grow the peer's memory far beyond what a scan
+/// needs. The index of 100,000 files is about 78 MB; a cache of 64 MiB
+/// filled up with it and was 40-50 MiB of a peer's 135-145 MiB RSS
+/// (`bench/peer-memory`). Pages read past the cache come from the
+/// kernel's page cache, which is not the peer's memory.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
 /// Layout version of this database; bumped on incompatible changes.
 const SCHEMA_VERSION: u64 = 1;
 

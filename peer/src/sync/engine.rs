@@ -47,14 +47,19 @@ use crate::sync::waiting::{Parked, Reason, Waiting};
 use crate::transfer::{ChunkSource, DownloadError, DownloadJob, DownloadOutcome, DownloadProgress, Downloader};
 
 mod brake_notice;
+mod global;
 mod look;
 mod queued;
 mod receive_only;
+mod release;
 
+use global::{GlobalEntry, GlobalTable};
 use look::RoundLook;
 use queued::Queued;
 pub use receive_only::EngineCommand;
 use receive_only::LocalEdits;
+use release::MemoryRelease;
+pub use release::ReleaseFn;
 
 /// The summary of waiting paths is logged when it changed and at least
 /// this long after the last one...
@@ -72,21 +77,16 @@ const ANNOUNCE_BATCH: usize = 1024;
 /// How long local changes are gathered into one announcement after the
 /// first (a small part of the edit-to-sync latency).
 const ANNOUNCE_GATHER: Duration = Duration::from_millis(5);
+/// How long an announcement may wait for the tracker to send it back in a
+/// delta before the engine stops counting it as in flight (the tracker
+/// dropped it: a refused record, or a version it already had).
+const ECHO_WAIT: Duration = Duration::from_secs(30);
 /// A download running longer than this logs its progress, every this long.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Reports to the tracker are sent at most this often.
 const REPORT_GAP: Duration = Duration::from_millis(250);
 /// The status board is refreshed at most this often (and on every tick).
 const PUBLISH_GAP: Duration = Duration::from_millis(200);
-
-/// One entry of the global table as this peer knows it.
-#[derive(Debug, Clone)]
-struct GlobalEntry {
-    /// The global record.
-    record: FileRecord,
-    /// Holders other than this peer.
-    holders: Vec<Holder>,
-}
 
 /// Every trigger of the main loop.
 #[derive(Debug)]
@@ -163,6 +163,8 @@ pub struct EngineParts {
     pub min_disk_free: DiskReserve,
     /// Where the engine shows what it is doing (`dartsync status`).
     pub status: StatusBoard,
+    /// Gives freed heap back to the system after bursts (`None`: never).
+    pub release_memory: Option<ReleaseFn>,
 }
 
 /// The free space a peer leaves on its folder's file system.
@@ -206,6 +208,10 @@ struct Standing {
     /// Local changes made while the tracker was away (the next summary
     /// carries them).
     unannounced: u64,
+    /// The last local change announced, until the tracker sends it back:
+    /// it handles a session's batches in order, so then every earlier one
+    /// is in the table too (see [`Echo`]).
+    awaiting_echo: Option<Echo>,
     /// Live files in the global table, and their size.
     files: u64,
     bytes: u64,
@@ -219,6 +225,22 @@ struct Standing {
     published: Option<Instant>,
 }
 
+/// An announced change the tracker has not sent back yet.
+#[derive(Debug)]
+struct Echo {
+    path: RelPath,
+    version: dartsync_shared::VersionVector,
+    sent: Instant,
+}
+
+impl Echo {
+    /// True when `record` (from a delta) answers the announcement: this
+    /// version, a newer one, or one that won a conflict with it.
+    fn answered_by(&self, record: &FileRecord) -> bool {
+        record.path == self.path && record.version.compare(&self.version) != dartsync_shared::Causality::DominatedBy
+    }
+}
+
 /// The running engine.
 #[derive(Debug)]
 pub struct Engine {
@@ -227,7 +249,7 @@ pub struct Engine {
     applier: Applier,
     /// Moves finished downloads into place, in batches.
     installer: Installer,
-    global: HashMap<RelPath, GlobalEntry>,
+    global: GlobalTable,
     active: HashMap<RelPath, Running>,
     jobs: JoinSet<DownloadDone>,
     /// Paths to reconsider on the next pass.
@@ -252,6 +274,8 @@ pub struct Engine {
     standing: Standing,
     /// Receive-only: local changes kept and not sent.
     local_edits: LocalEdits,
+    /// When to give freed heap back.
+    release: MemoryRelease,
 }
 
 impl Engine {
@@ -265,11 +289,12 @@ impl Engine {
         };
         let case_names = parts.local.case_insensitive().then(CaseNames::default);
         let installer = Installer::start(applier.clone(), parts.local.clone(), parts.source.clone());
+        let release = MemoryRelease::new(parts.release_memory);
         Engine {
             parts,
             applier,
             installer,
-            global: HashMap::new(),
+            global: GlobalTable::default(),
             active: HashMap::new(),
             jobs: JoinSet::new(),
             dirty: BTreeSet::new(),
@@ -282,6 +307,7 @@ impl Engine {
             epoch: None,
             standing: Standing::default(),
             local_edits: LocalEdits::default(),
+            release,
         }
     }
 
@@ -381,6 +407,7 @@ impl Engine {
                     self.keep_local(batch);
                     return;
                 }
+                self.release.note(batch.len());
                 let n = batch.len() as u64;
                 let first = &batch[0].path;
                 let more = if n > 1 { format!(" and {} more", n - 1) } else { String::new() };
@@ -401,6 +428,9 @@ impl Engine {
                         self.dirty.insert(path);
                     }
                 }
+                let last = &batch[batch.len() - 1];
+                self.standing.awaiting_echo =
+                    Some(Echo { path: last.path.clone(), version: last.version.clone(), sent: Instant::now() });
                 // Sent even while disconnected: the client drops what it
                 // cannot send, and its next summary carries it.
                 self.parts.client.send(ClientCommand::Announce(batch)).await;
@@ -443,8 +473,13 @@ impl Engine {
             }
             Event::Tracker(TrackerEvent::Devices(devices)) => self.parts.status.set_devices(devices),
             Event::Tracker(TrackerEvent::Conflict(notice)) => self.conflict_lost(notice),
-            Event::Tracker(TrackerEvent::Brake(notice)) => self.brake_notice(notice).await,
+            Event::Tracker(TrackerEvent::Brake(notice)) => {
+                // Held or rejected: no echo comes (status shows the hold).
+                self.standing.awaiting_echo = None;
+                self.brake_notice(notice).await
+            }
             Event::Download(finished) => {
+                self.release.note(finished.len());
                 for done in finished {
                     self.finish_download(done).await;
                 }
@@ -454,6 +489,9 @@ impl Engine {
             }
             Event::Tick => {
                 let now = Instant::now();
+                if let Some(echo) = self.standing.awaiting_echo.take_if(|e| now.duration_since(e.sent) >= ECHO_WAIT) {
+                    tracing::debug!(path = %echo.path, "the tracker did not send our announcement back; not waiting for it");
+                }
                 self.verify_local_edits(now).await;
                 self.dirty.extend(self.waiting.take_due(now));
                 self.log_summary(now);
@@ -470,8 +508,12 @@ impl Engine {
         if delta.full {
             tracing::debug!(entries = delta.entries.len(), "full table from tracker");
         }
+        self.release.note(delta.entries.len());
         for entry in delta.entries {
-            let holders = entry.holders.into_iter().filter(|h| h.peer_id != self.parts.me).collect();
+            if self.standing.awaiting_echo.as_ref().is_some_and(|echo| echo.answered_by(&entry.record)) {
+                self.standing.awaiting_echo = None;
+            }
+            let holders: Vec<Holder> = entry.holders.into_iter().filter(|h| h.peer_id != self.parts.me).collect();
             let path = entry.record.path.clone();
             // Most deltas only change holders (someone finished a download):
             // reconsider the path only if its record changed, or if it is
@@ -497,7 +539,7 @@ impl Engine {
                 self.standing.files += 1;
                 self.standing.bytes += entry.record.size;
             }
-            let old = self.global.insert(path.clone(), GlobalEntry { record: entry.record, holders });
+            let old = self.global.insert(entry.record, holders);
             if let Some(old) = old.filter(|o| o.record.is_file()) {
                 self.standing.files -= 1;
                 self.standing.bytes -= old.record.size;
@@ -539,10 +581,10 @@ impl Engine {
         deletions.reverse();
         let files = others
             .iter()
-            .filter(|p| self.global.get(*p).is_some_and(|g| g.record.is_file() && !g.record.deleted))
+            .filter(|p| self.global.get(p).is_some_and(|g| g.record.is_file() && !g.record.deleted))
             .cloned()
             .collect();
-        let looked = others.iter().chain(&deletions).filter(|p| self.global.contains_key(*p)).cloned().collect();
+        let looked = others.iter().chain(&deletions).filter(|p| self.global.contains_key(p)).cloned().collect();
         let mut look = RoundLook::take(&self.parts.local, &self.applier.jails, looked, files).await;
         for path in others.into_iter().chain(deletions) {
             if let Err(e) = self.reconcile(&path, &mut look).await {
@@ -720,7 +762,7 @@ impl Engine {
             return;
         }
         let cancel = CancellationToken::new();
-        let job = DownloadJob::new(global.record.clone(), global.holders).with_base(base);
+        let job = DownloadJob::new(global.record.clone(), global.holders.to_vec()).with_base(base);
         self.active.insert(path.clone(), Running::new(global.record.clone(), cancel.clone(), job.progress.clone()));
         let downloader = self.parts.downloader.clone();
         let installer = self.installer.clone();
@@ -976,12 +1018,18 @@ impl Engine {
         });
     }
 
-    /// Work in flight: not caught up, downloads or installs running or
-    /// queued, paths to reconsider, changes not yet announced.
+    /// Work in flight: the startup scan still running or local changes
+    /// still settling (files not yet announced), local changes announced
+    /// and not yet in the table, not caught up, downloads or installs running or queued,
+    /// paths to reconsider, changes not yet announced.
     fn busy(&self) -> bool {
         let st = &self.standing;
         let caught_up = st.caught_up_to.is_some_and(|to| st.seen_to >= to);
-        !caught_up
+        !self.parts.local.initial_scan_finished()
+            || self.parts.local.changes_unsettled()
+            || !self.parts.local_changes.is_empty()
+            || st.awaiting_echo.is_some()
+            || !caught_up
             || !self.active.is_empty()
             || !self.queued.is_empty()
             || !self.kept.is_empty()
@@ -1037,8 +1085,12 @@ impl Engine {
         self.parts.status.publish(view);
 
         let state = folder_state(st.connected, busy, waiting_total);
-        if state == FolderState::UpToDate && st.state != Some(FolderState::UpToDate) {
+        let settled = state == FolderState::UpToDate && st.state != Some(FolderState::UpToDate);
+        if settled {
             tracing::info!("up to date ({} {}, {})", st.files, plural(st.files, "file"), size(st.bytes));
+        }
+        if let Some(release) = self.release.due(now, settled) {
+            tokio::task::spawn_blocking(release);
         }
         self.standing.state = Some(state);
         self.log_progress(now);
