@@ -499,7 +499,8 @@ struct ScanTask {
     watch_rx: mpsc::Receiver<Vec<Touched>>,
     wakeup: Arc<Wakeup>,
     scans: tokio::sync::watch::Sender<u64>,
-    /// `retry.len()` after each step, for [`LocalState::changes_unsettled`].
+    /// Paths in `retry` and `dirty` after each step, for
+    /// [`LocalState::changes_unsettled`].
     unsettled: Arc<AtomicUsize>,
     shutdown: CancellationToken,
     /// Paths to check, with the instant an event certified each complete.

@@ -52,3 +52,9 @@ pub use id::{ContentHash, PeerId, ShortId};
 pub use path::RelPath;
 pub use record::{FileKind, FileRecord};
 pub use version::{Causality, VersionVector};
+
+/// Gives the allocator's free memory back to the system: the binary's
+/// `malloc_trim(0)`, handed to the tracker and the peer, which say when
+/// (the library crates hold no `unsafe`). Must be safe to call from any
+/// thread at any time.
+pub type ReleaseFn = fn();

@@ -112,8 +112,13 @@ impl Pairs {
 
     /// From pairs in any order; of a repeated peer the last counter stays.
     fn from_unsorted(mut pairs: Vec<(ShortId, u64)>) -> Pairs {
-        // A stable sort keeps repeated peers in their order: keep the last.
+        // A stable sort keeps repeated peers in their order.
         pairs.sort_by_key(|(peer, _)| *peer);
+        Pairs::keep_last(pairs)
+    }
+
+    /// From pairs sorted by peer, a repeated peer's last pair kept.
+    fn keep_last(pairs: Vec<(ShortId, u64)>) -> Pairs {
         let mut out: Vec<(ShortId, u64)> = Vec::with_capacity(pairs.len());
         for pair in pairs {
             match out.last_mut() {
@@ -123,6 +128,25 @@ impl Pairs {
         }
         Pairs::from_sorted(out)
     }
+}
+
+/// Both vectors' counters, peer by peer in peer order: `(peer, a's, b's)`,
+/// zero where a vector lacks the peer (a merge walk over the sorted pairs).
+fn aligned<'a>(a: &'a [(ShortId, u64)], b: &'a [(ShortId, u64)]) -> impl Iterator<Item = (ShortId, u64, u64)> + 'a {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || {
+        let next = match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x.0 == y.0 => (x.0, x.1, y.1),
+            (Some(x), Some(y)) if x.0 < y.0 => (x.0, x.1, 0),
+            (Some(x), None) => (x.0, x.1, 0),
+            (_, Some(y)) => (y.0, 0, y.1),
+            (None, None) => return None,
+        };
+        // Past the peer just yielded, in whichever lists hold it.
+        i += usize::from(a.get(i).is_some_and(|x| x.0 == next.0));
+        j += usize::from(b.get(j).is_some_and(|y| y.0 == next.0));
+        Some(next)
+    })
 }
 
 impl std::fmt::Debug for VersionVector {
@@ -189,10 +213,9 @@ impl VersionVector {
     /// and keeping the largest counter of repeated peers.
     pub fn from_entries(entries: impl IntoIterator<Item = (ShortId, u64)>) -> Self {
         let mut pairs: Vec<(ShortId, u64)> = entries.into_iter().filter(|(_, c)| *c > 0).collect();
-        // Of a repeated peer the largest counter goes last, where
-        // `from_unsorted` keeps it.
+        // Of a repeated peer the largest counter goes last, where it is kept.
         pairs.sort_unstable();
-        VersionVector(Pairs::from_unsorted(pairs))
+        VersionVector(Pairs::keep_last(pairs))
     }
 
     /// The counter of `peer` (zero when absent).
@@ -239,65 +262,20 @@ impl VersionVector {
 
     /// The least vector that dominates or equals both inputs.
     pub fn merge(&self, other: &Self) -> Self {
-        let (a, b) = (self.0.as_slice(), other.0.as_slice());
-        let mut merged = Vec::with_capacity(a.len() + b.len());
-        let (mut i, mut j) = (0, 0);
-        while i < a.len() || j < b.len() {
-            match (a.get(i), b.get(j)) {
-                (Some(x), Some(y)) if x.0 == y.0 => {
-                    merged.push((x.0, x.1.max(y.1)));
-                    i += 1;
-                    j += 1;
-                }
-                (Some(x), Some(y)) if x.0 < y.0 => {
-                    merged.push(*x);
-                    i += 1;
-                }
-                (Some(x), None) => {
-                    merged.push(*x);
-                    i += 1;
-                }
-                (_, Some(y)) => {
-                    merged.push(*y);
-                    j += 1;
-                }
-                (None, None) => break,
-            }
-        }
-        // Zero counters (only in unchecked vectors) stay out of merges.
-        merged.retain(|(_, c)| *c > 0);
+        let merged = aligned(self.0.as_slice(), other.0.as_slice())
+            .map(|(peer, a, b)| (peer, a.max(b)))
+            // Zero counters (only in unchecked vectors) stay out of merges.
+            .filter(|(_, c)| *c > 0)
+            .collect();
         VersionVector(Pairs::from_sorted(merged))
     }
 
     /// How `self` relates to `other`.
     pub fn compare(&self, other: &Self) -> Causality {
-        let (a, b) = (self.0.as_slice(), other.0.as_slice());
         let mut self_ahead = false;
         let mut other_ahead = false;
-        let (mut i, mut j) = (0, 0);
-        // A merge walk over both sorted lists; an absent peer counts zero.
-        loop {
-            let (x, y) = match (a.get(i), b.get(j)) {
-                (Some(x), Some(y)) if x.0 == y.0 => {
-                    i += 1;
-                    j += 1;
-                    (x.1, y.1)
-                }
-                (Some(x), Some(y)) if x.0 < y.0 => {
-                    i += 1;
-                    (x.1, 0)
-                }
-                (Some(x), None) => {
-                    i += 1;
-                    (x.1, 0)
-                }
-                (_, Some(y)) => {
-                    j += 1;
-                    (0, y.1)
-                }
-                (None, None) => break,
-            };
-            match x.cmp(&y) {
+        for (_, a, b) in aligned(self.0.as_slice(), other.0.as_slice()) {
+            match a.cmp(&b) {
                 Ordering::Greater => self_ahead = true,
                 Ordering::Less => other_ahead = true,
                 Ordering::Equal => {}

@@ -27,9 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-/// Gives the allocator's free memory back to the system (the binary's
-/// `malloc_trim(0)`). Must be safe to call from any thread at any time.
-pub type ReleaseFn = fn();
+pub use dartsync_shared::ReleaseFn;
 
 /// How often the churn counter is looked at.
 pub(crate) const TICK: Duration = Duration::from_millis(250);

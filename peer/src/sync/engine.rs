@@ -1018,10 +1018,11 @@ impl Engine {
         });
     }
 
-    /// Work in flight: the startup scan still running or local changes
-    /// still settling (files not yet announced), local changes announced
-    /// and not yet in the table, not caught up, downloads or installs running or queued,
-    /// paths to reconsider, changes not yet announced.
+    /// Work in flight: the startup scan still running, local changes still
+    /// settling or waiting in the channel, the last announcement not yet
+    /// back from the tracker, not caught up, downloads or installs running
+    /// or queued, paths to reconsider, changes made while the tracker was
+    /// away.
     fn busy(&self) -> bool {
         let st = &self.standing;
         let caught_up = st.caught_up_to.is_some_and(|to| st.seen_to >= to);

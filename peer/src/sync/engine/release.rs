@@ -15,9 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-/// Gives the allocator's free memory back to the system. Must be safe to
-/// call from any thread at any time.
-pub type ReleaseFn = fn();
+pub use dartsync_shared::ReleaseFn;
 
 /// Work (entries, downloads, changes) that makes a release worth its cost
 /// (one pass over the allocator's free lists: milliseconds).
