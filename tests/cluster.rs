@@ -294,13 +294,20 @@ impl Cluster {
 /// With the tracker down, peers 0 and 1 both edit `rel` (which every
 /// peer has); peer 1's edit is the later one (peer 0's is backdated a
 /// minute), so it keeps the name once the tracker is back.
+///
+/// Peer 0's edit is written beside its folder, backdated there and then
+/// renamed into place, so its scanner can only ever see the backdated
+/// file. Backdating it in place raced the scanner: a close-after-write is
+/// indexed at once, the later `touch` is not a new version, and the two
+/// edits then had mtimes a few ms apart or equal, a coin toss.
 pub fn concurrent_edits_while_tracker_is_down(cluster: &mut Cluster, rel: &str) {
     cluster.kill_tracker();
-    write(&cluster.folder(0), rel, b"edit from peer 0\n");
-    write(&cluster.folder(1), rel, b"edit from peer 1\n");
+    let staged = cluster.dir.path().join("staged-edit");
+    std::fs::write(&staged, b"edit from peer 0\n").unwrap();
     let earlier = std::time::SystemTime::now() - Duration::from_secs(60);
-    let file = std::fs::File::options().write(true).open(cluster.folder(0).join(rel)).unwrap();
-    file.set_modified(earlier).unwrap();
+    std::fs::File::options().write(true).open(&staged).unwrap().set_modified(earlier).unwrap();
+    std::fs::rename(&staged, cluster.folder(0).join(rel)).unwrap();
+    write(&cluster.folder(1), rel, b"edit from peer 1\n");
 }
 
 /// Bytes fetched over the network according to a `transfer of .. done` line.
