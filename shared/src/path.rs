@@ -20,8 +20,9 @@
 
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::limits::{MAX_NAME_LEN, MAX_PATH_LEN};
 
@@ -75,15 +76,20 @@ pub enum PathError {
 }
 
 /// A validated path relative to a synced folder, `/`-separated.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct RelPath(String);
+///
+/// The text is shared (`Arc<str>`, 16 bytes): a clone is a reference
+/// count, not a copy, so the peer's sets and queues of paths (tens of
+/// thousands while a folder syncs) cost a pointer per path on top of the
+/// table that already holds each one. On the wire and in JSON it is a
+/// string, decoded through the same validation as [`RelPath::new`].
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelPath(Arc<str>);
 
 impl RelPath {
     /// Validates `text` as a relative path.
     pub fn new(text: &str) -> Result<Self, PathError> {
         Self::validate(text)?;
-        Ok(RelPath(text.to_owned()))
+        Ok(RelPath(Arc::from(text)))
     }
 
     fn validate(text: &str) -> Result<(), PathError> {
@@ -159,7 +165,7 @@ impl RelPath {
 
     /// The parent path, `None` for a top-level entry.
     pub fn parent(&self) -> Option<RelPath> {
-        self.0.rsplit_once('/').map(|(parent, _)| RelPath(parent.to_owned()))
+        self.0.rsplit_once('/').map(|(parent, _)| RelPath(Arc::from(parent)))
     }
 
     /// Every proper ancestor, outermost first (`a`, `a/b` for `a/b/c`).
@@ -190,7 +196,7 @@ impl RelPath {
     /// True when `self` is `ancestor` or lies inside it.
     pub fn starts_with(&self, ancestor: &RelPath) -> bool {
         self.0 == ancestor.0
-            || (self.0.starts_with(&ancestor.0) && self.0.as_bytes().get(ancestor.0.len()) == Some(&b'/'))
+            || (self.0.starts_with(&*ancestor.0) && self.0.as_bytes().get(ancestor.0.len()) == Some(&b'/'))
     }
 }
 
@@ -235,13 +241,49 @@ impl TryFrom<String> for RelPath {
 
     fn try_from(text: String) -> Result<Self, Self::Error> {
         Self::validate(&text)?;
-        Ok(RelPath(text))
+        Ok(RelPath(Arc::from(text)))
     }
 }
 
 impl From<RelPath> for String {
     fn from(path: RelPath) -> String {
-        path.0
+        path.0.as_ref().to_owned()
+    }
+}
+
+impl Serialize for RelPath {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RelPath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_string(RelPathVisitor)
+    }
+}
+
+/// Decodes a string into a [`RelPath`] through [`RelPath::new`]'s checks,
+/// without an intermediate `String` when the decoder lends the text.
+struct RelPathVisitor;
+
+impl serde::de::Visitor<'_> for RelPathVisitor {
+    type Value = RelPath;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a relative path")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RelPath, E> {
+        RelPath::new(text).map_err(E::custom)
+    }
+}
+
+/// Sets and maps keyed by `RelPath` can be searched with a `&str`: a
+/// path compares, hashes and orders exactly as its text.
+impl std::borrow::Borrow<str> for RelPath {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 
@@ -267,6 +309,16 @@ mod tests {
         // The wire path must agree with the constructor.
         let wire: Result<RelPath, _> = RelPath::try_from(input.to_owned());
         assert_eq!(wire.is_ok(), want_ok, "wire {input:?}");
+        // So must both decoders, and a path is encoded as the string it is.
+        let framed = crate::codec::encode(&input.to_owned()).unwrap();
+        let decoded = crate::codec::decode::<RelPath>(&framed);
+        assert_eq!(decoded.is_ok(), want_ok, "bincode {input:?}");
+        let json = serde_json::from_value::<RelPath>(serde_json::Value::from(input));
+        assert_eq!(json.is_ok(), want_ok, "json {input:?}");
+        if let Ok(path) = decoded {
+            assert_eq!(crate::codec::encode(&path).unwrap(), framed);
+            assert_eq!(serde_json::to_value(&path).unwrap(), serde_json::Value::from(input));
+        }
     }
 
     #[test]

@@ -113,7 +113,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::ops::Bound;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dartsync_shared::codec::CodecError;
@@ -185,14 +184,9 @@ struct Entry {
 }
 
 /// A table path, stored once and shared by `entries`, `by_seq` and
-/// `dirty_entries`: one heap block (counts and bytes), where an
-/// `Arc<RelPath>` took two (the `Arc`'s and the `String`'s).
-type Key = Arc<str>;
-
-/// The `RelPath` of a table key.
-fn rel(key: &str) -> RelPath {
-    RelPath::new(key).expect("a table path was validated when it entered the table")
-}
+/// `dirty_entries` (a `RelPath` is one shared heap block: counts and
+/// bytes); the key of a new entry is the announced record's own path.
+type Key = RelPath;
 
 /// `Entry::deleted_at` of an entry with no deletion time.
 const NO_TIME: u64 = u64::MAX;
@@ -538,7 +532,7 @@ impl State {
         let mut entries = entries;
         entries.sort_by_key(|e| e.seq);
         for PersistedEntry { record, seq, author, deleted_at } in entries {
-            let path = Key::from(record.path.as_str());
+            let path = record.path.clone();
             let mut seq = seq;
             if state.by_seq.contains_key(&seq) {
                 // Two entries cannot share a seq; repair a damaged table by
@@ -1037,7 +1031,7 @@ impl State {
                 self.by_seq.remove(&old.seq);
                 path
             }
-            None => Key::from(record.path.as_str()),
+            None => record.path.clone(),
         };
         // `NO_TIME` is not a time: a clock that far off counts as unknown.
         let deleted_at = if record.deleted { now_unix } else { NO_TIME };
@@ -1104,7 +1098,7 @@ impl State {
                 last = seq;
                 continue;
             }
-            let size = estimate_size(path, entry);
+            let size = estimate_size(path.as_str(), entry);
             if entries.len() == MAX_RECORDS_PER_MESSAGE || (!entries.is_empty() && bytes + size > DELTA_BYTE_BUDGET) {
                 more = true;
                 break;
@@ -1122,7 +1116,7 @@ impl State {
                     .take(MAX_HOLDERS_PER_ENTRY),
             );
             holders[first..].sort_unstable_by_key(|h| h.peer_id);
-            entries.push(PageEntry { path, entry, holders: first..holders.len() });
+            entries.push(PageEntry { path: path.as_str(), entry, holders: first..holders.len() });
             last = seq;
         }
         let to_seq = if more { last } else { self.seq };
@@ -1176,7 +1170,7 @@ impl State {
         let mut acked: Vec<u64> = self.known.values().map(|k| k.acked_seq).collect();
         acked.sort_unstable();
         let range = match &pass.cursor {
-            Some(cursor) => self.entries.range::<str, _>((Bound::Excluded(&**cursor), Bound::Unbounded)),
+            Some(cursor) => self.entries.range::<str, _>((Bound::Excluded(cursor.as_str()), Bound::Unbounded)),
             None => self.entries.range::<str, _>(..),
         };
         let mut visited = 0;
@@ -1209,7 +1203,7 @@ impl State {
             if let Some(e) = self.entries.remove(&path) {
                 self.by_seq.remove(&e.seq);
                 self.sub_authored(e.author);
-                dropped.push(rel(&path));
+                dropped.push(path.clone());
                 self.dirty_entries.insert(path);
             }
         }
@@ -1239,9 +1233,9 @@ impl State {
     pub fn take_dirty(&mut self) -> PendingWrite {
         let mut write = PendingWrite::default();
         for path in std::mem::take(&mut self.dirty_entries) {
-            match self.entries.get(&*path) {
+            match self.entries.get(&path) {
                 Some(e) => write.put_entries.push(persisted(&path, e)),
-                None => write.delete_entries.push(rel(&path)),
+                None => write.delete_entries.push(path),
             }
         }
         for id in std::mem::take(&mut self.dirty_peers) {
@@ -1343,13 +1337,8 @@ fn only_holders_came(e: &Entry, sent: u64, slot: u16) -> bool {
     holds || e.holders.len() > HOLDER_FANOUT
 }
 
-fn persisted(path: &str, e: &Entry) -> PersistedEntry {
-    PersistedEntry {
-        record: e.record.to_record(&rel(path)),
-        seq: e.record_seq,
-        author: e.author,
-        deleted_at: e.deleted_at(),
-    }
+fn persisted(path: &RelPath, e: &Entry) -> PersistedEntry {
+    PersistedEntry { record: e.record.to_record(path), seq: e.record_seq, author: e.author, deleted_at: e.deleted_at() }
 }
 
 /// Inserts into a sorted vector; false if already present. Grows the
@@ -1999,7 +1988,7 @@ mod tests {
         assert!(fx.state.remove_peer(id(2), T0));
         fx.state.check_invariants();
         assert_eq!(fx.state.seq(), seq + 3, "three entries changed, no others");
-        let changed: Vec<&str> = fx.state.by_seq.range(seq + 1..).map(|(_, p)| &**p).collect();
+        let changed: Vec<&str> = fx.state.by_seq.range(seq + 1..).map(|(_, p)| p.as_str()).collect();
         assert_eq!(changed, ["f250", "f3", "f499"], "in table order");
         // Peer 1's removal changes its 500 entries.
         assert!(fx.state.remove_peer(id(1), T0));

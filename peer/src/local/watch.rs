@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
@@ -44,7 +44,9 @@ use crate::local::error::LocalError;
 use crate::local::stat::now_ns;
 
 /// Raw events queued between notify's thread and the coalescer at most;
-/// beyond that, events are dropped and a full rescan requested.
+/// beyond that, events are dropped and a full rescan requested. The queue
+/// allocates as events come ([`RawQueue`]): a `sync_channel` of this size
+/// reserved 3.5 MiB up front, for a backlog that is nearly always empty.
 const RAW_CAPACITY: usize = 65_536;
 /// Distinct paths the coalescer holds while the scanner is busy at most;
 /// beyond that, they are dropped and a full rescan requested.
@@ -138,13 +140,13 @@ impl Watcher {
         paths: mpsc::Sender<Vec<Touched>>,
         wakeup: Arc<Wakeup>,
     ) -> Result<Watcher, LocalError> {
-        let (raw_tx, raw_rx) = std_mpsc::sync_channel::<(notify::Event, i64)>(RAW_CAPACITY);
+        let (raw_tx, raw_rx) = raw_queue(RAW_CAPACITY);
         let handler_wakeup = wakeup.clone();
         let handler = move |result: notify::Result<notify::Event>| match result {
             Ok(event) => {
                 // Full: events are lost, a rescan finds them. Disconnected:
                 // the scanner is gone, nobody to tell.
-                if let Err(std_mpsc::TrySendError::Full(_)) = raw_tx.try_send((event, now_ns())) {
+                if let Err(RawSendError::Full) = raw_tx.try_send((event, now_ns())) {
                     handler_wakeup.request_rescan();
                 }
             }
@@ -180,7 +182,7 @@ struct Coalescer {
 }
 
 impl Coalescer {
-    fn run(mut self, raw: std_mpsc::Receiver<(notify::Event, i64)>, out: mpsc::Sender<Vec<Touched>>) {
+    fn run(mut self, raw: RawReceiver, out: mpsc::Sender<Vec<Touched>>) {
         loop {
             let next = if self.pending.is_empty() {
                 raw.recv().map_err(|_| std_mpsc::RecvTimeoutError::Disconnected)
@@ -236,6 +238,74 @@ impl Coalescer {
     }
 }
 
+/// A raw event and when it was seen (ns).
+type RawEvent = (notify::Event, i64);
+
+/// The queue from notify's thread to the coalescer: a channel that
+/// allocates as it fills, bounded by a count of the events in it.
+fn raw_queue(capacity: usize) -> (RawSender, RawReceiver) {
+    let (tx, rx) = std_mpsc::channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    (RawSender { tx, queued: queued.clone(), capacity }, RawReceiver { rx, queued })
+}
+
+/// Why an event was not queued.
+#[derive(Debug, PartialEq, Eq)]
+enum RawSendError {
+    /// `capacity` events wait already.
+    Full,
+    /// The coalescer is gone.
+    Disconnected,
+}
+
+/// notify's side of [`raw_queue`].
+struct RawSender {
+    tx: std_mpsc::Sender<RawEvent>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl RawSender {
+    /// Queues `event` unless `capacity` events wait already.
+    fn try_send(&self, event: RawEvent) -> Result<(), RawSendError> {
+        // One sender: nobody else can raise the count between the check
+        // and the increment; the receiver only lowers it.
+        if self.queued.load(Ordering::Acquire) >= self.capacity {
+            return Err(RawSendError::Full);
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.tx.send(event).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            RawSendError::Disconnected
+        })
+    }
+}
+
+/// The coalescer's side of [`raw_queue`].
+struct RawReceiver {
+    rx: std_mpsc::Receiver<RawEvent>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl RawReceiver {
+    fn took(&self, event: RawEvent) -> RawEvent {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        event
+    }
+
+    fn recv(&self) -> Result<RawEvent, std_mpsc::RecvError> {
+        self.rx.recv().map(|e| self.took(e))
+    }
+
+    fn recv_timeout(&self, timeout: Duration) -> Result<RawEvent, std_mpsc::RecvTimeoutError> {
+        self.rx.recv_timeout(timeout).map(|e| self.took(e))
+    }
+
+    fn try_recv(&self) -> Result<RawEvent, std_mpsc::TryRecvError> {
+        self.rx.try_recv().map(|e| self.took(e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +332,23 @@ mod tests {
         let (tx, rx) = mpsc::channel(capacity);
         let wakeup = Arc::new(Wakeup::default());
         (Watcher::start(root, tx, wakeup.clone()).unwrap(), rx, wakeup)
+    }
+
+    #[test]
+    fn the_raw_queue_holds_at_most_its_capacity_and_frees_slots_as_the_coalescer_takes() {
+        let event = || (notify::Event::new(EventKind::Any), 0);
+        let (tx, rx) = raw_queue(2);
+        assert_eq!(tx.try_send(event()), Ok(()));
+        assert_eq!(tx.try_send(event()), Ok(()));
+        assert_eq!(tx.try_send(event()), Err(RawSendError::Full));
+        assert!(rx.try_recv().is_ok());
+        assert_eq!(tx.try_send(event()), Ok(()), "a slot came free");
+        assert!(rx.recv_timeout(Duration::from_millis(1)).is_ok());
+        assert!(rx.recv().is_ok());
+        assert!(matches!(rx.try_recv(), Err(std_mpsc::TryRecvError::Empty)));
+        drop(rx);
+        assert_eq!(tx.try_send(event()), Err(RawSendError::Disconnected));
+        assert_eq!(tx.queued.load(Ordering::Acquire), 0);
     }
 
     #[tokio::test]
