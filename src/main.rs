@@ -58,6 +58,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Mode::DashboardUrl { data_dir } => dashboard_url(&data_dir),
         Mode::Invite(request) => Ok(invite_cmd::run(&request)),
         Mode::Join(request) => {
+            malloc_tuning::use_one_arena();
             let Some(config) = runtime()?.block_on(join_cmd::join(&request))? else {
                 return Ok(ExitCode::SUCCESS);
             };
@@ -87,6 +88,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Mode::Peer { config, key_file, hooks } => {
+            malloc_tuning::use_one_arena();
             let key = ClusterKey::load(&key_file).map_err(|e| match e {
                 KeyError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => anyhow::anyhow!(
                     "no cluster key at {}: copy the tracker's key file there, or pass --key-file \
