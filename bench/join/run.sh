@@ -15,6 +15,8 @@ n="${1:-100000}"
 bin="${DARTSYNC_BIN:-target/release/dartsync}"
 [ -x "$bin" ] || { echo "build first: cargo build --release (or set DARTSYNC_BIN)" >&2; exit 1; }
 export DARTSYNC_NO_DISCOVERY=1
+# shellcheck source=../lib/small-cluster.sh
+source bench/lib/small-cluster.sh
 
 pids=()
 dir="$(mktemp -d "${TMPDIR:-/tmp}/dartsync-join.XXXXXX")"
@@ -26,24 +28,8 @@ since() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 
 "$bin" init --key-file "$dir/key" >/dev/null
 mkdir -p "$dir/a" "$dir/b"
-python3 - "$dir/a" "$n" <<'PY'
-import os, sys
-root, n = sys.argv[1], int(sys.argv[2])
-for i in range(n):
-    d = os.path.join(root, f"d{i // 100:05}")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, f"f{i:07}.txt"), "wb") as f:
-        f.write(i.to_bytes(8, "little") * 128)
-PY
-RUST_LOG=info "$bin" --tracker --listen 127.0.0.1:0 --data "$dir/t" --key-file "$dir/key" 2>"$dir/t.log" &
-pids+=($!)
-addr=""
-for _ in $(seq 100); do
-  addr="$(grep -o 'listening on [0-9.:]*' "$dir/t.log" | head -1 | cut -d' ' -f3 || true)"
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
-[ -n "$addr" ] || { echo "the tracker did not start: $(cat "$dir/t.log")" >&2; exit 1; }
+make_files "$dir/a" "$n"
+start_tracker "$bin" "$dir"
 RUST_LOG=warn "$bin" --peer "$dir/a" --tracker-addr "$addr" --listen 127.0.0.1:0 --key-file "$dir/key" --http off 2>"$dir/a.log" &
 pids+=($!)
 "$bin" status --wait 900 "$dir/a" >/dev/null
