@@ -45,7 +45,7 @@ use crate::local::stat::now_ns;
 
 /// Raw events queued between notify's thread and the coalescer at most;
 /// beyond that, events are dropped and a full rescan requested. The queue
-/// allocates as events come ([`RawQueue`]): a `sync_channel` of this size
+/// allocates as events come ([`raw_queue`]): a `sync_channel` of this size
 /// reserved 3.5 MiB up front, for a backlog that is nearly always empty.
 const RAW_CAPACITY: usize = 65_536;
 /// Distinct paths the coalescer holds while the scanner is busy at most;
