@@ -26,6 +26,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use dartsync_shared::config::PeerConfig;
 use dartsync_shared::key::{ClusterKey, KeyError};
 use tokio_util::sync::CancellationToken;
 
@@ -63,13 +64,7 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             };
             let key = ClusterKey::load(&request.key_file).context("cannot load the cluster key")?;
-            runtime()?.block_on(async {
-                let shutdown = shutdown_on_signal()?;
-                let release = Some(malloc_tuning::release_free_memory as dartsync_peer::ReleaseFn);
-                dartsync_peer::run(config, key, dartsync_peer::TestHooks::default(), release, shutdown)
-                    .await
-                    .context("peer failed")
-            })?;
+            run_peer(config, key, dartsync_peer::TestHooks::default())?;
             Ok(ExitCode::SUCCESS)
         }
         Mode::Tracker { config, key_file } => {
@@ -97,14 +92,20 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
                 ),
                 other => anyhow::Error::new(other).context("cannot load the cluster key"),
             })?;
-            runtime()?.block_on(async {
-                let shutdown = shutdown_on_signal()?;
-                let release = Some(malloc_tuning::release_free_memory as dartsync_peer::ReleaseFn);
-                dartsync_peer::run(config, key, hooks, release, shutdown).await.context("peer failed")
-            })?;
+            run_peer(config, key, hooks)?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs a peer until a signal stops it, with the binary's release of
+/// freed heap (`--peer` and `join`; both chose one malloc arena first).
+fn run_peer(config: PeerConfig, key: ClusterKey, hooks: dartsync_peer::TestHooks) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let shutdown = shutdown_on_signal()?;
+        let release = Some(malloc_tuning::release_free_memory as dartsync_peer::ReleaseFn);
+        dartsync_peer::run(config, key, hooks, release, shutdown).await.context("peer failed")
+    })
 }
 
 /// `dartsync dashboard-url`: asks the tracker on this machine.

@@ -558,10 +558,7 @@ impl ScanTask {
         self.full_scan(self.rechunk).await;
         self.publish_unsettled();
         while !self.shutdown.is_cancelled() {
-            let next_retry = match (self.retry.next(), self.new_dirs.next()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let next_retry = self.retry.next().into_iter().chain(self.new_dirs.next()).min();
             let wake = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => Wake::Stop,
