@@ -47,7 +47,6 @@ fn wait_held(cluster: &Cluster, device: &str, records: u64) -> Value {
             return h.clone();
         }
         if start.elapsed() > SLOW {
-            cluster.dump_logs();
             panic!("no held change of {device} with {records} records; held: {held:?}");
         }
         std::thread::sleep(Duration::from_millis(200));

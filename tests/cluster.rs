@@ -16,6 +16,9 @@ use crate::util::{Proc, run, spawn_peer, wait_until};
 /// Default time allowed for a cluster to converge.
 pub const CONVERGE: Duration = Duration::from_secs(60);
 
+/// Lines of each process's log printed when a test fails.
+const DUMP_LINES: usize = 80;
+
 /// One entry of a folder snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
@@ -95,6 +98,10 @@ pub struct Cluster {
     pub key: PathBuf,
     pub tracker_addr: SocketAddr,
     pub opts: Options,
+    /// The last log lines of processes that were killed or replaced, for
+    /// the dump when a test fails: a peer killed mid-scenario often holds
+    /// the explanation.
+    past_logs: Vec<(String, Vec<String>)>,
 }
 
 impl Cluster {
@@ -111,6 +118,7 @@ impl Cluster {
             tracker_addr: "127.0.0.1:1".parse().unwrap(),
             peers: Vec::new(),
             opts: opts.clone(),
+            past_logs: Vec::new(),
         };
         cluster.start_tracker("127.0.0.1:0");
         for i in 0..opts.peers {
@@ -142,7 +150,9 @@ impl Cluster {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let proc = Proc::spawn("tracker", &args, &self.opts.log);
         self.tracker_addr = proc.listen_addr();
-        self.tracker = Some(proc);
+        if let Some(old) = self.tracker.replace(proc) {
+            self.keep_log_of(&old);
+        }
     }
 
     /// Restarts the tracker on the same port.
@@ -155,6 +165,7 @@ impl Cluster {
     pub fn kill_tracker(&mut self) {
         if let Some(mut t) = self.tracker.take() {
             t.kill();
+            self.keep_log_of(&t);
         }
     }
 
@@ -178,7 +189,9 @@ impl Cluster {
         if i >= self.peers.len() {
             self.peers.resize_with(i + 1, || None);
         }
-        self.peers[i] = Some(proc);
+        if let Some(old) = self.peers[i].replace(proc) {
+            self.keep_log_of(&old);
+        }
     }
 
     /// Starts (or restarts) peer `i`.
@@ -203,6 +216,7 @@ impl Cluster {
     pub fn kill_peer(&mut self, i: usize) {
         if let Some(mut p) = self.peers[i].take() {
             p.kill();
+            self.keep_log_of(&p);
         }
     }
 
@@ -256,24 +270,31 @@ impl Cluster {
         }));
         if let Err(timed_out) = waited {
             explain(&last);
-            self.dump_logs();
             std::panic::resume_unwind(timed_out);
         }
         last
     }
 
-    /// Prints every process's log (on failure).
+    /// Remembers the last lines of a process that is gone.
+    fn keep_log_of(&mut self, proc: &Proc) {
+        let lines = proc.lines();
+        let tail = lines[lines.len().saturating_sub(DUMP_LINES)..].to_vec();
+        self.past_logs.push((format!("{} (ended)", proc.name), tail));
+    }
+
+    /// Prints the last lines of every process's log, the ended ones first.
+    /// Called when a test fails (see `Drop`).
     pub fn dump_logs(&self) {
-        if let Some(t) = &self.tracker {
-            for l in t.lines().iter().rev().take(60).rev() {
-                eprintln!("[tracker] {l}");
+        for (name, lines) in &self.past_logs {
+            for l in lines {
+                eprintln!("[{name}] {l}");
             }
         }
-        for (i, p) in self.peers.iter().enumerate() {
-            if let Some(p) = p {
-                for l in p.lines().iter().rev().take(60).rev() {
-                    eprintln!("[peer{i}] {l}");
-                }
+        let running = self.tracker.iter().chain(self.peers.iter().flatten());
+        for proc in running {
+            let lines = proc.lines();
+            for l in &lines[lines.len().saturating_sub(DUMP_LINES)..] {
+                eprintln!("[{}] {l}", proc.name);
             }
         }
     }
@@ -288,6 +309,17 @@ impl Cluster {
     pub fn transfer_lines(&self, i: usize, path: &str) -> Vec<String> {
         let needle = format!("transfer of {path} done");
         self.peer(i).lines().into_iter().filter(|l| l.contains(&needle)).collect()
+    }
+}
+
+/// A failing test (a panic on the test's thread while the cluster is
+/// still alive) prints every log, whatever wait timed out or assertion
+/// failed, before the processes are killed.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
     }
 }
 

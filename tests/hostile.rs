@@ -229,7 +229,6 @@ impl Scene {
                 }
             }
             diff.extend(self.before.keys().filter(|k| !now.contains_key(*k)).map(|k| format!("gone {k}")));
-            self.cluster.dump_logs();
             panic!("{step}: the folders' surroundings changed: {diff:#?}");
         }
         // Outside the folders (the snapshot covers names too, this also
@@ -241,7 +240,6 @@ impl Scene {
             let state = self.folder(i).join(".dartsync");
             let found = find_names(&state, names);
             if !found.is_empty() {
-                self.cluster.dump_logs();
                 panic!("{step}: attacker names under peer{i}'s .dartsync: {found:?}");
             }
             let identity = fs::read(state.join("identity")).expect("identity still there");
@@ -254,7 +252,6 @@ impl Scene {
     fn assert_still_syncs(&mut self, step: &str) {
         for i in 0..PEERS {
             if !alive(self.peer(i)) {
-                self.cluster.dump_logs();
                 panic!("{step}: peer{i} is not running any more");
             }
         }
@@ -265,7 +262,6 @@ impl Scene {
         write(&self.folder(0), &name, &body);
         let ok = poll(STEP, || (1..PEERS).all(|i| fs::read(self.folder(i).join(&name)).is_ok_and(|b| b == body)));
         if !ok {
-            self.cluster.dump_logs();
             panic!("{step}: {name} written on peer0 did not reach peers 1 and 2 within {STEP:?}");
         }
     }
@@ -285,7 +281,6 @@ impl Scene {
     fn wait_peer_warn(&self, i: usize, path: &str, what: &str) -> Instant {
         let ok = poll(STEP, || warn_lines(self.peer(i), what).iter().any(|l| names_path(l, path)));
         if !ok {
-            self.cluster.dump_logs();
             panic!("peer{i} never logged {what:?} for {path}");
         }
         Instant::now()
@@ -866,7 +861,6 @@ fn case_only_names_on_a_case_insensitive_folder_keep_one_and_refuse_the_other() 
     let refusal = |line: &String| names_path(line, "Readme.md") || names_path(line, "README.md");
     let ok = poll(STEP, || one_name().is_some() && warn_lines(scene.peer(2), "").iter().any(refusal));
     if !ok {
-        scene.cluster.dump_logs();
         panic!("peer2 did not end with one name and a logged refusal: {:?}", one_name());
     }
     let since = Instant::now();

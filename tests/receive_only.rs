@@ -31,7 +31,6 @@ fn wait_status(cluster: &Cluster, i: usize, what: &str, check: impl Fn(&Value) -
             return json;
         }
         if start.elapsed() > CONVERGE {
-            cluster.dump_logs();
             panic!("peer{i}: timed out waiting for {what}; last status: {json:#}");
         }
         std::thread::sleep(Duration::from_millis(100));
