@@ -1,5 +1,6 @@
-//! The secure channel: Noise `XXpsk0_25519_ChaChaPoly_BLAKE2s` over any byte
-//! stream, carrying length-prefixed frames of encoded messages.
+//! The secure channel: Noise `XXpsk0_25519_{AESGCM,ChaChaPoly}_BLAKE2s`
+//! over any byte stream, carrying length-prefixed frames of encoded
+//! messages.
 //!
 //! # Handshake
 //! Both sides hold the 32-byte cluster key (the Noise PSK) and an x25519
@@ -11,6 +12,10 @@
 //! The first handshake payload of each side carries [`MAGIC`] and
 //! [`PROTOCOL_VERSION`]; a mismatch fails with a clear error (a node of
 //! protocol 2, which spoke `XXpsk3`, is recognised and named as such).
+//!
+//! The initiator picks the cipher its CPU seals fastest
+//! ([`Cipher::preferred`]); the responder accepts either (see
+//! [`crate::noise`]).
 //!
 //! A wrong cluster key fails the responder when it reads the first
 //! message; the responder then closes without answering, and the
@@ -59,7 +64,7 @@ use crate::proto::PROTOCOL_VERSION;
 
 /// The Noise protocol name (defined in `noise`, below both this module and
 /// [`crate::key`]; re-exported here where it has always been).
-pub use crate::noise::NOISE_PARAMS;
+pub use crate::noise::{Cipher, NOISE_PARAMS};
 
 /// Bytes that open each side's first handshake payload.
 pub const MAGIC: &[u8; 8] = b"DARTSYNC";
@@ -166,7 +171,8 @@ pub struct SecureChannel<S> {
     writer: ChannelWriter<WriteHalf<S>>,
 }
 
-struct Transport(snow::StatelessTransportState);
+/// The transport keys and the cipher the handshake settled on.
+struct Transport(snow::StatelessTransportState, Cipher);
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -200,7 +206,7 @@ pub async fn connect<S>(stream: S, key: &ClusterKey, identity: &Identity) -> Res
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    with_timeout(handshake(stream, key, identity, true, || {})).await
+    with_timeout(handshake(stream, key, identity, true, Cipher::preferred(), || {})).await
 }
 
 /// Runs the responder side of the handshake (the side that accepted).
@@ -225,7 +231,7 @@ pub async fn accept_with<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    with_timeout(handshake(stream, key, identity, false, first_message_ok)).await
+    with_timeout(handshake(stream, key, identity, false, Cipher::preferred(), first_message_ok)).await
 }
 
 async fn with_timeout<T>(fut: impl Future<Output = Result<T, ChannelError>>) -> Result<T, ChannelError> {
@@ -258,21 +264,28 @@ fn legacy_version(msg: &[u8], identity: &Identity) -> Option<u16> {
     Some(u16::from_be_bytes(version.try_into().ok()?))
 }
 
+/// A handshake state builder for `cipher` with our identity, the cluster
+/// key and the prologue.
+fn builder<'a>(cipher: Cipher, key: &'a ClusterKey, identity: &'a Identity) -> Result<snow::Builder<'a>, ChannelError> {
+    Ok(snow::Builder::new(cipher.params())
+        .local_private_key(identity.secret())?
+        .psk(crate::noise::PSK_LOCATION, key.as_bytes())?
+        .prologue(PROLOGUE)?)
+}
+
+/// The handshake. The initiator uses `cipher`; the responder takes the
+/// cipher whose name authenticates the first message (`cipher` unused).
 async fn handshake<S>(
     stream: S,
     key: &ClusterKey,
     identity: &Identity,
     initiator: bool,
+    cipher: Cipher,
     first_message_ok: impl FnOnce(),
 ) -> Result<SecureChannel<S>, ChannelError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let builder = snow::Builder::new(crate::noise::params())
-        .local_private_key(identity.secret())?
-        .psk(crate::noise::PSK_LOCATION, key.as_bytes())?
-        .prologue(PROLOGUE)?;
-    let mut state = if initiator { builder.build_initiator()? } else { builder.build_responder()? };
     let (read, write) = tokio::io::split(stream);
     let mut frames = FramedRead::new(read, noise_codec());
     let mut sink = FramedWrite::new(write, noise_codec());
@@ -289,7 +302,8 @@ where
         }
     }
 
-    if initiator {
+    let (state, cipher) = if initiator {
+        let mut state = builder(cipher, key, identity)?.build_initiator()?;
         // -> psk, e (hello)
         let n = state.write_message(&hello_payload(), &mut buf)?;
         sink.send(Bytes::copy_from_slice(&buf[..n])).await?;
@@ -300,20 +314,30 @@ where
         // -> s, se
         let n = state.write_message(&[], &mut buf)?;
         sink.send(Bytes::copy_from_slice(&buf[..n])).await?;
+        (state, cipher)
     } else {
         // <- psk, e (hello): fails here with a wrong cluster key, before we
         // have sent anything.
         let msg = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, next_msg(&mut frames))
             .await
             .map_err(|_| ChannelError::NoFirstMessage(FIRST_MESSAGE_TIMEOUT))??;
-        let n = match state.read_message(&msg, &mut payload) {
-            Ok(n) => n,
-            Err(e) => {
-                return Err(match legacy_version(&msg, identity) {
-                    Some(v) => ChannelError::Version(format!("DartSync protocol {v} (an older release)")),
-                    None => ChannelError::Noise(e),
-                });
+        let mut failure = snow::Error::Decrypt;
+        let mut accepted = None;
+        for cipher in Cipher::ALL {
+            let mut state = builder(cipher, key, identity)?.build_responder()?;
+            match state.read_message(&msg, &mut payload) {
+                Ok(n) => {
+                    accepted = Some((state, n, cipher));
+                    break;
+                }
+                Err(e) => failure = e,
             }
+        }
+        let Some((mut state, n, cipher)) = accepted else {
+            return Err(match legacy_version(&msg, identity) {
+                Some(v) => ChannelError::Version(format!("DartSync protocol {v} (an older release)")),
+                None => ChannelError::Noise(failure),
+            });
         };
         check_hello(&payload[..n])?;
         first_message_ok();
@@ -323,10 +347,11 @@ where
         // <- s, se
         let msg = next_msg(&mut frames).await?;
         state.read_message(&msg, &mut payload)?;
-    }
+        (state, cipher)
+    };
     let remote =
         state.get_remote_static().and_then(PublicKey::from_slice).ok_or(ChannelError::Noise(snow::Error::Input))?;
-    let transport = Arc::new(Transport(state.into_stateless_transport_mode()?));
+    let transport = Arc::new(Transport(state.into_stateless_transport_mode()?, cipher));
     // Transport messages may be as large as Noise allows.
     frames.decoder_mut().set_max_frame_length(MAX_NOISE_MSG);
     sink.encoder_mut().set_max_frame_length(MAX_NOISE_MSG);
@@ -353,6 +378,11 @@ where
 }
 
 impl<S: AsyncRead + AsyncWrite> SecureChannel<S> {
+    /// The cipher the handshake settled on.
+    pub fn cipher(&self) -> Cipher {
+        self.reader.transport.1
+    }
+
     /// The remote's static public key, proven in the handshake.
     pub fn remote_key(&self) -> PublicKey {
         self.reader.remote
@@ -403,24 +433,12 @@ impl<R: AsyncRead + Unpin> ChannelReader<R> {
 
     /// Receives one raw frame (an encoded message).
     pub async fn recv_frame(&mut self) -> Result<Option<BytesMut>, ChannelError> {
-        // Scratch space for one decrypted message, sized by the largest
-        // one seen (a small message does not pay for zeroing 64 KiB).
-        let mut out = Vec::new();
         loop {
             if let Some(frame) = self.frame_codec.decode(&mut self.plain)? {
                 return Ok(Some(frame));
             }
-            match self.frames.next().await {
-                Some(Ok(msg)) => {
-                    if out.len() < msg.len() {
-                        out.resize(msg.len(), 0);
-                    }
-                    let n = self.decrypt_one(&msg, &mut out)?;
-                    self.plain.extend_from_slice(&out[..n]);
-                }
-                Some(Err(e)) => return Err(e.into()),
-                None if self.plain.is_empty() => return Ok(None),
-                None => return Err(ChannelError::Truncated),
+            if !self.read_more().await? {
+                return Ok(None);
             }
         }
     }
@@ -431,12 +449,11 @@ impl<R: AsyncRead + Unpin> ChannelReader<R> {
     /// closed cleanly between frames. Reads at most one Noise message
     /// beyond the prefix. Cancel-safe.
     pub async fn peek_frame_len(&mut self) -> Result<Option<usize>, ChannelError> {
-        let mut out = Vec::new();
         loop {
             if let Some(len) = FrameCodec::peek_len(&self.plain) {
                 return Ok(Some(len));
             }
-            if !self.read_more(&mut out).await? {
+            if !self.read_more().await? {
                 return Ok(None);
             }
         }
@@ -450,7 +467,6 @@ impl<R: AsyncRead + Unpin> ChannelReader<R> {
     /// ([`codec::decode`]). After a large frame the buffer is released, so an
     /// idle reader holds no more than one Noise message. Cancel-safe.
     pub async fn recv_bounded<T: DeserializeOwned>(&mut self, max_len: usize) -> Result<Option<T>, ChannelError> {
-        let mut out = Vec::new();
         loop {
             if let Some(frame) = self.frame_codec.decode_bounded(&mut self.plain, max_len)? {
                 if frame.len() > MAX_NOISE_MSG {
@@ -461,25 +477,31 @@ impl<R: AsyncRead + Unpin> ChannelReader<R> {
                 }
                 return Ok(Some(codec::decode(&frame)?));
             }
-            if !self.read_more(&mut out).await? {
+            if !self.read_more().await? {
                 return Ok(None);
             }
         }
     }
 
-    /// Reads and decrypts one Noise message into the plaintext buffer
-    /// (`out` is scratch space, sized by the largest message seen: a
-    /// keep-alive does not pay for zeroing 64 KiB). False at a clean end of
-    /// stream between frames.
-    async fn read_more(&mut self, out: &mut Vec<u8>) -> Result<bool, ChannelError> {
+    /// Reads one Noise message and decrypts it straight onto the end of the
+    /// plaintext buffer (no scratch copy). False at a clean end of stream
+    /// between frames.
+    async fn read_more(&mut self) -> Result<bool, ChannelError> {
         match self.frames.next().await {
             Some(Ok(msg)) => {
-                if out.len() < msg.len() {
-                    out.resize(msg.len(), 0);
+                let start = self.plain.len();
+                self.plain.resize(start + msg.len(), 0);
+                match self.transport.0.read_message(self.nonce, &msg, &mut self.plain[start..]) {
+                    Ok(n) => {
+                        self.nonce += 1;
+                        self.plain.truncate(start + n);
+                        Ok(true)
+                    }
+                    Err(_) => {
+                        self.plain.truncate(start);
+                        Err(ChannelError::Decrypt)
+                    }
                 }
-                let n = self.decrypt_one(&msg, out)?;
-                self.plain.extend_from_slice(&out[..n]);
-                Ok(true)
             }
             Some(Err(e)) => Err(e.into()),
             None if self.plain.is_empty() => Ok(false),
@@ -533,25 +555,18 @@ impl<W: AsyncWrite + Unpin> ChannelWriter<W> {
 
     /// Sends one raw frame (an encoded message). The length prefix and the
     /// frame are sealed piece by piece as if joined (the same Noise
-    /// messages), without a copy of the whole frame: sending a chunk or a
-    /// delta page costs one Noise message of memory beyond the frame.
+    /// messages), without a copy of the whole frame: the first message
+    /// carries the prefix and the frame's head, the others are sealed
+    /// straight from the frame into the write buffer.
     pub async fn send_frame(&mut self, frame: Bytes) -> Result<(), ChannelError> {
         let prefix = self.frame_codec.prefix(frame.len())?;
-        let total = prefix.len() + frame.len();
-        let mut piece = Vec::with_capacity(total.min(MAX_PLAINTEXT));
-        let mut sealed = vec![0u8; total.min(MAX_PLAINTEXT) + TAG_LEN];
-        piece.extend_from_slice(&prefix);
-        let mut rest = &frame[..];
-        loop {
-            let take = (MAX_PLAINTEXT - piece.len()).min(rest.len());
-            let (head, tail) = rest.split_at(take);
-            piece.extend_from_slice(head);
-            rest = tail;
-            self.seal_and_feed(&piece, &mut sealed).await?;
-            piece.clear();
-            if rest.is_empty() {
-                break;
-            }
+        let head_len = (MAX_PLAINTEXT - prefix.len()).min(frame.len());
+        let mut first = Vec::with_capacity(prefix.len() + head_len);
+        first.extend_from_slice(&prefix);
+        first.extend_from_slice(&frame[..head_len]);
+        self.seal_and_feed(&first).await?;
+        for piece in frame[head_len..].chunks(MAX_PLAINTEXT) {
+            self.seal_and_feed(piece).await?;
         }
         SinkExt::<Bytes>::flush(&mut self.sink).await?;
         Ok(())
@@ -569,21 +584,35 @@ impl<W: AsyncWrite + Unpin> ChannelWriter<W> {
     }
 
     async fn send_plain(&mut self, plain: &[u8]) -> Result<(), ChannelError> {
-        // Room for the largest piece and its tag, not always 64 KiB.
-        let mut sealed = vec![0u8; plain.len().min(MAX_PLAINTEXT) + TAG_LEN];
         for piece in plain.chunks(MAX_PLAINTEXT) {
-            self.seal_and_feed(piece, &mut sealed).await?;
+            self.seal_and_feed(piece).await?;
         }
         SinkExt::<Bytes>::flush(&mut self.sink).await?;
         Ok(())
     }
 
     /// Encrypts one piece of plaintext (at most [`MAX_PLAINTEXT`] bytes)
-    /// into `sealed` (room for it and its tag) and queues it, unflushed.
-    async fn seal_and_feed(&mut self, piece: &[u8], sealed: &mut [u8]) -> Result<(), ChannelError> {
-        let n = self.transport.0.write_message(self.nonce, piece, sealed).map_err(ChannelError::Noise)?;
+    /// straight into the write buffer, behind its `u16` length, unflushed.
+    /// Waits first for the buffer to drain when it holds a Noise message
+    /// or more, so a large frame costs about two messages of buffer.
+    async fn seal_and_feed(&mut self, piece: &[u8]) -> Result<(), ChannelError> {
+        if self.sink.write_buffer().len() >= MAX_NOISE_MSG {
+            SinkExt::<Bytes>::flush(&mut self.sink).await?;
+        }
+        let buf = self.sink.write_buffer_mut();
+        let start = buf.len();
+        buf.resize(start + 2 + piece.len() + TAG_LEN, 0);
+        let n = match self.transport.0.write_message(self.nonce, piece, &mut buf[start + 2..]) {
+            Ok(n) => n,
+            Err(e) => {
+                buf.truncate(start);
+                return Err(ChannelError::Noise(e));
+            }
+        };
+        let len = u16::try_from(n).expect("a sealed piece of at most MAX_PLAINTEXT bytes fits a Noise message");
+        buf[start..start + 2].copy_from_slice(&len.to_be_bytes());
+        buf.truncate(start + 2 + n);
         self.nonce += 1;
-        self.sink.feed(Bytes::copy_from_slice(&sealed[..n])).await?;
         Ok(())
     }
 
@@ -658,6 +687,31 @@ mod tests {
             assert!(err.contains(&format!("protocol {old}")) && err.contains("protocol 7"), "{err}");
         }
         assert!(check_hello(b"HTTP/1.1 200").is_err());
+    }
+
+    /// An initiator of either cipher reaches the same responder, which
+    /// answers in the initiator's cipher: messages both ways arrive intact,
+    /// and each Noise protocol name is the one the initiator chose (the
+    /// frames of one cipher do not decrypt under the other).
+    #[tokio::test]
+    async fn the_responder_speaks_the_cipher_the_initiator_chose() {
+        for cipher in Cipher::ALL {
+            let key = ClusterKey::generate();
+            let (a, b) = pair();
+            let (k2, ib) = (key.clone(), Identity::generate());
+            let server = tokio::spawn(async move { accept(b, &k2, &ib).await });
+            let mut client =
+                with_timeout(handshake(a, &key, &Identity::generate(), true, cipher, || {})).await.unwrap();
+            let mut server = server.await.unwrap().unwrap();
+            assert_eq!(client.cipher(), cipher);
+            assert_eq!(server.cipher(), cipher);
+            let bytes = crate::test_util::det_bytes(3, 300_000);
+            let msg = P2pResponse::Chunk { hash: crate::id::ContentHash::of(&bytes), bytes };
+            client.send(&msg).await.unwrap();
+            assert_eq!(server.recv::<P2pResponse>().await.unwrap().unwrap(), msg, "{cipher:?}");
+            server.send(&PeerMessage::KeepAlive).await.unwrap();
+            assert_eq!(client.recv::<PeerMessage>().await.unwrap().unwrap(), PeerMessage::KeepAlive, "{cipher:?}");
+        }
     }
 
     #[tokio::test]

@@ -138,6 +138,7 @@ pub(crate) async fn connect(
     if actual != holder.peer_id {
         return Err(HolderError::WrongPeer { actual });
     }
+    tracing::debug!(holder = %holder.peer_id, addr = %holder.addr, cipher = ?conn.cipher(), "connected to holder");
     Ok(conn)
 }
 
