@@ -5,6 +5,7 @@
 //! wires them up and reports errors.
 
 mod cli;
+mod code_pages;
 mod completions;
 mod control_cmd;
 mod demo;
@@ -72,13 +73,12 @@ fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             malloc_tuning::unmap_large_blocks();
             runtime()?.block_on(async {
                 let shutdown = shutdown_on_signal()?;
-                dartsync_tracker::Tracker::bind(config, key)
+                let tracker = dartsync_tracker::Tracker::bind(config, key)
                     .await
                     .context("tracker failed")?
-                    .release_memory_with(malloc_tuning::release_free_memory)
-                    .run(shutdown)
-                    .await
-                    .context("tracker failed")
+                    .release_memory_with(malloc_tuning::release_free_memory);
+                code_pages::spawn_release_after_start();
+                tracker.run(shutdown).await.context("tracker failed")
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -109,8 +109,9 @@ pub(crate) fn release_free_memory() {}
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub(crate) fn unmap_large_blocks() {}
 
-/// One of the binary's two `unsafe` calls (the library crates forbid
-/// `unsafe`; the other is `malloc_trim`): `mallopt(param, value)` takes two integers, touches no
+/// One of the binary's three `unsafe` calls (the library crates forbid
+/// `unsafe`; the others are `malloc_trim` and `code_pages`' `madvise`):
+/// `mallopt(param, value)` takes two integers, touches no
 /// memory of ours and may be called at any time; it returns 0 only for a
 /// parameter or value it refuses, which changes nothing.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
