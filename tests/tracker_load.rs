@@ -16,8 +16,9 @@ use dartsync_load::{Options, TrackerProcess, TrackerSettings, goals, render};
 
 use crate::util;
 
-/// The debug tracker's settled RSS under this load, KiB (measured: 34-36
-/// MiB, 51.5 before the tracker gave freed heap back and encoded pages
+/// The debug tracker's settled RSS under this load, KiB (measured: 23.3
+/// MiB since the tracker hands its start-up code pages back; 34-36 MiB
+/// before, 51.5 before the tracker gave freed heap back and encoded pages
 /// from the table; at this scale it is mostly the debug binary's file
 /// pages, the redb page cache and the sessions, the 1,000 entries are
 /// under 1 MiB: per-entry costs are measured at scale by the tool, see

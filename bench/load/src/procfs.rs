@@ -81,6 +81,26 @@ pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The process's start time, in clock ticks after boot (field 22 of
+/// `/proc/PID/stat`).
+pub fn stat_start_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // fields[0] is field 3: starttime, field 22, is fields[19].
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// How long process `pid` has been running.
+pub fn age(pid: u32) -> Result<Duration, LoadError> {
+    let stat = read(pid, "stat")?;
+    let bad = |what: &str| LoadError::Proc { pid, what: what.to_owned() };
+    let start = stat_start_ticks(&stat).ok_or_else(|| bad("malformed stat"))?;
+    let uptime = std::fs::read_to_string("/proc/uptime").map_err(|_| bad("cannot read /proc/uptime"))?;
+    let uptime: f64 =
+        uptime.split_whitespace().next().and_then(|u| u.parse().ok()).ok_or_else(|| bad("malformed /proc/uptime"))?;
+    let started = start as f64 / ticks_per_second().max(1) as f64;
+    Ok(Duration::from_secs_f64((uptime - started).max(0.0)))
+}
+
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 on Linux).
 pub fn ticks_per_second() -> u64 {
     rustix::param::clock_ticks_per_second()
@@ -135,6 +155,14 @@ mod tests {
         let stat = "4242 (dart sync (x)) S 1 4242 4242 0 -1 4194304 100 0 0 0 250 37 0 0 20 0 3 0 99 0 0";
         assert_eq!(stat_cpu_ticks(stat), Some(287));
         assert_eq!(stat_cpu_ticks("4242 (short) S 1"), None);
+        assert_eq!(stat_start_ticks(stat), Some(99));
+        assert_eq!(stat_start_ticks("4242 (short) S 1"), None);
+    }
+
+    #[test]
+    fn this_process_has_been_running_a_while() {
+        let age = age(std::process::id()).unwrap();
+        assert!(age < Duration::from_secs(24 * 3600), "{age:?}");
     }
 
     #[test]
