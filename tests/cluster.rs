@@ -277,24 +277,17 @@ impl Cluster {
 
     /// Remembers the last lines of a process that is gone.
     fn keep_log_of(&mut self, proc: &Proc) {
-        let lines = proc.lines();
-        let tail = lines[lines.len().saturating_sub(DUMP_LINES)..].to_vec();
-        self.past_logs.push((format!("{} (ended)", proc.name), tail));
+        self.past_logs.push((format!("{} (ended)", proc.name), log_tail(proc)));
     }
 
     /// Prints the last lines of every process's log, the ended ones first.
     /// Called when a test fails (see `Drop`).
-    pub fn dump_logs(&self) {
-        for (name, lines) in &self.past_logs {
+    fn dump_logs(&self) {
+        let running = self.tracker.iter().chain(self.peers.iter().flatten());
+        let running = running.map(|proc| (proc.name.clone(), log_tail(proc)));
+        for (name, lines) in self.past_logs.iter().cloned().chain(running) {
             for l in lines {
                 eprintln!("[{name}] {l}");
-            }
-        }
-        let running = self.tracker.iter().chain(self.peers.iter().flatten());
-        for proc in running {
-            let lines = proc.lines();
-            for l in &lines[lines.len().saturating_sub(DUMP_LINES)..] {
-                eprintln!("[{}] {l}", proc.name);
             }
         }
     }
@@ -310,6 +303,13 @@ impl Cluster {
         let needle = format!("transfer of {path} done");
         self.peer(i).lines().into_iter().filter(|l| l.contains(&needle)).collect()
     }
+}
+
+/// The last [`DUMP_LINES`] lines of `proc`'s log.
+fn log_tail(proc: &Proc) -> Vec<String> {
+    let mut lines = proc.lines();
+    lines.drain(..lines.len().saturating_sub(DUMP_LINES));
+    lines
 }
 
 /// A failing test (a panic on the test's thread while the cluster is

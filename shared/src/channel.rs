@@ -174,6 +174,14 @@ pub struct SecureChannel<S> {
 /// The transport keys and the cipher the handshake settled on.
 struct Transport(snow::StatelessTransportState, Cipher);
 
+/// Decrypts the transport message under `nonce` into `out` and moves the
+/// nonce on; any failure is [`ChannelError::Decrypt`].
+fn open_next(transport: &Transport, nonce: &mut u64, msg: &[u8], out: &mut [u8]) -> Result<usize, ChannelError> {
+    let n = transport.0.read_message(*nonce, msg, out).map_err(|_| ChannelError::Decrypt)?;
+    *nonce += 1;
+    Ok(n)
+}
+
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Transport")
@@ -417,9 +425,7 @@ impl<R: AsyncRead + Unpin> ChannelReader<R> {
     }
 
     fn decrypt_one(&mut self, msg: &[u8], out: &mut [u8]) -> Result<usize, ChannelError> {
-        let n = self.transport.0.read_message(self.nonce, msg, out).map_err(|_| ChannelError::Decrypt)?;
-        self.nonce += 1;
-        Ok(n)
+        open_next(&self.transport, &mut self.nonce, msg, out)
     }
 
     /// Receives one message; `Ok(None)` when the remote closed cleanly
@@ -491,17 +497,10 @@ impl<R: AsyncRead + Unpin> ChannelReader<R> {
             Some(Ok(msg)) => {
                 let start = self.plain.len();
                 self.plain.resize(start + msg.len(), 0);
-                match self.transport.0.read_message(self.nonce, &msg, &mut self.plain[start..]) {
-                    Ok(n) => {
-                        self.nonce += 1;
-                        self.plain.truncate(start + n);
-                        Ok(true)
-                    }
-                    Err(_) => {
-                        self.plain.truncate(start);
-                        Err(ChannelError::Decrypt)
-                    }
-                }
+                let opened = open_next(&self.transport, &mut self.nonce, &msg, &mut self.plain[start..]);
+                // Keep the plaintext; on a failure drop the room made for it.
+                self.plain.truncate(start + opened.as_ref().map_or(0, |n| *n));
+                opened.map(|_| true)
             }
             Some(Err(e)) => Err(e.into()),
             None if self.plain.is_empty() => Ok(false),

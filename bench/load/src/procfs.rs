@@ -69,24 +69,23 @@ pub fn status_kib(status: &str, field: &str) -> Option<u64> {
     line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
 }
 
-/// `utime + stime` (fields 14 and 15) of `/proc/PID/stat`. The command
-/// name (field 2) is in parentheses and may hold spaces or parentheses,
-/// so fields are counted from the last `)`.
-pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+/// Field `n` (numbered from 1, as in `proc(5)`; at least 3) of
+/// `/proc/PID/stat`. The command name (field 2) is in parentheses and may
+/// hold spaces or parentheses, so fields are counted from the last `)`.
+fn stat_field(stat: &str, n: usize) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // fields[0] is field 3 (state): utime is field 14, stime field 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+}
+
+/// `utime + stime` (fields 14 and 15) of `/proc/PID/stat`.
+pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    Some(stat_field(stat, 14)? + stat_field(stat, 15)?)
 }
 
 /// The process's start time, in clock ticks after boot (field 22 of
 /// `/proc/PID/stat`).
 pub fn stat_start_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // fields[0] is field 3: starttime, field 22, is fields[19].
-    rest.split_whitespace().nth(19)?.parse().ok()
+    stat_field(stat, 22)
 }
 
 /// How long process `pid` has been running.
