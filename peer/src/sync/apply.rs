@@ -27,7 +27,7 @@ use dartsync_shared::{FileKind, FileRecord, RelPath};
 use crate::jail::{JailError, rel_path};
 use crate::local::dirs::Jails;
 use crate::sync::error::ApplyError;
-use crate::sync::history::{Cause, History};
+use crate::sync::history::{BeforeKeep, Cause, History};
 
 /// Mode of parent folders the engine has to create before their own record
 /// arrives (the record's mode is applied when it does).
@@ -66,9 +66,16 @@ pub(crate) struct Applier {
 
 impl Applier {
     /// Applies a folder, symlink or deletion record; `replaced` is the
-    /// indexed record of what is there (for the history's metadata).
-    pub(crate) fn metadata(&self, record: &FileRecord, replaced: Option<&FileRecord>) -> Result<Cleared, ApplyError> {
-        apply_metadata(&self.jails, &self.history, record, self.dir_mode(record), Cause::replacing(replaced, record))
+    /// indexed record of what is there (for the history's metadata);
+    /// `before_keep` is told where it goes in the history before it goes.
+    pub(crate) fn metadata(
+        &self,
+        record: &FileRecord,
+        replaced: Option<&FileRecord>,
+        before_keep: Option<BeforeKeep<'_>>,
+    ) -> Result<Cleared, ApplyError> {
+        let cause = Cause::replacing(replaced, record).telling(before_keep);
+        apply_metadata(&self.jails, &self.history, record, self.dir_mode(record), cause)
     }
 
     /// Moves what is at `path` out of the way: files and links go to the
@@ -76,20 +83,23 @@ impl Applier {
     /// known), an empty folder is removed, a non-empty one is kept. Used to
     /// put back the cluster's version over a local change.
     pub(crate) fn set_aside(&self, path: &RelPath, local: Option<&FileRecord>) -> Result<Option<PathBuf>, ApplyError> {
-        let cause = Cause { saved: local, by: None, deleted: false };
+        let cause = Cause { saved: local, ..Cause::default() };
         Ok(clear(&self.jails, &self.history, path, cause)?.flatten())
     }
 
     /// Moves a verified download into place (see [`install_file`]);
-    /// `replaced` is the indexed record of what is there.
+    /// `replaced` is the indexed record of what is there; `before_keep`
+    /// is told where it goes in the history before it goes.
     pub(crate) fn install(
         &self,
         record: &FileRecord,
         temp: &Path,
         replaced: Option<&FileRecord>,
+        before_keep: Option<BeforeKeep<'_>>,
     ) -> Result<Option<PathBuf>, ApplyError> {
         let mode = if self.ignore_perms { DEFAULT_FILE_MODE } else { record.mode & 0o777 };
-        install_file(&self.jails, &self.history, record, temp, mode, Cause::replacing(replaced, record))
+        let cause = Cause::replacing(replaced, record).telling(before_keep);
+        install_file(&self.jails, &self.history, record, temp, mode, cause)
     }
 
     /// Applies a new version whose content this peer already has but whose
@@ -273,7 +283,7 @@ mod tests {
         let rec = RecordBuilder::file("a/b.txt").mode(0o4755).mtime_ns(MTIME_NS).build();
         fs::create_dir_all(f.path("a")).unwrap();
         fs::write(f.path("a/b.txt"), b"old").unwrap();
-        f.applier.install(&rec, &temp, None).unwrap();
+        f.applier.install(&rec, &temp, None, None).unwrap();
         assert_eq!(fs::read(f.path("a/b.txt")).unwrap(), b"new");
         let meta = fs::metadata(f.path("a/b.txt")).unwrap();
         assert_eq!(meta.modified().unwrap(), mtime_of(&rec));
@@ -289,13 +299,13 @@ mod tests {
         fs::create_dir_all(f.path("d/e")).unwrap();
         fs::write(f.path("d/e/f"), b"x").unwrap();
         let gone_dir = RecordBuilder::dir("d/e").tombstone().build();
-        let out = f.applier.metadata(&gone_dir, None).unwrap();
+        let out = f.applier.metadata(&gone_dir, None, None).unwrap();
         assert_eq!(out, None, "a non-empty folder is kept");
-        let out = f.applier.metadata(&RecordBuilder::file("d/e/f").tombstone().build(), None).unwrap();
+        let out = f.applier.metadata(&RecordBuilder::file("d/e/f").tombstone().build(), None, None).unwrap();
         assert!(out.is_some_and(|saved| saved.is_some()));
         assert!(!f.path("d/e/f").exists());
         assert_eq!(f.applier.history.versions_of(&rel("d/e/f")).unwrap().len(), 1);
-        let out = f.applier.metadata(&gone_dir, None).unwrap();
+        let out = f.applier.metadata(&gone_dir, None, None).unwrap();
         assert_eq!(out, Some(None));
         assert!(!f.path("d/e").exists());
     }
@@ -303,10 +313,10 @@ mod tests {
     #[test]
     fn folders_and_links_are_created() {
         let f = fixture();
-        f.applier.metadata(&RecordBuilder::dir("x/y").build(), None).unwrap();
+        f.applier.metadata(&RecordBuilder::dir("x/y").build(), None, None).unwrap();
         assert!(f.path("x/y").is_dir());
         let link = RecordBuilder::symlink("x/l", "y").mtime_ns(MTIME_NS).build();
-        f.applier.metadata(&link, None).unwrap();
+        f.applier.metadata(&link, None, None).unwrap();
         assert_eq!(fs::read_link(f.path("x/l")).unwrap(), PathBuf::from("y"));
         assert_eq!(fs::symlink_metadata(f.path("x/l")).unwrap().modified().unwrap(), mtime_of(&link));
         let file = RecordBuilder::file("x/f").mode(0o2600).build();
@@ -322,16 +332,16 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), f.path("docs")).unwrap();
         let temp = f.temp("x.done", b"payload");
         let file = RecordBuilder::file("docs/x").build();
-        let err = f.applier.install(&file, &temp, None).unwrap_err();
+        let err = f.applier.install(&file, &temp, None, None).unwrap_err();
         assert!(err.is_permanent(), "{err}");
         for rec in [RecordBuilder::dir("docs/d").build(), RecordBuilder::symlink("docs/l", "x").build()] {
-            let err = f.applier.metadata(&rec, None).unwrap_err();
+            let err = f.applier.metadata(&rec, None, None).unwrap_err();
             assert!(err.is_permanent(), "{}: {err}", rec.path);
         }
         // A deletion behind the link finds nothing of the folder's there.
         fs::write(outside.path().join("x"), b"not the folder's").unwrap();
         let gone = RecordBuilder::file("docs/x").tombstone().build();
-        assert_eq!(f.applier.metadata(&gone, None).unwrap(), Some(None));
+        assert_eq!(f.applier.metadata(&gone, None, None).unwrap(), Some(None));
         let left: Vec<_> = fs::read_dir(outside.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, ["x"], "something outside was written or removed");
         assert_eq!(fs::read(outside.path().join("x")).unwrap(), b"not the folder's");
@@ -343,13 +353,13 @@ mod tests {
         f.applier.ignore_perms = true;
         let mut rec = RecordBuilder::file("p.txt").mode(0o600).build();
         let temp = f.temp("p.done", b"p");
-        f.applier.install(&rec, &temp, None).unwrap();
+        f.applier.install(&rec, &temp, None, None).unwrap();
         assert_eq!(fs::metadata(f.path("p.txt")).unwrap().permissions().mode() & 0o7777, 0o644);
         rec.mode = 0o700;
         f.applier.mode(&rec).unwrap();
         assert_eq!(fs::metadata(f.path("p.txt")).unwrap().permissions().mode() & 0o7777, 0o644);
         let dir = RecordBuilder::dir("d").mode(0o700).build();
-        f.applier.metadata(&dir, None).unwrap();
+        f.applier.metadata(&dir, None, None).unwrap();
         assert_eq!(fs::metadata(f.path("d")).unwrap().permissions().mode() & 0o7777, 0o755);
     }
 }

@@ -38,7 +38,7 @@ use crate::status::{EngineView, StatusBoard, TransferView, folder_state};
 use crate::sync::apply::Applier;
 use crate::sync::case_names::CaseNames;
 use crate::sync::error::ApplyError;
-use crate::sync::history::History;
+use crate::sync::history::{BeforeKeep, History};
 use crate::sync::index_source::IndexSource;
 use crate::sync::install::{Installed, Installer};
 use crate::sync::plan::{Action, plan};
@@ -677,16 +677,13 @@ impl Engine {
                         // lock: an install that finished a moment ago (after
                         // `local_view` above) is exactly what is cleared.
                         let replaced = index.get(&record.path)?;
-                        let cleared = applier.metadata(&record, replaced.as_ref().map(|r| &r.record))?;
-                        // Known to the chunk source before the index forgets
-                        // the file (still under the commit lock), so a
-                        // download copying its chunks right now finds them.
-                        if let (Some(Some(saved)), Some(replaced)) = (&cleared, &replaced)
-                            && replaced.record.is_file()
-                        {
-                            source.remember_history(saved.clone(), replaced.record.content, &replaced.chunks);
-                        }
-                        Ok::<_, ApplyError>(cleared)
+                        // Known to the chunk source before the file moves
+                        // into the history, so a download copying its chunks
+                        // right now (the other half of a rename) finds them
+                        // at one place or the other.
+                        let remember = |saved: &std::path::Path| source.remember_entry(replaced.as_ref(), saved);
+                        let keep = Some(BeforeKeep(&remember));
+                        Ok::<_, ApplyError>(applier.metadata(&record, replaced.as_ref().map(|r| &r.record), keep)?)
                     }
                 };
                 match local.apply_if_unmodified(record.clone(), Vec::new(), op).await? {

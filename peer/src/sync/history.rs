@@ -47,6 +47,21 @@ const DAY_NS: i64 = 86_400 * 1_000_000_000;
 /// Looks up a device's name by its version-vector id.
 pub(crate) type DeviceNames = Arc<dyn Fn(ShortId) -> Option<String> + Send + Sync>;
 
+/// Told the absolute history path a file is about to be moved or linked
+/// to, just before it goes there: whoever reads the file's content by
+/// location (the chunk source) learns the new place before the old one
+/// disappears, so a download copying from the file never finds it in
+/// neither. A name that then turns out to be taken is told too, and is
+/// only a stale hint.
+#[derive(Clone, Copy)]
+pub(crate) struct BeforeKeep<'a>(pub(crate) &'a dyn Fn(&Path));
+
+impl std::fmt::Debug for BeforeKeep<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeKeep")
+    }
+}
+
 /// Why a file is being saved: the index's record of what is there (the
 /// version being saved), and who replaced or deleted it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -57,12 +72,26 @@ pub(crate) struct Cause<'a> {
     pub(crate) by: Option<ShortId>,
     /// It is being deleted, not replaced.
     pub(crate) deleted: bool,
+    /// Told where the file goes before it goes there.
+    pub(crate) before_keep: Option<BeforeKeep<'a>>,
 }
 
 impl<'a> Cause<'a> {
     /// The file recorded as `saved` is replaced (or deleted) by `by`.
     pub(crate) fn replacing(saved: Option<&'a FileRecord>, by: &FileRecord) -> Cause<'a> {
-        Cause { saved, by: author(&by.version), deleted: by.deleted }
+        Cause { saved, by: author(&by.version), deleted: by.deleted, before_keep: None }
+    }
+
+    /// The same cause, telling `hook` where the file goes before it goes.
+    pub(crate) fn telling(self, hook: Option<BeforeKeep<'a>>) -> Cause<'a> {
+        Cause { before_keep: hook, ..self }
+    }
+
+    /// Runs the hook, if any, for `dest` (absolute).
+    fn tell(&self, dest: &Path) {
+        if let Some(BeforeKeep(hook)) = self.before_keep {
+            hook(dest);
+        }
     }
 }
 
@@ -189,7 +218,10 @@ impl History {
             folder.remove_file(rel)?;
             return Ok(None);
         }
-        let (dest, at) = self.place(path, |dest| folder.move_to(rel, &self.versions, dest))?;
+        let (dest, at) = self.place(path, |dest| {
+            cause.tell(&self.versions.root().join(dest));
+            folder.move_to(rel, &self.versions, dest)
+        })?;
         self.saved(path, &dest, at, meta.size, meta.is_symlink(), cause);
         Ok(Some(self.versions.root().join(dest)))
     }
@@ -209,10 +241,13 @@ impl History {
         }
         let rel = rel_path(path);
         let Some(meta) = folder.lstat(rel)?.filter(|m| m.is_file() || m.is_symlink()) else { return Ok(None) };
-        let (dest, at) = self.place(path, |dest| match folder.link_to(rel, &self.versions, dest) {
-            // No hard links on this file system: copy (files only).
-            Err(JailError::Io { .. }) if meta.is_file() => folder.copy_to(rel, &self.versions, dest),
-            other => other,
+        let (dest, at) = self.place(path, |dest| {
+            cause.tell(&self.versions.root().join(dest));
+            match folder.link_to(rel, &self.versions, dest) {
+                // No hard links on this file system: copy (files only).
+                Err(JailError::Io { .. }) if meta.is_file() => folder.copy_to(rel, &self.versions, dest),
+                other => other,
+            }
         })?;
         self.saved(path, &dest, at, meta.size, meta.is_symlink(), cause);
         Ok(Some(self.versions.root().join(dest)))
@@ -548,6 +583,33 @@ mod tests {
         let saved = f.history.preserve(&f.folder, &path, Cause::default()).unwrap().unwrap();
         assert_eq!(fs::read_to_string(saved).unwrap(), "old");
         assert_eq!(fs::read_to_string(path.to_local(f.root.path())).unwrap(), "old");
+    }
+
+    #[test]
+    fn the_new_place_is_told_while_the_file_is_still_at_the_old_one() {
+        let f = fixture(VersionsPolicy::default());
+        let path = RelPath::new("a.bin").unwrap();
+        let local = path.to_local(f.root.path());
+        for preserve in [false, true] {
+            fs::write(&local, "content").unwrap();
+            let told = std::cell::RefCell::new(Vec::new());
+            let hook = |dest: &Path| {
+                // Still at the old place, not yet at the new one: a reader
+                // told about both finds it at one or the other throughout.
+                assert_eq!(fs::read_to_string(&local).unwrap(), "content");
+                assert!(!dest.exists(), "{} exists before the move", dest.display());
+                told.borrow_mut().push(dest.to_owned());
+            };
+            let cause = Cause::default().telling(Some(BeforeKeep(&hook)));
+            let saved = if preserve {
+                f.history.preserve(&f.folder, &path, cause)
+            } else {
+                f.history.save(&f.folder, &path, cause)
+            };
+            let saved = saved.unwrap().unwrap();
+            assert_eq!(told.into_inner(), [saved.clone()], "preserve={preserve}");
+            assert_eq!(fs::read_to_string(&saved).unwrap(), "content");
+        }
     }
 
     #[test]

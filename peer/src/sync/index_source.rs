@@ -15,7 +15,7 @@ use dartsync_shared::{ChunkInfo, ContentHash};
 
 use crate::jail::JailError;
 use crate::local::dirs::Jails;
-use crate::local::index::Index;
+use crate::local::index::{Index, IndexEntry};
 use crate::transfer::chunk_source::ChunkSource;
 
 /// History chunk locations remembered at most (older ones are forgotten).
@@ -43,6 +43,17 @@ impl IndexSource {
     /// A source over `index` for the folder of `jails`.
     pub fn new(index: Index, jails: Jails) -> Self {
         IndexSource { index, jails, history: Mutex::new(HistoryChunks::default()) }
+    }
+
+    /// Remembers that the indexed file `entry` is at `saved` (inside the
+    /// version history) from now on: called just before it moves or is
+    /// linked there ([`crate::sync::history::BeforeKeep`]), so a download
+    /// copying its chunks finds them at one place or the other at every
+    /// moment. Only files have chunks; other entries are ignored.
+    pub(crate) fn remember_entry(&self, entry: Option<&IndexEntry>, saved: &Path) {
+        if let Some(entry) = entry.filter(|e| e.record.is_file()) {
+            self.remember_history(saved.to_owned(), entry.record.content, &entry.chunks);
+        }
     }
 
     /// Remembers that a file with `content` and `chunks` now lives at

@@ -14,7 +14,7 @@
 //! refuses it, or left for the engine when the install fails (it retries
 //! only the install).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dartsync_shared::FileRecord;
@@ -26,6 +26,7 @@ use crate::local::index::Index;
 use crate::local::{LocalError, LocalState};
 use crate::sync::apply::Applier;
 use crate::sync::error::ApplyError;
+use crate::sync::history::BeforeKeep;
 use crate::sync::index_source::IndexSource;
 use crate::transfer::DownloadOutcome;
 
@@ -140,15 +141,11 @@ fn install_op(
         // The entry being replaced, read under the commit lock so it is
         // exactly what the history receives.
         let before = previous.get(&target.path)?;
-        let saved = applier.install(&target, &temp, before.as_ref().map(|b| &b.record))?;
-        // Known to the chunk source before the index forgets the old
-        // content, so a download copying its chunks right now finds them
-        // in the history.
-        if let (Some(saved), Some(before)) = (saved, before)
-            && before.record.is_file()
-        {
-            source.remember_history(saved, before.record.content, &before.chunks);
-        }
+        // The chunk source learns where the old content goes before it
+        // goes, so a download copying its chunks right now finds them at
+        // one place or the other.
+        let remember = |saved: &Path| source.remember_entry(before.as_ref(), saved);
+        applier.install(&target, &temp, before.as_ref().map(|b| &b.record), Some(BeforeKeep(&remember)))?;
         Ok(Some(()))
     }
 }

@@ -219,7 +219,7 @@ impl Core {
         if let Some(parent) = trel.parent().filter(|p| !p.as_os_str().is_empty()) {
             jails.folder.create_dir_all(parent, PARENT_MODE)?;
         }
-        let cause = Cause { saved: replaced, by: Some(self.me), deleted: false };
+        let cause = Cause { saved: replaced, by: Some(self.me), ..Cause::default() };
         let saved_as = if chosen.symlink {
             let link_target = history.jail().read_link(&chosen.file)?;
             let saved = history.preserve(&jails.folder, target, cause)?;

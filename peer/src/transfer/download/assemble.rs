@@ -86,14 +86,13 @@ pub(super) fn prepare(
 
     let wanted: Vec<usize> = (0..groups.len()).filter(|&g| !groups[g].members.iter().all(|&i| done.get(i))).collect();
     let mut copy = LocalCopy { file: &file, chunks, groups, source, cancel, done: &mut done, bytes: 0 };
-    // Two passes: a candidate that vanished (its file moved into the
-    // history by a deletion applied while this one copies, as when a
-    // rename's tombstone and new record arrive together) is known under
-    // its new name a moment later. The second pass looks again, with
+    // Two passes. A file moved into the history while this one copies (a
+    // rename's tombstone applied at the same time) is known to the source
+    // under its history name before it moves, so it is found at one place
+    // or the other; other local changes meanwhile (a file the scanner
+    // re-indexed elsewhere) are not. The second pass looks again, with
     // fresh opens, at everything the first could not copy, once the rest
-    // of the file is copied: by then that deletion is done. (Looking again
-    // only at groups a local file was named for looked enough, but a move
-    // then fetched 1.2% of its file in the rename end-to-end test.)
+    // of the file is copied.
     let misses = copy.pass(wanted).map_err(at_part)?;
     let missing = copy.pass(misses).map_err(at_part)?;
     let bytes_local = copy.bytes;
