@@ -683,7 +683,7 @@ impl Engine {
                         // at one place or the other.
                         let remember = |saved: &std::path::Path| source.remember_entry(replaced.as_ref(), saved);
                         let keep = Some(BeforeKeep(&remember));
-                        Ok::<_, ApplyError>(applier.metadata(&record, replaced.as_ref().map(|r| &r.record), keep)?)
+                        applier.metadata(&record, replaced.as_ref().map(|r| &r.record), keep)
                     }
                 };
                 match local.apply_if_unmodified(record.clone(), Vec::new(), op).await? {
