@@ -70,6 +70,15 @@ fn thousands_of_small_files_converge() {
     let expected = snapshot(&p0);
     assert_eq!(expected.len(), 2000 + 20 + 1);
     cluster.wait_tree(&expected, Duration::from_secs(300));
+    // Three receivers on one address, 16 downloads each: their handshakes
+    // with one holder stay within what its piece server lets one address
+    // have in the handshake, so none is closed (and no file waits as
+    // "holder unreachable" for a retry).
+    for i in 0..4 {
+        let displaced: Vec<String> =
+            cluster.peer(i).lines().into_iter().filter(|l| l.contains("idle unauthenticated connections")).collect();
+        assert!(displaced.is_empty(), "peer{i} closed handshakes of downloaders: {displaced:?}");
+    }
 }
 
 #[test]

@@ -11,6 +11,14 @@
 //! that took it retries once on a fresh connection if the link failed
 //! before any chunk arrived on it.
 //!
+//! Handshakes to one holder are gated: at most
+//! [`MAX_CONNECTING_PER_HOLDER`] at a time ([`Links::connecting`]). A
+//! burst of downloads would otherwise open one connection each at once,
+//! and a holder's piece server lets only
+//! [`PREAUTH_PER_SOURCE`](crate::transfer::serve::PREAUTH_PER_SOURCE)
+//! connections of one address be in the handshake: it closed the rest, and
+//! their files waited as "holder unreachable" until a retry.
+//!
 //! A link's buffers grow to the largest frame it carried (a chunk of up to
 //! [`MAX_CHUNK_LEN`](dartsync_shared::limits::MAX_CHUNK_LEN) bytes); a link
 //! is pooled with them given back, so the idle links of every holder cost
@@ -18,6 +26,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use dartsync_shared::PeerId;
@@ -25,6 +34,7 @@ use dartsync_shared::channel::{ChannelReader, ChannelWriter};
 use parking_lot::Mutex;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// The reading half of a link to a holder.
@@ -40,6 +50,13 @@ pub(crate) type Writer = ChannelWriter<WriteHalf<TcpStream>>;
 pub(crate) const MAX_IDLE_PER_HOLDER: usize = 16;
 /// An idle link older than this is closed rather than reused.
 pub(crate) const MAX_IDLE: Duration = Duration::from_secs(30);
+/// Handshakes to one holder under way at once at most. Well below the
+/// piece server's limit per address (8), so that three peers behind one
+/// address (or on one machine) stay below it together.
+pub(crate) const MAX_CONNECTING_PER_HOLDER: usize = 2;
+
+/// A holder, as links are kept for it.
+type HolderKey = (PeerId, SocketAddr);
 
 /// One idle link.
 struct Idle {
@@ -48,11 +65,18 @@ struct Idle {
     since: Instant,
 }
 
-/// Idle links by holder.
+/// Idle links by holder, and the gates of handshakes under way.
 #[derive(Default)]
 pub(crate) struct Links {
-    idle: Mutex<HashMap<(PeerId, SocketAddr), Vec<Idle>>>,
+    idle: Mutex<HashMap<HolderKey, Vec<Idle>>>,
+    /// Gates of the holders someone connects to or waits for (others are
+    /// dropped at the next [`Links::connecting`]).
+    gates: Mutex<HashMap<HolderKey, Arc<Semaphore>>>,
 }
+
+/// Leave to make one handshake with a holder ([`Links::connecting`]);
+/// dropped when the handshake is over, whatever its outcome.
+pub(crate) type ConnectPermit = OwnedSemaphorePermit;
 
 impl std::fmt::Debug for Links {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -73,6 +97,20 @@ impl Links {
             idle.remove(&(peer, addr));
         }
         link.map(|l| (l.reader, l.writer))
+    }
+
+    /// Waits until this download may make a handshake with the holder
+    /// (fewer than [`MAX_CONNECTING_PER_HOLDER`] under way), first come
+    /// first served. Cancel-safe. A caller that waited should look for a
+    /// kept link again ([`Links::take`]) before connecting.
+    pub(crate) async fn connecting(&self, peer: PeerId, addr: SocketAddr) -> ConnectPermit {
+        let gate = {
+            let mut gates = self.gates.lock();
+            // A gate only the map holds has no handshake and no waiter.
+            gates.retain(|_, gate| Arc::strong_count(gate) > 1);
+            gates.entry((peer, addr)).or_insert_with(|| Arc::new(Semaphore::new(MAX_CONNECTING_PER_HOLDER))).clone()
+        };
+        gate.acquire_owned().await.expect("a gate is never closed")
     }
 
     /// Keeps a link with nothing in flight for the next download from the
@@ -114,6 +152,32 @@ mod tests {
         let stream = TcpStream::connect(addr).await.unwrap();
         let (reader, writer) = channel::connect(stream, &key, &Identity::generate()).await.unwrap().split();
         (reader, writer, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn handshakes_to_one_holder_are_gated_and_gates_are_forgotten() {
+        let links = Links::default();
+        let (peer, other) = (Identity::generate().peer_id(), Identity::generate().peer_id());
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mut held: Vec<ConnectPermit> = Vec::new();
+        for _ in 0..MAX_CONNECTING_PER_HOLDER {
+            held.push(links.connecting(peer, addr).await);
+        }
+        // The next one waits, for this holder only.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), links.connecting(peer, addr)).await;
+        assert!(waiting.is_err(), "a handshake beyond the limit was allowed");
+        let elsewhere = tokio::time::timeout(Duration::from_secs(5), links.connecting(other, addr)).await;
+        assert!(elsewhere.is_ok(), "another holder was held up");
+        drop(elsewhere);
+        held.pop();
+        let next = tokio::time::timeout(Duration::from_secs(5), links.connecting(peer, addr)).await;
+        assert!(next.is_ok(), "a freed handshake was not handed on");
+        drop(next);
+        drop(held);
+        // Only the holder connected to last keeps a gate.
+        let _last = links.connecting(other, addr).await;
+        let gates: Vec<HolderKey> = links.gates.lock().keys().copied().collect();
+        assert_eq!(gates, [(other, addr)], "gates of idle holders are kept");
     }
 
     #[tokio::test]

@@ -136,7 +136,7 @@ impl Downloader {
         base: &[ChunkInfo],
     ) -> Result<(Vec<ChunkInfo>, Conn), HolderError> {
         let limits = &self.ctx.limits;
-        let mut conn = worker::connect(holder, &self.ctx.key, &self.ctx.identity, limits.connect_timeout).await?;
+        let mut conn = worker::gated_connect(holder, &self.ctx).await?;
         if base.len() >= limits.summary_min_base
             && let Some(list) = self.rebuild_list(&mut conn, record, base).await?
         {

@@ -296,16 +296,13 @@ impl Downloader {
                 let holder = &step.holders[i];
                 match self.ctx.links.take(holder.peer_id, holder.addr) {
                     Some(link) => (i, link),
-                    None => {
-                        let timeout = self.ctx.limits.connect_timeout;
-                        match worker::connect(holder, &self.ctx.key, &self.ctx.identity, timeout).await {
-                            Ok(conn) => (i, conn.split()),
-                            Err(e) => {
-                                tracing::debug!(peer = %holder.peer_id.fmt_short(), error = %e, "cannot refine chunks");
-                                return out;
-                            }
+                    None => match worker::gated_connect(holder, &self.ctx).await {
+                        Ok(conn) => (i, conn.split()),
+                        Err(e) => {
+                            tracing::debug!(peer = %holder.peer_id.fmt_short(), error = %e, "cannot refine chunks");
+                            return out;
                         }
-                    }
+                    },
                 }
             }
         };

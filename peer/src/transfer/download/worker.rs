@@ -142,6 +142,13 @@ pub(crate) async fn connect(
     Ok(conn)
 }
 
+/// [`connect`] once the holder's handshake gate lets this caller through
+/// (see [`Links::connecting`]).
+pub(crate) async fn gated_connect(holder: &Holder, ctx: &WorkerCtx) -> Result<Conn, HolderError> {
+    let _permit = ctx.links.connecting(holder.peer_id, holder.addr).await;
+    connect(holder, &ctx.key, &ctx.identity, ctx.limits.connect_timeout).await
+}
+
 /// Chunks sharing one hash and length: fetched once, written at every
 /// member's offset.
 #[derive(Debug, Clone)]
@@ -459,13 +466,7 @@ impl HolderWorker {
                 let (reader, writer) = conn.split();
                 (reader, writer, false)
             }
-            None => match ctx.links.take(holder.peer_id, holder.addr) {
-                Some((reader, writer)) => (reader, writer, true),
-                None => {
-                    let (reader, writer) = self.connect(holder, ctx, cancel).await?;
-                    (reader, writer, false)
-                }
-            },
+            None => self.take_or_connect(holder, ctx, cancel).await?,
         };
         tracing::debug!(peer = %holder.peer_id.fmt_short(), addr = %self.addr, pooled, "holder connected");
         let mut result = self.pipeline(&mut reader, &mut writer, &ctx.limits, cancel).await;
@@ -483,6 +484,35 @@ impl HolderWorker {
         result
     }
 
+    /// A kept link to the holder, else a new one once the holder's
+    /// handshake gate lets this worker through (a link kept meanwhile is
+    /// taken instead). True when the link was kept.
+    async fn take_or_connect(
+        &self,
+        holder: &Holder,
+        ctx: &WorkerCtx,
+        cancel: &CancellationToken,
+    ) -> Result<(Reader, Writer, bool), Stop> {
+        if let Some((reader, writer)) = ctx.links.take(holder.peer_id, holder.addr) {
+            return Ok((reader, writer, true));
+        }
+        let _permit = tokio::select! {
+            () = cancel.cancelled() => return Err(Stop::Cancelled),
+            permit = ctx.links.connecting(holder.peer_id, holder.addr) => permit,
+        };
+        if let Some((reader, writer)) = ctx.links.take(holder.peer_id, holder.addr) {
+            return Ok((reader, writer, true));
+        }
+        tokio::select! {
+            () = cancel.cancelled() => Err(Stop::Cancelled),
+            c = connect(holder, &ctx.key, &ctx.identity, ctx.limits.connect_timeout) => {
+                let (reader, writer) = c.map_err(Stop::Holder)?.split();
+                Ok((reader, writer, false))
+            }
+        }
+    }
+
+    /// A new link to the holder, through its handshake gate.
     async fn connect(
         &self,
         holder: &Holder,
@@ -491,9 +521,7 @@ impl HolderWorker {
     ) -> Result<(Reader, Writer), Stop> {
         tokio::select! {
             () = cancel.cancelled() => Err(Stop::Cancelled),
-            c = connect(holder, &ctx.key, &ctx.identity, ctx.limits.connect_timeout) => {
-                Ok(c.map_err(Stop::Holder)?.split())
-            }
+            c = gated_connect(holder, ctx) => Ok(c.map_err(Stop::Holder)?.split()),
         }
     }
 
