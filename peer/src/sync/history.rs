@@ -607,7 +607,7 @@ mod tests {
                 f.history.save(&f.folder, &path, cause)
             };
             let saved = saved.unwrap().unwrap();
-            assert_eq!(told.into_inner(), [saved.clone()], "preserve={preserve}");
+            assert_eq!(told.into_inner(), std::slice::from_ref(&saved), "preserve={preserve}");
             assert_eq!(fs::read_to_string(&saved).unwrap(), "content");
         }
     }
