@@ -51,21 +51,14 @@ impl IndexSource {
     /// copying its chunks finds them at one place or the other at every
     /// moment. Only files have chunks; other entries are ignored.
     pub(crate) fn remember_entry(&self, entry: Option<&IndexEntry>, saved: &Path) {
-        if let Some(entry) = entry.filter(|e| e.record.is_file()) {
-            self.remember_history(saved.to_owned(), entry.record.content, &entry.chunks);
-        }
-    }
-
-    /// Remembers that a file with `content` and `chunks` now lives at
-    /// `saved` (inside the version history).
-    pub fn remember_history(&self, saved: PathBuf, content: ContentHash, chunks: &[ChunkInfo]) {
+        let Some(IndexEntry { record, chunks, .. }) = entry.filter(|e| e.record.is_file()) else { return };
         let mut h = self.history.lock();
         if h.count + chunks.len() > MAX_HISTORY_CHUNKS {
             *h = HistoryChunks::default();
         }
-        h.lists.insert(content, chunks.to_vec());
+        h.lists.insert(record.content, chunks.clone());
         for c in chunks {
-            h.chunks.entry(c.hash).or_default().push((saved.clone(), c.offset, c.len));
+            h.chunks.entry(c.hash).or_default().push((saved.to_owned(), c.offset, c.len));
         }
         h.count += chunks.len();
     }
