@@ -294,15 +294,12 @@ impl Downloader {
             None => {
                 let Some(i) = step.stats.iter().position(|s| s.dropped.is_none()) else { return out };
                 let holder = &step.holders[i];
-                match self.ctx.links.take(holder.peer_id, holder.addr) {
-                    Some(link) => (i, link),
-                    None => match worker::gated_connect(holder, &self.ctx).await {
-                        Ok(conn) => (i, conn.split()),
-                        Err(e) => {
-                            tracing::debug!(peer = %holder.peer_id.fmt_short(), error = %e, "cannot refine chunks");
-                            return out;
-                        }
-                    },
+                match worker::take_or_connect(holder, &self.ctx).await {
+                    Ok((reader, writer, _kept)) => (i, (reader, writer)),
+                    Err(e) => {
+                        tracing::debug!(peer = %holder.peer_id.fmt_short(), error = %e, "cannot refine chunks");
+                        return out;
+                    }
                 }
             }
         };

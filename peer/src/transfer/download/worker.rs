@@ -149,6 +149,22 @@ pub(crate) async fn gated_connect(holder: &Holder, ctx: &WorkerCtx) -> Result<Co
     connect(holder, &ctx.key, &ctx.identity, ctx.limits.connect_timeout).await
 }
 
+/// A kept link to the holder, else a new one once the holder's handshake
+/// gate lets this caller through (a link kept while it waited is taken
+/// instead). True when the link was kept.
+pub(crate) async fn take_or_connect(holder: &Holder, ctx: &WorkerCtx) -> Result<(Reader, Writer, bool), HolderError> {
+    let kept = || ctx.links.take(holder.peer_id, holder.addr).map(|(reader, writer)| (reader, writer, true));
+    if let Some(link) = kept() {
+        return Ok(link);
+    }
+    let _permit = ctx.links.connecting(holder.peer_id, holder.addr).await;
+    if let Some(link) = kept() {
+        return Ok(link);
+    }
+    let (reader, writer) = connect(holder, &ctx.key, &ctx.identity, ctx.limits.connect_timeout).await?.split();
+    Ok((reader, writer, false))
+}
+
 /// Chunks sharing one hash and length: fetched once, written at every
 /// member's offset.
 #[derive(Debug, Clone)]
@@ -484,31 +500,16 @@ impl HolderWorker {
         result
     }
 
-    /// A kept link to the holder, else a new one once the holder's
-    /// handshake gate lets this worker through (a link kept meanwhile is
-    /// taken instead). True when the link was kept.
+    /// [`take_or_connect`], unless `cancel` fires first.
     async fn take_or_connect(
         &self,
         holder: &Holder,
         ctx: &WorkerCtx,
         cancel: &CancellationToken,
     ) -> Result<(Reader, Writer, bool), Stop> {
-        if let Some((reader, writer)) = ctx.links.take(holder.peer_id, holder.addr) {
-            return Ok((reader, writer, true));
-        }
-        let _permit = tokio::select! {
-            () = cancel.cancelled() => return Err(Stop::Cancelled),
-            permit = ctx.links.connecting(holder.peer_id, holder.addr) => permit,
-        };
-        if let Some((reader, writer)) = ctx.links.take(holder.peer_id, holder.addr) {
-            return Ok((reader, writer, true));
-        }
         tokio::select! {
             () = cancel.cancelled() => Err(Stop::Cancelled),
-            c = connect(holder, &ctx.key, &ctx.identity, ctx.limits.connect_timeout) => {
-                let (reader, writer) = c.map_err(Stop::Holder)?.split();
-                Ok((reader, writer, false))
-            }
+            link = take_or_connect(holder, ctx) => link.map_err(Stop::Holder),
         }
     }
 
