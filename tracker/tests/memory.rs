@@ -94,6 +94,14 @@ impl ChildTracker {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "tracker_child_process", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, spec)
+            // The allocator as the `dartsync` binary sets it for a tracker
+            // (`src/malloc_tuning.rs`): one arena per core, and blocks of
+            // 128 KiB and more from `mmap`, handed back when freed. With
+            // glibc's sliding threshold, a freed 4 MiB batch buffer raises
+            // it and the next ones come from whichever arena a thread
+            // holds, so the peak here varied by 13 MiB from run to run.
+            .env("MALLOC_ARENA_MAX", "2")
+            .env("MALLOC_MMAP_THRESHOLD_", "131072")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
