@@ -550,19 +550,20 @@ impl Engine {
         }
     }
 
-    /// Moves queued downloads into the dirty set while slots are free.
+    /// Moves queued downloads into the dirty set while slots are free
+    /// (slots promised to paths moved before the round count as taken).
     fn start_queued(&mut self) {
-        let free = self.parts.max_parallel_downloads.saturating_sub(self.active.len());
-        for _ in 0..free {
-            let Some(path) = self.queued.pop_first() else { break };
-            self.dirty.insert(path);
-        }
+        let promoted = self.queued.promote(self.active.len(), self.parts.max_parallel_downloads);
+        self.dirty.extend(promoted);
     }
 
     /// Reconsiders every dirty path until none is left (a deletion can make
     /// its parent folder deletable).
     async fn reconcile_dirty(&mut self) {
         for _ in 0..16 {
+            // Slots a round left free (a promoted path needed no download)
+            // go to the next queued paths now, not at the next event.
+            self.start_queued();
             if self.dirty.is_empty() {
                 return;
             }
@@ -574,6 +575,8 @@ impl Engine {
     /// before children), deletions last (children before parents).
     async fn reconcile_round(&mut self) {
         let paths: Vec<RelPath> = std::mem::take(&mut self.dirty).into_iter().collect();
+        // The promoted paths are among them.
+        self.queued.round_started();
         let paths = self.park_unheld(paths).await;
         let (mut deletions, others): (Vec<RelPath>, Vec<RelPath>) =
             paths.into_iter().partition(|p| self.global.get(p).is_some_and(|g| g.record.deleted));

@@ -2,7 +2,8 @@
 //! before children), with the bytes they will fetch summed as they come and
 //! go, because status reads that sum after every finished download (a
 //! pass over thousands of queued paths each time made a burst of small
-//! files quadratic).
+//! files quadratic), and the slots promised to paths taken out of the
+//! queue whose downloads the next round has not started yet.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +16,9 @@ pub(super) struct Queued {
     paths: BTreeMap<RelPath, u64>,
     /// Sum of the sizes in `paths`.
     bytes: u64,
+    /// Paths [`Queued::promote`] took out since the last
+    /// [`Queued::round_started`]: their slots are spoken for.
+    promoted: usize,
 }
 
 impl Queued {
@@ -32,6 +36,25 @@ impl Queued {
         let (path, size) = self.paths.pop_first()?;
         self.bytes -= size;
         Some(path)
+    }
+
+    /// Takes out the first paths for the slots that are free: `max` less
+    /// the `active` downloads and the paths taken out before whose round
+    /// has not run. Without the second term, a batch of k finished
+    /// downloads, each calling this, would take out 1 + 2 + ... + k paths
+    /// for k slots, and each one beyond would be looked at on disk only to
+    /// be queued again.
+    pub(super) fn promote(&mut self, active: usize, max: usize) -> Vec<RelPath> {
+        let free = max.saturating_sub(active + self.promoted);
+        let taken: Vec<RelPath> = std::iter::from_fn(|| self.pop_first()).take(free).collect();
+        self.promoted += taken.len();
+        taken
+    }
+
+    /// A round took the promoted paths: it starts their downloads (they
+    /// count as active from then on), queues them again, or needs none.
+    pub(super) fn round_started(&mut self) {
+        self.promoted = 0;
     }
 
     /// Forgets `path` if it is queued.
@@ -79,5 +102,25 @@ mod tests {
         assert_eq!(q.pop_first(), Some(rel("b")));
         assert!(q.is_empty());
         assert_eq!((q.pop_first(), q.bytes()), (None, 0));
+    }
+
+    #[test]
+    fn promotion_counts_the_slots_promised_before_the_round() {
+        let mut q = Queued::default();
+        for name in ["a", "b", "c", "d", "e", "f"] {
+            q.insert(rel(name), 1);
+        }
+        assert!(q.promote(4, 4).is_empty(), "every slot busy");
+        // Three downloads finish one after the other before a round runs.
+        assert_eq!(q.promote(3, 4), vec![rel("a")]);
+        assert_eq!(q.promote(2, 4), vec![rel("b")]);
+        assert_eq!(q.promote(1, 4), vec![rel("c")]);
+        assert_eq!(q.len(), 3, "three slots, three paths");
+        // The round started two of them; one needed no download.
+        q.round_started();
+        assert_eq!(q.promote(3, 4), vec![rel("d")]);
+        q.round_started();
+        assert_eq!(q.promote(0, 4), vec![rel("e"), rel("f")]);
+        assert!(q.promote(0, 4).is_empty() && q.is_empty());
     }
 }
