@@ -247,6 +247,7 @@ impl Downloader {
         let chunks: Arc<[ChunkInfo]> = chunks.into();
         let groups: Arc<[Group]> = group_chunks(&chunks).into();
 
+        let resumable = self.resumable(&record);
         let prepared = {
             let (tmp_dir, source, chunks, groups, cancel) =
                 (self.tmp_dir.clone(), self.source.clone(), chunks.clone(), groups.clone(), cancel.clone());
@@ -256,10 +257,12 @@ impl Downloader {
                 size: record.size,
                 done: Bitmap::new(chunks.len()),
             };
-            tokio::task::spawn_blocking(move || prepare(&tmp_dir, header, &chunks, &groups, source.as_ref(), &cancel))
-                .await
-                .map_err(|e| self.io_err(&self.tmp_dir, std::io::Error::other(e)))?
-                .map_err(|(p, e)| self.io_err(&p, e))?
+            tokio::task::spawn_blocking(move || {
+                prepare(&tmp_dir, header, &chunks, &groups, source.as_ref(), &cancel, resumable)
+            })
+            .await
+            .map_err(|e| self.io_err(&self.tmp_dir, std::io::Error::other(e)))?
+            .map_err(|(p, e)| self.io_err(&p, e))?
         };
         let part = part::part_path(&self.tmp_dir, &record.content);
         let state_path = part::state_path(&self.tmp_dir, &record.content);
@@ -298,13 +301,15 @@ impl Downloader {
                 missing,
                 header,
                 state_path,
-                self.ctx.limits.persist_every_bytes,
+                // A small file is fetched again rather than resumed: it
+                // never saves its progress (`finish` removes no state file).
+                if resumable { self.ctx.limits.persist_every_bytes } else { u64::MAX },
             )
             .with_progress(job.progress.clone()),
         );
 
         if !work.finished() {
-            if self.resumable(&record) {
+            if resumable {
                 self.persist(&work, &part).await?;
             }
             if cancel.is_cancelled() {
@@ -320,7 +325,7 @@ impl Downloader {
         let temp_path = {
             drop(prepared.file);
             let (tmp_dir, content, list) = (self.tmp_dir.clone(), record.content, chunks.clone());
-            tokio::task::spawn_blocking(move || finish(&tmp_dir, &content, &list))
+            tokio::task::spawn_blocking(move || finish(&tmp_dir, &content, &list, resumable))
                 .await
                 .map_err(|e| self.io_err(&part, std::io::Error::other(e)))?
                 .map_err(|e| match e {

@@ -38,7 +38,9 @@ fn read_part_chunk(file: &File, c: &ChunkInfo) -> std::io::Result<Option<Vec<u8>
 }
 
 /// Step 2 (blocking): open the `.part`, keep verified chunks of an earlier
-/// run, copy what local files hold. Errors carry the path they concern.
+/// run (only a `resumable` download looks for them: a smaller one never
+/// saves its progress), copy what local files hold. Errors carry the path
+/// they concern.
 pub(super) fn prepare(
     tmp_dir: &Path,
     mut header: PartState,
@@ -46,19 +48,32 @@ pub(super) fn prepare(
     groups: &[Group],
     source: &dyn ChunkSource,
     cancel: &CancellationToken,
+    resumable: bool,
 ) -> Result<Prepared, (PathBuf, std::io::Error)> {
-    std::fs::create_dir_all(tmp_dir).map_err(|e| (tmp_dir.to_owned(), e))?;
     let part = part::part_path(tmp_dir, &header.content);
     let at_part = |e| (part.clone(), e);
-    let file = part::open_part(&part).map_err(at_part)?;
-    let current_len = file.metadata().map_err(at_part)?.len();
-    let previous = part::load_state(&part::state_path(tmp_dir, &header.content), chunks.len()).filter(|s| {
-        s.content == header.content
-            && s.chunks_hash == header.chunks_hash
-            && s.size == header.size
-            && s.done.len() == chunks.len()
-            && current_len == header.size
-    });
+    // The temp folder exists but for the first download (or after someone
+    // removed it): created only when the open says it is missing.
+    let file = match part::open_part(&part) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(tmp_dir).map_err(|e| (tmp_dir.to_owned(), e))?;
+            part::open_part(&part)
+        }
+        opened => opened,
+    }
+    .map_err(at_part)?;
+    let previous = if resumable {
+        let current_len = file.metadata().map_err(at_part)?.len();
+        part::load_state(&part::state_path(tmp_dir, &header.content), chunks.len()).filter(|s| {
+            s.content == header.content
+                && s.chunks_hash == header.chunks_hash
+                && s.size == header.size
+                && s.done.len() == chunks.len()
+                && current_len == header.size
+        })
+    } else {
+        None
+    };
     let mut done = match previous {
         Some(state) => state.done,
         None => {
@@ -152,16 +167,23 @@ pub(super) enum FinishError {
 }
 
 /// Step 4 (blocking): verify the whole file, hand it out under a unique
-/// `.done` name, drop the state file. Nothing is fsynced here: the
+/// `.done` name, drop the state file (a `resumable` download's: no other
+/// writes one). Nothing is fsynced here: the
 /// installer fsyncs the file before renaming it into place, and a `.done`
 /// lost in a crash is fetched again.
 ///
 /// A file of one chunk whose hash is the content hash was verified whole
 /// as that chunk was written (fetched, copied or resumed, each checked
 /// against its hash): `chunks` says so, and it is not read again.
-pub(super) fn finish(tmp_dir: &Path, content: &ContentHash, chunks: &[ChunkInfo]) -> Result<PathBuf, FinishError> {
+pub(super) fn finish(
+    tmp_dir: &Path,
+    content: &ContentHash,
+    chunks: &[ChunkInfo],
+    resumable: bool,
+) -> Result<PathBuf, FinishError> {
     let part = part::part_path(tmp_dir, content);
     let state = part::state_path(tmp_dir, content);
+    let drop_state = |state: &Path| if resumable { part::remove_if_exists(state) } else { Ok(()) };
     let at = |p: &Path| {
         let p = p.to_owned();
         move |e| FinishError::Io(p, e)
@@ -170,11 +192,11 @@ pub(super) fn finish(tmp_dir: &Path, content: &ContentHash, chunks: &[ChunkInfo]
     let actual = if verified_whole { *content } else { hash_file(&part).map_err(at(&part))? };
     if actual != *content {
         part::remove_if_exists(&part).map_err(at(&part))?;
-        part::remove_if_exists(&state).map_err(at(&state))?;
+        drop_state(&state).map_err(at(&state))?;
         return Err(FinishError::Mismatch(actual));
     }
     let done = part::fresh_done_path(tmp_dir, content);
     std::fs::rename(&part, &done).map_err(at(&done))?;
-    part::remove_if_exists(&state).map_err(at(&state))?;
+    drop_state(&state).map_err(at(&state))?;
     Ok(done)
 }
