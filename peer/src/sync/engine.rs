@@ -18,7 +18,7 @@
 //! - Replaced and deleted files go to the version history, never away.
 //! - One download per path at a time; a newer version cancels the older.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -575,8 +575,8 @@ impl Engine {
     /// before children), deletions last (children before parents).
     async fn reconcile_round(&mut self) {
         let paths: Vec<RelPath> = std::mem::take(&mut self.dirty).into_iter().collect();
-        // The promoted paths are among them.
-        self.queued.round_started();
+        let promoted = self.queued.round_started();
+        let paths = self.in_line(paths, &promoted);
         let paths = self.park_unheld(paths).await;
         let (mut deletions, others): (Vec<RelPath>, Vec<RelPath>) =
             paths.into_iter().partition(|p| self.global.get(p).is_some_and(|g| g.record.deleted));
@@ -599,6 +599,37 @@ impl Engine {
                 self.park(&path, "cannot apply", reason);
             }
         }
+    }
+
+    /// Queues, without looking at the disk, the files among `paths` that
+    /// could only wait for a slot: every slot is spoken for while other
+    /// downloads wait (the queue is not empty after promotion), and the
+    /// path is a live file someone holds, not being downloaded, promoted,
+    /// kept or held back. Its look and plan happen when a slot frees (a queued path is
+    /// reconsidered whole then), so a look now would be thrown away; a
+    /// burst of thousands of small files arriving in delta pages looked
+    /// at each one twice. Returns the rest.
+    fn in_line(&mut self, paths: Vec<RelPath>, promoted: &HashSet<RelPath>) -> Vec<RelPath> {
+        if self.queued.is_empty() {
+            return paths;
+        }
+        let mut rest = Vec::with_capacity(paths.len());
+        for path in paths {
+            let size = self.global.get(&path).filter(|g| !g.holders.is_empty()).map(|g| &g.record).and_then(|r| {
+                let waits = r.is_file()
+                    && !r.deleted
+                    && !promoted.contains(&path)
+                    && !self.active.contains_key(&path)
+                    && !self.kept.contains_key(&path)
+                    && !self.waiting.blocks(&path, &r.version);
+                waits.then_some(r.size)
+            });
+            match size {
+                Some(size) => self.queued.insert(path, size),
+                None => rest.push(path),
+            }
+        }
+        rest
     }
 
     /// Brings `path` in line with its global record, planning with what
@@ -829,7 +860,7 @@ impl Engine {
             return paths;
         }
         let source = self.parts.source.clone();
-        let local: std::collections::HashSet<RelPath> = tokio::task::spawn_blocking(move || {
+        let local: HashSet<RelPath> = tokio::task::spawn_blocking(move || {
             unheld.into_iter().filter(|(_, c)| source.chunk_list(c).is_some()).map(|(p, _)| p).collect()
         })
         .await

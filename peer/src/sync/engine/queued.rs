@@ -5,7 +5,7 @@
 //! files quadratic), and the slots promised to paths taken out of the
 //! queue whose downloads the next round has not started yet.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use dartsync_shared::RelPath;
 
@@ -18,7 +18,7 @@ pub(super) struct Queued {
     bytes: u64,
     /// Paths [`Queued::promote`] took out since the last
     /// [`Queued::round_started`]: their slots are spoken for.
-    promoted: usize,
+    promoted: HashSet<RelPath>,
 }
 
 impl Queued {
@@ -45,16 +45,17 @@ impl Queued {
     /// for k slots, and each one beyond would be looked at on disk only to
     /// be queued again.
     pub(super) fn promote(&mut self, active: usize, max: usize) -> Vec<RelPath> {
-        let free = max.saturating_sub(active + self.promoted);
+        let free = max.saturating_sub(active + self.promoted.len());
         let taken: Vec<RelPath> = std::iter::from_fn(|| self.pop_first()).take(free).collect();
-        self.promoted += taken.len();
+        self.promoted.extend(taken.iter().cloned());
         taken
     }
 
-    /// A round took the promoted paths: it starts their downloads (they
-    /// count as active from then on), queues them again, or needs none.
-    pub(super) fn round_started(&mut self) {
-        self.promoted = 0;
+    /// A round took the promoted paths, returned here: it starts their
+    /// downloads (they count as active from then on), queues them again,
+    /// or needs none.
+    pub(super) fn round_started(&mut self) -> HashSet<RelPath> {
+        std::mem::take(&mut self.promoted)
     }
 
     /// Forgets `path` if it is queued.
@@ -117,9 +118,9 @@ mod tests {
         assert_eq!(q.promote(1, 4), vec![rel("c")]);
         assert_eq!(q.len(), 3, "three slots, three paths");
         // The round started two of them; one needed no download.
-        q.round_started();
+        assert_eq!(q.round_started(), [rel("a"), rel("b"), rel("c")].into_iter().collect());
         assert_eq!(q.promote(3, 4), vec![rel("d")]);
-        q.round_started();
+        assert_eq!(q.round_started().len(), 1);
         assert_eq!(q.promote(0, 4), vec![rel("e"), rel("f")]);
         assert!(q.promote(0, 4).is_empty() && q.is_empty());
     }
