@@ -576,7 +576,7 @@ impl Engine {
     async fn reconcile_round(&mut self) {
         let paths: Vec<RelPath> = std::mem::take(&mut self.dirty).into_iter().collect();
         let promoted = self.queued.round_started();
-        let paths = self.in_line(paths, &promoted);
+        let paths = self.queue_behind_others(paths, &promoted);
         let paths = self.park_unheld(paths).await;
         let (mut deletions, others): (Vec<RelPath>, Vec<RelPath>) =
             paths.into_iter().partition(|p| self.global.get(p).is_some_and(|g| g.record.deleted));
@@ -601,15 +601,15 @@ impl Engine {
         }
     }
 
-    /// Queues, without looking at the disk, the files among `paths` that
-    /// could only wait for a slot: every slot is spoken for while other
-    /// downloads wait (the queue is not empty after promotion), and the
-    /// path is a live file someone holds, not being downloaded, promoted,
-    /// kept or held back. Its look and plan happen when a slot frees (a queued path is
-    /// reconsidered whole then), so a look now would be thrown away; a
-    /// burst of thousands of small files arriving in delta pages looked
-    /// at each one twice. Returns the rest.
-    fn in_line(&mut self, paths: Vec<RelPath>, promoted: &HashSet<RelPath>) -> Vec<RelPath> {
+    /// Queues, without a look at the disk, the files among `paths` that
+    /// could only wait for a slot, and returns the rest. Every slot is
+    /// spoken for while other downloads wait (the queue is not empty after
+    /// promotion); such a path is a live file someone holds, not being
+    /// downloaded, promoted, kept or held back. It is looked at and planned
+    /// whole when a slot frees, so a look now would be thrown away: a burst
+    /// of thousands of small files arriving in delta pages was looked at
+    /// twice per file.
+    fn queue_behind_others(&mut self, paths: Vec<RelPath>, promoted: &HashSet<RelPath>) -> Vec<RelPath> {
         if self.queued.is_empty() {
             return paths;
         }
