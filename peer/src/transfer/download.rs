@@ -376,15 +376,11 @@ impl Downloader {
         let tmp_dir = self.tmp_dir.clone();
         let done = part::fresh_done_path(&tmp_dir, &record.content);
         let target = done.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::create_dir_all(&tmp_dir)?;
-            // Made durable by the installer, like every download.
-            File::create(&target).map(drop)
-        })
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r)
-        .map_err(|e| self.io_err(&done, e))?;
+        // Made durable by the installer, like every download.
+        tokio::task::spawn_blocking(move || part::create_in_tmp(&tmp_dir, &target, |p| File::create(p).map(drop)))
+            .await
+            .map_err(|e| self.io_err(&done, std::io::Error::other(e)))?
+            .map_err(|(p, e)| self.io_err(&p, e))?;
         Ok(done)
     }
 

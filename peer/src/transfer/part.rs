@@ -216,6 +216,25 @@ pub(crate) fn save_state(path: &Path, state: &PartState) -> std::io::Result<()> 
     std::fs::rename(&tmp, path)
 }
 
+/// Creates the file `path` in `tmp_dir` with `create`, making the folder
+/// first only when `create` finds it missing (it exists for every
+/// download but the first, or after someone removed it). An error names
+/// the folder or the file, whichever could not be made.
+pub(crate) fn create_in_tmp<T>(
+    tmp_dir: &Path,
+    path: &Path,
+    create: impl Fn(&Path) -> std::io::Result<T>,
+) -> Result<T, (PathBuf, std::io::Error)> {
+    match create(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(tmp_dir).map_err(|e| (tmp_dir.to_owned(), e))?;
+            create(path)
+        }
+        created => created,
+    }
+    .map_err(|e| (path.to_owned(), e))
+}
+
 /// Opens (creating if needed) the `.part` for read and write.
 pub(crate) fn open_part(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)
@@ -232,6 +251,25 @@ pub(crate) fn remove_if_exists(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn create_in_tmp_makes_a_missing_folder_and_names_what_it_could_not_make() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("a/tmp");
+        let file = tmp.join("x.part");
+        create_in_tmp(&tmp, &file, open_part).unwrap();
+        assert!(file.is_file(), "the folder was made and the file created");
+        create_in_tmp(&tmp, &file, open_part).unwrap();
+        // The folder is missing and cannot be made (a dangling link holds
+        // its name): the folder is named.
+        let blocked = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path().join("nowhere/tmp"), &blocked).unwrap();
+        let (at, _) = create_in_tmp(&blocked, &blocked.join("x.part"), open_part).unwrap_err();
+        assert_eq!(at, blocked);
+        // A file that cannot be created in an existing folder: the file is named.
+        let (at, _) = create_in_tmp(&tmp, &file, |p| std::fs::create_dir(p)).unwrap_err();
+        assert_eq!(at, file);
+    }
 
     fn sample(n: usize) -> PartState {
         let mut done = Bitmap::new(n);

@@ -52,16 +52,7 @@ pub(super) fn prepare(
 ) -> Result<Prepared, (PathBuf, std::io::Error)> {
     let part = part::part_path(tmp_dir, &header.content);
     let at_part = |e| (part.clone(), e);
-    // The temp folder exists but for the first download (or after someone
-    // removed it): created only when the open says it is missing.
-    let file = match part::open_part(&part) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(tmp_dir).map_err(|e| (tmp_dir.to_owned(), e))?;
-            part::open_part(&part)
-        }
-        opened => opened,
-    }
-    .map_err(at_part)?;
+    let file = part::create_in_tmp(tmp_dir, &part, part::open_part)?;
     let previous = if resumable {
         let current_len = file.metadata().map_err(at_part)?.len();
         part::load_state(&part::state_path(tmp_dir, &header.content), chunks.len()).filter(|s| {
