@@ -671,7 +671,13 @@ async fn a_small_failed_download_leaves_no_state_and_is_fetched_again() {
     // fsync, nothing to resume.
     let d = downloader(&key, empty_source(), tmp.path());
     assert!(download(&d, &rec, vec![flaky.holder()]).await.is_err());
-    assert!(names(tmp.path()).iter().all(|n| !n.ends_with(".state")), "{:?}", names(tmp.path()));
+    // Its file had a name of its own (written in place, no `.part`): the
+    // failed download removes it (in the blocking pool, so poll).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !names(tmp.path()).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "left behind: {:?}", names(tmp.path()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     flaky.stop().await;
     let honest = Server::start(&key, site.source.clone(), |_| {}).await;
     let d = downloader(&key, empty_source(), tmp.path());
@@ -679,6 +685,10 @@ async fn a_small_failed_download_leaves_no_state_and_is_fetched_again() {
     assert_eq!((outcome.bytes_resumed, outcome.bytes_fetched), (0, bytes.len() as u64));
     assert_eq!(std::fs::read(&outcome.temp_path).unwrap(), bytes);
     assert_eq!(chunked.content, rec.content);
+    // The one file in the temp folder is the one handed out.
+    let done = outcome.temp_path.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(done.ends_with(".done"), "{done}");
+    assert_eq!(names(tmp.path()), vec![done]);
     honest.stop().await;
 }
 

@@ -13,8 +13,10 @@
 //!    list is dropped as a liar. Holders answering `Busy` (a chunk-list page
 //!    takes an upload slot too) are asked again in rounds with the busy
 //!    backoff, until [`DownloadLimits::busy_give_up`].
-//! 2. **Local** (blocking pool): open `<content>.part`; if a valid state
-//!    file from an earlier run exists, re-hash every chunk it marks done and
+//! 2. **Local** (blocking pool): open `<content>.part` (a file of at most
+//!    [`DownloadLimits::persist_every_bytes`] is written straight under a
+//!    fresh `<content>.<n>.done` name instead: it is never resumed); if a
+//!    valid state file from an earlier run exists, re-hash every chunk it marks done and
 //!    keep those that verify (the bitmap is a hint, never trusted alone);
 //!    then copy every missing chunk the `ChunkSource` can produce (old
 //!    version of the file, any other file) after verifying it, and chunks
@@ -30,9 +32,11 @@
 //!    stopped; a smaller file is simply fetched again (no state file, no
 //!    fsyncs: most files of a folder are small, and each fsync costs more
 //!    than fetching them).
-//! 4. **Finish**: re-hash the whole file against the record's `content`,
-//!    rename `<content>.part` to a unique `<content>.<n>.done`, drop the
-//!    state file. The caller owns the `.done` file from then on and makes
+//! 4. **Finish**: re-hash the whole file against the record's `content`
+//!    (not a file of one chunk: that chunk was verified), rename
+//!    `<content>.part` to a unique `<content>.<n>.done` (a small file has
+//!    that name already), drop the state file. A small file of one chunk
+//!    makes no blocking trip here at all. The caller owns the `.done` file from then on and makes
 //!    it durable when it installs it (one fsync of the file before the
 //!    rename into place, one of the folder after).
 //!
@@ -44,7 +48,8 @@
 //! - Nothing is written to the `.part` before it is verified against its
 //!   chunk hash, and the returned file hashes to `record.content`.
 //! - Cancel or failure leaves `.part` + state for a later resume; only a
-//!   whole-file mismatch (the record is inconsistent) deletes them.
+//!   whole-file mismatch (the record is inconsistent) deletes them. A small
+//!   download's file is removed when it fails or is cancelled.
 //!
 //! # Not here
 //! Renaming into the synced folder, mtime and mode, the index, `Have`, and
@@ -75,7 +80,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::transfer::chunk_source::ChunkSource;
 use crate::transfer::part::{self, Bitmap, PartState};
-use assemble::{FinishError, finish, prepare};
+use assemble::{FinishError, TempFile, finish, prepare};
 pub use error::{DownloadError, HolderError};
 use refine::RefineStep;
 use worker::{Conn, Group, Work, WorkerCtx, WorkerEnd};
@@ -248,23 +253,25 @@ impl Downloader {
         let groups: Arc<[Group]> = group_chunks(&chunks).into();
 
         let resumable = self.resumable(&record);
+        let temp = TempFile::new(&self.tmp_dir, &record.content, resumable);
+        // A small download's file is its own (a fresh name): it goes when
+        // the download fails or is cancelled. A `.part` stays for a resume.
+        let discard = (!resumable).then(|| DiscardOnDrop(Some(temp.path.clone())));
         let prepared = {
-            let (tmp_dir, source, chunks, groups, cancel) =
-                (self.tmp_dir.clone(), self.source.clone(), chunks.clone(), groups.clone(), cancel.clone());
+            let (temp, source, chunks, groups, cancel) =
+                (temp.clone(), self.source.clone(), chunks.clone(), groups.clone(), cancel.clone());
             let header = PartState {
                 content: record.content,
                 chunks_hash: record.chunks,
                 size: record.size,
                 done: Bitmap::new(chunks.len()),
             };
-            tokio::task::spawn_blocking(move || {
-                prepare(&tmp_dir, header, &chunks, &groups, source.as_ref(), &cancel, resumable)
-            })
-            .await
-            .map_err(|e| self.io_err(&self.tmp_dir, std::io::Error::other(e)))?
-            .map_err(|(p, e)| self.io_err(&p, e))?
+            tokio::task::spawn_blocking(move || prepare(&temp, header, &chunks, &groups, source.as_ref(), &cancel))
+                .await
+                .map_err(|e| self.io_err(&self.tmp_dir, std::io::Error::other(e)))?
+                .map_err(|(p, e)| self.io_err(&p, e))?
         };
-        let part = part::part_path(&self.tmp_dir, &record.content);
+        let part = temp.path.clone();
         let state_path = part::state_path(&self.tmp_dir, &record.content);
         let (bytes_resumed, mut bytes_local) = (prepared.bytes_resumed, prepared.bytes_local);
         let (mut missing, mut header) = (prepared.missing, prepared.header);
@@ -315,17 +322,20 @@ impl Downloader {
             if cancel.is_cancelled() {
                 return Err(cancelled());
             }
-            self.fetch(&record, &work, &holders, conn, &mut stats, &cancel).await?;
+            self.fetch(&record, &part, &work, &holders, conn, &mut stats, &cancel).await?;
         } else if let Some((i, conn)) = conn {
             // Clean (nothing in flight): kept for the next download.
             let (reader, writer) = conn.split();
             self.ctx.links.put(holders[i].peer_id, holders[i].addr, reader, writer);
         }
 
-        let temp_path = {
-            drop(prepared.file);
-            let (tmp_dir, content, list) = (self.tmp_dir.clone(), record.content, chunks.clone());
-            tokio::task::spawn_blocking(move || finish(&tmp_dir, &content, &list, resumable))
+        drop(prepared.file);
+        let temp_path = if !resumable && assemble::verified_whole(&record.content, &chunks) {
+            // Nothing to read again and nothing to rename: no blocking trip.
+            part.clone()
+        } else {
+            let (temp, content, list) = (temp.clone(), record.content, chunks.clone());
+            tokio::task::spawn_blocking(move || finish(&temp, &content, &list))
                 .await
                 .map_err(|e| self.io_err(&part, std::io::Error::other(e)))?
                 .map_err(|e| match e {
@@ -335,6 +345,10 @@ impl Downloader {
                     }
                 })?
         };
+        // Handed out: the caller owns the file now.
+        if let Some(discard) = discard {
+            discard.keep();
+        }
         let bytes_fetched: u64 = stats.iter().map(|s| s.bytes).sum();
         let bytes_local = bytes_local + work.duplicate_bytes();
         debug_assert_eq!(bytes_local + bytes_resumed + bytes_fetched, record.size);
@@ -386,16 +400,17 @@ impl Downloader {
 
     /// Step 3: every usable holder fetches from the shared queue until it is
     /// empty, or every holder is gone, or `cancel` fires.
+    #[allow(clippy::too_many_arguments)]
     async fn fetch(
         &self,
         record: &FileRecord,
+        part: &Path,
         work: &Arc<Work>,
         holders: &[Holder],
         mut conn: Option<(usize, Conn)>,
         stats: &mut [HolderStats],
         cancel: &CancellationToken,
     ) -> Result<(), DownloadError> {
-        let part = part::part_path(&self.tmp_dir, &record.content);
         let workers_cancel = cancel.child_token();
         let mut workers = JoinSet::new();
         work.progress.set_sources(stats.iter().filter(|s| s.dropped.is_none()).count());
@@ -450,10 +465,10 @@ impl Downloader {
             }
         }
         if self.resumable(record) {
-            self.persist(work, &part).await?;
+            self.persist(work, part).await?;
         }
         if let Some(source) = local_error {
-            return Err(DownloadError::Io { path: part, source });
+            return Err(DownloadError::Io { path: part.to_owned(), source });
         }
         if work.finished() {
             return Ok(());
@@ -500,6 +515,33 @@ impl Downloader {
             removed += 1;
         }
         Ok(removed)
+    }
+}
+
+/// Removes a small download's temp file when the download ends without
+/// handing it out (an error or a cancel: the future is dropped); in the
+/// blocking pool when there is a runtime.
+struct DiscardOnDrop(Option<PathBuf>);
+
+impl DiscardOnDrop {
+    /// The file was handed out: leave it.
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for DiscardOnDrop {
+    fn drop(&mut self) {
+        let Some(path) = self.0.take() else { return };
+        let remove = move || {
+            if let Err(err) = part::remove_if_exists(&path) {
+                tracing::warn!(file = %path.display(), %err, "cannot remove the temp file of a failed download");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+            Err(_) => remove(),
+        }
     }
 }
 

@@ -7,9 +7,12 @@
 //! - `<content>.part.state`: which chunks of the `.part` are written and
 //!   verified (format below), replaced atomically via
 //!   `<content>.part.state.tmp` + rename.
-//! - `<content>.<n>.done`: a finished, verified, fsynced file handed to the
-//!   caller (`n` is a per-process counter, so two downloads of the same
-//!   content never hand out the same path).
+//! - `<content>.<n>.done`: a finished, verified file handed to the caller
+//!   (`n` is a per-process counter, so two downloads of the same content
+//!   never hand out the same path). A download too small to resume is
+//!   written under this name from the start and handed out only once
+//!   verified; a `.done` left by an earlier run is never used, only
+//!   removed by the stale sweep.
 //!
 //! # State file format (all integers little-endian)
 //! ```text

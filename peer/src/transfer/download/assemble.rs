@@ -1,8 +1,9 @@
 //! The partial file of one download on disk, before and after the
 //! network phase: resume the verified chunks of an earlier run, copy every
 //! chunk a local file already holds (delta sync, renames), and at the end
-//! fsync, verify the whole file and hand it out under a unique `.done`
-//! name. Blocking: the orchestrator runs it in `spawn_blocking`.
+//! verify the whole file and hand it out under a unique `.done` name (a
+//! download too small to resume is written under that name from the
+//! start). Blocking: the orchestrator runs it in `spawn_blocking`.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -37,23 +38,46 @@ fn read_part_chunk(file: &File, c: &ChunkInfo) -> std::io::Result<Option<Vec<u8>
     }
 }
 
-/// Step 2 (blocking): open the `.part`, keep verified chunks of an earlier
-/// run (only a `resumable` download looks for them: a smaller one never
-/// saves its progress), copy what local files hold. Errors carry the path
-/// they concern.
+/// The file a download assembles into.
+#[derive(Debug, Clone)]
+pub(super) struct TempFile {
+    /// The downloader's temp folder (made when missing).
+    pub(super) dir: PathBuf,
+    /// `<content>.part` for a `resumable` download (found again by a later
+    /// run, and by the piece server); a smaller one is written straight
+    /// under a fresh `<content>.<n>.done` name, so finishing it needs no
+    /// rename. Such a file is handed out only once verified, removed by
+    /// the download if it fails, and after a crash only ever removed (no
+    /// run trusts a `.done` it did not make).
+    pub(super) path: PathBuf,
+    /// Progress is persisted for a resume (the file is bigger than
+    /// `persist_every_bytes`).
+    pub(super) resumable: bool,
+}
+
+impl TempFile {
+    pub(super) fn new(dir: &Path, content: &ContentHash, resumable: bool) -> TempFile {
+        let path = if resumable { part::part_path(dir, content) } else { part::fresh_done_path(dir, content) };
+        TempFile { dir: dir.to_owned(), path, resumable }
+    }
+}
+
+/// Step 2 (blocking): open the file at `temp`, keep verified chunks of an
+/// earlier run (only a resumable download looks for them: a smaller one
+/// never saves its progress), copy what local files hold. Errors carry the
+/// path they concern.
 pub(super) fn prepare(
-    tmp_dir: &Path,
+    temp: &TempFile,
     mut header: PartState,
     chunks: &[ChunkInfo],
     groups: &[Group],
     source: &dyn ChunkSource,
     cancel: &CancellationToken,
-    resumable: bool,
 ) -> Result<Prepared, (PathBuf, std::io::Error)> {
-    let part = part::part_path(tmp_dir, &header.content);
+    let (tmp_dir, part) = (temp.dir.as_path(), &temp.path);
     let at_part = |e| (part.clone(), e);
-    let file = part::create_in_tmp(tmp_dir, &part, part::open_part)?;
-    let previous = if resumable {
+    let file = part::create_in_tmp(tmp_dir, part, part::open_part)?;
+    let previous = if temp.resumable {
         let current_len = file.metadata().map_err(at_part)?.len();
         part::load_state(&part::state_path(tmp_dir, &header.content), chunks.len()).filter(|s| {
             s.content == header.content
@@ -157,37 +181,39 @@ pub(super) enum FinishError {
     Mismatch(ContentHash),
 }
 
-/// Step 4 (blocking): verify the whole file, hand it out under a unique
-/// `.done` name, drop the state file (a `resumable` download's: no other
-/// writes one). Nothing is fsynced here: the
-/// installer fsyncs the file before renaming it into place, and a `.done`
-/// lost in a crash is fetched again.
-///
-/// A file of one chunk whose hash is the content hash was verified whole
-/// as that chunk was written (fetched, copied or resumed, each checked
-/// against its hash): `chunks` says so, and it is not read again.
-pub(super) fn finish(
-    tmp_dir: &Path,
-    content: &ContentHash,
-    chunks: &[ChunkInfo],
-    resumable: bool,
-) -> Result<PathBuf, FinishError> {
-    let part = part::part_path(tmp_dir, content);
-    let state = part::state_path(tmp_dir, content);
+/// True when the file was verified whole as it was written: it is one
+/// chunk whose hash is the content hash, and every chunk is checked
+/// against its hash before it is written (fetched, copied or resumed).
+pub(super) fn verified_whole(content: &ContentHash, chunks: &[ChunkInfo]) -> bool {
+    matches!(chunks, [only] if only.hash == *content)
+}
+
+/// Step 4 (blocking): verify the whole file at `temp` (unless
+/// [`verified_whole`]), hand it out under a unique `.done` name (a
+/// resumable download's `.part` is renamed to one; a smaller download
+/// already has one), drop the state file (a resumable download's: no
+/// other writes one). Nothing is fsynced here: the installer fsyncs the
+/// file before renaming it into place, and a `.done` lost in a crash is
+/// fetched again.
+pub(super) fn finish(temp: &TempFile, content: &ContentHash, chunks: &[ChunkInfo]) -> Result<PathBuf, FinishError> {
+    let (part, resumable) = (temp.path.as_path(), temp.resumable);
+    let state = part::state_path(&temp.dir, content);
     let drop_state = |state: &Path| if resumable { part::remove_if_exists(state) } else { Ok(()) };
     let at = |p: &Path| {
         let p = p.to_owned();
         move |e| FinishError::Io(p, e)
     };
-    let verified_whole = matches!(chunks, [only] if only.hash == *content);
-    let actual = if verified_whole { *content } else { hash_file(&part).map_err(at(&part))? };
+    let actual = if verified_whole(content, chunks) { *content } else { hash_file(part).map_err(at(part))? };
     if actual != *content {
-        part::remove_if_exists(&part).map_err(at(&part))?;
+        part::remove_if_exists(part).map_err(at(part))?;
         drop_state(&state).map_err(at(&state))?;
         return Err(FinishError::Mismatch(actual));
     }
-    let done = part::fresh_done_path(tmp_dir, content);
-    std::fs::rename(&part, &done).map_err(at(&done))?;
+    if !resumable {
+        return Ok(part.to_owned());
+    }
+    let done = part::fresh_done_path(&temp.dir, content);
+    std::fs::rename(part, &done).map_err(at(&done))?;
     drop_state(&state).map_err(at(&state))?;
     Ok(done)
 }
