@@ -52,6 +52,7 @@ mod look;
 mod queued;
 mod receive_only;
 mod release;
+mod slots;
 
 use global::{GlobalEntry, GlobalTable};
 use look::RoundLook;
@@ -60,6 +61,7 @@ pub use receive_only::EngineCommand;
 use receive_only::LocalEdits;
 use release::MemoryRelease;
 pub use release::ReleaseFn;
+use slots::FetchSlots;
 
 /// The summary of waiting paths is logged when it changed and at least
 /// this long after the last one...
@@ -97,6 +99,9 @@ enum Event {
     /// the time it was taken (one reconcile round and one status refresh
     /// for a burst of small files, not one each).
     Download(Vec<DownloadDone>),
+    /// A download stopped fetching (its file may still wait for the
+    /// installer): its slot can start the next one.
+    SlotFreed,
     Command(EngineCommand),
     Tick,
     Shutdown,
@@ -251,6 +256,8 @@ pub struct Engine {
     installer: Installer,
     global: GlobalTable,
     active: HashMap<RelPath, Running>,
+    /// The download slots: held while fetching, not while installing.
+    slots: Arc<FetchSlots>,
     jobs: JoinSet<DownloadDone>,
     /// Paths to reconsider on the next pass.
     dirty: BTreeSet<RelPath>,
@@ -296,6 +303,7 @@ impl Engine {
             installer,
             global: GlobalTable::default(),
             active: HashMap::new(),
+            slots: Arc::default(),
             jobs: JoinSet::new(),
             dirty: BTreeSet::new(),
             waiting: Waiting::default(),
@@ -335,6 +343,7 @@ impl Engine {
                     }
                     Event::Download(finished)
                 }
+                () = self.slots.freed() => Event::SlotFreed,
                 Some(ev) = self.parts.tracker_events.recv() => Event::Tracker(ev),
                 Some(rec) = self.parts.local_changes.recv() => Event::Local(rec),
                 Some(cmd) = self.parts.commands.recv() => Event::Command(cmd),
@@ -347,6 +356,7 @@ impl Engine {
                 Event::Local(_) => "local",
                 Event::Tracker(_) => "tracker",
                 Event::Download(_) => "download",
+                Event::SlotFreed => "slot",
                 Event::Command(_) => "command",
                 Event::Tick => "tick",
                 Event::Shutdown => "shutdown",
@@ -484,6 +494,7 @@ impl Engine {
                     self.finish_download(done).await;
                 }
             }
+            Event::SlotFreed => self.start_queued(),
             Event::Command(EngineCommand::Revert { under, reply }) => {
                 let _ = reply.send(self.revert(under).await);
             }
@@ -550,10 +561,15 @@ impl Engine {
         }
     }
 
+    /// Download slots in use (see [`FetchSlots::in_use`]).
+    fn slots_in_use(&self) -> usize {
+        self.slots.in_use(self.active.len(), self.parts.max_parallel_downloads)
+    }
+
     /// Moves queued downloads into the dirty set while slots are free
     /// (slots promised to paths moved before the round count as taken).
     fn start_queued(&mut self) {
-        let promoted = self.queued.promote(self.active.len(), self.parts.max_parallel_downloads);
+        let promoted = self.queued.promote(self.slots_in_use(), self.parts.max_parallel_downloads);
         self.dirty.extend(promoted);
     }
 
@@ -788,7 +804,7 @@ impl Engine {
             tracing::debug!(%path, "newer version announced; cancelling the older download");
             self.cancel_download(&path);
         }
-        if self.active.len() >= self.parts.max_parallel_downloads {
+        if self.slots_in_use() >= self.parts.max_parallel_downloads {
             self.queued.insert(path, global.record.size);
             return;
         }
@@ -798,8 +814,13 @@ impl Engine {
         let downloader = self.parts.downloader.clone();
         let installer = self.installer.clone();
         let record = global.record;
+        let slot = self.slots.take();
         self.jobs.spawn(async move {
-            let result = match downloader.download(job, cancel.clone()).await {
+            let fetched = downloader.download(job, cancel.clone()).await;
+            // The slot goes to the next download while this file waits for
+            // the installer (see `slots`).
+            drop(slot);
+            let result = match fetched {
                 Ok(outcome) if cancel.is_cancelled() => {
                     installer.applier.discard_temp(&outcome.temp_path);
                     Ok((outcome, Installed::Skipped))
