@@ -14,7 +14,11 @@
 //! - `by_content`: (content hash, path) -> () for live files, so a chunk
 //!   list can be found by content;
 //! - `by_chunk`: (chunk hash, path, offset) -> length for live files, so a
-//!   chunk can be copied from any local file holding it;
+//!   chunk can be copied from any local file holding it; not for a file of
+//!   one chunk (most small files): that chunk is the whole file, its hash
+//!   the content hash, and `by_content` finds it ([`Index::locate_chunk`]
+//!   looks in both), so the row would be a second random B-tree insert
+//!   per small file for nothing;
 //! - `saved_versions` (in [`saved`]): history file name -> who made and
 //!   replaced that saved version, its size and hash.
 //!
@@ -257,6 +261,12 @@ fn purge_unloadable(txn: &redb::WriteTransaction) -> Result<usize, LocalError> {
     Ok(bad.len())
 }
 
+/// True when `chunks` is one chunk that is the whole file: its hash is the
+/// content hash (such a file is found through `by_content`).
+fn is_whole_file(record: &FileRecord, chunks: &[ChunkInfo]) -> bool {
+    matches!(chunks, [only] if only.hash == record.content && only.offset == 0 && u64::from(only.len) == record.size)
+}
+
 /// Exclusive upper bound of the keys strictly inside `prefix/`: `/` + 1 is `0`.
 fn subtree_bounds(prefix: &RelPath) -> (String, String) {
     (format!("{prefix}/"), format!("{prefix}0"))
@@ -404,7 +414,9 @@ impl Index {
         Ok(None)
     }
 
-    /// Every live file location holding a chunk with hash `hash`.
+    /// Every live file location holding a chunk with hash `hash`: the
+    /// chunks of `by_chunk`, and the files of one chunk whose content is
+    /// `hash` (they have no `by_chunk` row), each location once.
     pub fn locate_chunk(&self, hash: &ContentHash) -> Result<Vec<ChunkLocation>, LocalError> {
         let txn = self.db.begin_read()?;
         let by_chunk = txn.open_table(BY_CHUNK)?;
@@ -417,6 +429,23 @@ impl Index {
             }
             let path = RelPath::new(path).map_err(|e| corrupt(path, format!("bad path: {e}")))?;
             out.push(ChunkLocation { path, offset, len: len.value() });
+        }
+        let by_content = txn.open_table(BY_CONTENT)?;
+        let lists = txn.open_table(CHUNK_LISTS)?;
+        for item in by_content.range::<(Hash32, &str)>((hash.0, "")..)? {
+            let (key, _) = item?;
+            let (h, path) = key.value();
+            if h != hash.0 {
+                break;
+            }
+            let Some(list) = lists.get(path)? else { continue };
+            if let [only] = decode_chunks(path, list.value())?[..]
+                && only.hash == *hash
+                && !out.iter().any(|l| l.path.as_str() == path && l.offset == only.offset)
+            {
+                let path = RelPath::new(path).map_err(|e| corrupt(path, format!("bad path: {e}")))?;
+                out.push(ChunkLocation { path, offset: only.offset, len: only.len });
+            }
         }
         Ok(out)
     }
@@ -617,8 +646,10 @@ impl IndexWriter<'_> {
             if let Some(bytes) = &chunk_bytes {
                 self.chunk_lists.insert(key, bytes.as_slice())?;
                 self.by_content.insert((record.content.0, key), ())?;
-                for c in chunks {
-                    self.by_chunk.insert((c.hash.0, key, c.offset), c.len)?;
+                if !is_whole_file(record, chunks) {
+                    for c in chunks {
+                        self.by_chunk.insert((c.hash.0, key, c.offset), c.len)?;
+                    }
                 }
             } else {
                 self.chunk_lists.remove(key)?;
@@ -766,6 +797,56 @@ mod tests {
         assert!(chunks.is_empty());
         index.put(&IndexEntry { record: e, chunks, stat: stat(1) }).unwrap();
         assert_eq!(index.chunk_list(&ContentHash::empty()).unwrap(), Some(vec![]));
+    }
+
+    #[test]
+    fn a_file_of_one_chunk_has_no_chunk_row_and_is_located_through_its_content() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = Index::open(&tmp.path().join("i.redb")).unwrap();
+        let small = det_bytes(4, 1_000);
+        let (a, a_chunks) = file("a", &small, 1);
+        let (b, b_chunks) = file("dir/b", &small, 1);
+        assert_eq!(a_chunks.len(), 1, "want a file of one chunk");
+        assert_eq!(a_chunks[0].hash, a.content);
+        // A bigger file one of whose chunks is that same content.
+        let big: Vec<u8> = [det_bytes(6, 30_000), small.clone(), det_bytes(7, 30_000)].concat();
+        let (c, c_chunks) = file("c", &big, 1);
+        let inner = c_chunks.iter().find(|x| x.hash == a.content).copied();
+        index.put(&IndexEntry { record: a.clone(), chunks: a_chunks.clone(), stat: stat(1) }).unwrap();
+        index.put(&IndexEntry { record: b.clone(), chunks: b_chunks, stat: stat(2) }).unwrap();
+        index.put(&IndexEntry { record: c.clone(), chunks: c_chunks.clone(), stat: stat(3) }).unwrap();
+        let rows = {
+            let txn = index.db.begin_read().unwrap();
+            let by_chunk = txn.open_table(BY_CHUNK).unwrap();
+            by_chunk.iter().unwrap().count()
+        };
+        assert_eq!(rows, c_chunks.len(), "only the file of several chunks has chunk rows");
+
+        let mut got: Vec<(String, u64, u32)> = index
+            .locate_chunk(&a.content)
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.path.as_str().to_owned(), l.offset, l.len))
+            .collect();
+        got.sort();
+        let mut want = vec![("a".to_owned(), 0, a_chunks[0].len), ("dir/b".to_owned(), 0, a_chunks[0].len)];
+        want.extend(inner.map(|x| ("c".to_owned(), x.offset, x.len)));
+        want.sort();
+        assert_eq!(got, want);
+
+        // A row written by an earlier version for a one-chunk file is not
+        // listed twice.
+        let txn = index.db.begin_write().unwrap();
+        txn.open_table(BY_CHUNK).unwrap().insert((a.content.0, "a", 0), a_chunks[0].len).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(index.locate_chunk(&a.content).unwrap().len(), want.len());
+
+        // Gone with the files.
+        index.write(|w| w.remove(&a.path)).unwrap();
+        index.write(|w| w.remove(&b.path)).unwrap();
+        let left: Vec<String> =
+            index.locate_chunk(&a.content).unwrap().into_iter().map(|l| l.path.as_str().to_owned()).collect();
+        assert_eq!(left, inner.map(|_| "c".to_owned()).into_iter().collect::<Vec<_>>());
     }
 
     #[test]
