@@ -74,6 +74,14 @@ pub struct ChunkedFile {
     pub chunks_hash: ContentHash,
 }
 
+/// True when `chunks` is one chunk, at offset 0, whose hash is `content`,
+/// the whole file's hash: that chunk is the whole file (its bytes hash to
+/// the file's), so a file verified chunk by chunk was verified whole, and
+/// the file is found by its content wherever its chunk is looked for.
+pub fn is_one_whole_chunk(chunks: &[ChunkInfo], content: &ContentHash) -> bool {
+    matches!(chunks, [only] if only.offset == 0 && only.hash == *content)
+}
+
 /// Hash of a chunk list: blake3 over `offset (u64 LE) || len (u32 LE) ||
 /// hash (32 bytes)` of every chunk in order. Independent of the wire
 /// encoding, so it is stable across format changes.

@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use dartsync_shared::chunk::ChunkInfo;
+use dartsync_shared::chunk::{ChunkInfo, is_one_whole_chunk};
 use dartsync_shared::codec::{decode_stored, encode_stored};
 use dartsync_shared::record::PERMISSION_BITS;
 use dartsync_shared::{ContentHash, FileKind, FileRecord, RelPath, ShortId, VersionVector};
@@ -97,6 +97,14 @@ pub struct ChunkLocation {
     pub offset: u64,
     /// Length of the chunk.
     pub len: u32,
+}
+
+impl ChunkLocation {
+    /// A location read back from the index (its path validated).
+    fn at(path: &str, offset: u64, len: u32) -> Result<ChunkLocation, LocalError> {
+        let valid = RelPath::new(path).map_err(|e| corrupt(path, format!("bad path: {e}")))?;
+        Ok(ChunkLocation { path: valid, offset, len })
+    }
 }
 
 /// A record and its stat, without the chunk list (what scans compare).
@@ -261,12 +269,6 @@ fn purge_unloadable(txn: &redb::WriteTransaction) -> Result<usize, LocalError> {
     Ok(bad.len())
 }
 
-/// True when `chunks` is one chunk that is the whole file: its hash is the
-/// content hash (such a file is found through `by_content`).
-fn is_whole_file(record: &FileRecord, chunks: &[ChunkInfo]) -> bool {
-    matches!(chunks, [only] if only.hash == record.content && only.offset == 0 && u64::from(only.len) == record.size)
-}
-
 /// Exclusive upper bound of the keys strictly inside `prefix/`: `/` + 1 is `0`.
 fn subtree_bounds(prefix: &RelPath) -> (String, String) {
     (format!("{prefix}/"), format!("{prefix}0"))
@@ -427,8 +429,7 @@ impl Index {
             if h != hash.0 {
                 break;
             }
-            let path = RelPath::new(path).map_err(|e| corrupt(path, format!("bad path: {e}")))?;
-            out.push(ChunkLocation { path, offset, len: len.value() });
+            out.push(ChunkLocation::at(path, offset, len.value())?);
         }
         let by_content = txn.open_table(BY_CONTENT)?;
         let lists = txn.open_table(CHUNK_LISTS)?;
@@ -439,12 +440,9 @@ impl Index {
                 break;
             }
             let Some(list) = lists.get(path)? else { continue };
-            if let [only] = decode_chunks(path, list.value())?[..]
-                && only.hash == *hash
-                && !out.iter().any(|l| l.path.as_str() == path && l.offset == only.offset)
-            {
-                let path = RelPath::new(path).map_err(|e| corrupt(path, format!("bad path: {e}")))?;
-                out.push(ChunkLocation { path, offset: only.offset, len: only.len });
+            let list = decode_chunks(path, list.value())?;
+            if is_one_whole_chunk(&list, hash) && !out.iter().any(|l| l.path.as_str() == path && l.offset == 0) {
+                out.push(ChunkLocation::at(path, 0, list[0].len)?);
             }
         }
         Ok(out)
@@ -646,7 +644,8 @@ impl IndexWriter<'_> {
             if let Some(bytes) = &chunk_bytes {
                 self.chunk_lists.insert(key, bytes.as_slice())?;
                 self.by_content.insert((record.content.0, key), ())?;
-                if !is_whole_file(record, chunks) {
+                // Such a file is found through `by_content`.
+                if !is_one_whole_chunk(chunks, &record.content) {
                     for c in chunks {
                         self.by_chunk.insert((c.hash.0, key, c.offset), c.len)?;
                     }

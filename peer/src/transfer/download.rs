@@ -330,7 +330,7 @@ impl Downloader {
         }
 
         drop(prepared.file);
-        let temp_path = if !resumable && assemble::verified_whole(&record.content, &chunks) {
+        let temp_path = if !resumable && dartsync_shared::chunk::is_one_whole_chunk(&chunks, &record.content) {
             // Nothing to read again and nothing to rename: no blocking trip.
             part.clone()
         } else {

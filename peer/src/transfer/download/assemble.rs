@@ -10,6 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use dartsync_shared::chunk::is_one_whole_chunk;
 use dartsync_shared::{ChunkInfo, ContentHash};
 use tokio_util::sync::CancellationToken;
 
@@ -181,15 +182,9 @@ pub(super) enum FinishError {
     Mismatch(ContentHash),
 }
 
-/// True when the file was verified whole as it was written: it is one
-/// chunk whose hash is the content hash, and every chunk is checked
-/// against its hash before it is written (fetched, copied or resumed).
-pub(super) fn verified_whole(content: &ContentHash, chunks: &[ChunkInfo]) -> bool {
-    matches!(chunks, [only] if only.hash == *content)
-}
-
-/// Step 4 (blocking): verify the whole file at `temp` (unless
-/// [`verified_whole`]), hand it out under a unique `.done` name (a
+/// Step 4 (blocking): verify the whole file at `temp` (unless it is
+/// [`is_one_whole_chunk`]: every chunk is checked against its hash before
+/// it is written, fetched, copied or resumed), hand it out under a unique `.done` name (a
 /// resumable download's `.part` is renamed to one; a smaller download
 /// already has one), drop the state file (a resumable download's: no
 /// other writes one). Nothing is fsynced here: the installer fsyncs the
@@ -203,7 +198,7 @@ pub(super) fn finish(temp: &TempFile, content: &ContentHash, chunks: &[ChunkInfo
         let p = p.to_owned();
         move |e| FinishError::Io(p, e)
     };
-    let actual = if verified_whole(content, chunks) { *content } else { hash_file(part).map_err(at(part))? };
+    let actual = if is_one_whole_chunk(chunks, content) { *content } else { hash_file(part).map_err(at(part))? };
     if actual != *content {
         part::remove_if_exists(part).map_err(at(part))?;
         drop_state(&state).map_err(at(&state))?;
