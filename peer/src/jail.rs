@@ -60,7 +60,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use rustix::fs::{
-    AtFlags, Dir, Mode, OFlags, fchmod, fsync, futimens, linkat, mkdirat, openat, readlinkat, renameat, statat,
+    AtFlags, Dir, Mode, OFlags, fchmod, fstat, fsync, futimens, linkat, mkdirat, openat, readlinkat, renameat, statat,
     symlinkat, unlinkat, utimensat,
 };
 use rustix::io::Errno;
@@ -261,8 +261,12 @@ impl Jail {
     /// file or symlink is at `dest` (a folder there is refused) and fsyncs
     /// the folder of `dest`. (Not the temp folder: a temp name that comes
     /// back after a crash is only a stale temp file.) The parent of `dest`
-    /// must exist. To keep the replaced content, [`Jail::link_to`] it into
-    /// the history first.
+    /// must exist ([`JailError::NotFound`] naming `dest` if not). To keep
+    /// the replaced content, [`Jail::link_to`] it into the history first.
+    ///
+    /// Returns the installed file's metadata, read through its own
+    /// descriptor after the rename: what this call put there, whatever the
+    /// path holds a moment later (and no second lookup of the path).
     pub(crate) fn install_file(
         &self,
         dest: &Path,
@@ -270,7 +274,7 @@ impl Jail {
         temp: &Path,
         mode: u32,
         mtime: SystemTime,
-    ) -> Result<(), JailError> {
+    ) -> Result<Meta, JailError> {
         const OP: &str = "install";
         let dest = Rel::check(OP, dest)?;
         let temp = Rel::check(OP, temp)?;
@@ -283,7 +287,9 @@ impl Jail {
         let dest_parent = self.parent(OP, &dest, Access::Modify)?;
         renameat(&temp_parent, temp.name, &dest_parent, dest.name)
             .map_err(|errno| rename_error(OP, &temp, &dest, dest_parent.as_fd(), errno))?;
-        fsync_dir(dest.path, &dest_parent)
+        let installed = Meta::of(&fstat(&file).map_err(io_error)?);
+        fsync_dir(dest.path, &dest_parent)?;
+        Ok(installed)
     }
 
     /// Hard-links the entry `rel` (a file or symlink, not followed) as

@@ -53,7 +53,7 @@ pub(crate) mod stat;
 mod watch;
 
 use crate::deadlines::Deadlines;
-use commit::{Gated, WriteGate};
+use commit::{Gated, WriteGate, Wrote};
 use dirs::{FolderLock, Jails, PeerDirs};
 pub(crate) use error::LocalError;
 use ignore::IgnoreRules;
@@ -367,7 +367,7 @@ impl LocalState {
         writes: Vec<(FileRecord, Vec<ChunkInfo>, F)>,
     ) -> Vec<Result<Gated<T>, E>>
     where
-        F: FnOnce() -> Result<Option<T>, E> + Send + 'static,
+        F: FnOnce() -> Result<Option<Wrote<T>>, E> + Send + 'static,
         T: Send + 'static,
         E: From<LocalError> + Send + 'static,
     {

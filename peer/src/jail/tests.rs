@@ -152,15 +152,15 @@ fn cases() -> Vec<(&'static str, &'static str, Op)> {
         ("create_dir_all", "new", |f, r| f.jail.create_dir_all(r, 0o755)),
         ("install dest", "f", |f, r| {
             let t = f.temp_file("t", b"evil");
-            f.jail.install_file(r, &f.tmp, &t, 0o644, UNIX_EPOCH)
+            f.jail.install_file(r, &f.tmp, &t, 0o644, UNIX_EPOCH).map(drop)
         }),
         ("install new dest", "new", |f, r| {
             let t = f.temp_file("t", b"evil");
-            f.jail.install_file(r, &f.tmp, &t, 0o644, UNIX_EPOCH)
+            f.jail.install_file(r, &f.tmp, &t, 0o644, UNIX_EPOCH).map(drop)
         }),
         ("install temp", "f", |f, r| {
             fs::write(f.root.join("x"), b"mine").unwrap();
-            f.jail.install_file(p("x"), &f.tmp, r, 0o644, UNIX_EPOCH)
+            f.jail.install_file(p("x"), &f.tmp, r, 0o644, UNIX_EPOCH).map(drop)
         }),
         ("link_to src", "f", |f, r| f.jail.link_to(r, &f.history, p("v"))),
         ("link_to dest", "new", |f, r| {
@@ -320,7 +320,7 @@ fn a_parent_swapped_for_a_link_never_lets_anything_out() {
             let t = f.temp_file(&format!("t{i}"), b"payload");
             let results = [
                 // `d` swapped as the last name of the parent and before it.
-                f.jail.install_file(&PathBuf::from(format!("d/e/f{i}")), &f.tmp, &t, 0o644, UNIX_EPOCH),
+                f.jail.install_file(&PathBuf::from(format!("d/e/f{i}")), &f.tmp, &t, 0o644, UNIX_EPOCH).map(drop),
                 f.jail.create_dir_all(&PathBuf::from(format!("d/e/sub{i}/x")), 0o755),
                 f.jail.create_symlink(&PathBuf::from(format!("d/l{i}")), p("target")),
             ];
@@ -388,7 +388,8 @@ fn only_permission_bits_are_applied() {
         let f = Fixture::new(strategy);
         let t = f.temp_file("t", b"x");
         let mtime = UNIX_EPOCH + Duration::new(1_600_000_000, 123_456_789);
-        f.jail.install_file(p("f"), &f.tmp, &t, 0o4755, mtime).unwrap();
+        let made = f.jail.install_file(p("f"), &f.tmp, &t, 0o4755, mtime).unwrap();
+        assert_eq!(Some(made), f.jail.lstat(p("f")).unwrap(), "the installed file as its descriptor saw it");
         assert_eq!(mode_of(&f.root.join("f")), 0o755);
         assert_eq!(fs::metadata(f.root.join("f")).unwrap().modified().unwrap(), mtime);
         f.jail.set_mode(p("f"), 0o6777).unwrap();

@@ -19,10 +19,23 @@ use dartsync_shared::chunk::{ChunkInfo, chunk_list_hash};
 use dartsync_shared::{Causality, FileKind, FileRecord, RelPath};
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::jail::Meta;
 use crate::local::error::LocalError;
 use crate::local::index::Index;
 use crate::local::probe::{Disk, HashError, Probe};
 use crate::local::stat::StatKey;
+
+/// What one write of [`WriteGate::apply_all_if_unmodified`] returns.
+#[derive(Debug)]
+pub(crate) struct Wrote<T> {
+    /// Handed back in [`Gated::Applied`].
+    pub(crate) value: T,
+    /// What the write made at the record's path, as it saw it (an
+    /// installed file, through its own descriptor after the rename), when
+    /// it knows; indexed instead of a fresh look at the path, which might
+    /// already show a later edit as if it were the peer's own write.
+    pub(crate) made: Option<Meta>,
+}
 
 /// What [`WriteGate::apply_if_unmodified`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +155,18 @@ impl WriteGate {
     /// does not, so the next check re-examines the path).
     fn stat_applied(&self, record: &FileRecord) -> Result<(Option<StatKey>, bool), LocalError> {
         let meta = self.probe.lstat(&record.path)?;
+        Ok(Self::judge_applied(record, meta))
+    }
+
+    /// [`Self::stat_applied`] for what the write saw it made (`meta`, not
+    /// normalized yet), with no second look at the path.
+    fn stat_written(&self, record: &FileRecord, meta: Meta) -> (Option<StatKey>, bool) {
+        Self::judge_applied(record, Some(self.probe.normalize(meta)))
+    }
+
+    /// The stat to index for `record` given what its path holds, and
+    /// whether that is what the record describes.
+    fn judge_applied(record: &FileRecord, meta: Option<Meta>) -> (Option<StatKey>, bool) {
         let matching = match (&record.kind, &meta) {
             _ if record.deleted => None,
             (FileKind::File, Some(m)) if m.is_file() => Some(StatKey::of(m)),
@@ -150,7 +175,7 @@ impl WriteGate {
             _ => None,
         };
         let agrees = if record.deleted { meta.is_none() } else { matching.is_some() };
-        Ok((matching, agrees))
+        (matching, agrees)
     }
 
     /// Checks a record handed in by the rest of the peer.
@@ -213,14 +238,15 @@ impl WriteGate {
     /// commit (a burst of small downloads: one transaction, not one per
     /// file). Each write gets its own result, as if made alone. A path
     /// written twice in one batch sees its first write indexed before the
-    /// second is checked.
+    /// second is checked. A write that knows the stat of what it made
+    /// ([`Wrote::made`]) has that indexed; otherwise the path is looked at.
     pub(crate) fn apply_all_if_unmodified<T, E, F>(
         &self,
         writes: Vec<(FileRecord, Vec<ChunkInfo>, F)>,
     ) -> Vec<Result<Gated<T>, E>>
     where
         E: From<LocalError>,
-        F: FnOnce() -> Result<Option<T>, E>,
+        F: FnOnce() -> Result<Option<Wrote<T>>, E>,
     {
         let _guard = self.lock.lock();
         let mut results: Vec<Result<Gated<T>, E>> = Vec::with_capacity(writes.len());
@@ -235,8 +261,11 @@ impl WriteGate {
             let result = checked.and_then(|()| match self.run_if_unmodified_locked(&record, op)? {
                 None => Ok(Gated::Refused),
                 Some(None) => Ok(Gated::Declined),
-                Some(Some(value)) => {
-                    let (stat, agrees) = self.stat_applied(&record)?;
+                Some(Some(Wrote { value, made })) => {
+                    let (stat, agrees) = match made {
+                        Some(meta) => self.stat_written(&record, meta),
+                        None => self.stat_applied(&record)?,
+                    };
                     let chunks = if record.is_file() { chunks } else { Vec::new() };
                     unstored.push(Unstored { at: results.len(), record, chunks, stat });
                     Ok(Gated::Applied { value, agrees })

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::jail::Meta;
 use dartsync_shared::chunk::{ChunkParams, chunk_bytes};
 use dartsync_shared::test_util::{RecordBuilder, det_bytes, rel, vv};
 use dartsync_shared::{ContentHash, FileKind, FileRecord, ShortId};
@@ -439,12 +440,48 @@ fn rename_op(
     part: PathBuf,
     dest: PathBuf,
     ran: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) -> impl FnOnce() -> Result<Option<()>, LocalError> + Send + 'static {
+) -> impl FnOnce() -> Result<Option<Wrote<()>>, LocalError> + Send + 'static {
     move || {
         ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         std::fs::rename(&part, &dest).map_err(|source| LocalError::Io { path: dest.clone(), source })?;
-        Ok(Some(()))
+        Ok(Some(Wrote { value: (), made: None }))
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_reports_what_it_made_is_indexed_with_that_not_with_a_later_edit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut peer = Peer::start(tmp.path(), config()).await;
+    let bytes = b"the downloaded version".to_vec();
+    let chunked = chunk_bytes(&bytes, ChunkParams::for_piece_len(PIECE_LEN));
+    let record = RecordBuilder::file("f.txt").chunked(&chunked).version(vv(&[(99, 1)])).build();
+    let part = peer.state.dirs().tmp.join("f.part");
+    std::fs::write(&part, &bytes).unwrap();
+    let dest = peer.path("f.txt");
+    // The write renames its file into place, sees it through its own
+    // descriptor, and then (as a user could, a moment later) the path is
+    // replaced by another file.
+    let op = move || {
+        let file = std::fs::File::open(&part).map_err(|source| LocalError::Io { path: part.clone(), source })?;
+        std::fs::rename(&part, &dest).map_err(|source| LocalError::Io { path: dest.clone(), source })?;
+        let made = Meta::of_file(&file).map_err(|source| LocalError::Io { path: dest.clone(), source })?;
+        let edit = dest.with_extension("edit");
+        std::fs::write(&edit, b"a user's edit").unwrap();
+        std::fs::rename(&edit, &dest).unwrap();
+        Ok::<_, LocalError>(Some(Wrote { value: (), made: Some(made) }))
+    };
+    let results =
+        peer.state.apply_all_if_unmodified::<(), LocalError, _>(vec![(record.clone(), chunked.chunks, op)]).await;
+    let results: Vec<Gated<()>> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(results, [Gated::Applied { value: (), agrees: true }]);
+    let (entry, differs) = peer.state.local_view(&record.path).await.unwrap();
+    assert_eq!(entry.unwrap().record, record, "the write is indexed");
+    assert!(differs, "the edit after the write is seen as an edit, not taken for the write");
+    peer.wait_until("the edit announced", |log| {
+        log.iter().any(|r| r.path == record.path && r.version != record.version)
+    })
+    .await;
+    peer.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dartsync_shared::{FileKind, FileRecord, RelPath};
 
-use crate::jail::{JailError, rel_path};
+use crate::jail::{JailError, Meta, rel_path};
 use crate::local::dirs::Jails;
 use crate::sync::error::ApplyError;
 use crate::sync::history::{BeforeKeep, Cause, History};
@@ -96,7 +96,7 @@ impl Applier {
         temp: &Path,
         replaced: Option<&FileRecord>,
         before_keep: Option<BeforeKeep<'_>>,
-    ) -> Result<Option<PathBuf>, ApplyError> {
+    ) -> Result<Meta, ApplyError> {
         let mode = if self.ignore_perms { DEFAULT_FILE_MODE } else { record.mode & 0o777 };
         let cause = Cause::replacing(replaced, record).telling(before_keep);
         install_file(&self.jails, &self.history, record, temp, mode, cause)
@@ -201,8 +201,10 @@ fn apply_metadata(
 /// Moves a verified download (`temp`, a name in `.dartsync/tmp`) into
 /// place: keeps the previous content in the history, then sets `mode` and
 /// the record's mtime, fsyncs and renames atomically over the destination,
-/// and fsyncs the folder. Returns where the previous content went in the
-/// history, if there was any.
+/// and fsyncs the folder. Missing parent folders are created when the
+/// rename finds them missing (they nearly always exist: one lookup less
+/// per file of a burst). Returns the installed file as its own descriptor
+/// saw it after the rename ([`crate::jail::Jail::install_file`]).
 fn install_file(
     jails: &Jails,
     history: &History,
@@ -210,25 +212,36 @@ fn install_file(
     temp: &Path,
     mode: u32,
     cause: Cause<'_>,
-) -> Result<Option<PathBuf>, ApplyError> {
+) -> Result<Meta, ApplyError> {
     let rel = rel_path(&record.path);
-    ensure_parent(jails, rel)?;
-    let saved = match jails.folder.lstat(rel)? {
-        Some(meta) if meta.is_file() => history.preserve(&jails.folder, &record.path, cause)?,
+    match jails.folder.lstat(rel)? {
         Some(meta) if meta.is_dir() => {
-            if clear(jails, history, &record.path, cause)?.is_none() {
+            let cleared = clear(jails, history, &record.path, cause)?;
+            if cleared.is_none() {
                 return Err(ApplyError::FolderInTheWay { path: record.path.clone() });
             }
-            None
         }
-        // A link or special file is replaced by the rename itself; keep a
-        // link's target text in the history all the same.
-        Some(_) => history.preserve(&jails.folder, &record.path, cause)?,
-        None => None,
-    };
+        // A file is kept in the history; a link or special file is replaced
+        // by the rename itself, and a link's target text kept all the same.
+        Some(_) => {
+            history.preserve(&jails.folder, &record.path, cause)?;
+        }
+        None => {}
+    }
     let name = temp.file_name().map(Path::new).unwrap_or(temp);
-    jails.folder.install_file(rel, &jails.tmp, name, mode, mtime_of(record))?;
-    Ok(saved)
+    let install = || jails.folder.install_file(rel, &jails.tmp, name, mode, mtime_of(record));
+    let meta = match install() {
+        // The folder of `rel` is missing (not the temp file: that error
+        // names the temp path).
+        Err(JailError::NotFound { path, .. })
+            if path == rel && rel.parent().is_some_and(|p| !p.as_os_str().is_empty()) =>
+        {
+            ensure_parent(jails, rel)?;
+            install()?
+        }
+        result => result?,
+    };
+    Ok(meta)
 }
 
 #[cfg(test)]

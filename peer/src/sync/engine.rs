@@ -295,7 +295,14 @@ impl Engine {
             ignore_perms: parts.ignore_perms,
         };
         let case_names = parts.local.case_insensitive().then(CaseNames::default);
-        let installer = Installer::start(applier.clone(), parts.local.clone(), parts.source.clone());
+        let slots: Arc<FetchSlots> = Arc::default();
+        let fetching = slots.clone();
+        let installer = Installer::start(
+            applier.clone(),
+            parts.local.clone(),
+            parts.source.clone(),
+            Arc::new(move || fetching.fetching() > 0),
+        );
         let release = MemoryRelease::new(parts.release_memory);
         Engine {
             parts,
@@ -303,7 +310,7 @@ impl Engine {
             installer,
             global: GlobalTable::default(),
             active: HashMap::new(),
-            slots: Arc::default(),
+            slots,
             jobs: JoinSet::new(),
             dirty: BTreeSet::new(),
             waiting: Waiting::default(),

@@ -41,6 +41,12 @@ impl FetchSlots {
         if active >= max.saturating_mul(INSTALL_BACKLOG) {
             return max;
         }
+        self.fetching()
+    }
+
+    /// Downloads fetching now (the installer waits a moment for them to
+    /// gather a batch).
+    pub(super) fn fetching(&self) -> usize {
         self.fetching.load(Ordering::Acquire)
     }
 
