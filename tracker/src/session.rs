@@ -22,7 +22,10 @@
 //! freed when the actor expires the peer (3 keep-alive intervals without a
 //! message). So every session costs at most one small frame, and all of
 //! them together at most `BATCH_SLOTS` batches; the formula is in
-//! ARCHITECTURE.md. Each message is handed to the actor and applied before
+//! ARCHITECTURE.md. The channel's buffers, grown by a large page or batch,
+//! are given back once the session has caught up or handled the message
+//! (above [`IDLE_BUFFER_BYTES`] each): 1,000 idle sessions that each kept
+//! the two Noise messages of their last page would hold 128 MiB. Each message is handed to the actor and applied before
 //! the next is read, and a batch refused by a bound (record quota, full
 //! table) drops the peer with the actor's reason.
 //!
@@ -75,6 +78,12 @@ use crate::actor::{ActorHandle, Heard, LeaveReason, Link, RegisterReply, Verdict
 use crate::invite::Invites;
 use crate::memory::Churn;
 use crate::state::Page;
+
+/// Buffer a session keeps between messages, per direction: a delta page
+/// or an `Announce` batch grows the channel's buffers to two Noise
+/// messages (128 KiB) or more, and a session keeps them only while it
+/// pages or reads a burst (see "Memory").
+const IDLE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// How long a connected peer may take to send `Register`.
 pub(crate) const REGISTER_TIMEOUT: Duration = HANDSHAKE_TIMEOUT;
@@ -366,6 +375,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 heard.in_flight();
                 let verdict = ctx.actor.message(peer, session, msg, slot).await;
                 heard.now();
+                if reader.buffer_capacity() > IDLE_BUFFER_BYTES {
+                    reader.release_buffers();
+                }
                 match verdict {
                     Some(Verdict::Continue) => {}
                     Some(Verdict::Refuse(reason)) => return Err(SessionError::Refused(reason)),
@@ -431,6 +443,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             if !send_page(writer, page, &mut last_to, &ctx.churn).await? {
                 break;
             }
+        }
+        // Caught up: the buffers grown by the pages go back.
+        if writer.buffer_capacity() > IDLE_BUFFER_BYTES {
+            writer.release_buffers();
         }
         let woke = tokio::time::timeout(interval, async {
             tokio::select! {
