@@ -23,9 +23,10 @@
 //! message). So every session costs at most one small frame, and all of
 //! them together at most `BATCH_SLOTS` batches; the formula is in
 //! ARCHITECTURE.md. The channel's buffers, grown by a large page or batch,
-//! are given back once the session has caught up or handled the message
-//! (above [`IDLE_BUFFER_BYTES`] each): 1,000 idle sessions that each kept
-//! the two Noise messages of their last page would hold 128 MiB. Each message is handed to the actor and applied before
+//! are given back once the session has caught up (the write buffer, all
+//! of it: the next page allocates its own) or handled the message (the
+//! read buffers, above [`IDLE_BUFFER_BYTES`]): 1,000 idle sessions that
+//! each kept the two Noise messages of their last page would hold 128 MiB. Each message is handed to the actor and applied before
 //! the next is read, and a batch refused by a bound (record quota, full
 //! table) drops the peer with the actor's reason.
 //!
@@ -79,10 +80,9 @@ use crate::invite::Invites;
 use crate::memory::Churn;
 use crate::state::Page;
 
-/// Buffer a session keeps between messages, per direction: a delta page
-/// or an `Announce` batch grows the channel's buffers to two Noise
-/// messages (128 KiB) or more, and a session keeps them only while it
-/// pages or reads a burst (see "Memory").
+/// Read buffer a session keeps between messages: an `Announce` batch grows
+/// the channel's read buffers to a Noise message (64 KiB) or more, and a
+/// session keeps them only while it reads a burst (see "Memory").
 const IDLE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// How long a connected peer may take to send `Register`.
@@ -444,8 +444,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 break;
             }
         }
-        // Caught up: the buffers grown by the pages go back.
-        if writer.buffer_capacity() > IDLE_BUFFER_BYTES {
+        // Caught up: the buffer the pages grew goes back.
+        if writer.buffer_capacity() > 0 {
             writer.release_buffers();
         }
         let woke = tokio::time::timeout(interval, async {

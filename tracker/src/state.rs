@@ -131,6 +131,7 @@ use crate::registry::{DeviceEntry, Registry};
 mod admission;
 mod authors;
 mod holders;
+mod seq_log;
 mod table;
 mod view;
 mod wire;

@@ -14,7 +14,8 @@
 //! - the path index is a hash table of slot numbers (5 bytes a bucket),
 //!   keyed by a per-process random SipHash key, so no peer can choose paths
 //!   that collide;
-//! - `by_seq` maps each entry's seq to its slot (12 bytes a key in the B-tree).
+//! - `by_seq` lists each entry's seq and slot in seq order ([`SeqLog`]:
+//!   about 12 to 15 bytes an entry).
 //!
 //! An entry's seq changes only through [`Table::set_seq`], which keeps
 //! `by_seq` in step; the other fields are the caller's. Slot order is not
@@ -23,12 +24,12 @@
 //!
 //! Not here: what an entry holds or any rule about it (`state`).
 
-use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
 
 use hashbrown::HashTable;
 
 use super::Entry;
+use super::seq_log::SeqLog;
 
 /// Where a path lies in the arena: `offset << 16 | len` (a path is at most
 /// `MAX_PATH_LEN`, 4,096 bytes; the arena at most 2^48).
@@ -72,7 +73,7 @@ pub(super) struct Table {
     /// Bytes of the arena no entry uses any more.
     dead: usize,
     /// Each entry's seq -> its slot.
-    by_seq: BTreeMap<u64, u32>,
+    by_seq: SeqLog,
 }
 
 /// The path stored in `slot` (a free function, so the index can be
@@ -113,7 +114,7 @@ impl Table {
 
     /// True when an entry has seq `seq`.
     pub fn has_seq(&self, seq: u64) -> bool {
-        self.by_seq.contains_key(&seq)
+        self.by_seq.get(seq).is_some()
     }
 
     /// Makes `entry` the entry at `path` (its seq must be no other entry's);
@@ -123,7 +124,7 @@ impl Table {
         if let Some(slot) = self.find(path) {
             let stored = self.slots[slot as usize].as_mut().expect("an occupied slot");
             let old = std::mem::replace(&mut stored.entry, entry);
-            self.by_seq.remove(&old.seq);
+            self.by_seq.remove(old.seq);
             self.by_seq.insert(seq, slot);
             return Some(old);
         }
@@ -154,7 +155,7 @@ impl Table {
         let (slot, _) = found.remove();
         let stored = self.slots[slot as usize].take().expect("an occupied slot");
         self.free.push(slot);
-        self.by_seq.remove(&stored.entry.seq);
+        self.by_seq.remove(stored.entry.seq);
         self.dead += path.len();
         if self.dead >= COMPACT_AFTER && self.dead > self.arena.len() / 2 {
             self.compact_paths();
@@ -177,7 +178,7 @@ impl Table {
     /// Gives the entry whose seq is `old` the seq `new` (no other entry's);
     /// returns it, or `None` if no entry has seq `old`.
     pub fn set_seq(&mut self, old: u64, new: u64) -> Option<&mut Entry> {
-        let slot = self.by_seq.remove(&old)?;
+        let slot = self.by_seq.remove(old)?;
         self.by_seq.insert(new, slot);
         let stored = self.slots[slot as usize].as_mut().expect("by_seq names only occupied slots");
         stored.entry.seq = new;
@@ -186,7 +187,7 @@ impl Table {
 
     /// Entries with a seq above `from`, by seq.
     pub fn since(&self, from: u64) -> impl Iterator<Item = (&str, &Entry)> {
-        self.by_seq.range(from.saturating_add(1)..).map(|(_, &slot)| {
+        self.by_seq.after(from).map(|(_, slot)| {
             let stored = self.stored(slot);
             (&self.arena[stored.path.range()], &stored.entry)
         })
@@ -218,7 +219,7 @@ impl Table {
         assert_eq!(occupied, self.by_seq.len(), "one seq per entry");
         assert_eq!(occupied, self.index.len(), "one index bucket per entry");
         assert_eq!(occupied + self.free.len(), self.slots.len(), "every slot is occupied or free");
-        for (&seq, &slot) in &self.by_seq {
+        for (seq, slot) in self.by_seq.after(0) {
             assert_eq!(self.stored(slot).entry.seq, seq);
         }
         for (slot, path, _) in self.starting_at_slot(0) {
