@@ -59,10 +59,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use dartsync_shared::PeerId;
+use dartsync_shared::codec;
 use dartsync_shared::config::AdmitPolicy;
 use dartsync_shared::device::DeviceState;
-use dartsync_shared::proto::ptp::{DeviceInfo, PeerMessage, Welcome};
+use dartsync_shared::proto::ptp::{DeviceInfo, PeerMessage, TrackerMessage, Welcome};
 use dartsync_shared::status::TrackerStatus;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
@@ -105,8 +107,35 @@ fn devices_period(online: usize) -> Duration {
     DEVICES_EVERY.saturating_mul(steps)
 }
 
-/// The device list as published to sessions.
-pub(crate) type DeviceList = Arc<Vec<DeviceInfo>>;
+/// The device list as published to sessions: the list, and its
+/// `TrackerMessage::Devices` frame, encoded once for every session (with
+/// 1,000 peers a list is about 100 KB; a copy and an encoding per session
+/// cost 1,000 times that in small blocks, which stayed in the heap between
+/// the sessions' own).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct PublishedDevices {
+    /// The devices.
+    pub list: Vec<DeviceInfo>,
+    /// The frame; `None` if the list could not be encoded (longer than a
+    /// frame: sessions then send none, a warning says why).
+    pub frame: Option<Bytes>,
+}
+
+impl PublishedDevices {
+    fn new(list: Vec<DeviceInfo>) -> Self {
+        let frame = match codec::encode(&TrackerMessage::Devices { devices: list.clone() }) {
+            Ok(frame) => Some(Bytes::from(frame)),
+            Err(e) => {
+                tracing::warn!("the device list of {} devices is not sent to peers: {e}", list.len());
+                None
+            }
+        };
+        PublishedDevices { list, frame }
+    }
+}
+
+/// The published device list, shared by every session.
+pub(crate) type DeviceList = Arc<PublishedDevices>;
 
 /// What the actor says about a session's message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -467,7 +496,7 @@ impl Actor {
     ) -> (Actor, ActorHandle) {
         let (tx, inbox) = mpsc::channel(INBOX);
         let (seq_tx, seq) = watch::channel(state.seq());
-        let (devices_tx, devices) = watch::channel(Arc::new(state.device_list()));
+        let (devices_tx, devices) = watch::channel(Arc::new(PublishedDevices::new(state.device_list())));
         let actor = Actor {
             state,
             store,
@@ -810,9 +839,9 @@ impl Actor {
         self.devices_dirty = false;
         let list = self.state.device_list();
         self.devices_tx.send_if_modified(|current| {
-            let changed = **current != list;
+            let changed = current.list != list;
             if changed {
-                *current = Arc::new(list);
+                *current = Arc::new(PublishedDevices::new(list));
             }
             changed
         });

@@ -133,13 +133,16 @@ impl Admission {
                     () = place.displaced() => return,
                     first = join::first_bytes(&stream) => first,
                 };
+                // The handshake and the join exchange are boxed: their state
+                // (Noise handshake state, buffers) is freed when they end
+                // instead of sized into this task for the session's life.
                 match first {
-                    join::FirstBytes::Join => return join::serve(stream, remote, place, ctx).await,
+                    join::FirstBytes::Join => return Box::pin(join::serve(stream, remote, place, ctx)).await,
                     join::FirstBytes::Silent => return preauth.silent(place),
                     join::FirstBytes::Handshake => {}
                 }
                 // Failures are counted and logged by the limiter.
-                let Ok(channel) = preauth.handshake(place, stream, &ctx.key, &ctx.identity).await else {
+                let Ok(channel) = Box::pin(preauth.handshake(place, stream, &ctx.key, &ctx.identity)).await else {
                     return;
                 };
                 if let Ok(permit) = permits.try_acquire_owned() {
@@ -150,7 +153,7 @@ impl Admission {
                         "refusing peer {}: tracker full ({max_peers} peers)",
                         channel.remote_peer_id().fmt_short()
                     );
-                    refuse_full(channel, max_peers).await;
+                    Box::pin(refuse_full(channel, max_peers)).await;
                     drop(slot);
                 } else {
                     tracing::warn!(

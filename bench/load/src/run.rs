@@ -12,7 +12,9 @@
 //!    go only to sessions that lack the record); RSS: the cost of a
 //!    holding; then a fresh observer reads the whole table to check the
 //!    holders lists;
-//! 5. steady: every peer reports itself up to date; RSS once settled;
+//! 5. steady: every peer reports itself up to date; once every session has
+//!    a device list showing every peer up to date (the tracker sends it
+//!    every 5 s at most with 1,000 sessions), RSS once settled;
 //! 6. keep-alive CPU: the tracker's CPU share over a window in which the
 //!    peers only send keep-alives at the interval the tracker asked for;
 //! 7. fan-out: peer 0 announces edits one at a time; for each, the delay
@@ -193,8 +195,16 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     for peer in &peers {
         peer.report_up_to_date().await?;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    check_alive(&peers)?;
+    let deadline = Instant::now() + opts.phase_timeout;
+    let listed = |p: &SimPeer| p.seen.devices_up_to_date.load(std::sync::atomic::Ordering::SeqCst);
+    while peers.iter().any(|p| listed(p) < layout.peers) {
+        check_alive(&peers)?;
+        if Instant::now() >= deadline {
+            o.notes.push("not every session got a device list with every peer up to date in time".to_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let steady = procfs::settled(pid).await?;
     (o.steady_rss_kib, o.steady_anon_kib) = (steady.rss_kib, steady.anon_kib);
     o.steady_bytes_per_holding = slope_bytes(0, steady.rss_kib, layout.holdings());

@@ -81,6 +81,8 @@ pub struct Seen {
     pub entries: AtomicU64,
     /// Most holders listed on one entry.
     pub max_holders: AtomicUsize,
+    /// Devices online and up to date in the last device list.
+    pub devices_up_to_date: AtomicUsize,
     /// Why the session ended, if it did.
     pub ended: Mutex<Option<String>>,
 }
@@ -221,9 +223,13 @@ async fn read_loop(mut reader: ChannelReader<ReadHalf<TcpStream>>, index: usize,
                 seen.entries.fetch_add(delta.entries.len() as u64, Ordering::Relaxed);
                 seen.seq.store(delta.to_seq, Ordering::SeqCst);
             }
+            TrackerMessage::Devices { devices } => {
+                let current = devices.iter().filter(|d| d.online && d.up_to_date).count();
+                seen.devices_up_to_date.store(current, Ordering::SeqCst);
+            }
             TrackerMessage::Refused { reason } => break format!("refused: {reason}"),
             TrackerMessage::Revoked => break "revoked".to_owned(),
-            // Device lists, conflict and brake notices: a real peer shows
+            // Conflict and brake notices: a real peer shows
             // them; the load only reads them.
             _ => {}
         }

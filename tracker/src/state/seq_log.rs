@@ -96,6 +96,12 @@ impl SeqLog {
         self.slots.shrink_to(room);
     }
 
+    /// Bytes of the pairs held, live and dead (tests).
+    #[cfg(test)]
+    pub fn resident_bytes(&self) -> usize {
+        self.seqs.len() * 8 + self.slots.len() * 4
+    }
+
     /// The live pairs with a seq above `from`, by seq.
     pub fn after(&self, from: u64) -> impl Iterator<Item = (u64, u32)> + '_ {
         let start = self.seqs.partition_point(|s| *s <= from);
