@@ -2,9 +2,10 @@
 //!
 //! The tracker holds one record per path for the whole folder, on a Pi, so
 //! the table does not store the wire type: the path lives once, in the
-//! table's key, and the version vector is one pair in place (one writer,
-//! most records) or a boxed slice, instead of a `BTreeMap` (whose first
-//! node alone costs about 200 bytes). Converting
+//! table's key, and the version vector's first pair is in place (one
+//! writer, most records), the others and a symlink's target behind one
+//! thin pointer that most records leave empty, instead of a `BTreeMap`
+//! (whose first node alone costs about 200 bytes). Converting
 //! back ([`CompactRecord::to_record`]) yields exactly the record that was
 //! stored; the causality and content comparisons the rules need work on the
 //! compact form directly.
@@ -18,25 +19,19 @@
 use dartsync_shared::{Causality, ContentHash, FileKind, FileRecord, RelPath, ShortId, VersionVector};
 use serde::ser::{Serialize, SerializeMap, SerializeStruct, SerializeStructVariant, Serializer};
 
-/// A version vector with one writer (most records) needs no allocation.
+/// What few records have: more than one writer, a symlink's target.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum CompactVersion {
-    /// Exactly one `(peer, counter)`.
-    One((ShortId, u64)),
-    /// None, or more than one, in peer order.
-    Many(Box<[(ShortId, u64)]>),
+struct Extra {
+    /// The vector's pairs after the first, in peer order.
+    more: Box<[(ShortId, u64)]>,
+    /// A symlink's target.
+    symlink: Option<Box<str>>,
 }
 
-impl CompactVersion {
-    fn as_slice(&self) -> &[(ShortId, u64)] {
-        match self {
-            CompactVersion::One(pair) => std::slice::from_ref(pair),
-            CompactVersion::Many(pairs) => pairs,
-        }
-    }
-}
+/// `CompactRecord::first` of an empty vector (no counter of a vector is 0).
+const NO_PAIR: (ShortId, u64) = (ShortId(0), 0);
 
-/// One version of one path, without its path: 120 bytes, and a heap block
+/// One version of one path, without its path: 112 bytes, and a heap block
 /// only for a symlink's target or a vector of several writers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CompactRecord {
@@ -44,13 +39,14 @@ pub(crate) struct CompactRecord {
     mtime_ns: i64,
     content: ContentHash,
     chunks: ContentHash,
-    /// `(peer, counter)` in peer order, no zero counters (as in `VersionVector`).
-    version: CompactVersion,
-    /// A symlink's target (doubly boxed: a thin pointer, 8 bytes); `None`
-    /// for files and folders.
-    symlink: Option<Box<Box<str>>>,
+    /// The vector's first `(peer, counter)` ([`NO_PAIR`] when it is
+    /// empty); pairs in peer order, no zero counters (as in `VersionVector`).
+    first: (ShortId, u64),
+    /// The other pairs and a symlink's target, for the few records that
+    /// have either (a thin pointer, 8 bytes).
+    extra: Option<Box<Extra>>,
     mode: u32,
-    /// A folder (when `symlink` is `None`).
+    /// A folder (when there is no symlink target).
     dir: bool,
     deleted: bool,
 }
@@ -61,28 +57,40 @@ impl CompactRecord {
         let (dir, symlink) = match record.kind {
             FileKind::File => (false, None),
             FileKind::Dir => (true, None),
-            FileKind::Symlink { target } => (false, Some(Box::new(target.into_boxed_str()))),
+            FileKind::Symlink { target } => (false, Some(target.into_boxed_str())),
         };
-        let version = match record.version.len() {
-            1 => CompactVersion::One(record.version.iter().next().expect("one entry")),
-            _ => CompactVersion::Many(record.version.iter().collect()),
-        };
+        let mut pairs = record.version.iter();
+        let first = pairs.next().unwrap_or(NO_PAIR);
+        let more: Box<[(ShortId, u64)]> = pairs.collect();
+        let extra = (!more.is_empty() || symlink.is_some()).then(|| Box::new(Extra { more, symlink }));
         CompactRecord {
             size: record.size,
             mtime_ns: record.mtime_ns,
             content: record.content,
             chunks: record.chunks,
-            version,
-            symlink,
+            first,
+            extra,
             mode: record.mode,
             dir,
             deleted: record.deleted,
         }
     }
 
+    /// A symlink's target.
+    fn symlink(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|extra| extra.symlink.as_deref())
+    }
+
+    /// The vector's pairs, in peer order.
+    fn pairs(&self) -> impl Iterator<Item = (ShortId, u64)> + '_ {
+        let first = Some(self.first).filter(|pair| *pair != NO_PAIR);
+        let more: &[(ShortId, u64)] = self.extra.as_ref().map_or(&[], |extra| &extra.more);
+        first.into_iter().chain(more.iter().copied())
+    }
+
     fn kind(&self) -> FileKind {
-        match (&self.symlink, self.dir) {
-            (Some(target), _) => FileKind::Symlink { target: target.to_string() },
+        match (self.symlink(), self.dir) {
+            (Some(target), _) => FileKind::Symlink { target: target.to_owned() },
             (None, true) => FileKind::Dir,
             (None, false) => FileKind::File,
         }
@@ -105,7 +113,7 @@ impl CompactRecord {
 
     /// The version vector.
     pub fn version(&self) -> VersionVector {
-        VersionVector::from_entries(self.version.as_slice().iter().copied())
+        VersionVector::from_entries(self.pairs())
     }
 
     /// True for a tombstone.
@@ -115,12 +123,12 @@ impl CompactRecord {
 
     /// Number of entries of the version vector.
     pub fn version_len(&self) -> usize {
-        self.version.as_slice().len()
+        usize::from(self.first != NO_PAIR) + self.extra.as_ref().map_or(0, |extra| extra.more.len())
     }
 
     /// Length of the symlink target, 0 for other kinds.
     pub fn target_len(&self) -> usize {
-        self.symlink.as_ref().map_or(0, |target| target.len())
+        self.symlink().map_or(0, str::len)
     }
 
     /// How `other`'s version relates to this one (`other.compare(self)`).
@@ -130,15 +138,14 @@ impl CompactRecord {
 
     /// True when the version vector is exactly `other`.
     pub fn version_is(&self, other: &VersionVector) -> bool {
-        let mine = self.version.as_slice();
-        mine.len() == other.len() && mine.iter().copied().eq(other.iter())
+        self.version_len() == other.len() && self.pairs().eq(other.iter())
     }
 
     /// `FileRecord::same_content` against a full record.
     pub fn same_content(&self, other: &FileRecord) -> bool {
-        let kind_eq = match (&self.symlink, self.dir, &other.kind) {
+        let kind_eq = match (self.symlink(), self.dir, &other.kind) {
             (None, false, FileKind::File) | (None, true, FileKind::Dir) => true,
-            (Some(a), _, FileKind::Symlink { target: b }) => ***a == **b,
+            (Some(a), _, FileKind::Symlink { target: b }) => a == b,
             _ => false,
         };
         self.deleted == other.deleted
@@ -171,7 +178,7 @@ impl Serialize for RecordAt<'_> {
         out.serialize_field("mode", &r.mode)?;
         out.serialize_field("content", &r.content)?;
         out.serialize_field("chunks", &r.chunks)?;
-        out.serialize_field("version", &VersionOf(r.version.as_slice()))?;
+        out.serialize_field("version", &VersionOf(r))?;
         out.serialize_field("deleted", &r.deleted)?;
         out.end()
     }
@@ -182,10 +189,10 @@ struct KindOf<'a>(&'a CompactRecord);
 
 impl Serialize for KindOf<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match (&self.0.symlink, self.0.dir) {
+        match (self.0.symlink(), self.0.dir) {
             (Some(target), _) => {
                 let mut out = serializer.serialize_struct_variant("FileKind", 2, "Symlink", 1)?;
-                out.serialize_field("target", &***target)?;
+                out.serialize_field("target", target)?;
                 out.end()
             }
             (None, true) => serializer.serialize_unit_variant("FileKind", 1, "Dir"),
@@ -194,8 +201,8 @@ impl Serialize for KindOf<'_> {
     }
 }
 
-/// A vector's pairs, serialized as `VersionVector` (a newtype around a map).
-struct VersionOf<'a>(&'a [(ShortId, u64)]);
+/// A record's vector, serialized as `VersionVector` (a newtype around a map).
+struct VersionOf<'a>(&'a CompactRecord);
 
 impl Serialize for VersionOf<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -203,13 +210,13 @@ impl Serialize for VersionOf<'_> {
     }
 }
 
-struct PairsAsMap<'a>(&'a [(ShortId, u64)]);
+struct PairsAsMap<'a>(&'a CompactRecord);
 
 impl Serialize for PairsAsMap<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut out = serializer.serialize_map(Some(self.0.len()))?;
-        for (peer, counter) in self.0 {
-            out.serialize_entry(peer, counter)?;
+        let mut out = serializer.serialize_map(Some(self.0.version_len()))?;
+        for (peer, counter) in self.0.pairs() {
+            out.serialize_entry(&peer, &counter)?;
         }
         out.end()
     }
@@ -222,12 +229,12 @@ mod tests {
     use dartsync_shared::test_util::RecordBuilder;
 
     #[test]
-    fn a_record_of_one_writer_fits_120_bytes_without_a_heap_block() {
-        assert_eq!(std::mem::size_of::<CompactRecord>(), 120);
+    fn a_record_of_one_writer_fits_112_bytes_without_a_heap_block() {
+        assert_eq!(std::mem::size_of::<CompactRecord>(), 112);
         let record = RecordBuilder::file("a").body("x").version(VersionVector::from_entries([(ShortId(4), 9)])).build();
         let compact = CompactRecord::new(record.clone());
-        assert!(matches!(compact.version, CompactVersion::One((ShortId(4), 9))));
-        assert!(compact.symlink.is_none());
+        assert_eq!(compact.first, (ShortId(4), 9));
+        assert!(compact.extra.is_none());
         assert_eq!(compact.to_record(&record.path), record);
         let empty = RecordBuilder::file("b").version(VersionVector::new()).build();
         assert_eq!(CompactRecord::new(empty.clone()).to_record(&empty.path), empty, "an empty vector round-trips");
@@ -242,6 +249,7 @@ mod tests {
             RecordBuilder::file("ü/é.txt").body("").version(one.clone()),
             RecordBuilder::dir("d").version(one.clone()),
             RecordBuilder::symlink("a/l", "../ü/x").version(two.clone()),
+            RecordBuilder::symlink("one/l", "x").version(one.clone()),
             RecordBuilder::file("gone").version(two).tombstone(),
             RecordBuilder::file("none").version(VersionVector::new()),
         ] {

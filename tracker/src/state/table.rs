@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn a_slot_is_the_entry_and_its_path_place() {
-        assert_eq!(std::mem::size_of::<Option<Stored>>(), 176);
+        assert_eq!(std::mem::size_of::<Option<Stored>>(), 168);
     }
 
     #[test]
@@ -329,8 +329,8 @@ mod tests {
             assert!(table.remove(&path(i)).is_some());
         }
         let per_entry = table.resident_bytes() / table.len();
-        // 176 in the slot, 26 of path, about 7 of index, 12 to 15 of seq
-        // log (about 222 before the removals); the removed entries' slots
+        // 168 in the slot, 26 of path, about 7 of index, 12 to 15 of seq
+        // log (about 214 before the removals); the removed entries' slots
         // and paths wait for reuse (245 measured).
         assert!(per_entry <= 256, "{per_entry} bytes an entry");
         table.check();
