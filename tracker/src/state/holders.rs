@@ -5,10 +5,13 @@
 //! tracker. A cluster with up to 64 online peers (slots are reused, so the
 //! slots in use stay below the number online) keeps the set as a 64-bit
 //! map inside the entry: 16 bytes and no allocation, whether one peer or
-//! all of them hold the record. Past slot 63 it moves to the heap, as a
-//! sorted list of slots (2 bytes per holder) or a bitmap over the slots (1
-//! bit per online peer), whichever is smaller; every change picks again, and
-//! a set whose slots all fall below 64 again goes back inside.
+//! all of them hold the record. Past slot 63, a set of every slot from 0
+//! up (every online peer of a big cluster holds the record: the usual state
+//! once it has synced) is that count, inside the entry too; any other set
+//! moves to the heap, as a sorted list of slots (2 bytes per holder) or a
+//! bitmap over the slots (1 bit per online peer), whichever is smaller.
+//! Every change picks again, so a set whose slots all fall below 64, or
+//! that fills up to a prefix, goes back inside.
 //!
 //! Not here: what a slot is, or who gets one (`state`'s `Slots`).
 
@@ -17,6 +20,8 @@
 pub(crate) enum HolderSet {
     /// Slots 0..64, bit `s` for slot `s`.
     Small(u64),
+    /// Exactly the slots `0..n`, for an `n` above 64.
+    Prefix(u16),
     /// Some slot is 64 or more.
     Wide(Box<Wide>),
 }
@@ -50,6 +55,7 @@ impl HolderSet {
     pub fn len(&self) -> usize {
         match self {
             HolderSet::Small(bits) => bits.count_ones() as usize,
+            HolderSet::Prefix(n) => usize::from(*n),
             HolderSet::Wide(wide) => match &**wide {
                 Wide::List(list) => list.len(),
                 Wide::Map(words) => words.iter().map(|w| w.count_ones() as usize).sum(),
@@ -66,6 +72,7 @@ impl HolderSet {
     pub fn contains(&self, slot: u16) -> bool {
         match self {
             HolderSet::Small(bits) => slot < 64 && bits & (1 << slot) != 0,
+            HolderSet::Prefix(n) => slot < *n,
             HolderSet::Wide(wide) => match &**wide {
                 Wide::List(list) => list.binary_search(&slot).is_ok(),
                 Wide::Map(words) => words.get(usize::from(slot / 64)).is_some_and(|w| w & (1 << (slot % 64)) != 0),
@@ -77,6 +84,7 @@ impl HolderSet {
     pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
         let (list, words): (&[u16], &[u64]) = match self {
             HolderSet::Small(bits) => (&[], std::slice::from_ref(bits)),
+            HolderSet::Prefix(_) => (&[], &[]),
             HolderSet::Wide(wide) => match &**wide {
                 Wide::List(list) => (list, &[]),
                 Wide::Map(words) => (&[], words),
@@ -87,7 +95,11 @@ impl HolderSet {
             let base = u16::try_from(i * 64).unwrap_or(u16::MAX);
             bits_of(word).map(move |bit| base + bit)
         });
-        list.iter().copied().chain(mapped)
+        let prefix = match self {
+            HolderSet::Prefix(n) => 0..*n,
+            _ => 0..0,
+        };
+        prefix.chain(list.iter().copied()).chain(mapped)
     }
 
     /// Adds `slot`; false if it was in already.
@@ -101,6 +113,12 @@ impl HolderSet {
             *bits |= 1 << slot;
             return true;
         }
+        if let HolderSet::Prefix(n) = self
+            && slot == *n
+        {
+            *n += 1;
+            return true;
+        }
         // A bitmap that covers the slot stays the smaller form with one
         // more holder: set the bit in place (every peer of a big cluster
         // announcing what it holds lands here).
@@ -109,6 +127,9 @@ impl HolderSet {
             && let Some(word) = words.get_mut(usize::from(slot / 64))
         {
             *word |= 1 << (slot % 64);
+            if let Some(n) = prefix_len(words) {
+                *self = HolderSet::Prefix(n);
+            }
             return true;
         }
         let mut slots: Vec<u16> = self.iter().collect();
@@ -146,6 +167,10 @@ impl HolderSet {
         if max < 64 {
             return HolderSet::Small(slots.iter().fold(0, |bits, s| bits | 1 << s));
         }
+        if usize::from(max) + 1 == slots.len() {
+            // Sorted and distinct: exactly 0..=max.
+            return HolderSet::Prefix(max + 1);
+        }
         let words = usize::from(max / 64) + 1;
         if slots.len() * 2 <= words * 8 {
             return HolderSet::Wide(Box::new(Wide::List(slots.into())));
@@ -156,6 +181,15 @@ impl HolderSet {
         }
         HolderSet::Wide(Box::new(Wide::Map(map.into())))
     }
+}
+
+/// `n` when `words` (a bitmap whose last word is not 0) is exactly the
+/// slots `0..n`.
+fn prefix_len(words: &[u64]) -> Option<u16> {
+    let (&last, full) = words.split_last()?;
+    let filled = full.iter().all(|w| *w == u64::MAX) && last & last.wrapping_add(1) == 0;
+    let n = full.len() * 64 + last.count_ones() as usize;
+    filled.then(|| u16::try_from(n).ok()).flatten()
 }
 
 /// The set bits of `word`, ascending.
@@ -210,12 +244,34 @@ mod tests {
     fn a_wide_set_takes_the_smaller_of_a_list_and_a_map() {
         let few = HolderSet::from_sorted(&[3, 700, 999]);
         assert!(matches!(&few, HolderSet::Wide(w) if matches!(**w, Wide::List(_))), "{few:?}");
-        let many: Vec<u16> = (0..1000).collect();
+        let many: Vec<u16> = (1..1000).collect();
         let many = HolderSet::from_sorted(&many);
         assert!(matches!(&many, HolderSet::Wide(w) if matches!(&**w, Wide::Map(m) if m.len() == 16)), "{many:?}");
         let mut back = HolderSet::from_sorted(&[3, 700]);
         assert!(back.retain(|s| s < 64));
         assert_eq!(back, HolderSet::Small(1 << 3), "back inside once every slot is below 64");
+    }
+
+    #[test]
+    fn every_online_peer_of_a_big_cluster_holding_it_is_a_count_inside_the_entry() {
+        // Slots announced in any order: the set ends as 0..1000, whatever
+        // form it passed through.
+        let mut set = HolderSet::default();
+        let mut model = BTreeSet::new();
+        for s in (0..1000u16).rev().step_by(2).chain((0..1000u16).step_by(2)) {
+            set.insert(s);
+            model.insert(s);
+            check(&set, &model);
+        }
+        assert_eq!(set, HolderSet::Prefix(1000));
+        assert!(set.insert(1000), "the next slot extends it");
+        assert_eq!(set, HolderSet::Prefix(1001));
+        assert!(set.retain(|s| s != 500), "a peer gone");
+        assert!(matches!(&set, HolderSet::Wide(w) if matches!(**w, Wide::Map(_))), "{set:?}");
+        assert!(set.insert(500), "a peer in the freed slot announced it");
+        assert_eq!(set, HolderSet::Prefix(1001));
+        assert!(set.retain(|s| s < 30));
+        assert_eq!(set, HolderSet::Small((1 << 30) - 1));
     }
 
     #[test]
