@@ -6,12 +6,15 @@
 //! slots in use stay below the number online) keeps the set as a 64-bit
 //! map inside the entry: 16 bytes and no allocation, whether one peer or
 //! all of them hold the record. Past slot 63, a set of every slot from 0
-//! up (every online peer of a big cluster holds the record: the usual state
-//! once it has synced) is that count, inside the entry too; any other set
-//! moves to the heap, as a sorted list of slots (2 bytes per holder) or a
-//! bitmap over the slots (1 bit per online peer), whichever is smaller.
-//! Every change picks again, so a set whose slots all fall below 64, or
-//! that fills up to a prefix, goes back inside.
+//! up but at most [`EXCEPT`] (every online peer of a big cluster holds the
+//! record, the usual state once it has synced, but for a few that have not
+//! yet or whose slots were just freed) is that count and those few, inside
+//! the entry too; any other set moves to the heap, as a sorted list of
+//! slots (2 bytes per holder) or a bitmap over the slots (1 bit per online
+//! peer), whichever is smaller. Every change picks again, so a set whose
+//! slots all fall below 64, or that fills up to a prefix, goes back inside:
+//! one peer leaving a 1,000-peer cluster does not turn every entry's set
+//! into a 125-byte bitmap.
 //!
 //! Not here: what a slot is, or who gets one (`state`'s `Slots`).
 
@@ -20,8 +23,9 @@
 pub(crate) enum HolderSet {
     /// Slots 0..64, bit `s` for slot `s`.
     Small(u64),
-    /// Exactly the slots `0..n`, for an `n` above 64.
-    Prefix(u16),
+    /// The slots `0..n` but the ones in `except` (at most [`EXCEPT`],
+    /// ascending, [`UNUSED`] after them), for an `n` above 64.
+    Prefix { n: u16, except: [u16; EXCEPT] },
     /// Some slot is 64 or more.
     Wide(Box<Wide>),
 }
@@ -33,6 +37,17 @@ pub(crate) enum Wide {
     List(Box<[u16]>),
     /// Bit `s % 64` of word `s / 64` for slot `s`; the last word is not 0.
     Map(Box<[u64]>),
+}
+
+/// Slots a prefix set may lack.
+const EXCEPT: usize = 3;
+
+/// An unused place of `HolderSet::Prefix::except` (no slot is `u16::MAX`).
+const UNUSED: u16 = u16::MAX;
+
+/// The slots in `except`.
+fn excepted(except: &[u16; EXCEPT]) -> impl Iterator<Item = u16> + '_ {
+    except.iter().copied().take_while(|s| *s != UNUSED)
 }
 
 impl Default for HolderSet {
@@ -55,7 +70,7 @@ impl HolderSet {
     pub fn len(&self) -> usize {
         match self {
             HolderSet::Small(bits) => bits.count_ones() as usize,
-            HolderSet::Prefix(n) => usize::from(*n),
+            HolderSet::Prefix { n, except } => usize::from(*n) - excepted(except).count(),
             HolderSet::Wide(wide) => match &**wide {
                 Wide::List(list) => list.len(),
                 Wide::Map(words) => words.iter().map(|w| w.count_ones() as usize).sum(),
@@ -72,7 +87,7 @@ impl HolderSet {
     pub fn contains(&self, slot: u16) -> bool {
         match self {
             HolderSet::Small(bits) => slot < 64 && bits & (1 << slot) != 0,
-            HolderSet::Prefix(n) => slot < *n,
+            HolderSet::Prefix { n, except } => slot < *n && !except.contains(&slot),
             HolderSet::Wide(wide) => match &**wide {
                 Wide::List(list) => list.binary_search(&slot).is_ok(),
                 Wide::Map(words) => words.get(usize::from(slot / 64)).is_some_and(|w| w & (1 << (slot % 64)) != 0),
@@ -84,7 +99,7 @@ impl HolderSet {
     pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
         let (list, words): (&[u16], &[u64]) = match self {
             HolderSet::Small(bits) => (&[], std::slice::from_ref(bits)),
-            HolderSet::Prefix(_) => (&[], &[]),
+            HolderSet::Prefix { .. } => (&[], &[]),
             HolderSet::Wide(wide) => match &**wide {
                 Wide::List(list) => (list, &[]),
                 Wide::Map(words) => (&[], words),
@@ -95,10 +110,11 @@ impl HolderSet {
             let base = u16::try_from(i * 64).unwrap_or(u16::MAX);
             bits_of(word).map(move |bit| base + bit)
         });
-        let prefix = match self {
-            HolderSet::Prefix(n) => 0..*n,
-            _ => 0..0,
+        let (n, except) = match self {
+            HolderSet::Prefix { n, except } => (*n, *except),
+            _ => (0, [UNUSED; EXCEPT]),
         };
+        let prefix = (0..n).filter(move |s| !except.contains(s));
         prefix.chain(list.iter().copied()).chain(mapped)
     }
 
@@ -113,11 +129,16 @@ impl HolderSet {
             *bits |= 1 << slot;
             return true;
         }
-        if let HolderSet::Prefix(n) = self
-            && slot == *n
-        {
-            *n += 1;
-            return true;
+        if let HolderSet::Prefix { n, except } = self {
+            if slot == *n {
+                *n += 1;
+                return true;
+            }
+            if let Some(at) = except.iter().position(|s| *s == slot) {
+                except.copy_within(at + 1.., at);
+                except[EXCEPT - 1] = UNUSED;
+                return true;
+            }
         }
         // A bitmap that covers the slot stays the smaller form with one
         // more holder: set the bit in place (every peer of a big cluster
@@ -127,8 +148,8 @@ impl HolderSet {
             && let Some(word) = words.get_mut(usize::from(slot / 64))
         {
             *word |= 1 << (slot % 64);
-            if let Some(n) = prefix_len(words) {
-                *self = HolderSet::Prefix(n);
+            if let Some(prefix) = as_prefix(words) {
+                *self = prefix;
             }
             return true;
         }
@@ -167,9 +188,20 @@ impl HolderSet {
         if max < 64 {
             return HolderSet::Small(slots.iter().fold(0, |bits, s| bits | 1 << s));
         }
-        if usize::from(max) + 1 == slots.len() {
-            // Sorted and distinct: exactly 0..=max.
-            return HolderSet::Prefix(max + 1);
+        // Sorted and distinct: 0..=max but `max + 1 - len` slots.
+        if usize::from(max) + 1 - slots.len() <= EXCEPT {
+            let mut except = [UNUSED; EXCEPT];
+            let mut missing = 0;
+            let mut expected = 0;
+            for &s in slots {
+                while expected < s {
+                    except[missing] = expected;
+                    missing += 1;
+                    expected += 1;
+                }
+                expected = s + 1;
+            }
+            return HolderSet::Prefix { n: max + 1, except };
         }
         let words = usize::from(max / 64) + 1;
         if slots.len() * 2 <= words * 8 {
@@ -183,13 +215,26 @@ impl HolderSet {
     }
 }
 
-/// `n` when `words` (a bitmap whose last word is not 0) is exactly the
-/// slots `0..n`.
-fn prefix_len(words: &[u64]) -> Option<u16> {
-    let (&last, full) = words.split_last()?;
-    let filled = full.iter().all(|w| *w == u64::MAX) && last & last.wrapping_add(1) == 0;
-    let n = full.len() * 64 + last.count_ones() as usize;
-    filled.then(|| u16::try_from(n).ok()).flatten()
+/// The prefix form of `words` (a bitmap whose last word is not 0) when
+/// it lacks at most [`EXCEPT`] slots below its highest.
+fn as_prefix(words: &[u64]) -> Option<HolderSet> {
+    let &last = words.last()?;
+    let n = (words.len() - 1) * 64 + (64 - last.leading_zeros() as usize);
+    let held: usize = words.iter().map(|w| w.count_ones() as usize).sum();
+    if n - held > EXCEPT {
+        return None;
+    }
+    let mut except = [UNUSED; EXCEPT];
+    let mut missing = 0;
+    for (i, &word) in words.iter().enumerate() {
+        // The bits above the highest slot are not missing.
+        let valid = if i + 1 == words.len() { u64::MAX >> last.leading_zeros() } else { u64::MAX };
+        for bit in bits_of(!word & valid) {
+            except[missing] = u16::try_from(i * 64).ok()? + bit;
+            missing += 1;
+        }
+    }
+    Some(HolderSet::Prefix { n: u16::try_from(n).ok()?, except })
 }
 
 /// The set bits of `word`, ascending.
@@ -244,7 +289,7 @@ mod tests {
     fn a_wide_set_takes_the_smaller_of_a_list_and_a_map() {
         let few = HolderSet::from_sorted(&[3, 700, 999]);
         assert!(matches!(&few, HolderSet::Wide(w) if matches!(**w, Wide::List(_))), "{few:?}");
-        let many: Vec<u16> = (1..1000).collect();
+        let many: Vec<u16> = (0..1000).filter(|s| s % 3 != 0).collect();
         let many = HolderSet::from_sorted(&many);
         assert!(matches!(&many, HolderSet::Wide(w) if matches!(&**w, Wide::Map(m) if m.len() == 16)), "{many:?}");
         let mut back = HolderSet::from_sorted(&[3, 700]);
@@ -263,13 +308,23 @@ mod tests {
             model.insert(s);
             check(&set, &model);
         }
-        assert_eq!(set, HolderSet::Prefix(1000));
+        assert_eq!(set, HolderSet::Prefix { n: 1000, except: [UNUSED; EXCEPT] });
         assert!(set.insert(1000), "the next slot extends it");
-        assert_eq!(set, HolderSet::Prefix(1001));
-        assert!(set.retain(|s| s != 500), "a peer gone");
+        assert_eq!(set.len(), 1001);
+        // Peers leaving: up to three gaps stay inside the entry.
+        for (gone, n) in [(500, 1000), (7, 999), (900, 998)] {
+            assert!(set.retain(|s| s != gone), "peer in slot {gone} gone");
+            assert!(matches!(set, HolderSet::Prefix { .. }), "{set:?}");
+            assert_eq!(set.len(), n);
+            assert!(!set.contains(gone));
+        }
+        assert_eq!(set, HolderSet::Prefix { n: 1001, except: [7, 500, 900] });
+        assert!(set.retain(|s| s != 3), "a fourth gap");
         assert!(matches!(&set, HolderSet::Wide(w) if matches!(**w, Wide::Map(_))), "{set:?}");
-        assert!(set.insert(500), "a peer in the freed slot announced it");
-        assert_eq!(set, HolderSet::Prefix(1001));
+        for back in [3, 500, 7, 900] {
+            assert!(set.insert(back), "a peer in the freed slot {back} announced it");
+        }
+        assert_eq!(set, HolderSet::Prefix { n: 1001, except: [UNUSED; EXCEPT] });
         assert!(set.retain(|s| s < 30));
         assert_eq!(set, HolderSet::Small((1 << 30) - 1));
     }
