@@ -1189,8 +1189,11 @@ impl State {
                     .filter(|h| self.known.get(h).is_some_and(|k| k.acked_seq < e.record_seq))
                     .count()
             };
-            if old || unconfirmed == 0 || unconfirmed == confirmed_by_holding() {
-                collectable.push(RelPath::new(path).expect("a table path is a valid path"));
+            // A table path was a valid `RelPath` when it came in.
+            if (old || unconfirmed == 0 || unconfirmed == confirmed_by_holding())
+                && let Ok(path) = RelPath::new(path)
+            {
+                collectable.push(path);
             }
         }
         let done = visited < budget;

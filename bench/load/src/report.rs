@@ -131,20 +131,30 @@ pub const CPU_GOAL: (f64, usize, u64) = (2.0, 1000, 10_000);
 /// `peers` online peers (or by as many as this run's layout has), from
 /// this run's costs: idle RSS, the fixed costs the slopes do not explain
 /// (redb page cache, allocator arenas), a session per peer, an entry per
-/// record and a holding per extra holder.
+/// record, and the holdings.
+///
+/// Holdings cost a holding per extra holder, except when every peer holds
+/// every record both in the run and in the estimate: a tracker may keep
+/// "every online peer" in constant space (DartSync's does), so a holding
+/// slope near zero times hundreds of holders would be noise times
+/// hundreds. Then what is scaled is the measured cost of a record held by
+/// everyone beyond its author: the steady RSS above the author-held
+/// table's, per record.
 pub fn estimate_kib(o: &Outcome, records: usize, peers: usize) -> u64 {
     let run_holders = o.holders.max(1) as u64;
     let goal_holders = if o.holders >= o.peers { peers } else { o.holders.min(peers) }.max(1) as u64;
-    let explained = o.idle_rss_kib * 1024
-        + o.peers as u64 * o.session_bytes
-        + o.records as u64 * o.entry_bytes
-        + o.records as u64 * (run_holders - 1) * o.holder_bytes;
+    let everyone = o.holders >= o.peers;
+    let (run_holdings, goal_holdings) = if everyone {
+        let per_record = o.steady_rss_kib.saturating_sub(o.entries_rss_kib) * 1024 / o.records.max(1) as u64;
+        (o.records as u64 * per_record, records as u64 * per_record)
+    } else {
+        (o.records as u64 * (run_holders - 1) * o.holder_bytes, records as u64 * (goal_holders - 1) * o.holder_bytes)
+    };
+    let explained =
+        o.idle_rss_kib * 1024 + o.peers as u64 * o.session_bytes + o.records as u64 * o.entry_bytes + run_holdings;
     let fixed = (o.steady_rss_kib * 1024).saturating_sub(explained);
-    let bytes = o.idle_rss_kib * 1024
-        + fixed
-        + peers as u64 * o.session_bytes
-        + records as u64 * o.entry_bytes
-        + records as u64 * (goal_holders - 1) * o.holder_bytes;
+    let bytes =
+        o.idle_rss_kib * 1024 + fixed + peers as u64 * o.session_bytes + records as u64 * o.entry_bytes + goal_holdings;
     bytes / 1024
 }
 
@@ -302,6 +312,7 @@ mod tests {
             interval_ms: 10_000,
             idle_rss_kib: 6 * 1024,
             sessions_rss_kib: 9 * 1024,
+            entries_rss_kib: 16 * 1024,
             steady_rss_kib: 20 * 1024,
             session_bytes: 25_000,
             entry_bytes: 500,
@@ -325,14 +336,28 @@ mod tests {
 
     #[test]
     fn estimates_scale_the_measured_costs() {
-        let o = sample();
-        // Explained: 6 MiB + 100 x 25,000 + 1000 x 500 + 1000 x 99 x 50 = 14,331,464 B;
+        // Each record held by 10 of the 100 peers: a holding per extra holder.
+        let o = Outcome { holders: 10, ..sample() };
+        // Explained: 6 MiB + 100 x 25,000 + 1000 x 500 + 1000 x 9 x 50 B;
         // the rest of the 20 MiB is fixed.
-        let explained = 6 * 1024 * 1024 + 2_500_000 + 500_000 + 4_950_000;
+        let explained = 6 * 1024 * 1024 + 2_500_000 + 500_000 + 450_000;
         let fixed = 20 * 1024 * 1024 - explained;
-        let want = (6 * 1024 * 1024 + fixed + 50 * 25_000 + 100_000 * 500 + 100_000 * 49 * 50) / 1024;
+        let want = (6 * 1024 * 1024 + fixed + 50 * 25_000 + 100_000 * 500 + 100_000 * 9 * 50) / 1024;
         assert_eq!(estimate_kib(&o, 100_000, 50), want);
         // Own scale: the steady RSS itself.
+        assert_eq!(estimate_kib(&o, 1000, 100), 20 * 1024);
+    }
+
+    #[test]
+    fn with_every_peer_holding_every_record_a_record_held_by_everyone_is_scaled() {
+        let o = sample();
+        // 4 MiB above the author-held table for 1000 records: 4,194 B each,
+        // whatever the number of holders.
+        let per_record = 4 * 1024 * 1024 / 1000;
+        let explained = 6 * 1024 * 1024 + 2_500_000 + 500_000 + 1000 * per_record;
+        let fixed = 20 * 1024 * 1024 - explained;
+        let want = (6 * 1024 * 1024 + fixed + 1000 * 25_000 + 100_000 * 500 + 100_000 * per_record) / 1024;
+        assert_eq!(estimate_kib(&o, 100_000, 1000), want);
         assert_eq!(estimate_kib(&o, 1000, 100), 20 * 1024);
     }
 
