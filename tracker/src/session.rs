@@ -355,7 +355,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
         // A batch waits for a slot before its body is read; one too long
         // for any message fails in `recv_bounded` before it is read either.
         let slot = if (MAX_CONTROL_FRAME + 1..=MAX_BATCH_BYTES).contains(&len) {
-            match ctx.batch_slots.clone().acquire_owned().await {
+            // Waiting for a slot is the tracker's delay, not the peer's
+            // silence (1,000 peers announcing at once wait their turn
+            // longer than the expiry window); once it has one, the peer
+            // must send the body in time again.
+            heard.in_flight();
+            let slot = ctx.batch_slots.clone().acquire_owned().await;
+            heard.now();
+            match slot {
                 Ok(slot) => Some(slot),
                 Err(_) => return Ok(End::Cancelled),
             }
