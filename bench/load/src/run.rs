@@ -166,14 +166,9 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     let observer = SimPeer::connect(target, layout.peers, 0.0, probe.clone()).await?;
     let observed = std::slice::from_ref(&observer);
     // Its `Welcome` says the seq at once; the table follows in pages.
-    let deadline = Instant::now() + opts.phase_timeout;
-    while observer.seen.entries.load(std::sync::atomic::Ordering::Relaxed) < layout.records as u64 {
-        check_alive(observed)?;
-        if Instant::now() >= deadline {
-            o.notes.push("the observer did not receive the whole table in time".to_owned());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let whole_table = || observer.seen.entries.load(std::sync::atomic::Ordering::Relaxed) >= layout.records as u64;
+    if !wait_until(observed, opts.phase_timeout, whole_table).await? {
+        o.notes.push("the observer did not receive the whole table in time".to_owned());
     }
     o.max_holders_listed = peers
         .iter()
@@ -195,15 +190,9 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     for peer in &peers {
         peer.report_up_to_date().await?;
     }
-    let deadline = Instant::now() + opts.phase_timeout;
     let listed = |p: &SimPeer| p.seen.devices_up_to_date.load(std::sync::atomic::Ordering::SeqCst);
-    while peers.iter().any(|p| listed(p) < layout.peers) {
-        check_alive(&peers)?;
-        if Instant::now() >= deadline {
-            o.notes.push("not every session got a device list with every peer up to date in time".to_owned());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if !wait_until(&peers, opts.phase_timeout, || peers.iter().all(|p| listed(p) >= layout.peers)).await? {
+        o.notes.push("not every session got a device list with every peer up to date in time".to_owned());
     }
     let steady = procfs::settled(pid).await?;
     (o.steady_rss_kib, o.steady_anon_kib) = (steady.rss_kib, steady.anon_kib);
@@ -378,6 +367,20 @@ async fn settle(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Polls `done` every 20 ms until it holds (true) or `timeout` passes
+/// (false); fails if one of `peers` ends meanwhile.
+async fn wait_until(peers: &[SimPeer], timeout: Duration, done: impl Fn() -> bool) -> Result<bool, LoadError> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        check_alive(peers)?;
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(true)
 }
 
 fn cpu_secs(ticks: u64) -> f64 {
