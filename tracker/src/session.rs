@@ -26,9 +26,10 @@
 //! are given back once the session has caught up (the write buffer, all
 //! of it: the next page allocates its own) or handled the message (the
 //! read buffers, above [`IDLE_BUFFER_BYTES`]): 1,000 idle sessions that
-//! each kept the two Noise messages of their last page would hold 128 MiB. Each message is handed to the actor and applied before
-//! the next is read, and a batch refused by a bound (record quota, full
-//! table) drops the peer with the actor's reason.
+//! each kept the two Noise messages of their last page would hold 128 MiB.
+//! Each message is handed to the actor and applied before the next is
+//! read, and a batch refused by a bound (record quota, full table) drops
+//! the peer with the actor's reason.
 //!
 //! Any failure drops this connection only, with one `warn` line naming the
 //! peer (or its address before the handshake) and the reason, and a
