@@ -5,7 +5,10 @@
 //! table's key, and the version vector's first pair is in place (one
 //! writer, most records), the others and a symlink's target behind one
 //! thin pointer that most records leave empty, instead of a `BTreeMap`
-//! (whose first node alone costs about 200 bytes). Converting
+//! (whose first node alone costs about 200 bytes). The chunk-list hash is
+//! kept only where it does not follow from the size and content hash
+//! ([`ChunksForm`]): a folder, a tombstone, an empty file and a file of one
+//! chunk (most files) need none of its 32 bytes. Converting
 //! back ([`CompactRecord::to_record`]) yields exactly the record that was
 //! stored; the causality and content comparisons the rules need work on the
 //! compact form directly.
@@ -16,39 +19,66 @@
 //!
 //! Not here: any rule about which record wins (see `state`).
 
+use dartsync_shared::chunk::{ChunkInfo, chunk_list_hash};
 use dartsync_shared::{Causality, ContentHash, FileKind, FileRecord, RelPath, ShortId, VersionVector};
 use serde::ser::{Serialize, SerializeMap, SerializeStruct, SerializeStructVariant, Serializer};
 
-/// What few records have: more than one writer, a symlink's target.
+/// What few records have: more than one writer, a symlink's target, a
+/// chunk list of several chunks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Extra {
     /// The vector's pairs after the first, in peer order.
     more: Box<[(ShortId, u64)]>,
     /// A symlink's target.
     symlink: Option<Box<str>>,
+    /// The chunk-list hash of a [`ChunksForm::Listed`] record.
+    chunks: Option<ContentHash>,
+}
+
+/// Where a record's chunk-list hash comes from. The form is chosen from the
+/// hash itself, so equal records have equal forms, and any hash a peer
+/// sends (even one that matches no file) is kept exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunksForm {
+    /// The hash of an empty list ([`ContentHash::empty`]): folders,
+    /// tombstones, empty files.
+    Empty,
+    /// The hash of one chunk holding the whole file ([`one_chunk_list`]).
+    Whole,
+    /// Anything else, kept in [`Extra::chunks`].
+    Listed,
+}
+
+/// The chunk-list hash of a file of `size` bytes (1 to `u32::MAX`) that is
+/// one chunk: the chunk's hash is the file's `content` hash.
+fn one_chunk_list(size: u64, content: ContentHash) -> Option<ContentHash> {
+    let len = u32::try_from(size).ok().filter(|len| *len > 0)?;
+    Some(chunk_list_hash(&[ChunkInfo { offset: 0, len, hash: content }]))
 }
 
 /// `CompactRecord::first` of an empty vector (no counter of a vector is 0).
 const NO_PAIR: (ShortId, u64) = (ShortId(0), 0);
 
-/// One version of one path, without its path: 112 bytes, and a heap block
-/// only for a symlink's target or a vector of several writers.
+/// One version of one path, without its path: 80 bytes, and a heap block
+/// only for a symlink's target, a vector of several writers or a chunk
+/// list of several chunks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CompactRecord {
     size: u64,
     mtime_ns: i64,
     content: ContentHash,
-    chunks: ContentHash,
     /// The vector's first `(peer, counter)` ([`NO_PAIR`] when it is
     /// empty); pairs in peer order, no zero counters (as in `VersionVector`).
     first: (ShortId, u64),
-    /// The other pairs and a symlink's target, for the few records that
-    /// have either (a thin pointer, 8 bytes).
+    /// The other pairs, a symlink's target and a listed chunk-list hash,
+    /// for the few records that have any (a thin pointer, 8 bytes).
     extra: Option<Box<Extra>>,
     mode: u32,
     /// A folder (when there is no symlink target).
     dir: bool,
     deleted: bool,
+    /// Where the chunk-list hash comes from.
+    chunks: ChunksForm,
 }
 
 impl CompactRecord {
@@ -62,18 +92,38 @@ impl CompactRecord {
         let mut pairs = record.version.iter();
         let first = pairs.next().unwrap_or(NO_PAIR);
         let more: Box<[(ShortId, u64)]> = pairs.collect();
-        let extra = (!more.is_empty() || symlink.is_some()).then(|| Box::new(Extra { more, symlink }));
+        let (chunks, listed) = if record.chunks == ContentHash::empty() {
+            (ChunksForm::Empty, None)
+        } else if one_chunk_list(record.size, record.content) == Some(record.chunks) {
+            (ChunksForm::Whole, None)
+        } else {
+            (ChunksForm::Listed, Some(record.chunks))
+        };
+        let extra = (!more.is_empty() || symlink.is_some() || listed.is_some())
+            .then(|| Box::new(Extra { more, symlink, chunks: listed }));
         CompactRecord {
             size: record.size,
             mtime_ns: record.mtime_ns,
             content: record.content,
-            chunks: record.chunks,
             first,
             extra,
             mode: record.mode,
             dir,
             deleted: record.deleted,
+            chunks,
         }
+    }
+
+    /// The chunk-list hash.
+    fn chunks(&self) -> ContentHash {
+        let listed = || self.extra.as_ref().and_then(|extra| extra.chunks);
+        match self.chunks {
+            ChunksForm::Empty => None,
+            // `new` picks `Whole` only where `one_chunk_list` is `Some`.
+            ChunksForm::Whole => one_chunk_list(self.size, self.content),
+            ChunksForm::Listed => listed(),
+        }
+        .unwrap_or_else(ContentHash::empty)
     }
 
     /// A symlink's target.
@@ -105,7 +155,7 @@ impl CompactRecord {
             mtime_ns: self.mtime_ns,
             mode: self.mode,
             content: self.content,
-            chunks: self.chunks,
+            chunks: self.chunks(),
             version: self.version(),
             deleted: self.deleted,
         }
@@ -177,7 +227,7 @@ impl Serialize for RecordAt<'_> {
         out.serialize_field("mtime_ns", &r.mtime_ns)?;
         out.serialize_field("mode", &r.mode)?;
         out.serialize_field("content", &r.content)?;
-        out.serialize_field("chunks", &r.chunks)?;
+        out.serialize_field("chunks", &r.chunks())?;
         out.serialize_field("version", &VersionOf(r))?;
         out.serialize_field("deleted", &r.deleted)?;
         out.end()
@@ -225,19 +275,49 @@ impl Serialize for PairsAsMap<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dartsync_shared::chunk::{ChunkParams, chunk_bytes};
     use dartsync_shared::codec;
+    use dartsync_shared::limits::MIN_PIECE_LEN;
     use dartsync_shared::test_util::RecordBuilder;
 
     #[test]
-    fn a_record_of_one_writer_fits_112_bytes_without_a_heap_block() {
-        assert_eq!(std::mem::size_of::<CompactRecord>(), 112);
+    fn a_record_of_one_writer_and_one_chunk_fits_80_bytes_without_a_heap_block() {
+        assert_eq!(std::mem::size_of::<CompactRecord>(), 80);
         let record = RecordBuilder::file("a").body("x").version(VersionVector::from_entries([(ShortId(4), 9)])).build();
         let compact = CompactRecord::new(record.clone());
         assert_eq!(compact.first, (ShortId(4), 9));
+        assert_eq!(compact.chunks, ChunksForm::Whole);
         assert!(compact.extra.is_none());
         assert_eq!(compact.to_record(&record.path), record);
         let empty = RecordBuilder::file("b").version(VersionVector::new()).build();
         assert_eq!(CompactRecord::new(empty.clone()).to_record(&empty.path), empty, "an empty vector round-trips");
+    }
+
+    #[test]
+    fn only_a_chunk_list_hash_that_does_not_follow_from_the_content_is_kept() {
+        let one = VersionVector::from_entries([(ShortId(1), 1)]);
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let chunked = chunk_bytes(&bytes, ChunkParams::for_piece_len(MIN_PIECE_LEN));
+        assert!(chunked.chunks.len() > 1, "the big file is several chunks");
+        let several = RecordBuilder::file("big").chunked(&chunked).version(one.clone()).build();
+        let odd = RecordBuilder::file("odd").body("x").chunks(ContentHash::of(b"no such list")).version(one.clone());
+        let cases = [
+            (RecordBuilder::file("empty").body("").version(one.clone()).build(), ChunksForm::Empty),
+            (RecordBuilder::dir("d").version(one.clone()).build(), ChunksForm::Empty),
+            (RecordBuilder::file("gone").body("x").version(one.clone()).tombstone().build(), ChunksForm::Empty),
+            (RecordBuilder::file("small").body("x").version(one.clone()).build(), ChunksForm::Whole),
+            (several, ChunksForm::Listed),
+            (odd.clone().build(), ChunksForm::Listed),
+            (odd.size(u64::from(u32::MAX) + 1).build(), ChunksForm::Listed),
+        ];
+        for (record, form) in cases {
+            let compact = CompactRecord::new(record.clone());
+            assert_eq!(compact.chunks, form, "{}", record.path);
+            assert_eq!(compact.extra.is_some(), form == ChunksForm::Listed, "{}", record.path);
+            assert_eq!(compact.to_record(&record.path), record, "{}", record.path);
+            let at = RecordAt { path: record.path.as_str(), record: &compact };
+            assert_eq!(codec::encode(&at).unwrap(), codec::encode(&record).unwrap(), "{}", record.path);
+        }
     }
 
     #[test]
@@ -252,6 +332,7 @@ mod tests {
             RecordBuilder::symlink("one/l", "x").version(one.clone()),
             RecordBuilder::file("gone").version(two).tombstone(),
             RecordBuilder::file("none").version(VersionVector::new()),
+            RecordBuilder::file("listed").body("x").chunks(ContentHash::of(b"list")).version(one.clone()),
         ] {
             let record = builder.mtime_ns(-3).mode(0o751).build();
             let compact = CompactRecord::new(record.clone());

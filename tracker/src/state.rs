@@ -171,12 +171,15 @@ pub(crate) struct StateConfig {
 struct Entry {
     record: CompactRecord,
     /// Seq of the last change of any kind (changed only by the table,
-    /// [`Table::set_seq`]).
+    /// [`Table::set_seq`], through [`Entry::set_seq`]).
     seq: u64,
-    /// Seq of the last record change (persisted).
-    record_seq: u64,
     /// Slots of the online peers holding exactly `record`.
     holders: HolderSet,
+    /// The last record change (persisted) as `seq - record_seq`, read
+    /// through [`Entry::record_seq`]; at most [`AGE_LATELY`], past which the
+    /// record reads as that much older than `seq`, later than it is (a
+    /// peer then gets the record again, never misses it).
+    record_age: u32,
     /// The peer whose announcement made `record` global.
     author: AuthorRef,
     /// Unix seconds when a tombstone was accepted ([`NO_TIME`] for live
@@ -191,6 +194,9 @@ struct Entry {
     removed: u32,
 }
 
+/// The largest `Entry::record_age`.
+const AGE_LATELY: u32 = u32::MAX;
+
 /// `Entry::deleted_at` of an entry with no deletion time.
 const NO_TIME: u32 = u32::MAX;
 
@@ -202,7 +208,20 @@ const REMOVED_LATELY: u32 = u32::MAX;
 impl Entry {
     /// A new record at `seq`, with no holders and no deletion time.
     fn new(record: CompactRecord, seq: u64, author: AuthorRef) -> Self {
-        Entry { record, seq, record_seq: seq, holders: HolderSet::default(), author, deleted_at: NO_TIME, removed: 0 }
+        Entry { record, seq, holders: HolderSet::default(), record_age: 0, author, deleted_at: NO_TIME, removed: 0 }
+    }
+
+    /// Seq of the last record change (at most [`AGE_LATELY`] before `seq`).
+    fn record_seq(&self) -> u64 {
+        self.seq - u64::from(self.record_age)
+    }
+
+    /// Moves the entry to `seq` (only [`Table::set_seq`] calls it, keeping
+    /// its seq index in step); the record keeps its seq.
+    fn set_seq(&mut self, seq: u64) {
+        let record_seq = self.record_seq().min(seq);
+        self.record_age = u32::try_from(seq - record_seq).unwrap_or(AGE_LATELY);
+        self.seq = seq;
     }
 
     /// Unix seconds when the tombstone was accepted, if known.
@@ -221,13 +240,13 @@ impl Entry {
         match self.removed {
             0 => 0,
             REMOVED_LATELY => self.seq,
-            since_record => self.record_seq + u64::from(since_record),
+            since_record => (self.record_seq() + u64::from(since_record)).min(self.seq),
         }
     }
 
     /// Notes that the change at `seq` (past the record) took a holder away.
     fn set_removed_seq(&mut self, seq: u64) {
-        let since_record = seq.saturating_sub(self.record_seq).max(1);
+        let since_record = seq.saturating_sub(self.record_seq()).max(1);
         self.removed = u32::try_from(since_record).unwrap_or(REMOVED_LATELY);
     }
 }
@@ -1180,13 +1199,13 @@ impl State {
             }
             let old = e.deleted_at().is_some_and(|at| now_unix.saturating_sub(at) >= max_age);
             // Known peers that have not confirmed it by seen_seq ...
-            let unconfirmed = acked.partition_point(|a| *a < e.record_seq);
+            let unconfirmed = acked.partition_point(|a| *a < e.record_seq());
             // ... must all hold it.
             let confirmed_by_holding = || {
                 e.holders
                     .iter()
                     .filter_map(|s| self.slots.peer(s))
-                    .filter(|h| self.known.get(h).is_some_and(|k| k.acked_seq < e.record_seq))
+                    .filter(|h| self.known.get(h).is_some_and(|k| k.acked_seq < e.record_seq()))
                     .count()
             };
             // A table path was a valid `RelPath` when it came in.
@@ -1231,7 +1250,7 @@ impl State {
     fn persisted(&self, path: &RelPath, e: &Entry) -> PersistedEntry {
         PersistedEntry {
             record: e.record.to_record(path),
-            seq: e.record_seq,
+            seq: e.record_seq(),
             author: self.authors.peer(e.author),
             deleted_at: e.deleted_at(),
         }
@@ -1298,7 +1317,7 @@ impl State {
                 let peer = self.slots.peer(h).unwrap_or_else(|| panic!("{path}: free slot {h} holds it"));
                 assert_eq!(self.peers[&peer].slot, h, "{path}: slot {h} is not {peer}'s");
             }
-            assert!(e.record_seq <= e.seq);
+            assert!(e.record_seq() <= e.seq);
             *authored.entry(self.authors.peer(e.author)).or_default() += 1;
         }
         assert_eq!(authored, self.authors.counts());
@@ -1343,7 +1362,7 @@ const HOLDER_FANOUT: usize = 8;
 /// peer (in `slot`) needs no news of them: it holds the record itself, or
 /// it knows enough sources already. Such a change is not paged to it.
 fn only_holders_came(e: &Entry, sent: u64, slot: u16) -> bool {
-    if e.record_seq > sent || e.removed_seq() > sent {
+    if e.record_seq() > sent || e.removed_seq() > sent {
         return false;
     }
     let holds = slot != NO_SLOT && e.holders.contains(slot);
@@ -1384,8 +1403,23 @@ mod tests {
     #[test]
     fn an_entry_stays_small() {
         // The per-record cost that ARCHITECTURE.md's memory formula uses:
-        // 160 bytes in place in the table's slots (168 with its path's place).
-        assert_eq!(std::mem::size_of::<Entry>(), 160);
+        // 120 bytes in place in the table's slots (128 with its path's place).
+        assert_eq!(std::mem::size_of::<Entry>(), 120);
+    }
+
+    #[test]
+    fn an_entry_far_past_its_record_reads_the_record_as_later_never_earlier() {
+        let record = CompactRecord::new(RecordBuilder::file("x").body("x").build());
+        let mut e = Entry::new(record, 10, Authors::default().add(PeerId([1; 16])));
+        e.set_seq(20);
+        e.set_removed_seq(15);
+        assert_eq!((e.record_seq(), e.removed_seq()), (10, 15));
+        let far = 10 + u64::from(u32::MAX) + 5;
+        e.set_seq(far);
+        assert_eq!(e.record_seq(), far - u64::from(AGE_LATELY), "later than 10 by 5");
+        assert!((15..=far).contains(&e.removed_seq()));
+        e.set_seq(far + 1);
+        assert_eq!(e.record_seq(), far + 1 - u64::from(AGE_LATELY), "it stays AGE_LATELY behind");
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! and also held by the next `holders - 1` peers (mod N); `holders = 1`
 //! is every peer announcing distinct paths.
 
+use dartsync_shared::chunk::{ChunkInfo, ChunkParams, chunk_list_hash};
 use dartsync_shared::id::ContentHash;
+use dartsync_shared::limits::DEFAULT_PIECE_LEN;
 use dartsync_shared::path::RelPath;
 use dartsync_shared::record::{FileKind, FileRecord};
 use dartsync_shared::version::VersionVector;
@@ -73,18 +75,46 @@ impl Layout {
     }
 }
 
+/// One record in this many is a file of several chunks (2 to 9 MiB); the
+/// others are files of 1,000 to 5,999 bytes, one chunk each. A folder of
+/// documents, code and photos is mostly small files by count.
+pub const SEVERAL_CHUNKS_EVERY: usize = 20;
+
+/// Size of record `i`.
+fn size_of(i: usize) -> u64 {
+    if i % SEVERAL_CHUNKS_EVERY == SEVERAL_CHUNKS_EVERY - 1 {
+        (2 + (i as u64 / SEVERAL_CHUNKS_EVERY as u64) % 8) << 20
+    } else {
+        1000 + (i as u64 % 5000)
+    }
+}
+
+/// The chunk-list hash a peer would announce for a file of `size` bytes
+/// with `content`: a file shorter than the smallest chunk is one chunk
+/// (its list hash follows from the content hash); a bigger one gets a hash
+/// of its own from `list`.
+fn chunks_of(size: u64, content: ContentHash, list: &[u8]) -> ContentHash {
+    let smallest = ChunkParams::for_piece_len(DEFAULT_PIECE_LEN).min;
+    match u32::try_from(size) {
+        Ok(len) if len < smallest => chunk_list_hash(&[ChunkInfo { offset: 0, len, hash: content }]),
+        _ => ContentHash::of(list),
+    }
+}
+
 /// Record `i` of a run as its holders announce it: a 30-byte path, a size,
 /// content and chunk-list hashes, version 1 of `author`.
 pub fn record(i: usize, author: PeerId) -> FileRecord {
     let path = RelPath::new(&format!("d{:03}/s{:02}/file-{i:08}.dat", i % 1000, i % 97)).expect("a valid path");
+    let size = size_of(i);
+    let content = ContentHash::of(&(i as u64).to_le_bytes());
     FileRecord {
         path,
         kind: FileKind::File,
-        size: 1000 + (i as u64 % 5000),
+        size,
         mtime_ns: 1_700_000_000_000_000_000,
         mode: 0o644,
-        content: ContentHash::of(&(i as u64).to_le_bytes()),
-        chunks: ContentHash::of(&(!(i as u64)).to_le_bytes()),
+        content,
+        chunks: chunks_of(size, content, &(!(i as u64)).to_le_bytes()),
         version: VersionVector::from_entries([(author.short(), 1)]),
         deleted: false,
     }
@@ -96,7 +126,7 @@ pub fn edited(base: &FileRecord, editor: ShortId, n: u64) -> FileRecord {
     let mut r = base.clone();
     r.version = base.version.bumped(editor).expect("counters far below the limit");
     r.content = ContentHash::of(format!("edit {n} of {}", base.path.as_str()).as_bytes());
-    r.chunks = ContentHash::of(format!("chunks {n} of {}", base.path.as_str()).as_bytes());
+    r.chunks = chunks_of(r.size, r.content, format!("chunks {n} of {}", base.path.as_str()).as_bytes());
     r.mtime_ns += 1_000_000_000;
     r
 }
@@ -150,5 +180,22 @@ mod tests {
         e.validate().unwrap();
         assert!(e.version.dominates(&r.version));
         assert_ne!(e.content, r.content);
+    }
+
+    #[test]
+    fn small_files_carry_the_chunk_list_of_one_chunk_and_big_ones_their_own() {
+        let author = PeerId([7; 16]);
+        let one_chunk = |r: &FileRecord| {
+            let len = u32::try_from(r.size).unwrap();
+            r.chunks == chunk_list_hash(&[ChunkInfo { offset: 0, len, hash: r.content }])
+        };
+        let small = record(0, author);
+        assert!(small.size < 6000 && one_chunk(&small));
+        assert!(one_chunk(&edited(&small, author.short(), 1)), "an edit stays one chunk");
+        let big = record(SEVERAL_CHUNKS_EVERY - 1, author);
+        assert!(big.size >= 2 << 20 && !one_chunk(&big));
+        assert_ne!(edited(&big, author.short(), 1).chunks, big.chunks);
+        let bigs = (0..10 * SEVERAL_CHUNKS_EVERY).filter(|&i| record(i, author).size > 6000).count();
+        assert_eq!(bigs, 10);
     }
 }
