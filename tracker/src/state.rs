@@ -13,7 +13,8 @@
 //! kind (record or holders); every change takes the next global `seq`, and
 //! `by_seq` indexes entries by it, so a delta "everything after S" is a
 //! range scan and no per-peer copy of the table exists. `record_seq` is the
-//! seq of the last *record* change: the only seq that is persisted.
+//! seq of the last *record* change (kept as its distance below `seq`): the
+//! only seq that is persisted.
 //! `holders` are the online peers that hold exactly `record` (soft state,
 //! rebuilt from `Announce` and `Have` after a restart).
 //!
