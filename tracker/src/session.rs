@@ -65,7 +65,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dartsync_shared::PeerId;
-use dartsync_shared::channel::{ChannelError, ChannelReader, ChannelWriter, HANDSHAKE_TIMEOUT, SecureChannel};
+use dartsync_shared::channel::{
+    ChannelError, ChannelReader, ChannelWriter, HANDSHAKE_TIMEOUT, SecureChannel, TRACKER_PIECE_LEN,
+};
 use dartsync_shared::codec::CodecError;
 use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::limits::{MAX_BATCH_BYTES, MAX_CONTROL_FRAME, MAX_REASON_LEN, MAX_REGISTER_FRAME};
@@ -183,6 +185,7 @@ const PENDING_SILENT_INTERVALS: u32 = 3;
 pub(crate) async fn run(channel: SecureChannel<TcpStream>, remote: SocketAddr, session: u64, ctx: Arc<SessionCtx>) {
     let peer = channel.remote_peer_id();
     let (mut reader, mut writer) = channel.split();
+    writer.set_piece_len(TRACKER_PIECE_LEN);
     let mut refused = false;
     match serve(&mut reader, &mut writer, peer, remote, session, &ctx).await {
         Ok(End::Cancelled) => {}

@@ -142,6 +142,8 @@ impl SimPeer {
         let channel =
             channel::connect(stream, &target.key, &identity).await.map_err(|e| fail(format!("handshake: {e}")))?;
         let (mut reader, mut writer) = channel.split();
+        // As a real peer's tracker client does.
+        writer.set_piece_len(dartsync_shared::channel::TRACKER_PIECE_LEN);
         let port = 20_000 + (index % 40_000) as u16;
         let register = Register::new(id, port, 0, 0, &format!("sim-{index:05}"));
         writer.send(&PeerMessage::Register(register)).await.map_err(|e| fail(format!("register: {e}")))?;

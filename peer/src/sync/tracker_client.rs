@@ -472,7 +472,10 @@ async fn open(cfg: &ClientConfig, pin: &TrackerPin) -> Result<(Reader, Writer, P
     let channel = channel::connect(stream, &cfg.key, &cfg.identity).await.map_err(|e| handshake_error(cfg, e))?;
     let tracker = channel.remote_key();
     pin.check_async(&cfg.tracker_addr, tracker).await?;
-    let (reader, writer) = channel.split();
+    let (reader, mut writer) = channel.split();
+    // Small Noise messages: the tracker holds one per session while it
+    // waits for a batch slot (`TRACKER_PIECE_LEN`).
+    writer.set_piece_len(channel::TRACKER_PIECE_LEN);
     Ok((reader, writer, tracker))
 }
 
