@@ -615,10 +615,10 @@ impl<W: AsyncWrite + Unpin> ChannelWriter<W> {
 
     /// Encrypts one piece of plaintext (at most [`MAX_PLAINTEXT`] bytes)
     /// straight into the write buffer, behind its `u16` length, unflushed.
-    /// Waits first for the buffer to drain when it holds a Noise message
-    /// or more, so a large frame costs about two messages of buffer.
+    /// Waits first for the buffer to drain when it holds a sealed piece's
+    /// worth or more, so a large frame costs about two pieces of buffer.
     async fn seal_and_feed(&mut self, piece: &[u8]) -> Result<(), ChannelError> {
-        if self.sink.write_buffer().len() >= MAX_NOISE_MSG {
+        if self.sink.write_buffer().len() >= self.piece_len + TAG_LEN {
             SinkExt::<Bytes>::flush(&mut self.sink).await?;
         }
         let buf = self.sink.write_buffer_mut();
@@ -1052,6 +1052,14 @@ mod tests {
             assert!(r.plain.len() <= TRACKER_PIECE_LEN, "{} bytes held to learn a length", r.plain.len());
             assert_eq!(r.recv_frame().await.unwrap().unwrap(), frame, "frame of {len} bytes");
         }
+        // A reader that stops reading: the writer holds about two pieces.
+        let big = Bytes::from(crate::test_util::det_bytes(9, 1 << 20));
+        {
+            let mut sending = std::pin::pin!(w.send_frame(big));
+            assert!(futures::poll!(&mut sending).is_pending(), "the pipe fills before 1 MiB is sent");
+        }
+        let held = w.sink.write_buffer().capacity();
+        assert!(held <= 2 * (2 + TRACKER_PIECE_LEN + TAG_LEN), "{held} bytes of buffer for a stalled reader");
         w.set_piece_len(1);
         assert_eq!(w.piece_len, MIN_PIECE_LEN);
         w.set_piece_len(usize::MAX);

@@ -145,11 +145,24 @@ use wire::{PageEntry, PageOut};
 /// How many alternative names are tried for one conflict copy.
 const MAX_CONFLICT_NAME_ATTEMPTS: u32 = 16;
 
-/// Byte budget of one delta page, against an upper-bound estimate of each
-/// entry's encoded size: a quarter of a batch, 1 MiB. A session holds at
-/// most one page while its peer reads it, so this times `max_peers` is the
-/// tracker's worst case for peers that do not read.
+/// Most bytes of one delta page, against an upper-bound estimate of each
+/// entry's encoded size: a quarter of a batch, 1 MiB.
 const DELTA_BYTE_BUDGET: usize = MAX_BATCH_BYTES / 4;
+
+/// Page bytes the sessions may hold at once, all together. A session holds
+/// its page while its peer reads it, so the page budget
+/// ([`page_budget`]) shrinks as sessions grow: 1,000 sessions catching up
+/// at once hold about 64 MiB of pages, where 1 MiB each was 1 GiB.
+const PAGES_IN_FLIGHT_BYTES: usize = 32 << 20;
+
+/// The smallest page budget (a page holds at least one entry, however big).
+const MIN_PAGE_BYTES: usize = 64 << 10;
+
+/// Byte budget of one delta page with `sessions` online: 1 MiB up to 32
+/// sessions, then `PAGES_IN_FLIGHT_BYTES` shared out, 64 KiB from 512 on.
+fn page_budget(sessions: usize) -> usize {
+    (PAGES_IN_FLIGHT_BYTES / sessions.max(1)).clamp(MIN_PAGE_BYTES, DELTA_BYTE_BUDGET)
+}
 
 /// Timing rules and bounds of the state.
 #[derive(Debug, Clone)]
@@ -1107,6 +1120,7 @@ impl State {
         }
         let full = p.full_pending;
         let me = p.slot;
+        let budget = page_budget(self.peers.len());
         let mut entries: Vec<PageEntry<'_>> = Vec::new();
         let mut holders: Vec<Holder> = Vec::new();
         let mut bytes = 0usize;
@@ -1119,7 +1133,7 @@ impl State {
                 continue;
             }
             let size = estimate_size(path, entry);
-            if entries.len() == MAX_RECORDS_PER_MESSAGE || (!entries.is_empty() && bytes + size > DELTA_BYTE_BUDGET) {
+            if entries.len() == MAX_RECORDS_PER_MESSAGE || (!entries.is_empty() && bytes + size > budget) {
                 more = true;
                 break;
             }
@@ -1406,6 +1420,18 @@ mod tests {
         // The per-record cost that ARCHITECTURE.md's memory formula uses:
         // 120 bytes in place in the table's slots (128 with its path's place).
         assert_eq!(std::mem::size_of::<Entry>(), 120);
+    }
+
+    #[test]
+    fn the_page_budget_shrinks_as_sessions_grow_and_bounds_them_all() {
+        assert_eq!(page_budget(0), DELTA_BYTE_BUDGET);
+        assert_eq!(page_budget(32), DELTA_BYTE_BUDGET);
+        assert_eq!(page_budget(64), 512 << 10);
+        assert_eq!(page_budget(1000), MIN_PAGE_BYTES);
+        for sessions in [1, 50, 256, 512, 1000, 4096] {
+            let all = sessions * page_budget(sessions);
+            assert!(all <= PAGES_IN_FLIGHT_BYTES.max(sessions * MIN_PAGE_BYTES), "{sessions}: {all}");
+        }
     }
 
     #[test]
