@@ -5,16 +5,22 @@
 //! tracker. A cluster with up to 64 online peers (slots are reused, so the
 //! slots in use stay below the number online) keeps the set as a 64-bit
 //! map inside the entry: 16 bytes and no allocation, whether one peer or
-//! all of them hold the record. Past slot 63, a set of every slot from 0
-//! up but at most [`EXCEPT`] (every online peer of a big cluster holds the
-//! record, the usual state once it has synced, but for a few that have not
-//! yet or whose slots were just freed) is that count and those few, inside
-//! the entry too; any other set moves to the heap, as a sorted list of
-//! slots (2 bytes per holder) or a bitmap over the slots (1 bit per online
-//! peer), whichever is smaller. Every change picks again, so a set whose
-//! slots all fall below 64, or that fills up to a prefix, goes back inside:
-//! one peer leaving a 1,000-peer cluster does not turn every entry's set
-//! into a 125-byte bitmap.
+//! all of them hold the record. Past slot 63, two more forms fit in those
+//! 16 bytes:
+//! - a set of every slot from 0 up but at most [`EXCEPT`] (every online
+//!   peer of a big cluster holds the record, the usual state once it has
+//!   synced, but for a few that have not yet or whose slots were just
+//!   freed): that count and those few;
+//! - at most [`FEW`] slots, whichever they are (a new file in a big
+//!   cluster, held by its author and the first few peers that fetched it):
+//!   the slots themselves.
+//!
+//! Any other set moves to the heap, as a sorted list of slots (2 bytes per
+//! holder) or a bitmap over the slots (1 bit per online peer), whichever
+//! is smaller. Every change picks again, so a set whose slots all fall
+//! below 64, that fills up to a prefix or that shrinks to a few goes back
+//! inside: one peer leaving a 1,000-peer cluster does not turn every
+//! entry's set into a 125-byte bitmap.
 //!
 //! Not here: what a slot is, or who gets one (`state`'s `Slots`).
 
@@ -26,6 +32,9 @@ pub(crate) enum HolderSet {
     /// The slots `0..n` but the ones in `except` (at most [`EXCEPT`],
     /// ascending, [`UNUSED`] after them), for an `n` above 64.
     Prefix { n: u16, except: [u16; EXCEPT] },
+    /// One to [`FEW`] slots, ascending, [`UNUSED`] after them; the last
+    /// is 64 or more.
+    Few([u16; FEW]),
     /// Some slot is 64 or more.
     Wide(Box<Wide>),
 }
@@ -39,15 +48,19 @@ pub(crate) enum Wide {
     Map(Box<[u64]>),
 }
 
-/// Slots a prefix set may lack.
-const EXCEPT: usize = 3;
+/// Slots a prefix set may lack: as many as fit beside its count in the
+/// 15 bytes after the enum's tag (the set stays 16 bytes; tested).
+const EXCEPT: usize = 6;
+
+/// Slots a [`HolderSet::Few`] holds: as many as fit in those 15 bytes.
+const FEW: usize = 7;
 
 /// An unused place of `HolderSet::Prefix::except` (no slot is `u16::MAX`).
 const UNUSED: u16 = u16::MAX;
 
-/// The slots in `except`.
-fn excepted(except: &[u16; EXCEPT]) -> impl Iterator<Item = u16> + '_ {
-    except.iter().copied().take_while(|s| *s != UNUSED)
+/// The used places of `slots` (`Prefix::except` or `Few`).
+fn excepted(slots: &[u16]) -> impl Iterator<Item = u16> + '_ {
+    slots.iter().copied().take_while(|s| *s != UNUSED)
 }
 
 impl Default for HolderSet {
@@ -71,6 +84,7 @@ impl HolderSet {
         match self {
             HolderSet::Small(bits) => bits.count_ones() as usize,
             HolderSet::Prefix { n, except } => usize::from(*n) - excepted(except).count(),
+            HolderSet::Few(slots) => excepted(slots).count(),
             HolderSet::Wide(wide) => match &**wide {
                 Wide::List(list) => list.len(),
                 Wide::Map(words) => words.iter().map(|w| w.count_ones() as usize).sum(),
@@ -88,6 +102,7 @@ impl HolderSet {
         match self {
             HolderSet::Small(bits) => slot < 64 && bits & (1 << slot) != 0,
             HolderSet::Prefix { n, except } => slot < *n && !except.contains(&slot),
+            HolderSet::Few(slots) => slot != UNUSED && slots.contains(&slot),
             HolderSet::Wide(wide) => match &**wide {
                 Wide::List(list) => list.binary_search(&slot).is_ok(),
                 Wide::Map(words) => words.get(usize::from(slot / 64)).is_some_and(|w| w & (1 << (slot % 64)) != 0),
@@ -100,6 +115,7 @@ impl HolderSet {
         let (list, words): (&[u16], &[u64]) = match self {
             HolderSet::Small(bits) => (&[], std::slice::from_ref(bits)),
             HolderSet::Prefix { .. } => (&[], &[]),
+            HolderSet::Few(slots) => (&slots[..slots.iter().take_while(|s| **s != UNUSED).count()], &[]),
             HolderSet::Wide(wide) => match &**wide {
                 Wide::List(list) => (list, &[]),
                 Wide::Map(words) => (&[], words),
@@ -203,6 +219,11 @@ impl HolderSet {
             }
             return HolderSet::Prefix { n: max + 1, except };
         }
+        if slots.len() <= FEW {
+            let mut few = [UNUSED; FEW];
+            few[..slots.len()].copy_from_slice(slots);
+            return HolderSet::Few(few);
+        }
         let words = usize::from(max / 64) + 1;
         if slots.len() * 2 <= words * 8 {
             return HolderSet::Wide(Box::new(Wide::List(slots.into())));
@@ -286,8 +307,30 @@ mod tests {
     }
 
     #[test]
+    fn a_few_holders_of_a_big_cluster_stay_inside_the_entry() {
+        // A new file in a 1,000-peer cluster: its author, then the first
+        // peers that fetched it, in any slots.
+        let mut set = HolderSet::default();
+        let mut model = BTreeSet::new();
+        for s in [700, 3, 999, 64, 500, 65, 1] {
+            assert!(set.insert(s));
+            model.insert(s);
+            check(&set, &model);
+            assert!(matches!(set, HolderSet::Few(_)), "{set:?}");
+        }
+        assert!(set.insert(200), "an eighth holder");
+        assert!(matches!(&set, HolderSet::Wide(w) if matches!(**w, Wide::List(_))), "{set:?}");
+        assert!(set.retain(|s| s != 64));
+        assert!(matches!(set, HolderSet::Few(_)), "back inside with seven: {set:?}");
+        assert_eq!(set.iter().collect::<Vec<_>>(), [1, 3, 65, 200, 500, 700, 999]);
+        assert!(set.retain(|s| s < 64));
+        assert_eq!(set, HolderSet::Small(1 << 1 | 1 << 3));
+    }
+
+    #[test]
     fn a_wide_set_takes_the_smaller_of_a_list_and_a_map() {
-        let few = HolderSet::from_sorted(&[3, 700, 999]);
+        let few: Vec<u16> = (0..8).map(|i| i * 120 + 3).collect();
+        let few = HolderSet::from_sorted(&few);
         assert!(matches!(&few, HolderSet::Wide(w) if matches!(**w, Wide::List(_))), "{few:?}");
         let many: Vec<u16> = (0..1000).filter(|s| s % 3 != 0).collect();
         let many = HolderSet::from_sorted(&many);
@@ -311,17 +354,18 @@ mod tests {
         assert_eq!(set, HolderSet::Prefix { n: 1000, except: [UNUSED; EXCEPT] });
         assert!(set.insert(1000), "the next slot extends it");
         assert_eq!(set.len(), 1001);
-        // Peers leaving: up to three gaps stay inside the entry.
-        for (gone, n) in [(500, 1000), (7, 999), (900, 998)] {
+        // Peers leaving: up to six gaps stay inside the entry.
+        let gaps = [500, 7, 900, 64, 1, 650];
+        for (i, gone) in gaps.into_iter().enumerate() {
             assert!(set.retain(|s| s != gone), "peer in slot {gone} gone");
             assert!(matches!(set, HolderSet::Prefix { .. }), "{set:?}");
-            assert_eq!(set.len(), n);
+            assert_eq!(set.len(), 1000 - i);
             assert!(!set.contains(gone));
         }
-        assert_eq!(set, HolderSet::Prefix { n: 1001, except: [7, 500, 900] });
-        assert!(set.retain(|s| s != 3), "a fourth gap");
+        assert_eq!(set, HolderSet::Prefix { n: 1001, except: [1, 7, 64, 500, 650, 900] });
+        assert!(set.retain(|s| s != 3), "a seventh gap");
         assert!(matches!(&set, HolderSet::Wide(w) if matches!(**w, Wide::Map(_))), "{set:?}");
-        for back in [3, 500, 7, 900] {
+        for back in [3, 500, 7, 900, 64, 1, 650] {
             assert!(set.insert(back), "a peer in the freed slot {back} announced it");
         }
         assert_eq!(set, HolderSet::Prefix { n: 1001, except: [UNUSED; EXCEPT] });
