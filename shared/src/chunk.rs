@@ -74,6 +74,21 @@ pub struct ChunkedFile {
     pub chunks_hash: ContentHash,
 }
 
+/// The one chunk of a file of `size` bytes (1 to `u32::MAX`) that is a
+/// single chunk: offset 0, the whole size, the file's `content` hash.
+/// `None` for an empty file (no chunks) or one too long for one chunk.
+/// A peer derives a small file's chunk list from its record with it, and
+/// the tracker the list's hash.
+pub fn whole_file_chunk(size: u64, content: ContentHash) -> Option<ChunkInfo> {
+    let len = u32::try_from(size).ok().filter(|len| *len > 0)?;
+    Some(ChunkInfo { offset: 0, len, hash: content })
+}
+
+/// The chunk-list hash of a file that is one chunk ([`whole_file_chunk`]).
+pub fn whole_file_list_hash(size: u64, content: ContentHash) -> Option<ContentHash> {
+    whole_file_chunk(size, content).map(|chunk| chunk_list_hash(&[chunk]))
+}
+
 /// True when `chunks` is one chunk, at offset 0, whose hash is `content`,
 /// the whole file's hash: that chunk is the whole file (its bytes hash to
 /// the file's), so a file verified chunk by chunk was verified whole, and

@@ -19,7 +19,7 @@
 //!
 //! Not here: any rule about which record wins (see `state`).
 
-use dartsync_shared::chunk::{ChunkInfo, chunk_list_hash};
+use dartsync_shared::chunk::whole_file_list_hash;
 use dartsync_shared::{Causality, ContentHash, FileKind, FileRecord, RelPath, ShortId, VersionVector};
 use serde::ser::{Serialize, SerializeMap, SerializeStruct, SerializeStructVariant, Serializer};
 
@@ -43,17 +43,10 @@ enum ChunksForm {
     /// The hash of an empty list ([`ContentHash::empty`]): folders,
     /// tombstones, empty files.
     Empty,
-    /// The hash of one chunk holding the whole file ([`one_chunk_list`]).
+    /// The hash of one chunk holding the whole file ([`whole_file_list_hash`]).
     Whole,
     /// Anything else, kept in [`Extra::chunks`].
     Listed,
-}
-
-/// The chunk-list hash of a file of `size` bytes (1 to `u32::MAX`) that is
-/// one chunk: the chunk's hash is the file's `content` hash.
-fn one_chunk_list(size: u64, content: ContentHash) -> Option<ContentHash> {
-    let len = u32::try_from(size).ok().filter(|len| *len > 0)?;
-    Some(chunk_list_hash(&[ChunkInfo { offset: 0, len, hash: content }]))
 }
 
 /// `CompactRecord::first` of an empty vector (no counter of a vector is 0).
@@ -94,7 +87,7 @@ impl CompactRecord {
         let more: Box<[(ShortId, u64)]> = pairs.collect();
         let (chunks, listed) = if record.chunks == ContentHash::empty() {
             (ChunksForm::Empty, None)
-        } else if one_chunk_list(record.size, record.content) == Some(record.chunks) {
+        } else if whole_file_list_hash(record.size, record.content) == Some(record.chunks) {
             (ChunksForm::Whole, None)
         } else {
             (ChunksForm::Listed, Some(record.chunks))
@@ -119,8 +112,8 @@ impl CompactRecord {
         let listed = || self.extra.as_ref().and_then(|extra| extra.chunks);
         match self.chunks {
             ChunksForm::Empty => None,
-            // `new` picks `Whole` only where `one_chunk_list` is `Some`.
-            ChunksForm::Whole => one_chunk_list(self.size, self.content),
+            // `new` picks `Whole` only where `whole_file_list_hash` is `Some`.
+            ChunksForm::Whole => whole_file_list_hash(self.size, self.content),
             ChunksForm::Listed => listed(),
         }
         .unwrap_or_else(ContentHash::empty)

@@ -25,8 +25,12 @@
 //! ARCHITECTURE.md. The channel's buffers, grown by a large page or batch,
 //! are given back once the session has caught up (the write buffer, all
 //! of it: the next page allocates its own) or handled the message (the
-//! read buffers, above [`IDLE_BUFFER_BYTES`]): 1,000 idle sessions that
-//! each kept the two Noise messages of their last page would hold 128 MiB.
+//! read buffers, above [`IDLE_BUFFER_BYTES`]). Tracker channels seal
+//! frames in [`TRACKER_PIECE_LEN`](dartsync_shared::channel::TRACKER_PIECE_LEN)
+//! (16 KiB) Noise messages both ways, so a session that waits for a batch
+//! slot or a slow reader holds one piece, not a 64 KiB message: 1,000 idle
+//! sessions that each kept the two pieces of their last page would still
+//! hold about 32 MiB.
 //! Each message is handed to the actor and applied before the next is
 //! read, and a batch refused by a bound (record quota, full table) drops
 //! the peer with the actor's reason.

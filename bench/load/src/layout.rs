@@ -9,7 +9,7 @@
 //! and also held by the next `holders - 1` peers (mod N); `holders = 1`
 //! is every peer announcing distinct paths.
 
-use dartsync_shared::chunk::{ChunkInfo, ChunkParams, chunk_list_hash};
+use dartsync_shared::chunk::{ChunkParams, whole_file_list_hash};
 use dartsync_shared::id::ContentHash;
 use dartsync_shared::limits::DEFAULT_PIECE_LEN;
 use dartsync_shared::path::RelPath;
@@ -96,7 +96,7 @@ fn size_of(i: usize) -> u64 {
 fn chunks_of(size: u64, content: ContentHash, list: &[u8]) -> ContentHash {
     let smallest = ChunkParams::for_piece_len(DEFAULT_PIECE_LEN).min;
     match u32::try_from(size) {
-        Ok(len) if len < smallest => chunk_list_hash(&[ChunkInfo { offset: 0, len, hash: content }]),
+        Ok(len) if len < smallest => whole_file_list_hash(size, content).unwrap_or_else(|| ContentHash::of(list)),
         _ => ContentHash::of(list),
     }
 }
@@ -185,10 +185,7 @@ mod tests {
     #[test]
     fn small_files_carry_the_chunk_list_of_one_chunk_and_big_ones_their_own() {
         let author = PeerId([7; 16]);
-        let one_chunk = |r: &FileRecord| {
-            let len = u32::try_from(r.size).unwrap();
-            r.chunks == chunk_list_hash(&[ChunkInfo { offset: 0, len, hash: r.content }])
-        };
+        let one_chunk = |r: &FileRecord| Some(r.chunks) == whole_file_list_hash(r.size, r.content);
         let small = record(0, author);
         assert!(small.size < 6000 && one_chunk(&small));
         assert!(one_chunk(&edited(&small, author.short(), 1)), "an edit stays one chunk");

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use dartsync_shared::chunk::summary::ListPlan;
-use dartsync_shared::chunk::{ChunkParams, chunk_list_hash, chunk_list_is_well_formed};
+use dartsync_shared::chunk::{ChunkParams, chunk_list_hash, chunk_list_is_well_formed, whole_file_chunk};
 use dartsync_shared::limits::{MAX_PIECE_LEN, MIN_CHUNK_LEN};
 use dartsync_shared::proto::p2p::{ChunkListAssembler, P2pRequest, P2pResponse};
 use dartsync_shared::proto::ptp::Holder;
@@ -43,8 +43,7 @@ pub(super) fn check_list(list: &[ChunkInfo], record: &FileRecord) -> Result<(), 
 /// (or the guess does not tile the file). Saves a round trip for every
 /// small file.
 pub(super) fn single_chunk_list(record: &FileRecord) -> Option<Vec<ChunkInfo>> {
-    let len = u32::try_from(record.size).ok().filter(|&len| len > 0)?;
-    let list = vec![ChunkInfo { offset: 0, len, hash: record.content }];
+    let list = vec![whole_file_chunk(record.size, record.content)?];
     check_list(&list, record).is_ok().then_some(list)
 }
 
