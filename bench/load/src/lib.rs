@@ -5,7 +5,8 @@
 //!
 //! Modules: [`tracker`] (the target, and a `dartsync --tracker` child
 //! process), [`procfs`] (readings of any PID), [`layout`] (records and who
-//! holds them), [`sim`] (the simulated sessions), [`run`] (the phases),
+//! holds them), [`sim`] (the simulated sessions; [`skim`] reads a delta
+//! page's head only, for runs too big to decode), [`run`] (the phases),
 //! [`stats`] and [`report`] (pure: percentiles, slopes, goals, the
 //! markdown table). The binary is `src/main.rs`; `README.md` has results.
 
@@ -14,6 +15,7 @@ pub mod procfs;
 pub mod report;
 pub mod run;
 pub mod sim;
+pub mod skim;
 pub mod stats;
 pub mod tracker;
 

@@ -15,6 +15,9 @@ pub struct Outcome {
     pub records: usize,
     /// Peers holding each record.
     pub holders: usize,
+    /// The sessions read only the heads of delta pages (`--skim`), so
+    /// the holders listed were not read.
+    pub skimmed: bool,
     /// The keep-alive interval the tracker asked for, ms.
     pub interval_ms: u64,
     /// Tracker RSS before any session, KiB.
@@ -90,6 +93,10 @@ pub enum Basis {
     Measured,
     /// Measured at this run's scale, which is not the goal's.
     OtherScale,
+    /// Measured at a scale above the goal's in records and in peers, so
+    /// an upper bound for it (scaling this run's fixed costs down would
+    /// overstate a smaller table).
+    LargerScale,
     /// Computed from this run's per-entry, per-holder and per-session
     /// costs.
     Estimate,
@@ -176,8 +183,11 @@ pub fn goals(o: &Outcome) -> Vec<GoalRow> {
         pass: Some(o.idle_rss_kib <= IDLE_GOAL_MIB * 1024),
     }];
     for (records, peers, bound) in MEMORY_GOALS {
+        let larger = o.records >= records && o.peers >= peers;
         let (kib, basis) = if (o.records, o.peers) == (records, peers) {
             (o.steady_rss_kib, Basis::Measured)
+        } else if larger && o.steady_rss_kib <= bound * 1024 {
+            (o.steady_rss_kib, Basis::LargerScale)
         } else {
             (estimate_kib(o, records, peers), Basis::Estimate)
         };
@@ -246,6 +256,7 @@ pub fn render(o: &Outcome, rows: &[GoalRow]) -> String {
         let basis = match r.basis {
             Basis::Measured => "measured",
             Basis::OtherScale => "measured, other scale",
+            Basis::LargerScale => "measured at a larger scale (at most this)",
             Basis::Estimate => "estimate from this run",
             Basis::Skipped => "not measured",
         };
@@ -272,7 +283,10 @@ pub fn render(o: &Outcome, rows: &[GoalRow]) -> String {
     row("each further holder of an entry", format!("{} B", o.holder_bytes));
     row("steady RSS per (record, holder)", format!("{} B", o.steady_bytes_per_holding));
     row("table growth per (record, holder)", format!("{} B", o.table_bytes_per_holding));
-    row("most holders listed on an entry", o.max_holders_listed.to_string());
+    row(
+        "most holders listed on an entry",
+        if o.skimmed { "not read (--skim)".to_owned() } else { o.max_holders_listed.to_string() },
+    );
     row("connect + register every peer", format!("{:.1} s", o.connect_secs));
     row(
         "every session has every record",
@@ -377,6 +391,20 @@ mod tests {
         let rows = goals(&o);
         assert_eq!(rows[3].pass, Some(false));
         assert_eq!((rows[4].basis, rows[4].pass), (Basis::Skipped, None));
+    }
+
+    #[test]
+    fn a_run_above_a_goals_scale_bounds_it_rather_than_scaling_down() {
+        let o = Outcome { peers: 1000, records: 1_000_000, steady_rss_kib: 190 * 1024, ..sample() };
+        let rows = goals(&o);
+        assert_eq!(rows[1].basis, Basis::Estimate, "190 MiB above 32 says nothing of the smaller table");
+        let small = Outcome { steady_rss_kib: 30 * 1024, ..o.clone() };
+        let rows = goals(&small);
+        assert_eq!(
+            (rows[1].basis, rows[1].pass, rows[1].measured.as_str()),
+            (Basis::LargerScale, Some(true), "30.0 MiB")
+        );
+        assert_eq!(rows[2].basis, Basis::Measured);
     }
 
     #[test]

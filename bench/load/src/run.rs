@@ -33,7 +33,7 @@ use crate::LoadError;
 use crate::layout::{self, Layout};
 use crate::procfs;
 use crate::report::Outcome;
-use crate::sim::{Probe, SimPeer};
+use crate::sim::{Probe, Reading, SimPeer};
 use crate::stats::{Latencies, slope_bytes};
 use crate::tracker::Target;
 
@@ -60,6 +60,8 @@ pub struct Options {
     pub announce_parallel: usize,
     /// Progress lines on stderr.
     pub progress: bool,
+    /// How the sessions read delta pages.
+    pub reading: Reading,
 }
 
 impl Default for Options {
@@ -75,6 +77,7 @@ impl Default for Options {
             connect_parallel: 6,
             announce_parallel: 8,
             progress: true,
+            reading: Reading::Whole,
         }
     }
 }
@@ -99,7 +102,13 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
         }
     };
     let pid = target.pid;
-    let mut o = Outcome { peers: layout.peers, records: layout.records, holders: layout.holders, ..Outcome::default() };
+    let mut o = Outcome {
+        peers: layout.peers,
+        records: layout.records,
+        holders: layout.holders,
+        skimmed: opts.reading == Reading::Skim,
+        ..Outcome::default()
+    };
 
     // Idle means after start-up: the tracker hands its start-up code
     // pages back `IDLE_AFTER_START` after it starts (`src/code_pages.rs`).
@@ -112,7 +121,7 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     // Connect.
     let start = Instant::now();
     let probe = Probe::new();
-    let (peers, retries) = connect_all(target, &layout, opts.connect_parallel, &probe).await?;
+    let (peers, retries) = connect_all(target, &layout, opts, &probe).await?;
     o.connect_secs = start.elapsed().as_secs_f64();
     if retries > 0 {
         o.notes.push(format!("{retries} handshakes were retried while the peers connected (the tracker was busy)"));
@@ -163,7 +172,7 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     // The holders list reaches the peers that lack a record; here every
     // session holds what it holds, so a fresh observer (after the RSS
     // reading) reads the whole table and the holders it lists.
-    let observer = SimPeer::connect(target, layout.peers, 0.0, probe.clone()).await?;
+    let observer = SimPeer::connect(target, layout.peers, 0.0, probe.clone(), opts.reading).await?;
     let observed = std::slice::from_ref(&observer);
     // Its `Welcome` says the seq at once; the table follows in pages.
     let whole_table = || observer.seen.entries.load(std::sync::atomic::Ordering::Relaxed) >= layout.records as u64;
@@ -178,7 +187,7 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
         .unwrap_or(0);
     observer.close().await;
     let listed = layout.holders.min(dartsync_shared::limits::MAX_HOLDERS_PER_ENTRY);
-    if layout.records > 0 && o.max_holders_listed < listed {
+    if layout.records > 0 && !o.skimmed && o.max_holders_listed < listed {
         o.notes.push(format!(
             "at most {} holders were listed on an entry, {listed} expected: the tracker did not take every copy as a holder",
             o.max_holders_listed
@@ -268,10 +277,11 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
 async fn connect_all(
     target: &Target,
     layout: &Layout,
-    parallel: usize,
+    opts: &Options,
     probe: &Arc<Probe>,
 ) -> Result<(Vec<SimPeer>, u32), LoadError> {
-    let gate = Arc::new(Semaphore::new(parallel.max(1)));
+    let gate = Arc::new(Semaphore::new(opts.connect_parallel.max(1)));
+    let reading = opts.reading;
     let mut tasks = JoinSet::new();
     for index in 0..layout.peers {
         let (gate, target, probe) = (gate.clone(), target.clone(), probe.clone());
@@ -282,7 +292,7 @@ async fn connect_all(
             // message): retry like a real peer would, with a growing pause.
             let mut attempt = 0;
             loop {
-                match SimPeer::connect(&target, index, phase, probe.clone()).await {
+                match SimPeer::connect(&target, index, phase, probe.clone(), reading).await {
                     Ok(peer) => return Ok((peer, attempt)),
                     Err(e) if attempt + 1 >= CONNECT_ATTEMPTS => return Err(e),
                     Err(_) => {

@@ -8,13 +8,16 @@
 //! and noting when an armed [`Probe`] entry arrives; the writer sends what
 //! the load asks for (`Announce` batches, `Report`) and a `KeepAlive` every
 //! interval the tracker asked for, each peer at its own phase of the
-//! interval. No piece server runs: nobody fetches in this load.
+//! interval. No piece server runs: nobody fetches in this load. A
+//! session made with [`Reading::Skim`] reads only the head of a delta page
+//! ([`crate::skim`]) unless a probe is armed.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dartsync_shared::channel::{self, ChannelReader};
+use dartsync_shared::codec;
 use dartsync_shared::key::Identity;
 use dartsync_shared::proto::ptp::{PeerMessage, PeerReport, Register, TrackerMessage, Welcome};
 use dartsync_shared::{PeerId, RelPath, VersionVector};
@@ -24,8 +27,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::LoadError;
 use crate::tracker::Target;
+use crate::{LoadError, skim};
 
 /// An entry the load waits for: who received it and when.
 #[derive(Debug)]
@@ -70,6 +73,17 @@ impl Probe {
             let _ = hits.send((peer, at));
         }
     }
+}
+
+/// How a session's reader treats delta pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reading {
+    /// Decode and validate every message whole.
+    #[default]
+    Whole,
+    /// Read only a delta page's head (seq, entry count) while no probe is
+    /// armed; every other message whole.
+    Skim,
 }
 
 /// What a session's reader has seen.
@@ -133,7 +147,13 @@ impl SimPeer {
     /// Connects, runs the handshake with a fresh identity, registers as
     /// `sim-NNNNN` and waits for `Welcome`; then starts its reader and
     /// writer. `phase` (0..1) places its keep-alives within the interval.
-    pub async fn connect(target: &Target, index: usize, phase: f64, probe: Arc<Probe>) -> Result<SimPeer, LoadError> {
+    pub async fn connect(
+        target: &Target,
+        index: usize,
+        phase: f64,
+        probe: Arc<Probe>,
+        reading: Reading,
+    ) -> Result<SimPeer, LoadError> {
         let identity = Identity::generate();
         let id = identity.peer_id();
         let fail = |what: String| LoadError::Session { index, what };
@@ -158,7 +178,7 @@ impl SimPeer {
         };
         let seen = Arc::new(Seen::default());
         seen.seq.store(welcome.seq, Ordering::SeqCst);
-        let reader = tokio::spawn(read_loop(reader, index, seen.clone(), probe));
+        let reader = tokio::spawn(read_loop(reader, index, seen.clone(), probe, reading));
         let (out, rx) = mpsc::channel(2);
         let interval = Duration::from_millis(welcome.interval_ms.max(1));
         let first = Instant::now() + interval.mul_f64(phase.clamp(0.0, 1.0));
@@ -200,8 +220,12 @@ impl SimPeer {
     }
 }
 
+/// Longest silence of the tracker a session takes (it sends a heartbeat
+/// every interval).
+const SILENCE: Duration = Duration::from_secs(60);
+
 async fn recv(reader: &mut ChannelReader<ReadHalf<TcpStream>>) -> Result<TrackerMessage, String> {
-    let msg: TrackerMessage = tokio::time::timeout(Duration::from_secs(60), reader.recv())
+    let msg: TrackerMessage = tokio::time::timeout(SILENCE, reader.recv())
         .await
         .map_err(|_| "the tracker is silent".to_owned())?
         .map_err(|e| format!("channel: {e}"))?
@@ -210,13 +234,36 @@ async fn recv(reader: &mut ChannelReader<ReadHalf<TcpStream>>) -> Result<Tracker
     Ok(msg)
 }
 
-async fn read_loop(mut reader: ChannelReader<ReadHalf<TcpStream>>, index: usize, seen: Arc<Seen>, probe: Arc<Probe>) {
+async fn read_loop(
+    mut reader: ChannelReader<ReadHalf<TcpStream>>,
+    index: usize,
+    seen: Arc<Seen>,
+    probe: Arc<Probe>,
+    reading: Reading,
+) {
     let why = loop {
-        let msg = match recv(&mut reader).await {
-            Ok(msg) => msg,
-            Err(why) => break why,
+        let frame = match tokio::time::timeout(SILENCE, reader.recv_frame()).await {
+            Err(_) => break "the tracker is silent".to_owned(),
+            Ok(Err(e)) => break format!("channel: {e}"),
+            Ok(Ok(None)) => break "the tracker closed the connection".to_owned(),
+            Ok(Ok(Some(frame))) => frame,
         };
         let at = Instant::now();
+        if reading == Reading::Skim
+            && !probe.armed.load(Ordering::Relaxed)
+            && let Some(head) = skim::delta_head(&frame)
+        {
+            seen.entries.fetch_add(head.entries, Ordering::Relaxed);
+            seen.seq.store(head.to_seq, Ordering::SeqCst);
+            continue;
+        }
+        let msg = match codec::decode::<TrackerMessage>(&frame) {
+            Ok(msg) => msg,
+            Err(e) => break format!("channel: {e}"),
+        };
+        if let Err(e) = msg.validate() {
+            break format!("invalid message: {e}");
+        }
         match msg {
             TrackerMessage::Delta(delta) => {
                 probe.check(index, at, &delta);
