@@ -154,6 +154,13 @@ pub const MAX_COUNTER: u64 = 1 << 62;
 /// Most holders listed for one entry in a `Delta`.
 pub const MAX_HOLDERS_PER_ENTRY: usize = 256;
 
+/// Holders a peer that lacks a record is told about as they come: the
+/// tracker pages an entry's new holders until it has this many (more
+/// sources help a download little). A holder beyond them changes no page,
+/// so it takes no seq of the tracker; a peer hears of it with the next
+/// change of the record or the next departure of a holder.
+pub const HOLDER_FANOUT: usize = 8;
+
 /// Longest symlink target carried in a record.
 pub const MAX_LINK_TARGET_LEN: usize = 4096;
 

@@ -80,11 +80,14 @@
 //! is holders that came (no record change, no holder gone: `removed_seq`)
 //! and the peer holds the record itself or the entry has more than
 //! [`HOLDER_FANOUT`] holders: holders are what a peer needs to fetch a
-//! record it lacks, and more than a few add little. With every peer
-//! holding every file, this keeps a cluster's start (each peer announcing
-//! what it holds) from paging every entry to every session once per
-//! holder, at most [`MAX_RECORDS_PER_MESSAGE`] and about half a
-//! frame of bytes per page; the last page's `to_seq` is the current seq (so
+//! record it lacks, and more than a few add little. So a holder that
+//! takes an entry past [`HOLDER_FANOUT`] holders takes no seq at all: it
+//! would be paged to no one, and a seq would only make every session step
+//! over it. With every peer holding every file, this keeps a cluster's
+//! start (each peer announcing what it holds) from paging every entry to
+//! every session once per holder, and from moving each entry once per
+//! holder. A page holds at most [`MAX_RECORDS_PER_MESSAGE`] entries and
+//! [`page_budget`] bytes; the last page's `to_seq` is the current seq (so
 //! a page may be empty and only move the peer forward). A peer registering
 //! with another epoch, or a `seen_seq` beyond ours, starts from 0 and every
 //! page until it is caught up is marked `full`. A page leaves as an encoded
@@ -116,7 +119,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use dartsync_shared::codec::CodecError;
-use dartsync_shared::limits::{MAX_BATCH_BYTES, MAX_HOLDERS_PER_ENTRY, MAX_RECORDS_PER_MESSAGE};
+use dartsync_shared::limits::{HOLDER_FANOUT, MAX_BATCH_BYTES, MAX_HOLDERS_PER_ENTRY, MAX_RECORDS_PER_MESSAGE};
 #[cfg(test)]
 use dartsync_shared::proto::ptp::Delta;
 use dartsync_shared::proto::ptp::{BrakeNotice, ConflictNotice, Holder, PeerReport};
@@ -1098,8 +1101,14 @@ impl State {
         if !entry.holders.insert(slot) {
             return false;
         }
-        let old = entry.seq;
-        self.bump_entry(old, false);
+        // Past `HOLDER_FANOUT` holders, a holder that came is paged to no
+        // session (`only_holders_came`), so it takes no seq: 1,000 peers
+        // announcing what they hold move each entry 7 times, not 999,
+        // and no session steps over the other 992.
+        if entry.holders.len() <= HOLDER_FANOUT {
+            let old = entry.seq;
+            self.bump_entry(old, false);
+        }
         true
     }
 
@@ -1366,11 +1375,6 @@ fn clamp_future_mtime(record: &mut FileRecord, now_unix: u64) -> bool {
     }
     false
 }
-
-/// Holders a peer that lacks a record is told about as they come (more
-/// sources help little; beyond them, new holders reach it with the next
-/// change of the record or the next departure of a holder).
-const HOLDER_FANOUT: usize = 8;
 
 /// True when the only change to `e` that a session which was handed
 /// everything up to `sent` has not seen is holders that came, and the
@@ -1896,11 +1900,18 @@ mod tests {
             assert!(fx.state.have(id(n), &RelPath::new("f").unwrap(), &vv(&[(1, 1)])));
             assert_eq!(page(&mut fx, 12).entries.len(), 1, "holder {n}");
         }
-        // ... more are not: it knows eight sources.
+        // ... more are not: it knows eight sources. They take no seq, so
+        // no session steps over them.
         for n in HOLDER_FANOUT as u8 + 1..=11 {
+            let seq = fx.state.seq();
             assert!(fx.state.have(id(n), &RelPath::new("f").unwrap(), &vv(&[(1, 1)])));
-            assert!(page(&mut fx, 12).entries.is_empty(), "holder {n}");
+            assert_eq!(fx.state.seq(), seq, "holder {n} took a seq");
+            assert!(fx.state.next_page(id(12), 12).unwrap().delta.is_none(), "holder {n}");
         }
+        // A peer that comes now lacks it and reads every holder.
+        fx.join(13);
+        let delta = page(&mut fx, 13);
+        assert_eq!(delta.entries[0].holders.len(), 11);
         // A holder leaving is always paged, with every holder left.
         assert!(fx.state.remove_peer(id(3), T0));
         let delta = page(&mut fx, 12);

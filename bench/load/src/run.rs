@@ -8,8 +8,9 @@
 //!    rest, and every session receives them (RSS after each: the slope is
 //!    the cost of one entry, the redb page cache filling in the first part);
 //! 4. holders: every other holder announces the same records; every
-//!    session's seq moves past the holder changes (the entries themselves
-//!    go only to sessions that lack the record); RSS: the cost of a
+//!    session's seq moves past the holder changes that take a seq (up to
+//!    `HOLDER_FANOUT` holders an entry; the entries themselves go only to
+//!    sessions that lack the record); RSS: the cost of a
 //!    holding; then a fresh observer reads the whole table to check the
 //!    holders lists;
 //! 5. steady: every peer reports itself up to date; once every session has
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dartsync_shared::FileRecord;
+use dartsync_shared::limits::HOLDER_FANOUT;
 use dartsync_shared::proto::ptp::{PeerMessage, announce_batches};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -163,7 +165,10 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     let lists = (0..layout.peers).map(|p| layout.held(p)).collect();
     announce(&peers, &records, lists, opts.announce_parallel).await?;
     let extra = layout.holdings() - layout.records as u64;
-    settle(&peers, seq + extra, opts.phase_timeout, "every holder", &mut o.notes).await?;
+    // A holder takes a seq only while the entry has at most
+    // `HOLDER_FANOUT` holders (past them it is paged to no one).
+    let paged = layout.holders.min(HOLDER_FANOUT).saturating_sub(1) as u64;
+    settle(&peers, seq + layout.records as u64 * paged, opts.phase_timeout, "every holder", &mut o.notes).await?;
     o.holders_secs = start.elapsed().as_secs_f64();
     let reading = procfs::settled(pid).await?;
     o.holders_rss_kib = reading.rss_kib;
