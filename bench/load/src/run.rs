@@ -7,10 +7,12 @@
 //! 3. entries: the authors announce a quarter of the records, then the
 //!    rest, and every session receives them (RSS after each: the slope is
 //!    the cost of one entry, the redb page cache filling in the first part);
-//! 4. holders: every other holder announces the same records; every
-//!    session's seq moves past the holder changes that take a seq (up to
-//!    `HOLDER_FANOUT` holders an entry; the entries themselves go only to
-//!    sessions that lack the record); RSS: the cost of a
+//! 4. holders: every other holder announces the same records, then
+//!    reports itself up to date; once every session lists every peer up
+//!    to date (so the tracker has applied every announcement) and every
+//!    session's seq has moved past the holder changes that take a seq (up
+//!    to `HOLDER_FANOUT` holders an entry; the entries themselves go only
+//!    to sessions that lack the record); RSS: the cost of a
 //!    holding; then a fresh observer reads the whole table to check the
 //!    holders lists;
 //! 5. steady: every peer reports itself up to date; once every session has
@@ -166,7 +168,17 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     announce(&peers, &records, lists, opts.announce_parallel).await?;
     let extra = layout.holdings() - layout.records as u64;
     // A holder takes a seq only while the entry has at most
-    // `HOLDER_FANOUT` holders (past them it is paged to no one).
+    // `HOLDER_FANOUT` holders (past them it is paged to no one), so seqs
+    // that stand still do not say the tracker is done. Each peer's
+    // `Report` follows its announcements on its session, which the
+    // tracker applies in order: once every session lists every peer up to
+    // date, every holding is in the table.
+    for peer in &peers {
+        peer.report_up_to_date().await?;
+    }
+    if !wait_until(&peers, opts.phase_timeout, || peers.iter().all(|p| up_to_date_listed(p) >= layout.peers)).await? {
+        o.notes.push("every holder: not every session listed every peer up to date in time".to_owned());
+    }
     let paged = layout.holders.min(HOLDER_FANOUT).saturating_sub(1) as u64;
     settle(&peers, seq + layout.records as u64 * paged, opts.phase_timeout, "every holder", &mut o.notes).await?;
     o.holders_secs = start.elapsed().as_secs_f64();
@@ -204,8 +216,7 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     for peer in &peers {
         peer.report_up_to_date().await?;
     }
-    let listed = |p: &SimPeer| p.seen.devices_up_to_date.load(std::sync::atomic::Ordering::SeqCst);
-    if !wait_until(&peers, opts.phase_timeout, || peers.iter().all(|p| listed(p) >= layout.peers)).await? {
+    if !wait_until(&peers, opts.phase_timeout, || peers.iter().all(|p| up_to_date_listed(p) >= layout.peers)).await? {
         o.notes.push("not every session got a device list with every peer up to date in time".to_owned());
     }
     let steady = procfs::settled(pid).await?;
@@ -396,6 +407,11 @@ async fn wait_until(peers: &[SimPeer], timeout: Duration, done: impl Fn() -> boo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(true)
+}
+
+/// Peers online and up to date in the last device list `peer` received.
+fn up_to_date_listed(peer: &SimPeer) -> usize {
+    peer.seen.devices_up_to_date.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 fn cpu_secs(ticks: u64) -> f64 {
