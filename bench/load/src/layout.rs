@@ -95,8 +95,8 @@ fn size_of(i: usize) -> u64 {
 /// of its own from `list`.
 fn chunks_of(size: u64, content: ContentHash, list: &[u8]) -> ContentHash {
     let smallest = ChunkParams::for_piece_len(DEFAULT_PIECE_LEN).min;
-    match u32::try_from(size) {
-        Ok(len) if len < smallest => whole_file_list_hash(size, content).unwrap_or_else(|| ContentHash::of(list)),
+    match whole_file_list_hash(size, content) {
+        Some(one_chunk) if size < u64::from(smallest) => one_chunk,
         _ => ContentHash::of(list),
     }
 }

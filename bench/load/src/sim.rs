@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use dartsync_shared::channel::{self, ChannelReader};
 use dartsync_shared::codec;
 use dartsync_shared::key::Identity;
@@ -224,12 +225,23 @@ impl SimPeer {
 /// every interval).
 const SILENCE: Duration = Duration::from_secs(60);
 
+/// The next message, decoded and validated; why the session ends if none.
 async fn recv(reader: &mut ChannelReader<ReadHalf<TcpStream>>) -> Result<TrackerMessage, String> {
-    let msg: TrackerMessage = tokio::time::timeout(SILENCE, reader.recv())
+    decode(&recv_frame(reader).await?)
+}
+
+/// The next frame; why the session ends if none.
+async fn recv_frame(reader: &mut ChannelReader<ReadHalf<TcpStream>>) -> Result<BytesMut, String> {
+    tokio::time::timeout(SILENCE, reader.recv_frame())
         .await
         .map_err(|_| "the tracker is silent".to_owned())?
         .map_err(|e| format!("channel: {e}"))?
-        .ok_or_else(|| "the tracker closed the connection".to_owned())?;
+        .ok_or_else(|| "the tracker closed the connection".to_owned())
+}
+
+/// `frame` as a message, decoded with every bound and validated.
+fn decode(frame: &[u8]) -> Result<TrackerMessage, String> {
+    let msg: TrackerMessage = codec::decode(frame).map_err(|e| format!("channel: {e}"))?;
     msg.validate().map_err(|e| format!("invalid message: {e}"))?;
     Ok(msg)
 }
@@ -242,11 +254,9 @@ async fn read_loop(
     reading: Reading,
 ) {
     let why = loop {
-        let frame = match tokio::time::timeout(SILENCE, reader.recv_frame()).await {
-            Err(_) => break "the tracker is silent".to_owned(),
-            Ok(Err(e)) => break format!("channel: {e}"),
-            Ok(Ok(None)) => break "the tracker closed the connection".to_owned(),
-            Ok(Ok(Some(frame))) => frame,
+        let frame = match recv_frame(&mut reader).await {
+            Ok(frame) => frame,
+            Err(why) => break why,
         };
         let at = Instant::now();
         if reading == Reading::Skim
@@ -257,13 +267,10 @@ async fn read_loop(
             seen.seq.store(head.to_seq, Ordering::SeqCst);
             continue;
         }
-        let msg = match codec::decode::<TrackerMessage>(&frame) {
+        let msg = match decode(&frame) {
             Ok(msg) => msg,
-            Err(e) => break format!("channel: {e}"),
+            Err(why) => break why,
         };
-        if let Err(e) = msg.validate() {
-            break format!("invalid message: {e}");
-        }
         match msg {
             TrackerMessage::Delta(delta) => {
                 probe.check(index, at, &delta);

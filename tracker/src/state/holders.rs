@@ -58,9 +58,10 @@ const FEW: usize = 7;
 /// An unused place of `HolderSet::Prefix::except` (no slot is `u16::MAX`).
 const UNUSED: u16 = u16::MAX;
 
-/// The used places of `slots` (`Prefix::except` or `Few`).
-fn excepted(slots: &[u16]) -> impl Iterator<Item = u16> + '_ {
-    slots.iter().copied().take_while(|s| *s != UNUSED)
+/// The used places of `slots` (`Prefix::except` or `Few`): those before
+/// the first [`UNUSED`].
+fn used(slots: &[u16]) -> &[u16] {
+    &slots[..slots.iter().position(|s| *s == UNUSED).unwrap_or(slots.len())]
 }
 
 impl Default for HolderSet {
@@ -83,8 +84,8 @@ impl HolderSet {
     pub fn len(&self) -> usize {
         match self {
             HolderSet::Small(bits) => bits.count_ones() as usize,
-            HolderSet::Prefix { n, except } => usize::from(*n) - excepted(except).count(),
-            HolderSet::Few(slots) => excepted(slots).count(),
+            HolderSet::Prefix { n, except } => usize::from(*n) - used(except).len(),
+            HolderSet::Few(slots) => used(slots).len(),
             HolderSet::Wide(wide) => match &**wide {
                 Wide::List(list) => list.len(),
                 Wide::Map(words) => words.iter().map(|w| w.count_ones() as usize).sum(),
@@ -102,7 +103,7 @@ impl HolderSet {
         match self {
             HolderSet::Small(bits) => slot < 64 && bits & (1 << slot) != 0,
             HolderSet::Prefix { n, except } => slot < *n && !except.contains(&slot),
-            HolderSet::Few(slots) => slot != UNUSED && slots.contains(&slot),
+            HolderSet::Few(slots) => used(slots).contains(&slot),
             HolderSet::Wide(wide) => match &**wide {
                 Wide::List(list) => list.binary_search(&slot).is_ok(),
                 Wide::Map(words) => words.get(usize::from(slot / 64)).is_some_and(|w| w & (1 << (slot % 64)) != 0),
@@ -115,7 +116,7 @@ impl HolderSet {
         let (list, words): (&[u16], &[u64]) = match self {
             HolderSet::Small(bits) => (&[], std::slice::from_ref(bits)),
             HolderSet::Prefix { .. } => (&[], &[]),
-            HolderSet::Few(slots) => (&slots[..slots.iter().take_while(|s| **s != UNUSED).count()], &[]),
+            HolderSet::Few(slots) => (used(slots), &[]),
             HolderSet::Wide(wide) => match &**wide {
                 Wide::List(list) => (list, &[]),
                 Wide::Map(words) => (&[], words),
