@@ -6,9 +6,10 @@
 //! tracker's memory under this load or stalls the fan-out fails here.
 //!
 //! Not every peer holds every record here, unlike the tool's default: a
-//! debug tracker pages every holder change to every session, and 100 x
-//! 1,000 holdings to 100 sessions keep its actor busy long enough to
-//! expire peers whose keep-alives wait behind the batches.
+//! record held by two of the peers is paged to the other 98 as its
+//! holders come and go, which is the work this checks (a debug tracker
+//! with 100 x 1,000 holdings kept its actor busy long enough to expire
+//! peers whose keep-alives waited behind the batches).
 
 use std::time::Duration;
 
@@ -76,4 +77,8 @@ fn a_hundred_peers_holding_a_thousand_records_stay_within_budget() {
     assert!(outcome.steady_anon_kib <= STEADY_ANON_KIB, "steady anonymous RSS {} KiB", outcome.steady_anon_kib);
     assert!(outcome.peak_rss_kib <= PEAK_RSS_KIB, "peak RSS {} KiB", outcome.peak_rss_kib);
     assert!(outcome.session_bytes <= SESSION_BYTES, "{} B per session", outcome.session_bytes);
+    // The last peer left: each entry it held went to the 98 sessions
+    // lacking it (all but the other holder), and to no one holding it.
+    assert!(outcome.departed_held > 0, "{outcome:?}");
+    assert_eq!(outcome.departure_entries, outcome.departed_held * 98, "{outcome:?}");
 }

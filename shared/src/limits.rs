@@ -151,14 +151,16 @@ pub const MAX_VERSION_ENTRIES: usize = 1024;
 /// keeps every `max + 1` on valid vectors free of overflow.
 pub const MAX_COUNTER: u64 = 1 << 62;
 
-/// Most holders listed for one entry in a `Delta`.
+/// Most holders a `Delta` entry may list (a bound on what is read; the
+/// tracker lists at most [`HOLDER_FANOUT`]).
 pub const MAX_HOLDERS_PER_ENTRY: usize = 256;
 
-/// Holders a peer that lacks a record is told about as they come: the
-/// tracker pages an entry's new holders until it has this many (more
-/// sources help a download little). A holder beyond them changes no page,
-/// so it takes no seq of the tracker; a peer hears of it with the next
-/// change of the record or the next departure of a holder.
+/// Holders a peer that lacks a record is told about: a delta lists at
+/// most this many of an entry's holders (more sources help a download
+/// little), and the tracker pages an entry's new holders as they come
+/// until it has this many. A holder beyond them changes no page, so it
+/// takes no seq of the tracker; a peer hears of it with the next change of
+/// the record or the next departure of a holder.
 pub const HOLDER_FANOUT: usize = 8;
 
 /// Longest symlink target carried in a record.

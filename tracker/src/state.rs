@@ -77,10 +77,17 @@
 //! # Deltas
 //! [`State::next_page`] hands a session the entries with `seq` in
 //! `(sent_seq, seq]`, except entries where all the session has not seen
-//! is holders that came (no record change, no holder gone: `removed_seq`)
-//! and the peer holds the record itself or the entry has more than
-//! [`HOLDER_FANOUT`] holders: holders are what a peer needs to fetch a
-//! record it lacks, and more than a few add little. So a holder that
+//! is holders that came or went (no record change) and the peer holds the
+//! record itself, or holders that only came (no holder gone:
+//! `removed_seq`) to an entry with more than [`HOLDER_FANOUT`] holders:
+//! holders are what a peer needs to fetch a record it lacks, and more
+//! than a few add little. A peer of a synced cluster is not paged the
+//! entries a departing peer held: it holds them too. An entry lists at
+//! most [`HOLDER_FANOUT`] holders, starting after the session's own slot,
+//! so peers that lack the same record fetch it from different holders and
+//! an entry held by 1,000 peers costs a page 8 holders, not 256. A
+//! holder leaving is paged to every peer lacking the record (it may be
+//! one of the few that peer was told of). So a holder that
 //! takes an entry past [`HOLDER_FANOUT`] holders takes no seq at all: it
 //! would be paged to no one, and a seq would only make every session step
 //! over it. With every peer holding every file, this keeps a cluster's
@@ -119,7 +126,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use dartsync_shared::codec::CodecError;
-use dartsync_shared::limits::{HOLDER_FANOUT, MAX_BATCH_BYTES, MAX_HOLDERS_PER_ENTRY, MAX_RECORDS_PER_MESSAGE};
+use dartsync_shared::limits::{HOLDER_FANOUT, MAX_BATCH_BYTES, MAX_RECORDS_PER_MESSAGE};
 #[cfg(test)]
 use dartsync_shared::proto::ptp::Delta;
 use dartsync_shared::proto::ptp::{BrakeNotice, ConflictNotice, Holder, PeerReport};
@@ -1102,7 +1109,7 @@ impl State {
             return false;
         }
         // Past `HOLDER_FANOUT` holders, a holder that came is paged to no
-        // session (`only_holders_came`), so it takes no seq: 1,000 peers
+        // session (`nothing_new_for`), so it takes no seq: 1,000 peers
         // announcing what they hold move each entry 7 times, not 999,
         // and no session steps over the other 992.
         if entry.holders.len() <= HOLDER_FANOUT {
@@ -1137,7 +1144,7 @@ impl State {
         let mut more = false;
         for (path, entry) in self.entries.since(from) {
             let seq = entry.seq;
-            if !full && only_holders_came(entry, from, me) {
+            if !full && nothing_new_for(entry, from, me) {
                 last = seq;
                 continue;
             }
@@ -1149,14 +1156,12 @@ impl State {
             bytes += size;
             let first = holders.len();
             holders.extend(
-                entry
-                    .holders
-                    .iter()
+                listed_from(&entry.holders, me)
                     .filter_map(|slot| {
                         let id = self.slots.peer(slot)?;
                         self.peers.get(&id).map(|p| Holder { peer_id: id, addr: p.addr })
                     })
-                    .take(MAX_HOLDERS_PER_ENTRY),
+                    .take(HOLDER_FANOUT),
             );
             holders[first..].sort_unstable_by_key(|h| h.peer_id);
             entries.push(PageEntry { path, entry, holders: first..holders.len() });
@@ -1376,16 +1381,33 @@ fn clamp_future_mtime(record: &mut FileRecord, now_unix: u64) -> bool {
     false
 }
 
-/// True when the only change to `e` that a session which was handed
-/// everything up to `sent` has not seen is holders that came, and the
-/// peer (in `slot`) needs no news of them: it holds the record itself, or
-/// it knows enough sources already. Such a change is not paged to it.
-fn only_holders_came(e: &Entry, sent: u64, slot: u16) -> bool {
-    if e.record_seq() > sent || e.removed_seq() > sent {
+/// True when all that a session which was handed everything up to `sent`
+/// has not seen of `e` is holders that came or went, and the peer (in
+/// `slot`) needs no news of them: it holds the record itself, or holders
+/// only came and it knows [`HOLDER_FANOUT`] sources already. Such a
+/// change is not paged to it. A departure is paged to every peer that
+/// lacks the record: one of the sources it was told of may be the one
+/// that went.
+fn nothing_new_for(e: &Entry, sent: u64, slot: u16) -> bool {
+    if e.record_seq() > sent {
         return false;
     }
-    let holds = slot != NO_SLOT && e.holders.contains(slot);
-    holds || e.holders.len() > HOLDER_FANOUT
+    // Holders are sources to fetch from: a peer that holds the record
+    // needs none, whoever came or went (a peer of a synced 1,000-peer
+    // cluster is not paged every entry a departing peer held, each with
+    // its holders).
+    if slot != NO_SLOT && e.holders.contains(slot) {
+        return true;
+    }
+    e.removed_seq() <= sent && e.holders.len() > HOLDER_FANOUT
+}
+
+/// The slots of `holders` in the order a delta lists them to the peer at
+/// `me`: those after its own slot first, then from the lowest (so peers
+/// lacking the same record are each sent to a different few of its
+/// holders, not all to the lowest slots).
+fn listed_from(holders: &HolderSet, me: u16) -> impl Iterator<Item = u16> + '_ {
+    holders.iter().skip_while(move |s| *s <= me).chain(holders.iter().take_while(move |s| *s < me))
 }
 
 /// Inserts into a sorted vector; false if already present. Grows the
@@ -1406,7 +1428,7 @@ fn insert_sorted<T: Ord>(v: &mut Vec<T>, id: T) -> bool {
 /// take at most 9 bytes, a holder at most 16 + 1 + 16 + 3 bytes).
 fn estimate_size(path: &str, e: &Entry) -> usize {
     let target = e.record.target_len() + 9;
-    let holders = e.holders.len().min(MAX_HOLDERS_PER_ENTRY) * 48;
+    let holders = e.holders.len().min(HOLDER_FANOUT) * 48;
     128 + path.len() + target + e.record.version_len() * 18 + holders
 }
 
@@ -1825,6 +1847,7 @@ mod tests {
         fx.state.have(id(2), &RelPath::new("a").unwrap(), &vv(&[(1, 1)]));
         let start = fx.now;
         assert_eq!(fx.state.next_deadline(), Some(start + Duration::from_secs(30)));
+        assert_eq!(fx.state.next_page(id(2), 2).unwrap().delta.unwrap().decode().entries.len(), 2);
         // Peer 2 keeps talking, peer 1 goes silent.
         fx.state.touch(id(2), start + Duration::from_secs(20));
         assert!(fx.state.expire(start + Duration::from_secs(29), T0, |_| None).is_empty());
@@ -1836,12 +1859,13 @@ mod tests {
         assert_eq!(fx.state.seq(), seq + 2, "both entries changed");
         assert!(fx.global("a").1 > seq && fx.global("b").1 > seq);
         assert_eq!(fx.state.next_deadline(), Some(start + Duration::from_secs(50)));
-        // The next page for peer 2 carries exactly those two entries.
+        // The next page for peer 2 carries the one it lacks: of "a", which
+        // it holds, it needs no sources.
         let page = fx.state.next_page(id(2), 2).unwrap();
         let delta = page.delta.unwrap().decode();
         assert!(!page.more);
         let got: Vec<_> = delta.entries.iter().filter(|e| e.seq > seq).map(|e| e.record.path.as_str()).collect();
-        assert_eq!(got, vec!["a", "b"]);
+        assert_eq!(got, vec!["b"]);
         assert!(delta.entries.iter().all(|e| e.holders.iter().all(|h| h.peer_id != id(1))));
         // An expired peer's stale session gets nothing.
         assert!(fx.state.next_page(id(1), 1).is_none());
@@ -1908,21 +1932,128 @@ mod tests {
             assert_eq!(fx.state.seq(), seq, "holder {n} took a seq");
             assert!(fx.state.next_page(id(12), 12).unwrap().delta.is_none(), "holder {n}");
         }
-        // A peer that comes now lacks it and reads every holder.
+        // A peer that comes now lacks it and reads eight of the holders.
         fx.join(13);
         let delta = page(&mut fx, 13);
-        assert_eq!(delta.entries[0].holders.len(), 11);
-        // A holder leaving is always paged, with every holder left.
+        assert_eq!(delta.entries[0].holders.len(), HOLDER_FANOUT);
+        // A holder leaving is always paged to a peer lacking the record,
+        // with eight of the ten left; not to the peers holding it.
+        for n in [1, 2, 11] {
+            fx.state.next_page(id(n), u64::from(n)).unwrap();
+        }
         assert!(fx.state.remove_peer(id(3), T0));
         let delta = page(&mut fx, 12);
         assert_eq!(delta.entries.len(), 1);
-        assert_eq!(delta.entries[0].holders.len(), 10);
+        assert_eq!(delta.entries[0].holders.len(), HOLDER_FANOUT);
         assert!(delta.entries[0].holders.iter().all(|h| h.peer_id != id(3)));
+        for n in [1, 2, 11] {
+            assert!(
+                fx.state.next_page(id(n), u64::from(n)).unwrap().delta.is_none_or(|d| d.decode().entries.is_empty())
+            );
+        }
         // A departure, then an arrival before the next page: still paged.
         assert!(fx.state.remove_peer(id(4), T0));
         fx.join(4);
         assert!(fx.state.have(id(4), &RelPath::new("f").unwrap(), &vv(&[(1, 1)])));
         assert_eq!(page(&mut fx, 12).entries.len(), 1);
+        fx.state.check_invariants();
+    }
+
+    #[test]
+    fn a_departure_from_a_synced_cluster_is_paged_to_no_one() {
+        let mut fx = Fixture::new();
+        for n in 1..=5 {
+            fx.join(n);
+        }
+        let paths = ["a", "b", "c"];
+        for p in paths {
+            fx.announce(1, file(p, p, vv(&[(1, 1)]), 1));
+            for n in 2..=5 {
+                assert!(fx.state.have(id(n), &RelPath::new(p).unwrap(), &vv(&[(1, 1)])));
+            }
+        }
+        let pages = |fx: &mut Fixture, n: u8| {
+            let mut entries = Vec::new();
+            while let Some(page) = fx.state.next_page(id(n), u64::from(n)) {
+                entries.extend(page.delta.map(|d| d.decode().entries).unwrap_or_default());
+                if !page.more {
+                    break;
+                }
+            }
+            entries
+        };
+        for n in 1..=5 {
+            pages(&mut fx, n);
+        }
+        // Every peer holds every file; one leaving changes the holders of
+        // all three entries, and no one that is left needs to hear of it.
+        let seq = fx.state.seq();
+        assert!(fx.state.remove_peer(id(3), T0));
+        assert_eq!(fx.state.seq(), seq + 3, "each entry lost a holder");
+        for n in [1, 2, 4, 5] {
+            assert_eq!(pages(&mut fx, n), vec![], "peer {n}");
+        }
+        // A peer that lacks the records hears of the departures, and of
+        // the holders left.
+        fx.join(6);
+        pages(&mut fx, 6);
+        assert!(fx.state.remove_peer(id(4), T0));
+        let to_6 = pages(&mut fx, 6);
+        assert_eq!(to_6.iter().map(|e| e.record.path.as_str()).collect::<Vec<_>>(), paths);
+        for e in &to_6 {
+            assert_eq!(e.holders.iter().map(|h| h.peer_id).collect::<Vec<_>>(), vec![id(1), id(2), id(5)]);
+        }
+        for n in [1, 2, 5] {
+            assert_eq!(pages(&mut fx, n), vec![], "peer {n}");
+        }
+        fx.state.check_invariants();
+    }
+
+    #[test]
+    fn a_delta_lists_a_few_holders_starting_after_the_peers_own_slot() {
+        let mut fx = Fixture::new();
+        for n in 1..=14 {
+            fx.join(n);
+        }
+        fx.announce(1, file("f", "x", vv(&[(1, 1)]), 1));
+        // Every peer but 3 and 9 holds it.
+        for n in (2..=14).filter(|n| ![3, 9].contains(n)) {
+            assert!(fx.state.have(id(n), &RelPath::new("f").unwrap(), &vv(&[(1, 1)])));
+        }
+        let listed = |fx: &mut Fixture, n: u8| -> Vec<PeerId> {
+            fx.state.register(
+                Arrival {
+                    peer: id(n),
+                    addr: SocketAddr::from(([127, 0, 0, n], 4000)),
+                    session: 100 + u64::from(n),
+                    seen_seq: 0,
+                    epoch: 77,
+                },
+                fx.now,
+                T0,
+            );
+            let delta = fx.state.next_page(id(n), 100 + u64::from(n)).unwrap().delta.unwrap().decode();
+            delta
+                .entries
+                .iter()
+                .find(|e| e.record.path.as_str() == "f")
+                .unwrap()
+                .holders
+                .iter()
+                .map(|h| h.peer_id)
+                .collect()
+        };
+        // Slots go in order of arrival: peer n has slot n - 1, and a peer
+        // that registers again takes the lowest free one (its own). Peer
+        // 3 is sent to the eight holders after it; peer 9 to the five
+        // after it, then the lowest three.
+        let mut to_3 = listed(&mut fx, 3);
+        let mut to_9 = listed(&mut fx, 9);
+        to_3.sort();
+        to_9.sort();
+        let ids = |ns: &[u8]| ns.iter().map(|n| id(*n)).collect::<Vec<_>>();
+        assert_eq!(to_3, ids(&[4, 5, 6, 7, 8, 10, 11, 12]));
+        assert_eq!(to_9, ids(&[1, 2, 4, 10, 11, 12, 13, 14]));
         fx.state.check_invariants();
     }
 

@@ -81,6 +81,17 @@ pub struct Outcome {
     pub edits: usize,
     /// Edits that reached every session within the deadline.
     pub edits_complete: usize,
+    /// Entries the departing peer held when it left.
+    pub departed_held: u64,
+    /// Delta entries the sessions left were paged because of it.
+    pub departure_entries: u64,
+    /// Bytes of those pages.
+    pub departure_bytes: u64,
+    /// Seconds from its `Goodbye` until every session left had the seq
+    /// its departure took.
+    pub departure_secs: f64,
+    /// Tracker CPU time meanwhile, s.
+    pub departure_cpu_secs: f64,
     /// Anything odd seen along the way.
     pub notes: Vec<String>,
 }
@@ -308,6 +319,21 @@ pub fn render(o: &Outcome, rows: &[GoalRow]) -> String {
             o.fanout_all.p50_ms, o.fanout_all.p99_ms, o.fanout_all.max_ms
         ),
     );
+    row(
+        "a peer leaves: pages to the sessions left",
+        if o.departed_held == 0 {
+            "-".to_owned()
+        } else {
+            format!(
+                "{} entries, {} (it held {} entries; {:.1} s, tracker CPU {:.1} s)",
+                dartsync_shared::human::thousands(o.departure_entries),
+                dartsync_shared::human::size(o.departure_bytes),
+                dartsync_shared::human::thousands(o.departed_held),
+                o.departure_secs,
+                o.departure_cpu_secs
+            )
+        },
+    );
     for note in &o.notes {
         out.push_str(&format!("\nNote: {note}\n"));
     }
@@ -416,6 +442,23 @@ mod tests {
         assert!(text.contains("| one entry (author holding it) | 500 B |\n"), "{text}");
         assert!(text.contains("measured, other scale | pass |"), "{text}");
         assert!(text.ends_with("\nNote: something odd\n"), "{text}");
-        assert_eq!(text.lines().filter(|l| l.starts_with("| ")).count(), 1 + 5 + 1 + 21);
+        assert!(text.contains("| a peer leaves: pages to the sessions left | - |\n"), "{text}");
+        let left = Outcome {
+            departed_held: 1000,
+            departure_entries: 2500,
+            departure_bytes: 300_000,
+            departure_secs: 0.25,
+            departure_cpu_secs: 0.125,
+            ..o.clone()
+        };
+        let text = render(&left, &goals(&left));
+        assert!(
+            text.contains(
+                "| a peer leaves: pages to the sessions left | 2,500 entries, 300 KB (it held 1,000 entries; 0.2 s, \
+                 tracker CPU 0.1 s) |\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(text.lines().filter(|l| l.starts_with("| ")).count(), 1 + 5 + 1 + 22);
     }
 }

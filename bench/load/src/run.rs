@@ -21,9 +21,14 @@
 //! 6. keep-alive CPU: the tracker's CPU share over a window in which the
 //!    peers only send keep-alives at the interval the tracker asked for;
 //! 7. fan-out: peer 0 announces edits one at a time; for each, the delay
-//!    until every session has received the delta holding it.
+//!    until every session has received the delta holding it;
+//! 8. departure: the last peer says `Goodbye`; every entry it held loses
+//!    a holder (a seq each): the delta entries and bytes the sessions left
+//!    receive until they have those seqs, the time, the tracker's CPU.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use dartsync_shared::FileRecord;
@@ -192,18 +197,14 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
     let observer = SimPeer::connect(target, layout.peers, 0.0, probe.clone(), opts.reading).await?;
     let observed = std::slice::from_ref(&observer);
     // Its `Welcome` says the seq at once; the table follows in pages.
-    let whole_table = || observer.seen.entries.load(std::sync::atomic::Ordering::Relaxed) >= layout.records as u64;
+    let whole_table = || observer.seen.entries.load(Ordering::Relaxed) >= layout.records as u64;
     if !wait_until(observed, opts.phase_timeout, whole_table).await? {
         o.notes.push("the observer did not receive the whole table in time".to_owned());
     }
-    o.max_holders_listed = peers
-        .iter()
-        .chain(observed)
-        .map(|p| p.seen.max_holders.load(std::sync::atomic::Ordering::Relaxed))
-        .max()
-        .unwrap_or(0);
+    o.max_holders_listed =
+        peers.iter().chain(observed).map(|p| p.seen.max_holders.load(Ordering::Relaxed)).max().unwrap_or(0);
     observer.close().await;
-    let listed = layout.holders.min(dartsync_shared::limits::MAX_HOLDERS_PER_ENTRY);
+    let listed = layout.holders.min(HOLDER_FANOUT);
     if layout.records > 0 && !o.skimmed && o.max_holders_listed < listed {
         o.notes.push(format!(
             "at most {} holders were listed on an entry, {listed} expected: the tracker did not take every copy as a holder",
@@ -280,6 +281,44 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
         ));
     }
     check_alive(&peers)?;
+
+    // Departure.
+    let mut peers = peers;
+    if layout.peers > 1 && layout.records > 0 {
+        let edited: HashSet<usize> = (0..edits).map(|n| n * stride).collect();
+        let leaving = peers.pop().expect("more than one peer");
+        let held = layout
+            .authored(leaving.index, 0..layout.records)
+            .into_iter()
+            .chain(layout.held(leaving.index))
+            .filter(|i| !edited.contains(i))
+            .count() as u64;
+        let before = |peers: &[SimPeer]| {
+            peers.iter().fold((0, 0), |(e, b), p| {
+                (e + p.seen.entries.load(Ordering::SeqCst), b + p.seen.delta_bytes.load(Ordering::SeqCst))
+            })
+        };
+        let (entries, bytes) = before(&peers);
+        let seq = peers.iter().map(SimPeer::seq).max().unwrap_or(0);
+        let cpu_start = procfs::sample(pid)?.cpu_ticks;
+        let start = Instant::now();
+        leaving.close().await;
+        // Each entry it held loses a holder: one seq each.
+        settle(&peers, seq + held, opts.phase_timeout, "a peer's departure", &mut o.notes).await?;
+        o.departure_secs = start.elapsed().as_secs_f64();
+        let reading = procfs::settled(pid).await?;
+        o.departure_cpu_secs = cpu_secs(reading.cpu_ticks - cpu_start);
+        let (entries_after, bytes_after) = before(&peers);
+        (o.departed_held, o.departure_entries, o.departure_bytes) =
+            (held, entries_after - entries, bytes_after - bytes);
+        say(format!(
+            "a peer holding {held} entries left: {} entries ({} bytes) paged to the {} sessions left in {:.1} s",
+            o.departure_entries,
+            o.departure_bytes,
+            peers.len(),
+            o.departure_secs
+        ));
+    }
     o.peak_rss_kib = procfs::sample(pid)?.hwm_kib;
 
     let mut closing = JoinSet::new();
@@ -411,7 +450,7 @@ async fn wait_until(peers: &[SimPeer], timeout: Duration, done: impl Fn() -> boo
 
 /// Peers online and up to date in the last device list `peer` received.
 fn up_to_date_listed(peer: &SimPeer) -> usize {
-    peer.seen.devices_up_to_date.load(std::sync::atomic::Ordering::SeqCst)
+    peer.seen.devices_up_to_date.load(Ordering::SeqCst)
 }
 
 fn cpu_secs(ticks: u64) -> f64 {

@@ -94,6 +94,8 @@ pub struct Seen {
     pub seq: AtomicU64,
     /// Delta entries received.
     pub entries: AtomicU64,
+    /// Bytes of the delta frames received (decrypted).
+    pub delta_bytes: AtomicU64,
     /// Most holders listed on one entry.
     pub max_holders: AtomicUsize,
     /// Devices online and up to date in the last device list.
@@ -264,6 +266,7 @@ async fn read_loop(
             && let Some(head) = skim::delta_head(&frame)
         {
             seen.entries.fetch_add(head.entries, Ordering::Relaxed);
+            seen.delta_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
             seen.seq.store(head.to_seq, Ordering::SeqCst);
             continue;
         }
@@ -277,6 +280,7 @@ async fn read_loop(
                 let most = delta.entries.iter().map(|e| e.holders.len()).max().unwrap_or(0);
                 seen.max_holders.fetch_max(most, Ordering::Relaxed);
                 seen.entries.fetch_add(delta.entries.len() as u64, Ordering::Relaxed);
+                seen.delta_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
                 seen.seq.store(delta.to_seq, Ordering::SeqCst);
             }
             TrackerMessage::Devices { devices } => {
