@@ -135,6 +135,35 @@ fn a_path_that_cannot_be_installed_is_listed_as_waiting_with_its_reason() {
 }
 
 #[test]
+fn a_download_whose_holder_vanished_asks_the_tracker_waits_for_a_holder_and_finishes_when_it_returns() {
+    let mut cluster = Cluster::start(Options { peers: 0, piece_len: Some(64 * 1024), ..Options::default() });
+    // The only holder serves slowly: 512 chunks take seconds, so the
+    // newcomer is mid-download when the holder dies.
+    let body = random_bytes(32 << 20, 9);
+    write(&cluster.folder(0), "big.bin", &body);
+    cluster.start_peer_with(0, &["--test-serve-delay-ms", "20"]);
+    let (ok, out, err) = run(&["status", cluster.folder(0).to_str().unwrap(), "--wait", "60"], &[]);
+    assert!(ok.success(), "peer0 not up to date: {out}{err}");
+    fs::create_dir_all(cluster.folder(1)).unwrap();
+    cluster.start_peer(1);
+    wait_status(&cluster, 1, "downloading big.bin", |_, j| state(j) == "syncing");
+    cluster.kill_peer(0);
+    // The tracker pages no departure: the newcomer finds out by failing,
+    // asks which peers hold big.bin now, and hears none.
+    let json = wait_status(&cluster, 1, "no holder online", |_, j| {
+        j["waiting"][0]["reason"].as_str().is_some_and(|r| r.contains("no peer that has it is online"))
+    });
+    assert_eq!(json["waiting"][0]["path"], "big.bin");
+    assert!(!cluster.folder(1).join("big.bin").exists());
+    // The holder returns: its announcement is paged to the peer lacking
+    // the file, which finishes it.
+    cluster.start_peer(0);
+    let expected = snapshot(&cluster.folder(0));
+    cluster.wait_tree(&expected, CONVERGE);
+    assert_eq!(fs::read(cluster.folder(1).join("big.bin")).unwrap(), body);
+}
+
+#[test]
 fn with_the_tracker_stopped_status_says_tracker_unreachable() {
     let mut cluster = Cluster::start(Options::default());
     wait_status(&cluster, 0, "up to date", |code, j| code == 0 && state(j) == "up_to_date");

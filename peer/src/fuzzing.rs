@@ -399,6 +399,7 @@ mod tests {
             ("have", PeerMessage::Have { path: rel("docs/a b.txt"), version: vv(&[(7, 2)]) }),
             ("keepalive", PeerMessage::KeepAlive),
             ("goodbye", PeerMessage::Goodbye),
+            ("sources", PeerMessage::Sources { path: rel("docs/a b.txt"), version: vv(&[(7, 2)]) }),
         ];
         let holder = Holder { peer_id: PeerId([1; 16]), addr: "127.0.0.1:9".parse().unwrap() };
         let holder6 = Holder { peer_id: PeerId([2; 16]), addr: "[::1]:4242".parse().unwrap() };
@@ -423,6 +424,14 @@ mod tests {
                 TrackerMessage::Delta(Delta { epoch: 6, from_seq: 0, to_seq: 0, full: true, entries: vec![] }),
             ),
             ("refused", TrackerMessage::Refused { reason: "tracker full".into() }),
+            (
+                "sources",
+                TrackerMessage::Sources {
+                    path: rel("docs/a b.txt"),
+                    version: vv(&[(7, 2)]),
+                    holders: vec![Holder { peer_id: PeerId([1; 16]), addr: "127.0.0.1:9".parse().unwrap() }],
+                },
+            ),
         ];
         let requests = [
             (

@@ -701,12 +701,12 @@ mod tests {
     }
 
     #[test]
-    fn hello_carries_protocol_7_and_refuses_older_protocols() {
-        assert_eq!(hello_payload(), b"DARTSYNC\x00\x07");
+    fn hello_carries_protocol_8_and_refuses_older_protocols() {
+        assert_eq!(hello_payload(), b"DARTSYNC\x00\x08");
         check_hello(&hello_payload()).unwrap();
-        for old in [1u8, 2, 3, 4, 5, 6] {
+        for old in [1u8, 2, 3, 4, 5, 6, 7] {
             let err = check_hello(&[b"DARTSYNC".as_slice(), &[0, old]].concat()).unwrap_err().to_string();
-            assert!(err.contains(&format!("protocol {old}")) && err.contains("protocol 7"), "{err}");
+            assert!(err.contains(&format!("protocol {old}")) && err.contains("protocol 8"), "{err}");
         }
         assert!(check_hello(b"HTTP/1.1 200").is_err());
     }
@@ -827,7 +827,7 @@ mod tests {
         a.write_all(&u16::try_from(n).unwrap().to_be_bytes()).await.unwrap();
         a.write_all(&buf[..n]).await.unwrap();
         let err = server.await.unwrap().unwrap_err().to_string();
-        assert!(err.contains("protocol 2") && err.contains("protocol 7"), "{err}");
+        assert!(err.contains("protocol 2") && err.contains("protocol 8"), "{err}");
     }
 
     /// A snow initiator of the current handshake.

@@ -47,7 +47,10 @@ pub mod ptp;
 ///   device's state (admitted, pending, revoked) in `Devices`.
 /// - 7: small edits of big files: `GetChunkListSummary`, `GetChunkParts`
 ///   and `GetPart` with their answers (P2P).
-pub const PROTOCOL_VERSION: u16 = 7;
+/// - 8: `Sources` (PTP): a peer whose holders of a version could not
+///   deliver asks for the ones online now; the tracker no longer pages a
+///   holder's departure.
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// Why a decoded message was rejected by its `validate` method.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -142,6 +142,8 @@ pub(crate) type DeviceList = Arc<PublishedDevices>;
 pub(crate) enum Verdict {
     /// Applied (or harmlessly ignored): read the next message.
     Continue,
+    /// Send this answer on the session, then read the next message.
+    Answer(Box<TrackerMessage>),
     /// Refused by a bound: drop the peer with this reason.
     Refuse(String),
 }
@@ -649,6 +651,10 @@ impl Actor {
                         self.devices_dirty = true;
                         Verdict::Continue
                     }
+                    PeerMessage::Sources { path, version } => match self.state.sources(peer, &path, &version) {
+                        Some(holders) => Verdict::Answer(Box::new(TrackerMessage::Sources { path, version, holders })),
+                        None => Verdict::Continue,
+                    },
                     PeerMessage::KeepAlive | PeerMessage::Register(_) | PeerMessage::Goodbye => Verdict::Continue,
                 };
                 // The batch is applied: its slot goes back before the session hears.

@@ -47,7 +47,10 @@
 //! pages whenever the committed seq moves. After an interval with nothing
 //! to send it still asks the actor and sends a heartbeat (an empty delta
 //! repeating the last seq sent), so a peer notices a hung tracker or actor
-//! by silence alone. A peer that does not read cannot
+//! by silence alone. The actor's answer to a `Sources` goes from the
+//! reader to the writer over a small queue ([`ANSWERS_WAITING`]; the
+//! writer sends answers between pages); a full queue drops the answer, so
+//! the reader never waits on the writer. A peer that does not read cannot
 //! stop us from reading its keep-alives, and a peer that stops sending is
 //! expired by the actor, which cancels the token.
 //!
@@ -79,7 +82,7 @@ use dartsync_shared::proto::ProtocolError;
 use dartsync_shared::proto::ptp::{Delta, PeerMessage, TrackerMessage, Welcome};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::actor::{ActorHandle, DeviceList, Heard, LeaveReason, Link, RegisterReply, Verdict};
@@ -98,6 +101,11 @@ pub(crate) const REGISTER_TIMEOUT: Duration = HANDSHAKE_TIMEOUT;
 
 /// How long we try to deliver a `Refused` or a clean close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Answers (to `Sources`) waiting for the writer; a peer that asks faster
+/// than it reads loses the answers past these (it asks again after its
+/// next failed download), and the reader never waits on the writer.
+const ANSWERS_WAITING: usize = 16;
 
 /// Frames above [`MAX_CONTROL_FRAME`] being received or applied at once,
 /// tracker-wide (see the module header).
@@ -291,11 +299,12 @@ where
         }
     };
     let closed = |revoked: &AtomicBool| if revoked.load(Ordering::Acquire) { End::Revoked } else { End::Cancelled };
+    let (answers, answers_out) = mpsc::channel(ANSWERS_WAITING);
     tokio::select! {
         biased;
         () = token.cancelled() => Ok(closed(&revoked)),
-        end = read_loop(reader, peer, session, ctx, &heard) => end,
-        end = write_loop(writer, welcome, (seen_seq, seen_epoch), peer, session, ctx) => end,
+        end = read_loop(reader, peer, session, ctx, &heard, &answers) => end,
+        end = write_loop(writer, welcome, (seen_seq, seen_epoch), peer, session, ctx, answers_out) => end,
     }
 }
 
@@ -354,6 +363,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     session: u64,
     ctx: &SessionCtx,
     heard: &Heard,
+    answers: &mpsc::Sender<TrackerMessage>,
 ) -> Result<End, SessionError> {
     loop {
         let Some(len) = reader.peek_frame_len().await? else {
@@ -396,6 +406,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
                 match verdict {
                     Some(Verdict::Continue) => {}
+                    Some(Verdict::Answer(answer)) => {
+                        if answers.try_send(*answer).is_err() {
+                            tracing::debug!(%peer, "a sources answer dropped: the peer is not reading");
+                        }
+                    }
                     Some(Verdict::Refuse(reason)) => return Err(SessionError::Refused(reason)),
                     None => return Ok(End::Cancelled),
                 }
@@ -444,6 +459,16 @@ async fn send_devices<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// What woke an idle writer.
+enum Woke {
+    /// The committed seq moved: pages may be waiting.
+    Committed,
+    /// The device list changed.
+    Devices,
+    /// An answer for the peer.
+    Answer(TrackerMessage),
+}
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     writer: &mut ChannelWriter<W>,
     welcome: Welcome,
@@ -451,6 +476,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     peer: PeerId,
     session: u64,
     ctx: &SessionCtx,
+    mut answers: mpsc::Receiver<TrackerMessage>,
 ) -> Result<End, SessionError> {
     let actor = &ctx.actor;
     let mut committed = actor.subscribe();
@@ -470,7 +496,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             let Some(page) = actor.next_page(peer, session).await else {
                 return Ok(End::Cancelled);
             };
-            if !send_page(writer, page, &mut last_to, &ctx.churn).await? {
+            let more = send_page(writer, page, &mut last_to, &ctx.churn).await?;
+            // Answers go between pages, not behind a long backlog.
+            while let Ok(answer) = answers.try_recv() {
+                writer.send(&answer).await?;
+            }
+            if !more {
                 break;
             }
         }
@@ -480,16 +511,19 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         let woke = tokio::time::timeout(interval, async {
             tokio::select! {
-                changed = committed.changed() => changed.map(|()| false),
-                changed = devices.changed() => changed.map(|()| true),
+                changed = committed.changed() => changed.map(|()| Woke::Committed),
+                changed = devices.changed() => changed.map(|()| Woke::Devices),
+                // The reader holds the sender while the session lasts.
+                Some(answer) = answers.recv() => Ok(Woke::Answer(answer)),
             }
         });
         match woke.await {
-            Ok(Ok(false)) => {}
-            Ok(Ok(true)) => {
+            Ok(Ok(Woke::Committed)) => {}
+            Ok(Ok(Woke::Devices)) => {
                 let list = devices.borrow_and_update().clone();
                 send_devices(writer, &list, &ctx.churn).await?;
             }
+            Ok(Ok(Woke::Answer(answer))) => writer.send(&answer).await?,
             Ok(Err(_)) => return Ok(End::Cancelled),
             // Quiet for an interval: a heartbeat, after asking the actor
             // (a hung actor sends none, and the peer notices the silence).

@@ -63,7 +63,12 @@
 //! A registered peer has a heartbeat deadline of `3 x interval` after its
 //! last message; [`State::expire`] removes peers past it. Removing a peer
 //! (expiry, `Goodbye`, disconnect, or a new `Register` of the same id)
-//! removes it from every holders set, which is a change of those entries.
+//! removes it from every holders set. That takes no seq and is paged to
+//! no one: paging it would send every entry the peer held to every
+//! session (a laptop closing its lid in a synced 1,000-peer cluster of
+//! 1,000,000 files: 10^9 entries), and a peer that holds the record needs
+//! no sources. A peer that lacks it tries the holders it was told of and,
+//! when they fail, asks for the ones online now ([`State::sources`]).
 //! An online peer has a small *slot* (`u16`, reused after it leaves), and a
 //! holders set is a set of slots ([`HolderSet`]): a 64-bit map inside the
 //! entry while the slots in use are below 64, else the smaller of a sorted
@@ -77,17 +82,13 @@
 //! # Deltas
 //! [`State::next_page`] hands a session the entries with `seq` in
 //! `(sent_seq, seq]`, except entries where all the session has not seen
-//! is holders that came or went (no record change) and the peer holds the
-//! record itself, or holders that only came (no holder gone:
-//! `removed_seq`) to an entry with more than [`HOLDER_FANOUT`] holders:
-//! holders are what a peer needs to fetch a record it lacks, and more
-//! than a few add little. A peer of a synced cluster is not paged the
-//! entries a departing peer held: it holds them too. An entry lists at
-//! most [`HOLDER_FANOUT`] holders, starting after the session's own slot,
-//! so peers that lack the same record fetch it from different holders and
-//! an entry held by 1,000 peers costs a page 8 holders, not 256. A
-//! holder leaving is paged to every peer lacking the record (it may be
-//! one of the few that peer was told of). So a holder that
+//! is holders that came (no record change) and the peer holds the record
+//! itself or the entry has more than [`HOLDER_FANOUT`] holders: holders
+//! are what a peer needs to fetch a record it lacks, and more than a few
+//! add little. An entry lists at most [`HOLDER_FANOUT`] holders, starting
+//! after the session's own slot, so peers that lack the same record fetch
+//! it from different holders and an entry held by 1,000 peers costs a
+//! page 8 holders, not 256. So a holder that
 //! takes an entry past [`HOLDER_FANOUT`] holders takes no seq at all: it
 //! would be paged to no one, and a seq would only make every session step
 //! over it. With every peer holding every file, this keeps a cluster's
@@ -210,12 +211,6 @@ struct Entry {
     /// records and for a tombstone whose time is not known, such as one
     /// past 2106), read through [`Entry::deleted_at`].
     deleted_at: u32,
-    /// The last change that took a holder away, as `seq - record_seq` (0:
-    /// none since the record; [`REMOVED_LATELY`]: too far past the record
-    /// to count, so taken as the entry's seq), read through
-    /// [`Entry::removed_seq`]: a peer that has seen it and the record is
-    /// missing only holders that came since.
-    removed: u32,
 }
 
 /// The largest `Entry::record_age`.
@@ -224,15 +219,10 @@ const AGE_LATELY: u32 = u32::MAX;
 /// `Entry::deleted_at` of an entry with no deletion time.
 const NO_TIME: u32 = u32::MAX;
 
-/// `Entry::removed` of a holder removal more than `u32::MAX - 1` seqs after
-/// the record: the entry's seq stands in for it (a peer then gets the
-/// entry again, never misses it).
-const REMOVED_LATELY: u32 = u32::MAX;
-
 impl Entry {
     /// A new record at `seq`, with no holders and no deletion time.
     fn new(record: CompactRecord, seq: u64, author: AuthorRef) -> Self {
-        Entry { record, seq, holders: HolderSet::default(), record_age: 0, author, deleted_at: NO_TIME, removed: 0 }
+        Entry { record, seq, holders: HolderSet::default(), record_age: 0, author, deleted_at: NO_TIME }
     }
 
     /// Seq of the last record change (at most [`AGE_LATELY`] before `seq`).
@@ -256,22 +246,6 @@ impl Entry {
     /// Sets when the tombstone was accepted (a time past `u32` is unknown).
     fn set_deleted_at(&mut self, at: Option<u64>) {
         self.deleted_at = at.and_then(|at| u32::try_from(at).ok()).unwrap_or(NO_TIME);
-    }
-
-    /// Seq of the last change that took a holder away (0: none since the
-    /// record).
-    fn removed_seq(&self) -> u64 {
-        match self.removed {
-            0 => 0,
-            REMOVED_LATELY => self.seq,
-            since_record => (self.record_seq() + u64::from(since_record)).min(self.seq),
-        }
-    }
-
-    /// Notes that the change at `seq` (past the record) took a holder away.
-    fn set_removed_seq(&mut self, seq: u64) {
-        let since_record = seq.saturating_sub(self.record_seq()).max(1);
-        self.removed = u32::try_from(since_record).unwrap_or(REMOVED_LATELY);
     }
 }
 
@@ -824,17 +798,16 @@ impl State {
             return removed;
         }
         slots.sort_unstable();
-        let mut changed = Vec::new();
+        // Holders that went take no seq and are paged to no one (see the
+        // module header): a peer that lacks a record asks for sources when
+        // the ones it knows fail.
         for entry in self.entries.values_mut() {
-            if !entry.holders.is_empty() && entry.holders.retain(|h| slots.binary_search(&h).is_err()) {
-                changed.push(entry.seq);
+            if !entry.holders.is_empty() {
+                entry.holders.retain(|h| slots.binary_search(&h).is_err());
             }
         }
         for slot in slots {
             self.slots.release(slot);
-        }
-        for old in changed {
-            self.bump_entry(old, true);
         }
         removed
     }
@@ -854,14 +827,10 @@ impl State {
         self.authors.count(peer)
     }
 
-    /// Gives the entry whose seq is `old` the next seq (a holders change:
-    /// `removal` when a holder went).
-    fn bump_entry(&mut self, old: u64, removal: bool) {
+    /// Gives the entry whose seq is `old` the next seq (a holder came).
+    fn bump_entry(&mut self, old: u64) {
         let new = self.seq + 1;
-        if let Some(entry) = self.entries.set_seq(old, new) {
-            if removal {
-                entry.set_removed_seq(new);
-            }
+        if self.entries.set_seq(old, new).is_some() {
             self.seq = new;
         }
     }
@@ -1114,9 +1083,32 @@ impl State {
         // and no session steps over the other 992.
         if entry.holders.len() <= HOLDER_FANOUT {
             let old = entry.seq;
-            self.bump_entry(old, false);
+            self.bump_entry(old);
         }
         true
+    }
+
+    /// The answer to `peer`'s `Sources` for `version` of `path`: a few of
+    /// the online peers holding it, listed as a delta would list them;
+    /// `None` when that is not the global version (the delta of the one
+    /// that is reaches the peer anyway) or `peer` is not online.
+    pub fn sources(&self, peer: PeerId, path: &RelPath, version: &VersionVector) -> Option<Vec<Holder>> {
+        let me = self.peers.get(&peer)?.slot;
+        let entry = self.entries.get(path.as_str()).filter(|e| e.record.version_is(version))?;
+        let mut holders: Vec<Holder> = self.listed_holders(&entry.holders, me).collect();
+        holders.sort_unstable_by_key(|h| h.peer_id);
+        Some(holders)
+    }
+
+    /// The holders a delta lists to the peer in `me`: at most
+    /// [`HOLDER_FANOUT`], online, in [`listed_from`]'s order.
+    fn listed_holders<'a>(&'a self, holders: &'a HolderSet, me: u16) -> impl Iterator<Item = Holder> + 'a {
+        listed_from(holders, me)
+            .filter_map(|slot| {
+                let id = self.slots.peer(slot)?;
+                self.peers.get(&id).map(|p| Holder { peer_id: id, addr: p.addr })
+            })
+            .take(HOLDER_FANOUT)
     }
 
     /// The next delta page for `peer`'s session, advancing its `sent_seq`;
@@ -1155,14 +1147,7 @@ impl State {
             }
             bytes += size;
             let first = holders.len();
-            holders.extend(
-                listed_from(&entry.holders, me)
-                    .filter_map(|slot| {
-                        let id = self.slots.peer(slot)?;
-                        self.peers.get(&id).map(|p| Holder { peer_id: id, addr: p.addr })
-                    })
-                    .take(HOLDER_FANOUT),
-            );
+            holders.extend(self.listed_holders(&entry.holders, me));
             holders[first..].sort_unstable_by_key(|h| h.peer_id);
             entries.push(PageEntry { path, entry, holders: first..holders.len() });
             last = seq;
@@ -1382,28 +1367,19 @@ fn clamp_future_mtime(record: &mut FileRecord, now_unix: u64) -> bool {
 }
 
 /// True when all that a session which was handed everything up to `sent`
-/// has not seen of `e` is holders that came or went, and the peer (in
-/// `slot`) needs no news of them: it holds the record itself, or holders
-/// only came and it knows [`HOLDER_FANOUT`] sources already. Such a
-/// change is not paged to it. A departure is paged to every peer that
-/// lacks the record: one of the sources it was told of may be the one
-/// that went.
+/// has not seen of `e` is holders that came, and the peer (in `slot`)
+/// needs no news of them: it holds the record itself, or it knows
+/// [`HOLDER_FANOUT`] sources already. Such a change is not paged to it.
 fn nothing_new_for(e: &Entry, sent: u64, slot: u16) -> bool {
     if e.record_seq() > sent {
         return false;
     }
-    // Holders are sources to fetch from: a peer that holds the record
-    // needs none, whoever came or went (a peer of a synced 1,000-peer
-    // cluster is not paged every entry a departing peer held, each with
-    // its holders).
-    if slot != NO_SLOT && e.holders.contains(slot) {
-        return true;
-    }
-    e.removed_seq() <= sent && e.holders.len() > HOLDER_FANOUT
+    let holds = slot != NO_SLOT && e.holders.contains(slot);
+    holds || e.holders.len() > HOLDER_FANOUT
 }
 
 /// The slots of `holders` in the order a delta lists them to the peer at
-/// `me`: those after its own slot first, then from the lowest (so peers
+/// `me` (never its own): those after its slot first, then from the lowest (so peers
 /// lacking the same record are each sent to a different few of its
 /// holders, not all to the lowest slots).
 fn listed_from(holders: &HolderSet, me: u16) -> impl Iterator<Item = u16> + '_ {
@@ -1465,12 +1441,10 @@ mod tests {
         let record = CompactRecord::new(RecordBuilder::file("x").body("x").build());
         let mut e = Entry::new(record, 10, Authors::default().add(PeerId([1; 16])));
         e.set_seq(20);
-        e.set_removed_seq(15);
-        assert_eq!((e.record_seq(), e.removed_seq()), (10, 15));
+        assert_eq!(e.record_seq(), 10);
         let far = 10 + u64::from(u32::MAX) + 5;
         e.set_seq(far);
         assert_eq!(e.record_seq(), far - u64::from(AGE_LATELY), "later than 10 by 5");
-        assert!((15..=far).contains(&e.removed_seq()));
         e.set_seq(far + 1);
         assert_eq!(e.record_seq(), far + 1 - u64::from(AGE_LATELY), "it stays AGE_LATELY behind");
     }
@@ -1838,7 +1812,7 @@ mod tests {
     }
 
     #[test]
-    fn expiry_removes_holders_and_bumps_their_entries() {
+    fn expiry_removes_holders_and_pages_nothing() {
         let mut fx = Fixture::new();
         fx.join(1);
         fx.join(2);
@@ -1856,19 +1830,15 @@ mod tests {
         fx.state.check_invariants();
         assert_eq!(fx.global("a").2, vec![id(2)]);
         assert_eq!(fx.global("b").2, vec![]);
-        assert_eq!(fx.state.seq(), seq + 2, "both entries changed");
-        assert!(fx.global("a").1 > seq && fx.global("b").1 > seq);
+        assert_eq!(fx.state.seq(), seq, "no seq, no page");
+        assert!(fx.state.next_page(id(2), 2).unwrap().delta.is_none());
         assert_eq!(fx.state.next_deadline(), Some(start + Duration::from_secs(50)));
-        // The next page for peer 2 carries the one it lacks: of "a", which
-        // it holds, it needs no sources.
-        let page = fx.state.next_page(id(2), 2).unwrap();
-        let delta = page.delta.unwrap().decode();
-        assert!(!page.more);
-        let got: Vec<_> = delta.entries.iter().filter(|e| e.seq > seq).map(|e| e.record.path.as_str()).collect();
-        assert_eq!(got, vec!["b"]);
-        assert!(delta.entries.iter().all(|e| e.holders.iter().all(|h| h.peer_id != id(1))));
+        // Peer 2, which lacks "b", learns that no one holds it now when
+        // it asks.
+        assert_eq!(fx.state.sources(id(2), &RelPath::new("b").unwrap(), &vv(&[(1, 1)])), Some(vec![]));
         // An expired peer's stale session gets nothing.
         assert!(fx.state.next_page(id(1), 1).is_none());
+        assert!(fx.state.sources(id(1), &RelPath::new("a").unwrap(), &vv(&[(1, 1)])).is_none());
         assert!(!fx.state.remove_peer(id(1), T0));
     }
 
@@ -1911,51 +1881,44 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_lacking_a_record_hears_of_a_few_new_holders_and_of_every_departure() {
+    fn a_peer_lacking_a_record_hears_of_a_few_new_holders_and_asks_for_the_others() {
         let mut fx = Fixture::new();
         for n in 1..=12 {
             fx.join(n);
         }
         fx.announce(1, file("f", "x", vv(&[(1, 1)]), 1));
-        let page = |fx: &mut Fixture, n: u8| fx.state.next_page(id(n), u64::from(n)).unwrap().delta.unwrap().decode();
-        assert_eq!(page(&mut fx, 12).entries.len(), 1);
+        let f = RelPath::new("f").unwrap();
+        let page = |fx: &mut Fixture, n: u8| fx.state.next_page(id(n), u64::from(n)).unwrap().delta.map(|d| d.decode());
+        assert_eq!(page(&mut fx, 12).unwrap().entries.len(), 1);
         // Holders 2..=8 are paged to peer 12 (it lacks the record) ...
         for n in 2..=HOLDER_FANOUT as u8 {
-            assert!(fx.state.have(id(n), &RelPath::new("f").unwrap(), &vv(&[(1, 1)])));
-            assert_eq!(page(&mut fx, 12).entries.len(), 1, "holder {n}");
+            assert!(fx.state.have(id(n), &f, &vv(&[(1, 1)])));
+            assert_eq!(page(&mut fx, 12).unwrap().entries.len(), 1, "holder {n}");
         }
         // ... more are not: it knows eight sources. They take no seq, so
         // no session steps over them.
         for n in HOLDER_FANOUT as u8 + 1..=11 {
             let seq = fx.state.seq();
-            assert!(fx.state.have(id(n), &RelPath::new("f").unwrap(), &vv(&[(1, 1)])));
+            assert!(fx.state.have(id(n), &f, &vv(&[(1, 1)])));
             assert_eq!(fx.state.seq(), seq, "holder {n} took a seq");
-            assert!(fx.state.next_page(id(12), 12).unwrap().delta.is_none(), "holder {n}");
+            assert!(page(&mut fx, 12).is_none(), "holder {n}");
         }
         // A peer that comes now lacks it and reads eight of the holders.
         fx.join(13);
-        let delta = page(&mut fx, 13);
-        assert_eq!(delta.entries[0].holders.len(), HOLDER_FANOUT);
-        // A holder leaving is always paged to a peer lacking the record,
-        // with eight of the ten left; not to the peers holding it.
-        for n in [1, 2, 11] {
-            fx.state.next_page(id(n), u64::from(n)).unwrap();
+        assert_eq!(page(&mut fx, 13).unwrap().entries[0].holders.len(), HOLDER_FANOUT);
+        // Holders leaving are paged to no one; a peer lacking the record
+        // asks and gets eight of the holders left, never one that left.
+        for n in 1..=5 {
+            assert!(fx.state.remove_peer(id(n), T0));
         }
-        assert!(fx.state.remove_peer(id(3), T0));
-        let delta = page(&mut fx, 12);
-        assert_eq!(delta.entries.len(), 1);
-        assert_eq!(delta.entries[0].holders.len(), HOLDER_FANOUT);
-        assert!(delta.entries[0].holders.iter().all(|h| h.peer_id != id(3)));
-        for n in [1, 2, 11] {
-            assert!(
-                fx.state.next_page(id(n), u64::from(n)).unwrap().delta.is_none_or(|d| d.decode().entries.is_empty())
-            );
-        }
-        // A departure, then an arrival before the next page: still paged.
-        assert!(fx.state.remove_peer(id(4), T0));
-        fx.join(4);
-        assert!(fx.state.have(id(4), &RelPath::new("f").unwrap(), &vv(&[(1, 1)])));
-        assert_eq!(page(&mut fx, 12).entries.len(), 1);
+        assert!(page(&mut fx, 12).is_none());
+        let sources = fx.state.sources(id(12), &f, &vv(&[(1, 1)])).unwrap();
+        let ids: BTreeSet<PeerId> = sources.iter().map(|h| h.peer_id).collect();
+        assert_eq!(ids, (6..=11).map(id).collect(), "six holders are left");
+        assert_eq!(sources[0].addr, SocketAddr::from(([127, 0, 0, 6], 4006)));
+        // Not for another version: the delta of the global one comes anyway.
+        assert!(fx.state.sources(id(12), &f, &vv(&[(1, 2)])).is_none());
+        assert!(fx.state.sources(id(12), &RelPath::new("g").unwrap(), &vv(&[(1, 1)])).is_none());
         fx.state.check_invariants();
     }
 
@@ -1986,25 +1949,24 @@ mod tests {
             pages(&mut fx, n);
         }
         // Every peer holds every file; one leaving changes the holders of
-        // all three entries, and no one that is left needs to hear of it.
+        // all three entries and takes no seq: no one hears of it.
         let seq = fx.state.seq();
         assert!(fx.state.remove_peer(id(3), T0));
-        assert_eq!(fx.state.seq(), seq + 3, "each entry lost a holder");
+        assert_eq!(fx.state.seq(), seq, "a departure takes no seq");
         for n in [1, 2, 4, 5] {
             assert_eq!(pages(&mut fx, n), vec![], "peer {n}");
         }
-        // A peer that lacks the records hears of the departures, and of
-        // the holders left.
+        // Nor does a peer that lacks the records; it asks when the
+        // holders it knows fail.
         fx.join(6);
-        pages(&mut fx, 6);
+        assert_eq!(pages(&mut fx, 6).len(), 3);
         assert!(fx.state.remove_peer(id(4), T0));
-        let to_6 = pages(&mut fx, 6);
-        assert_eq!(to_6.iter().map(|e| e.record.path.as_str()).collect::<Vec<_>>(), paths);
-        for e in &to_6 {
-            assert_eq!(e.holders.iter().map(|h| h.peer_id).collect::<Vec<_>>(), vec![id(1), id(2), id(5)]);
-        }
-        for n in [1, 2, 5] {
-            assert_eq!(pages(&mut fx, n), vec![], "peer {n}");
+        assert_eq!(pages(&mut fx, 6), vec![]);
+        for p in paths {
+            let sources = fx.state.sources(id(6), &RelPath::new(p).unwrap(), &vv(&[(1, 1)])).unwrap();
+            let mut ids: Vec<PeerId> = sources.iter().map(|h| h.peer_id).collect();
+            ids.sort();
+            assert_eq!(ids, vec![id(1), id(2), id(5)], "{p}");
         }
         fx.state.check_invariants();
     }
@@ -2186,7 +2148,7 @@ mod tests {
     }
 
     #[test]
-    fn removing_a_peer_touches_only_the_entries_it_holds() {
+    fn removing_a_peer_takes_its_slot_out_of_every_holders_set_and_no_seq() {
         let mut fx = Fixture::new();
         fx.join(1);
         fx.join(2);
@@ -2199,12 +2161,15 @@ mod tests {
         let seq = fx.state.seq();
         assert!(fx.state.remove_peer(id(2), T0));
         fx.state.check_invariants();
-        assert_eq!(fx.state.seq(), seq + 3, "three entries changed, no others");
-        let changed: Vec<&str> = fx.state.entries.since(seq).map(|(p, _)| p).collect();
-        assert_eq!(changed, ["f3", "f250", "f499"], "in table (slot) order");
-        // Peer 1's removal changes its 500 entries.
+        assert_eq!(fx.state.seq(), seq, "a departure takes no seq");
+        for i in [3, 250, 499, 0] {
+            assert_eq!(fx.global(&format!("f{i}")).2, vec![id(1)], "f{i}");
+        }
         assert!(fx.state.remove_peer(id(1), T0));
-        assert_eq!(fx.state.seq(), seq + 3 + 500);
+        assert_eq!(fx.state.seq(), seq);
+        for i in [0, 3, 499] {
+            assert_eq!(fx.global(&format!("f{i}")).2, vec![], "f{i}");
+        }
         fx.state.check_invariants();
     }
 

@@ -36,8 +36,11 @@ async fn an_announce_reaches_the_other_peer_as_exactly_that_delta() {
         entries: vec![DeltaEntry { record: r1.clone(), seq: 1, holders: vec![holder.clone()] }],
     };
     assert_eq!(b.delta().await, want);
-    // The announcer gets it too (and ignores it).
-    assert_eq!(a.delta().await, want);
+    // The announcer gets it too (and ignores it), without itself as a
+    // holder: no peer is listed to itself.
+    let mut to_a = want.clone();
+    to_a.entries[0].holders.clear();
+    assert_eq!(a.delta().await, to_a);
 
     // The next delta is exactly the next change: nothing else was sent in between.
     let r2 = file("two", "two", edit(&VersionVector::new(), a.id()), 100);
@@ -79,30 +82,35 @@ async fn a_silent_peer_expires_and_leaves_the_holders() {
     let r1 = file("f", "x", edit(&VersionVector::new(), a.id()), 1);
     // Taken before sending, so the tracker's deadline is at least this + 3 x interval.
     let last_message = Instant::now();
-    a.announce(vec![r1]).await;
-    // Deltas with news, skipping the heartbeats of a quiet session.
-    let mut news = async || loop {
+    a.announce(vec![r1.clone()]).await;
+    // B hears of the record, then of A going offline (a device list),
+    // with no delta about it: a departure takes no seq.
+    let mut delta = None;
+    let elapsed = loop {
         match recv(&mut b_reader).await {
             TrackerMessage::Delta(d) if d.entries.is_empty() && !d.full => continue,
-            TrackerMessage::Delta(d) => return d,
-            TrackerMessage::Devices { .. } | TrackerMessage::Conflict(_) => continue,
+            TrackerMessage::Delta(d) if delta.is_none() => delta = Some(d),
+            TrackerMessage::Devices { devices } if devices.iter().any(|d| d.peer_id == a.id() && !d.online) => {
+                break last_message.elapsed();
+            }
+            TrackerMessage::Devices { .. } => continue,
             other => panic!("{other:?}"),
         }
     };
-    let delta = news().await;
-    assert_eq!(delta.entries[0].holders.len(), 1);
-
-    // The next delta B receives removes A from the holders.
-    let delta = news().await;
-    let elapsed = last_message.elapsed();
-    assert_eq!(delta.entries.len(), 1);
-    assert_eq!(delta.entries[0].record.path.as_str(), "f");
-    assert!(delta.entries[0].holders.is_empty(), "{delta:?}");
+    assert_eq!(delta.unwrap().entries[0].holders.len(), 1);
     assert!(elapsed >= interval * 3, "expired after {elapsed:?}, before 3 x interval");
     assert!(elapsed <= interval * 3 + Duration::from_secs(1), "expired only after {elapsed:?}");
     // And A's connection was closed.
     expect_closed(&mut a.reader).await;
     keep_alive.abort();
+    // A peer that asks (C lacks the record) learns that no one holds it.
+    let mut c = tracker.peer(4003).await;
+    assert_eq!(c.delta().await.entries[0].holders, vec![]);
+    assert_eq!(c.sources(&r1.path, &r1.version).await, Some(vec![]));
+    // A version that is not the global one gets no answer (here: the
+    // heartbeat that follows).
+    let other = file("f", "y", edit(&VersionVector::new(), c.id()), 1);
+    assert_eq!(c.sources(&other.path, &other.version).await, None);
     tracker.stop().await;
 }
 
@@ -281,15 +289,14 @@ async fn a_reconnect_with_the_same_id_replaces_the_old_session() {
     let tracker = TestTracker::start(SLOW, 16).await;
     let id = Identity::generate();
     let mut old = FakePeer::register(tracker.addr, &tracker.key, id.clone(), 4001, 0, 0).await;
-    old.announce(vec![file("x", "x", edit(&VersionVector::new(), id.peer_id()), 1)]).await;
+    let x = file("x", "x", edit(&VersionVector::new(), id.peer_id()), 1);
+    old.announce(vec![x.clone()]).await;
     old.delta().await;
     let mut new = FakePeer::register(tracker.addr, &tracker.key, id.clone(), 4999, 1, tracker.epoch).await;
     expect_closed(&mut old.reader).await;
     // The old session's holdings are gone until the new one announces its summary.
-    let d = new.delta().await;
-    assert_eq!(d.entries.len(), 1);
-    assert!(d.entries[0].holders.is_empty());
-    new.announce(vec![file("x", "x", edit(&VersionVector::new(), id.peer_id()), 1)]).await;
+    assert_eq!(new.sources(&x.path, &x.version).await, Some(vec![]));
+    new.announce(vec![x.clone()]).await;
     // Applied (its own page moves on, empty: it holds the record) ...
     let d = new.delta().await;
     assert!(d.entries.is_empty(), "{d:?}");
@@ -306,13 +313,16 @@ async fn goodbye_removes_the_peer_from_the_holders_at_once() {
     let tracker = TestTracker::start(SLOW, 16).await;
     let mut a = tracker.peer(4001).await;
     let mut b = tracker.peer(4002).await;
-    a.announce(vec![file("x", "x", edit(&VersionVector::new(), a.id()), 1)]).await;
+    let x = file("x", "x", edit(&VersionVector::new(), a.id()), 1);
+    a.announce(vec![x.clone()]).await;
     assert_eq!(b.delta().await.entries[0].holders.len(), 1);
+    let holder = Holder { peer_id: a.id(), addr: format!("127.0.0.1:{}", a.listen_port).parse().unwrap() };
+    assert_eq!(b.sources(&x.path, &x.version).await, Some(vec![holder]));
+    let a_id = a.id();
     a.goodbye().await;
-    let d = b.delta().await;
-    assert_eq!((d.from_seq, d.to_seq), (1, 2));
-    assert_eq!(d.entries.len(), 1);
-    assert!(d.entries[0].holders.is_empty());
+    b.until_offline(a_id).await;
+    // B lacks the record: when it asks, no one holds it any more.
+    assert_eq!(b.sources(&x.path, &x.version).await, Some(vec![]));
     tracker.stop().await;
 }
 

@@ -87,8 +87,8 @@ pub struct Outcome {
     pub departure_entries: u64,
     /// Bytes of those pages.
     pub departure_bytes: u64,
-    /// Seconds from its `Goodbye` until every session left had the seq
-    /// its departure took.
+    /// Seconds from its `Goodbye` until every session left had a device
+    /// list showing it gone.
     pub departure_secs: f64,
     /// Tracker CPU time meanwhile, s.
     pub departure_cpu_secs: f64,

@@ -23,8 +23,9 @@
 //! 7. fan-out: peer 0 announces edits one at a time; for each, the delay
 //!    until every session has received the delta holding it;
 //! 8. departure: the last peer says `Goodbye`; every entry it held loses
-//!    a holder (a seq each): the delta entries and bytes the sessions left
-//!    receive until they have those seqs, the time, the tracker's CPU.
+//!    a holder: the delta entries and bytes the sessions left receive
+//!    until their device lists show it gone and their seqs stand still,
+//!    the time until the device lists show it, the tracker's CPU.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -101,6 +102,10 @@ const CONNECT_ATTEMPTS: u32 = 10;
 /// Quiet time after which a phase counts as settled even below the
 /// expected seq (a tracker that gives holder changes no seq of their own).
 const QUIET: Duration = Duration::from_secs(5);
+
+/// How long the sessions must stand still after a departure before what
+/// it set off counts as over.
+const QUIET_AFTER_DEPARTURE: Duration = Duration::from_secs(2);
 
 /// Runs every phase against `target`.
 pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> {
@@ -299,13 +304,18 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
             })
         };
         let (entries, bytes) = before(&peers);
-        let seq = peers.iter().map(SimPeer::seq).max().unwrap_or(0);
         let cpu_start = procfs::sample(pid)?.cpu_ticks;
         let start = Instant::now();
         leaving.close().await;
-        // Each entry it held loses a holder: one seq each.
-        settle(&peers, seq + held, opts.phase_timeout, "a peer's departure", &mut o.notes).await?;
+        // Applied once every session's device list shows it gone; then
+        // whatever it set off (a tracker that pages departures sends the
+        // entries it held) until the sessions' seqs stand still.
+        let gone = || peers.iter().all(|p| up_to_date_listed(p) < layout.peers);
+        if !wait_until(&peers, opts.phase_timeout, gone).await? {
+            o.notes.push("a peer's departure: not every session's device list showed it in time".to_owned());
+        }
         o.departure_secs = start.elapsed().as_secs_f64();
+        quiet(&peers, opts.phase_timeout).await?;
         let reading = procfs::settled(pid).await?;
         o.departure_cpu_secs = cpu_secs(reading.cpu_ticks - cpu_start);
         let (entries_after, bytes_after) = before(&peers);
@@ -429,6 +439,33 @@ async fn settle(
         }
         if Instant::now() >= deadline {
             return Err(LoadError::Timeout { what: what.to_owned(), min, max, expected });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until every session stands at one seq and has received no delta
+/// entry for [`QUIET_AFTER_DEPARTURE`].
+async fn quiet(peers: &[SimPeer], timeout: Duration) -> Result<(), LoadError> {
+    let deadline = Instant::now() + timeout;
+    let look = || {
+        let seqs = peers.iter().map(SimPeer::seq);
+        let entries: u64 = peers.iter().map(|p| p.seen.entries.load(Ordering::SeqCst)).sum();
+        (seqs.clone().min(), seqs.max(), entries)
+    };
+    let mut last = look();
+    let mut since = Instant::now();
+    loop {
+        check_alive(peers)?;
+        let now = look();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if now.0 == now.1 && since.elapsed() >= QUIET_AFTER_DEPARTURE {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let (min, max) = (now.0.unwrap_or(0), now.1.unwrap_or(0));
+            return Err(LoadError::Timeout { what: "quiet after a departure".into(), min, max, expected: max });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -341,5 +341,6 @@ fn kind(msg: &PeerMessage) -> &'static str {
         PeerMessage::KeepAlive => "keep-alive",
         PeerMessage::Goodbye => "goodbye",
         PeerMessage::Report(_) => "report",
+        PeerMessage::Sources { .. } => "sources",
     }
 }

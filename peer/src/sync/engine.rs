@@ -17,6 +17,10 @@
 //!   local version and lets the tracker decide.
 //! - Replaced and deleted files go to the version history, never away.
 //! - One download per path at a time; a newer version cancels the older.
+//! - The holders of an entry may be stale: the tracker pages new holders
+//!   (a few) but no departure. A download that finds none of its holders
+//!   able to deliver asks the tracker for the ones online now (`Sources`),
+//!   once per failure, so at the pace of the path's backoff.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -26,7 +30,7 @@ use dartsync_shared::human::{plural, size};
 use dartsync_shared::path::case_fold_key;
 use dartsync_shared::proto::ptp::{ConflictNotice, Delta, Holder, PeerReport};
 use dartsync_shared::status::{Conflict, FolderState, MAX_LISTED, WaitingPath};
-use dartsync_shared::{ChunkInfo, FileRecord, PeerId, RelPath};
+use dartsync_shared::{ChunkInfo, FileRecord, PeerId, RelPath, VersionVector};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -489,6 +493,9 @@ impl Engine {
                 self.apply_delta(delta);
             }
             Event::Tracker(TrackerEvent::Devices(devices)) => self.parts.status.set_devices(devices),
+            Event::Tracker(TrackerEvent::Sources { path, version, holders }) => {
+                self.sources_answered(path, &version, holders);
+            }
             Event::Tracker(TrackerEvent::Conflict(notice)) => self.conflict_lost(notice),
             Event::Tracker(TrackerEvent::Brake(notice)) => {
                 // Held or rejected: no echo comes (status shows the hold).
@@ -930,6 +937,12 @@ impl Engine {
             Err(e) => {
                 if self.global.get(&path).is_some_and(|g| g.record.version == record.version) {
                     self.park(&path, "download failed", download_reason(&e));
+                    // The holders this peer knows may have left (the
+                    // tracker pages no departure): ask for the ones online
+                    // now. Once per failure, so at the pace of the backoff.
+                    if matches!(e, DownloadError::NoChunkList { .. } | DownloadError::NoHoldersLeft { .. }) {
+                        self.ask_sources(&record).await;
+                    }
                 }
                 return;
             }
@@ -1192,6 +1205,31 @@ impl Engine {
                 plural(sources, "peer")
             );
             r.logged = (now, done);
+        }
+    }
+
+    /// Asks the tracker which peers hold `record` now.
+    async fn ask_sources(&self, record: &FileRecord) {
+        self.parts
+            .client
+            .send(ClientCommand::Sources { path: record.path.clone(), version: record.version.clone() })
+            .await;
+    }
+
+    /// The tracker's answer to [`Self::ask_sources`]: holders that differ
+    /// from the ones known (for the version still global here) replace
+    /// them and wake the path; the same ones leave it to its backoff, so
+    /// holders that are online but unreachable from here are not retried
+    /// in a loop.
+    fn sources_answered(&mut self, path: RelPath, version: &VersionVector, holders: Vec<Holder>) {
+        let holders: Vec<Holder> = holders.into_iter().filter(|h| h.peer_id != self.parts.me).collect();
+        let listed = holders.len();
+        if !self.global.set_holders(&path, version, holders) {
+            return;
+        }
+        tracing::debug!(%path, holders = listed, "new sources from the tracker");
+        if self.waiting.wake(&path) {
+            self.dirty.insert(path);
         }
     }
 

@@ -4,9 +4,9 @@
 //! On every (re)connection it registers with the last `seq` and `epoch` it
 //! received, then sends the peer's whole local summary (so a restarted
 //! tracker rebuilds who holds what), then streams incremental
-//! announcements and `Have`s from the engine and `KeepAlive`s every
-//! interval. Deltas and connection changes go to the engine as
-//! [`TrackerEvent`]s.
+//! announcements, `Have`s and `Sources` questions from the engine and
+//! `KeepAlive`s every interval. Deltas, answers and connection changes go
+//! to the engine as [`TrackerEvent`]s.
 //!
 //! While the tracker is away, commands are dropped rather than queued: the
 //! summary sent on the next registration carries the same information
@@ -75,7 +75,7 @@ use dartsync_shared::device::DeviceState;
 use dartsync_shared::id::PublicKey;
 use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::proto::ptp::{
-    BrakeNotice, ConflictNotice, Delta, DeviceInfo, PeerMessage, PeerReport, Register, TrackerMessage, Welcome,
+    BrakeNotice, ConflictNotice, Delta, DeviceInfo, Holder, PeerMessage, PeerReport, Register, TrackerMessage, Welcome,
     announce_batches,
 };
 use dartsync_shared::proto::{PROTOCOL_VERSION, ProtocolError};
@@ -350,6 +350,15 @@ pub enum TrackerEvent {
     /// The tracker's mass-change brake held, released or rejected this
     /// peer's changes.
     Brake(BrakeNotice),
+    /// The tracker's answer to [`ClientCommand::Sources`].
+    Sources {
+        /// The path asked about.
+        path: RelPath,
+        /// The version asked about (still the global one).
+        version: VersionVector,
+        /// The online peers holding it (a few; possibly this peer).
+        holders: Vec<Holder>,
+    },
     /// An established session ended; the client is reconnecting.
     Disconnected(String),
 }
@@ -368,6 +377,14 @@ pub enum ClientCommand {
     },
     /// Where this peer stands.
     Report(PeerReport),
+    /// The holders known of `version` of `path` could not deliver: ask
+    /// which peers hold it now (answered with [`TrackerEvent::Sources`]).
+    Sources {
+        /// The path.
+        path: RelPath,
+        /// The version wanted.
+        version: VersionVector,
+    },
 }
 
 /// Produces the whole local summary (blocking; run on a blocking thread).
@@ -895,6 +912,9 @@ async fn session(
                 Some(ClientCommand::Have { path, version }) => {
                     writer.send(&PeerMessage::Have { path, version }).await?;
                 }
+                Some(ClientCommand::Sources { path, version }) => {
+                    writer.send(&PeerMessage::Sources { path, version }).await?;
+                }
                 Some(ClientCommand::Report(report)) => writer.send(&PeerMessage::Report(report)).await?,
                 None => return Ok(()),
             },
@@ -927,6 +947,9 @@ async fn session(
                     }
                     TrackerMessage::Conflict(notice) => pending.push_back(TrackerEvent::Conflict(notice)),
                     TrackerMessage::Brake(notice) => pending.push_back(TrackerEvent::Brake(notice)),
+                    TrackerMessage::Sources { path, version, holders } => {
+                        pending.push_back(TrackerEvent::Sources { path, version, holders });
+                    }
                     TrackerMessage::Refused { reason } => {
                         return Err(ClientError::Refused { addr: cfg.tracker_addr.clone(), reason });
                     }

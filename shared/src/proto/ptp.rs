@@ -57,6 +57,17 @@
 //! The peer now holds `version` of `path` (it finished a download); the
 //! tracker adds it to the holders if that is still the global version.
 //!
+//! # Sources
+//! A delta lists a few of an entry's holders (the tracker pages new
+//! holders until an entry has a few, and never a holder's departure: in a
+//! synced cluster that would page every entry the departing peer held to
+//! every session). So a peer whose listed holders of a version could not
+//! deliver (gone, unreachable, busy) sends [`PeerMessage::Sources`]; the
+//! tracker answers [`TrackerMessage::Sources`] with the holders online
+//! now (none: the peer waits for a delta that brings one), or nothing if
+//! that is no longer the global version (the delta of the newer one is on
+//! its way).
+//!
 //! # Delta
 //! Entries with `seq` in `(from_seq, to_seq]`, each with the reachable
 //! addresses of the peers holding exactly that version. `full` marks a
@@ -227,6 +238,14 @@ pub enum PeerMessage {
     Goodbye,
     /// Where the peer stands (see [`PeerReport`]).
     Report(PeerReport),
+    /// The holders this peer knows of `version` of `path` could not
+    /// deliver: which peers hold it now? (See the module header.)
+    Sources {
+        /// The path.
+        path: RelPath,
+        /// The version wanted.
+        version: VersionVector,
+    },
 }
 
 /// The tracker's answer to `Register`.
@@ -319,6 +338,19 @@ pub enum TrackerMessage {
     /// This device is revoked: the session closes after this message, and
     /// every later registration is refused with it.
     Revoked,
+    /// Answer to [`PeerMessage::Sources`]: the online peers holding
+    /// `version` of `path` (a few of them), which is still the global
+    /// version.
+    Sources {
+        /// The path asked about.
+        path: RelPath,
+        /// The version asked about.
+        version: VersionVector,
+        /// At most [`MAX_HOLDERS_PER_ENTRY`] (bounded while decoding);
+        /// empty when no online peer holds it.
+        #[serde(deserialize_with = "entry_holders")]
+        holders: Vec<Holder>,
+    },
 }
 
 fn rejected_paths<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<RelPath>, D::Error> {
@@ -413,15 +445,20 @@ impl PeerMessage {
                 records.iter().try_for_each(|r| r.validate().map_err(Into::into))
             }
             PeerMessage::Register(r) => check_wire_name(&r.name),
-            PeerMessage::Have { version, .. } => {
-                if version.is_empty() {
-                    return Err(ProtocolError::Invalid("have: empty version vector"));
-                }
-                version.check().map_err(|source| ProtocolError::Version { what: "have", source })
-            }
+            PeerMessage::Have { version, .. } => check_wanted("have", "have: empty version vector", version),
+            PeerMessage::Sources { version, .. } => check_wanted("sources", "sources: empty version vector", version),
             _ => Ok(()),
         }
     }
+}
+
+/// The version of a `Have` or `Sources` (`what`): not empty (else
+/// `empty`), every counter valid.
+fn check_wanted(what: &'static str, empty: &'static str, version: &VersionVector) -> Result<(), ProtocolError> {
+    if version.is_empty() {
+        return Err(ProtocolError::Invalid(empty));
+    }
+    version.check().map_err(|source| ProtocolError::Version { what, source })
 }
 
 impl TrackerMessage {
@@ -436,6 +473,7 @@ impl TrackerMessage {
             TrackerMessage::Brake(_) => "a brake notice",
             TrackerMessage::Pending { .. } => "a pending notice",
             TrackerMessage::Revoked => "a revocation",
+            TrackerMessage::Sources { .. } => "a sources answer",
         }
     }
 
@@ -482,6 +520,10 @@ impl TrackerMessage {
                 Ok(())
             }
             TrackerMessage::Revoked => Ok(()),
+            TrackerMessage::Sources { version, holders, .. } => {
+                check_len("holders", holders.len(), MAX_HOLDERS_PER_ENTRY)?;
+                check_wanted("sources", "sources: empty version vector", version)
+            }
         }
     }
 }
@@ -515,6 +557,10 @@ mod tests {
                 waiting: 1,
                 rate: 4,
             }),
+            PeerMessage::Sources {
+                path: RelPath::new("x").unwrap(),
+                version: VersionVector::from_entries([(ShortId(1), 1)]),
+            },
         ]
     }
 
@@ -553,6 +599,11 @@ mod tests {
             TrackerMessage::Brake(BrakeNotice::Rejected { paths: vec![RelPath::new("a/b").unwrap()] }),
             TrackerMessage::Pending { interval_ms: 1000 },
             TrackerMessage::Revoked,
+            TrackerMessage::Sources {
+                path: RelPath::new("x").unwrap(),
+                version: VersionVector::from_entries([(ShortId(1), 1)]),
+                holders: vec![Holder { peer_id: PeerId([1; 16]), addr: "[::1]:9".parse().unwrap() }],
+            },
         ]
     }
 
@@ -574,9 +625,9 @@ mod tests {
     fn variant_order_is_pinned() {
         // The first byte is the variant index: reordering variants breaks this.
         let firsts: Vec<u8> = peer_messages().iter().map(|m| encode(m).unwrap()[0]).collect();
-        assert_eq!(firsts, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(firsts, [0, 1, 2, 3, 4, 5, 6]);
         let firsts: Vec<u8> = tracker_messages().iter().map(|m| encode(m).unwrap()[0]).collect();
-        assert_eq!(firsts, [0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(firsts, [0, 1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(encode(&PeerMessage::KeepAlive).unwrap(), [3]);
         assert_eq!(
             encode(&PeerMessage::Register(Register::new(PeerId([0; 16]), 1, 2, 3, "a"))).unwrap(),
@@ -697,6 +748,16 @@ mod tests {
         let have = PeerMessage::Have { path: RelPath::new(&longest_path()).unwrap(), version: longest_version() };
         let have = encode(&have).unwrap().len();
         assert!(have <= MAX_CONTROL_FRAME && have + 32 > MAX_CONTROL_FRAME, "{have} vs {MAX_CONTROL_FRAME}");
+        let ask = PeerMessage::Sources { path: RelPath::new(&longest_path()).unwrap(), version: longest_version() };
+        let ask = encode(&ask).unwrap().len();
+        assert!(ask <= MAX_CONTROL_FRAME, "{ask} vs {MAX_CONTROL_FRAME}");
+        let holder = Holder { peer_id: PeerId([0xFF; 16]), addr: "[ffff::ffff]:65535".parse().unwrap() };
+        let answer = TrackerMessage::Sources {
+            path: RelPath::new(&longest_path()).unwrap(),
+            version: longest_version(),
+            holders: vec![holder; MAX_HOLDERS_PER_ENTRY],
+        };
+        assert!(encode(&answer).unwrap().len() <= MAX_BATCH_BYTES);
         let record = largest_record();
         let bytes = crate::codec::encoded_len(&record).unwrap();
         assert!(bytes <= MAX_ENCODED_RECORD && bytes + 32 > MAX_ENCODED_RECORD, "{bytes} vs {MAX_ENCODED_RECORD}");

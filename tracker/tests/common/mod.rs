@@ -12,9 +12,9 @@ use dartsync_shared::channel::{self, ChannelReader, ChannelWriter};
 use dartsync_shared::config::TrackerConfig;
 use dartsync_shared::key::{ClusterKey, Identity};
 use dartsync_shared::limits::DEFAULT_PIECE_LEN;
-use dartsync_shared::proto::ptp::{Delta, DeltaEntry, PeerMessage, Register, TrackerMessage, Welcome};
+use dartsync_shared::proto::ptp::{Delta, DeltaEntry, Holder, PeerMessage, Register, TrackerMessage, Welcome};
 use dartsync_shared::test_util::RecordBuilder;
-use dartsync_shared::{FileRecord, PeerId, VersionVector};
+use dartsync_shared::{FileRecord, PeerId, RelPath, VersionVector};
 use dartsync_tracker::{Tracker, TrackerError};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -172,6 +172,36 @@ impl FakePeer {
         loop {
             if let TrackerMessage::Conflict(notice) = recv(&mut self.reader).await {
                 return notice;
+            }
+        }
+    }
+
+    /// Asks which peers hold `version` of `path` now and reads until the
+    /// answer (skipping heartbeats and device lists; a delta with news
+    /// before it fails the test). `None`: the tracker did not answer
+    /// (another version is global), seen as the heartbeat that follows.
+    pub async fn sources(&mut self, path: &RelPath, version: &VersionVector) -> Option<Vec<Holder>> {
+        self.send(&PeerMessage::Sources { path: path.clone(), version: version.clone() }).await;
+        loop {
+            match recv(&mut self.reader).await {
+                TrackerMessage::Sources { path: p, version: v, holders } => {
+                    assert_eq!((&p, &v), (path, version));
+                    return Some(holders);
+                }
+                TrackerMessage::Delta(d) if d.entries.is_empty() && !d.full && d.from_seq == d.to_seq => return None,
+                TrackerMessage::Devices { .. } => continue,
+                other => panic!("expected the sources answer, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until a device list shows `peer` offline.
+    pub async fn until_offline(&mut self, peer: PeerId) {
+        loop {
+            if let TrackerMessage::Devices { devices } = recv(&mut self.reader).await
+                && devices.iter().any(|d| d.peer_id == peer && !d.online)
+            {
+                return;
             }
         }
     }

@@ -14,7 +14,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use dartsync_shared::proto::ptp::Holder;
-use dartsync_shared::{FileRecord, RelPath};
+use dartsync_shared::{FileRecord, RelPath, VersionVector};
 
 /// One entry of the global table as this peer knows it.
 #[derive(Debug, Clone)]
@@ -75,6 +75,18 @@ impl GlobalTable {
     pub(super) fn insert(&mut self, record: FileRecord, holders: Vec<Holder>) -> Option<GlobalEntry> {
         let holders = self.lists.share(holders);
         self.entries.replace(ByPath(Box::new(GlobalEntry { record, holders }))).map(|e| *e.0)
+    }
+
+    /// Replaces the holders of `path` when its record is `version` and
+    /// `holders` differ from the ones known; true if it did.
+    pub(super) fn set_holders(&mut self, path: &RelPath, version: &VersionVector, holders: Vec<Holder>) -> bool {
+        let Some(entry) = self.get(path) else { return false };
+        if entry.record.version != *version || *entry.holders == *holders {
+            return false;
+        }
+        let record = entry.record.clone();
+        self.insert(record, holders);
+        true
     }
 
     /// Forgets every entry (a new tracker history: the full table follows).
@@ -174,6 +186,22 @@ mod tests {
         table.clear();
         assert_eq!(table.len(), 0);
         assert!(table.get(&RelPath::new("a").unwrap()).is_none());
+    }
+
+    #[test]
+    fn holders_are_replaced_only_for_the_version_known_and_only_when_they_differ() {
+        let mut table = GlobalTable::default();
+        let a = RelPath::new("a").unwrap();
+        table.insert(record("a", 2), vec![holder(1)]);
+        assert!(!table.set_holders(&a, &vv(&[(1, 1)]), vec![holder(2)]), "another version");
+        assert!(!table.set_holders(&a, &vv(&[(1, 2)]), vec![holder(1)]), "the same holders");
+        assert!(!table.set_holders(&RelPath::new("b").unwrap(), &vv(&[(1, 2)]), vec![holder(2)]), "no entry");
+        assert_eq!(&table.get(&a).unwrap().holders[..], &[holder(1)]);
+        assert!(table.set_holders(&a, &vv(&[(1, 2)]), vec![holder(2), holder(3)]));
+        let now = table.get(&a).unwrap();
+        assert_eq!((&now.record, &now.holders[..]), (&record("a", 2), &[holder(2), holder(3)][..]));
+        assert!(table.set_holders(&a, &vv(&[(1, 2)]), vec![]));
+        assert!(table.get(&a).unwrap().holders.is_empty());
     }
 
     #[test]
