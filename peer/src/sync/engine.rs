@@ -17,10 +17,12 @@
 //!   local version and lets the tracker decide.
 //! - Replaced and deleted files go to the version history, never away.
 //! - One download per path at a time; a newer version cancels the older.
-//! - The holders of an entry may be stale: the tracker pages new holders
-//!   (a few) but no departure. A download that finds none of its holders
-//!   able to deliver asks the tracker for the ones online now (`Sources`),
-//!   once per failure, so at the pace of the path's backoff.
+//! - The tracker pages new holders (a few) but no departure: a device the
+//!   device list shows gone leaves every holder list here, and a path
+//!   waiting or queued whose list named it asks the tracker for the
+//!   holders online now (`Sources`), as does a download that finds none
+//!   of its holders able to deliver (once per failure, so at the pace of
+//!   the path's backoff).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use dartsync_shared::human::{plural, size};
 use dartsync_shared::path::case_fold_key;
-use dartsync_shared::proto::ptp::{ConflictNotice, Delta, Holder, PeerReport};
+use dartsync_shared::proto::ptp::{ConflictNotice, Delta, DeviceInfo, Holder, PeerReport};
 use dartsync_shared::status::{Conflict, FolderState, MAX_LISTED, WaitingPath};
 use dartsync_shared::{ChunkInfo, FileRecord, PeerId, RelPath, VersionVector};
 use tokio::sync::mpsc;
@@ -271,6 +273,8 @@ pub struct Engine {
     /// Verified downloads whose install failed, by path: only the install
     /// is retried, never the download.
     kept: HashMap<RelPath, (FileRecord, DownloadOutcome)>,
+    /// The devices online in the tracker's last device list.
+    online: HashSet<PeerId>,
     /// The last summary of waiting paths logged, and when.
     last_summary: (String, Option<Instant>),
     /// On a case-insensitive folder, which path owns each case-folded name.
@@ -319,6 +323,7 @@ impl Engine {
             dirty: BTreeSet::new(),
             waiting: Waiting::default(),
             kept: HashMap::new(),
+            online: HashSet::new(),
             last_summary: (String::new(), None),
             case_names,
             queued: Queued::default(),
@@ -492,7 +497,10 @@ impl Engine {
                 self.standing.seen_to = self.standing.seen_to.max(delta.to_seq);
                 self.apply_delta(delta);
             }
-            Event::Tracker(TrackerEvent::Devices(devices)) => self.parts.status.set_devices(devices),
+            Event::Tracker(TrackerEvent::Devices(devices)) => {
+                self.devices_left(&devices).await;
+                self.parts.status.set_devices(devices);
+            }
             Event::Tracker(TrackerEvent::Sources { path, version, holders }) => {
                 self.sources_answered(path, &version, holders);
             }
@@ -1205,6 +1213,33 @@ impl Engine {
                 plural(sources, "peer")
             );
             r.logged = (now, done);
+        }
+    }
+
+    /// Devices online in the last device list and not in `devices`: they
+    /// hold nothing now (the tracker pages no departure), so they leave
+    /// every holder list here. A path this peer waits for or has queued
+    /// whose list named one is woken (with no holder left it waits quietly
+    /// for a delta that brings one, instead of trying the one gone) and
+    /// asks for the holders online now (the tracker lists a few of them:
+    /// there may be others).
+    async fn devices_left(&mut self, devices: &[DeviceInfo]) {
+        let online: HashSet<PeerId> = devices.iter().filter(|d| d.online).map(|d| d.peer_id).collect();
+        let gone: HashSet<PeerId> = self.online.difference(&online).copied().collect();
+        self.online = online;
+        if gone.is_empty() {
+            return;
+        }
+        for path in self.global.drop_holders(&gone) {
+            if !self.waiting.contains(&path) && !self.queued.contains(&path) {
+                continue;
+            }
+            if let Some(record) = self.global.get(&path).map(|g| g.record.clone()) {
+                self.ask_sources(&record).await;
+            }
+            if self.waiting.wake(&path) {
+                self.dirty.insert(path);
+            }
         }
     }
 

@@ -129,6 +129,11 @@ impl Waiting {
         self.entries.get(path).is_some_and(|e| e.blocked && e.version == *version)
     }
 
+    /// True when `path` waits, whatever its version.
+    pub(crate) fn contains(&self, path: &RelPath) -> bool {
+        self.entries.contains_key(path)
+    }
+
     /// Records that `path` at `version` failed with `reason` at `now`, and
     /// schedules the next look.
     pub(crate) fn park(&mut self, path: &RelPath, version: &VersionVector, reason: Reason, now: Instant) -> Parked {

@@ -14,7 +14,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use dartsync_shared::proto::ptp::Holder;
-use dartsync_shared::{FileRecord, RelPath, VersionVector};
+use dartsync_shared::{FileRecord, PeerId, RelPath, VersionVector};
 
 /// One entry of the global table as this peer knows it.
 #[derive(Debug, Clone)]
@@ -89,6 +89,26 @@ impl GlobalTable {
         true
     }
 
+    /// Takes the peers in `gone` out of every holder list; returns the
+    /// paths whose list changed. One pass over the table, a new list per
+    /// distinct list that named one of them (lists are shared).
+    pub(super) fn drop_holders(&mut self, gone: &HashSet<PeerId>) -> Vec<RelPath> {
+        let touched: Vec<RelPath> = self
+            .entries
+            .iter()
+            .filter(|e| e.0.holders.iter().any(|h| gone.contains(&h.peer_id)))
+            .map(|e| e.0.record.path.clone())
+            .collect();
+        for path in &touched {
+            if let Some(ByPath(mut entry)) = self.entries.take(path) {
+                let left: Vec<Holder> = entry.holders.iter().filter(|h| !gone.contains(&h.peer_id)).cloned().collect();
+                entry.holders = self.lists.share(left);
+                self.entries.insert(ByPath(entry));
+            }
+        }
+        touched
+    }
+
     /// Forgets every entry (a new tracker history: the full table follows).
     pub(super) fn clear(&mut self) {
         self.entries = HashSet::new();
@@ -149,7 +169,7 @@ impl HolderLists {
 mod tests {
     use super::*;
     use dartsync_shared::test_util::vv;
-    use dartsync_shared::{ContentHash, FileKind, PeerId};
+    use dartsync_shared::{ContentHash, FileKind};
 
     fn record(path: &str, counter: u64) -> FileRecord {
         FileRecord {
@@ -202,6 +222,27 @@ mod tests {
         assert_eq!((&now.record, &now.holders[..]), (&record("a", 2), &[holder(2), holder(3)][..]));
         assert!(table.set_holders(&a, &vv(&[(1, 2)]), vec![]));
         assert!(table.get(&a).unwrap().holders.is_empty());
+    }
+
+    #[test]
+    fn peers_that_left_leave_every_holder_list() {
+        let mut table = GlobalTable::default();
+        for i in 0..10 {
+            table.insert(record(&format!("f{i}"), 1), vec![holder(1), holder(2)]);
+        }
+        table.insert(record("only-3", 1), vec![holder(3)]);
+        table.insert(record("only-2", 1), vec![holder(2)]);
+        let mut touched = table.drop_holders(&HashSet::from([PeerId([2; 16])]));
+        touched.sort();
+        assert_eq!(touched.len(), 11, "{touched:?}");
+        assert!(!touched.contains(&RelPath::new("only-3").unwrap()));
+        let f0 = table.get(&RelPath::new("f0").unwrap()).unwrap().holders.clone();
+        assert_eq!(&f0[..], &[holder(1)]);
+        assert!(Arc::ptr_eq(&f0, &table.get(&RelPath::new("f9").unwrap()).unwrap().holders), "still shared");
+        assert!(table.get(&RelPath::new("only-2").unwrap()).unwrap().holders.is_empty());
+        assert_eq!(&table.get(&RelPath::new("only-3").unwrap()).unwrap().holders[..], &[holder(3)]);
+        assert_eq!(table.len(), 12);
+        assert!(table.drop_holders(&HashSet::from([PeerId([9; 16])])).is_empty());
     }
 
     #[test]

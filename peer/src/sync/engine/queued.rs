@@ -65,6 +65,11 @@ impl Queued {
         }
     }
 
+    /// True when `path` waits for a slot.
+    pub(super) fn contains(&self, path: &RelPath) -> bool {
+        self.paths.contains_key(path)
+    }
+
     /// Paths queued.
     pub(super) fn len(&self) -> usize {
         self.paths.len()
