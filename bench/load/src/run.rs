@@ -310,7 +310,7 @@ pub async fn run(target: &Target, opts: &Options) -> Result<Outcome, LoadError> 
         // Applied once every session's device list shows it gone; then
         // whatever it set off (a tracker that pages departures sends the
         // entries it held) until the sessions' seqs stand still.
-        let gone = || peers.iter().all(|p| up_to_date_listed(p) < layout.peers);
+        let gone = || peers.iter().all(|p| p.seen.devices_online.load(Ordering::SeqCst) < layout.peers);
         if !wait_until(&peers, opts.phase_timeout, gone).await? {
             o.notes.push("a peer's departure: not every session's device list showed it in time".to_owned());
         }

@@ -100,6 +100,8 @@ pub struct Seen {
     pub max_holders: AtomicUsize,
     /// Devices online and up to date in the last device list.
     pub devices_up_to_date: AtomicUsize,
+    /// Devices online in the last device list.
+    pub devices_online: AtomicUsize,
     /// Why the session ended, if it did.
     pub ended: Mutex<Option<String>>,
 }
@@ -286,6 +288,8 @@ async fn read_loop(
             TrackerMessage::Devices { devices } => {
                 let current = devices.iter().filter(|d| d.online && d.up_to_date).count();
                 seen.devices_up_to_date.store(current, Ordering::SeqCst);
+                let online = devices.iter().filter(|d| d.online).count();
+                seen.devices_online.store(online, Ordering::SeqCst);
             }
             TrackerMessage::Refused { reason } => break format!("refused: {reason}"),
             TrackerMessage::Revoked => break "revoked".to_owned(),

@@ -19,10 +19,10 @@
 //! - One download per path at a time; a newer version cancels the older.
 //! - The tracker pages new holders (a few) but no departure: a device the
 //!   device list shows gone leaves every holder list here, and a path
-//!   waiting or queued whose list named it asks the tracker for the
-//!   holders online now (`Sources`), as does a download that finds none
-//!   of its holders able to deliver (once per failure, so at the pace of
-//!   the path's backoff).
+//!   waiting or queued that it leaves with no holder asks the tracker for
+//!   the holders online now (`Sources`), as does a download that finds
+//!   none of its holders able to deliver (once per failure, so at the pace
+//!   of the path's backoff).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -1219,10 +1219,13 @@ impl Engine {
     /// Devices online in the last device list and not in `devices`: they
     /// hold nothing now (the tracker pages no departure), so they leave
     /// every holder list here. A path this peer waits for or has queued
-    /// whose list named one is woken (with no holder left it waits quietly
-    /// for a delta that brings one, instead of trying the one gone) and
-    /// asks for the holders online now (the tracker lists a few of them:
-    /// there may be others).
+    /// whose list named one is woken (it tries the holders left; with
+    /// none left it waits quietly for a delta that brings one, instead of
+    /// trying the one gone), and one whose list is now empty asks for the
+    /// holders online now (a delta lists a few of them: there may be
+    /// others). Paths whose list still names a holder ask only if those
+    /// fail, so a departure in the middle of a big sync does not send the
+    /// tracker a question per file.
     async fn devices_left(&mut self, devices: &[DeviceInfo]) {
         let online: HashSet<PeerId> = devices.iter().filter(|d| d.online).map(|d| d.peer_id).collect();
         let gone: HashSet<PeerId> = self.online.difference(&online).copied().collect();
@@ -1234,7 +1237,7 @@ impl Engine {
             if !self.waiting.contains(&path) && !self.queued.contains(&path) {
                 continue;
             }
-            if let Some(record) = self.global.get(&path).map(|g| g.record.clone()) {
+            if let Some(record) = self.global.get(&path).filter(|g| g.holders.is_empty()).map(|g| g.record.clone()) {
                 self.ask_sources(&record).await;
             }
             if self.waiting.wake(&path) {
