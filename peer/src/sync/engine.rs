@@ -1233,10 +1233,9 @@ impl Engine {
         if gone.is_empty() {
             return;
         }
-        for path in self.global.drop_holders(&gone) {
-            if !self.waiting.contains(&path) && !self.queued.contains(&path) {
-                continue;
-            }
+        let (waiting, queued) = (&self.waiting, &self.queued);
+        let lacking = self.global.drop_holders(&gone, |p| waiting.contains(p) || queued.contains(p));
+        for path in lacking {
             if let Some(record) = self.global.get(&path).filter(|g| g.holders.is_empty()).map(|g| g.record.clone()) {
                 self.ask_sources(&record).await;
             }

@@ -9,12 +9,15 @@
 //!   same few peers, so equal lists are one allocation ([`HolderLists`]).
 
 use std::borrow::Borrow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use dartsync_shared::proto::ptp::Holder;
 use dartsync_shared::{FileRecord, PeerId, RelPath, VersionVector};
+
+/// A shared list of holders.
+type HolderList = Arc<[Holder]>;
 
 /// One entry of the global table as this peer knows it.
 #[derive(Debug, Clone)]
@@ -90,23 +93,38 @@ impl GlobalTable {
     }
 
     /// Takes the peers in `gone` out of every holder list; returns the
-    /// paths whose list changed. One pass over the table, a new list per
-    /// distinct list that named one of them (lists are shared).
-    pub(super) fn drop_holders(&mut self, gone: &HashSet<PeerId>) -> Vec<RelPath> {
-        let touched: Vec<RelPath> = self
-            .entries
-            .iter()
-            .filter(|e| e.0.holders.iter().any(|h| gone.contains(&h.peer_id)))
-            .map(|e| e.0.record.path.clone())
-            .collect();
-        for path in &touched {
-            if let Some(ByPath(mut entry)) = self.entries.take(path) {
-                let left: Vec<Holder> = entry.holders.iter().filter(|h| !gone.contains(&h.peer_id)).cloned().collect();
-                entry.holders = self.lists.share(left);
-                self.entries.insert(ByPath(entry));
-            }
+    /// paths whose list changed and that `wanted` picks. Nothing happens
+    /// unless a list names one of them; then the set is rebuilt in one
+    /// pass, each distinct list filtered once (lists are shared), so a
+    /// departure costs a 100,000-file peer a second slot array for a
+    /// moment, not a copy of every path.
+    pub(super) fn drop_holders(&mut self, gone: &HashSet<PeerId>, wanted: impl Fn(&RelPath) -> bool) -> Vec<RelPath> {
+        let names_gone = |list: &[Holder]| list.iter().any(|h| gone.contains(&h.peer_id));
+        if !self.entries.iter().any(|e| names_gone(&e.0.holders)) {
+            return Vec::new();
         }
-        touched
+        // By the old list's address; the old list is kept alive with its
+        // new one, so no address is reused while the pass runs.
+        let mut filtered: HashMap<*const Holder, (HolderList, HolderList)> = HashMap::new();
+        let mut picked = Vec::new();
+        let entries = std::mem::take(&mut self.entries);
+        let mut kept = HashSet::with_capacity(entries.len());
+        for ByPath(mut entry) in entries {
+            if names_gone(&entry.holders) {
+                let lists = &mut self.lists;
+                let (_, list) = filtered.entry(Arc::as_ptr(&entry.holders).cast::<Holder>()).or_insert_with(|| {
+                    let left = entry.holders.iter().filter(|h| !gone.contains(&h.peer_id)).cloned().collect();
+                    (entry.holders.clone(), lists.share(left))
+                });
+                entry.holders = list.clone();
+                if wanted(&entry.record.path) {
+                    picked.push(entry.record.path.clone());
+                }
+            }
+            kept.insert(ByPath(entry));
+        }
+        self.entries = kept;
+        picked
     }
 
     /// Forgets every entry (a new tracker history: the full table follows).
@@ -232,17 +250,20 @@ mod tests {
         }
         table.insert(record("only-3", 1), vec![holder(3)]);
         table.insert(record("only-2", 1), vec![holder(2)]);
-        let mut touched = table.drop_holders(&HashSet::from([PeerId([2; 16])]));
+        let wanted = |p: &RelPath| p.as_str() != "f5";
+        let mut touched = table.drop_holders(&HashSet::from([PeerId([2; 16])]), wanted);
         touched.sort();
-        assert_eq!(touched.len(), 11, "{touched:?}");
+        assert_eq!(touched.len(), 10, "every list naming peer 2 but f5's (not wanted): {touched:?}");
         assert!(!touched.contains(&RelPath::new("only-3").unwrap()));
+        assert_eq!(&table.get(&RelPath::new("f5").unwrap()).unwrap().holders[..], &[holder(1)]);
         let f0 = table.get(&RelPath::new("f0").unwrap()).unwrap().holders.clone();
         assert_eq!(&f0[..], &[holder(1)]);
         assert!(Arc::ptr_eq(&f0, &table.get(&RelPath::new("f9").unwrap()).unwrap().holders), "still shared");
         assert!(table.get(&RelPath::new("only-2").unwrap()).unwrap().holders.is_empty());
         assert_eq!(&table.get(&RelPath::new("only-3").unwrap()).unwrap().holders[..], &[holder(3)]);
         assert_eq!(table.len(), 12);
-        assert!(table.drop_holders(&HashSet::from([PeerId([9; 16])])).is_empty());
+        assert!(table.drop_holders(&HashSet::from([PeerId([9; 16])]), |_| true).is_empty());
+        assert_eq!(table.len(), 12);
     }
 
     #[test]
