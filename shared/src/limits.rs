@@ -160,7 +160,7 @@ pub const MAX_HOLDERS_PER_ENTRY: usize = 256;
 /// little), and the tracker pages an entry's new holders as they come
 /// until it has this many. A holder beyond them changes no page, so it
 /// takes no seq of the tracker; a peer hears of it with the next change of
-/// the record or the next departure of a holder.
+/// the record, or when the holders it knows fail and it asks (`Sources`).
 pub const HOLDER_FANOUT: usize = 8;
 
 /// Longest symlink target carried in a record.
