@@ -835,8 +835,23 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let have = PeerMessage::Have { path: RelPath::new("x").unwrap(), version: forged };
+        let have = PeerMessage::Have { path: RelPath::new("x").unwrap(), version: forged.clone() };
         assert!(matches!(have.validate(), Err(ProtocolError::Version { source, .. }) if source == want));
+        // A question and an answer about sources: a forged or an empty version is refused.
+        let x = RelPath::new("x").unwrap();
+        let ask = PeerMessage::Sources { path: x.clone(), version: forged.clone() };
+        assert!(matches!(ask.validate(), Err(ProtocolError::Version { what: "sources", source }) if source == want));
+        let empty = PeerMessage::Sources { path: x.clone(), version: VersionVector::new() };
+        assert_eq!(empty.validate(), Err(ProtocolError::Invalid("sources: empty version vector")));
+        let answer = TrackerMessage::Sources { path: x.clone(), version: forged, holders: vec![] };
+        assert!(matches!(answer.validate(), Err(ProtocolError::Version { source, .. }) if source == want));
+        let holder = Holder { peer_id: PeerId([1; 16]), addr: "127.0.0.1:9".parse().unwrap() };
+        let crowded = TrackerMessage::Sources {
+            path: x,
+            version: VersionVector::from_entries([(ShortId(7), 1)]),
+            holders: vec![holder; MAX_HOLDERS_PER_ENTRY + 1],
+        };
+        assert!(decode::<TrackerMessage>(&encode(&crowded).unwrap()).unwrap_err().to_string().contains("holders"));
         let delta = TrackerMessage::Delta(Delta {
             epoch: 1,
             from_seq: 0,
