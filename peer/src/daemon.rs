@@ -59,7 +59,7 @@ impl ChunkSource for SlowSource {
         self.inner.chunk_list(content)
     }
 
-    fn locate(&self, hash: &dartsync_shared::ContentHash, len: u32) -> Vec<(std::path::PathBuf, u64)> {
+    fn locate(&self, hash: &dartsync_shared::ContentHash, len: u32) -> Vec<crate::transfer::chunk_source::Candidate> {
         std::thread::sleep(self.delay);
         self.inner.locate(hash, len)
     }

@@ -15,7 +15,7 @@ pub(crate) mod gate;
 pub(crate) mod part;
 mod serve;
 
-pub use chunk_source::{ChunkSource, MemoryChunkSource};
+pub use chunk_source::{Candidate, ChunkSource, MemoryChunkSource};
 pub use download::{
     DownloadError, DownloadJob, DownloadLimits, DownloadOutcome, DownloadProgress, Downloader, HolderError, HolderStats,
 };

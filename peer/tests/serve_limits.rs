@@ -3,12 +3,11 @@
 //! key never keep a member out and get nothing back.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use dartsync_peer::transfer::{ChunkSource, MemoryChunkSource, PeerGate, ServeConfig, serve};
+use dartsync_peer::transfer::{Candidate, ChunkSource, MemoryChunkSource, PeerGate, ServeConfig, serve};
 use dartsync_shared::channel::{self, ChannelError, FIRST_MESSAGE_TIMEOUT, SecureChannel};
 use dartsync_shared::chunk::{ChunkParams, ChunkedFile};
 use dartsync_shared::key::{ClusterKey, Identity};
@@ -54,7 +53,7 @@ impl ChunkSource for GatedLists {
         self.inner.chunk_list(content)
     }
 
-    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<Candidate> {
         self.inner.locate(hash, len)
     }
 }

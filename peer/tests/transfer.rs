@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use dartsync_peer::transfer::{ChunkSource, MemoryChunkSource};
+use dartsync_peer::transfer::{Candidate, ChunkSource, MemoryChunkSource};
 use dartsync_peer::transfer::{DownloadError, DownloadJob, DownloadLimits, DownloadOutcome, Downloader, HolderError};
 use dartsync_peer::transfer::{PeerGate, ServeConfig, serve};
 use dartsync_shared::channel::{self, SecureChannel};
@@ -241,7 +241,7 @@ impl ChunkSource for GatedSource {
         self.inner.chunk_list(content)
     }
 
-    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<Candidate> {
         self.gate.wait();
         self.inner.locate(hash, len)
     }
@@ -262,7 +262,7 @@ impl ChunkSource for LimitedSource {
         self.inner.chunk_list(content)
     }
 
-    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<Candidate> {
         if self.served.contains(hash) { self.inner.locate(hash, len) } else { Vec::new() }
     }
 }
@@ -302,7 +302,7 @@ impl ChunkSource for RendezvousSource {
         self.inner.chunk_list(content)
     }
 
-    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<Candidate> {
         if !self.waited.swap(true, Ordering::SeqCst) {
             self.all.wait();
         }
@@ -324,7 +324,7 @@ impl ChunkSource for GatedAfter {
         self.inner.chunk_list(content)
     }
 
-    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<Candidate> {
         if self.free.contains(hash) {
             return self.inner.locate(hash, len);
         }
@@ -343,7 +343,7 @@ impl ChunkSource for ListLiar {
         Some(list)
     }
 
-    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<Candidate> {
         self.0.locate(hash, len)
     }
 }
@@ -359,7 +359,7 @@ impl ChunkSource for AnyContent {
         Some(self.list.clone())
     }
 
-    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<Candidate> {
         self.inner.locate(hash, len)
     }
 }
@@ -380,9 +380,9 @@ impl ChunkSource for MovedAway {
         self.inner.chunk_list(content)
     }
 
-    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<Candidate> {
         if self.lookups.fetch_add(1, Ordering::SeqCst) < self.moved_after {
-            return vec![(self.gone.clone(), 0)];
+            return vec![Candidate::unvouched(self.gone.clone(), 0)];
         }
         self.inner.locate(hash, len)
     }

@@ -581,14 +581,47 @@ impl<W: AsyncWrite + Unpin> ChannelWriter<W> {
     /// carries the prefix and the frame's head, the others are sealed
     /// straight from the frame into the write buffer.
     pub async fn send_frame(&mut self, frame: Bytes) -> Result<(), ChannelError> {
-        let prefix = self.frame_codec.prefix(frame.len())?;
-        let head_len = (self.piece_len - prefix.len()).min(frame.len());
-        let mut first = Vec::with_capacity(prefix.len() + head_len);
-        first.extend_from_slice(&prefix);
-        first.extend_from_slice(&frame[..head_len]);
-        self.seal_and_feed(&first).await?;
-        for piece in frame[head_len..].chunks(self.piece_len) {
-            self.seal_and_feed(piece).await?;
+        self.send_frame_parts(&[&frame]).await
+    }
+
+    /// Sends one frame made of `parts` one after the other (an encoded
+    /// message cut in pieces, such as a chunk's head and its bytes),
+    /// exactly as [`Self::send_frame`] would send them joined (the same
+    /// Noise messages), without joining them: a Noise message that lies in
+    /// one part is sealed straight from it, one that spans parts is
+    /// gathered first.
+    pub async fn send_frame_parts(&mut self, parts: &[&[u8]]) -> Result<(), ChannelError> {
+        let frame_len = parts.iter().map(|p| p.len()).sum();
+        let prefix = self.frame_codec.prefix(frame_len)?;
+        let slices: Vec<&[u8]> =
+            std::iter::once(&prefix[..]).chain(parts.iter().copied()).filter(|p| !p.is_empty()).collect();
+        // The next byte to send: `slices[i][at]`.
+        let (mut i, mut at) = (0, 0);
+        let mut gathered = Vec::new();
+        while i < slices.len() {
+            let here = &slices[i][at..];
+            if here.len() >= self.piece_len || i + 1 == slices.len() {
+                let take = here.len().min(self.piece_len);
+                self.seal_and_feed(&here[..take]).await?;
+                at += take;
+            } else {
+                // A piece that spans parts: gathered first.
+                gathered.clear();
+                while i < slices.len() && gathered.len() < self.piece_len {
+                    let here = &slices[i][at..];
+                    let take = here.len().min(self.piece_len - gathered.len());
+                    gathered.extend_from_slice(&here[..take]);
+                    at += take;
+                    if at == slices[i].len() {
+                        (i, at) = (i + 1, 0);
+                    }
+                }
+                self.seal_and_feed(&gathered).await?;
+                continue;
+            }
+            if at == slices[i].len() {
+                (i, at) = (i + 1, 0);
+            }
         }
         SinkExt::<Bytes>::flush(&mut self.sink).await?;
         Ok(())
@@ -698,6 +731,56 @@ mod tests {
         drop(sender.await.unwrap());
         // Clean close between frames.
         assert!(server.recv::<PeerMessage>().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_frame_sent_in_parts_arrives_as_the_parts_joined() {
+        let key = ClusterKey::generate();
+        let (a, b) = pair();
+        let (ia, ib) = (Identity::generate(), Identity::generate());
+        let (key2, ib2) = (key.clone(), ib.clone());
+        let server = tokio::spawn(async move { accept(b, &key2, &ib2).await });
+        let client = connect(a, &key, &ia).await.unwrap();
+        let (mut reader, _server_writer) = server.await.unwrap().unwrap().split();
+        let (_client_reader, mut writer) = client.split();
+        // Small pieces, so that parts end just before, at and after a
+        // piece's end (the prefix takes 4 bytes of the first piece).
+        writer.set_piece_len(1024);
+        let bytes = crate::test_util::det_bytes(3, 5000);
+        let cuts: Vec<Vec<usize>> = vec![
+            vec![],
+            vec![0],
+            vec![1],
+            vec![1019],
+            vec![1020],
+            vec![1021],
+            vec![2044, 2045],
+            vec![10, 3000, 3000, 3001],
+            vec![5000],
+        ];
+        let frames: Vec<Vec<Vec<u8>>> = cuts
+            .iter()
+            .map(|cut| {
+                let mut edges = vec![0];
+                edges.extend(cut);
+                edges.push(bytes.len());
+                edges.windows(2).map(|w| bytes[w[0]..w[1]].to_vec()).collect()
+            })
+            .chain([vec![], vec![vec![], b"x".to_vec(), vec![]]])
+            .collect();
+        let sent = frames.clone();
+        let sender = tokio::spawn(async move {
+            for parts in &sent {
+                let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+                writer.send_frame_parts(&parts).await.unwrap();
+            }
+            writer
+        });
+        for parts in &frames {
+            let got = reader.recv_frame().await.unwrap().unwrap();
+            assert_eq!(&got[..], &parts.concat()[..], "{} parts", parts.len());
+        }
+        drop(sender.await.unwrap());
     }
 
     #[test]

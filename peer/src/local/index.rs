@@ -97,13 +97,23 @@ pub struct ChunkLocation {
     pub offset: u64,
     /// Length of the chunk.
     pub len: u32,
+    /// The stat the file had when its chunk list was stored (read in the
+    /// same transaction as the location).
+    pub stat: Option<StatKey>,
 }
 
 impl ChunkLocation {
-    /// A location read back from the index (its path validated).
-    fn at(path: &str, offset: u64, len: u32) -> Result<ChunkLocation, LocalError> {
+    /// A location read back from the index (its path validated), with the
+    /// stat of its entry.
+    fn at(
+        entries: &impl ReadableTable<&'static str, &'static [u8]>,
+        path: &str,
+        offset: u64,
+        len: u32,
+    ) -> Result<ChunkLocation, LocalError> {
         let valid = RelPath::new(path).map_err(|e| corrupt(path, format!("bad path: {e}")))?;
-        Ok(ChunkLocation { path: valid, offset, len })
+        let stat = entries.get(path)?.map(|v| decode_head(path, v.value())).transpose()?.and_then(|h| h.stat);
+        Ok(ChunkLocation { path: valid, offset, len, stat })
     }
 }
 
@@ -422,6 +432,7 @@ impl Index {
     pub fn locate_chunk(&self, hash: &ContentHash) -> Result<Vec<ChunkLocation>, LocalError> {
         let txn = self.db.begin_read()?;
         let by_chunk = txn.open_table(BY_CHUNK)?;
+        let entries = txn.open_table(ENTRIES)?;
         let mut out = Vec::new();
         for item in by_chunk.range::<(Hash32, &str, u64)>((hash.0, "", 0)..)? {
             let (key, len) = item?;
@@ -429,7 +440,7 @@ impl Index {
             if h != hash.0 {
                 break;
             }
-            out.push(ChunkLocation::at(path, offset, len.value())?);
+            out.push(ChunkLocation::at(&entries, path, offset, len.value())?);
         }
         let by_content = txn.open_table(BY_CONTENT)?;
         let lists = txn.open_table(CHUNK_LISTS)?;
@@ -442,7 +453,7 @@ impl Index {
             let Some(list) = lists.get(path)? else { continue };
             let list = decode_chunks(path, list.value())?;
             if is_one_whole_chunk(&list, hash) && !out.iter().any(|l| l.path.as_str() == path && l.offset == 0) {
-                out.push(ChunkLocation::at(path, 0, list[0].len)?);
+                out.push(ChunkLocation::at(&entries, path, 0, list[0].len)?);
             }
         }
         Ok(out)
@@ -771,6 +782,8 @@ mod tests {
         let paths: Vec<_> = locs.iter().map(|l| l.path.as_str().to_owned()).collect();
         assert_eq!(paths, ["a", "sub/b"]);
         assert!(locs.iter().all(|l| l.offset == first.offset && l.len == first.len));
+        // Each with the stat stored with its chunk list.
+        assert_eq!(locs.iter().map(|l| l.stat).collect::<Vec<_>>(), [stat(1), stat(2)]);
 
         // Tombstoning `a` removes it from the secondary tables only.
         let tomb = RecordBuilder::file("a").version(a.version.bumped(ShortId(7)).unwrap()).tombstone().build();
@@ -784,7 +797,8 @@ mod tests {
         assert!(index.locate_chunk(&first.hash).unwrap().is_empty());
         assert_eq!(index.chunk_list(&a.content).unwrap(), None);
         assert_eq!(index.chunk_list(&b2.content).unwrap(), Some(b2_chunks.clone()));
-        assert_eq!(index.locate_chunk(&b2_chunks[0].hash).unwrap().len(), 1);
+        let locs = index.locate_chunk(&b2_chunks[0].hash).unwrap();
+        assert_eq!(locs.iter().map(|l| l.stat).collect::<Vec<_>>(), [stat(3)]);
     }
 
     #[test]

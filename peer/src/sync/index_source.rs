@@ -4,7 +4,11 @@
 //! of a conflict, can still be copied locally or served by hash).
 //!
 //! Every location is a hint; readers verify hashes
-//! ([`crate::transfer::chunk_source::read_verified`]).
+//! ([`crate::transfer::chunk_source::read_verified`]). A location in the
+//! folder carries the stamp its index entry recorded, so the piece server
+//! may skip re-hashing a file that still shows it
+//! ([`crate::transfer::chunk_source::read_served`]); history files carry
+//! none.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -16,7 +20,8 @@ use dartsync_shared::{ChunkInfo, ContentHash};
 use crate::jail::JailError;
 use crate::local::dirs::Jails;
 use crate::local::index::{Index, IndexEntry};
-use crate::transfer::chunk_source::ChunkSource;
+use crate::local::stat::StatKey;
+use crate::transfer::chunk_source::{Candidate, ChunkSource, Stamp};
 
 /// History chunk locations remembered at most (older ones are forgotten).
 const MAX_HISTORY_CHUNKS: usize = 200_000;
@@ -73,18 +78,22 @@ impl ChunkSource for IndexSource {
         h.lists.get(content).cloned()
     }
 
-    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)> {
-        let mut out: Vec<(PathBuf, u64)> = self
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<Candidate> {
+        let mut out: Vec<Candidate> = self
             .index
             .locate_chunk(hash)
             .unwrap_or_default()
             .into_iter()
             .filter(|l| l.len == len)
-            .map(|l| (l.path.to_local(self.jails.folder.root()), l.offset))
+            .map(|l| Candidate {
+                path: l.path.to_local(self.jails.folder.root()),
+                offset: l.offset,
+                stamp: l.stat.as_ref().map(stamp_of),
+            })
             .collect();
         let h = self.history.lock();
         if let Some(found) = h.chunks.get(hash) {
-            out.extend(found.iter().filter(|(_, _, l)| *l == len).map(|(p, o, _)| (p.clone(), *o)));
+            out.extend(found.iter().filter(|(_, _, l)| *l == len).map(|(p, o, _)| Candidate::unvouched(p.clone(), *o)));
         }
         out
     }
@@ -102,4 +111,9 @@ impl ChunkSource for IndexSource {
             other => std::io::Error::other(other),
         })
     }
+}
+
+/// The transfer layer's stamp of an index stat (its content part).
+fn stamp_of(stat: &StatKey) -> Stamp {
+    Stamp { size: stat.size, mtime_ns: stat.mtime_ns, inode: stat.inode }
 }

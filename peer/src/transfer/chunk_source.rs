@@ -8,9 +8,17 @@
 //!
 //! # Invariants
 //! - A candidate is only a hint: the file may have changed since it was
-//!   indexed. Every read goes through [`read_verified`], which re-hashes the
-//!   bytes and returns them only when they hash to the requested chunk hash.
-//!   No caller ever sends or writes unverified local bytes.
+//!   indexed. Every read that is written anywhere goes through
+//!   [`read_verified`], which re-hashes the bytes and returns them only when
+//!   they hash to the requested chunk hash.
+//! - Bytes for another peer ([`read_served`]) are re-hashed too, unless the
+//!   source vouches for the candidate with a [`Stamp`] (the indexed file's
+//!   size, mtime and inode when its chunks were hashed) and the open file
+//!   shows that stamp both before and after the read: the test the scanner
+//!   already uses to decide a file needs no re-hash. The receiver verifies
+//!   every chunk in any case; the stamp spares the server a second hash of
+//!   bytes it hashed when it indexed them. A `.part` file, a file in the
+//!   version history, and any candidate whose stamp differs are hashed.
 //! - Reads are bounded by the requested length, which callers have already
 //!   checked against [`dartsync_shared::limits::MAX_CHUNK_LEN`].
 //!
@@ -19,9 +27,9 @@
 //! everything in this module blocks and is called from `spawn_blocking`.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::fs::{File, Metadata};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -35,9 +43,9 @@ pub trait ChunkSource: Send + Sync + 'static {
     /// local file has it.
     fn chunk_list(&self, content: &ContentHash) -> Option<Vec<ChunkInfo>>;
 
-    /// Absolute local paths + offsets where a chunk with this hash may be
-    /// read (candidates; the caller verifies the hash after reading).
-    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<(PathBuf, u64)>;
+    /// Places where a chunk with this hash and length may be read
+    /// (candidates; hints only, see the module's invariants).
+    fn locate(&self, hash: &ContentHash, len: u32) -> Vec<Candidate>;
 
     /// Opens a candidate [`locate`](Self::locate) named, for reading. The
     /// default opens the path as it is; the peer's index source opens it
@@ -45,6 +53,49 @@ pub trait ChunkSource: Send + Sync + 'static {
     /// is never read.
     fn open_candidate(&self, path: &Path) -> std::io::Result<File> {
         File::open(path)
+    }
+}
+
+/// A place where a chunk may be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Absolute local path of the file.
+    pub path: PathBuf,
+    /// Where the chunk starts in it.
+    pub offset: u64,
+    /// The file's stamp when the chunk's hash was recorded, if the source
+    /// vouches for it (read in one view with the location, so the two
+    /// belong together); `None`: every read is hashed.
+    pub stamp: Option<Stamp>,
+}
+
+impl Candidate {
+    /// A candidate no stamp vouches for.
+    pub fn unvouched(path: PathBuf, offset: u64) -> Candidate {
+        Candidate { path, offset, stamp: None }
+    }
+}
+
+/// What identifies a file's content without reading it: size, mtime and
+/// inode (every write moves mtime; a replacement changes the inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Inode number.
+    pub inode: u64,
+}
+
+impl Stamp {
+    /// The stamp of an open file's metadata.
+    pub fn of(meta: &Metadata) -> Stamp {
+        Stamp {
+            size: meta.len(),
+            mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()),
+            inode: meta.ino(),
+        }
     }
 }
 
@@ -74,19 +125,43 @@ fn read_opened_at_verified(
 
 /// The `len` bytes at `offset` of an open `file`, if they hash to `hash`.
 fn read_file_at_verified(file: &File, offset: u64, len: u32, hash: &ContentHash) -> std::io::Result<Option<Vec<u8>>> {
+    read_file_at_checked(file, offset, len, hash, None)
+}
+
+/// The `len` bytes at `offset` of an open `file`, if they hash to `hash`,
+/// or if `vouched` is the file's stamp both before and after the read
+/// (then they are not hashed).
+fn read_file_at_checked(
+    file: &File,
+    offset: u64,
+    len: u32,
+    hash: &ContentHash,
+    vouched: Option<Stamp>,
+) -> std::io::Result<Option<Vec<u8>>> {
     let meta = file.metadata()?;
     let end = offset.checked_add(u64::from(len));
     if !meta.is_file() || end.is_none_or(|end| end > meta.len()) {
         return Ok(None);
     }
-    let mut bytes = vec![0u8; len as usize];
-    match file.read_exact_at(&mut bytes, offset) {
-        Ok(()) => {}
-        // Truncated between the stat and the read.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
+    let Some(bytes) = read_exact_at(file, offset, len)? else { return Ok(None) };
+    if let Some(stamp) = vouched
+        && Stamp::of(&meta) == stamp
+        && Stamp::of(&file.metadata()?) == stamp
+    {
+        return Ok(Some(bytes));
     }
     Ok((ContentHash::of(&bytes) == *hash).then_some(bytes))
+}
+
+/// Exactly `len` bytes at `offset` of `file`, `None` if it ends first,
+/// read into fresh memory that is not zeroed first (a chunk is up to
+/// 16 MiB; zeroing it cost as much as a tenth of serving it). Moves the
+/// file's own offset: each `File` here has one user at a time.
+fn read_exact_at(mut file: &File, offset: u64, len: u32) -> std::io::Result<Option<Vec<u8>>> {
+    file.seek(SeekFrom::Start(offset))?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(u64::from(len)).read_to_end(&mut bytes)?;
+    Ok((bytes.len() == len as usize).then_some(bytes))
 }
 
 /// Tries each candidate `source` named in turn (opened through
@@ -94,11 +169,24 @@ fn read_file_at_verified(file: &File, offset: u64, len: u32, hash: &ContentHash)
 /// `hash`. I/O errors on one candidate are logged at debug and skipped.
 pub fn read_verified(
     source: &dyn ChunkSource,
-    candidates: &[(PathBuf, u64)],
+    candidates: &[Candidate],
     len: u32,
     hash: &ContentHash,
 ) -> Option<Vec<u8>> {
-    OpenCandidates::default().read_verified(source, candidates, len, hash)
+    OpenCandidates::default().read(source, candidates, len, hash, false)
+}
+
+/// [`read_verified`] for bytes that go to another peer: a candidate the
+/// source vouches for with a [`Stamp`] that the open file still shows
+/// before and after the read is returned without hashing (the receiver
+/// verifies every chunk); every other candidate is hashed.
+pub fn read_served(
+    source: &dyn ChunkSource,
+    candidates: &[Candidate],
+    len: u32,
+    hash: &ContentHash,
+) -> Option<Vec<u8>> {
+    OpenCandidates::default().read(source, candidates, len, hash, true)
 }
 
 /// Most files [`OpenCandidates`] keeps open.
@@ -120,11 +208,24 @@ impl OpenCandidates {
     pub fn read_verified(
         &mut self,
         source: &dyn ChunkSource,
-        candidates: &[(PathBuf, u64)],
+        candidates: &[Candidate],
         len: u32,
         hash: &ContentHash,
     ) -> Option<Vec<u8>> {
-        for (path, offset) in candidates {
+        self.read(source, candidates, len, hash, false)
+    }
+
+    /// The first candidate's bytes that hash to `hash` or, with
+    /// `trust_stamps`, that a still matching stamp vouches for.
+    fn read(
+        &mut self,
+        source: &dyn ChunkSource,
+        candidates: &[Candidate],
+        len: u32,
+        hash: &ContentHash,
+        trust_stamps: bool,
+    ) -> Option<Vec<u8>> {
+        for Candidate { path, offset, stamp } in candidates {
             if !self.files.contains_key(path) {
                 if self.files.len() >= MAX_OPEN_CANDIDATES {
                     self.files.clear();
@@ -139,7 +240,8 @@ impl OpenCandidates {
                 self.files.insert(path.clone(), opened);
             }
             let Some(Some(file)) = self.files.get(path) else { continue };
-            match read_file_at_verified(file, *offset, len, hash) {
+            let vouched = if trust_stamps { *stamp } else { None };
+            match read_file_at_checked(file, *offset, len, hash, vouched) {
                 Ok(Some(bytes)) => return Some(bytes),
                 Ok(None) => {
                     tracing::debug!(path = %path.display(), offset, chunk = %hash.fmt_short(), "chunk candidate is stale");
@@ -245,15 +347,25 @@ impl ChunkSource for MemoryChunkSource {
         self.inner.read().expect("memory chunk source lock poisoned").lists.get(content).cloned()
     }
 
-    fn locate(&self, hash: &ContentHash, _len: u32) -> Vec<(PathBuf, u64)> {
-        self.inner.read().expect("memory chunk source lock poisoned").places.get(hash).cloned().unwrap_or_default()
+    fn locate(&self, hash: &ContentHash, _len: u32) -> Vec<Candidate> {
+        let inner = self.inner.read().expect("memory chunk source lock poisoned");
+        let places = inner.places.get(hash).map_or(&[][..], Vec::as_slice);
+        places.iter().map(|(path, offset)| Candidate::unvouched(path.clone(), *offset)).collect()
     }
 }
 
-/// Streams a whole file through blake3 (the final check of a download).
+/// Streams a whole file through blake3.
+#[cfg(test)]
 pub(crate) fn hash_file(path: &Path) -> std::io::Result<ContentHash> {
+    hash_file_from(path, blake3::Hasher::new(), 0)
+}
+
+/// Feeds the bytes of `path` from offset `from` to its end to `hasher`
+/// (which has hashed the bytes before `from`) and returns the whole-file
+/// hash: the final check of a download.
+pub(crate) fn hash_file_from(path: &Path, mut hasher: blake3::Hasher, from: u64) -> std::io::Result<ContentHash> {
     let mut file = File::open(path)?;
-    let mut hasher = blake3::Hasher::new();
+    file.seek(SeekFrom::Start(from))?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = file.read(&mut buf)?;
@@ -285,7 +397,7 @@ mod tests {
         assert_eq!(src.chunk_list(&f.content).unwrap(), f.chunks);
         let c = f.chunks[2];
         let places = src.locate(&c.hash, c.len);
-        assert_eq!(places, vec![(a.clone(), c.offset)]);
+        assert_eq!(places, vec![Candidate::unvouched(a.clone(), c.offset)]);
         assert_eq!(read_verified(&src, &places, c.len, &c.hash).unwrap().len(), c.len as usize);
         src.remove_file(&a);
         assert!(src.chunk_list(&f.content).is_none());
@@ -311,6 +423,50 @@ mod tests {
         std::fs::write(dir.path().join("a.old"), det_bytes(5, 100_000)).unwrap();
         let c2 = f.chunks[2];
         assert!(open.read_verified(&src, &src.locate(&c2.hash, c2.len), c2.len, &c2.hash).is_none());
+    }
+
+    /// Names one place for every chunk, vouched for with `stamp`.
+    struct Vouching {
+        path: PathBuf,
+        stamp: Stamp,
+    }
+
+    impl ChunkSource for Vouching {
+        fn chunk_list(&self, _content: &ContentHash) -> Option<Vec<ChunkInfo>> {
+            None
+        }
+
+        fn locate(&self, _hash: &ContentHash, _len: u32) -> Vec<Candidate> {
+            vec![Candidate { path: self.path.clone(), offset: 100, stamp: Some(self.stamp) }]
+        }
+    }
+
+    #[test]
+    fn a_vouched_candidate_is_served_unhashed_only_while_its_stamp_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, det_bytes(6, 10_000)).unwrap();
+        let past = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        File::options().write(true).open(&a).unwrap().set_modified(past).unwrap();
+        let src = Vouching { path: a.clone(), stamp: Stamp::of(&std::fs::metadata(&a).unwrap()) };
+        // A hash these bytes do not have: only a stamp can vouch for them.
+        let other = ContentHash::of(b"other bytes");
+        let served = read_served(&src, &src.locate(&other, 1000), 1000, &other);
+        assert_eq!(served.as_deref(), Some(&det_bytes(6, 10_000)[100..1100]));
+        assert!(read_verified(&src, &src.locate(&other, 1000), 1000, &other).is_none(), "reads to keep are hashed");
+        // Rewritten in place, same size: the mtime moved, so the bytes are
+        // hashed, and refused.
+        std::fs::write(&a, det_bytes(7, 10_000)).unwrap();
+        assert!(read_served(&src, &src.locate(&other, 1000), 1000, &other).is_none());
+        let right = ContentHash::of(&det_bytes(7, 10_000)[100..1100]);
+        assert!(read_served(&src, &src.locate(&right, 1000), 1000, &right).is_some(), "hashed bytes still go");
+        // Replaced by another file with the old size and mtime: the inode
+        // differs.
+        let b = dir.path().join("b");
+        std::fs::write(&b, det_bytes(8, 10_000)).unwrap();
+        File::options().write(true).open(&b).unwrap().set_modified(past).unwrap();
+        std::fs::rename(&b, &a).unwrap();
+        assert!(read_served(&src, &src.locate(&other, 1000), 1000, &other).is_none());
     }
 
     #[test]

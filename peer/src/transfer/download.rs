@@ -32,8 +32,11 @@
 //!    stopped; a smaller file is simply fetched again (no state file, no
 //!    fsyncs: most files of a folder are small, and each fsync costs more
 //!    than fetching them).
-//! 4. **Finish**: re-hash the whole file against the record's `content`
-//!    (not a file of one chunk: that chunk was verified), rename
+//! 4. **Finish**: check the whole file's hash against the record's
+//!    `content` (not a file of one chunk: that chunk was verified). The
+//!    hash was taken while the chunks were written, in file order
+//!    ([`prefix_hash`]); only what it could not cover is read back from
+//!    disk here. Then rename
 //!    `<content>.part` to a unique `<content>.<n>.done` (a small file has
 //!    that name already), drop the state file. A small file of one chunk
 //!    makes no blocking trip here at all. The caller owns the `.done` file from then on and makes
@@ -59,6 +62,7 @@ mod assemble;
 mod error;
 mod links;
 mod list;
+mod prefix_hash;
 mod refine;
 mod worker;
 
@@ -335,7 +339,8 @@ impl Downloader {
             part.clone()
         } else {
             let (temp, content, list) = (temp.clone(), record.content, chunks.clone());
-            tokio::task::spawn_blocking(move || finish(&temp, &content, &list))
+            let hashed = work.take_prefix_hash();
+            tokio::task::spawn_blocking(move || finish(&temp, &content, &list, hashed))
                 .await
                 .map_err(|e| self.io_err(&part, std::io::Error::other(e)))?
                 .map_err(|e| match e {

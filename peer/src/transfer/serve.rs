@@ -47,10 +47,13 @@
 //! - Only verified bytes leave: a chunk is read from each candidate the
 //!   [`ChunkSource`] names, or from the downloader's partial file
 //!   `<content>.part` in `tmp_dir`, and sent only if it hashes to the
-//!   requested hash (a part: read at its place inside such a candidate,
-//!   sent only if it hashes to the part's hash; a chunk's parts are cut
-//!   from verified bytes). A file changed since indexing answers
-//!   `NotAvailable`, never wrong bytes. (The hidden `corrupt_for_tests` switch breaks this on
+//!   requested hash, or if it was read from an indexed file that shows the
+//!   stamp (size, mtime, inode) the index recorded with the chunk, before
+//!   and after the read ([`read_served`]: the scanner's own test for "not
+//!   changed"; the receiver hashes every chunk anyway). A part is read at
+//!   its place inside such a candidate and checked the same way; a chunk's
+//!   parts are cut from bytes that were hashed. A file changed since
+//!   indexing answers `NotAvailable`, never wrong bytes. (The hidden `corrupt_for_tests` switch breaks this on
 //!   purpose, after verification, so downloaders can be tested against a
 //!   liar.)
 //! - Nothing under `.dartsync/` is reachable by name: requests carry hashes,
@@ -88,7 +91,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::transfer::chunk_source::{ChunkSource, read_at_verified, read_verified};
+use crate::transfer::chunk_source::{Candidate, ChunkSource, read_at_verified, read_served, read_verified};
 use crate::transfer::gate::{ADMISSION_GRACE, Admission, PeerGate};
 use crate::transfer::part::part_path;
 
@@ -370,7 +373,7 @@ fn answer(source: &dyn ChunkSource, tmp_dir: &std::path::Path, request: P2pReque
             .map_or(P2pResponse::NotAvailable, P2pResponse::ChunkList),
         P2pRequest::GetChunk { content, offset, len, hash } => {
             let chunk = ChunkInfo { offset, len, hash };
-            read_range(source, &part_path(tmp_dir, &content), &chunk, 0, len, &hash, corrupt)
+            read_range(source, &part_path(tmp_dir, &content), &chunk, 0, len, &hash, Check::Served { corrupt })
         }
         P2pRequest::GetChunkListSummary { content, .. } => source
             .chunk_list(&content)
@@ -378,15 +381,28 @@ fn answer(source: &dyn ChunkSource, tmp_dir: &std::path::Path, request: P2pReque
             .map_or(P2pResponse::NotAvailable, P2pResponse::ChunkListSummary),
         P2pRequest::GetChunkParts { content, chunk } => {
             let part = part_path(tmp_dir, &content);
-            match read_range(source, &part, &chunk, 0, chunk.len, &chunk.hash, false) {
+            // The parts' hashes are computed from these bytes: hashed.
+            match read_range(source, &part, &chunk, 0, chunk.len, &chunk.hash, Check::Hashed) {
                 P2pResponse::Chunk { hash, bytes } => P2pResponse::ChunkParts { hash, parts: cut_parts(&bytes) },
                 other => other,
             }
         }
         P2pRequest::GetPart { content, chunk, at, len, hash } => {
-            read_range(source, &part_path(tmp_dir, &content), &chunk, at, len, &hash, corrupt)
+            read_range(source, &part_path(tmp_dir, &content), &chunk, at, len, &hash, Check::Served { corrupt })
         }
     }
+}
+
+/// How [`read_range`] vouches for the bytes it returns.
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    /// Bytes sent as they are (a chunk, a part): hashed, or vouched for by
+    /// an index stamp that still holds ([`read_served`]); the receiver
+    /// hashes them again. `corrupt`: the `corrupt_for_tests` switch.
+    Served { corrupt: bool },
+    /// Bytes something else is computed from (a chunk's parts): always
+    /// hashed.
+    Hashed,
 }
 
 /// Drops a connection's registration in the per-peer slot map.
@@ -442,8 +458,9 @@ impl Pending {
 /// `len` bytes at `at` inside `chunk` (a whole chunk: `at` 0 and the
 /// chunk's length; a part: a range the request validation kept inside the
 /// chunk), read where the chunk may be read (each candidate the
-/// [`ChunkSource`] names, else the downloader's `.part`) and sent only if
-/// they hash to `hash`.
+/// [`ChunkSource`] names, else the downloader's `.part`) and returned only
+/// if they hash to `hash` (or, as `check` allows, an index stamp vouches
+/// for them).
 fn read_range(
     source: &dyn ChunkSource,
     part: &std::path::Path,
@@ -451,13 +468,16 @@ fn read_range(
     at: u32,
     len: u32,
     hash: &ContentHash,
-    corrupt: bool,
+    check: Check,
 ) -> P2pResponse {
     let at = u64::from(at);
     let candidates: Vec<_> =
-        source.locate(&chunk.hash, chunk.len).into_iter().map(|(path, offset)| (path, offset + at)).collect();
-    let found = read_verified(source, &candidates, len, hash)
-        .or_else(|| read_at_verified(part, chunk.offset.saturating_add(at), len, hash).ok().flatten());
+        source.locate(&chunk.hash, chunk.len).into_iter().map(|c| Candidate { offset: c.offset + at, ..c }).collect();
+    let (found, corrupt) = match check {
+        Check::Served { corrupt } => (read_served(source, &candidates, len, hash), corrupt),
+        Check::Hashed => (read_verified(source, &candidates, len, hash), false),
+    };
+    let found = found.or_else(|| read_at_verified(part, chunk.offset.saturating_add(at), len, hash).ok().flatten());
     match found {
         Some(mut bytes) => {
             if corrupt && let Some(first) = bytes.first_mut() {
@@ -580,7 +600,16 @@ async fn write_answers(
             P2pResponse::NotAvailable => served.not_available += 1,
             P2pResponse::ChunkList(_) | P2pResponse::ChunkListSummary(_) | P2pResponse::ChunkParts { .. } => {}
         }
-        match writer.send(&response).await {
+        let sent = match &response {
+            // The chunk's bytes go from the read buffer straight into the
+            // Noise messages, not through an encoded copy of the frame.
+            P2pResponse::Chunk { hash, bytes } => match P2pResponse::chunk_head(*hash, bytes.len()) {
+                Ok(head) => writer.send_frame_parts(&[&head, bytes]).await,
+                Err(e) => Err(ChannelError::Codec(e)),
+            },
+            _ => writer.send(&response).await,
+        };
+        match sent {
             Ok(()) => {}
             // A chunk list too large for one frame: nothing was written.
             Err(ChannelError::Codec(CodecError::Oversized { .. })) => {

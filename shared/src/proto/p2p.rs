@@ -53,6 +53,7 @@ use super::{ProtocolError, check_len};
 use crate::chunk::ChunkInfo;
 use crate::chunk::parts::{MAX_PARTS, PART_MAX, PartInfo};
 use crate::chunk::summary::ListSummary;
+use crate::codec::{self, CodecError};
 use crate::id::ContentHash;
 use crate::limits::{CHUNK_LIST_PAGE, MAX_CHUNK_LEN, MAX_CHUNKS_PER_FILE, MAX_FRAME_LEN, MIN_CHUNK_LEN};
 use crate::path::RelPath;
@@ -240,6 +241,21 @@ impl P2pRequest {
 }
 
 impl P2pResponse {
+    /// The encoding of `Chunk { hash, bytes }` up to the bytes, for a
+    /// `bytes` of `len` bytes: the whole encoding is this head followed by
+    /// the bytes themselves, so a server can send a chunk without copying it
+    /// into an encoded frame first
+    /// ([`crate::channel::ChannelWriter::send_frame_parts`]).
+    pub fn chunk_head(hash: ContentHash, len: usize) -> Result<Vec<u8>, CodecError> {
+        let mut head = codec::encode(&P2pResponse::Chunk { hash, bytes: Vec::new() })?;
+        // An empty byte string ends the encoding as its length, 0 (one
+        // byte); a length is encoded as a u64 would be.
+        debug_assert_eq!(head.last(), Some(&0));
+        head.pop();
+        head.extend_from_slice(&codec::encode(&(len as u64))?);
+        Ok(head)
+    }
+
     /// Checks a response received from the network.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         match self {
@@ -448,6 +464,19 @@ mod tests {
 
     fn hash(n: u64) -> ContentHash {
         ContentHash::of(&n.to_le_bytes())
+    }
+
+    #[test]
+    fn a_chunk_head_followed_by_the_bytes_is_the_chunk_encoded() {
+        // Lengths around every varint width bincode uses (1, 3, 5 bytes).
+        for len in [0, 1, 250, 251, 252, 65_535, 65_536, 262_144, MAX_CHUNK_LEN as usize] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut joined = P2pResponse::chunk_head(hash(7), len).unwrap();
+            joined.extend_from_slice(&bytes);
+            let whole = P2pResponse::Chunk { hash: hash(7), bytes };
+            assert_eq!(joined, encode(&whole).unwrap(), "len {len}");
+            assert_eq!(decode::<P2pResponse>(&joined).unwrap(), whole);
+        }
     }
 
     /// `n` chunks of `len` bytes each.

@@ -15,7 +15,7 @@ use dartsync_shared::{ChunkInfo, ContentHash};
 use tokio_util::sync::CancellationToken;
 
 use super::worker::Group;
-use crate::transfer::chunk_source::{ChunkSource, OpenCandidates, hash_file};
+use crate::transfer::chunk_source::{ChunkSource, OpenCandidates, hash_file_from};
 use crate::transfer::part::{self, Bitmap, PartState};
 
 /// The result of step 2.
@@ -184,13 +184,20 @@ pub(super) enum FinishError {
 
 /// Step 4 (blocking): verify the whole file at `temp` (unless it is
 /// [`is_one_whole_chunk`]: every chunk is checked against its hash before
-/// it is written, fetched, copied or resumed), hand it out under a unique `.done` name (a
+/// it is written, fetched, copied or resumed): `hashed` is the whole-file
+/// hasher fed with the file's first bytes as they were written, and how
+/// many; the rest is read from disk. Then hand it out under a unique `.done` name (a
 /// resumable download's `.part` is renamed to one; a smaller download
 /// already has one), drop the state file (a resumable download's: no
 /// other writes one). Nothing is fsynced here: the installer fsyncs the
 /// file before renaming it into place, and a `.done` lost in a crash is
 /// fetched again.
-pub(super) fn finish(temp: &TempFile, content: &ContentHash, chunks: &[ChunkInfo]) -> Result<PathBuf, FinishError> {
+pub(super) fn finish(
+    temp: &TempFile,
+    content: &ContentHash,
+    chunks: &[ChunkInfo],
+    hashed: (blake3::Hasher, u64),
+) -> Result<PathBuf, FinishError> {
     let (part, resumable) = (temp.path.as_path(), temp.resumable);
     let state = part::state_path(&temp.dir, content);
     let drop_state = |state: &Path| if resumable { part::remove_if_exists(state) } else { Ok(()) };
@@ -198,7 +205,12 @@ pub(super) fn finish(temp: &TempFile, content: &ContentHash, chunks: &[ChunkInfo
         let p = p.to_owned();
         move |e| FinishError::Io(p, e)
     };
-    let actual = if is_one_whole_chunk(chunks, content) { *content } else { hash_file(part).map_err(at(part))? };
+    let actual = if is_one_whole_chunk(chunks, content) {
+        *content
+    } else {
+        let (hasher, from) = hashed;
+        hash_file_from(part, hasher, from).map_err(at(part))?
+    };
     if actual != *content {
         part::remove_if_exists(part).map_err(at(part))?;
         drop_state(&state).map_err(at(&state))?;

@@ -45,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::HolderError;
 use super::links::{Links, Reader, Writer};
+use super::prefix_hash::PrefixHash;
 use crate::transfer::part::{Bitmap, PartState, save_state};
 
 /// Knobs of the downloader.
@@ -196,6 +197,9 @@ pub(crate) struct Work {
     persist_lock: Mutex<()>,
     /// Woken when groups are requeued or the last group completes.
     notify: Notify,
+    /// The whole-file hash of the prefix written so far (lock order:
+    /// this, then `state`).
+    prefix: Mutex<PrefixHash>,
     /// Bytes in place, for status.
     pub(crate) progress: Arc<super::DownloadProgress>,
 }
@@ -241,6 +245,7 @@ impl Work {
             }),
             persist_lock: Mutex::new(()),
             notify: Notify::new(),
+            prefix: Mutex::new(PrefixHash::new()),
             progress: Arc::default(),
         }
     }
@@ -281,6 +286,13 @@ impl Work {
             }
         }
         (chunks, bytes)
+    }
+
+    /// The whole-file hasher fed with the file's first bytes, in order,
+    /// as their chunks were written, and how many bytes it has hashed
+    /// (`finish` reads the rest). Call once every worker has stopped.
+    pub(crate) fn take_prefix_hash(&self) -> (blake3::Hasher, u64) {
+        std::mem::replace(&mut *self.prefix.lock(), PrefixHash::new()).into_parts(&self.chunks)
     }
 
     /// Bytes written at duplicate offsets of fetched chunks.
@@ -327,6 +339,7 @@ impl Work {
             let due = st.unsaved_bytes >= self.persist_every_bytes;
             (st.remaining == 0, due)
         };
+        self.prefix.lock().written(&self.file, &self.chunks, |i| self.lock().done.get(i), &group.members, bytes)?;
         if finished {
             self.notify.notify_waiters();
         }
