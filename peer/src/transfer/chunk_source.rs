@@ -125,43 +125,46 @@ fn read_opened_at_verified(
 
 /// The `len` bytes at `offset` of an open `file`, if they hash to `hash`.
 fn read_file_at_verified(file: &File, offset: u64, len: u32, hash: &ContentHash) -> std::io::Result<Option<Vec<u8>>> {
-    read_file_at_checked(file, offset, len, hash, None)
+    let mut bytes = Vec::new();
+    Ok(read_file_at_checked(file, offset, len, hash, None, &mut bytes)?.then_some(bytes))
 }
 
-/// The `len` bytes at `offset` of an open `file`, if they hash to `hash`,
-/// or if `vouched` is the file's stamp both before and after the read
-/// (then they are not hashed).
+/// Reads the `len` bytes at `offset` of an open `file` into `buf` and
+/// tells whether they may be used: they hash to `hash`, or `vouched` is
+/// the file's stamp both before and after the read (then they are not
+/// hashed).
 fn read_file_at_checked(
     file: &File,
     offset: u64,
     len: u32,
     hash: &ContentHash,
     vouched: Option<Stamp>,
-) -> std::io::Result<Option<Vec<u8>>> {
+    buf: &mut Vec<u8>,
+) -> std::io::Result<bool> {
     let meta = file.metadata()?;
     let end = offset.checked_add(u64::from(len));
-    if !meta.is_file() || end.is_none_or(|end| end > meta.len()) {
-        return Ok(None);
+    if !meta.is_file() || end.is_none_or(|end| end > meta.len()) || !read_exact_at(file, offset, len, buf)? {
+        return Ok(false);
     }
-    let Some(bytes) = read_exact_at(file, offset, len)? else { return Ok(None) };
     if let Some(stamp) = vouched
         && Stamp::of(&meta) == stamp
         && Stamp::of(&file.metadata()?) == stamp
     {
-        return Ok(Some(bytes));
+        return Ok(true);
     }
-    Ok((ContentHash::of(&bytes) == *hash).then_some(bytes))
+    Ok(ContentHash::of(buf) == *hash)
 }
 
-/// Exactly `len` bytes at `offset` of `file`, `None` if it ends first,
-/// read into fresh memory that is not zeroed first (a chunk is up to
-/// 16 MiB; zeroing it cost as much as a tenth of serving it). Moves the
-/// file's own offset: each `File` here has one user at a time.
-fn read_exact_at(mut file: &File, offset: u64, len: u32) -> std::io::Result<Option<Vec<u8>>> {
+/// Reads exactly `len` bytes at `offset` of `file` into `buf` (replacing
+/// what it held; false if the file ends first), without zeroing the room
+/// first. Moves the file's own offset: each `File` here has one user at
+/// a time.
+fn read_exact_at(mut file: &File, offset: u64, len: u32, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    buf.clear();
+    buf.reserve_exact(len as usize);
     file.seek(SeekFrom::Start(offset))?;
-    let mut bytes = Vec::with_capacity(len as usize);
-    file.take(u64::from(len)).read_to_end(&mut bytes)?;
-    Ok((bytes.len() == len as usize).then_some(bytes))
+    file.take(u64::from(len)).read_to_end(buf)?;
+    Ok(buf.len() == len as usize)
 }
 
 /// Tries each candidate `source` named in turn (opened through
@@ -173,20 +176,22 @@ pub fn read_verified(
     len: u32,
     hash: &ContentHash,
 ) -> Option<Vec<u8>> {
-    OpenCandidates::default().read(source, candidates, len, hash, false)
+    OpenCandidates::default().read_verified(source, candidates, len, hash)
 }
 
-/// [`read_verified`] for bytes that go to another peer: a candidate the
-/// source vouches for with a [`Stamp`] that the open file still shows
-/// before and after the read is returned without hashing (the receiver
-/// verifies every chunk); every other candidate is hashed.
+/// [`read_verified`] for bytes that go to another peer, read into `buf`
+/// (a buffer the caller reuses: its memory is already mapped): true when
+/// `buf` holds them. A candidate the source vouches for with a [`Stamp`]
+/// that the open file still shows before and after the read is not
+/// hashed (the receiver verifies every chunk); every other candidate is.
 pub fn read_served(
     source: &dyn ChunkSource,
     candidates: &[Candidate],
     len: u32,
     hash: &ContentHash,
-) -> Option<Vec<u8>> {
-    OpenCandidates::default().read(source, candidates, len, hash, true)
+    buf: &mut Vec<u8>,
+) -> bool {
+    OpenCandidates::default().read(source, candidates, len, hash, true, buf)
 }
 
 /// Most files [`OpenCandidates`] keeps open.
@@ -212,11 +217,13 @@ impl OpenCandidates {
         len: u32,
         hash: &ContentHash,
     ) -> Option<Vec<u8>> {
-        self.read(source, candidates, len, hash, false)
+        let mut bytes = Vec::new();
+        self.read(source, candidates, len, hash, false, &mut bytes).then_some(bytes)
     }
 
-    /// The first candidate's bytes that hash to `hash` or, with
-    /// `trust_stamps`, that a still matching stamp vouches for.
+    /// Reads into `buf` the first candidate's bytes that hash to `hash`
+    /// or, with `trust_stamps`, that a still matching stamp vouches for;
+    /// false if none.
     fn read(
         &mut self,
         source: &dyn ChunkSource,
@@ -224,7 +231,8 @@ impl OpenCandidates {
         len: u32,
         hash: &ContentHash,
         trust_stamps: bool,
-    ) -> Option<Vec<u8>> {
+        buf: &mut Vec<u8>,
+    ) -> bool {
         for Candidate { path, offset, stamp } in candidates {
             if !self.files.contains_key(path) {
                 if self.files.len() >= MAX_OPEN_CANDIDATES {
@@ -241,9 +249,9 @@ impl OpenCandidates {
             }
             let Some(Some(file)) = self.files.get(path) else { continue };
             let vouched = if trust_stamps { *stamp } else { None };
-            match read_file_at_checked(file, *offset, len, hash, vouched) {
-                Ok(Some(bytes)) => return Some(bytes),
-                Ok(None) => {
+            match read_file_at_checked(file, *offset, len, hash, vouched, buf) {
+                Ok(true) => return true,
+                Ok(false) => {
                     tracing::debug!(path = %path.display(), offset, chunk = %hash.fmt_short(), "chunk candidate is stale");
                 }
                 Err(e) => {
@@ -251,7 +259,7 @@ impl OpenCandidates {
                 }
             }
         }
-        None
+        false
     }
 }
 
@@ -451,22 +459,25 @@ mod tests {
         let src = Vouching { path: a.clone(), stamp: Stamp::of(&std::fs::metadata(&a).unwrap()) };
         // A hash these bytes do not have: only a stamp can vouch for them.
         let other = ContentHash::of(b"other bytes");
-        let served = read_served(&src, &src.locate(&other, 1000), 1000, &other);
-        assert_eq!(served.as_deref(), Some(&det_bytes(6, 10_000)[100..1100]));
+        let served = |hash: &ContentHash| {
+            let mut buf = vec![0xAA; 5000];
+            read_served(&src, &src.locate(hash, 1000), 1000, hash, &mut buf).then_some(buf)
+        };
+        assert_eq!(served(&other).as_deref(), Some(&det_bytes(6, 10_000)[100..1100]), "the buffer holds just them");
         assert!(read_verified(&src, &src.locate(&other, 1000), 1000, &other).is_none(), "reads to keep are hashed");
         // Rewritten in place, same size: the mtime moved, so the bytes are
         // hashed, and refused.
         std::fs::write(&a, det_bytes(7, 10_000)).unwrap();
-        assert!(read_served(&src, &src.locate(&other, 1000), 1000, &other).is_none());
+        assert!(served(&other).is_none());
         let right = ContentHash::of(&det_bytes(7, 10_000)[100..1100]);
-        assert!(read_served(&src, &src.locate(&right, 1000), 1000, &right).is_some(), "hashed bytes still go");
+        assert!(served(&right).is_some(), "hashed bytes still go");
         // Replaced by another file with the old size and mtime: the inode
         // differs.
         let b = dir.path().join("b");
         std::fs::write(&b, det_bytes(8, 10_000)).unwrap();
         File::options().write(true).open(&b).unwrap().set_modified(past).unwrap();
         std::fs::rename(&b, &a).unwrap();
-        assert!(read_served(&src, &src.locate(&other, 1000), 1000, &other).is_none());
+        assert!(served(&other).is_none());
     }
 
     #[test]

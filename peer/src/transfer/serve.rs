@@ -189,6 +189,7 @@ pub async fn serve(
         total: Arc::new(Semaphore::new(cfg.slots_total.max(1))),
         per_peer: Mutex::new(HashMap::new()),
         refused_logged: Mutex::new(HashSet::new()),
+        buffers: Buffers::default(),
         cfg,
     });
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -302,6 +303,42 @@ struct Ctx {
     /// Peers already logged as refused by the gate (at most
     /// [`MAX_REFUSED_LOGGED`]; then it starts over).
     refused_logged: Mutex<HashSet<PeerId>>,
+    /// Read buffers of chunks already sent, for the next reads.
+    buffers: Buffers,
+}
+
+/// Chunk buffers kept for reuse at most...
+const POOLED_BUFFERS: usize = 8;
+/// ...each of at most this capacity (the longest chunk at the default
+/// piece length; a longer one is freed after use).
+const POOLED_BUFFER_MAX: usize = 4 * dartsync_shared::limits::DEFAULT_PIECE_LEN as usize;
+
+/// The read buffers of chunks that were sent, given to the next reads: a
+/// chunk read into a fresh allocation paid its page faults (the kernel
+/// zeroing each page) about as much as the copy itself. Bounded by
+/// [`POOLED_BUFFERS`] × [`POOLED_BUFFER_MAX`].
+#[derive(Default)]
+struct Buffers {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Buffers {
+    /// A buffer to read a chunk into (empty, maybe with room).
+    fn take(&self) -> Vec<u8> {
+        self.free.lock().pop().unwrap_or_default()
+    }
+
+    /// Keeps `buf` for a later read, if there is room.
+    fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() > POOLED_BUFFER_MAX {
+            return;
+        }
+        let mut free = self.free.lock();
+        if free.len() < POOLED_BUFFERS {
+            buf.clear();
+            free.push(buf);
+        }
+    }
 }
 
 /// Refused peers remembered so each is logged once.
@@ -359,13 +396,24 @@ impl Ctx {
             return Pending::Ready(P2pResponse::Busy);
         };
         let (source, tmp_dir, corrupt) = (self.source.clone(), self.cfg.tmp_dir.clone(), self.cfg.corrupt_for_tests);
-        let job = tokio::task::spawn_blocking(move || answer(source.as_ref(), &tmp_dir, request, corrupt));
+        let buf = match request {
+            P2pRequest::GetChunk { .. } | P2pRequest::GetPart { .. } => self.buffers.take(),
+            _ => Vec::new(),
+        };
+        let job = tokio::task::spawn_blocking(move || answer(source.as_ref(), &tmp_dir, request, corrupt, buf));
         Pending::Work { job, slots: held }
     }
 }
 
-/// The answer to one validated request, from local content. Blocking.
-fn answer(source: &dyn ChunkSource, tmp_dir: &std::path::Path, request: P2pRequest, corrupt: bool) -> P2pResponse {
+/// The answer to one validated request, from local content; a chunk or a
+/// part is read into `buf`. Blocking.
+fn answer(
+    source: &dyn ChunkSource,
+    tmp_dir: &std::path::Path,
+    request: P2pRequest,
+    corrupt: bool,
+    buf: Vec<u8>,
+) -> P2pResponse {
     match request {
         P2pRequest::GetChunkList { content, first, max, .. } => source
             .chunk_list(&content)
@@ -373,7 +421,7 @@ fn answer(source: &dyn ChunkSource, tmp_dir: &std::path::Path, request: P2pReque
             .map_or(P2pResponse::NotAvailable, P2pResponse::ChunkList),
         P2pRequest::GetChunk { content, offset, len, hash } => {
             let chunk = ChunkInfo { offset, len, hash };
-            read_range(source, &part_path(tmp_dir, &content), &chunk, 0, len, &hash, Check::Served { corrupt })
+            read_range(source, &part_path(tmp_dir, &content), &chunk, 0, len, &hash, Check::Served { corrupt, buf })
         }
         P2pRequest::GetChunkListSummary { content, .. } => source
             .chunk_list(&content)
@@ -388,18 +436,19 @@ fn answer(source: &dyn ChunkSource, tmp_dir: &std::path::Path, request: P2pReque
             }
         }
         P2pRequest::GetPart { content, chunk, at, len, hash } => {
-            read_range(source, &part_path(tmp_dir, &content), &chunk, at, len, &hash, Check::Served { corrupt })
+            read_range(source, &part_path(tmp_dir, &content), &chunk, at, len, &hash, Check::Served { corrupt, buf })
         }
     }
 }
 
 /// How [`read_range`] vouches for the bytes it returns.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum Check {
-    /// Bytes sent as they are (a chunk, a part): hashed, or vouched for by
-    /// an index stamp that still holds ([`read_served`]); the receiver
-    /// hashes them again. `corrupt`: the `corrupt_for_tests` switch.
-    Served { corrupt: bool },
+    /// Bytes sent as they are (a chunk, a part), read into `buf`: hashed,
+    /// or vouched for by an index stamp that still holds
+    /// ([`read_served`]); the receiver hashes them again. `corrupt`: the
+    /// `corrupt_for_tests` switch.
+    Served { corrupt: bool, buf: Vec<u8> },
     /// Bytes something else is computed from (a chunk's parts): always
     /// hashed.
     Hashed,
@@ -474,7 +523,9 @@ fn read_range(
     let candidates: Vec<_> =
         source.locate(&chunk.hash, chunk.len).into_iter().map(|c| Candidate { offset: c.offset + at, ..c }).collect();
     let (found, corrupt) = match check {
-        Check::Served { corrupt } => (read_served(source, &candidates, len, hash), corrupt),
+        Check::Served { corrupt, mut buf } => {
+            (read_served(source, &candidates, len, hash, &mut buf).then_some(buf), corrupt)
+        }
         Check::Hashed => (read_verified(source, &candidates, len, hash), false),
     };
     let found = found.or_else(|| read_at_verified(part, chunk.offset.saturating_add(at), len, hash).ok().flatten());
@@ -567,7 +618,7 @@ async fn connection_inner(channel: SecureChannel<TcpStream>, ctx: Arc<Ctx>) -> R
     };
 
     let write_side = async move {
-        let result = write_answers(&mut writer, &mut rx).await;
+        let result = write_answers(&mut writer, &mut rx, &ctx.buffers).await;
         if result.is_err() {
             writer_failed.cancel();
         } else {
@@ -587,6 +638,7 @@ async fn connection_inner(channel: SecureChannel<TcpStream>, ctx: Arc<Ctx>) -> R
 async fn write_answers(
     writer: &mut ChannelWriter<WriteHalf<TcpStream>>,
     rx: &mut mpsc::Receiver<Pending>,
+    buffers: &Buffers,
 ) -> Result<Served, ConnError> {
     let mut served = Served::default();
     while let Some(pending) = rx.recv().await {
@@ -609,6 +661,9 @@ async fn write_answers(
             },
             _ => writer.send(&response).await,
         };
+        if let P2pResponse::Chunk { bytes, .. } = response {
+            buffers.give(bytes);
+        }
         match sent {
             Ok(()) => {}
             // A chunk list too large for one frame: nothing was written.
