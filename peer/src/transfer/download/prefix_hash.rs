@@ -15,7 +15,7 @@
 //! # Invariants
 //! - Only chunks marked done (verified and written) enter the hash, each
 //!   once, in file order: the hash of the prefix is the hash of the file's
-//!   first `hashed_to` bytes as they are on disk.
+//!   bytes before chunk `next` as they are on disk.
 //! - Held bytes are bounded ([`HELD_MAX`]); dropping them costs a read,
 //!   never correctness.
 
