@@ -245,6 +245,12 @@ async fn a_50_mib_binary_file_is_announced_once_with_its_chunks() {
     let locations = peer.state.index().locate_chunk(&some_chunk.hash).unwrap();
     assert_eq!(locations.len(), 1);
     assert_eq!((locations[0].offset, locations[0].len), (some_chunk.offset, some_chunk.len));
+    // With the stat the file shows, read as the piece server reads its
+    // open file's stamp (two formulas for one mtime: they must agree, or
+    // the server would hash every chunk again).
+    let shown = crate::transfer::chunk_source::Stamp::of(&std::fs::metadata(peer.path("big.bin")).unwrap());
+    let stat = locations[0].stat.expect("an indexed file's location carries its stat");
+    assert_eq!((stat.size, stat.mtime_ns, stat.inode), (shown.size, shown.mtime_ns, shown.inode));
     peer.settle().await;
     assert_eq!(peer.count("+big.bin"), 1);
     peer.stop().await;

@@ -89,7 +89,9 @@ pub struct Stamp {
 }
 
 impl Stamp {
-    /// The stamp of an open file's metadata.
+    /// The stamp of an open file's metadata. Its mtime must be counted as
+    /// the index counts an `lstat`'s (`jail::meta`), or no stamp would
+    /// ever match (`local::tests` checks the two agree).
     pub fn of(meta: &Metadata) -> Stamp {
         Stamp {
             size: meta.len(),
